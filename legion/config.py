@@ -1,0 +1,219 @@
+"""`legion.toml`: pydantic models, loading, and errors that name the file, key, and fix.
+
+Every key is documented in `config.example.toml`. Unknown keys are errors with a
+did-you-mean, so a typo never silently turns a permission off.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from legion.errors import ConfigError
+
+NAME_RE = r"^[a-z][a-z0-9-]{0,31}$"
+RESERVED_NAMES = frozenset({"operator", "host", "system"})
+
+AgentName = Annotated[str, Field(pattern=NAME_RE)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class BlackboardConfig(_Section):
+    max_key_length: int = Field(default=256, ge=16, le=4096)
+    max_value_bytes: int = Field(default=65536, ge=64, le=16 * 1024 * 1024)
+    collect_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    watch_history: int = Field(default=10000, ge=100, le=1_000_000)
+
+
+class HostConfig(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    durability: Literal["full", "normal"] = "full"
+    inbox_max_items: int = Field(default=10000, ge=1, le=10_000_000)
+    visibility_timeout_s: float = Field(default=60.0, gt=0, le=86400)
+    long_poll_max_s: float = Field(default=30.0, gt=0, le=30)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    blackboard: BlackboardConfig = Field(default_factory=BlackboardConfig)
+
+
+class BudgetConfig(_Section):
+    daily_usd: float | None = Field(default=None, ge=0)
+    monthly_usd: float | None = Field(default=None, ge=0)
+
+
+class PermissionsConfig(_Section):
+    can_message: list[str] = Field(default_factory=list)
+    can_publish: list[str] = Field(default_factory=list)
+    can_subscribe: list[str] = Field(default_factory=list)
+    blackboard_read: list[str] = Field(default_factory=list)
+    blackboard_write: list[str] = Field(default_factory=list)
+    allowed_apis: list[str] = Field(default_factory=list)
+    allowed_credentials: list[str] = Field(default_factory=list)
+    can_manage_cron: bool = False
+    can_spawn: bool = False
+
+
+class AgentConfig(_Section):
+    role: str | None = None
+    model: str | None = None
+    team: str | None = None
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
+
+
+class TeamConfig(_Section):
+    description: str | None = None
+
+
+class Config(_Section):
+    host: HostConfig = Field(default_factory=HostConfig)
+    agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
+    teams: dict[AgentName, TeamConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Config:
+        problems: list[str] = []
+        for name, agent in self.agents.items():
+            if name in RESERVED_NAMES:
+                problems.append(f"agents.{name}: `{name}` is reserved; pick another agent name")
+            if agent.team is not None and agent.team not in self.teams:
+                known = ", ".join(sorted(self.teams)) or "none defined"
+                problems.append(
+                    f"agents.{name}.team: team `{agent.team}` is not defined (teams: {known}); "
+                    f"add a [teams.{agent.team}] section or fix the name"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+# --- loading -------------------------------------------------------------------
+
+_FIXES: dict[str, str] = {
+    "missing": "add the key",
+    "extra_forbidden": "remove it",
+    "string_type": 'write a quoted string, e.g. key = "text"',
+    "int_type": "write a whole number, e.g. key = 10",
+    "int_parsing": "write a whole number, e.g. key = 10",
+    "float_type": "write a number, e.g. key = 5.0",
+    "float_parsing": "write a number, e.g. key = 5.0",
+    "bool_type": "write true or false",
+    "bool_parsing": "write true or false",
+    "list_type": 'write a list, e.g. key = ["a", "b"]',
+    "dict_type": "write a table, e.g. [section]",
+    "model_type": "write a table, e.g. [section]",
+    "literal_error": "use one of the allowed values",
+    "string_pattern_mismatch": "use lowercase letters, digits and '-', starting with a letter",
+    "greater_than_equal": "use a larger value",
+    "greater_than": "use a larger value",
+    "less_than_equal": "use a smaller value",
+    "less_than": "use a smaller value",
+}
+
+
+def _fields_at(path: tuple[str | int, ...]) -> list[str]:
+    """Known field names of the model at `path` (for did-you-mean)."""
+    model: Any = Config
+    for part in path:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(str(part))
+            if field is None:
+                return []
+            ann = field.annotation
+            args = getattr(ann, "__args__", ())
+            origin = getattr(ann, "__origin__", None)
+            if origin is dict and len(args) == 2:
+                model = ("dict", args[1])
+            else:
+                model = ann
+        elif isinstance(model, tuple) and model[0] == "dict":
+            model = model[1]
+        else:
+            return []
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+class _LineIndex:
+    """Maps dotted key paths to line numbers in a TOML text (best effort, for messages)."""
+
+    _header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    _key = re.compile(r"^\s*([A-Za-z0-9_\-\.\"']+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[str, int] = {}
+        table: list[str] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = self._header.match(line)
+            if header:
+                table = [p.strip().strip("\"'") for p in header.group(1).split(".")]
+                self.lines.setdefault(".".join(table), number)
+                continue
+            key = self._key.match(line)
+            if key:
+                parts = [p.strip().strip("\"'") for p in key.group(1).split(".")]
+                self.lines.setdefault(".".join(table + parts), number)
+
+    def find(self, path: str) -> int | None:
+        parts = path.split(".")
+        while parts:
+            line = self.lines.get(".".join(parts))
+            if line is not None:
+                return line
+            parts.pop()
+        return None
+
+
+def _describe(error: Any, where: str, index: _LineIndex, file: str) -> str:
+    loc: tuple[str | int, ...] = tuple(p for p in error["loc"] if p != "[key]")
+    kind = error["type"]
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    line = index.find(key)
+    prefix = f"{file}:{line}" if line else file
+    if kind == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f'did you mean "{close[0]}"?' if close else (
+            "known keys: " + ", ".join(known) if known else "remove it"
+        )
+        return f"{prefix}: {key}: unknown key; {hint}"
+    if kind == "value_error":
+        msg = str(error.get("ctx", {}).get("error", error["msg"]))
+        return "\n".join(f"{file}: {part}" for part in msg.split("; "))
+    got = error.get("input")
+    got_text = "" if kind == "missing" else f" (got {got!r})"
+    fix = _FIXES.get(kind, "see config.example.toml")
+    return f"{prefix}: {key}: {error['msg'].lower()}{got_text}; fix: {fix}"
+
+
+def parse_config(text: str, file: str = "legion.toml") -> Config:
+    """Parse and validate a config text. Raises ConfigError listing every problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, [f"{file}: not valid TOML: {exc}; fix the syntax there"]) from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        index = _LineIndex(text)
+        problems = [_describe(e, "", index, file) for e in exc.errors()]
+        raise ConfigError(file, problems) from None
+
+
+def load_config(path: Path) -> Config:
+    """Load `path`; a missing file is the empty (valid) config."""
+    if not path.exists():
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"{path}: cannot read: {exc}"]) from None
+    return parse_config(text, str(path))

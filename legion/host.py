@@ -1,0 +1,141 @@
+"""The host: one object owning the store, the bus and every socket, as a lifespan.
+
+    async with Host.running(config, paths) as host:
+        await host.wait_stopped()
+
+The TUI and the daemon enter the same context. Components start in order and
+stop in reverse; every background task is owned by the host's task group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from legion.api_agent import build_agent_router, require_agent
+from legion.api_control import build_control_router, host_status
+from legion.audit import AuditLog, AuditRecord
+from legion.blackboard import Blackboard
+from legion.config import Config
+from legion.events import EventBus
+from legion.http import Call, HttpServer, Listener, Route
+from legion.inbox import Inboxes
+from legion.paths import Paths
+from legion.permissions import Guard, Perm, Permissions
+from legion.store import Store
+from legion.wire.api import HostStatus
+from legion.wire.events import AuditAppended, HostStarted, HostStopping
+
+log = logging.getLogger("legion.host")
+
+
+class Host:
+    def __init__(self, config: Config, paths: Paths, *, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.paths = paths
+        self.clock = clock
+        self.started_at = clock()
+        self.bus = EventBus()
+        paths.home.mkdir(parents=True, exist_ok=True)
+        paths.run.mkdir(parents=True, exist_ok=True)
+        os.chmod(paths.run, 0o700)
+        self.store = Store(paths.host_db, durability=config.host.durability)
+        self.audit = AuditLog(self.store.conn, clock=clock, on_append=self._audit_event)
+        self.permissions = Permissions(config)
+        self.guard = Guard(self.permissions, self.audit)
+        self.blackboard = Blackboard(self.store, config.host.blackboard, self.bus, clock=clock)
+        self.inboxes = Inboxes(
+            self.store, self.bus, max_items=config.host.inbox_max_items,
+            visibility_timeout_s=config.host.visibility_timeout_s, clock=clock,
+        )
+        self.http = HttpServer(max_body_bytes=config.host.max_body_bytes,
+                               authorize=self._authorize)
+        self.last_seen: dict[str, float] = {}
+        self._stop = asyncio.Event()
+        self.stop_reason = ""
+
+    # --- lifespan ---------------------------------------------------------------
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, config: Config, paths: Paths) -> AsyncIterator[Host]:
+        host = cls(config, paths)
+        try:
+            recovered = host.inboxes.recover()
+            if recovered:
+                log.info("inbox items made visible again after restart",
+                         extra={"fields": {"count": recovered}})
+            await host.http.listen(Listener(paths.control_socket, "operator",
+                                            build_control_router(host)))
+            for name in config.agents:
+                await host.http.listen(Listener(paths.agent_socket(name), name,
+                                                build_agent_router(host, name)))
+            async with asyncio.TaskGroup() as tasks:
+                collector = tasks.create_task(host._collect_forever(), name="bb-collector")
+                host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
+                try:
+                    yield host
+                finally:
+                    host.bus.publish(HostStopping(at=host.clock(),
+                                                  reason=host.stop_reason or "shutdown"))
+                    collector.cancel()
+                    await host.http.close()
+        finally:
+            await host.http.close()
+            host.store.close()
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def _collect_forever(self) -> None:
+        interval = self.config.host.blackboard.collect_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.blackboard.collect()
+            except Exception:
+                log.exception("blackboard collection failed; retrying next interval")
+
+    # --- policy -----------------------------------------------------------------
+
+    def _authorize(self, call: Call, route: Route) -> None:
+        assert route.policy is not None
+        self.guard.check(call.principal, Perm(route.policy.permission), route.target_of(call),
+                         route.policy.action)
+
+    def readable_by(self, principal: str) -> Callable[[str], bool]:
+        if principal == "operator":
+            return lambda key: True
+        patterns = self.permissions.patterns(principal, Perm.BB_READ)
+        from legion.globs import any_match
+
+        return lambda key: any_match(patterns, key)
+
+    def _audit_event(self, record: AuditRecord) -> None:
+        self.bus.publish(AuditAppended(
+            at=record.ts, seq=record.seq, actor=record.actor, action=record.action,
+            target=record.target, decision=record.decision,  # type: ignore[arg-type]
+        ))
+
+    # --- operations used by several routes -------------------------------------------
+
+    def send(self, sender: str, to: str, payload: Any) -> int:
+        require_agent(self, to)
+        return self.inboxes.send(sender, to, payload)
+
+    def touch(self, agent: str) -> float:
+        now = self.clock()
+        self.last_seen[agent] = now
+        return now
+
+    def status(self) -> HostStatus:
+        return host_status(self)

@@ -1,0 +1,157 @@
+"""The host's SQLite store: one `host.db` in WAL mode, through peewee on apsw.
+
+apsw ships its own SQLite build that can load extensions on any CPython (the
+stdlib `sqlite3` module often cannot), which agent memory needs for sqlite-vec.
+The schema is versioned; migrations only move forward, and a database written by
+a newer legion is refused rather than damaged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import apsw
+import sqlite_vec
+from playhouse.apsw_ext import APSWDatabase
+
+
+class LegionDatabase(APSWDatabase):  # type: ignore[misc]
+    """A peewee database whose every connection can load sqlite-vec."""
+
+    def _add_conn_hooks(self, conn: apsw.Connection) -> None:
+        super()._add_conn_hooks(conn)
+        conn.enable_load_extension(True)
+        conn.load_extension(sqlite_vec.loadable_path())
+        conn.enable_load_extension(False)
+
+
+def connect(path: Path | str, *, durability: str = "full", readonly: bool = False) -> LegionDatabase:
+    """Open a database with legion's settings: WAL, busy timeout, foreign keys, sqlite-vec."""
+    sync = {"full": "FULL", "normal": "NORMAL"}[durability]
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else (
+        apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    )
+    pragmas: list[tuple[str, Any]] = [("busy_timeout", 5000), ("foreign_keys", 1)]
+    if not readonly:
+        pragmas = [("journal_mode", "wal"), ("synchronous", sync), *pragmas]
+    db = LegionDatabase(str(path), pragmas=pragmas, flags=flags, timeout=5)
+    db.connect()
+    return db
+
+
+# Each migration takes the raw apsw connection inside a transaction.
+Migration = Callable[[apsw.Connection], None]
+
+
+def _m1_core(conn: apsw.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE blackboard (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            writer TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            expires_at REAL
+        );
+        CREATE INDEX blackboard_expires ON blackboard(expires_at) WHERE expires_at IS NOT NULL;
+        CREATE TABLE claims (
+            key TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        );
+        CREATE TABLE subscriptions (
+            agent TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (agent, topic)
+        );
+        CREATE TABLE inbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            topic TEXT,
+            sender TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            visible_at REAL NOT NULL,
+            deliveries INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX inbox_agent_visible ON inbox(agent, visible_at, id);
+        CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX audit_actor_ts ON audit(actor, ts);
+        CREATE INDEX audit_ts ON audit(ts);
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [_m1_core]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(Exception):
+    pass
+
+
+def migrate(db: LegionDatabase) -> int:
+    """Bring the schema up to SCHEMA_VERSION; returns the version found before."""
+    conn: apsw.Connection = db.connection()
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at REAL)"
+    )
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    found = int(row[0]) if row and row[0] is not None else 0
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"{db.database} has schema version {found}, but this legion knows up to "
+            f"{SCHEMA_VERSION}; upgrade legion (downgrades are not supported)"
+        )
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        with conn:  # one transaction per migration
+            MIGRATIONS[version - 1](conn)
+            conn.execute(
+                "INSERT INTO schema_version(version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+    return found
+
+
+class Store:
+    """The open `host.db`: a peewee database plus the raw apsw connection for hot paths.
+
+    All calls happen on the host's event-loop thread; each is a short statement or a
+    short transaction, so the loop never waits long (invariant 7).
+    """
+
+    def __init__(self, path: Path, *, durability: str = "full") -> None:
+        self.path = path
+        self.db = connect(path, durability=durability)
+        migrate(self.db)
+        self.conn: apsw.Connection = self.db.connection()
+
+    @contextmanager
+    def tx(self) -> Iterator[apsw.Connection]:
+        """A write transaction, committed on exit (durable before the caller acknowledges)."""
+        with self.conn:
+            yield self.conn
+
+    def execute(self, sql: str, args: tuple[Any, ...] | dict[str, Any] = ()) -> apsw.Cursor:
+        return self.conn.execute(sql, args)
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()

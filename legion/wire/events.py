@@ -1,0 +1,96 @@
+"""Typed host events, streamed to the TUI and to `legion` CLI clients."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+
+class _Event(BaseModel):
+    at: float = Field(description="Unix time the host emitted the event.")
+
+
+class BlackboardChanged(_Event):
+    type: Literal["blackboard_changed"] = "blackboard_changed"
+    seq: int
+    op: Literal["put", "delete", "expired"]
+    key: str
+    version: int
+    writer: str
+
+
+class ClaimChanged(_Event):
+    type: Literal["claim_changed"] = "claim_changed"
+    key: str
+    owner: str
+    op: Literal["claimed", "released", "expired"]
+
+
+class InboxQueued(_Event):
+    type: Literal["inbox_queued"] = "inbox_queued"
+    agent: str
+    item_id: int
+    kind: Literal["message", "topic"]
+    topic: str | None
+    sender: str
+
+
+class InboxRefused(_Event):
+    type: Literal["inbox_refused"] = "inbox_refused"
+    sender: str
+    full: list[str]
+    topic: str | None
+
+
+class AgentHeartbeat(_Event):
+    type: Literal["agent_heartbeat"] = "agent_heartbeat"
+    agent: str
+    status: str
+
+
+class AuditAppended(_Event):
+    type: Literal["audit_appended"] = "audit_appended"
+    seq: int
+    actor: str
+    action: str
+    target: str
+    decision: Literal["allow", "deny"]
+
+
+class HostStarted(_Event):
+    type: Literal["host_started"] = "host_started"
+    pid: int
+
+
+class HostStopping(_Event):
+    type: Literal["host_stopping"] = "host_stopping"
+    reason: str
+
+
+class EventsLagged(_Event):
+    """The subscriber was too slow; `missed` events were not delivered to it."""
+
+    type: Literal["events_lagged"] = "events_lagged"
+    missed: int
+
+
+HostEvent = Annotated[
+    BlackboardChanged
+    | ClaimChanged
+    | InboxQueued
+    | InboxRefused
+    | AgentHeartbeat
+    | AuditAppended
+    | HostStarted
+    | HostStopping
+    | EventsLagged,
+    Field(discriminator="type"),
+]
+
+host_event_adapter: TypeAdapter[Any] = TypeAdapter(HostEvent)
+
+
+def parse_event(data: bytes | str) -> Any:
+    """Parse one JSON-encoded host event into its typed model."""
+    return host_event_adapter.validate_json(data)
