@@ -1,0 +1,3 @@
+from legion.cli.main import main
+
+main()

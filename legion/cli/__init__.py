@@ -1,0 +1,1 @@
+"""The `legion` command line."""

@@ -1,0 +1,90 @@
+"""`legion bb`: the blackboard, through the running host's control socket."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from legion.cli.common import State, emit_json, fail, fmt_time, host_errors
+
+app = typer.Typer(help="Read and write the blackboard (needs a running host).",
+                  no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _client():  # type: ignore[no-untyped-def]
+    from legion.client import ControlClient
+
+    return ControlClient(State.paths())
+
+
+@app.command("put")
+def put(
+    key: Annotated[str, typer.Argument(help="Key, e.g. shared/plan or teams/red/status.")],
+    value: Annotated[str, typer.Argument(help='A JSON value: 42, "text", {"a": 1}, [1, 2].')],
+    ttl: Annotated[float | None, typer.Option("--ttl", help="Expire after S seconds.",
+                                              min=0.001)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write KEY = JSON value (bumps its version)."""
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        fail(f"VALUE must be JSON ({exc}); quote strings like '\"text\"'", 2)
+    with host_errors(), _client() as client:
+        entry = client.bb_put(key, parsed, ttl)
+    if as_json:
+        emit_json(entry.model_dump())
+    else:
+        typer.echo(f"{entry.key} = version {entry.version}")
+
+
+@app.command("get")
+def get(key: str, as_json: JsonOpt = False) -> None:
+    """Print the value of KEY (exit 1 when absent or expired)."""
+    with host_errors(), _client() as client:
+        entry = client.bb_get(key)
+    if as_json:
+        emit_json(entry.model_dump())
+    else:
+        typer.echo(json.dumps(entry.value, indent=2, ensure_ascii=False))
+
+
+@app.command("ls")
+def ls(
+    prefix: Annotated[str, typer.Argument(help="Only keys starting with this.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """List live keys (with version, writer and expiry)."""
+    with host_errors(), _client() as client:
+        entries = client.bb_list(prefix).entries
+    if as_json:
+        emit_json([e.model_dump() for e in entries])
+        return
+    if not entries:
+        typer.echo(f"no keys{' under ' + repr(prefix) if prefix else ''}", err=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("key", "version", "writer", "updated", "expires", box=None)
+    for e in entries:
+        table.add_row(e.key, str(e.version), e.writer, fmt_time(e.updated_at),
+                      fmt_time(e.expires_at))
+    Console().print(table)
+
+
+@app.command("rm")
+def rm(key: str, as_json: JsonOpt = False) -> None:
+    """Delete KEY."""
+    with host_errors(), _client() as client:
+        result = client.bb_delete(key)
+    if as_json:
+        emit_json(result.model_dump())
+    elif result.deleted:
+        typer.echo(f"deleted {key}")
+    else:
+        fail(f"no blackboard key {key!r}", 1)

@@ -1,0 +1,67 @@
+"""`legion config`: check and create legion.toml."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from legion.cli.common import State, emit_json, fail
+
+app = typer.Typer(help="Check or create the config file (legion.toml).", no_args_is_help=True)
+
+
+def example_text() -> str:
+    return resources.files("legion").joinpath("data/config.example.toml").read_text()
+
+
+@app.command("check")
+def check(
+    file: Annotated[Path | None, typer.Argument(
+        help="File to check; default: legion.toml in LEGION_HOME.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Validate a config file; print every problem with its line or key and the fix."""
+    from legion.config import parse_config
+    from legion.errors import ConfigError
+
+    path = file or State.paths().config
+    if not path.exists():
+        fail(f"{path}: no such file; create one with `legion config init`", 2)
+    try:
+        config = parse_config(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError as exc:
+        fail(f"{path}: not UTF-8 text ({exc})", 2)
+    except ConfigError as exc:
+        if as_json:
+            emit_json({"ok": False, "file": str(path), "problems": exc.problems})
+        else:
+            typer.echo(exc.render(), err=True)
+            typer.echo(f"{len(exc.problems)} problem(s) in {path}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        emit_json({"ok": True, "file": str(path), "agents": sorted(config.agents),
+                   "teams": sorted(config.teams)})
+    else:
+        typer.echo(f"{path}: ok ({len(config.agents)} agents, {len(config.teams)} teams)")
+
+
+@app.command("init")
+def init(force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False) -> None:
+    """Write the documented example config to LEGION_HOME/legion.toml."""
+    path = State.paths().config
+    if path.exists() and not force:
+        fail(f"{path} exists; pass --force to overwrite it", 1)
+    from legion.fsutil import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, example_text())
+    typer.echo(f"wrote {path}")
+
+
+@app.command("path")
+def path_cmd() -> None:
+    """Print where the config file is."""
+    typer.echo(str(State.paths().config))

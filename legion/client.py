@@ -1,0 +1,120 @@
+"""A client of the host's control socket, for the CLI (and the TUI's socket transport)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from legion.paths import Paths
+from legion.wire.api import (
+    BlackboardDeleted,
+    BlackboardEntry,
+    BlackboardList,
+    HostStatus,
+    MessageQueued,
+    StopResponse,
+)
+from legion.wire.errors import ErrorBody
+from legion.wire.events import parse_event
+
+
+class HostNotRunning(Exception):
+    def __init__(self, paths: Paths) -> None:
+        super().__init__(
+            f"no legion host is running for {paths.home} (no control socket at "
+            f"{paths.control_socket}); start one with `legion daemon` (or `make run`)"
+        )
+
+
+class ApiError(Exception):
+    def __init__(self, body: ErrorBody) -> None:
+        super().__init__(body.error.message)
+        self.body = body
+        self.status = body.error.status
+        self.code = body.error.code
+
+
+class ControlClient:
+    def __init__(self, paths: Paths, timeout: float = 35.0) -> None:
+        self.paths = paths
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(paths.control_socket)),
+            base_url="http://legion", timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, url: str, model: type[BaseModel] | None, **kw: Any) -> Any:
+        if not self.paths.control_socket.exists():
+            raise HostNotRunning(self.paths)
+        try:
+            response = self._http.request(method, url, **kw)
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise HostNotRunning(self.paths) from exc
+        if response.status_code >= 400:
+            try:
+                body = ErrorBody.model_validate_json(response.content)
+            except ValueError:
+                body = ErrorBody.model_validate({"error": {
+                    "code": "http_error", "status": response.status_code,
+                    "message": response.text[:500]}})
+            raise ApiError(body)
+        return model.model_validate_json(response.content) if model else response.json()
+
+    def status(self) -> HostStatus:
+        result: HostStatus = self._request("GET", "/v1/status", HostStatus)
+        return result
+
+    def stop(self) -> StopResponse:
+        result: StopResponse = self._request("POST", "/v1/stop", StopResponse)
+        return result
+
+    def bb_get(self, key: str) -> BlackboardEntry:
+        result: BlackboardEntry = self._request("GET", f"/v1/blackboard/entries/{key}",
+                                                BlackboardEntry)
+        return result
+
+    def bb_put(self, key: str, value: Any, ttl_s: float | None = None) -> BlackboardEntry:
+        body: dict[str, Any] = {"value": value}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        result: BlackboardEntry = self._request("PUT", f"/v1/blackboard/entries/{key}",
+                                                BlackboardEntry, json=body)
+        return result
+
+    def bb_list(self, prefix: str = "") -> BlackboardList:
+        result: BlackboardList = self._request("GET", "/v1/blackboard/entries", BlackboardList,
+                                               params={"prefix": prefix})
+        return result
+
+    def bb_delete(self, key: str) -> BlackboardDeleted:
+        result: BlackboardDeleted = self._request("DELETE", f"/v1/blackboard/entries/{key}",
+                                                  BlackboardDeleted)
+        return result
+
+    def send(self, to: str, payload: Any) -> MessageQueued:
+        result: MessageQueued = self._request("POST", "/v1/messages", MessageQueued,
+                                              json={"to": to, "payload": payload})
+        return result
+
+    def events(self) -> Iterator[Any]:
+        """Typed host events as they happen (blocks; stop with Ctrl-C)."""
+        if not self.paths.control_socket.exists():
+            raise HostNotRunning(self.paths)
+        try:
+            with self._http.stream("GET", "/v1/events", timeout=None) as response:
+                for line in response.iter_lines():
+                    if line:
+                        yield parse_event(line)
+        except httpx.ConnectError as exc:
+            raise HostNotRunning(self.paths) from exc
