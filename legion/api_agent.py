@@ -51,21 +51,34 @@ def build_blackboard_routes(router: Router, host: Host) -> None:
     """Blackboard routes, shared by agent sockets and the control socket."""
     bb = host.blackboard
 
-    @router.route("GET", "/v1/blackboard/entries/{key:path}", response=BlackboardEntry,
-                  policy=Policy(READ, "key", "bb.get"))
+    @router.route(
+        "GET",
+        "/v1/blackboard/entries/{key:path}",
+        response=BlackboardEntry,
+        policy=Policy(READ, "key", "bb.get"),
+    )
     async def bb_get(call: Call) -> BlackboardEntry:
         """Read one key (404 when absent or expired)."""
         return bb.require(call.params["key"])
 
-    @router.route("PUT", "/v1/blackboard/entries/{key:path}", body=BlackboardPut,
-                  response=BlackboardEntry, policy=Policy(WRITE, "key", "bb.put"))
+    @router.route(
+        "PUT",
+        "/v1/blackboard/entries/{key:path}",
+        body=BlackboardPut,
+        response=BlackboardEntry,
+        policy=Policy(WRITE, "key", "bb.put"),
+    )
     async def bb_put(call: Call) -> BlackboardEntry:
         """Write one key; bumps its version."""
         body: BlackboardPut = call.body
         return bb.put(call.params["key"], body.value, call.principal, ttl_s=body.ttl_s)
 
-    @router.route("DELETE", "/v1/blackboard/entries/{key:path}", response=BlackboardDeleted,
-                  policy=Policy(WRITE, "key", "bb.delete"))
+    @router.route(
+        "DELETE",
+        "/v1/blackboard/entries/{key:path}",
+        response=BlackboardDeleted,
+        policy=Policy(WRITE, "key", "bb.delete"),
+    )
     async def bb_delete(call: Call) -> BlackboardDeleted:
         """Delete one key."""
         key = call.params["key"]
@@ -75,27 +88,47 @@ def build_blackboard_routes(router: Router, host: Host) -> None:
     async def bb_list(call: Call) -> BlackboardList:
         """List live keys under `?prefix=` that the caller may read."""
         prefix = call.request.query.get("prefix", "")
-        entries = bb.list(prefix, readable=host.readable_by(call.principal))
+        entries = bb.entries(prefix, readable=host.readable_by(call.principal))
         host.audit.append(call.principal, "bb.list", prefix, "allow", returned=len(entries))
         return BlackboardList(entries=entries)
 
-    @router.route("POST", "/v1/blackboard/cas", body=BlackboardCas, response=BlackboardEntry,
-                  policy=Policy(WRITE, "key", "bb.cas"))
+    @router.route(
+        "POST",
+        "/v1/blackboard/cas",
+        body=BlackboardCas,
+        response=BlackboardEntry,
+        policy=Policy(WRITE, "key", "bb.cas"),
+    )
     async def bb_cas(call: Call) -> BlackboardEntry:
         """Compare-and-swap: write only if the key is at `expected_version` (0: absent)."""
         body: BlackboardCas = call.body
-        return bb.put(body.key, body.value, call.principal, ttl_s=body.ttl_s,
-                      expected_version=body.expected_version)
+        return bb.put(
+            body.key,
+            body.value,
+            call.principal,
+            ttl_s=body.ttl_s,
+            expected_version=body.expected_version,
+        )
 
-    @router.route("POST", "/v1/blackboard/claim", body=ClaimRequest, response=Claim,
-                  policy=Policy(WRITE, "key", "bb.claim"))
+    @router.route(
+        "POST",
+        "/v1/blackboard/claim",
+        body=ClaimRequest,
+        response=Claim,
+        policy=Policy(WRITE, "key", "bb.claim"),
+    )
     async def bb_claim(call: Call) -> Claim:
         """Claim a key (423 while another holder's claim is live)."""
         body: ClaimRequest = call.body
         return bb.claim(body.key, call.principal, body.ttl_s)
 
-    @router.route("POST", "/v1/blackboard/release", body=ReleaseRequest, response=Released,
-                  policy=Policy(WRITE, "key", "bb.release"))
+    @router.route(
+        "POST",
+        "/v1/blackboard/release",
+        body=ReleaseRequest,
+        response=Released,
+        policy=Policy(WRITE, "key", "bb.release"),
+    )
     async def bb_release(call: Call) -> Released:
         """Release the caller's claim on a key."""
         body: ReleaseRequest = call.body
@@ -107,8 +140,9 @@ def build_blackboard_routes(router: Router, host: Host) -> None:
         body: WatchRequest = call.body
         host.audit.append(call.principal, "bb.watch", body.pattern, "allow", cursor=body.cursor)
         wait = min(body.wait_s, host.config.host.long_poll_max_s)
-        return await bb.watch(body.pattern, body.cursor, wait,
-                              readable=host.readable_by(call.principal))
+        return await bb.watch(
+            body.pattern, body.cursor, wait, readable=host.readable_by(call.principal)
+        )
 
 
 def build_agent_router(host: Host, agent: str) -> Router:
@@ -127,30 +161,50 @@ def build_agent_router(host: Host, agent: str) -> Router:
     async def whoami(call: Call) -> Identity:
         """Who the host believes the caller is (from the socket alone)."""
         cfg = host.config.agents.get(call.principal)
-        return Identity(agent=call.principal, role=cfg.role if cfg else None,
-                        team=cfg.team if cfg else None)
+        return Identity(
+            agent=call.principal, role=cfg.role if cfg else None, team=cfg.team if cfg else None
+        )
 
-    @router.route("POST", "/v1/publish", body=PublishRequest, response=Published,
-                  policy=Policy(Perm.PUBLISH.value, "topic", "publish"))
+    @router.route(
+        "POST",
+        "/v1/publish",
+        body=PublishRequest,
+        response=Published,
+        policy=Policy(Perm.PUBLISH.value, "topic", "publish"),
+    )
     async def publish(call: Call) -> Published:
         """Publish to a topic: one inbox item per permitted subscriber, or none."""
         body: PublishRequest = call.body
         try:
             recipients = inboxes.publish(
-                call.principal, body.topic, body.payload,
+                call.principal,
+                body.topic,
+                body.payload,
                 deliver=lambda a: host.permissions.allows(a, Perm.SUBSCRIBE, body.topic),
             )
         except InboxFull as exc:
             full = list(exc.detail.get("full", []))
-            host.audit.append(call.principal, "publish.refused", body.topic, "deny",
-                              reason="inbox_full", full=full)
-            host.bus.publish(InboxRefused(at=time.time(), sender=call.principal, full=full,
-                                          topic=body.topic))
+            host.audit.append(
+                call.principal,
+                "publish.refused",
+                body.topic,
+                "deny",
+                reason="inbox_full",
+                full=full,
+            )
+            host.bus.publish(
+                InboxRefused(at=time.time(), sender=call.principal, full=full, topic=body.topic)
+            )
             raise
         return Published(topic=body.topic, delivered_to=recipients)
 
-    @router.route("POST", "/v1/subscriptions", body=SubscribeRequest, response=Subscriptions,
-                  policy=Policy(Perm.SUBSCRIBE.value, "topic", "subscribe"))
+    @router.route(
+        "POST",
+        "/v1/subscriptions",
+        body=SubscribeRequest,
+        response=Subscriptions,
+        policy=Policy(Perm.SUBSCRIBE.value, "topic", "subscribe"),
+    )
     async def subscribe(call: Call) -> Subscriptions:
         """Subscribe the caller to a topic or topic glob."""
         body: SubscribeRequest = call.body
@@ -167,8 +221,13 @@ def build_agent_router(host: Host, agent: str) -> Router:
         """The caller's subscriptions."""
         return Subscriptions(topics=inboxes.subscriptions(call.principal))
 
-    @router.route("POST", "/v1/messages", body=MessageRequest, response=MessageQueued,
-                  policy=Policy(Perm.MESSAGE.value, "to", "message"))
+    @router.route(
+        "POST",
+        "/v1/messages",
+        body=MessageRequest,
+        response=MessageQueued,
+        policy=Policy(Perm.MESSAGE.value, "to", "message"),
+    )
     async def send_message(call: Call) -> MessageQueued:
         """Send a direct message to another agent's inbox."""
         body: MessageRequest = call.body
@@ -201,5 +260,8 @@ def build_agent_router(host: Host, agent: str) -> Router:
 
 def require_agent(host: Host, name: str) -> None:
     if name not in host.config.agents:
-        raise NotFound(f"no agent named {name!r}; configured: {', '.join(host.config.agents)}",
-                       code="unknown_agent", agent=name)
+        raise NotFound(
+            f"no agent named {name!r}; configured: {', '.join(host.config.agents)}",
+            code="unknown_agent",
+            agent=name,
+        )

@@ -49,8 +49,13 @@ def build_control_router(host: Host) -> Router:
         host.request_stop("stop requested over the control socket")
         return StopResponse(stopping=True)
 
-    @router.route("POST", "/v1/messages", body=OperatorMessage, response=MessageQueued,
-                  policy=Policy(Perm.MESSAGE.value, "to", "message"))
+    @router.route(
+        "POST",
+        "/v1/messages",
+        body=OperatorMessage,
+        response=MessageQueued,
+        policy=Policy(Perm.MESSAGE.value, "to", "message"),
+    )
     async def send_message(call: Call) -> MessageQueued:
         """Put a message from the operator in an agent's inbox."""
         body: OperatorMessage = call.body
@@ -76,11 +81,21 @@ def host_status(host: Host) -> HostStatus:
     now = time.time()
     agents = [
         AgentStatus(
-            name=name, role=cfg.role, team=cfg.team, model=cfg.model,
-            socket=str(host.paths.agent_socket(name)), inbox_depth=host.inboxes.depth(name),
+            name=name,
+            role=cfg.role,
+            team=cfg.team,
+            model=cfg.model,
+            socket=str(host.paths.agent_socket(name)),
+            inbox_depth=host.inboxes.depth(name),
             last_heartbeat=host.last_seen.get(name),
         )
         for name, cfg in sorted(host.config.agents.items())
     ]
-    return HostStatus(pid=os.getpid(), version=__version__, home=str(host.paths.home),
-                      started_at=host.started_at, uptime_s=now - host.started_at, agents=agents)
+    return HostStatus(
+        pid=os.getpid(),
+        version=__version__,
+        home=str(host.paths.home),
+        started_at=host.started_at,
+        uptime_s=now - host.started_at,
+        agents=agents,
+    )

@@ -22,12 +22,19 @@ GENESIS = "0" * 64
 
 
 def record_hash(
-    prev_hash: str, seq: int, ts: float, actor: str, action: str, target: str, decision: str,
+    prev_hash: str,
+    seq: int,
+    ts: float,
+    actor: str,
+    action: str,
+    target: str,
+    decision: str,
     detail: str,
 ) -> str:
     material = json.dumps(
         [prev_hash, seq, repr(ts), actor, action, target, decision, detail],
-        separators=(",", ":"), ensure_ascii=False,
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     return hashlib.sha256(material.encode()).hexdigest()
 
@@ -46,9 +53,15 @@ class AuditRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "seq": self.seq, "ts": self.ts, "actor": self.actor, "action": self.action,
-            "target": self.target, "decision": self.decision, "detail": self.detail,
-            "prev_hash": self.prev_hash, "hash": self.hash,
+            "seq": self.seq,
+            "ts": self.ts,
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "decision": self.decision,
+            "detail": self.detail,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
         }
 
 
@@ -65,7 +78,10 @@ class AuditLog:
     """Appends records to the `audit` table of host.db. Owned by the host process."""
 
     def __init__(
-        self, conn: apsw.Connection, *, clock: Callable[[], float] = time.time,
+        self,
+        conn: apsw.Connection,
+        *,
+        clock: Callable[[], float] = time.time,
         on_append: Callable[[AuditRecord], None] | None = None,
     ) -> None:
         self.conn = conn
@@ -101,16 +117,21 @@ def _row_to_record(row: tuple[Any, ...]) -> AuditRecord:
         parsed = json.loads(detail)
     except ValueError:
         parsed = {"unparseable": detail}
-    return AuditRecord(int(seq), float(ts), actor, action, target, decision, parsed, prev_hash,
-                       digest)
+    return AuditRecord(
+        int(seq), float(ts), actor, action, target, decision, parsed, prev_hash, digest
+    )
 
 
 def query(
-    conn: apsw.Connection, *, actor: str | None = None, since: float | None = None,
+    conn: apsw.Connection,
+    *,
+    actor: str | None = None,
+    since: float | None = None,
     limit: int | None = None,
 ) -> list[AuditRecord]:
     """Records in order, optionally filtered; `limit` keeps the newest ones."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     if actor is not None:
         where.append("actor = ?")
         args.append(actor)
@@ -146,14 +167,17 @@ def verify(conn: apsw.Connection) -> VerifyResult:
     ):
         if seq != expected_seq:
             why = "a record before it was deleted" if seq > expected_seq else "records reordered"
-            return VerifyResult(False, checked, prev, int(seq),
-                                f"expected seq {expected_seq}, found {seq}: {why}")
+            return VerifyResult(
+                False, checked, prev, int(seq), f"expected seq {expected_seq}, found {seq}: {why}"
+            )
         if prev_hash != prev:
-            return VerifyResult(False, checked, prev, int(seq),
-                                "prev_hash does not match the record before it")
+            return VerifyResult(
+                False, checked, prev, int(seq), "prev_hash does not match the record before it"
+            )
         if record_hash(prev, seq, ts, actor, action, target, decision, detail) != digest:
-            return VerifyResult(False, checked, prev, int(seq),
-                                "contents do not match the record's hash (edited)")
+            return VerifyResult(
+                False, checked, prev, int(seq), "contents do not match the record's hash (edited)"
+            )
         prev = digest
         expected_seq += 1
         checked += 1

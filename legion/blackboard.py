@@ -38,8 +38,12 @@ class _Row:
 
     def entry(self, key: str) -> BlackboardEntry:
         return BlackboardEntry.model_construct(
-            key=key, value=self.value, version=self.version, writer=self.writer,
-            updated_at=self.updated_at, expires_at=self.expires_at,
+            key=key,
+            value=self.value,
+            version=self.version,
+            writer=self.writer,
+            updated_at=self.updated_at,
+            expires_at=self.expires_at,
         )
 
 
@@ -57,7 +61,11 @@ class _Change:
 
 class Blackboard:
     def __init__(
-        self, store: Store, config: BlackboardConfig, bus: EventBus, *,
+        self,
+        store: Store,
+        config: BlackboardConfig,
+        bus: EventBus,
+        *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -84,7 +92,8 @@ class Blackboard:
         if len(key) > self.config.max_key_length:
             raise BadRequest(
                 f"key is {len(key)} characters; the limit is {self.config.max_key_length}",
-                code="key_too_long", limit=self.config.max_key_length,
+                code="key_too_long",
+                limit=self.config.max_key_length,
             )
         if not KEY_RE.match(key):
             raise BadRequest(
@@ -102,7 +111,9 @@ class Blackboard:
         if size > self.config.max_value_bytes:
             raise TooLarge(
                 f"value is {size} bytes of JSON; the limit is {self.config.max_value_bytes}",
-                code="value_too_large", size=size, limit=self.config.max_value_bytes,
+                code="value_too_large",
+                size=size,
+                limit=self.config.max_value_bytes,
             )
         return text
 
@@ -118,8 +129,10 @@ class Blackboard:
         row = self._live(key, self.clock())
         return None if row is None else row.entry(key)
 
-    def list(
-        self, prefix: str = "", readable: Callable[[str], bool] | None = None,
+    def entries(
+        self,
+        prefix: str = "",
+        readable: Callable[[str], bool] | None = None,
         limit: int = 10000,
     ) -> list[BlackboardEntry]:
         now = self.clock()
@@ -140,14 +153,22 @@ class Blackboard:
         if claim is not None and claim[0] != writer and claim[1] > now:
             raise Locked(
                 f"key {key!r} is claimed by {claim[0]} until {claim[1]:.0f}; wait for its "
-                "release or expiry", code="claimed", owner=claim[0], expires_at=claim[1],
+                "release or expiry",
+                code="claimed",
+                owner=claim[0],
+                expires_at=claim[1],
             )
 
     def put(
-        self, key: str, value: Any, writer: str, *, ttl_s: float | None = None,
+        self,
+        key: str,
+        value: Any,
+        writer: str,
+        *,
+        ttl_s: float | None = None,
         expected_version: int | None = None,
     ) -> BlackboardEntry:
-        """Write a value; with `expected_version`, only if the current version matches (0: absent)."""
+        """Write a value; with `expected_version`, only if the version matches (0: absent)."""
         self.check_key(key)
         text = self._encode(value)
         now = self.clock()
@@ -157,8 +178,10 @@ class Blackboard:
         if expected_version is not None and expected_version != current_version:
             raise Conflict(
                 f"key {key!r} is at version {current_version}, not {expected_version}; "
-                "re-read it and retry", code="version_conflict",
-                expected=expected_version, current=current_version,
+                "re-read it and retry",
+                code="version_conflict",
+                expected=expected_version,
+                current=current_version,
             )
         version = current_version + 1
         expires_at = now + ttl_s if ttl_s is not None else None
@@ -210,8 +233,12 @@ class Blackboard:
         if claim is None or claim[1] <= now:
             return False
         if claim[0] != owner:
-            raise Locked(f"key {key!r} is claimed by {claim[0]}, not by {owner}",
-                         code="claimed", owner=claim[0], expires_at=claim[1])
+            raise Locked(
+                f"key {key!r} is claimed by {claim[0]}, not by {owner}",
+                code="claimed",
+                owner=claim[0],
+                expires_at=claim[1],
+            )
         with self.store.tx() as conn:
             conn.execute("DELETE FROM claims WHERE key = ?", (key,))
         del self._claims[key]
@@ -229,14 +256,16 @@ class Blackboard:
     def collect(self) -> int:
         """Delete expired entries and claims; returns how many entries were collected."""
         now = self.clock()
-        expired = [k for k, r in self._rows.items() if r.expires_at is not None and
-                   r.expires_at <= now]
+        expired = [
+            k for k, r in self._rows.items() if r.expires_at is not None and r.expires_at <= now
+        ]
         lapsed = [k for k, (_, exp) in self._claims.items() if exp <= now]
         if not expired and not lapsed:
             return 0
         with self.store.tx() as conn:
-            conn.execute("DELETE FROM blackboard WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                         (now,))
+            conn.execute(
+                "DELETE FROM blackboard WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+            )
             conn.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
         for key in expired:
             row = self._rows.pop(key)
@@ -249,15 +278,27 @@ class Blackboard:
     # --- watch ----------------------------------------------------------------
 
     def _record(
-        self, op: str, key: str, version: int, writer: str, value: Any, at: float,
+        self,
+        op: str,
+        key: str,
+        version: int,
+        writer: str,
+        value: Any,
+        at: float,
         expires_at: float | None,
     ) -> None:
         self._seq += 1
         self._history.append(_Change(self._seq, op, key, version, writer, value, at, expires_at))
-        self.bus.publish(BlackboardChanged(
-            at=at, seq=self._seq, op=op,  # type: ignore[arg-type]
-            key=key, version=version, writer=writer,
-        ))
+        self.bus.publish(
+            BlackboardChanged(
+                at=at,
+                seq=self._seq,
+                op=op,
+                key=key,
+                version=version,
+                writer=writer,
+            )
+        )
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
@@ -284,16 +325,25 @@ class Blackboard:
             value = change.value
             if change.op == "put" and change.expires_at is not None and change.expires_at <= now:
                 continue  # expired values are never handed out
-            out.append(BlackboardChange(
-                seq=change.seq, op=change.op,  # type: ignore[arg-type]
-                key=change.key, version=change.version, writer=change.writer, value=value,
-                at=change.at,
-            ))
+            out.append(
+                BlackboardChange(
+                    seq=change.seq,
+                    op=change.op,
+                    key=change.key,
+                    version=change.version,
+                    writer=change.writer,
+                    value=value,
+                    at=change.at,
+                )
+            )
         out.reverse()
         return out, False
 
     async def watch(
-        self, pattern: str, cursor: int | None, wait_s: float,
+        self,
+        pattern: str,
+        cursor: int | None,
+        wait_s: float,
         readable: Callable[[str], bool] | None = None,
     ) -> WatchResponse:
         """Changes to keys matching `pattern` after `cursor`, waiting up to `wait_s` for one."""

@@ -42,7 +42,8 @@ class ControlClient:
         self.paths = paths
         self._http = httpx.Client(
             transport=httpx.HTTPTransport(uds=str(paths.control_socket)),
-            base_url="http://legion", timeout=timeout,
+            base_url="http://legion",
+            timeout=timeout,
         )
 
     def close(self) -> None:
@@ -65,9 +66,15 @@ class ControlClient:
             try:
                 body = ErrorBody.model_validate_json(response.content)
             except ValueError:
-                body = ErrorBody.model_validate({"error": {
-                    "code": "http_error", "status": response.status_code,
-                    "message": response.text[:500]}})
+                body = ErrorBody.model_validate(
+                    {
+                        "error": {
+                            "code": "http_error",
+                            "status": response.status_code,
+                            "message": response.text[:500],
+                        }
+                    }
+                )
             raise ApiError(body)
         return model.model_validate_json(response.content) if model else response.json()
 
@@ -80,31 +87,36 @@ class ControlClient:
         return result
 
     def bb_get(self, key: str) -> BlackboardEntry:
-        result: BlackboardEntry = self._request("GET", f"/v1/blackboard/entries/{key}",
-                                                BlackboardEntry)
+        result: BlackboardEntry = self._request(
+            "GET", f"/v1/blackboard/entries/{key}", BlackboardEntry
+        )
         return result
 
     def bb_put(self, key: str, value: Any, ttl_s: float | None = None) -> BlackboardEntry:
         body: dict[str, Any] = {"value": value}
         if ttl_s is not None:
             body["ttl_s"] = ttl_s
-        result: BlackboardEntry = self._request("PUT", f"/v1/blackboard/entries/{key}",
-                                                BlackboardEntry, json=body)
+        result: BlackboardEntry = self._request(
+            "PUT", f"/v1/blackboard/entries/{key}", BlackboardEntry, json=body
+        )
         return result
 
     def bb_list(self, prefix: str = "") -> BlackboardList:
-        result: BlackboardList = self._request("GET", "/v1/blackboard/entries", BlackboardList,
-                                               params={"prefix": prefix})
+        result: BlackboardList = self._request(
+            "GET", "/v1/blackboard/entries", BlackboardList, params={"prefix": prefix}
+        )
         return result
 
     def bb_delete(self, key: str) -> BlackboardDeleted:
-        result: BlackboardDeleted = self._request("DELETE", f"/v1/blackboard/entries/{key}",
-                                                  BlackboardDeleted)
+        result: BlackboardDeleted = self._request(
+            "DELETE", f"/v1/blackboard/entries/{key}", BlackboardDeleted
+        )
         return result
 
     def send(self, to: str, payload: Any) -> MessageQueued:
-        result: MessageQueued = self._request("POST", "/v1/messages", MessageQueued,
-                                              json={"to": to, "payload": payload})
+        result: MessageQueued = self._request(
+            "POST", "/v1/messages", MessageQueued, json={"to": to, "payload": payload}
+        )
         return result
 
     def events(self) -> Iterator[Any]:

@@ -121,6 +121,7 @@ _FIXES: dict[str, str] = {
 def _fields_at(path: tuple[str | int, ...]) -> list[str]:
     """Known field names of the model at `path` (for did-you-mean)."""
     model: Any = Config
+    args: tuple[Any, ...]
     for part in path:
         if isinstance(model, type) and issubclass(model, BaseModel):
             field = model.model_fields.get(str(part))
@@ -129,10 +130,7 @@ def _fields_at(path: tuple[str | int, ...]) -> list[str]:
             ann = field.annotation
             args = getattr(ann, "__args__", ())
             origin = getattr(ann, "__origin__", None)
-            if origin is dict and len(args) == 2:
-                model = ("dict", args[1])
-            else:
-                model = ann
+            model = ("dict", args[1]) if origin is dict and len(args) == 2 else ann
         elif isinstance(model, tuple) and model[0] == "dict":
             model = model[1]
         else:
@@ -181,8 +179,10 @@ def _describe(error: Any, where: str, index: _LineIndex, file: str) -> str:
     if kind == "extra_forbidden":
         known = _fields_at(loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        hint = f'did you mean "{close[0]}"?' if close else (
-            "known keys: " + ", ".join(known) if known else "remove it"
+        hint = (
+            f'did you mean "{close[0]}"?'
+            if close
+            else ("known keys: " + ", ".join(known) if known else "remove it")
         )
         return f"{prefix}: {key}: unknown key; {hint}"
     if kind == "value_error":

@@ -116,10 +116,17 @@ async def _serve(paths: Paths, systemd: bool) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, host.request_stop, f"signal {sig.name}")
         paths.pid_file.write_text(str(os.getpid()))
-        log.info("host ready", extra={"fields": {
-            "home": str(paths.home), "agents": sorted(config.agents), "pid": os.getpid(),
-            "control_socket": str(paths.control_socket),
-        }})
+        log.info(
+            "host ready",
+            extra={
+                "fields": {
+                    "home": str(paths.home),
+                    "agents": sorted(config.agents),
+                    "pid": os.getpid(),
+                    "control_socket": str(paths.control_socket),
+                }
+            },
+        )
         if systemd:
             sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {len(config.agents)} agents")
         await host.wait_stopped()
@@ -142,8 +149,9 @@ def run(paths: Paths, *, systemd: bool = False) -> int:
         return asyncio.run(_serve(paths, systemd))
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
-        print(f"legion daemon: fix {exc.path} (check it with `legion config check`)",
-              file=sys.stderr)
+        print(
+            f"legion daemon: fix {exc.path} (check it with `legion config check`)", file=sys.stderr
+        )
         return 2
     finally:
         lock.close()

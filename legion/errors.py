@@ -13,8 +13,9 @@ class LegionError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 **detail: Any) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, status: int | None = None, **detail: Any
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:

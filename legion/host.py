@@ -50,11 +50,13 @@ class Host:
         self.guard = Guard(self.permissions, self.audit)
         self.blackboard = Blackboard(self.store, config.host.blackboard, self.bus, clock=clock)
         self.inboxes = Inboxes(
-            self.store, self.bus, max_items=config.host.inbox_max_items,
-            visibility_timeout_s=config.host.visibility_timeout_s, clock=clock,
+            self.store,
+            self.bus,
+            max_items=config.host.inbox_max_items,
+            visibility_timeout_s=config.host.visibility_timeout_s,
+            clock=clock,
         )
-        self.http = HttpServer(max_body_bytes=config.host.max_body_bytes,
-                               authorize=self._authorize)
+        self.http = HttpServer(max_body_bytes=config.host.max_body_bytes, authorize=self._authorize)
         self.last_seen: dict[str, float] = {}
         self._stop = asyncio.Event()
         self.stop_reason = ""
@@ -68,21 +70,26 @@ class Host:
         try:
             recovered = host.inboxes.recover()
             if recovered:
-                log.info("inbox items made visible again after restart",
-                         extra={"fields": {"count": recovered}})
-            await host.http.listen(Listener(paths.control_socket, "operator",
-                                            build_control_router(host)))
+                log.info(
+                    "inbox items made visible again after restart",
+                    extra={"fields": {"count": recovered}},
+                )
+            await host.http.listen(
+                Listener(paths.control_socket, "operator", build_control_router(host))
+            )
             for name in config.agents:
-                await host.http.listen(Listener(paths.agent_socket(name), name,
-                                                build_agent_router(host, name)))
+                await host.http.listen(
+                    Listener(paths.agent_socket(name), name, build_agent_router(host, name))
+                )
             async with asyncio.TaskGroup() as tasks:
                 collector = tasks.create_task(host._collect_forever(), name="bb-collector")
                 host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
                 try:
                     yield host
                 finally:
-                    host.bus.publish(HostStopping(at=host.clock(),
-                                                  reason=host.stop_reason or "shutdown"))
+                    host.bus.publish(
+                        HostStopping(at=host.clock(), reason=host.stop_reason or "shutdown")
+                    )
                     collector.cancel()
                     await host.http.close()
         finally:
@@ -109,8 +116,12 @@ class Host:
 
     def _authorize(self, call: Call, route: Route) -> None:
         assert route.policy is not None
-        self.guard.check(call.principal, Perm(route.policy.permission), route.target_of(call),
-                         route.policy.action)
+        self.guard.check(
+            call.principal,
+            Perm(route.policy.permission),
+            route.target_of(call),
+            route.policy.action,
+        )
 
     def readable_by(self, principal: str) -> Callable[[str], bool]:
         if principal == "operator":
@@ -121,10 +132,16 @@ class Host:
         return lambda key: any_match(patterns, key)
 
     def _audit_event(self, record: AuditRecord) -> None:
-        self.bus.publish(AuditAppended(
-            at=record.ts, seq=record.seq, actor=record.actor, action=record.action,
-            target=record.target, decision=record.decision,  # type: ignore[arg-type]
-        ))
+        self.bus.publish(
+            AuditAppended(
+                at=record.ts,
+                seq=record.seq,
+                actor=record.actor,
+                action=record.action,
+                target=record.target,
+                decision=record.decision,
+            )
+        )
 
     # --- operations used by several routes -------------------------------------------
 

@@ -115,13 +115,19 @@ class Router:
         self.routes: list[Route] = []
 
     def route(
-        self, method: str, template: str, *, body: type[BaseModel] | None = None,
-        response: type[BaseModel] | None = None, policy: Policy | None = None,
+        self,
+        method: str,
+        template: str,
+        *,
+        body: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        policy: Policy | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             summary = (handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else ""
             self.routes.append(Route(method, template, handler, body, response, summary, policy))
             return handler
+
         return register
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
@@ -135,10 +141,15 @@ class Router:
                 continue
             return route, {k: unquote(v) for k, v in m.groupdict().items()}
         if allowed:
-            raise LegionError(f"{method} is not allowed on {path}; use {', '.join(allowed)}",
-                              code="method_not_allowed", status=405, allowed=allowed)
-        raise LegionError(f"no route {method} {path}; see GET /v1/openapi.json",
-                          code="no_route", status=404)
+            raise LegionError(
+                f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+                code="method_not_allowed",
+                status=405,
+                allowed=allowed,
+            )
+        raise LegionError(
+            f"no route {method} {path}; see GET /v1/openapi.json", code="no_route", status=404
+        )
 
     def openapi(self) -> dict[str, Any]:
         """An OpenAPI 3.1 document generated from the route table."""
@@ -158,11 +169,16 @@ class Router:
                 "summary": route.summary,
                 "operationId": route.handler.__name__,
                 "responses": {
-                    "200": {"description": "OK", "content": {
-                        "application/json": {"schema": ref(route.response)}
-                    }} if route.response else {"description": "OK"},
-                    "default": {"description": "Typed error",
-                                "content": {"application/json": {"schema": error_ref}}},
+                    "200": {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": ref(route.response)}},
+                    }
+                    if route.response
+                    else {"description": "OK"},
+                    "default": {
+                        "description": "Typed error",
+                        "content": {"application/json": {"schema": error_ref}},
+                    },
                 },
             }
             names = re.findall(r"\{(\w+)(?::path)?\}", route.template)
@@ -172,9 +188,10 @@ class Router:
                     for n in names
                 ]
             if route.body is not None:
-                op["requestBody"] = {"required": True, "content": {
-                    "application/json": {"schema": ref(route.body)}
-                }}
+                op["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(route.body)}},
+                }
             if route.policy is not None:
                 op["x-legion-permission"] = route.policy.permission
                 op["x-legion-target"] = route.policy.target
@@ -224,7 +241,8 @@ class HttpServer:
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise LegionError(
                 f"socket path {path} is {len(os.fsencode(path))} bytes; Unix sockets allow "
-                f"{MAX_SOCKET_PATH}. Use a shorter LEGION_HOME", code="socket_path_too_long",
+                f"{MAX_SOCKET_PATH}. Use a shorter LEGION_HOME",
+                code="socket_path_too_long",
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_socket() or path.exists():
@@ -254,8 +272,7 @@ class HttpServer:
         if server is not None:
             server.close()
             await server.wait_closed()
-        if path.is_socket():
-            path.unlink()
+        path.unlink(missing_ok=True)  # noqa: ASYNC240 - a local unlink, microseconds
 
     async def close(self) -> None:
         for path in list(self._servers):
@@ -280,8 +297,18 @@ class HttpServer:
                 except asyncio.IncompleteReadError:
                     return
                 except asyncio.LimitOverrunError:
-                    await self._write(writer, Response(431, _error_bytes(LegionError(
-                        "request head too large", code="head_too_large", status=431))), False)
+                    await self._write(
+                        writer,
+                        Response(
+                            431,
+                            _error_bytes(
+                                LegionError(
+                                    "request head too large", code="head_too_large", status=431
+                                )
+                            ),
+                        ),
+                        False,
+                    )
                     return
                 keep_alive = await self._handle(listener, head, reader, writer)
                 if not keep_alive:
@@ -292,7 +319,10 @@ class HttpServer:
             writer.close()
 
     async def _handle(
-        self, listener: Listener, head: bytes, reader: asyncio.StreamReader,
+        self,
+        listener: Listener,
+        head: bytes,
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
         try:
@@ -303,27 +333,62 @@ class HttpServer:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
         except ValueError:
-            await self._write(writer, Response(400, _error_bytes(LegionError(
-                "malformed HTTP request", code="malformed_request"))), False)
+            await self._write(
+                writer,
+                Response(
+                    400,
+                    _error_bytes(LegionError("malformed HTTP request", code="malformed_request")),
+                ),
+                False,
+            )
             return False
         keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            await self._write(writer, Response(411, _error_bytes(LegionError(
-                "chunked request bodies are not accepted; send Content-Length",
-                code="length_required", status=411))), False)
+            await self._write(
+                writer,
+                Response(
+                    411,
+                    _error_bytes(
+                        LegionError(
+                            "chunked request bodies are not accepted; send Content-Length",
+                            code="length_required",
+                            status=411,
+                        )
+                    ),
+                ),
+                False,
+            )
             return False
         try:
             length = int(headers.get("content-length", "0"))
         except ValueError:
             length = -1
         if length < 0:
-            await self._write(writer, Response(400, _error_bytes(LegionError(
-                "invalid Content-Length", code="malformed_request"))), False)
+            await self._write(
+                writer,
+                Response(
+                    400,
+                    _error_bytes(LegionError("invalid Content-Length", code="malformed_request")),
+                ),
+                False,
+            )
             return False
         if length > self.max_body_bytes:
-            await self._write(writer, Response(413, _error_bytes(LegionError(
-                f"body is {length} bytes; the limit is {self.max_body_bytes}",
-                code="body_too_large", status=413, limit=self.max_body_bytes))), False)
+            await self._write(
+                writer,
+                Response(
+                    413,
+                    _error_bytes(
+                        LegionError(
+                            f"body is {length} bytes; the limit is {self.max_body_bytes}",
+                            code="body_too_large",
+                            status=413,
+                            limit=self.max_body_bytes,
+                        )
+                    ),
+                ),
+                False,
+            )
             return False
         try:
             body = await reader.readexactly(length) if length else b""
@@ -344,10 +409,13 @@ class HttpServer:
                     body = route.body.model_validate_json(request.body or b"null")
                 except ValidationError as exc:
                     raise LegionError(
-                        "invalid request body: " + "; ".join(
+                        "invalid request body: "
+                        + "; ".join(
                             f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
                             for e in exc.errors()
-                        ), code="invalid_body", status=422,
+                        ),
+                        code="invalid_body",
+                        status=422,
                         errors=json.loads(exc.json(include_url=False, include_input=False)),
                     ) from None
             call = Call(listener.principal, request, params, body)
@@ -358,8 +426,9 @@ class HttpServer:
             return Response(exc.status, _error_bytes(exc))
         except Exception:
             log.exception("unhandled error serving %s %s", request.method, request.path)
-            detail = ErrorDetail(code="internal", message="internal error; see the host log",
-                                 status=500)
+            detail = ErrorDetail(
+                code="internal", message="internal error; see the host log", status=500
+            )
             return Response(500, ErrorBody(error=detail).model_dump_json().encode())
 
     async def _write(
@@ -370,8 +439,8 @@ class HttpServer:
         if isinstance(response, Response):
             writer.write(
                 f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: {response.content_type}"
-                f"\r\ncontent-length: {len(response.body)}\r\nconnection: {conn}\r\n\r\n"
-                .encode() + response.body
+                f"\r\ncontent-length: {len(response.body)}\r\nconnection: {conn}\r\n\r\n".encode()
+                + response.body
             )
             await writer.drain()
             return

@@ -10,6 +10,7 @@ an item not acked by then, or by a host restart, is handed out again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -32,14 +33,20 @@ def check_topic(topic: str, *, pattern: bool = False) -> None:
     if not topic or len(topic) > TOPIC_MAX or not KEY_RE.match(bare):
         raise BadRequest(
             f"invalid topic {topic!r}: use segments of letters, digits and ._:@+=- separated "
-            f"by '/', at most {TOPIC_MAX} characters" + (", with * and ** globs" if pattern else ""),
+            f"by '/', at most {TOPIC_MAX} characters"
+            + (", with * and ** globs" if pattern else ""),
             code="invalid_topic",
         )
 
 
 class Inboxes:
     def __init__(
-        self, store: Store, bus: EventBus, *, max_items: int, visibility_timeout_s: float,
+        self,
+        store: Store,
+        bus: EventBus,
+        *,
+        max_items: int,
+        visibility_timeout_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -88,14 +95,20 @@ class Inboxes:
 
     def subscribers(self, topic: str) -> list[str]:
         return sorted(
-            agent for agent, patterns in self._subs.items()
+            agent
+            for agent, patterns in self._subs.items()
             if any(compile_glob(p).fullmatch(topic) for p in patterns)
         )
 
     # --- enqueue --------------------------------------------------------------
 
     def _enqueue(
-        self, recipients: Iterable[str], kind: str, topic: str | None, sender: str, payload: Any,
+        self,
+        recipients: Iterable[str],
+        kind: str,
+        topic: str | None,
+        sender: str,
+        payload: Any,
     ) -> dict[str, int]:
         recipients = list(recipients)
         full = [a for a in recipients if self.depth(a) >= self.max_items]
@@ -103,7 +116,9 @@ class Inboxes:
             raise InboxFull(
                 f"inbox of {', '.join(full)} is full ({self.max_items} unacked items); nothing "
                 "was delivered. The recipient must ack items, or the operator can raise "
-                "[host] inbox_max_items", full=full, limit=self.max_items,
+                "[host] inbox_max_items",
+                full=full,
+                limit=self.max_items,
             )
         try:
             text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -115,14 +130,22 @@ class Inboxes:
             for agent in recipients:
                 conn.execute(
                     "INSERT INTO inbox(agent, kind, topic, sender, payload, created_at, visible_at)"
-                    " VALUES (?,?,?,?,?,?,?)", (agent, kind, topic, sender, text, now, now),
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (agent, kind, topic, sender, text, now, now),
                 )
                 ids[agent] = int(conn.last_insert_rowid())
         for agent, item_id in ids.items():
             self._depth[agent] = self.depth(agent) + 1
-            self.bus.publish(InboxQueued(at=now, agent=agent, item_id=item_id,
-                                         kind=kind,  # type: ignore[arg-type]
-                                         topic=topic, sender=sender))
+            self.bus.publish(
+                InboxQueued(
+                    at=now,
+                    agent=agent,
+                    item_id=item_id,
+                    kind=kind,
+                    topic=topic,
+                    sender=sender,
+                )
+            )
             self._wake(agent)
         return ids
 
@@ -132,10 +155,11 @@ class Inboxes:
     def publish(
         self, sender: str, topic: str, payload: Any, deliver: Callable[[str], bool] | None = None
     ) -> list[str]:
-        """Queue `payload` for every subscriber of `topic` (not the sender) that `deliver` allows."""
+        """Queue `payload` for each subscriber of `topic` (not the sender) that `deliver` allows."""
         check_topic(topic)
-        recipients = [a for a in self.subscribers(topic) if a != sender and
-                      (deliver is None or deliver(a))]
+        recipients = [
+            a for a in self.subscribers(topic) if a != sender and (deliver is None or deliver(a))
+        ]
         self._enqueue(recipients, "topic", topic, sender, payload)
         return recipients
 
@@ -148,10 +172,13 @@ class Inboxes:
 
     def _take(self, agent: str, max_items: int) -> list[InboxItem]:
         now = self.clock()
-        rows = list(self.store.execute(
-            "SELECT id, kind, topic, sender, payload, created_at, deliveries FROM inbox "
-            "WHERE agent = ? AND visible_at <= ? ORDER BY id LIMIT ?", (agent, now, max_items),
-        ))
+        rows = list(
+            self.store.execute(
+                "SELECT id, kind, topic, sender, payload, created_at, deliveries FROM inbox "
+                "WHERE agent = ? AND visible_at <= ? ORDER BY id LIMIT ?",
+                (agent, now, max_items),
+            )
+        )
         if not rows:
             return []
         hidden_until = now + self.visibility_timeout_s
@@ -161,8 +188,15 @@ class Inboxes:
                 [(hidden_until, r[0]) for r in rows],
             )
         return [
-            InboxItem(id=r[0], kind=r[1], topic=r[2], sender=r[3], payload=json.loads(r[4]),
-                      created_at=r[5], deliveries=r[6] + 1)
+            InboxItem(
+                id=r[0],
+                kind=r[1],
+                topic=r[2],
+                sender=r[3],
+                payload=json.loads(r[4]),
+                created_at=r[5],
+                deliveries=r[6] + 1,
+            )
             for r in rows
         ]
 
@@ -183,17 +217,16 @@ class Inboxes:
             ).fetchone()
             if row and row[0] is not None:
                 remaining = min(remaining, max(0.0, row[0] - self.clock()) + 0.001)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                pass
 
     def ack(self, agent: str, ids: list[int]) -> int:
         """Delete acked items of `agent`'s own inbox; ids of other inboxes are ignored."""
         with self.store.tx() as conn:
             before = conn.total_changes()
-            conn.executemany("DELETE FROM inbox WHERE id = ? AND agent = ?",
-                             [(i, agent) for i in ids])
+            conn.executemany(
+                "DELETE FROM inbox WHERE id = ? AND agent = ?", [(i, agent) for i in ids]
+            )
             removed = int(conn.total_changes() - before)
         self._depth[agent] = max(0, self.depth(agent) - removed)
         return removed

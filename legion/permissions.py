@@ -82,11 +82,19 @@ class Guard:
 
     def check(self, actor: str, perm: Perm, target: str, action: str, **detail: Any) -> None:
         decision = self.permissions.decide(actor, perm, target)
-        self.audit.append(actor, action, target, "allow" if decision.allowed else "deny",
-                          reason=decision.reason, **detail)
+        self.audit.append(
+            actor,
+            action,
+            target,
+            "allow" if decision.allowed else "deny",
+            reason=decision.reason,
+            **detail,
+        )
         if not decision.allowed:
             raise Forbidden(
                 f"{actor} may not {action} {target!r}: {decision.reason}. The operator can "
                 f"grant it with {perm.value} in [agents.{actor}.permissions]",
-                code="permission_denied", permission=perm.value, target=target,
+                code="permission_denied",
+                permission=perm.value,
+                target=target,
             )

@@ -19,26 +19,30 @@ import sqlite_vec
 from playhouse.apsw_ext import APSWDatabase
 
 
-class LegionDatabase(APSWDatabase):  # type: ignore[misc]
+class LegionDatabase(APSWDatabase):
     """A peewee database whose every connection can load sqlite-vec."""
 
     def _add_conn_hooks(self, conn: apsw.Connection) -> None:
-        super()._add_conn_hooks(conn)
+        super()._add_conn_hooks(conn)  # type: ignore[no-untyped-call]
         conn.enable_load_extension(True)
         conn.load_extension(sqlite_vec.loadable_path())
         conn.enable_load_extension(False)
 
 
-def connect(path: Path | str, *, durability: str = "full", readonly: bool = False) -> LegionDatabase:
+def connect(
+    path: Path | str, *, durability: str = "full", readonly: bool = False
+) -> LegionDatabase:
     """Open a database with legion's settings: WAL, busy timeout, foreign keys, sqlite-vec."""
     sync = {"full": "FULL", "normal": "NORMAL"}[durability]
-    flags = apsw.SQLITE_OPEN_READONLY if readonly else (
-        apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    flags = (
+        apsw.SQLITE_OPEN_READONLY
+        if readonly
+        else (apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     )
     pragmas: list[tuple[str, Any]] = [("busy_timeout", 5000), ("foreign_keys", 1)]
     if not readonly:
         pragmas = [("journal_mode", "wal"), ("synchronous", sync), *pragmas]
-    db = LegionDatabase(str(path), pragmas=pragmas, flags=flags, timeout=5)
+    db = LegionDatabase(str(path), pragmas=pragmas, flags=flags, timeout=5)  # type: ignore[no-untyped-call]
     db.connect()
     return db
 
@@ -109,7 +113,7 @@ class SchemaTooNew(Exception):
 
 def migrate(db: LegionDatabase) -> int:
     """Bring the schema up to SCHEMA_VERSION; returns the version found before."""
-    conn: apsw.Connection = db.connection()
+    conn: apsw.Connection = db.connection()  # type: ignore[no-untyped-call]
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at REAL)"
     )
@@ -141,7 +145,7 @@ class Store:
         self.path = path
         self.db = connect(path, durability=durability)
         migrate(self.db)
-        self.conn: apsw.Connection = self.db.connection()
+        self.conn: apsw.Connection = self.db.connection()  # type: ignore[no-untyped-call]
 
     @contextmanager
     def tx(self) -> Iterator[apsw.Connection]:

@@ -11,11 +11,17 @@ from legion.cli.common import State, emit_json, fail, fmt_time, parse_since
 
 def audit(
     agent: Annotated[str | None, typer.Option("--agent", help="Only this actor.")] = None,
-    since: Annotated[str | None, typer.Option(
-        "--since", help="Only records since T: 30m, 2h, 7d, an ISO time, or a Unix time.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Only records since T: 30m, 2h, 7d, an ISO time, or a Unix time."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", help="Newest N records.", min=1)] = 100,
-    verify: Annotated[bool, typer.Option(
-        "--verify", help="Check the hash chain; exit 1 naming the first bad record.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Check the hash chain; exit 1 naming the first bad record."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List audit records, or verify that none was edited, deleted or reordered."""
@@ -27,7 +33,7 @@ def audit(
         fail(f"no host database at {paths.host_db}; start the host once with `legion daemon`", 1)
     db = connect(paths.host_db, readonly=True)
     try:
-        conn = db.connection()
+        conn = db.connection()  # type: ignore[no-untyped-call]
         if verify:
             result = audit_log.verify(conn)
             if as_json:
@@ -35,8 +41,11 @@ def audit(
             elif result.ok:
                 typer.echo(f"audit log ok: {result.checked} records, head {result.head_hash}")
             else:
-                typer.echo(f"audit log BROKEN at seq {result.bad_seq}: {result.reason} "
-                           f"({result.checked} records before it are intact)", err=True)
+                typer.echo(
+                    f"audit log BROKEN at seq {result.bad_seq}: {result.reason} "
+                    f"({result.checked} records before it are intact)",
+                    err=True,
+                )
             raise typer.Exit(0 if result.ok else 1)
         since_ts = parse_since(since) if since else None
         records = audit_log.query(conn, actor=agent, since=since_ts, limit=limit)
@@ -51,6 +60,14 @@ def audit(
     table = Table("seq", "time", "actor", "action", "target", "decision", "reason", box=None)
     for r in records:
         style = "red" if r.decision == "deny" else ""
-        table.add_row(str(r.seq), fmt_time(r.ts), r.actor, r.action, r.target, r.decision,
-                      str(r.detail.get("reason", "")), style=style)
+        table.add_row(
+            str(r.seq),
+            fmt_time(r.ts),
+            r.actor,
+            r.action,
+            r.target,
+            r.decision,
+            str(r.detail.get("reason", "")),
+            style=style,
+        )
     Console().print(table)

@@ -8,15 +8,16 @@ from typing import Annotated
 import typer
 
 from legion.cli.common import State, emit_json, fail, fmt_time, host_errors
+from legion.client import ControlClient
 
-app = typer.Typer(help="Read and write the blackboard (needs a running host).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Read and write the blackboard (needs a running host).", no_args_is_help=True
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def _client():  # type: ignore[no-untyped-def]
-    from legion.client import ControlClient
+def _client() -> ControlClient:
 
     return ControlClient(State.paths())
 
@@ -25,8 +26,9 @@ def _client():  # type: ignore[no-untyped-def]
 def put(
     key: Annotated[str, typer.Argument(help="Key, e.g. shared/plan or teams/red/status.")],
     value: Annotated[str, typer.Argument(help='A JSON value: 42, "text", {"a": 1}, [1, 2].')],
-    ttl: Annotated[float | None, typer.Option("--ttl", help="Expire after S seconds.",
-                                              min=0.001)] = None,
+    ttl: Annotated[
+        float | None, typer.Option("--ttl", help="Expire after S seconds.", min=0.001)
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write KEY = JSON value (bumps its version)."""
@@ -72,8 +74,9 @@ def ls(
 
     table = Table("key", "version", "writer", "updated", "expires", box=None)
     for e in entries:
-        table.add_row(e.key, str(e.version), e.writer, fmt_time(e.updated_at),
-                      fmt_time(e.expires_at))
+        table.add_row(
+            e.key, str(e.version), e.writer, fmt_time(e.updated_at), fmt_time(e.expires_at)
+        )
     Console().print(table)
 
 

@@ -19,8 +19,9 @@ def example_text() -> str:
 
 @app.command("check")
 def check(
-    file: Annotated[Path | None, typer.Argument(
-        help="File to check; default: legion.toml in LEGION_HOME.")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="File to check; default: legion.toml in LEGION_HOME.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Validate a config file; print every problem with its line or key and the fix."""
@@ -42,8 +43,14 @@ def check(
             typer.echo(f"{len(exc.problems)} problem(s) in {path}", err=True)
         raise typer.Exit(2) from None
     if as_json:
-        emit_json({"ok": True, "file": str(path), "agents": sorted(config.agents),
-                   "teams": sorted(config.teams)})
+        emit_json(
+            {
+                "ok": True,
+                "file": str(path),
+                "agents": sorted(config.agents),
+                "teams": sorted(config.teams),
+            }
+        )
     else:
         typer.echo(f"{path}: ok ({len(config.agents)} agents, {len(config.teams)} teams)")
 

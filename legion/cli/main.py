@@ -31,22 +31,34 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    home: Annotated[str | None, typer.Option(
-        "--home", envvar="LEGION_HOME", show_envvar=True,
-        help="State folder (default: $XDG_DATA_HOME/legion, i.e. ~/.local/share/legion).")
+    home: Annotated[
+        str | None,
+        typer.Option(
+            "--home",
+            envvar="LEGION_HOME",
+            show_envvar=True,
+            help="State folder (default: $XDG_DATA_HOME/legion, i.e. ~/.local/share/legion).",
+        ),
     ] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     State.home = home
 
 
 @app.command()
 def daemon(
-    systemd: Annotated[bool, typer.Option(
-        "--systemd", help="Send READY/STOPPING to systemd through NOTIFY_SOCKET.")] = False,
-    print_unit: Annotated[bool, typer.Option(
-        "--print-unit", help="Print a systemd unit file for this home and exit.")] = False,
+    systemd: Annotated[
+        bool,
+        typer.Option("--systemd", help="Send READY/STOPPING to systemd through NOTIFY_SOCKET."),
+    ] = False,
+    print_unit: Annotated[
+        bool, typer.Option("--print-unit", help="Print a systemd unit file for this home and exit.")
+    ] = False,
 ) -> None:
     """Run the host in the foreground (logs JSON to stderr; SIGTERM stops it)."""
     from legion import daemon as daemon_mod
@@ -72,8 +84,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     if not st.agents:
         typer.echo("no agents configured (add [agents.<name>] to legion.toml)")
     for a in st.agents:
-        typer.echo(f"  {a.name:<20} team={a.team or '-':<10} inbox={a.inbox_depth:<6} "
-                   f"last seen {fmt_time(a.last_heartbeat)}")
+        typer.echo(
+            f"  {a.name:<20} team={a.team or '-':<10} inbox={a.inbox_depth:<6} "
+            f"last seen {fmt_time(a.last_heartbeat)}"
+        )
 
 
 @app.command()
@@ -96,8 +110,9 @@ def stop(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
 
 
 @app.command()
-def events(as_json: Annotated[bool, typer.Option("--json", help="One JSON per line.")] = False,
-           ) -> None:
+def events(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON per line.")] = False,
+) -> None:
     """Follow the host's event stream (Ctrl-C to stop)."""
     from legion.client import ControlClient
 

@@ -69,7 +69,9 @@ class Released(BaseModel):
 
 
 class WatchRequest(_Strict):
-    pattern: str = Field(description="Glob over keys: `*` stays within a segment, `**` crosses `/`.")
+    pattern: str = Field(
+        description="Glob over keys: `*` stays within a segment, `**` crosses `/`."
+    )
     cursor: int | None = Field(
         default=None, ge=0, description="Last cursor seen; omit to start from now."
     )
