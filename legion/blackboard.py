@@ -26,6 +26,8 @@ from legion.wire.api import BlackboardChange, BlackboardEntry, Claim, WatchRespo
 from legion.wire.events import BlackboardChanged, ClaimChanged
 
 KEY_RE = re.compile(r"^[A-Za-z0-9._:@+=\-]+(/[A-Za-z0-9._:@+=\-]+)*$")
+# `.` and `..` segments would make keys look like paths that resolve elsewhere.
+DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 
 
 @dataclass(slots=True)
@@ -95,10 +97,10 @@ class Blackboard:
                 code="key_too_long",
                 limit=self.config.max_key_length,
             )
-        if not KEY_RE.match(key):
+        if not KEY_RE.match(key) or DOT_SEGMENT.search(key):
             raise BadRequest(
                 f"invalid key {key!r}: use segments of letters, digits and ._:@+=- "
-                "separated by single '/', with no leading or trailing '/'",
+                "separated by single '/', with no leading or trailing '/' and no . or .. segments",
                 code="invalid_key",
             )
 

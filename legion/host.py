@@ -59,14 +59,17 @@ class Host:
         self.http = HttpServer(max_body_bytes=config.host.max_body_bytes, authorize=self._authorize)
         self.last_seen: dict[str, float] = {}
         self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.stop_reason = ""
 
     # --- lifespan ---------------------------------------------------------------
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, config: Config, paths: Paths) -> AsyncIterator[Host]:
-        host = cls(config, paths)
+    async def running(
+        cls, config: Config, paths: Paths, *, clock: Callable[[], float] = time.time
+    ) -> AsyncIterator[Host]:
+        host = cls(config, paths, clock=clock)
         try:
             recovered = host.inboxes.recover()
             if recovered:
@@ -81,18 +84,16 @@ class Host:
                 await host.http.listen(
                     Listener(paths.agent_socket(name), name, build_agent_router(host, name))
                 )
-            async with asyncio.TaskGroup() as tasks:
-                collector = tasks.create_task(host._collect_forever(), name="bb-collector")
-                host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
-                try:
-                    yield host
-                finally:
-                    host.bus.publish(
-                        HostStopping(at=host.clock(), reason=host.stop_reason or "shutdown")
-                    )
-                    collector.cancel()
-                    await host.http.close()
+            # The host owns its background tasks: created here, cancelled and awaited below.
+            host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
+            host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
+            yield host
         finally:
+            host.bus.publish(HostStopping(at=host.clock(), reason=host.stop_reason or "shutdown"))
+            for task in host._tasks:
+                task.cancel()
+            await asyncio.gather(*host._tasks, return_exceptions=True)
+            host._tasks.clear()
             await host.http.close()
             host.store.close()
 

@@ -27,10 +27,10 @@ TOPIC_MAX = 256
 
 
 def check_topic(topic: str, *, pattern: bool = False) -> None:
-    from legion.blackboard import KEY_RE
+    from legion.blackboard import DOT_SEGMENT, KEY_RE
 
     bare = topic.replace("*", "x").replace("?", "x") if pattern else topic
-    if not topic or len(topic) > TOPIC_MAX or not KEY_RE.match(bare):
+    if not topic or len(topic) > TOPIC_MAX or not KEY_RE.match(bare) or DOT_SEGMENT.search(topic):
         raise BadRequest(
             f"invalid topic {topic!r}: use segments of letters, digits and ._:@+=- separated "
             f"by '/', at most {TOPIC_MAX} characters"

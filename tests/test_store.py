@@ -1,0 +1,74 @@
+"""The store: WAL, durability settings, sqlite-vec through our own connection, migrations."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import apsw
+import pytest
+
+from legion import store
+from legion.store import SCHEMA_VERSION, SchemaTooNew, Store, connect
+
+
+def test_sqlite_vec_loads_through_the_connection_factory(home: Path) -> None:
+    db = connect(home / "vec.db")
+    conn = db.connection()
+    (version,) = conn.execute("SELECT vec_version()").fetchone()
+    assert version.startswith("v")
+    conn.execute("CREATE VIRTUAL TABLE v USING vec0(embedding float[3])")
+    for rowid, vec in [(1, (1.0, 0.0, 0.0)), (2, (0.0, 1.0, 0.0)), (3, (0.9, 0.1, 0.0))]:
+        conn.execute(
+            "INSERT INTO v(rowid, embedding) VALUES (?, ?)", (rowid, struct.pack("3f", *vec))
+        )
+    rows = conn.execute(
+        "SELECT rowid FROM v WHERE embedding MATCH ? ORDER BY distance LIMIT 2",
+        (struct.pack("3f", 1.0, 0.0, 0.0),),
+    ).fetchall()
+    assert [r[0] for r in rows] == [1, 3]
+    db.close()
+
+
+@pytest.mark.parametrize(("durability", "expected"), [("full", 2), ("normal", 1)])
+def test_wal_and_synchronous(home: Path, durability: str, expected: int) -> None:
+    s = Store(home / "host.db", durability=durability)
+    assert s.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s.execute("PRAGMA synchronous").fetchone()[0] == expected
+    s.close()
+
+
+def test_migrations_are_recorded_and_idempotent(home: Path) -> None:
+    Store(home / "host.db").close()
+    s = Store(home / "host.db")
+    versions = [r[0] for r in s.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    s.close()
+
+
+def test_a_newer_schema_is_refused_not_damaged(home: Path) -> None:
+    Store(home / "host.db").close()
+    conn = apsw.Connection(str(home / "host.db"))
+    conn.execute(
+        "INSERT INTO schema_version(version, applied_at) VALUES (?, 0)", (SCHEMA_VERSION + 1,)
+    )
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="upgrade legion"):
+        Store(home / "host.db")
+
+
+def test_a_failed_migration_changes_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Store(home / "host.db").close()
+
+    def broken(conn: apsw.Connection) -> None:
+        conn.execute("CREATE TABLE half_done (x)")
+        raise RuntimeError("migration failed midway")
+
+    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, broken])
+    monkeypatch.setattr(store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(RuntimeError):
+        Store(home / "host.db")
+    conn = apsw.Connection(str(home / "host.db"))
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "half_done" not in tables
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
