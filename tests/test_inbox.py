@@ -91,12 +91,15 @@ async def test_unacked_items_redelivered_after_host_restart(home: Path) -> None:
     config = parse_config(
         CONFIG.replace("visibility_timeout_s = 0.3", "visibility_timeout_s = 600")
     )
-    async with Host.running(config, paths), agent_client(paths, "pub") as pub:
-        async with agent_client(paths, "sub1") as sub1:
-            await pub.post("/v1/messages", json={"to": "sub1", "payload": 1})
-            await pub.post("/v1/messages", json={"to": "sub1", "payload": 2})
-            taken = (await sub1.post("/v1/inbox/poll", json={"max_items": 1})).json()["items"]
-            assert [i["payload"] for i in taken] == [1]
+    async with (
+        Host.running(config, paths),
+        agent_client(paths, "pub") as pub,
+        agent_client(paths, "sub1") as sub1,
+    ):
+        await pub.post("/v1/messages", json={"to": "sub1", "payload": 1})
+        await pub.post("/v1/messages", json={"to": "sub1", "payload": 2})
+        taken = (await sub1.post("/v1/inbox/poll", json={"max_items": 1})).json()["items"]
+        assert [i["payload"] for i in taken] == [1]
     async with Host.running(config, paths), agent_client(paths, "sub1") as sub1:
         items = (await sub1.post("/v1/inbox/poll", json={})).json()["items"]
         assert [i["payload"] for i in items] == [1, 2]
