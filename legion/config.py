@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from legion.errors import ConfigError
 
@@ -23,7 +23,8 @@ AgentName = Annotated[str, Field(pattern=NAME_RE)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # strict: "yes" is not a bool and "10" is not a number; a typo must not grant anything.
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True)
 
 
 class BlackboardConfig(_Section):
@@ -64,6 +65,7 @@ class AgentConfig(_Section):
     role: str | None = None
     model: str | None = None
     team: str | None = None
+    allowed_models: list[str] = Field(default_factory=list)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
 
@@ -72,26 +74,115 @@ class TeamConfig(_Section):
     description: str | None = None
 
 
+class ModelConfig(_Section):
+    """A model alias agents can use: LiteLLM model id, where, with which key, at what price."""
+
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    credential: str | None = None
+    failover: list[str] = Field(default_factory=list)
+    input_cost_per_mtok: float | None = Field(default=None, ge=0)
+    output_cost_per_mtok: float | None = Field(default=None, ge=0)
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+
+class LLMConfig(_Section):
+    default_model: str | None = None
+    default_max_tokens: int = Field(default=4096, ge=1, le=1_000_000)
+    fleet_daily_usd: float | None = Field(default=None, ge=0)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+
+class EgressConfig(_Section):
+    allow: list[str] = Field(default_factory=list)
+    max_response_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+
+
 class Config(_Section):
     host: HostConfig = Field(default_factory=HostConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    egress: EgressConfig = Field(default_factory=EgressConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     teams: dict[AgentName, TeamConfig] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _check_references(self) -> Config:
-        problems: list[str] = []
-        for name, agent in self.agents.items():
-            if name in RESERVED_NAMES:
-                problems.append(f"agents.{name}: `{name}` is reserved; pick another agent name")
-            if agent.team is not None and agent.team not in self.teams:
-                known = ", ".join(sorted(self.teams)) or "none defined"
+
+def _table(data: Any, *path: str) -> dict[str, Any]:
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Cross-references the models cannot check alone, on the raw TOML data.
+
+    Run even when field checks fail, so every problem is reported at once.
+    Returns (key path, message) pairs.
+    """
+    problems: list[tuple[str, str]] = []
+    models = _table(data, "llm", "models")
+    teams = _table(data, "teams")
+    agents = _table(data, "agents")
+    known_models = ", ".join(sorted(models)) or "none defined"
+    for alias, model in models.items():
+        failover = model.get("failover", []) if isinstance(model, dict) else []
+        for hop in failover if isinstance(failover, list) else []:
+            key = f"llm.models.{alias}.failover"
+            if hop == alias:
+                problems.append((key, "a model cannot fail over to itself; remove it"))
+            elif hop not in models:
                 problems.append(
-                    f"agents.{name}.team: team `{agent.team}` is not defined (teams: {known}); "
-                    f"add a [teams.{agent.team}] section or fix the name"
+                    (
+                        key,
+                        f"`{hop}` is not a model alias (aliases: {known_models}); "
+                        f"fix: add [llm.models.{hop}] or fix the name",
+                    )
                 )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    default = _table(data, "llm").get("default_model")
+    if isinstance(default, str) and default not in models:
+        problems.append(
+            (
+                "llm.default_model",
+                f"`{default}` is not a model alias (aliases: "
+                f"{known_models}); fix: add [llm.models.{default}]",
+            )
+        )
+    allow = _table(data, "egress").get("allow", [])
+    for entry in allow if isinstance(allow, list) else []:
+        host, sep, port = str(entry).rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append(
+                ("egress.allow", f'`{entry}` is not HOST:PORT; fix: write e.g. "127.0.0.1:8080"')
+            )
+    for name, agent in agents.items():
+        if name in RESERVED_NAMES:
+            problems.append((f"agents.{name}", f"`{name}` is reserved; fix: pick another agent name"))
+        if not isinstance(agent, dict):
+            continue
+        team = agent.get("team")
+        if isinstance(team, str) and team not in teams:
+            known = ", ".join(sorted(teams)) or "none defined"
+            problems.append(
+                (
+                    f"agents.{name}.team",
+                    f"team `{team}` is not defined (teams: "
+                    f"{known}); fix: add a [teams.{team}] section "
+                    "or fix the name",
+                )
+            )
+        wanted = [agent.get("model"), *list(agent.get("allowed_models") or [])]
+        for alias in wanted:
+            if isinstance(alias, str) and models and alias not in models:
+                problems.append(
+                    (
+                        f"agents.{name}.model",
+                        f"`{alias}` is not a model alias "
+                        f"(aliases: {known_models}); fix: add "
+                        f"[llm.models.{alias}] or fix the name",
+                    )
+                )
+    return problems
 
 
 # --- loading -------------------------------------------------------------------
@@ -185,9 +276,6 @@ def _describe(error: Any, where: str, index: _LineIndex, file: str) -> str:
             else ("known keys: " + ", ".join(known) if known else "remove it")
         )
         return f"{prefix}: {key}: unknown key; {hint}"
-    if kind == "value_error":
-        msg = str(error.get("ctx", {}).get("error", error["msg"]))
-        return "\n".join(f"{file}: {part}" for part in msg.split("; "))
     got = error.get("input")
     got_text = "" if kind == "missing" else f" (got {got!r})"
     fix = _FIXES.get(kind, "see config.example.toml")
@@ -200,12 +288,19 @@ def parse_config(text: str, file: str = "legion.toml") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, [f"{file}: not valid TOML: {exc}; fix the syntax there"]) from None
+    index = _LineIndex(text)
+    problems: list[str] = []
+    config: Config | None = None
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        index = _LineIndex(text)
         problems = [_describe(e, "", index, file) for e in exc.errors()]
-        raise ConfigError(file, problems) from None
+    for key, message in reference_problems(data):
+        line = index.find(key)
+        problems.append(f"{file}:{line}: {key}: {message}" if line else f"{file}: {key}: {message}")
+    if problems or config is None:
+        raise ConfigError(file, problems)
+    return config
 
 
 def load_config(path: Path) -> Config:

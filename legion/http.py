@@ -449,9 +449,16 @@ class HttpServer:
             f"transfer-encoding: chunked\r\nconnection: {conn}\r\n\r\n".encode()
         )
         await writer.drain()
-        async for chunk in response.chunks:
-            if chunk:
-                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                await writer.drain()
+        chunks = response.chunks
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    await writer.drain()
+        finally:
+            # Run the producer's cleanup now (e.g. settle an aborted LLM stream), not at GC.
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
         writer.write(b"0\r\n\r\n")
         await writer.drain()

@@ -103,7 +103,41 @@ def _m1_core(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_m1_core]
+def _m2_ledger(conn: apsw.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            agent TEXT NOT NULL,
+            model TEXT NOT NULL,
+            provider_model TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            reserved_usd REAL NOT NULL,
+            status TEXT NOT NULL,
+            latency_ms REAL,
+            ttft_ms REAL
+        );
+        CREATE INDEX ledger_agent_ts ON ledger(agent, ts);
+        CREATE INDEX ledger_ts ON ledger(ts);
+        CREATE TABLE reservations (
+            id TEXT PRIMARY KEY,
+            agent TEXT NOT NULL,
+            model TEXT NOT NULL,
+            provider_model TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            amount_usd REAL NOT NULL,
+            created_at REAL NOT NULL
+        );
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [_m1_core, _m2_ledger]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -35,6 +35,8 @@ def check(
         config = parse_config(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError as exc:
         fail(f"{path}: not UTF-8 text ({exc})", 2)
+    except OSError as exc:
+        fail(f"{path}: cannot read: {exc.strerror}", 2)
     except ConfigError as exc:
         if as_json:
             emit_json({"ok": False, "file": str(path), "problems": exc.problems})

@@ -1,0 +1,1 @@
+"""The LLM gateway: model resolution, budgets, failover, and LiteLLM behind them."""
