@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from legion.errors import InboxFull, NotFound
-from legion.http import Call, Policy, Response, Router
+from legion.http import Call, Policy, Response, Router, StreamResponse
 from legion.permissions import Perm
 from legion.wire.api import (
     AckRequest,
@@ -20,8 +20,10 @@ from legion.wire.api import (
     BlackboardEntry,
     BlackboardList,
     BlackboardPut,
+    ChatRequest,
     Claim,
     ClaimRequest,
+    EmbeddingRequest,
     HeartbeatRequest,
     HeartbeatResponse,
     Identity,
@@ -246,6 +248,16 @@ def build_agent_router(host: Host, agent: str) -> Router:
         """Acknowledge handled items; unacked items are delivered again."""
         body: AckRequest = call.body
         return AckResponse(acked=inboxes.ack(call.principal, body.ids))
+
+    @router.route("POST", "/v1/chat/completions", body=ChatRequest)
+    async def chat_completions(call: Call) -> Response | StreamResponse:
+        """OpenAI-compatible chat completions (streaming or not), budgeted and audited."""
+        return await host.gateway.chat(call.principal, call.body)
+
+    @router.route("POST", "/v1/embeddings", body=EmbeddingRequest)
+    async def embeddings(call: Call) -> Response:
+        """OpenAI-compatible embeddings, budgeted and audited."""
+        return await host.gateway.embeddings(call.principal, call.body)
 
     @router.route("POST", "/v1/heartbeat", body=HeartbeatRequest, response=HeartbeatResponse)
     async def heartbeat(call: Call) -> HeartbeatResponse:

@@ -70,7 +70,7 @@ def build_control_router(host: Host) -> Router:
                 yield b""  # headers go out before the first event
                 while True:
                     event = await sub.get()
-                    yield event.model_dump_json().encode() + b"\n"
+                    yield host.redactor.redact_bytes(event.model_dump_json().encode()) + b"\n"
 
         return StreamResponse(lines())
 

@@ -83,8 +83,10 @@ class AuditLog:
         *,
         clock: Callable[[], float] = time.time,
         on_append: Callable[[AuditRecord], None] | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.conn = conn
+        self.redact = redact
         self.clock = clock
         self.on_append = on_append
         row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -97,6 +99,12 @@ class AuditLog:
         seq = self._seq + 1
         ts = self.clock()
         detail_text = json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str)
+        if self.redact is not None:  # no vault value is ever written to the audit log
+            target = self.redact(target)
+            redacted = self.redact(detail_text)
+            if redacted != detail_text:
+                detail_text = redacted
+                detail = json.loads(detail_text)
         digest = record_hash(self._head, seq, ts, actor, action, target, decision, detail_text)
         with self.conn:
             self.conn.execute(

@@ -157,7 +157,9 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
             )
     for name, agent in agents.items():
         if name in RESERVED_NAMES:
-            problems.append((f"agents.{name}", f"`{name}` is reserved; fix: pick another agent name"))
+            problems.append(
+                (f"agents.{name}", f"`{name}` is reserved; fix: pick another agent name")
+            )
         if not isinstance(agent, dict):
             continue
         team = agent.get("team")

@@ -25,9 +25,15 @@ from legion.config import Config
 from legion.events import EventBus
 from legion.http import Call, HttpServer, Listener, Route
 from legion.inbox import Inboxes
+from legion.llm.budget import Budgets
+from legion.llm.gateway import Gateway
+from legion.llm.health import ModelHealth
+from legion.llm.runtime import LiteLLM
 from legion.paths import Paths
 from legion.permissions import Guard, Perm, Permissions
+from legion.redact import Redactor
 from legion.store import Store
+from legion.vault import Vault
 from legion.wire.api import HostStatus
 from legion.wire.events import AuditAppended, HostStarted, HostStopping
 
@@ -45,7 +51,12 @@ class Host:
         paths.run.mkdir(parents=True, exist_ok=True)
         os.chmod(paths.run, 0o700)
         self.store = Store(paths.host_db, durability=config.host.durability)
-        self.audit = AuditLog(self.store.conn, clock=clock, on_append=self._audit_event)
+        self.vault = Vault(paths.vault_db, paths.vault_key, clock=clock)
+        # One redactor masks every vault value in audit records, API responses, events, logs.
+        self.redactor = Redactor(self.vault.values)
+        self.audit = AuditLog(
+            self.store.conn, clock=clock, on_append=self._audit_event, redact=self.redactor.redact
+        )
         self.permissions = Permissions(config)
         self.guard = Guard(self.permissions, self.audit)
         self.blackboard = Blackboard(self.store, config.host.blackboard, self.bus, clock=clock)
@@ -56,7 +67,26 @@ class Host:
             visibility_timeout_s=config.host.visibility_timeout_s,
             clock=clock,
         )
-        self.http = HttpServer(max_body_bytes=config.host.max_body_bytes, authorize=self._authorize)
+        self.budgets = Budgets(self.store, config, clock=clock)
+        self.health = ModelHealth()
+        self.litellm = LiteLLM()
+        self.gateway = Gateway(
+            config,
+            vault=self.vault,
+            budgets=self.budgets,
+            guard=self.guard,
+            audit=self.audit,
+            bus=self.bus,
+            redactor=self.redactor,
+            litellm=self.litellm,
+            health=self.health,
+            clock=clock,
+        )
+        self.http = HttpServer(
+            max_body_bytes=config.host.max_body_bytes,
+            authorize=self._authorize,
+            redact=self.redactor.redact_bytes,
+        )
         self.last_seen: dict[str, float] = {}
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -67,8 +97,18 @@ class Host:
     @classmethod
     @contextlib.asynccontextmanager
     async def running(
-        cls, config: Config, paths: Paths, *, clock: Callable[[], float] = time.time
+        cls,
+        config: Config,
+        paths: Paths,
+        *,
+        clock: Callable[[], float] = time.time,
+        preload_llm: bool = False,
     ) -> AsyncIterator[Host]:
+        """Start everything, yield the host, stop everything in reverse.
+
+        `preload_llm` starts importing LiteLLM in a worker thread right away (the daemon
+        does, when models are configured); otherwise the first LLM call starts it.
+        """
         host = cls(config, paths, clock=clock)
         try:
             recovered = host.inboxes.recover()
@@ -86,6 +126,8 @@ class Host:
                 )
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
+            if preload_llm and config.llm.models:
+                host.litellm.start()
             host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
             yield host
         finally:
@@ -95,6 +137,14 @@ class Host:
             await asyncio.gather(*host._tasks, return_exceptions=True)
             host._tasks.clear()
             await host.http.close()
+            await host.litellm.close()
+            for reservation in list(host.budgets.open.values()):
+                # A call cut short by shutdown: its worst case stays booked (see Budgets).
+                log.warning(
+                    "unsettled reservation at shutdown",
+                    extra={"fields": {"agent": reservation.agent, "usd": reservation.amount}},
+                )
+            host.vault.close()
             host.store.close()
 
     def request_stop(self, reason: str) -> None:

@@ -230,9 +230,16 @@ class Listener:
 class HttpServer:
     """Serves any number of Unix-socket listeners on the running loop."""
 
-    def __init__(self, *, max_body_bytes: int, authorize: Authorizer | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_body_bytes: int,
+        authorize: Authorizer | None = None,
+        redact: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self.max_body_bytes = max_body_bytes
         self.authorize = authorize
+        self.redact = redact
         self._servers: dict[Path, asyncio.AbstractServer] = {}
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -437,6 +444,8 @@ class HttpServer:
         reason = HTTPStatus(response.status).phrase
         conn = "keep-alive" if keep_alive else "close"
         if isinstance(response, Response):
+            if self.redact is not None:
+                response.body = self.redact(response.body)
             writer.write(
                 f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: {response.content_type}"
                 f"\r\ncontent-length: {len(response.body)}\r\nconnection: {conn}\r\n\r\n".encode()
@@ -453,6 +462,8 @@ class HttpServer:
         try:
             async for chunk in chunks:
                 if chunk:
+                    if self.redact is not None:
+                        chunk = self.redact(chunk)
                     writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     await writer.drain()
         finally:

@@ -35,6 +35,14 @@ class Paths:
         return self.home / "host.db"
 
     @property
+    def vault_db(self) -> Path:
+        return self.home / "vault.db"
+
+    @property
+    def vault_key(self) -> Path:
+        return self.home / "vault.key"
+
+    @property
     def run(self) -> Path:
         return self.home / "run"
 

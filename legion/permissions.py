@@ -30,6 +30,7 @@ class Perm(StrEnum):
     CREDENTIAL = "allowed_credentials"
     CRON = "can_manage_cron"
     SPAWN = "can_spawn"
+    LLM = "llm"  # target: a model alias; the agent's own model or one of allowed_models
 
 
 _FLAGS = {Perm.CRON, Perm.SPAWN}
@@ -47,7 +48,7 @@ class Permissions:
 
     def patterns(self, agent: str, perm: Perm) -> list[str]:
         agent_cfg = self.config.agents.get(agent)
-        if agent_cfg is None or perm in _FLAGS:
+        if agent_cfg is None or perm in _FLAGS or perm is Perm.LLM:
             return []
         patterns = list(getattr(agent_cfg.permissions, perm.value))
         if agent_cfg.team and perm in (Perm.BB_READ, Perm.BB_WRITE):
@@ -60,6 +61,14 @@ class Permissions:
         agent_cfg = self.config.agents.get(agent)
         if agent_cfg is None:
             return Decision(False, f"{agent} is not a configured agent")
+        if perm is Perm.LLM:
+            own = agent_cfg.model or self.config.llm.default_model
+            if target and (target == own or target in agent_cfg.allowed_models):
+                return Decision(True, f"model {target!r} is allowed")
+            return Decision(
+                False,
+                f"model {target!r} is neither {agent}'s model ({own!r}) nor in its allowed_models",
+            )
         if perm in _FLAGS:
             allowed = bool(getattr(agent_cfg.permissions, perm.value))
             return Decision(allowed, f"{perm.value} = {str(allowed).lower()}")
@@ -91,9 +100,14 @@ class Guard:
             **detail,
         )
         if not decision.allowed:
+            where = (
+                f"allowed_models in [agents.{actor}]"
+                if perm is Perm.LLM
+                else f"{perm.value} in [agents.{actor}.permissions]"
+            )
             raise Forbidden(
                 f"{actor} may not {action} {target!r}: {decision.reason}. The operator can "
-                f"grant it with {perm.value} in [agents.{actor}.permissions]",
+                f"grant it with {where}",
                 code="permission_denied",
                 permission=perm.value,
                 target=target,

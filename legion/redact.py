@@ -40,11 +40,15 @@ class Redactor:
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def redact(self, text: str) -> str:
+        if self._source is not None:
+            self.refresh()
         if self._pattern is None:
             return text
         return self._pattern.sub(MASK, text)
 
     def redact_bytes(self, data: bytes) -> bytes:
+        if self._source is not None:
+            self.refresh()
         if self._pattern is None:
             return data
         text = data.decode("utf-8", errors="surrogateescape")
@@ -53,6 +57,8 @@ class Redactor:
 
     def redact_obj(self, value: Any) -> Any:
         """Redact strings anywhere inside a JSON-like structure."""
+        if self._source is not None:
+            self.refresh()
         if self._pattern is None:
             return value
         if isinstance(value, str):

@@ -242,7 +242,7 @@ class Vault:
     def names(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM secrets ORDER BY name")]
 
-    def list(self) -> list[SecretInfo]:
+    def infos(self) -> list[SecretInfo]:
         return [
             SecretInfo(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5])
             for r in self.conn.execute(
@@ -266,16 +266,22 @@ class Vault:
         except InvalidTag:
             raise VaultLocked(f"credential {name!r} does not decrypt (tampered?)") from None
 
+    def _db_version(self) -> int:
+        """Changes whenever another connection (e.g. `legion vault set`) commits."""
+        row = self.conn.execute("PRAGMA data_version").fetchone()
+        assert row is not None
+        return int(row[0])
+
     def _refresh(self) -> None:
-        version = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        version = self._db_version()
         if version == self._data_version and self._values:
             return
         values: dict[str, tuple[Tier, list[str], str]] = {}
-        for info in self.list():
+        for info in self.infos():
             tier, value = self._open(info.name)
             values[info.name] = (tier, info.bound_hosts, value)
         self._values = values
-        self._data_version = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        self._data_version = self._db_version()
 
     def values(self) -> list[str]:
         """Every secret value (for the redactor)."""
@@ -331,7 +337,7 @@ class Vault:
             self.conn.execute(
                 "UPDATE secrets SET last_used_at = ? WHERE name = ?", (self.clock(), name)
             )
-        self._data_version = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        self._data_version = self._db_version()
 
     def import_environment(self, environ: dict[str, str] | None = None) -> list[str]:
         """Store provider keys found in the environment as system secrets; scrub them from it."""

@@ -201,3 +201,26 @@ class StopResponse(BaseModel):
 class OperatorMessage(_Strict):
     to: str
     payload: JSONValue
+
+
+# --- LLM gateway (OpenAI-compatible) --------------------------------------------
+
+
+class ChatRequest(BaseModel):
+    """An OpenAI chat completion request; parameters legion does not use pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    input: str | list[str] = Field(min_length=1)

@@ -58,6 +58,34 @@ class AuditAppended(_Event):
     decision: Literal["allow", "deny"]
 
 
+class TokenDelta(_Event):
+    """A piece of a model's streamed reply, as it arrives."""
+
+    type: Literal["token_delta"] = "token_delta"
+    agent: str
+    request_id: str
+    text: str
+
+
+class CostUpdated(_Event):
+    type: Literal["cost_updated"] = "cost_updated"
+    agent: str
+    request_id: str
+    model: str
+    cost_usd: float
+    spent_today_usd: float
+    spent_month_usd: float
+
+
+class ModelFailover(_Event):
+    type: Literal["model_failover"] = "model_failover"
+    agent: str
+    request_id: str
+    from_model: str
+    to_model: str | None
+    reason: str
+
+
 class HostStarted(_Event):
     type: Literal["host_started"] = "host_started"
     pid: int
@@ -82,6 +110,9 @@ HostEvent = Annotated[
     | InboxRefused
     | AgentHeartbeat
     | AuditAppended
+    | TokenDelta
+    | CostUpdated
+    | ModelFailover
     | HostStarted
     | HostStopping
     | EventsLagged,

@@ -1,0 +1,56 @@
+"""LiteLLM, imported lazily and off the event loop, and never fetching anything remote.
+
+`import litellm` takes seconds, so the host starts it in a worker thread at start-up and
+the first LLM call awaits it. Before the import, LITELLM_LOCAL_MODEL_COST_MAP makes LiteLLM
+read its model price map from the installed package instead of downloading it, and its
+telemetry is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from types import ModuleType
+from typing import Any
+
+_module: ModuleType | None = None
+
+
+def load_blocking() -> ModuleType:
+    """Import and configure LiteLLM (blocking: call from a worker thread)."""
+    global _module
+    if _module is not None:
+        return _module
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    os.environ.setdefault("LITELLM_TELEMETRY", "False")
+    os.environ.setdefault("LITELLM_LOG", "ERROR")
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    litellm.drop_params = True  # a provider that lacks a parameter gets the call without it
+    litellm.num_retries = 0  # failover and backoff are the gateway's job
+    _module = litellm
+    return litellm
+
+
+class LiteLLM:
+    """Owns the one import of LiteLLM for a host."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[ModuleType] | None = None
+
+    def start(self) -> asyncio.Task[ModuleType]:
+        if self._task is None:
+            self._task = asyncio.create_task(
+                asyncio.to_thread(load_blocking), name="litellm-import"
+            )
+        return self._task
+
+    async def get(self) -> Any:
+        return await self.start()
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            # The import thread cannot be interrupted; let it finish so the process exits clean.
+            await asyncio.gather(self._task, return_exceptions=True)
