@@ -48,6 +48,7 @@ class Host:
         self.started_at = clock()
         self.bus = EventBus()
         paths.home.mkdir(parents=True, exist_ok=True)
+        os.chmod(paths.home, 0o700)  # credentials, ledger and audit live here
         paths.run.mkdir(parents=True, exist_ok=True)
         os.chmod(paths.run, 0o700)
         self.store = Store(paths.host_db, durability=config.host.durability)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from legion import __version__
-from legion.cli import audit_cmd, bb, config_cmd
+from legion.cli import audit_cmd, bb, config_cmd, costs_cmd, vault_cmd
 from legion.cli.common import State, emit_json, fmt_time, host_errors
 
 app = typer.Typer(
@@ -20,7 +20,9 @@ app = typer.Typer(
 )
 app.add_typer(bb.app, name="bb")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(vault_cmd.app, name="vault")
 app.command("audit")(audit_cmd.audit)
+app.command("costs")(costs_cmd.costs)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,137 @@
+"""`legion costs`: LLM spend per agent and model, today and this month, against caps."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from legion.cli.common import State, emit_json, fail, parse_since
+
+
+def costs(
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Also total spend since T (30m, 2h, 7d, ISO time, Unix time)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Spend per agent and model (UTC day and month), with each agent's caps."""
+    from legion.config import load_config
+    from legion.errors import ConfigError
+    from legion.llm.budget import window_start
+    from legion.store import connect
+
+    paths = State.paths()
+    try:
+        config = load_config(paths.config)
+    except ConfigError as exc:
+        fail(exc.render(), 2)
+    if not paths.host_db.exists():
+        fail(f"no host database at {paths.host_db}; start the host once with `legion daemon`")
+    now = time.time()
+    day, month = window_start(now, "day"), window_start(now, "month")
+    since_ts = parse_since(since) if since else None
+    db = connect(paths.host_db, readonly=True)
+    try:
+        conn = db.connection()  # type: ignore[no-untyped-call]
+        where, args = "", []
+        if agent:
+            where, args = " AND agent = ?", [agent]
+        low = min(month, since_ts) if since_ts is not None else month
+        rows = list(
+            conn.execute(
+                "SELECT agent, model, ts, cost_usd, prompt_tokens, completion_tokens FROM ledger "
+                "WHERE ts >= ?" + where,
+                (low, *args),
+            )
+        )
+        open_rows = list(
+            conn.execute("SELECT agent, SUM(amount_usd) FROM reservations GROUP BY agent")
+        )
+    finally:
+        db.close()
+    reserved = {a: float(v) for a, v in open_rows}
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, model, ts, cost, p, c in rows:
+        row = table.setdefault(
+            (name, model),
+            {
+                "agent": name,
+                "model": model,
+                "today_usd": 0.0,
+                "month_usd": 0.0,
+                "since_usd": 0.0 if since_ts is not None else None,
+                "calls_today": 0,
+                "tokens_today": 0,
+            },
+        )
+        if ts >= month:
+            row["month_usd"] += cost
+        if ts >= day:
+            row["today_usd"] += cost
+            row["calls_today"] += 1
+            row["tokens_today"] += p + c
+        if since_ts is not None and ts >= since_ts:
+            row["since_usd"] += cost
+    agents_out = []
+    names = sorted({a for a, _ in table} | ({agent} if agent else set(config.agents)))
+    for name in names:
+        cfg = config.agents.get(name)
+        models = [v for (a, _), v in sorted(table.items()) if a == name]
+        agents_out.append(
+            {
+                "agent": name,
+                "today_usd": sum(m["today_usd"] for m in models),
+                "month_usd": sum(m["month_usd"] for m in models),
+                "reserved_usd": reserved.get(name, 0.0),
+                "daily_cap_usd": cfg.budget.daily_usd if cfg else None,
+                "monthly_cap_usd": cfg.budget.monthly_usd if cfg else None,
+                "models": models,
+            }
+        )
+    fleet_today = sum(a["today_usd"] for a in agents_out)
+    result = {
+        "fleet_today_usd": fleet_today,
+        "fleet_daily_cap_usd": config.llm.fleet_daily_usd,
+        "agents": agents_out,
+    }
+    if as_json:
+        emit_json(result)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def cap(value: float | None) -> str:
+        return "-" if value is None else f"${value:.2f}"
+
+    out = Table(
+        "agent", "model", "today", "daily cap", "month", "monthly cap", "calls today", box=None
+    )
+    for a in agents_out:
+        out.add_row(
+            a["agent"],
+            "(all)",
+            f"${a['today_usd']:.4f}",
+            cap(a["daily_cap_usd"]),
+            f"${a['month_usd']:.4f}",
+            cap(a["monthly_cap_usd"]),
+            str(sum(m["calls_today"] for m in a["models"])),
+            style="bold",
+        )
+        for m in a["models"]:
+            out.add_row(
+                "",
+                m["model"],
+                f"${m['today_usd']:.4f}",
+                "",
+                f"${m['month_usd']:.4f}",
+                "",
+                str(m["calls_today"]),
+            )
+    Console().print(out)
+    typer.echo(f"fleet today: ${fleet_today:.4f} of {cap(config.llm.fleet_daily_usd)} (UTC day)")
