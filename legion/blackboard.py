@@ -368,6 +368,8 @@ class Blackboard:
                 return WatchResponse(cursor=self._seq, changes=[])
 
     def require(self, key: str) -> BlackboardEntry:
+        """The API read path: a malformed key is a 400, an absent or expired one a 404."""
+        self.check_key(key)
         entry = self.get(key)
         if entry is None:
             raise NotFound(f"no blackboard key {key!r}", code="key_not_found", key=key)

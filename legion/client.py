@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -88,7 +89,7 @@ class ControlClient:
 
     def bb_get(self, key: str) -> BlackboardEntry:
         result: BlackboardEntry = self._request(
-            "GET", f"/v1/blackboard/entries/{key}", BlackboardEntry
+            "GET", f"/v1/blackboard/entries/{quote(key, safe='')}", BlackboardEntry
         )
         return result
 
@@ -97,7 +98,7 @@ class ControlClient:
         if ttl_s is not None:
             body["ttl_s"] = ttl_s
         result: BlackboardEntry = self._request(
-            "PUT", f"/v1/blackboard/entries/{key}", BlackboardEntry, json=body
+            "PUT", f"/v1/blackboard/entries/{quote(key, safe='')}", BlackboardEntry, json=body
         )
         return result
 
@@ -109,7 +110,7 @@ class ControlClient:
 
     def bb_delete(self, key: str) -> BlackboardDeleted:
         result: BlackboardDeleted = self._request(
-            "DELETE", f"/v1/blackboard/entries/{key}", BlackboardDeleted
+            "DELETE", f"/v1/blackboard/entries/{quote(key, safe='')}", BlackboardDeleted
         )
         return result
 

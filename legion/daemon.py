@@ -18,12 +18,15 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from legion import logs
 from legion.config import load_config
-from legion.errors import ConfigError
+from legion.errors import ConfigError, LegionError
 from legion.paths import Paths
+
+if TYPE_CHECKING:
+    from legion.host import Host
 
 log = logging.getLogger("legion.daemon")
 
@@ -71,8 +74,8 @@ def sd_notify(message: str) -> bool:
     return True
 
 
-def unit_file(paths: Paths, executable: str | None = None) -> str:
-    exe = executable or _legion_executable()
+def unit_file(paths: Paths, executable: list[str] | None = None) -> str:
+    exe = shlex.join(executable or _legion_executable())
     return f"""# legion host: install as /etc/systemd/system/legion.service, then
 #   systemctl daemon-reload && systemctl enable --now legion
 [Unit]
@@ -83,8 +86,8 @@ Wants=network-online.target
 [Service]
 Type=notify
 NotifyAccess=main
-ExecStart={shlex.quote(exe)} --home {shlex.quote(str(paths.home))} daemon --systemd
-ExecStop={shlex.quote(exe)} --home {shlex.quote(str(paths.home))} stop
+ExecStart={exe} --home {shlex.quote(str(paths.home))} daemon --systemd
+ExecStop={exe} --home {shlex.quote(str(paths.home))} stop
 Environment=LEGION_HOME={shlex.quote(str(paths.home))}
 Restart=on-failure
 RestartSec=2
@@ -98,23 +101,57 @@ WantedBy=multi-user.target
 """
 
 
-def _legion_executable() -> str:
+def _legion_executable() -> list[str]:
+    """The command words that run this legion: its script, or `python -m legion`."""
     candidate = Path(sys.argv[0])
     if candidate.name == "legion" and candidate.exists():
-        return str(candidate.resolve())
+        return [str(candidate.resolve())]
     sibling = Path(sys.executable).parent / "legion"
-    return str(sibling) if sibling.exists() else f"{sys.executable} -m legion"
+    return [str(sibling)] if sibling.exists() else [sys.executable, "-m", "legion"]
+
+
+def _import_provider_keys(paths: Paths) -> list[str]:
+    """Move provider keys from the environment into the vault (system tier)."""
+    from legion.vault import Vault
+
+    paths.home.mkdir(parents=True, exist_ok=True)
+    vault = Vault(paths.vault_db, paths.vault_key)
+    try:
+        stored = vault.import_environment()
+    finally:
+        vault.close()
+    if stored:
+        log.info(
+            "provider keys imported from the environment into the vault",
+            extra={"fields": {"names": stored}},
+        )
+    return stored
 
 
 async def _serve(paths: Paths, systemd: bool) -> int:
-    from legion.host import Host
 
     config = load_config(paths.config)
     logs.setup(config.host.log_level)
     loop = asyncio.get_running_loop()
-    async with Host.running(config, paths) as host:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, host.request_stop, f"signal {sig.name}")
+    # Signals are handled before any socket opens, so an early SIGTERM still stops cleanly.
+    early: list[str] = []
+    running: list[Host] = []
+
+    def on_signal(reason: str) -> None:
+        if running:
+            running[0].request_stop(reason)
+        else:
+            early.append(reason)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, f"signal {sig.name}")
+    _import_provider_keys(paths)
+    from legion.host import Host
+
+    async with Host.running(config, paths, preload_llm=True) as host:
+        running.append(host)
+        if early:
+            host.request_stop(early[0])
         paths.pid_file.write_text(str(os.getpid()))
         log.info(
             "host ready",
@@ -147,6 +184,9 @@ def run(paths: Paths, *, systemd: bool = False) -> int:
         return 1
     try:
         return asyncio.run(_serve(paths, systemd))
+    except LegionError as exc:  # e.g. a locked vault, a socket path that is too long
+        print(f"legion daemon: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         print(

@@ -87,7 +87,7 @@ class Daemon:
             if self.paths.control_socket.exists():
                 return self.proc
             if self.proc.poll() is not None:
-                out, err = self.proc.communicate()
+                _, err = self.proc.communicate()
                 raise AssertionError(f"daemon exited {self.proc.returncode}: {err.decode()}")
             time.sleep(0.02)
         raise AssertionError("daemon did not open its control socket within 20 s")
