@@ -40,6 +40,7 @@ from legion.wire.api import (
     WatchRequest,
     WatchResponse,
 )
+from legion.wire.egress import EgressRequest, EgressResponse
 from legion.wire.events import AgentHeartbeat, InboxRefused
 
 if TYPE_CHECKING:
@@ -258,6 +259,12 @@ def build_agent_router(host: Host, agent: str) -> Router:
     async def embeddings(call: Call) -> Response:
         """OpenAI-compatible embeddings, budgeted and audited."""
         return await host.gateway.embeddings(call.principal, call.body)
+
+    @router.route("POST", "/egress/http", body=EgressRequest, response=EgressResponse)
+    async def egress_http(call: Call) -> EgressResponse:
+        """An HTTP request made by the host for the agent: address checks, $CRED{} handles
+        substituted toward bound hosts only, response scrubbed of secrets, audited."""
+        return await host.egress.request(call.principal, call.body)
 
     @router.route("POST", "/v1/heartbeat", body=HeartbeatRequest, response=HeartbeatResponse)
     async def heartbeat(call: Call) -> HeartbeatResponse:

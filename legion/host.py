@@ -22,6 +22,7 @@ from legion.api_control import build_control_router, host_status
 from legion.audit import AuditLog, AuditRecord
 from legion.blackboard import Blackboard
 from legion.config import Config
+from legion.egress import EgressProxy
 from legion.events import EventBus
 from legion.http import Call, HttpServer, Listener, Route
 from legion.inbox import Inboxes
@@ -31,7 +32,7 @@ from legion.llm.health import ModelHealth
 from legion.llm.runtime import LiteLLM
 from legion.paths import Paths
 from legion.permissions import Guard, Perm, Permissions
-from legion.redact import Redactor
+from legion.redact import RedactingFilter, Redactor
 from legion.store import Store
 from legion.vault import Vault
 from legion.wire.api import HostStatus
@@ -83,6 +84,13 @@ class Host:
             health=self.health,
             clock=clock,
         )
+        self.egress = EgressProxy(
+            config=config.egress,
+            vault=self.vault,
+            redactor=self.redactor,
+            audit=self.audit,
+            permissions=self.permissions,
+        )
         self.http = HttpServer(
             max_body_bytes=config.host.max_body_bytes,
             authorize=self._authorize,
@@ -111,6 +119,11 @@ class Host:
         does, when models are configured); otherwise the first LLM call starts it.
         """
         host = cls(config, paths, clock=clock)
+        # Every log line, whoever handles it, passes the redactor first.
+        log_filter = RedactingFilter(host.redactor)
+        handlers = list(logging.getLogger().handlers)
+        for handler in handlers:
+            handler.addFilter(log_filter)
         try:
             recovered = host.inboxes.recover()
             if recovered:
@@ -147,6 +160,8 @@ class Host:
                 )
             host.vault.close()
             host.store.close()
+            for handler in handlers:
+                handler.removeFilter(log_filter)
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason

@@ -401,6 +401,8 @@ class HttpServer:
             body = await reader.readexactly(length) if length else b""
         except asyncio.IncompleteReadError:
             return False
+        if self.redact is not None and body:
+            body = self.redact(body)  # a vault value is never accepted into host state
         split = urlsplit(target)
         request = Request(method.upper(), split.path, dict(parse_qsl(split.query)), headers, body)
         response = await self.dispatch(listener, request)

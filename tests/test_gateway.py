@@ -68,7 +68,6 @@ model = "backup"
 @asynccontextmanager
 async def gateway_host(home: Path, fake: FakeProvider, **kw: Any) -> AsyncIterator[Host]:
     paths = Paths.resolve(home)
-    home.mkdir(exist_ok=True)
     vault = Vault(paths.vault_db, paths.vault_key)
     vault.set("provider", KEY, tier="system")
     vault.close()
@@ -233,7 +232,7 @@ async def test_failover_before_the_first_byte_reserves_again_and_is_audited(home
         assert response.json()["model"] == "backup"
         assert [r.body["model"] for r in fake.requests] == ["fake-fast", "fake-backup"]
         rows = ledger(host)
-        assert [(r["model"], r["status"], r["cost_usd"]) for r in rows][0] == (
+        assert (rows[0]["model"], rows[0]["status"], rows[0]["cost_usd"]) == (
             "fast",
             "failed_rate_limit",
             0.0,
