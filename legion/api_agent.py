@@ -12,6 +12,13 @@ from typing import TYPE_CHECKING
 from legion.errors import InboxFull, NotFound
 from legion.http import Call, Policy, Response, Router, StreamResponse
 from legion.permissions import Perm
+from legion.wire.agent import (
+    NotifyAccepted,
+    NotifyRequest,
+    ReplyAccepted,
+    ReplyRequest,
+    SelfStatus,
+)
 from legion.wire.api import (
     AckRequest,
     AckResponse,
@@ -41,7 +48,7 @@ from legion.wire.api import (
     WatchResponse,
 )
 from legion.wire.egress import EgressRequest, EgressResponse
-from legion.wire.events import AgentHeartbeat, InboxRefused
+from legion.wire.events import AgentHeartbeat, AgentNotification, InboxRefused
 
 if TYPE_CHECKING:
     from legion.host import Host
@@ -265,6 +272,28 @@ def build_agent_router(host: Host, agent: str) -> Router:
         """An HTTP request made by the host for the agent: address checks, $CRED{} handles
         substituted toward bound hosts only, response scrubbed of secrets, audited."""
         return await host.egress.request(call.principal, call.body)
+
+    @router.route("GET", "/v1/self", response=SelfStatus)
+    async def self_status(call: Call) -> SelfStatus:
+        """The caller's own configuration, permissions, budget left and reachable fleet."""
+        return host.self_status(call.principal)
+
+    @router.route("POST", "/v1/replies", body=ReplyRequest, response=ReplyAccepted)
+    async def reply(call: Call) -> ReplyAccepted:
+        """Answer an inbox item; an agent that asked gets the answer in its inbox."""
+        return host.reply(call.principal, call.body)
+
+    @router.route("POST", "/v1/notify", body=NotifyRequest, response=NotifyAccepted)
+    async def notify(call: Call) -> NotifyAccepted:
+        """Tell the operator something (an event the TUI and `legion events` show)."""
+        body: NotifyRequest = call.body
+        host.audit.append(call.principal, "notify", "operator", "allow", level=body.level)
+        host.bus.publish(
+            AgentNotification(
+                at=host.clock(), agent=call.principal, text=body.text, level=body.level
+            )
+        )
+        return NotifyAccepted()
 
     @router.route("POST", "/v1/heartbeat", body=HeartbeatRequest, response=HeartbeatResponse)
     async def heartbeat(call: Call) -> HeartbeatResponse:

@@ -61,8 +61,34 @@ class PermissionsConfig(_Section):
     can_spawn: bool = False
 
 
+class ResourcesConfig(_Section):
+    memory_mb: int | None = Field(default=None, ge=32, le=1024 * 1024)
+    cpus: float | None = Field(default=None, gt=0, le=1024)
+    pids: int | None = Field(default=None, ge=16, le=1_000_000)
+
+
+class RuntimeConfig(_Section):
+    backend: Literal["docker", "none"] = "docker"
+    image: str = "legion-agent:latest"
+    base_image: str | None = None
+    container_runtime: str | None = None
+    memory_mb: int = Field(default=384, ge=32, le=1024 * 1024)
+    cpus: float = Field(default=0.5, gt=0, le=1024)
+    pids: int = Field(default=256, ge=16, le=1_000_000)
+    agent_uid: int = Field(default=10001, ge=1, le=2**31 - 1)
+    restart_max_per_hour: int = Field(default=5, ge=0, le=1000)
+    heartbeat_timeout_s: float = Field(default=90.0, ge=5, le=86400)
+    debian_mirror: str | None = None
+
+
 class AgentConfig(_Section):
     role: str | None = None
+    mode: Literal["chat", "task"] = "chat"
+    system_prompt: str | None = None
+    max_tool_rounds: int = Field(default=8, ge=1, le=100)
+    max_task_steps: int = Field(default=20, ge=1, le=1000)
+    autostart: bool = True
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     model: str | None = None
     team: str | None = None
     allowed_models: list[str] = Field(default_factory=list)
@@ -104,6 +130,7 @@ class Config(_Section):
     host: HostConfig = Field(default_factory=HostConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     egress: EgressConfig = Field(default_factory=EgressConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     teams: dict[AgentName, TeamConfig] = Field(default_factory=dict)
 

@@ -35,8 +35,9 @@ from legion.permissions import Guard, Perm, Permissions
 from legion.redact import RedactingFilter, Redactor
 from legion.store import Store
 from legion.vault import Vault
+from legion.wire.agent import BudgetLeft, ReplyAccepted, ReplyRequest, SelfStatus
 from legion.wire.api import HostStatus
-from legion.wire.events import AuditAppended, HostStarted, HostStopping
+from legion.wire.events import AgentReply, AuditAppended, HostStarted, HostStopping
 
 log = logging.getLogger("legion.host")
 
@@ -215,6 +216,71 @@ class Host:
     def send(self, sender: str, to: str, payload: Any) -> int:
         require_agent(self, to)
         return self.inboxes.send(sender, to, payload)
+
+    def self_status(self, agent: str) -> SelfStatus:
+        cfg = self.config.agents[agent]
+        left = self.budgets.remaining(agent)
+        fleet = [
+            a
+            for a in sorted(self.config.agents)
+            if a != agent and self.permissions.allows(agent, Perm.MESSAGE, a)
+        ]
+        return SelfStatus(
+            agent=agent,
+            role=cfg.role,
+            team=cfg.team,
+            model=cfg.model or self.config.llm.default_model,
+            mode=cfg.mode,
+            system_prompt=cfg.system_prompt,
+            max_tool_rounds=cfg.max_tool_rounds,
+            max_task_steps=cfg.max_task_steps,
+            permissions=cfg.permissions.model_dump() | {"allowed_models": cfg.allowed_models},
+            budget_left=BudgetLeft(
+                daily_usd=left["daily"],
+                monthly_usd=left["monthly"],
+                fleet_daily_usd=left["fleet_daily"],
+            ),
+            fleet=fleet,
+        )
+
+    def reply(self, agent: str, body: ReplyRequest) -> ReplyAccepted:
+        """Publish an agent's answer; an agent that asked also gets it in its inbox."""
+        asker = (
+            None if body.in_reply_to is None else self.inboxes.sender_of(agent, body.in_reply_to)
+        )
+        delivered = None
+        if asker is not None and asker in self.config.agents and asker != agent:
+            self.inboxes.send(
+                agent,
+                asker,
+                {
+                    "reply_to": body.in_reply_to,
+                    "text": body.text,
+                    "kind": body.kind,
+                    "result": body.result,
+                },
+            )
+            delivered = asker
+        self.audit.append(
+            agent,
+            "reply",
+            asker or "operator",
+            "allow",
+            in_reply_to=body.in_reply_to,
+            kind=body.kind,
+        )
+        self.bus.publish(
+            AgentReply(
+                at=self.clock(),
+                agent=agent,
+                in_reply_to=body.in_reply_to,
+                to=asker,
+                text=body.text,
+                kind=body.kind,
+                result=body.result,
+            )
+        )
+        return ReplyAccepted(in_reply_to=body.in_reply_to, delivered_to=delivered)
 
     def touch(self, agent: str) -> float:
         now = self.clock()

@@ -220,6 +220,13 @@ class Inboxes:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
 
+    def sender_of(self, agent: str, item_id: int) -> str | None:
+        """Who sent item `item_id` of `agent`'s inbox (None once it is acked)."""
+        row = self.store.execute(
+            "SELECT sender FROM inbox WHERE id = ? AND agent = ?", (item_id, agent)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def ack(self, agent: str, ids: list[int]) -> int:
         """Delete acked items of `agent`'s own inbox; ids of other inboxes are ignored."""
         with self.store.tx() as conn:

@@ -86,6 +86,33 @@ class ModelFailover(_Event):
     reason: str
 
 
+class AgentReply(_Event):
+    """An agent answered an inbox item (what `legion chat` and the TUI wait for)."""
+
+    type: Literal["agent_reply"] = "agent_reply"
+    agent: str
+    in_reply_to: int | None
+    to: str | None
+    text: str
+    kind: Literal["chat", "task_result"]
+    result: dict[str, Any] | None = None
+
+
+class AgentNotification(_Event):
+    type: Literal["agent_notification"] = "agent_notification"
+    agent: str
+    text: str
+    level: Literal["info", "warning", "error"]
+
+
+class AgentStateChanged(_Event):
+    type: Literal["agent_state"] = "agent_state"
+    agent: str
+    state: Literal["stopped", "starting", "running", "restarting", "failed", "unavailable"]
+    reason: str = ""
+    restarts_last_hour: int = 0
+
+
 class HostStarted(_Event):
     type: Literal["host_started"] = "host_started"
     pid: int
@@ -113,6 +140,9 @@ HostEvent = Annotated[
     | TokenDelta
     | CostUpdated
     | ModelFailover
+    | AgentReply
+    | AgentNotification
+    | AgentStateChanged
     | HostStarted
     | HostStopping
     | EventsLagged,
