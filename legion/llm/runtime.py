@@ -30,7 +30,7 @@ def load_blocking() -> ModuleType:
     litellm.suppress_debug_info = True
     litellm.drop_params = True  # a provider that lacks a parameter gets the call without it
     litellm.num_retries = 0  # failover and backoff are the gateway's job
-    setattr(litellm, "DEFAULT_MAX_RETRIES", 0)  # aembedding ignores max_retries=0 otherwise
+    litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[attr-defined]  # aembedding needs it
     _module = litellm
     return litellm
 
