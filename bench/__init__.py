@@ -1,0 +1,1 @@
+"""legion benchmarks: `python -m bench` runs them all (see bench/README.md)."""

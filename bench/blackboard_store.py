@@ -1,0 +1,226 @@
+"""Blackboard writes and reads in-host vs raw SQLite.
+
+Writes: `Blackboard.put` through the real `Store` (validation, JSON, claims, version,
+one committed transaction, the in-memory row, the change history and the event bus)
+vs raw apsw on the same schema with the same WAL journal and `synchronous` level:
+`INSERT OR REPLACE` of the equivalent row (value pre-encoded) and a commit per write.
+Run at durability "full" and "normal". Target: in-host >= 0.5x raw throughput.
+
+Reads: `Blackboard.get` (the write-through cache) vs a raw primary-key SELECT plus
+json.loads. Target: in-host >= 100k reads/s.
+
+Rounds of baseline and legion alternate; each figure is the median of the rounds.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import apsw
+
+from bench._common import Report, base_args, heading, line, short_home
+
+WRITE_TARGET = 0.5
+READ_TARGET = 100_000.0
+KEYS = 1000
+WRITER = "bench"
+
+
+def _value(i: int) -> dict[str, object]:
+    return {"n": i, "status": "running", "note": "a short status line from an agent"}
+
+
+def _keys() -> list[str]:
+    return [f"bench/agents/a{i % 50}/k{i}" for i in range(KEYS)]
+
+
+def _raw_connection(path: Path, durability: str) -> apsw.Connection:
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute(f"PRAGMA synchronous={durability.upper()}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS blackboard (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            writer TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            expires_at REAL
+        );
+        CREATE INDEX IF NOT EXISTS blackboard_expires ON blackboard(expires_at)
+            WHERE expires_at IS NOT NULL;
+        """
+    )
+    return conn
+
+
+def _raw_writes(conn: apsw.Connection, start: int, count: int, seconds: float) -> float:
+    keys = _keys()
+    texts = [
+        json.dumps(_value(i), separators=(",", ":"), ensure_ascii=False)
+        for i in range(start, start + count)
+    ]
+    deadline = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    done = 0
+    for i in range(count):
+        n = start + i
+        with conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO blackboard(key, value, version, writer, updated_at,"
+                " expires_at) VALUES (?,?,?,?,?,?)",
+                (keys[n % KEYS], texts[i], n // KEYS + 1, WRITER, time.time(), None),
+            )
+        done += 1
+        if (done & 63) == 0 and time.perf_counter() > deadline:
+            break
+    return done / (time.perf_counter() - t0)
+
+
+def _legion_writes(bb: object, start: int, count: int, seconds: float) -> float:
+    keys = _keys()
+    values = [_value(i) for i in range(start, start + count)]
+    put = bb.put  # type: ignore[attr-defined]
+    deadline = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    done = 0
+    for i in range(count):
+        put(keys[(start + i) % KEYS], values[i], WRITER)
+        done += 1
+        if (done & 63) == 0 and time.perf_counter() > deadline:
+            break
+    return done / (time.perf_counter() - t0)
+
+
+def _raw_reads(conn: apsw.Connection, count: int, seconds: float) -> float:
+    keys = _keys()
+    deadline = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    done = 0
+    for i in range(count):
+        row = conn.execute(
+            "SELECT value, version, writer, updated_at, expires_at FROM blackboard WHERE key = ?",
+            (keys[i % KEYS],),
+        ).fetchone()
+        json.loads(row[0])
+        done += 1
+        if (done & 1023) == 0 and time.perf_counter() > deadline:
+            break
+    return done / (time.perf_counter() - t0)
+
+
+def _legion_reads(bb: object, count: int, seconds: float) -> float:
+    keys = _keys()
+    get = bb.get  # type: ignore[attr-defined]
+    deadline = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    done = 0
+    for i in range(count):
+        if get(keys[i % KEYS]) is None:
+            raise RuntimeError("a written key is missing")
+        done += 1
+        if (done & 1023) == 0 and time.perf_counter() > deadline:
+            break
+    return done / (time.perf_counter() - t0)
+
+
+def _open_legion(home: Path, durability: str) -> tuple[object, object]:
+    from legion.blackboard import Blackboard
+    from legion.config import BlackboardConfig
+    from legion.events import EventBus
+    from legion.store import Store
+
+    store = Store(home / f"host-{durability}.db", durability=durability)
+    bb = Blackboard(store, BlackboardConfig(), EventBus())
+    return store, bb
+
+
+def run(quick: bool = False, profile: str | None = None) -> Report:
+    report = Report("blackboard_store")
+    heading("blackboard_store: Blackboard.put/get in-host vs raw SQLite (apsw)")
+    rounds = 3 if quick else 5
+    per_round = 2000 if quick else 20000
+    round_s = 0.5 if quick else 1.5
+    with short_home() as home:
+        read_rates: dict[str, tuple[float, float]] = {}
+        for durability in ("full", "normal"):
+            raw = _raw_connection(home / f"raw-{durability}.db", durability)
+            store, bb = _open_legion(home, durability)
+            # Warm up both (fills the KEYS rows, so later writes are replaces).
+            _raw_writes(raw, 0, KEYS, 10.0)
+            _legion_writes(bb, 0, KEYS, 10.0)
+            raw_rates: list[float] = []
+            legion_rates: list[float] = []
+            for r in range(rounds):
+                start = KEYS + r * per_round
+                raw_rates.append(_raw_writes(raw, start, per_round, round_s))
+                legion_rates.append(_legion_writes(bb, start, per_round, round_s))
+            if profile:
+                # A separate pass, so the profiler does not inflate the figures above.
+                profiler = cProfile.Profile()
+                profiler.enable()
+                _legion_writes(bb, KEYS + rounds * per_round, per_round, round_s)
+                profiler.disable()
+                os.makedirs(profile, exist_ok=True)
+                profiler.dump_stats(os.path.join(profile, f"blackboard_put_{durability}.pstats"))
+            raw_w = statistics.median(raw_rates)
+            leg_w = statistics.median(legion_rates)
+            ratio = leg_w / raw_w
+            line(
+                f"writes, durability={durability!r} (synchronous={durability.upper()}, WAL), "
+                f"median of {rounds} rounds:"
+            )
+            line(
+                f"  raw SQLite  {raw_w:10,.0f} writes/s  ({1e6 / raw_w:7.1f} us/write)  "
+                f"rounds: {', '.join(f'{x:,.0f}' for x in raw_rates)}"
+            )
+            line(
+                f"  in-host     {leg_w:10,.0f} writes/s  ({1e6 / leg_w:7.1f} us/write)  "
+                f"rounds: {', '.join(f'{x:,.0f}' for x in legion_rates)}"
+            )
+            line(
+                f"  ratio in-host/raw = {ratio:.2f}x  "
+                f"(legion adds {1e6 / leg_w - 1e6 / raw_w:.1f} us/write)"
+            )
+            report.check(
+                f"write throughput, durability={durability}",
+                ratio >= WRITE_TARGET,
+                f"{ratio:.2f}x raw (target >= {WRITE_TARGET}x)",
+            )
+            if durability == "full":
+                reads = 200_000 if quick else 1_000_000
+                raw_r = statistics.median(_raw_reads(raw, reads, 1.0) for _ in range(rounds))
+                leg_r = statistics.median(_legion_reads(bb, reads, 1.0) for _ in range(rounds))
+                read_rates[durability] = (raw_r, leg_r)
+            store.close()  # type: ignore[attr-defined]
+            raw.close()
+        raw_r, leg_r = read_rates["full"]
+        line(f"reads (median of {rounds} rounds):")
+        line(f"  raw SQLite SELECT + json.loads  {raw_r:12,.0f} reads/s")
+        line(f"  in-host Blackboard.get          {leg_r:12,.0f} reads/s")
+        line(f"  ratio in-host/raw = {leg_r / raw_r:.2f}x")
+        report.check(
+            "read throughput",
+            leg_r >= READ_TARGET,
+            f"{leg_r:,.0f} reads/s (target >= {READ_TARGET:,.0f}/s; {leg_r / raw_r:.2f}x raw)",
+        )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_args(__doc__.splitlines()[0], prog="python -m bench.blackboard_store")
+    args = parser.parse_args(argv)
+    run(quick=args.quick, profile=args.profile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
