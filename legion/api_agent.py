@@ -248,6 +248,8 @@ def build_agent_router(host: Host, agent: str) -> Router:
         """Receive inbox items, long-polling up to `wait_s`; ack them when handled."""
         body: PollRequest = call.body
         host.touch(call.principal)
+        if body.ack:
+            inboxes.ack(call.principal, body.ack)
         wait = min(body.wait_s, host.config.host.long_poll_max_s)
         return PollResponse(items=await inboxes.poll(call.principal, body.max_items, wait))
 

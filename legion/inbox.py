@@ -10,7 +10,6 @@ an item not acked by then, or by a host restart, is handed out again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -54,7 +53,8 @@ class Inboxes:
         self.max_items = max_items
         self.visibility_timeout_s = visibility_timeout_s
         self.clock = clock
-        self._wakeups: dict[str, asyncio.Event] = {}
+        # Long polls waiting for their agent's next item, oldest first.
+        self._parked: dict[str, list[asyncio.Future[list[InboxItem]]]] = {}
         self._depth: dict[str, int] = {}
         for agent, count in store.execute("SELECT agent, COUNT(*) FROM inbox GROUP BY agent"):
             self._depth[agent] = int(count)
@@ -126,16 +126,48 @@ class Inboxes:
             raise BadRequest(f"payload is not JSON: {exc}", code="invalid_payload") from None
         now = self.clock()
         ids: dict[str, int] = {}
+        handoff: dict[str, asyncio.Future[list[InboxItem]]] = {}
+        hidden_until = now + self.visibility_timeout_s
         with self.store.tx() as conn:
             for agent in recipients:
+                waiter = self._parked_poll(agent)
+                # A poll is parked (so nothing else is visible): hand the item straight to
+                # it, committed as handed out, with no second transaction and no query.
                 conn.execute(
-                    "INSERT INTO inbox(agent, kind, topic, sender, payload, created_at, visible_at)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (agent, kind, topic, sender, text, now, now),
+                    "INSERT INTO inbox(agent, kind, topic, sender, payload, created_at,"
+                    " visible_at, deliveries) VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        agent,
+                        kind,
+                        topic,
+                        sender,
+                        text,
+                        now,
+                        hidden_until if waiter else now,
+                        1 if waiter else 0,
+                    ),
                 )
                 ids[agent] = int(conn.last_insert_rowid())
+                if waiter is not None:
+                    handoff[agent] = waiter
         for agent, item_id in ids.items():
             self._depth[agent] = self.depth(agent) + 1
+            waiter = handoff.get(agent)
+            if waiter is not None:
+                self._parked[agent].remove(waiter)
+                waiter.set_result(
+                    [
+                        InboxItem(
+                            id=item_id,
+                            kind=kind,
+                            topic=topic,
+                            sender=sender,
+                            payload=json.loads(text),
+                            created_at=now,
+                            deliveries=1,
+                        )
+                    ]
+                )
             self.bus.publish(
                 InboxQueued(
                     at=now,
@@ -146,8 +178,13 @@ class Inboxes:
                     sender=sender,
                 )
             )
-            self._wake(agent)
         return ids
+
+    def _parked_poll(self, agent: str) -> asyncio.Future[list[InboxItem]] | None:
+        for waiter in self._parked.get(agent, ()):
+            if not waiter.done():
+                return waiter
+        return None
 
     def send(self, sender: str, to: str, payload: Any) -> int:
         return self._enqueue([to], "message", None, sender, payload)[to]
@@ -165,11 +202,6 @@ class Inboxes:
 
     # --- receive --------------------------------------------------------------
 
-    def _wake(self, agent: str) -> None:
-        event = self._wakeups.pop(agent, None)
-        if event is not None:
-            event.set()
-
     def _take(self, agent: str, max_items: int) -> list[InboxItem]:
         now = self.clock()
         rows = list(
@@ -182,7 +214,8 @@ class Inboxes:
         if not rows:
             return []
         hidden_until = now + self.visibility_timeout_s
-        with self.store.tx() as conn:
+        # Not fsynced: after a crash every hidden item is made visible again anyway.
+        with self.store.tx(durable=False) as conn:
             conn.executemany(
                 "UPDATE inbox SET visible_at = ?, deliveries = deliveries + 1 WHERE id = ?",
                 [(hidden_until, r[0]) for r in rows],
@@ -210,15 +243,22 @@ class Inboxes:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            event = self._wakeups.setdefault(agent, asyncio.Event())
-            # Hidden items become visible again without a wakeup: look again by then.
+            # Hidden items become visible again without a publish: look again by then.
             row = self.store.execute(
                 "SELECT MIN(visible_at) FROM inbox WHERE agent = ?", (agent,)
             ).fetchone()
             if row and row[0] is not None:
                 remaining = min(remaining, max(0.0, row[0] - self.clock()) + 0.001)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
+            waiter: asyncio.Future[list[InboxItem]] = asyncio.get_running_loop().create_future()
+            self._parked.setdefault(agent, []).append(waiter)
+            try:
+                await asyncio.wait({waiter}, timeout=remaining)
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                    self._parked[agent].remove(waiter)
+            if not waiter.cancelled():
+                return waiter.result()
 
     def sender_of(self, agent: str, item_id: int) -> str | None:
         """Who sent item `item_id` of `agent`'s inbox (None once it is acked)."""
@@ -229,7 +269,8 @@ class Inboxes:
 
     def ack(self, agent: str, ids: list[int]) -> int:
         """Delete acked items of `agent`'s own inbox; ids of other inboxes are ignored."""
-        with self.store.tx() as conn:
+        # Not fsynced: an ack lost to a power cut only means a redelivery (at-least-once).
+        with self.store.tx(durable=False) as conn:
             before = conn.total_changes()
             conn.executemany(
                 "DELETE FROM inbox WHERE id = ? AND agent = ?", [(i, agent) for i in ids]

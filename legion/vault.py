@@ -274,7 +274,7 @@ class Vault:
 
     def _refresh(self) -> None:
         version = self._db_version()
-        if version == self._data_version and self._values:
+        if version == self._data_version:
             return
         values: dict[str, tuple[Tier, list[str], str]] = {}
         for info in self.infos():

@@ -201,3 +201,18 @@ async def test_message_permission_and_unknown_agent(home: Path) -> None:
         assert from_operator.is_success
         items = (await pub.post("/v1/inbox/poll", json={})).json()["items"]
         assert items[0]["sender"] == "operator"
+
+
+async def test_a_poll_can_carry_the_acks_of_the_previous_batch(home: Path) -> None:
+    paths = Paths.resolve(home)
+    async with (
+        Host.running(parse_config(CONFIG), paths) as host,
+        agent_client(paths, "pub") as pub,
+        agent_client(paths, "sub1") as sub1,
+    ):
+        for n in (1, 2):
+            await pub.post("/v1/messages", json={"to": "sub1", "payload": n})
+        first = (await sub1.post("/v1/inbox/poll", json={"max_items": 1})).json()["items"]
+        second = await sub1.post("/v1/inbox/poll", json={"max_items": 1, "ack": [first[0]["id"]]})
+        assert [i["payload"] for i in second.json()["items"]] == [2]
+        assert host.inboxes.depth("sub1") == 1

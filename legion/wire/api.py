@@ -139,6 +139,9 @@ class InboxItem(BaseModel):
 
 
 class PollRequest(_Strict):
+    ack: list[int] = Field(
+        default_factory=list, max_length=1000, description="Ack these (handled) items first."
+    )
     max_items: int = Field(default=10, ge=1, le=100)
     wait_s: float = Field(default=0.0, ge=0, le=30, description="Long-poll up to this long.")
 
