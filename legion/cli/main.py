@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from legion import __version__
-from legion.cli import audit_cmd, bb, config_cmd, costs_cmd, vault_cmd
+from legion.cli import audit_cmd, bb, config_cmd, costs_cmd, images_cmd, vault_cmd
 from legion.cli.common import State, emit_json, fmt_time, host_errors
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(bb.app, name="bb")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(vault_cmd.app, name="vault")
+app.add_typer(images_cmd.app, name="images")
 app.command("audit")(audit_cmd.audit)
 app.command("costs")(costs_cmd.costs)
 
@@ -129,6 +130,30 @@ def events(
                     typer.echo(f"{fmt_time(event.at)} {event.type:<20} {text}")
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Check Docker, the images, the container runtime and the config; say what to fix."""
+    from legion.config import load_config
+    from legion.doctor import run_checks
+    from legion.errors import ConfigError
+
+    paths = State.paths()
+    config, error = None, None
+    try:
+        config = load_config(paths.config)
+    except ConfigError as exc:
+        error = exc.render()
+    checks = run_checks(paths, config, error)
+    if as_json:
+        emit_json([c.as_dict() for c in checks])
+    else:
+        for c in checks:
+            typer.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<18} {c.detail}")
+            if not c.ok and c.fix:
+                typer.echo(f"     {'':<18} fix: {c.fix}")
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
 def main() -> None:

@@ -1,0 +1,109 @@
+"""The RuntimeBackend interface: start, stop, status, logs and exec of one agent.
+
+Backends are called from the host's event loop; every method is async, and a backend
+that blocks (the Docker SDK) runs its work in a worker thread (invariant 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+State = Literal["running", "exited", "missing", "created"]
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """Everything a backend needs to run one agent; no secret is ever part of it."""
+
+    name: str
+    image: str
+    data_dir: Path
+    socket_dir: Path
+    uid: int
+    gid: int
+    memory_mb: int
+    cpus: float
+    pids: int
+    runtime: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    state: State
+    exit_code: int | None = None
+    started_at: str | None = None
+    container_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: str
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot be reached (e.g. no Docker engine); the message says what to do."""
+
+
+class RuntimeBackend(Protocol):
+    name: str
+
+    async def start(self, spec: AgentSpec) -> ContainerStatus: ...
+
+    async def stop(self, agent: str, timeout_s: float = 5.0) -> None: ...
+
+    async def status(self, agent: str) -> ContainerStatus: ...
+
+    async def logs(self, agent: str, tail: int = 200) -> str: ...
+
+    async def exec(self, agent: str, command: list[str], timeout_s: float = 30.0) -> ExecResult: ...
+
+    async def close(self) -> None: ...
+
+
+class FakeBackend:
+    """An in-memory backend for unit tests of the supervisor: containers are just states.
+
+    Tests drive it: `crash(agent)` makes a running agent exit, `fail_starts` makes starts
+    fail. It never runs anything.
+    """
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.specs: dict[str, AgentSpec] = {}
+        self.states: dict[str, ContainerStatus] = {}
+        self.starts: dict[str, int] = {}
+        self.fail_starts = False
+
+    async def start(self, spec: AgentSpec) -> ContainerStatus:
+        if self.fail_starts:
+            raise BackendUnavailable("fake backend told to fail starts")
+        self.specs[spec.name] = spec
+        self.starts[spec.name] = self.starts.get(spec.name, 0) + 1
+        status = ContainerStatus("running", container_id=f"fake-{spec.name}")
+        self.states[spec.name] = status
+        return status
+
+    async def stop(self, agent: str, timeout_s: float = 5.0) -> None:
+        self.states.pop(agent, None)
+
+    async def status(self, agent: str) -> ContainerStatus:
+        return self.states.get(agent, ContainerStatus("missing"))
+
+    async def logs(self, agent: str, tail: int = 200) -> str:
+        return ""
+
+    async def exec(self, agent: str, command: list[str], timeout_s: float = 30.0) -> ExecResult:
+        return ExecResult(0, "")
+
+    async def close(self) -> None:
+        self.states.clear()
+
+    def crash(self, agent: str, exit_code: int = 137) -> None:
+        self.states[agent] = ContainerStatus("exited", exit_code=exit_code)
