@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -11,11 +11,15 @@ from pydantic import BaseModel
 
 from legion.paths import Paths
 from legion.wire.api import (
+    AgentInfo,
+    AgentList,
     BlackboardDeleted,
     BlackboardEntry,
     BlackboardList,
     HostStatus,
     MessageQueued,
+    PurgeResult,
+    ReloadResult,
     StopResponse,
 )
 from legion.wire.errors import ErrorBody
@@ -120,12 +124,42 @@ class ControlClient:
         )
         return result
 
-    def events(self) -> Iterator[Any]:
-        """Typed host events as they happen (blocks; stop with Ctrl-C)."""
+    def agents(self) -> AgentList:
+        result: AgentList = self._request("GET", "/v1/agents", AgentList)
+        return result
+
+    def agent_action(self, name: str, action: str) -> AgentInfo:
+        result: AgentInfo = self._request(
+            "POST", f"/v1/agents/{quote(name, safe='')}/{action}", AgentInfo, timeout=120
+        )
+        return result
+
+    def purge(self, name: str) -> PurgeResult:
+        result: PurgeResult = self._request(
+            "DELETE", f"/v1/agents/{quote(name, safe='')}/state", PurgeResult
+        )
+        return result
+
+    def reload(self) -> ReloadResult:
+        result: ReloadResult = self._request("POST", "/v1/config/reload", ReloadResult, timeout=120)
+        return result
+
+    def running(self) -> bool:
+        try:
+            self.status()
+        except HostNotRunning:
+            return False
+        return True
+
+    def events(self, on_open: Callable[[], None] | None = None) -> Iterator[Any]:
+        """Typed host events as they happen (blocks; stop with Ctrl-C). `on_open` runs once
+        the host has subscribed this stream: every later event will be delivered."""
         if not self.paths.control_socket.exists():
             raise HostNotRunning(self.paths)
         try:
             with self._http.stream("GET", "/v1/events", timeout=None) as response:
+                if on_open is not None:
+                    on_open()
                 for line in response.iter_lines():
                     if line:
                         yield parse_event(line)

@@ -148,7 +148,12 @@ async def _serve(paths: Paths, systemd: bool) -> int:
     _import_provider_keys(paths)
     from legion.host import Host
 
-    async with Host.running(config, paths, preload_llm=True) as host:
+    runtime = None
+    if config.runtime.backend == "docker":
+        from legion.runtime.docker_backend import DockerBackend
+
+        runtime = DockerBackend(str(paths.home))
+    async with Host.running(config, paths, preload_llm=True, runtime=runtime) as host:
         running.append(host)
         if early:
             host.request_stop(early[0])

@@ -47,14 +47,22 @@ class EventBus:
         for sub in self._subs:
             sub.offer(event)
 
-    @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[Subscription]:
+    def open(self) -> Subscription:
+        """Subscribe now (events from this moment on are kept); pair with `close`."""
         sub = Subscription(self.queue_size)
         self._subs.add(sub)
+        return sub
+
+    def close(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[Subscription]:
+        sub = self.open()
         try:
             yield sub
         finally:
-            self._subs.discard(sub)
+            self.close(sub)
 
     @property
     def subscriber_count(self) -> int:

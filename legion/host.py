@@ -24,6 +24,7 @@ from legion.blackboard import Blackboard
 from legion.config import Config
 from legion.egress import EgressProxy
 from legion.events import EventBus
+from legion.fleet import Fleet
 from legion.http import Call, HttpServer, Listener, Route
 from legion.inbox import Inboxes
 from legion.llm.budget import Budgets
@@ -33,6 +34,7 @@ from legion.llm.runtime import LiteLLM
 from legion.paths import Paths
 from legion.permissions import Guard, Perm, Permissions
 from legion.redact import RedactingFilter, Redactor
+from legion.runtime.backend import RuntimeBackend
 from legion.store import Store
 from legion.vault import Vault
 from legion.wire.agent import BudgetLeft, ReplyAccepted, ReplyRequest, SelfStatus
@@ -100,6 +102,7 @@ class Host:
         self.last_seen: dict[str, float] = {}
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.fleet = Fleet(self, None)
         self.stop_reason = ""
 
     # --- lifespan ---------------------------------------------------------------
@@ -113,13 +116,17 @@ class Host:
         *,
         clock: Callable[[], float] = time.time,
         preload_llm: bool = False,
+        runtime: RuntimeBackend | None = None,
     ) -> AsyncIterator[Host]:
         """Start everything, yield the host, stop everything in reverse.
 
         `preload_llm` starts importing LiteLLM in a worker thread right away (the daemon
         does, when models are configured); otherwise the first LLM call starts it.
+        `runtime` is where agent containers run (the daemon passes the configured backend);
+        without one the host serves the agent sockets and starts no containers.
         """
         host = cls(config, paths, clock=clock)
+        host.fleet = Fleet(host, runtime)
         # Every log line, whoever handles it, passes the redactor first.
         log_filter = RedactingFilter(host.redactor)
         handlers = list(logging.getLogger().handlers)
@@ -136,13 +143,13 @@ class Host:
                 Listener(paths.control_socket, "operator", build_control_router(host))
             )
             for name in config.agents:
-                await host.http.listen(
-                    Listener(paths.agent_socket(name), name, build_agent_router(host, name))
-                )
+                await host.open_agent_socket(name)
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
             if preload_llm and config.llm.models:
                 host.litellm.start()
+            await host.fleet.start_all()
+            host._tasks.add(asyncio.create_task(host.fleet.supervise_forever(), name="fleet"))
             host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
             yield host
         finally:
@@ -151,6 +158,7 @@ class Host:
                 task.cancel()
             await asyncio.gather(*host._tasks, return_exceptions=True)
             host._tasks.clear()
+            await host.fleet.close()
             await host.http.close()
             await host.litellm.close()
             for reservation in list(host.budgets.open.values()):
@@ -163,6 +171,54 @@ class Host:
             host.store.close()
             for handler in handlers:
                 handler.removeFilter(log_filter)
+
+    async def open_agent_socket(self, name: str) -> None:
+        owner = self.fleet.owner() if self.fleet.backend is not None else None
+        await self.http.listen(
+            Listener(
+                self.paths.agent_socket(name), name, build_agent_router(self, name), owner=owner
+            )
+        )
+
+    async def apply_config(self, new: Config) -> dict[str, list[str]]:
+        """Apply a changed legion.toml: agents, teams, models, egress and runtime take effect
+        now; [host] settings need a restart (reported, not applied)."""
+        old_agents = set(self.config.agents)
+        new_agents = set(new.agents)
+        restart_needed = [] if new.host == self.config.host else ["host"]
+        for name in sorted(old_agents - new_agents):
+            await self.fleet.forget(name)
+            await self.http.unlisten(self.paths.agent_socket(name))
+        # Components share this Config object: swapping its sections updates them all.
+        self.config.agents = new.agents
+        self.config.teams = new.teams
+        self.config.llm = new.llm
+        self.config.runtime = new.runtime
+        self.config.egress = new.egress
+        self.egress = EgressProxy(
+            config=new.egress,
+            vault=self.vault,
+            redactor=self.redactor,
+            audit=self.audit,
+            permissions=self.permissions,
+        )
+        for name in sorted(new_agents - old_agents):
+            await self.open_agent_socket(name)
+            if self.fleet.backend is not None and new.agents[name].autostart:
+                await self.fleet.start(name)
+        self.audit.append(
+            "operator",
+            "config.reload",
+            "legion.toml",
+            "allow",
+            added=sorted(new_agents - old_agents),
+            removed=sorted(old_agents - new_agents),
+        )
+        return {
+            "added": sorted(new_agents - old_agents),
+            "removed": sorted(old_agents - new_agents),
+            "restart_needed": restart_needed,
+        }
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason

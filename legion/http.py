@@ -225,6 +225,7 @@ class Listener:
     principal: str
     router: Router
     mode: int = 0o600
+    owner: tuple[int, int] | None = None  # chown the socket and its folder to this uid:gid
 
 
 class HttpServer:
@@ -272,6 +273,10 @@ class HttpServer:
         finally:
             os.umask(old_umask)
         os.chmod(path, listener.mode)
+        if listener.owner is not None:
+            os.chown(path.parent, *listener.owner)
+            os.chmod(path.parent, 0o700)
+            os.chown(path, *listener.owner)
         self._servers[path] = server
 
     async def unlisten(self, path: Path) -> None:

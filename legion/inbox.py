@@ -69,6 +69,26 @@ class Inboxes:
             conn.execute("UPDATE inbox SET visible_at = ? WHERE visible_at > ?", (now, now))
             return int(conn.changes())
 
+    def release(self, agent: str) -> int:
+        """`agent` restarted: what it had taken but not acked is visible to it again now."""
+        now = self.clock()
+        with self.store.tx(durable=False) as conn:
+            conn.execute(
+                "UPDATE inbox SET visible_at = ? WHERE agent = ? AND visible_at > ?",
+                (now, agent, now),
+            )
+            return int(conn.changes())
+
+    def purge(self, agent: str) -> int:
+        """Delete `agent`'s inbox and subscriptions (the agent was removed with --purge)."""
+        with self.store.tx() as conn:
+            conn.execute("DELETE FROM subscriptions WHERE agent = ?", (agent,))
+            conn.execute("DELETE FROM inbox WHERE agent = ?", (agent,))
+            removed = int(conn.changes())
+        self._subs.pop(agent, None)
+        self._depth.pop(agent, None)
+        return removed
+
     def depth(self, agent: str) -> int:
         return self._depth.get(agent, 0)
 

@@ -7,7 +7,16 @@ from typing import Annotated
 import typer
 
 from legion import __version__
-from legion.cli import audit_cmd, bb, config_cmd, costs_cmd, images_cmd, vault_cmd
+from legion.cli import (
+    agents_cmd,
+    audit_cmd,
+    bb,
+    chat_cmd,
+    config_cmd,
+    costs_cmd,
+    images_cmd,
+    vault_cmd,
+)
 from legion.cli.common import State, emit_json, fmt_time, host_errors
 
 app = typer.Typer(
@@ -22,6 +31,8 @@ app.add_typer(bb.app, name="bb")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(vault_cmd.app, name="vault")
 app.add_typer(images_cmd.app, name="images")
+app.add_typer(agents_cmd.app, name="agents")
+app.command("chat")(chat_cmd.chat)
 app.command("audit")(audit_cmd.audit)
 app.command("costs")(costs_cmd.costs)
 

@@ -227,3 +227,36 @@ class EmbeddingRequest(BaseModel):
 
     model: str | None = None
     input: str | list[str] = Field(min_length=1)
+
+
+# --- fleet (control socket) ----------------------------------------------------
+
+
+class AgentInfo(BaseModel):
+    name: str
+    state: str = Field(description="stopped, starting, running, restarting, failed, unavailable")
+    reason: str
+    role: str | None
+    team: str | None
+    model: str | None
+    mode: str
+    container_id: str | None
+    restarts_last_hour: int
+    last_seen: float | None
+    inbox_depth: int
+
+
+class AgentList(BaseModel):
+    runtime: str | None = Field(description="The runtime backend, or null when none runs.")
+    agents: list[AgentInfo]
+
+
+class ReloadResult(BaseModel):
+    added: list[str]
+    removed: list[str]
+    restart_needed: list[str] = Field(description="Config sections applied only at restart.")
+
+
+class PurgeResult(BaseModel):
+    agent: str
+    inbox_items_deleted: int

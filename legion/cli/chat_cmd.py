@@ -1,0 +1,105 @@
+"""`legion chat`: talk to an agent from the terminal, streaming its reply."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Annotated, Any
+
+import typer
+
+from legion.cli.common import State, emit_json, fail, host_errors
+
+
+def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
+    """Send one message and stream the reply; returns an exit code."""
+    from legion.client import ControlClient
+
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+    ready = threading.Event()
+    sent_id: list[int] = []
+    streamed: list[str] = []
+
+    def follow() -> None:
+        try:
+            with ControlClient(paths, timeout=timeout_s) as events:
+                for event in events.events(on_open=ready.set):
+                    etype = getattr(event, "type", "")
+                    if getattr(event, "agent", None) != agent:
+                        continue
+                    if etype == "token_delta" and sent_id:
+                        streamed.append(event.text)
+                        if not as_json:
+                            sys.stdout.write(event.text)
+                            sys.stdout.flush()
+                    elif etype == "agent_notification" and not as_json:
+                        sys.stderr.write(f"\n[{agent} {event.level}] {event.text}\n")
+                    elif etype == "agent_reply" and sent_id and event.in_reply_to == sent_id[0]:
+                        outcome["reply"] = event
+                        return
+                    elif etype == "agent_state" and event.state == "failed":
+                        outcome["failed"] = event.reason
+                        return
+        except Exception as exc:  # the stream ends with the host: report, don't trace
+            outcome["error"] = str(exc)
+        finally:
+            ready.set()
+            done.set()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    with host_errors(), ControlClient(paths) as client:
+        client.status()  # fail fast (exit 3) when no host runs
+        if not ready.wait(timeout=30) or "error" in outcome:
+            fail(f"could not follow the host's events: {outcome.get('error', 'timeout')}", 1)
+        queued = client.send(agent, {"text": text})
+        sent_id.append(queued.item_id)
+    if not done.wait(timeout_s):
+        fail(
+            f"no reply from {agent} within {timeout_s:.0f}s (is it running? `legion agents ls`)", 1
+        )
+    if "error" in outcome:
+        fail(f"lost the host's event stream: {outcome['error']}", 1)
+    if "failed" in outcome:
+        fail(f"{agent} failed: {outcome['failed']}", 1)
+    reply = outcome["reply"]
+    if as_json:
+        emit_json(reply.model_dump())
+    else:
+        if not streamed:
+            sys.stdout.write(reply.text)
+        elif "".join(streamed).strip() != reply.text.strip():
+            sys.stdout.write("\n" + reply.text)
+        sys.stdout.write("\n")
+    return 0
+
+
+def chat(
+    agent: Annotated[str, typer.Argument(help="The agent to talk to.")],
+    message: Annotated[
+        str | None,
+        typer.Argument(help="Send this and print the reply; omit for a line-by-line conversation."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait per reply.", min=1)
+    ] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reply event as JSON.")] = False,
+) -> None:
+    """Chat with an agent: its reply streams to stdout as it is generated."""
+    paths = State.paths()
+    if message is not None:
+        raise typer.Exit(_turn(paths, agent, message, timeout, as_json))
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stderr.write("you> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        if interactive:
+            sys.stdout.write(f"{agent}> ")
+        _turn(paths, agent, line.rstrip("\n"), timeout, as_json)
