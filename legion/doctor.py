@@ -88,7 +88,7 @@ def run_checks(paths: Paths, config: Config | None, config_error: str | None) ->
             "[runtime] container_runtime",
         )
     )
-    from legion.runtime.images import BASE_TAG
+    from legion.runtime.images import BASE_TAG, image_is_current
 
     image = runtime.image if runtime else "legion-agent:latest"
     for tag, what in (
@@ -97,7 +97,11 @@ def run_checks(paths: Paths, config: Config | None, config_error: str | None) ->
     ):
         try:
             client.images.get(tag)
-            checks.append(Check(what, True, f"{tag} present"))
+            if what == "agent image" and not image_is_current(client, tag):
+                checks.append(Check(what, False, f"{tag} was built from older legion code",
+                                    "run `legion images build`"))
+            else:
+                checks.append(Check(what, True, f"{tag} present"))
         except Exception:
             checks.append(Check(what, False, f"{tag} missing", "run `legion images build`"))
     if not (runtime and runtime.base_image):

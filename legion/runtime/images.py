@@ -200,6 +200,32 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def source_digest() -> str:
+    """A hash of the code that goes into the agent image (to spot a stale image)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    roots = [_package_dir("agent_container"), _package_dir("legion") / "wire"]
+    files = [_package_dir("legion") / "__init__.py"]
+    for root in roots:
+        files += sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def image_is_current(client: Any, tag: str) -> bool:
+    import docker.errors
+
+    try:
+        image = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    labels = (image.attrs.get("Config") or {}).get("Labels") or {}
+    return bool(labels.get("org.legion.source") == source_digest())
+
+
 def build_context(dest: Path, site: Path, base: str, uid: int) -> None:
     app = dest / "app"
     shutil.copytree(
@@ -222,7 +248,8 @@ ENV PYTHONPATH=/opt/legion/site:/opt/legion/app PYTHONDONTWRITEBYTECODE=1 \\
     PYTHONUNBUFFERED=1 HOME=/data
 WORKDIR /data
 USER {uid}:{uid}
-LABEL org.legion.version="{__version__}" org.legion.role="agent"
+LABEL org.legion.version="{__version__}" org.legion.role="agent" \
+    org.legion.source="{source_digest()}"
 ENTRYPOINT ["python3", "-m", "agent_container"]
 """)
 
