@@ -6,6 +6,7 @@ audits it before the handler runs.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -57,9 +58,26 @@ READ = Perm.BB_READ.value
 WRITE = Perm.BB_WRITE.value
 
 
-def build_blackboard_routes(router: Router, host: Host) -> None:
-    """Blackboard routes, shared by agent sockets and the control socket."""
+def build_shared_routes(router: Router, host: Host) -> None:
+    """Routes both kinds of socket serve: OpenAPI, blackboard, direct messages."""
     bb = host.blackboard
+
+    @router.route("GET", "/v1/openapi.json")
+    async def openapi(call: Call) -> Response:
+        """This socket's OpenAPI document."""
+        return Response(200, json.dumps(router.openapi()).encode())
+
+    @router.route(
+        "POST",
+        "/v1/messages",
+        body=MessageRequest,
+        response=MessageQueued,
+        policy=Policy(Perm.MESSAGE.value, "to", "message"),
+    )
+    async def send_message(call: Call) -> MessageQueued:
+        """Put a message in an agent's inbox (the sender is the socket's owner)."""
+        body: MessageRequest = call.body
+        return MessageQueued(to=body.to, item_id=host.send(call.principal, body.to, body.payload))
 
     @router.route(
         "GET",
@@ -157,15 +175,8 @@ def build_blackboard_routes(router: Router, host: Host) -> None:
 
 def build_agent_router(host: Host, agent: str) -> Router:
     router = Router(f"legion agent socket ({agent})")
-    build_blackboard_routes(router, host)
+    build_shared_routes(router, host)
     inboxes = host.inboxes
-
-    @router.route("GET", "/v1/openapi.json")
-    async def openapi(call: Call) -> Response:
-        """This socket's OpenAPI document."""
-        import json
-
-        return Response(200, json.dumps(router.openapi()).encode())
 
     @router.route("GET", "/v1/whoami", response=Identity)
     async def whoami(call: Call) -> Identity:
@@ -230,18 +241,6 @@ def build_agent_router(host: Host, agent: str) -> Router:
     async def subscriptions(call: Call) -> Subscriptions:
         """The caller's subscriptions."""
         return Subscriptions(topics=inboxes.subscriptions(call.principal))
-
-    @router.route(
-        "POST",
-        "/v1/messages",
-        body=MessageRequest,
-        response=MessageQueued,
-        policy=Policy(Perm.MESSAGE.value, "to", "message"),
-    )
-    async def send_message(call: Call) -> MessageQueued:
-        """Send a direct message to another agent's inbox."""
-        body: MessageRequest = call.body
-        return MessageQueued(to=body.to, item_id=host.send(call.principal, body.to, body.payload))
 
     @router.route("POST", "/v1/inbox/poll", body=PollRequest, response=PollResponse)
     async def inbox_poll(call: Call) -> PollResponse:

@@ -6,24 +6,20 @@ policies as agent actions, so they are audited the same way.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from legion import __version__
-from legion.api_agent import build_blackboard_routes
+from legion.api_agent import build_shared_routes
 from legion.errors import LegionError
-from legion.http import Call, Policy, Response, Router, StreamResponse
-from legion.permissions import Perm
+from legion.http import Call, Router, StreamResponse
 from legion.wire.api import (
     AgentInfo,
     AgentList,
     AgentStatus,
     HostStatus,
-    MessageQueued,
-    OperatorMessage,
     PurgeResult,
     ReloadResult,
     StopResponse,
@@ -35,12 +31,7 @@ if TYPE_CHECKING:
 
 def build_control_router(host: Host) -> Router:
     router = Router("legion control socket")
-    build_blackboard_routes(router, host)
-
-    @router.route("GET", "/v1/openapi.json")
-    async def openapi(call: Call) -> Response:
-        """This socket's OpenAPI document."""
-        return Response(200, json.dumps(router.openapi()).encode())
+    build_shared_routes(router, host)
 
     @router.route("GET", "/v1/status", response=HostStatus)
     async def status(call: Call) -> HostStatus:
@@ -53,18 +44,6 @@ def build_control_router(host: Host) -> Router:
         host.audit.append(call.principal, "host.stop", "host", "allow")
         host.request_stop("stop requested over the control socket")
         return StopResponse(stopping=True)
-
-    @router.route(
-        "POST",
-        "/v1/messages",
-        body=OperatorMessage,
-        response=MessageQueued,
-        policy=Policy(Perm.MESSAGE.value, "to", "message"),
-    )
-    async def send_message(call: Call) -> MessageQueued:
-        """Put a message from the operator in an agent's inbox."""
-        body: OperatorMessage = call.body
-        return MessageQueued(to=body.to, item_id=host.send(call.principal, body.to, body.payload))
 
     @router.route("GET", "/v1/agents", response=AgentList)
     async def agents(call: Call) -> AgentList:

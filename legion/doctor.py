@@ -98,8 +98,14 @@ def run_checks(paths: Paths, config: Config | None, config_error: str | None) ->
         try:
             client.images.get(tag)
             if what == "agent image" and not image_is_current(client, tag):
-                checks.append(Check(what, False, f"{tag} was built from older legion code",
-                                    "run `legion images build`"))
+                checks.append(
+                    Check(
+                        what,
+                        False,
+                        f"{tag} was built from older legion code",
+                        "run `legion images build`",
+                    )
+                )
             else:
                 checks.append(Check(what, True, f"{tag} present"))
         except Exception:

@@ -87,13 +87,7 @@ class Host:
             health=self.health,
             clock=clock,
         )
-        self.egress = EgressProxy(
-            config=config.egress,
-            vault=self.vault,
-            redactor=self.redactor,
-            audit=self.audit,
-            permissions=self.permissions,
-        )
+        self.egress = self._make_egress()
         self.http = HttpServer(
             max_body_bytes=config.host.max_body_bytes,
             authorize=self._authorize,
@@ -195,13 +189,7 @@ class Host:
         self.config.llm = new.llm
         self.config.runtime = new.runtime
         self.config.egress = new.egress
-        self.egress = EgressProxy(
-            config=new.egress,
-            vault=self.vault,
-            redactor=self.redactor,
-            audit=self.audit,
-            permissions=self.permissions,
-        )
+        self.egress = self._make_egress()
         for name in sorted(new_agents - old_agents):
             await self.open_agent_socket(name)
             if self.fleet.backend is not None and new.agents[name].autostart:
@@ -219,6 +207,15 @@ class Host:
             "removed": sorted(old_agents - new_agents),
             "restart_needed": restart_needed,
         }
+
+    def _make_egress(self) -> EgressProxy:
+        return EgressProxy(
+            config=self.config.egress,
+            vault=self.vault,
+            redactor=self.redactor,
+            audit=self.audit,
+            permissions=self.permissions,
+        )
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason

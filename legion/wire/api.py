@@ -201,11 +201,6 @@ class StopResponse(BaseModel):
     stopping: bool
 
 
-class OperatorMessage(_Strict):
-    to: str
-    payload: JSONValue
-
-
 # --- LLM gateway (OpenAI-compatible) --------------------------------------------
 
 
