@@ -351,4 +351,11 @@ async def test_a_killed_agent_is_restarted_and_handles_the_unacked_item(
                     break
         assert host.fleet.runs["alice"].container_id != old
         assert event.text.startswith("echo: survive this")
+        deadline = time.monotonic() + 10  # the ack follows the reply
+        while host.inboxes.depth("alice") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         assert host.inboxes.depth("alice") == 0
+        restarts = [
+            r for r in audit.query(host.store.conn, actor="host") if r.action == "agent.restarting"
+        ]
+        assert restarts and "exited" in restarts[0].detail["reason"]

@@ -52,7 +52,11 @@ LOOPBACK = ("'127.0.0.1'", "'::1'", "'localhost'", "127.0.0.1")
 def test_litellm_prices_and_calls_without_any_remote_access(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     run = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, cwd=root,
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(root)},
     )
     assert run.returncode == 0, run.stderr[-3000:]
