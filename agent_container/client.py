@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
-from legion.wire.agent import SelfStatus
+if TYPE_CHECKING:  # imported when first needed: the first inbox poll goes out before it
+    from legion.wire.agent import SelfStatus
 
 
 class MeshError(Exception):
@@ -66,6 +67,8 @@ class MeshClient:
     # --- inbox and lifecycle ---------------------------------------------------------
 
     async def self_status(self) -> SelfStatus:
+        from legion.wire.agent import SelfStatus
+
         return SelfStatus.model_validate(await self.call("GET", "/v1/self"))
 
     async def poll(

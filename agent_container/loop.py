@@ -13,14 +13,16 @@ import contextlib
 import json
 import logging
 from collections import defaultdict, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from agent_container.client import MeshClient, MeshError
 from agent_container.tools import Registry, Tool, _obj, builtin_tools
 from agent_container.workspace import Workspace
-from legion.wire.agent import SelfStatus
+
+if TYPE_CHECKING:
+    from legion.wire.agent import SelfStatus
 
 log = logging.getLogger("agent")
 
@@ -66,10 +68,12 @@ class AgentRuntime:
         try:
             while not self._stopping.is_set():
                 try:
+                    # Poll first: the host sees the agent ready as early as possible; who we
+                    # are (and the pydantic import it takes) is needed only to handle items.
+                    items = await self.mesh.poll(wait_s=30)
                     if self.me is None:
                         self.me = await self.mesh.self_status()
-                        log.info("started", extra={"agent": self.me.agent})
-                    items = await self.mesh.poll(wait_s=30)
+                        log.info("started as %s", self.me.agent)
                     backoff = 0.2
                 except (httpx.TransportError, OSError) as exc:
                     log.warning("host unreachable (%s); retrying in %.1fs", exc, backoff)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 import time
 
-from bench import blackboard_store, pubsub_fanout, socket_rtt
+from bench import agent_container, blackboard_store, pubsub_fanout, socket_rtt
 from bench._common import Report, base_args
 
 BENCHMARKS = {
     "blackboard_store": blackboard_store.run,
     "socket_rtt": socket_rtt.run,
     "pubsub_fanout": pubsub_fanout.run,
+    "agent_container": agent_container.run,
 }
 
 

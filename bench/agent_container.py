@@ -62,13 +62,13 @@ async def legion_runs(image: str, count: int, idle_s: float) -> tuple[list[float
         backend = DockerBackend(str(home))
         async with Host.running(config, Paths.resolve(home), runtime=backend) as host:
             for i in range(count):
-                host.last_seen.pop("bench", None)
+                host.last_poll.pop("bench", None)
                 started = time.perf_counter()
                 await host.fleet.start("bench")
                 deadline = started + 60
-                while "bench" not in host.last_seen and time.perf_counter() < deadline:
+                while "bench" not in host.last_poll and time.perf_counter() < deadline:
                     await asyncio.sleep(0.002)
-                if "bench" not in host.last_seen:
+                if "bench" not in host.last_poll:
                     raise RuntimeError("the agent never polled its inbox within 60 s")
                 samples.append(time.perf_counter() - started)
                 if i == count - 1:

@@ -246,7 +246,7 @@ def build_agent_router(host: Host, agent: str) -> Router:
     async def inbox_poll(call: Call) -> PollResponse:
         """Receive inbox items, long-polling up to `wait_s`; ack them when handled."""
         body: PollRequest = call.body
-        host.touch(call.principal)
+        host.last_poll[call.principal] = host.touch(call.principal)
         if body.ack:
             inboxes.ack(call.principal, body.ack)
         wait = min(body.wait_s, host.config.host.long_poll_max_s)

@@ -94,6 +94,7 @@ class Host:
             redact=self.redactor.redact_bytes,
         )
         self.last_seen: dict[str, float] = {}
+        self.last_poll: dict[str, float] = {}  # when each agent last polled its inbox
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.fleet = Fleet(self, None)
