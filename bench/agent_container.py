@@ -84,6 +84,19 @@ def run(quick: bool = False, profile: Any = None, image: str = "legion-agent:lat
     heading("agent_container: cold start and idle memory of a real agent container")
     count = 3 if quick else 7
     idle = 10.0 if quick else 30.0
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        client.images.get(image)
+        client.close()
+    except Exception as exc:
+        report.check(
+            "cold start and idle memory",
+            False,
+            f"not run: needs a Docker engine and {image} ({exc})",
+        )
+        return report
     bare = bare_runs(image, count)
     ours, idle_mib = asyncio.run(legion_runs(image, count, idle))
     bare_p50, ours_p50 = statistics.median(bare), statistics.median(ours)

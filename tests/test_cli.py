@@ -101,7 +101,7 @@ def unique(prefix: str = "shared/cli") -> str:
 def host_home() -> Iterator[Path]:
     """One daemon for the module's tests that need a running host."""
     home = Path(tempfile.mkdtemp(prefix="lg-", dir="/tmp"))
-    (home / "legion.toml").write_text(CONFIG)
+    (home / "legion.toml").write_text(CONFIG + '\n[runtime]\nbackend = "none"\n')
     d = Daemon(home)
     drain: threading.Thread | None = None
     try:

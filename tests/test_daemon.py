@@ -96,8 +96,15 @@ class Stderr:
         return self.text
 
 
+NO_CONTAINERS = """
+[runtime]
+backend = "none"
+"""
+
+
 def write_config(home: Path, text: str = CONFIG) -> None:
-    (home / "legion.toml").write_text(text)
+    """Write legion.toml; agents get sockets but no containers (Docker may be running)."""
+    (home / "legion.toml").write_text(text + NO_CONTAINERS)
 
 
 def start_ready(d: Daemon, *extra: str, env: dict[str, str] | None = None) -> Stderr:

@@ -341,7 +341,9 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(
     home: Path, daemon: Callable[[], Daemon], durability: str
 ) -> None:
     # "normal" gives up only power-loss safety; a killed process must lose nothing either way.
-    (home / "legion.toml").write_text(CONFIG.replace("{durability}", durability))
+    (home / "legion.toml").write_text(
+        CONFIG.replace("{durability}", durability) + '\n[runtime]\nbackend = "none"\n'
+    )
     first = daemon()
     first_log = DaemonLog(first.start())
     assert first.proc is not None

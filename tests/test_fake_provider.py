@@ -688,6 +688,8 @@ async def test_litellm_embedding_retries_ignore_max_retries_zero(
         "api_key": "sk-test",
         "input": "x",
     }
+    # legion's own runtime sets DEFAULT_MAX_RETRIES = 0 (for this very reason): undo it here
+    monkeypatch.setattr(litellm, "DEFAULT_MAX_RETRIES", 2)
     fp.script(Reply(status=500), endpoint="embeddings")
     r = await litellm.aembedding(**kwargs, max_retries=0)
     assert len(r.data) == 1 and len(fp.requests) == 2  # retried once, despite max_retries=0
