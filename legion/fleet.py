@@ -183,6 +183,13 @@ class Fleet:
     async def start_all(self) -> None:
         if self.backend is None:
             return
+        # A host that died (kill -9, power loss) left its containers: the ones of agents
+        # still configured are replaced as they start; the others go now.
+        for agent in await self.backend.remove_others(set(self.host.config.agents)):
+            self.host.audit.append("host", "agent.orphan_removed", agent, "allow")
+            log.info(
+                "removed a container left by an earlier host", extra={"fields": {"agent": agent}}
+            )
         for agent, cfg in sorted(self.host.config.agents.items()):
             if cfg.autostart:
                 run = self.run_of(agent)

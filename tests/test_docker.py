@@ -359,3 +359,42 @@ async def test_a_killed_agent_is_restarted_and_handles_the_unacked_item(
             r for r in audit.query(host.store.conn, actor="host") if r.action == "agent.restarting"
         ]
         assert restarts and "exited" in restarts[0].detail["reason"]
+
+
+async def test_a_new_host_sweeps_containers_a_dead_host_left(
+    home: Path, agent_image: str, web: ThreadingHTTPServer
+) -> None:
+    import docker
+
+    from legion.runtime.backend import AgentSpec
+
+    backend = DockerBackend(str(home))
+    paths = Paths.resolve(home)
+    leftover = AgentSpec(
+        name="ghost",
+        image=agent_image,
+        data_dir=home / "ghost-data",
+        socket_dir=home / "ghost-run",
+        uid=10001,
+        gid=10001,
+        memory_mb=64,
+        cpus=0.1,
+        pids=32,
+    )
+    (home / "ghost-data").mkdir()
+    (home / "ghost-run").mkdir()
+    await backend.start(leftover)
+    await backend.close()
+    port = int(web.server_address[1])
+    async with FakeProvider() as fake, fleet(home, agent_image, fake, port):
+        client = docker.from_env()
+        try:
+            names = {
+                c.labels.get("legion.agent")
+                for c in client.containers.list(
+                    all=True, filters={"label": f"legion.home={paths.home}"}
+                )
+            }
+        finally:
+            client.close()
+        assert names == {"alice", "bob"}

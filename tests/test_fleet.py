@@ -194,3 +194,17 @@ async def test_config_reload_adds_and_removes_agents(home: Path) -> None:
         async with agent_client(paths, "carol") as carol:
             assert (await carol.get("/v1/whoami")).json()["agent"] == "carol"
         assert set(host.config.agents) == {"alice", "carol"}
+
+
+async def test_containers_left_by_a_dead_host_are_swept(home: Path) -> None:
+    backend = FakeBackend()
+    backend.crash("ghost", exit_code=0)  # a container of an agent no longer configured
+    backend.crash("alice", exit_code=0)
+    paths = Paths.resolve(home)
+    async with Host.running(parse_config(CONFIG), paths, runtime=backend) as host:
+        assert "ghost" not in backend.states
+        assert backend.states["alice"].state == "running"  # replaced by a fresh start
+        assert any(
+            r.action == "agent.orphan_removed" and r.target == "ghost"
+            for r in audit.query(host.store.conn, actor="host")
+        )

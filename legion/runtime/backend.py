@@ -63,6 +63,10 @@ class RuntimeBackend(Protocol):
 
     async def exec(self, agent: str, command: list[str], timeout_s: float = 30.0) -> ExecResult: ...
 
+    async def remove_others(self, keep: set[str]) -> list[str]:
+        """Remove containers this home started for agents not in `keep` (left by a crash)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -101,6 +105,12 @@ class FakeBackend:
 
     async def exec(self, agent: str, command: list[str], timeout_s: float = 30.0) -> ExecResult:
         return ExecResult(0, "")
+
+    async def remove_others(self, keep: set[str]) -> list[str]:
+        gone = sorted(set(self.states) - keep)
+        for agent in gone:
+            del self.states[agent]
+        return gone
 
     async def close(self) -> None:
         self.states.clear()

@@ -221,6 +221,24 @@ class DockerBackend:
 
         return await asyncio.to_thread(read)
 
+    async def remove_others(self, keep: set[str]) -> list[str]:
+        def sweep() -> list[str]:
+            try:
+                found = self._docker().containers.list(
+                    all=True, filters={"label": f"legion.home={self.home_label}"}
+                )
+            except BackendUnavailable:
+                return []
+            gone = []
+            for container in found:
+                agent = container.labels.get("legion.agent", "")
+                if agent not in keep:
+                    container.remove(force=True)
+                    gone.append(agent)
+            return sorted(gone)
+
+        return await asyncio.to_thread(sweep)
+
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
