@@ -54,6 +54,7 @@ PROVIDER_ENV: dict[str, str] = {
     "XAI_API_KEY": "xai",
     "COHERE_API_KEY": "cohere",
 }
+TOUCH_EVERY_S = 60.0
 GENERIC_ENV_PREFIX = "LEGION_SECRET_"  # LEGION_SECRET_MY_KEY=... -> system secret "my_key"
 
 
@@ -111,6 +112,7 @@ class Vault:
         os.chmod(path, 0o600)
         self._aead = AESGCM(self._load_key(passphrase))
         self._values: dict[str, tuple[Tier, list[str], str]] = {}
+        self._touched: dict[str, float] = {}
         self._data_version = -1
 
     # --- key ------------------------------------------------------------------
@@ -333,6 +335,12 @@ class Vault:
         return value
 
     def _touch(self, name: str) -> None:
+        """Record a use; written at most once a minute per credential (it is on the LLM hot
+        path, and `last used` to the minute is all `legion vault ls` shows)."""
+        now = self.clock()
+        if now - self._touched.get(name, 0.0) < TOUCH_EVERY_S:
+            return
+        self._touched[name] = now
         with self.conn:
             self.conn.execute(
                 "UPDATE secrets SET last_used_at = ? WHERE name = ?", (self.clock(), name)

@@ -9,6 +9,7 @@ telemetry is off.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from types import ModuleType
 from typing import Any
@@ -31,6 +32,10 @@ def load_blocking() -> ModuleType:
     litellm.drop_params = True  # a provider that lacks a parameter gets the call without it
     litellm.num_retries = 0  # failover and backoff are the gateway's job
     litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[attr-defined]  # aembedding needs it
+    # LiteLLM leaves ~400k long-lived objects; without this every full GC pass walks them
+    # (pauses of ~200 ms on the host's event loop).
+    gc.collect()
+    gc.freeze()
     _module = litellm
     return litellm
 
