@@ -110,6 +110,7 @@ class ModelConfig(_Section):
     input_cost_per_mtok: float | None = Field(default=None, ge=0)
     output_cost_per_mtok: float | None = Field(default=None, ge=0)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    passthrough: bool = True
 
 
 class LLMConfig(_Section):

@@ -161,6 +161,7 @@ class Host:
             await host.fleet.close()
             await host.http.close()
             await host.litellm.close()
+            await host.gateway.close()
             for reservation in list(host.budgets.open.values()):
                 # A call cut short by shutdown: its worst case stays booked (see Budgets).
                 log.warning(

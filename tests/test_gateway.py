@@ -25,6 +25,14 @@ from tests.fakes.provider import FakeProvider, Reply
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-fake-provider-key-0123456789"
+PATH = {"direct": True}
+
+
+@pytest.fixture(autouse=True, params=["direct", "litellm"])
+def upstream_path(request: pytest.FixtureRequest) -> str:
+    """Every gateway test runs both ways: the direct OpenAI-compatible path and LiteLLM."""
+    PATH["direct"] = request.param == "direct"
+    return str(request.param)
 
 
 def config_text(
@@ -32,6 +40,7 @@ def config_text(
 ) -> str:
     budget = f"[agents.alice.budget]\ndaily_usd = {daily}\n" if daily is not None else ""
     fleet_line = f"fleet_daily_usd = {fleet}\n" if fleet is not None else ""
+    direct = "true" if PATH["direct"] else "false"
     return f"""
 [llm]
 default_max_tokens = 100
@@ -40,6 +49,7 @@ default_max_tokens = 100
 model = "openai/fake-fast"
 api_base = "{base_url}"
 credential = "provider"
+passthrough = {direct}
 failover = ["backup"]
 input_cost_per_mtok = 10.0
 output_cost_per_mtok = 20.0
@@ -48,6 +58,7 @@ output_cost_per_mtok = 20.0
 model = "openai/fake-backup"
 api_base = "{base_url}"
 credential = "provider"
+passthrough = {direct}
 input_cost_per_mtok = 30.0
 output_cost_per_mtok = 60.0
 

@@ -23,8 +23,10 @@ from legion.config import Config, ModelConfig
 from legion.errors import LegionError
 from legion.events import EventBus
 from legion.http import Response, StreamResponse
+from legion.llm import passthrough
 from legion.llm.budget import Budgets, Reservation, Usage
 from legion.llm.health import ModelHealth
+from legion.llm.passthrough import Passthrough
 from legion.llm.pricing import Price, price_for
 from legion.llm.runtime import LiteLLM
 from legion.permissions import Guard, Perm
@@ -58,7 +60,7 @@ def classify(exc: BaseException) -> tuple[str, int | None, float | None]:
     name = type(exc).__name__
     retry_after: float | None = None
     response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
+    headers = getattr(response, "headers", None) or getattr(exc, "headers", None)
     if headers is not None:
         try:
             retry_after = float(headers.get("retry-after"))
@@ -109,6 +111,7 @@ class Gateway:
         self.litellm = litellm
         self.health = health
         self.clock = clock
+        self.passthrough = Passthrough()
 
     # --- resolution -----------------------------------------------------------------
 
@@ -186,6 +189,9 @@ class Gateway:
 
     # --- chat completions ---------------------------------------------------------------
 
+    async def close(self) -> None:
+        await self.passthrough.close()
+
     async def chat(self, agent: str, request: ChatRequest) -> Response | StreamResponse:
         litellm = await self.litellm.get()
         alias = self.resolve_alias(agent, request.model)
@@ -218,13 +224,21 @@ class Gateway:
             worst = hop.price.cost(prompt_bound, max_tokens)
             reservation = self.budgets.reserve(agent, hop_alias, model_cfg.model, request_id, worst)
             started = time.monotonic()
+            direct = passthrough.applies(model_cfg)
             try:
-                if request.stream:
+                if request.stream and direct:
+                    stream = self.passthrough.stream(model_cfg, self._api_key(model_cfg), body)
+                    first = await stream.__anext__()
+                elif request.stream:
                     kwargs = self._kwargs(hop, body)
                     kwargs["stream"] = True
                     kwargs["stream_options"] = {"include_usage": True}
                     stream = await litellm.acompletion(**kwargs)
                     first = await stream.__anext__()
+                elif direct:
+                    result = await self.passthrough.complete(
+                        model_cfg, self._api_key(model_cfg), body
+                    )
                 else:
                     result = await litellm.acompletion(**self._kwargs(hop, body))
             except StopAsyncIteration:
@@ -298,8 +312,11 @@ class Gateway:
     def _usage(
         self, litellm: Any, hop: Hop, request: ChatRequest, usage: Any, produced: str
     ) -> Usage:
-        prompt = getattr(usage, "prompt_tokens", None) if usage is not None else None
-        completion = getattr(usage, "completion_tokens", None) if usage is not None else None
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        else:
+            prompt = getattr(usage, "prompt_tokens", None) if usage is not None else None
+            completion = getattr(usage, "completion_tokens", None) if usage is not None else None
         if prompt is None:
             try:
                 prompt = int(
@@ -325,12 +342,12 @@ class Gateway:
         started: float,
         litellm: Any,
     ) -> Response:
-        data = result.model_dump(exclude_none=True)
+        data = result if isinstance(result, dict) else result.model_dump(exclude_none=True)
         data["model"] = hop.alias
         text = "".join(
             (choice.get("message") or {}).get("content") or "" for choice in data.get("choices", [])
         )
-        usage = self._usage(litellm, hop, request, getattr(result, "usage", None), text)
+        usage = self._usage(litellm, hop, request, data.get("usage"), text)
         elapsed = (time.monotonic() - started) * 1000
         self.budgets.settle(reservation, usage, status="ok", latency_ms=elapsed, ttft_ms=elapsed)
         self._settled(agent, request_id, hop.alias, usage.cost_usd)
@@ -360,10 +377,10 @@ class Gateway:
             while chunk is not None:
                 if ttft is None:
                     ttft = (time.monotonic() - started) * 1000
-                data = chunk.model_dump(exclude_none=True)
+                data = chunk if isinstance(chunk, dict) else chunk.model_dump(exclude_none=True)
                 data["model"] = hop.alias
                 if data.get("usage"):
-                    usage_seen = chunk.usage
+                    usage_seen = data["usage"]
                 for choice in data.get("choices") or []:
                     text = (choice.get("delta") or {}).get("content")
                     if text:
@@ -418,7 +435,12 @@ class Gateway:
         body = request.model_dump(exclude_none=True)
         body.pop("model", None)
         try:
-            result = await litellm.aembedding(**self._kwargs(hop, body))
+            if passthrough.applies(model_cfg):
+                result = await self.passthrough.embeddings(
+                    model_cfg, self._api_key(model_cfg), body
+                )
+            else:
+                result = await litellm.aembedding(**self._kwargs(hop, body))
         except Exception as exc:
             kind, _, retry_after = classify(exc)
             self.budgets.settle(
@@ -428,7 +450,7 @@ class Gateway:
             raise ProviderFailure(
                 f"embedding model {alias!r} failed: {self._safe(exc)}", model=alias, kind=kind
             ) from None
-        data = result.model_dump(exclude_none=True)
+        data = result if isinstance(result, dict) else result.model_dump(exclude_none=True)
         tokens = int((data.get("usage") or {}).get("prompt_tokens") or bound)
         usage = Usage(tokens, 0, hop.price.cost(tokens, 0))
         self.budgets.settle(

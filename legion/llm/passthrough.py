@@ -1,0 +1,135 @@
+"""A direct path to OpenAI-compatible upstreams, without LiteLLM's per-chunk work.
+
+For a model whose LiteLLM id is `openai/<name>` with an `api_base` (vLLM, Ollama, llama.cpp,
+OpenAI-compatible proxies), the request already speaks the upstream's protocol: the host
+posts it with the key injected and relays the events, parsing only what it needs (text
+deltas, usage). LiteLLM stays the path for everything that needs translating. Measured in
+bench/fleet_load.py: LiteLLM alone reaches ~0.1x of a direct client's streaming throughput.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+
+from legion.config import ModelConfig
+
+
+class UpstreamError(Exception):
+    """An upstream failure, shaped like LiteLLM's so one classifier serves both paths."""
+
+    def __init__(
+        self, status_code: int | None, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.headers = dict(headers or {})
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+def applies(model: ModelConfig) -> bool:
+    return model.passthrough and model.model.startswith("openai/") and bool(model.api_base)
+
+
+def _error_message(status: int, raw: bytes) -> str:
+    try:
+        err = json.loads(raw).get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or err)
+        if err:
+            return str(err)
+    except (ValueError, AttributeError):
+        pass
+    return raw[:500].decode(errors="replace") or f"HTTP {status}"
+
+
+class Passthrough:
+    def __init__(self) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=None,
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+        )
+
+    def _request(
+        self, model: ModelConfig, key: str, path: str, body: dict[str, Any]
+    ) -> httpx.Request:
+        assert model.api_base is not None
+        upstream = {**body, "model": model.model.split("/", 1)[1]}
+        return self._client.build_request(
+            "POST",
+            model.api_base.rstrip("/") + path,
+            json=upstream,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(model.timeout_s),
+        )
+
+    async def _send(self, request: httpx.Request, stream: bool) -> httpx.Response:
+        try:
+            response = await self._client.send(request, stream=stream)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(None, f"timed out: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(None, f"connection failed: {exc}") from None
+        if response.status_code >= 400:
+            raw = await response.aread()
+            await response.aclose()
+            raise UpstreamError(
+                response.status_code, _error_message(response.status_code, raw), response.headers
+            )
+        return response
+
+    async def complete(self, model: ModelConfig, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self._send(
+            self._request(model, key, "/chat/completions", body), stream=False
+        )
+        try:
+            data: dict[str, Any] = response.json()
+        except ValueError:
+            raise UpstreamError(502, "the upstream sent a body that is not JSON") from None
+        return data
+
+    async def embeddings(
+        self, model: ModelConfig, key: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        response = await self._send(self._request(model, key, "/embeddings", body), stream=False)
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def stream(
+        self, model: ModelConfig, key: str, body: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Parsed stream events. The HTTP error, if any, raises at the first `__anext__`."""
+        request = self._request(
+            model,
+            key,
+            "/chat/completions",
+            {**body, "stream": True, "stream_options": {"include_usage": True}},
+        )
+        response = await self._send(request, stream=True)
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    return
+                event = json.loads(payload)
+                if isinstance(event, dict) and "error" in event and not event.get("choices"):
+                    raise UpstreamError(502, _error_message(502, payload.encode()))
+                yield event
+            raise UpstreamError(None, "the stream ended without [DONE]")
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(None, f"timed out mid-stream: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(None, f"the stream was cut: {exc}") from None
+        finally:
+            await response.aclose()
+
+    async def close(self) -> None:
+        await self._client.aclose()
