@@ -84,8 +84,10 @@ class AuditLog:
         clock: Callable[[], float] = time.time,
         on_append: Callable[[AuditRecord], None] | None = None,
         redact: Callable[[str], str] | None = None,
+        full_sync: bool = True,
     ) -> None:
         self.conn = conn
+        self.full_sync = full_sync
         self.redact = redact
         self.clock = clock
         self.on_append = on_append
@@ -93,9 +95,20 @@ class AuditLog:
         self._seq, self._head = (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
     def append(
-        self, actor: str, action: str, target: str, decision: str, **detail: Any
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        decision: str,
+        *,
+        durable: bool = True,
+        **detail: Any,
     ) -> AuditRecord:
-        """Append and commit one record (committed before the caller goes on)."""
+        """Append and commit one record (committed before the caller goes on).
+
+        `durable=False` skips the fsync of this commit; the caller then owes a durable
+        commit right after (any later fsynced commit makes every earlier one durable).
+        """
         seq = self._seq + 1
         ts = self.clock()
         detail_text = json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str)
@@ -106,12 +119,19 @@ class AuditLog:
                 detail_text = redacted
                 detail = json.loads(detail_text)
         digest = record_hash(self._head, seq, ts, actor, action, target, decision, detail_text)
-        with self.conn:
-            self.conn.execute(
-                "INSERT INTO audit(seq, ts, actor, action, target, decision, detail, prev_hash,"
-                " hash) VALUES (?,?,?,?,?,?,?,?,?)",
-                (seq, ts, actor, action, target, decision, detail_text, self._head, digest),
-            )
+        relax = not durable and self.full_sync
+        if relax:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self.conn:
+                self.conn.execute(
+                    "INSERT INTO audit(seq, ts, actor, action, target, decision, detail, prev_hash,"
+                    " hash) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (seq, ts, actor, action, target, decision, detail_text, self._head, digest),
+                )
+        finally:
+            if relax:
+                self.conn.execute("PRAGMA synchronous=FULL")
         record = AuditRecord(seq, ts, actor, action, target, decision, detail, self._head, digest)
         self._seq, self._head = seq, digest
         if self.on_append is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -61,7 +62,11 @@ class Host:
         # One redactor masks every vault value in audit records, API responses, events, logs.
         self.redactor = Redactor(self.vault.values)
         self.audit = AuditLog(
-            self.store.conn, clock=clock, on_append=self._audit_event, redact=self.redactor.redact
+            self.store.conn,
+            clock=clock,
+            on_append=self._audit_event,
+            redact=self.redactor.redact,
+            full_sync=config.host.durability == "full",
         )
         self.permissions = Permissions(config)
         self.guard = Guard(self.permissions, self.audit)
@@ -93,6 +98,7 @@ class Host:
             max_body_bytes=config.host.max_body_bytes,
             authorize=self._authorize,
             redact=self.redactor.redact_bytes,
+            redact_again=functools.partial(self.redactor.redact_bytes, refresh=False),
         )
         self.last_seen: dict[str, float] = {}
         self.last_poll: dict[str, float] = {}  # when each agent last polled its inbox

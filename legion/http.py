@@ -237,10 +237,13 @@ class HttpServer:
         max_body_bytes: int,
         authorize: Authorizer | None = None,
         redact: Callable[[bytes], bytes] | None = None,
+        redact_again: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.authorize = authorize
         self.redact = redact
+        # For the 2nd..nth chunk of one streamed response: no re-reading of the secrets.
+        self.redact_again = redact_again or redact
         self._servers: dict[Path, asyncio.AbstractServer] = {}
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -466,11 +469,13 @@ class HttpServer:
         )
         await writer.drain()
         chunks = response.chunks
+        redact = self.redact
         try:
             async for chunk in chunks:
                 if chunk:
-                    if self.redact is not None:
-                        chunk = self.redact(chunk)
+                    if redact is not None:
+                        chunk = redact(chunk)
+                        redact = self.redact_again
                     writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     await writer.drain()
         finally:

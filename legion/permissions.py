@@ -89,13 +89,24 @@ class Guard:
         self.permissions = permissions
         self.audit = audit
 
-    def check(self, actor: str, perm: Perm, target: str, action: str, **detail: Any) -> None:
+    def check(
+        self,
+        actor: str,
+        perm: Perm,
+        target: str,
+        action: str,
+        *,
+        durable: bool = True,
+        **detail: Any,
+    ) -> None:
+        """`durable=False` (allow records only): the caller commits durably right after."""
         decision = self.permissions.decide(actor, perm, target)
         self.audit.append(
             actor,
             action,
             target,
             "allow" if decision.allowed else "deny",
+            durable=durable or not decision.allowed,
             reason=decision.reason,
             **detail,
         )

@@ -46,8 +46,10 @@ class Redactor:
             return text
         return self._pattern.sub(MASK, text)
 
-    def redact_bytes(self, data: bytes) -> bytes:
-        if self._source is not None:
+    def redact_bytes(self, data: bytes, refresh: bool = True) -> bytes:
+        """`refresh=False` reuses the secrets known at the last refresh (the host refreshes
+        once per response, not once per streamed chunk)."""
+        if refresh and self._source is not None:
             self.refresh()
         if self._pattern is None:
             return data

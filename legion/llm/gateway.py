@@ -115,7 +115,7 @@ class Gateway:
 
     # --- resolution -----------------------------------------------------------------
 
-    def resolve_alias(self, agent: str, requested: str | None) -> str:
+    def resolve_alias(self, agent: str, requested: str | None, *, durable: bool = True) -> str:
         cfg = self.config.agents.get(agent)
         alias = requested or (cfg.model if cfg else None) or self.config.llm.default_model
         if not alias:
@@ -124,8 +124,9 @@ class Gateway:
                 f"[agents.{agent}] or [llm] default_model",
                 code="no_model",
             )
-        self.guard.check(agent, Perm.LLM, alias, "llm.call")
-        if alias not in self.config.llm.models:
+        configured = alias in self.config.llm.models
+        self.guard.check(agent, Perm.LLM, alias, "llm.call", durable=durable or not configured)
+        if not configured:
             raise LegionError(
                 f"model {alias!r} is not configured; the operator must add [llm.models.{alias}]",
                 code="model_not_configured",
@@ -194,7 +195,19 @@ class Gateway:
 
     async def chat(self, agent: str, request: ChatRequest) -> Response | StreamResponse:
         litellm = await self.litellm.get()
-        alias = self.resolve_alias(agent, request.model)
+        # The allow record is committed without its own fsync: the reservation's commit
+        # below makes it durable, and every refusal before that is audited durably.
+        alias = self.resolve_alias(agent, request.model, durable=False)
+        try:
+            return await self._chat(agent, alias, request, litellm)
+        except LegionError as exc:
+            if exc.status in (402, 503):  # refused before anything was committed durably
+                self.audit.append(agent, "llm.refused", alias, "deny", code=exc.code)
+            raise
+
+    async def _chat(
+        self, agent: str, alias: str, request: ChatRequest, litellm: Any
+    ) -> Response | StreamResponse:
         body = request.model_dump(exclude_none=True)
         body.pop("model", None)
         max_tokens = (
@@ -385,11 +398,12 @@ class Gateway:
                     text = (choice.get("delta") or {}).get("content")
                     if text:
                         produced.append(text)
-                        self.bus.publish(
-                            TokenDelta(
-                                at=self.clock(), agent=agent, request_id=request_id, text=text
+                        if self.bus.subscriber_count:  # no event objects nobody reads
+                            self.bus.publish(
+                                TokenDelta(
+                                    at=self.clock(), agent=agent, request_id=request_id, text=text
+                                )
                             )
-                        )
                 yield b"data: " + json.dumps(data).encode() + b"\n\n"
                 try:
                     chunk = await stream.__anext__()
