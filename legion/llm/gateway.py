@@ -240,7 +240,9 @@ class Gateway:
             direct = passthrough.applies(model_cfg)
             try:
                 if request.stream and direct:
-                    stream = self.passthrough.stream(model_cfg, self._api_key(model_cfg), body)
+                    stream = self.passthrough.stream(
+                        agent, model_cfg, self._api_key(model_cfg), body
+                    )
                     first = await stream.__anext__()
                 elif request.stream:
                     kwargs = self._kwargs(hop, body)
@@ -250,7 +252,7 @@ class Gateway:
                     first = await stream.__anext__()
                 elif direct:
                     result = await self.passthrough.complete(
-                        model_cfg, self._api_key(model_cfg), body
+                        agent, model_cfg, self._api_key(model_cfg), body
                     )
                 else:
                     result = await litellm.acompletion(**self._kwargs(hop, body))
@@ -451,7 +453,7 @@ class Gateway:
         try:
             if passthrough.applies(model_cfg):
                 result = await self.passthrough.embeddings(
-                    model_cfg, self._api_key(model_cfg), body
+                    agent, model_cfg, self._api_key(model_cfg), body
                 )
             else:
                 result = await litellm.aembedding(**self._kwargs(hop, body))
