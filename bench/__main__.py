@@ -10,13 +10,24 @@ from __future__ import annotations
 import sys
 import time
 
-from bench import agent_container, blackboard_store, pubsub_fanout, socket_rtt
+from bench import (
+    agent_container,
+    blackboard_store,
+    budget_ops,
+    fleet_load,
+    llm_overhead,
+    pubsub_fanout,
+    socket_rtt,
+)
 from bench._common import Report, base_args
 
 BENCHMARKS = {
     "blackboard_store": blackboard_store.run,
     "socket_rtt": socket_rtt.run,
     "pubsub_fanout": pubsub_fanout.run,
+    "llm_overhead": llm_overhead.run,
+    "fleet_load": fleet_load.run,
+    "budget_ops": budget_ops.run,
     "agent_container": agent_container.run,
 }
 

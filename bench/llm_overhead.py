@@ -3,7 +3,8 @@
 Three paths to the same fake OpenAI-compatible provider (its own process, zero latency),
 each timed over the same number of sequential, non-streaming calls after a warm-up:
 
-(a) legion: an agent's Unix socket -> the host's HTTP server -> gateway (permission +
+(a) legion, `passthrough = false` (the LiteLLM path): an agent's Unix socket -> the host's
+    HTTP server -> gateway (permission +
     audit record, budget reserve, key from the vault, LiteLLM, settle, CostUpdated) ->
     LiteLLM -> provider. The host runs in its own process, as it does for agent
     containers; the client is a raw keep-alive HTTP/1.1 protocol on the agent socket.
@@ -73,6 +74,7 @@ default_max_tokens = {max_tokens}
 model = "{model}"
 api_base = "{api_base}"
 credential = "provider"
+passthrough = {passthrough}
 input_cost_per_mtok = 1.0
 output_cost_per_mtok = 2.0
 
@@ -193,6 +195,7 @@ async def _servers(stack: contextlib.AsyncExitStack, kwargs: dict[str, Any]) -> 
             max_tokens=MAX_TOKENS,
             model=PROVIDER_MODEL,
             api_base=kwargs["api_base"],
+            passthrough="true" if kwargs.get("passthrough") else "false",
         ),
     )
     await host.litellm.get()  # the import is start-up work, not part of any call
@@ -325,11 +328,16 @@ def _sizes(quick: bool) -> tuple[int, int]:
 
 
 async def _run_one(
-    durability: str, api_base: str, quick: bool, profile: str | None
+    durability: str, api_base: str, quick: bool, profile: str | None, passthrough: bool = False
 ) -> dict[str, list[float]]:
     warmup, rounds = _sizes(quick)
     with short_home() as home:
-        kwargs = {"home": str(home), "durability": durability, "api_base": api_base}
+        kwargs = {
+            "home": str(home),
+            "durability": durability,
+            "api_base": api_base,
+            "passthrough": passthrough,
+        }
         async with server_process(_servers, kwargs, profile) as info:
             return await _measure(info, api_base, warmup, rounds)
 
@@ -438,6 +446,13 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
                 print_profile(
                     prof, len(res["legion"]) + len(res["breakdown_rtt"]) + _sizes(quick)[0] + 1
                 )
+        # The direct path (an OpenAI-compatible upstream, no LiteLLM in the call) for contrast.
+        res = asyncio.run(_run_one("full", provider.base_url, quick, None, passthrough=True))
+        direct_path = summary_ms(res["legion"])
+        line("direct upstream path (passthrough = true, durability full), same provider:")
+        line(f"  (a') legion direct   {fmt_ms(direct_path)}")
+        alone_p50 = summary_ms(res["litellm"])["p50"]
+        line(f"  vs LiteLLM alone: p50 {direct_path['p50'] - alone_p50:+.3f} ms")
     return report
 
 
