@@ -314,3 +314,11 @@ def profile_path(profile: str | None, name: str) -> str | None:
         return None
     os.makedirs(profile, exist_ok=True)
     return os.path.join(os.path.abspath(profile), f"{name}.pstats")
+
+
+def run_alone(run: Callable[..., Report], doc: str | None, name: str) -> int:
+    """`python -m bench.<name>`: parse the shared options and run one benchmark."""
+    parser = base_args((doc or name).splitlines()[0], prog=f"python -m bench.{name}")
+    args = parser.parse_args()
+    run(quick=args.quick, profile=args.profile)
+    return 0

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import time
 from typing import Any
 
-from bench._common import Report, base_args, heading, line, short_home
+from bench._common import Report, heading, line, run_alone, short_home
 
 TARGET_RATIO = 2.0
 TARGET_IDLE_MIB = 48.0
@@ -126,5 +127,4 @@ def run(quick: bool = False, profile: Any = None, image: str = "legion-agent:lat
 
 
 if __name__ == "__main__":
-    args = base_args(__doc__ or "").parse_args()
-    run(quick=args.quick)
+    sys.exit(run_alone(run, __doc__, "agent_container"))

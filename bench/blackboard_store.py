@@ -24,7 +24,7 @@ from pathlib import Path
 
 import apsw
 
-from bench._common import Report, base_args, heading, line, short_home
+from bench._common import Report, heading, line, run_alone, short_home
 
 WRITE_TARGET = 0.5
 READ_TARGET = 100_000.0
@@ -215,12 +215,5 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = base_args(__doc__.splitlines()[0], prog="python -m bench.blackboard_store")
-    args = parser.parse_args(argv)
-    run(quick=args.quick, profile=args.profile)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_alone(run, __doc__, "blackboard_store"))

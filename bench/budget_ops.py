@@ -23,7 +23,7 @@ from pathlib import Path
 
 import apsw
 
-from bench._common import Report, base_args, heading, line, percentile, short_home
+from bench._common import Report, heading, line, percentile, run_alone, short_home
 
 PAIR_P50_US = 200.0
 AGENT = "bench"
@@ -192,11 +192,5 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = base_args(__doc__.splitlines()[0], prog="python -m bench.budget_ops").parse_args(argv)
-    run(quick=args.quick, profile=args.profile)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_alone(run, __doc__, "budget_ops"))

@@ -38,11 +38,11 @@ import httpx
 
 from bench._common import (
     Report,
-    base_args,
     heading,
     line,
     percentile,
     profile_path,
+    run_alone,
     server_process,
     short_home,
     start_host,
@@ -409,11 +409,5 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = base_args(__doc__.splitlines()[0], prog="python -m bench.fleet_load").parse_args(argv)
-    run(quick=args.quick, profile=args.profile)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_alone(run, __doc__, "fleet_load"))

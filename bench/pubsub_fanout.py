@@ -28,12 +28,12 @@ from typing import Any
 from bench._common import (
     RawHttp,
     Report,
-    base_args,
     close_server,
     fmt_ms,
     heading,
     line,
     profile_path,
+    run_alone,
     serve_minimal,
     server_process,
     short_home,
@@ -267,11 +267,5 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = base_args(__doc__.splitlines()[0], prog="python -m bench.pubsub_fanout").parse_args(argv)
-    run(quick=args.quick, profile=args.profile)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_alone(run, __doc__, "pubsub_fanout"))

@@ -33,12 +33,12 @@ import apsw
 from bench._common import (
     RawHttp,
     Report,
-    base_args,
     close_server,
     fmt_ms,
     heading,
     line,
     profile_path,
+    run_alone,
     serve_minimal,
     server_process,
     short_home,
@@ -195,11 +195,5 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = base_args(__doc__.splitlines()[0], prog="python -m bench.socket_rtt").parse_args(argv)
-    run(quick=args.quick, profile=args.profile)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_alone(run, __doc__, "socket_rtt"))
