@@ -20,7 +20,7 @@ from legion.paths import Paths
 from legion.store import Store
 from legion.vault import Vault
 from tests.conftest import agent_client
-from tests.fakes.provider import FakeProvider, Reply
+from tests.fakes.provider import FakeProvider, Reply, ToolCall
 
 pytestmark = pytest.mark.anyio
 
@@ -380,3 +380,44 @@ def test_reservations_left_by_a_crash_are_booked_in_full(home: Path) -> None:
     statuses = [r[0] for r in store.execute("SELECT status FROM ledger")]
     assert statuses == ["unsettled_at_crash"]
     assert store.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
+
+
+async def test_tool_calls_pass_through_streaming_and_not(home: Path) -> None:
+    call = ToolCall("blackboard_write", {"key": "notes/x", "value": {"n": 1}})
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "blackboard_write",
+                "description": "write",
+                "parameters": {"type": "object", "properties": {"key": {"type": "string"}}},
+            },
+        }
+    ]
+    async with (
+        FakeProvider() as fake,
+        gateway_host(home, fake) as host,
+        agent_client(host.paths, "alice") as alice,
+    ):
+        fake.script(Reply(tool_calls=[call]), Reply(tool_calls=[call]))
+        plain = (await alice.post("/v1/chat/completions", json=chat(tools=tools))).json()
+        [made] = plain["choices"][0]["message"]["tool_calls"]
+        assert made["function"]["name"] == "blackboard_write"
+        assert json.loads(made["function"]["arguments"]) == {"key": "notes/x", "value": {"n": 1}}
+        assert plain["choices"][0]["finish_reason"] == "tool_calls"
+        assert fake.requests[0].body["tools"][0]["function"]["name"] == "blackboard_write"
+        async with alice.stream(
+            "POST", "/v1/chat/completions", json=chat(tools=tools, stream=True)
+        ) as response:
+            events = await sse(response)
+        pieces: dict[str, str] = {}
+        for event in events[:-1]:
+            for choice in event.get("choices") or []:
+                for delta in (choice.get("delta") or {}).get("tool_calls") or []:
+                    fn = delta.get("function") or {}
+                    if fn.get("name"):
+                        pieces["name"] = fn["name"]
+                    pieces["args"] = pieces.get("args", "") + (fn.get("arguments") or "")
+        assert pieces["name"] == "blackboard_write"
+        assert json.loads(pieces["args"]) == {"key": "notes/x", "value": {"n": 1}}
+        assert len(ledger(host)) == 2
