@@ -176,6 +176,8 @@ class Gateway:
         )
 
     def _settled(self, agent: str, request_id: str, alias: str, cost: float) -> None:
+        if not self.bus.subscriber_count:
+            return
         self.bus.publish(
             CostUpdated(
                 at=self.clock(),
