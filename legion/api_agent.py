@@ -10,7 +10,8 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from legion.errors import InboxFull, NotFound
+from legion.errors import BadRequest, InboxFull, NotFound
+from legion.globs import check_agent_pattern
 from legion.http import Call, Policy, Response, Router, StreamResponse
 from legion.permissions import Perm
 from legion.wire.agent import (
@@ -166,6 +167,9 @@ def build_shared_routes(router: Router, host: Host) -> None:
     async def bb_watch(call: Call) -> WatchResponse:
         """Long-poll for changes to keys matching a glob, after a cursor."""
         body: WatchRequest = call.body
+        problem = check_agent_pattern(body.pattern)
+        if problem:
+            raise BadRequest(f"invalid watch pattern: {problem}", code="invalid_pattern")
         host.audit.append(call.principal, "bb.watch", body.pattern, "allow", cursor=body.cursor)
         wait = min(body.wait_s, host.config.host.long_poll_max_s)
         return await bb.watch(

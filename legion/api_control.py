@@ -105,7 +105,10 @@ def build_control_router(host: Host) -> Router:
             finally:
                 host.bus.close(sub)
 
-        return StreamResponse(lines())
+        async def abandon() -> None:
+            host.bus.close(sub)
+
+        return StreamResponse(lines(), on_abandon=abandon)
 
     return router
 

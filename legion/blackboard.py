@@ -97,7 +97,7 @@ class Blackboard:
                 code="key_too_long",
                 limit=self.config.max_key_length,
             )
-        if not KEY_RE.match(key) or DOT_SEGMENT.search(key):
+        if not KEY_RE.fullmatch(key) or DOT_SEGMENT.search(key):
             raise BadRequest(
                 f"invalid key {key!r}: use segments of letters, digits and ._:@+=- "
                 "separated by single '/', with no leading or trailing '/' and no . or .. segments",

@@ -17,24 +17,51 @@ import re
 from functools import lru_cache
 
 
-@lru_cache(maxsize=4096)
-def compile_glob(pattern: str) -> re.Pattern[str]:
+def _piece(text: str, lazy: bool) -> str:
+    """Regex for a piece of a pattern with no `**` in it."""
     out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
+    star = "[^/]*?" if lazy else "[^/]*"
+    for ch in text:
         if ch == "*":
-            if pattern.startswith("**", i):
-                out.append(".*")
-                i += 2
-                continue
-            out.append("[^/]*")
+            out.append(star)
         elif ch == "?":
             out.append("[^/]")
         else:
             out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
+    return "".join(out)
+
+
+@lru_cache(maxsize=4096)
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """Compile a glob. Between two `**`, a piece is matched at its leftmost place inside an
+    atomic group: `**` absorbs anything, so the leftmost match is always the best one, and a
+    pattern like `**a**a**a**b` cannot make the regex engine backtrack exponentially."""
+    pieces = pattern.split("**")
+    if len(pieces) == 1:
+        return re.compile(_piece(pattern, lazy=False), re.DOTALL)
+    middle = "".join(f"(?>.*?{_piece(p, lazy=True)})" for p in pieces[1:-1] if p)
+    regex = _piece(pieces[0], lazy=False) + middle + ".*" + _piece(pieces[-1], lazy=False)
+    return re.compile(regex, re.DOTALL)
+
+
+MAX_AGENT_PATTERN = 200
+MAX_AGENT_SINGLE_STARS = 2
+
+
+def check_agent_pattern(pattern: str) -> str | None:
+    """Why a pattern an agent supplies (a watch, a subscription) is refused, or None.
+
+    `*` and `?` backtrack within a segment, so an agent may use at most two of them (and
+    any number of `**`); this keeps every match polynomial and small."""
+    if len(pattern) > MAX_AGENT_PATTERN:
+        return f"pattern is longer than {MAX_AGENT_PATTERN} characters"
+    singles = pattern.replace("**", "").count("*") + pattern.count("?")
+    if singles > MAX_AGENT_SINGLE_STARS:
+        return (
+            f"pattern has {singles} single-segment wildcards (* or ?); at most "
+            f"{MAX_AGENT_SINGLE_STARS} are allowed (use ** for any depth)"
+        )
+    return None
 
 
 def glob_match(pattern: str, name: str) -> bool:

@@ -25,6 +25,7 @@ from legion.audit import AuditLog, AuditRecord
 from legion.blackboard import Blackboard
 from legion.config import Config
 from legion.egress import EgressProxy
+from legion.errors import InboxFull
 from legion.events import EventBus
 from legion.fleet import Fleet
 from legion.http import Call, HttpServer, Listener, Route
@@ -312,23 +313,27 @@ class Host:
         )
 
     def reply(self, agent: str, body: ReplyRequest) -> ReplyAccepted:
-        """Publish an agent's answer; an agent that asked also gets it in its inbox."""
-        asker = (
+        """Publish an agent's answer. An agent that sent it a direct message also gets the
+        answer in its inbox (it chose to message this agent); a topic item's publisher does
+        not (a subscriber must not be able to write into a publisher's inbox)."""
+        origin = (
             None if body.in_reply_to is None else self.inboxes.sender_of(agent, body.in_reply_to)
         )
+        asker = origin[0] if origin else None
+        direct = origin is not None and origin[1] == "message"
         delivered = None
-        if asker is not None and asker in self.config.agents and asker != agent:
-            self.inboxes.send(
-                agent,
-                asker,
-                {
-                    "reply_to": body.in_reply_to,
-                    "text": body.text,
-                    "kind": body.kind,
-                    "result": body.result,
-                },
-            )
-            delivered = asker
+        if direct and asker in self.config.agents and asker != agent:
+            payload = {
+                "reply_to": body.in_reply_to,
+                "text": body.text,
+                "kind": body.kind,
+                "result": body.result,
+            }
+            try:
+                self.inboxes.send(agent, asker, payload)
+                delivered = asker
+            except InboxFull:  # the answer still goes out as an event; nothing half-done
+                self.audit.append(agent, "reply.refused", asker, "deny", reason="inbox_full")
         self.audit.append(
             agent,
             "reply",

@@ -59,6 +59,10 @@ class StreamResponse:
     chunks: AsyncIterator[bytes]
     status: int = 200
     content_type: str = "application/x-ndjson"
+    # Runs when the client is gone before the first chunk was asked for: the producer's
+    # own `finally` never ran then (an async generator that never started has nothing to
+    # clean up), so whoever holds a resource for it (a reservation, a subscription) frees it.
+    on_abandon: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -463,14 +467,19 @@ class HttpServer:
             )
             await writer.drain()
             return
-        writer.write(
-            f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: {response.content_type}\r\n"
-            f"transfer-encoding: chunked\r\nconnection: {conn}\r\n\r\n".encode()
-        )
-        await writer.drain()
         chunks = response.chunks
         redact = self.redact
+        started = False
         try:
+            # Inside the try: a client gone before the headers still runs the producer's
+            # cleanup (settling an LLM reservation, closing the upstream, an event feed).
+            writer.write(
+                f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: "
+                f"{response.content_type}\r\ntransfer-encoding: chunked\r\n"
+                f"connection: {conn}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            started = True
             async for chunk in chunks:
                 if chunk:
                     if redact is not None:
@@ -480,6 +489,8 @@ class HttpServer:
                     await writer.drain()
         finally:
             # Run the producer's cleanup now (e.g. settle an aborted LLM stream), not at GC.
+            if not started and response.on_abandon is not None:
+                await response.on_abandon()
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()

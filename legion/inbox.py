@@ -28,8 +28,21 @@ TOPIC_MAX = 256
 def check_topic(topic: str, *, pattern: bool = False) -> None:
     from legion.blackboard import DOT_SEGMENT, KEY_RE
 
+    if pattern:
+        from legion.globs import check_agent_pattern
+
+        problem = check_agent_pattern(topic)
+        if problem:
+            raise BadRequest(
+                f"invalid topic pattern {topic[:80]!r}: {problem}", code="invalid_topic"
+            )
     bare = topic.replace("*", "x").replace("?", "x") if pattern else topic
-    if not topic or len(topic) > TOPIC_MAX or not KEY_RE.match(bare) or DOT_SEGMENT.search(topic):
+    if (
+        not topic
+        or len(topic) > TOPIC_MAX
+        or not KEY_RE.fullmatch(bare)
+        or DOT_SEGMENT.search(topic)
+    ):
         raise BadRequest(
             f"invalid topic {topic!r}: use segments of letters, digits and ._:@+=- separated "
             f"by '/', at most {TOPIC_MAX} characters"
@@ -280,12 +293,12 @@ class Inboxes:
             if not waiter.cancelled():
                 return waiter.result()
 
-    def sender_of(self, agent: str, item_id: int) -> str | None:
-        """Who sent item `item_id` of `agent`'s inbox (None once it is acked)."""
+    def sender_of(self, agent: str, item_id: int) -> tuple[str, str] | None:
+        """(sender, kind) of item `item_id` of `agent`'s inbox (None once it is acked)."""
         row = self.store.execute(
-            "SELECT sender FROM inbox WHERE id = ? AND agent = ?", (item_id, agent)
+            "SELECT sender, kind FROM inbox WHERE id = ? AND agent = ?", (item_id, agent)
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def ack(self, agent: str, ids: list[int]) -> int:
         """Delete acked items of `agent`'s own inbox; ids of other inboxes are ignored."""

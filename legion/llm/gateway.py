@@ -10,6 +10,7 @@ as typed JSON errors with every vault value masked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -46,11 +47,49 @@ class ProviderFailure(LegionError):
     code = "provider_error"
 
 
+# The OpenAI parameters an agent may set. Anything else is dropped before the provider call:
+# LiteLLM honours fields such as base_url, api_base, extra_headers or callbacks, and an
+# agent must never steer where the host's key goes or what the call costs (n, best_of).
+CHAT_PARAMS = frozenset(
+    {
+        "messages",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "temperature",
+        "top_p",
+        "stop",
+        "response_format",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "reasoning_effort",
+    }
+)
+EMBEDDING_PARAMS = frozenset({"input", "dimensions", "encoding_format", "user"})
+# Tokens assumed for a non-text content part (an image, audio): far above what providers
+# charge for one, since its bytes (a URL) say nothing about its tokens.
+NON_TEXT_PART_TOKENS = 8192
+
+
 def prompt_upper_bound(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
-    """A safe over-estimate of prompt tokens: no tokenizer yields more tokens than bytes."""
+    """A safe over-estimate of prompt tokens: no tokenizer yields more tokens than bytes of
+    text; every non-text part (image, audio) counts NON_TEXT_PART_TOKENS more."""
     size = len(json.dumps(messages, ensure_ascii=False).encode())
     if tools:
         size += len(json.dumps(tools, ensure_ascii=False).encode())
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            size += NON_TEXT_PART_TOKENS * sum(
+                1
+                for part in content
+                if isinstance(part, dict) and part.get("type", "text") != "text"
+            )
     return size + MESSAGE_OVERHEAD_TOKENS * len(messages) + REQUEST_OVERHEAD_TOKENS
 
 
@@ -210,15 +249,12 @@ class Gateway:
     async def _chat(
         self, agent: str, alias: str, request: ChatRequest, litellm: Any
     ) -> Response | StreamResponse:
-        body = request.model_dump(exclude_none=True)
-        body.pop("model", None)
-        max_tokens = (
-            request.max_completion_tokens
-            or request.max_tokens
-            or self.config.llm.default_max_tokens
-        )
-        if request.max_tokens is None and request.max_completion_tokens is None:
-            body["max_tokens"] = max_tokens  # the reservation assumed it: make it true
+        raw = request.model_dump(exclude_none=True)
+        body = {k: v for k, v in raw.items() if k in CHAT_PARAMS}
+        # One output limit, the one reserved for, is what the provider gets.
+        asked = [v for v in (request.max_tokens, request.max_completion_tokens) if v]
+        max_tokens = max(asked) if asked else self.config.llm.default_max_tokens
+        body["max_tokens"] = max_tokens
         prompt_bound = prompt_upper_bound(request.messages, request.tools)
         request_id = "req_" + uuid.uuid4().hex[:20]
         chain = self.chain(alias)
@@ -300,6 +336,35 @@ class Gateway:
                 continue
             self.health.success(hop_alias)
             if request.stream:
+
+                async def abandon(
+                    stream: Any = stream,
+                    first: Any = first,
+                    hop: Hop = hop,
+                    reservation: Reservation = reservation,
+                    started: float = started,
+                ) -> None:
+                    """The agent left before the first byte reached it: close the upstream
+                    and settle what the provider had produced."""
+                    closer = getattr(stream, "aclose", None)
+                    if closer is not None:
+                        with contextlib.suppress(Exception):
+                            await closer()
+                    text = ""
+                    if first is not None:
+                        data = first if isinstance(first, dict) else first.model_dump()
+                        text = "".join(
+                            (c.get("delta") or {}).get("content") or ""
+                            for c in data.get("choices") or []
+                        )
+                    usage = self._usage(litellm, hop, request, None, text)
+                    self.budgets.settle(
+                        reservation,
+                        usage,
+                        status="abandoned",
+                        latency_ms=(time.monotonic() - started) * 1000,
+                    )
+
                 return StreamResponse(
                     self._relay(
                         agent,
@@ -313,10 +378,20 @@ class Gateway:
                         litellm,
                     ),
                     content_type="text/event-stream",
+                    on_abandon=abandon,
                 )
-            return self._finish(
-                agent, request_id, hop, reservation, request, result, started, litellm
-            )
+            try:
+                return self._finish(
+                    agent, request_id, hop, reservation, request, result, started, litellm
+                )
+            except Exception as exc:  # a malformed 200: book the worst case, then refuse
+                self.budgets.settle(
+                    reservation, Usage(0, 0, reservation.amount), status="failed_bad_response"
+                )
+                raise ProviderFailure(
+                    f"model {hop_alias!r} sent a malformed response: {self._safe(exc)}",
+                    model=hop_alias,
+                ) from None
         if last_error is None:
             last_error = ProviderFailure(
                 f"every model in the chain {chain} is cooling down after failures; retry later",
@@ -450,8 +525,8 @@ class Gateway:
             agent, alias, model_cfg.model, request_id, hop.price.cost(bound, 0)
         )
         started = time.monotonic()
-        body = request.model_dump(exclude_none=True)
-        body.pop("model", None)
+        raw = request.model_dump(exclude_none=True)
+        body = {k: v for k, v in raw.items() if k in EMBEDDING_PARAMS}
         try:
             if passthrough.applies(model_cfg):
                 result = await self.passthrough.embeddings(
