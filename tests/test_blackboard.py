@@ -273,3 +273,9 @@ async def test_cas_and_claim_over_the_socket(home: Path) -> None:
         assert (await bob.put("/v1/blackboard/entries/shared/n", json={"value": 3})).is_success
         entry = (await operator.get("/v1/blackboard/entries/shared/n")).json()
         assert (entry["value"], entry["version"], entry["writer"]) == (3, 2, "bob")
+
+
+async def test_a_key_with_a_trailing_newline_is_refused(home: Path) -> None:
+    bb = make_board(home, Clock())
+    with pytest.raises(BadRequest):
+        bb.put("notes/a\n", 1, "alice")

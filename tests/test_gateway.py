@@ -421,3 +421,49 @@ async def test_tool_calls_pass_through_streaming_and_not(home: Path) -> None:
         assert pieces["name"] == "blackboard_write"
         assert json.loads(pieces["args"]) == {"key": "notes/x", "value": {"n": 1}}
         assert len(ledger(host)) == 2
+
+
+async def test_agent_parameters_cannot_redirect_the_key_or_multiply_the_cost(home: Path) -> None:
+    """Regression (security review of issue 3): LiteLLM honours base_url/api_base/extra
+    headers; an agent must never steer where the host's key goes, nor ask for n copies."""
+    async with (
+        FakeProvider() as fake,
+        FakeProvider() as thief,
+        gateway_host(home, fake) as host,
+        agent_client(host.paths, "alice") as alice,
+    ):
+        evil = chat(
+            base_url=thief.base_url,
+            api_base=thief.base_url,
+            n=8,
+            extra_headers={"X-Leak": "1"},
+            max_completion_tokens=1,
+            max_tokens=50,
+        )
+        response = await alice.post("/v1/chat/completions", json=evil)
+        assert response.status_code == 200, response.text
+        assert thief.requests == []
+        [sent] = fake.requests
+        assert "n" not in sent.body and "x-leak" not in sent.headers
+        assert sent.body["max_tokens"] == 50 and "max_completion_tokens" not in sent.body
+
+
+async def test_a_stream_abandoned_before_its_first_byte_is_settled(home: Path) -> None:
+    async with FakeProvider() as fake, gateway_host(home, fake) as host:
+        fake.script(Reply(content="slow " * 50, chunk_delay_s=0.05))
+        _reader, writer = await asyncio.open_unix_connection(str(host.paths.agent_socket("alice")))
+        body = json.dumps(chat(stream=True)).encode()
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        writer.close()  # gone before the host answers
+        for _ in range(300):
+            if ledger(host) and not host.budgets.open:
+                break
+            await asyncio.sleep(0.02)
+        assert host.budgets.open == {}
+        assert ledger(host)[0]["status"] in ("abandoned", "aborted")

@@ -216,3 +216,53 @@ async def test_a_poll_can_carry_the_acks_of_the_previous_batch(home: Path) -> No
         second = await sub1.post("/v1/inbox/poll", json={"max_items": 1, "ack": [first[0]["id"]]})
         assert [i["payload"] for i in second.json()["items"]] == [2]
         assert host.inboxes.depth("sub1") == 1
+
+
+async def test_a_subscriber_cannot_reply_into_the_publishers_inbox(home: Path) -> None:
+    """Regression (security review of issue 4): a reply goes into an inbox only when the
+    asker sent a direct message; a topic item's publisher never gets one."""
+    paths = Paths.resolve(home)
+    async with (
+        Host.running(parse_config(CONFIG), paths) as host,
+        agent_client(paths, "pub") as pub,
+        agent_client(paths, "sub1") as sub1,
+    ):
+        await sub1.post("/v1/subscriptions", json={"topic": "news/**"})
+        await pub.post("/v1/publish", json={"topic": "news/x", "payload": 1})
+        item = (await sub1.post("/v1/inbox/poll", json={})).json()["items"][0]
+        result = (
+            await sub1.post("/v1/replies", json={"in_reply_to": item["id"], "text": "spam"})
+        ).json()
+        assert result["delivered_to"] is None and host.inboxes.depth("pub") == 0
+        await pub.post("/v1/messages", json={"to": "sub1", "payload": "question"})
+        asked = next(
+            i
+            for i in (await sub1.post("/v1/inbox/poll", json={})).json()["items"]
+            if i["kind"] == "message"
+        )
+        answered = (
+            await sub1.post("/v1/replies", json={"in_reply_to": asked["id"], "text": "answer"})
+        ).json()
+        assert answered["delivered_to"] == "pub" and host.inboxes.depth("pub") == 1
+
+
+async def test_agent_patterns_are_bounded(home: Path) -> None:
+    """Regression (security review): `**a**a...b` used to take seconds per match."""
+    import time as _time
+
+    paths = Paths.resolve(home)
+    async with (
+        Host.running(parse_config(CONFIG), paths) as host,
+        agent_client(paths, "sub1") as sub1,
+        agent_client(paths, "pub") as pub,
+    ):
+        three = await sub1.post("/v1/subscriptions", json={"topic": "news/*/*/*"})
+        assert three.status_code == 400 and "at most 2" in three.json()["error"]["message"]
+        attack = "news/" + "**a" * 10 + "**b"
+        assert (await sub1.post("/v1/subscriptions", json={"topic": attack})).is_success
+        started = _time.monotonic()
+        await pub.post("/v1/publish", json={"topic": "news/" + "a" * 200, "payload": 1})
+        watched = await sub1.post("/v1/blackboard/watch", json={"pattern": attack, "cursor": 0})
+        assert watched.status_code == 200
+        assert _time.monotonic() - started < 1.0
+        assert host is not None
