@@ -56,6 +56,7 @@ class PermissionsConfig(_Section):
     blackboard_read: list[str] = Field(default_factory=list)
     blackboard_write: list[str] = Field(default_factory=list)
     allowed_apis: list[str] = Field(default_factory=list)
+    egress_hosts: list[str] = Field(default_factory=list)
     allowed_credentials: list[str] = Field(default_factory=list)
     can_manage_cron: bool = False
     can_spawn: bool = False

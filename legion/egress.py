@@ -59,7 +59,7 @@ from legion.egress_transport import (
 from legion.errors import LegionError
 from legion.globs import glob_match
 from legion.netcheck import AllowList, IPAddress, parse_ip_literal, refusal
-from legion.permissions import Permissions
+from legion.permissions import Perm, Permissions
 from legion.redact import MIN_SECRET, Redactor
 from legion.vault import Vault
 from legion.wire.egress import EgressRequest, EgressResponse
@@ -251,7 +251,7 @@ class EgressProxy:
         try:
             try:
                 async with asyncio.timeout(limit):
-                    response = await self._run(req, creds, trace, limit)
+                    response = await self._run(agent, req, creds, trace, limit)
             except TimeoutError:
                 raise EgressTimeout(
                     f"the request took longer than {limit:g} s and was abandoned",
@@ -317,7 +317,7 @@ class EgressProxy:
         self.audit.append(agent, "egress.http", trace.host, decision, **detail)
 
     async def _run(
-        self, req: EgressRequest, creds: Credentials, trace: Trace, limit: float
+        self, agent: str, req: EgressRequest, creds: Credentials, trace: Trace, limit: float
     ) -> EgressResponse:
         first = parse_url(req.url)
         trace.host = first.host
@@ -339,6 +339,7 @@ class EgressProxy:
                 body = creds.body(body_tpl, url.host) if body_tpl is not None else None
                 if body is None and method in ("POST", "PUT", "PATCH"):
                     body = b""
+                self._check_grant(agent, url.host)  # every hop: redirects cannot widen it
                 backend.pin(url.host, url.port, await self._check_address(url))
                 follow = req.follow_redirects
                 reply = await self._send(pool, method, url, headers, body, follow, limit=limit)
@@ -377,6 +378,20 @@ class EgressProxy:
                 trace.redirects += 1
         trace.received = len(reply.body)
         return await self._response(req, reply, creds, trace)
+
+    def _check_grant(self, agent: str, host: str) -> None:
+        """Default deny: the agent's `egress_hosts` must match the host (operator: all)."""
+        if agent == "operator":
+            return
+        decision = self.permissions.decide(agent, Perm.EGRESS, host.lower())
+        if not decision.allowed:
+            raise EgressDenied(
+                f"{agent} may not reach {host!r}: {decision.reason}. The operator can grant "
+                f"it with egress_hosts in [agents.{agent}.permissions]",
+                code="permission_denied",
+                host=host,
+                permission="egress_hosts",
+            )
 
     async def _check_address(self, url: Target) -> list[IPAddress]:
         """Resolve once and check every address; the ones returned are the ones to use."""

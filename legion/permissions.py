@@ -31,6 +31,7 @@ class Perm(StrEnum):
     CRON = "can_manage_cron"
     SPAWN = "can_spawn"
     LLM = "llm"  # target: a model alias; the agent's own model or one of allowed_models
+    EGRESS = "egress_hosts"
 
 
 _FLAGS = {Perm.CRON, Perm.SPAWN}

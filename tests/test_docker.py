@@ -79,6 +79,7 @@ model = "m"
 blackboard_read = ["**"]
 blackboard_write = ["notes/**"]
 allowed_credentials = ["token"]
+egress_hosts = ["127.0.0.1"]
 
 [agents.bob]
 model = "m"

@@ -230,12 +230,21 @@ max_redirects = {max_redirects}
 
 [agents.bot.permissions]
 allowed_credentials = ["api", "other", "openai", "ghost", "crlf", "weird"]
+egress_hosts = ["**"]
 
 [agents.globber.permissions]
 allowed_credentials = ["a*"]
+egress_hosts = ["**"]
 
 [agents.plain]
 role = "no credentials at all"
+[agents.plain.permissions]
+egress_hosts = ["**"]
+
+[agents.walled]
+role = "no egress grant at all"
+[agents.walled.permissions]
+egress_hosts = ["only.example.org"]
 """
         )
         proxy = EgressProxy(
@@ -910,3 +919,17 @@ async def test_every_request_is_audited_without_secrets(
     for secret in ALL_SECRETS:
         assert secret not in text
     assert "$CRED{api}" in text
+
+
+@pytest.mark.anyio
+async def test_egress_needs_a_host_grant(
+    env: Env, serve: Callable[..., Server], connections: list[str]
+) -> None:
+    """Regression (security review): egress is an outward action, so it is default deny."""
+    server = serve()
+    proxy = env.proxy([f"127.0.0.1:{server.port}"])
+    error = await refused(proxy, get(server.url("/echo")), agent="walled")
+    assert error.status == 403 and error.code == "permission_denied"
+    assert "egress_hosts" in error.message
+    assert server.seen == [] and connections == []
+    assert any(r.actor == "walled" and r.decision == "deny" for r in env.records())

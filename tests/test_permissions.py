@@ -36,6 +36,7 @@ can_subscribe = ["alerts/**"]
 blackboard_read = ["shared/**"]
 blackboard_write = ["shared/alice/*"]
 allowed_apis = ["search"]
+egress_hosts = ["api.github.com", "*.example.org"]
 allowed_credentials = ["github-*"]
 can_manage_cron = true
 can_spawn = true
@@ -81,6 +82,9 @@ TABLE: list[tuple[Perm, str, bool]] = [
     (Perm.BB_WRITE, "shared/alice/a/b", False),
     (Perm.BB_WRITE, "shared/bob/notes", False),
     (Perm.BB_WRITE, "shared/x", False),
+    (Perm.EGRESS, "api.github.com", True),
+    (Perm.EGRESS, "docs.example.org", True),
+    (Perm.EGRESS, "evil.com", False),
     (Perm.API, "search", True),
     (Perm.API, "search2", False),
     (Perm.API, "browse", False),

@@ -64,6 +64,7 @@ allow = ["127.0.0.1:{echo_port}"]
 model = "m"
 [agents.alice.permissions]
 allowed_credentials = ["token", "provider"]
+egress_hosts = ["127.0.0.1"]
 blackboard_write = ["**"]
 blackboard_read = ["**"]
 """
