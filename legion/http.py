@@ -279,11 +279,27 @@ class HttpServer:
             )
         finally:
             os.umask(old_umask)
+        # Never follow a symlink here: an agent's folder may be writable by a container of
+        # an earlier host still running, which could swap the socket for a link. (The socket
+        # was born 0600 under the umask above; chown below does not follow links.)
+        if path.is_symlink() or not path.is_socket():
+            raise LegionError(
+                f"{path} was replaced by something other than our socket; "
+                "stop the old agent container and restart",
+                code="socket_swapped",
+                status=500,
+            )
         os.chmod(path, listener.mode)
         if listener.owner is not None:
-            os.chown(path.parent, *listener.owner)
+            if path.parent.is_symlink():
+                raise LegionError(
+                    f"{path.parent} is a symlink; remove it and restart",
+                    code="socket_dir_symlink",
+                    status=500,
+                )
+            os.chown(path.parent, *listener.owner, follow_symlinks=False)
             os.chmod(path.parent, 0o700)
-            os.chown(path, *listener.owner)
+            os.chown(path, *listener.owner, follow_symlinks=False)
         self._servers[path] = server
 
     async def unlisten(self, path: Path) -> None:

@@ -32,6 +32,14 @@ def load_blocking() -> ModuleType:
     litellm.drop_params = True  # a provider that lacks a parameter gets the call without it
     litellm.num_retries = 0  # failover and backoff are the gateway's job
     litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[attr-defined]  # aembedding needs it
+    # LiteLLM gives its loggers handlers of their own; route them through the root handlers
+    # instead, where the host's redaction filter sits.
+    import logging
+
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
     # LiteLLM leaves ~400k long-lived objects; without this every full GC pass walks them
     # (pauses of ~200 ms on the host's event loop).
     gc.collect()
