@@ -1,4 +1,15 @@
-"""`python -m agent_container`: run the agent until SIGTERM."""
+"""`python -m agent_container`: run this container's agent until SIGTERM or SIGINT.
+
+Environment:
+
+* `LEGION_SOCKET`: the host socket (default /run/legion/mesh.sock);
+* `LEGION_WORKSPACE`: the workspace folder (default /data/workspace);
+* `LEGION_LOG_LEVEL`: debug, info (default), warning or error.
+
+Logs go to stderr as JSON lines (the host collects container logs). SIGTERM stops the
+work loop: at once when idle; a turn in progress gets STOP_GRACE_S to finish, then is
+cancelled, unacked, so the next start handles that item again.
+"""
 
 from __future__ import annotations
 
@@ -12,34 +23,71 @@ import sys
 
 from agent_container.loop import AgentRuntime
 
+log = logging.getLogger("agent")
 
-class _Json(logging.Formatter):
+DEFAULT_SOCKET = "/run/legion/mesh.sock"
+DEFAULT_WORKSPACE = "/data/workspace"
+# SIGTERM: an idle agent stops at once; a busy one gets this long to finish the item in
+# hand (answered and acked: no redelivery), then is cancelled (the item comes back).
+# `docker stop` waits 5 s before SIGKILL (legion/runtime/docker_backend.py).
+STOP_GRACE_S = 2.0
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: ts, level, logger, msg (and exc when there is one)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "ts": round(record.created, 3),
-                "level": record.levelname.lower(),
-                "msg": record.getMessage(),
-            }
-        )
+        line: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
 
 
-async def main() -> None:
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+async def main(env: dict[str, str]) -> None:
     runtime = AgentRuntime(
-        socket_path=os.environ.get("LEGION_SOCKET", "/run/legion/mesh.sock"),
-        workspace=os.environ.get("LEGION_WORKSPACE", "/data/workspace"),
+        socket_path=env.get("LEGION_SOCKET") or DEFAULT_SOCKET,
+        workspace=env.get("LEGION_WORKSPACE") or DEFAULT_WORKSPACE,
     )
-    loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if runtime.stopping:  # a second signal: no more grace
+            task.cancel()
+            return
+        log.info("stopping: %s", "now" if runtime.status == "idle" else f"{STOP_GRACE_S:g}s grace")
+        runtime.stop()
+        loop.call_later(STOP_GRACE_S, task.cancel)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, on_signal)
+    log.info("agent runtime starting on %s", runtime.mesh.socket_path)
     with contextlib.suppress(asyncio.CancelledError):
         await runtime.run()
+    log.info("agent runtime stopped")
+
+
+def run() -> int:
+    env = dict(os.environ)
+    level = env.get("LEGION_LOG_LEVEL", "info")
+    setup_logging(level if level.upper() in logging.getLevelNamesMapping() else "info")
+    asyncio.run(main(env))
+    return 0
 
 
 if __name__ == "__main__":
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Json())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-    asyncio.run(main())
+    sys.exit(run())

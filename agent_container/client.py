@@ -1,4 +1,16 @@
-"""MeshClient: the agent's typed client of its host socket."""
+"""MeshClient: the agent's typed client of its host, over the one Unix socket it has.
+
+Every route of the agent socket has a method here. Responses are parsed into the
+`legion.wire` models; error bodies (`{"error": {code, message, status, detail}}`) raise
+`MeshError`. Transport failures are split in two, because the work loop treats them
+differently: `HostUnavailable` (the socket is missing, refuses, or drops the connection:
+the host is restarting, so the current inbox item must not be acked) and `MeshTimeout`
+(the host is there but did not answer in time: a tool reports it to the model).
+
+Request bodies are plain dicts and the wire models are imported on first use, not at
+module import: the first inbox poll goes out before pydantic is loaded, so the host sees
+a freshly started agent as early as possible (docs/decisions.md).
+"""
 
 from __future__ import annotations
 
@@ -9,36 +21,101 @@ from urllib.parse import quote
 
 import httpx
 
-if TYPE_CHECKING:  # imported when first needed: the first inbox poll goes out before it
-    from legion.wire.agent import SelfStatus
+if TYPE_CHECKING:
+    from legion.wire.agent import ReplyAccepted, SelfStatus
+    from legion.wire.api import (
+        BlackboardDeleted,
+        BlackboardEntry,
+        Claim,
+        InboxItem,
+        MessageQueued,
+        Published,
+        Released,
+        Subscriptions,
+        WatchResponse,
+    )
+    from legion.wire.egress import EgressResponse
+
+BASE_URL = "http://legion"
+CONNECT_TIMEOUT_S = 5.0
+# Between two streamed chunks: a model may think for minutes before its first token.
+STREAM_READ_TIMEOUT_S = 600.0
+# The host's own egress limit applies first; this only stops a wedged connection.
+EGRESS_TIMEOUT_S = 660.0
 
 
 class MeshError(Exception):
-    """A typed error from the host (status, stable code, message)."""
+    """A typed error the host answered with (status, stable code, message, detail)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, detail: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{code} ({status}): {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.detail = detail or {}
 
 
-def _error(response: httpx.Response, body: bytes | None = None) -> MeshError:
-    raw = body if body is not None else response.content
+class HostUnavailable(ConnectionError):
+    """The socket cannot be reached or dropped the connection (the host is restarting)."""
+
+
+class MeshTimeout(TimeoutError):
+    """The host accepted the request but did not answer within the client's timeout."""
+
+
+def error_from_body(status: int, raw: bytes) -> MeshError:
+    """The MeshError of an error response; a body that is not the typed JSON still says why."""
     try:
         err = json.loads(raw)["error"]
-        return MeshError(response.status_code, err.get("code", "error"), err.get("message", ""))
-    except (ValueError, KeyError, TypeError):
-        return MeshError(response.status_code, "http_error", raw[:300].decode(errors="replace"))
+        detail = err.get("detail")
+        return MeshError(
+            int(err.get("status") or status),
+            str(err.get("code") or "error"),
+            str(err.get("message") or ""),
+            detail if isinstance(detail, dict) else None,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return MeshError(status, "http_error", raw[:300].decode(errors="replace"))
+
+
+def _transport_error(exc: httpx.TransportError, what: str) -> Exception:
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return MeshTimeout(f"{what}: the host did not answer in time ({exc.__class__.__name__})")
+    return HostUnavailable(f"{what}: {exc.__class__.__name__}: {exc}".rstrip(": "))
+
+
+def parse_sse_line(line: str) -> dict[str, Any] | None:
+    """One SSE line of a streamed completion: the chunk, or None (comment, blank, [DONE]).
+
+    Raises MeshError for an error event (`data: {"error": {...}}`).
+    """
+    if not line.startswith("data:"):
+        return None
+    payload = line[5:].strip()
+    if not payload or payload == "[DONE]":
+        return None
+    try:
+        chunk = json.loads(payload)
+    except ValueError:
+        raise MeshError(502, "bad_stream", f"undecodable stream event: {payload[:200]}") from None
+    if not isinstance(chunk, dict):
+        return None
+    if "error" in chunk:
+        raise error_from_body(502, payload.encode())
+    return chunk
 
 
 class MeshClient:
+    """Async client of one agent socket. Identity is the socket: nothing here names the agent."""
+
     def __init__(self, socket_path: str, timeout_s: float = 60.0) -> None:
         self.socket_path = socket_path
         self._http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=socket_path),
-            base_url="http://legion",
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            base_url=BASE_URL,
+            timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
         )
 
     async def close(self) -> None:
@@ -49,41 +126,53 @@ class MeshClient:
         method: str,
         path: str,
         body: Any = None,
+        *,
         params: dict[str, str] | None = None,
         timeout_s: float | None = None,
     ) -> Any:
+        """One request; returns the decoded JSON body or raises MeshError / HostUnavailable."""
         kwargs: dict[str, Any] = {}
         if body is not None:
             kwargs["json"] = body
         if params:
             kwargs["params"] = params
         if timeout_s is not None:
-            kwargs["timeout"] = timeout_s
-        response = await self._http.request(method, path, **kwargs)
+            kwargs["timeout"] = httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S)
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, f"{method} {path}") from exc
         if response.status_code >= 400:
-            raise _error(response)
-        return response.json()
+            raise error_from_body(response.status_code, response.content)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise MeshError(response.status_code, "bad_response", f"not JSON: {exc}") from exc
 
     # --- inbox and lifecycle ---------------------------------------------------------
+
+    async def poll(
+        self, wait_s: float = 30.0, max_items: int = 10, ack: list[int] | None = None
+    ) -> list[InboxItem]:
+        """Long-poll the inbox (acking `ack` first); items stay hidden until acked or timed out."""
+        body = {"wait_s": wait_s, "max_items": max_items, "ack": ack or []}
+        data = await self.call("POST", "/v1/inbox/poll", body, timeout_s=wait_s + 15)
+        from legion.wire.api import PollResponse  # after the first poll went out
+
+        return PollResponse.model_validate(data).items
+
+    async def ack(self, ids: list[int]) -> int:
+        data = await self.call("POST", "/v1/inbox/ack", {"ids": ids})
+        return int(data["acked"])
+
+    async def heartbeat(self, status: str = "ok") -> None:
+        """Tell the host the agent is alive (the answer is not parsed: no pydantic needed)."""
+        await self.call("POST", "/v1/heartbeat", {"status": status[:200]})
 
     async def self_status(self) -> SelfStatus:
         from legion.wire.agent import SelfStatus
 
         return SelfStatus.model_validate(await self.call("GET", "/v1/self"))
-
-    async def poll(
-        self, wait_s: float = 30.0, max_items: int = 10, ack: list[int] | None = None
-    ) -> list[dict[str, Any]]:
-        body = {"wait_s": wait_s, "max_items": max_items, "ack": ack or []}
-        data = await self.call("POST", "/v1/inbox/poll", body, timeout_s=wait_s + 15)
-        items: list[dict[str, Any]] = data["items"]
-        return items
-
-    async def ack(self, ids: list[int]) -> None:
-        await self.call("POST", "/v1/inbox/ack", {"ids": ids})
-
-    async def heartbeat(self, status: str = "ok") -> None:
-        await self.call("POST", "/v1/heartbeat", {"status": status})
 
     async def reply(
         self,
@@ -91,81 +180,139 @@ class MeshClient:
         text: str,
         kind: str = "chat",
         result: dict[str, Any] | None = None,
-    ) -> None:
-        await self.call(
-            "POST",
-            "/v1/replies",
-            {"in_reply_to": in_reply_to, "text": text, "kind": kind, "result": result},
-        )
+    ) -> ReplyAccepted:
+        from legion.wire.agent import ReplyAccepted
+
+        body = {"in_reply_to": in_reply_to, "text": text, "kind": kind, "result": result}
+        return ReplyAccepted.model_validate(await self.call("POST", "/v1/replies", body))
 
     async def notify(self, text: str, level: str = "info") -> None:
         await self.call("POST", "/v1/notify", {"text": text, "level": level})
 
     # --- the LLM -------------------------------------------------------------------------
 
-    async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Stream a chat completion; yields OpenAI chunks. Errors raise MeshError."""
-        async with self._http.stream(
-            "POST", "/v1/chat/completions", json={**body, "stream": True}, timeout=None
-        ) as response:
-            if response.status_code >= 400:
-                raise _error(response, await response.aread())
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                payload = line[6:]
-                if payload == "[DONE]":
-                    return
-                chunk = json.loads(payload)
-                if "error" in chunk:
-                    err = chunk["error"]
-                    raise MeshError(
-                        err.get("status", 502),
-                        err.get("code", "provider_error"),
-                        err.get("message", ""),
-                    )
-                yield chunk
+    async def stream_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        model: str | None = None,
+        **extra: Any,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream a chat completion (the agent's own model unless `model` names another).
 
-    # --- blackboard, messaging, egress ------------------------------------------------------
+        Yields OpenAI chunks. A refusal before the stream (402 budget, 403, 502...) or an
+        error event inside it raises MeshError; a dropped connection, HostUnavailable.
+        """
+        body: dict[str, Any] = {"messages": messages, **extra, "stream": True}
+        if tools:
+            body["tools"] = tools
+        if model is not None:
+            body["model"] = model
+        timeout = httpx.Timeout(STREAM_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+        try:
+            async with self._http.stream(
+                "POST", "/v1/chat/completions", json=body, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    raise error_from_body(response.status_code, await response.aread())
+                done = False
+                async for line in response.aiter_lines():
+                    done = done or (line.startswith("data:") and line[5:].strip() == "[DONE]")
+                    chunk = parse_sse_line(line)
+                    if chunk is not None:
+                        yield chunk
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, "chat completion") from exc
+        if not done:  # the gateway always ends with [DONE] or an error event
+            raise HostUnavailable("chat completion: the stream ended without [DONE]")
+
+    # --- blackboard ------------------------------------------------------------------------
 
     @staticmethod
     def _key(key: str) -> str:
         return "/v1/blackboard/entries/" + quote(key, safe="")
 
-    async def bb_get(self, key: str) -> Any:
-        return await self.call("GET", self._key(key))
+    async def bb_get(self, key: str) -> BlackboardEntry:
+        from legion.wire.api import BlackboardEntry
 
-    async def bb_put(self, key: str, value: Any, ttl_s: float | None = None) -> Any:
+        return BlackboardEntry.model_validate(await self.call("GET", self._key(key)))
+
+    async def bb_put(self, key: str, value: Any, ttl_s: float | None = None) -> BlackboardEntry:
+        from legion.wire.api import BlackboardEntry
+
         body: dict[str, Any] = {"value": value}
         if ttl_s is not None:
             body["ttl_s"] = ttl_s
-        return await self.call("PUT", self._key(key), body)
+        return BlackboardEntry.model_validate(await self.call("PUT", self._key(key), body))
 
-    async def bb_list(self, prefix: str = "") -> Any:
-        return await self.call("GET", "/v1/blackboard/entries", params={"prefix": prefix})
+    async def bb_delete(self, key: str) -> BlackboardDeleted:
+        from legion.wire.api import BlackboardDeleted
 
-    async def bb_claim(self, key: str, ttl_s: float = 300.0) -> Any:
-        return await self.call("POST", "/v1/blackboard/claim", {"key": key, "ttl_s": ttl_s})
+        return BlackboardDeleted.model_validate(await self.call("DELETE", self._key(key)))
 
-    async def bb_release(self, key: str) -> Any:
-        return await self.call("POST", "/v1/blackboard/release", {"key": key})
+    async def bb_list(self, prefix: str = "") -> list[BlackboardEntry]:
+        from legion.wire.api import BlackboardList
 
-    async def bb_watch(self, pattern: str, cursor: int | None, wait_s: float) -> Any:
-        return await self.call(
-            "POST",
-            "/v1/blackboard/watch",
-            {"pattern": pattern, "cursor": cursor, "wait_s": wait_s},
-            timeout_s=wait_s + 15,
-        )
+        data = await self.call("GET", "/v1/blackboard/entries", params={"prefix": prefix})
+        return BlackboardList.model_validate(data).entries
 
-    async def publish(self, topic: str, payload: Any) -> Any:
-        return await self.call("POST", "/v1/publish", {"topic": topic, "payload": payload})
+    async def bb_cas(
+        self, key: str, expected_version: int, value: Any, ttl_s: float | None = None
+    ) -> BlackboardEntry:
+        from legion.wire.api import BlackboardEntry
 
-    async def subscribe(self, topic: str) -> Any:
-        return await self.call("POST", "/v1/subscriptions", {"topic": topic})
+        body: dict[str, Any] = {"key": key, "expected_version": expected_version, "value": value}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        return BlackboardEntry.model_validate(await self.call("POST", "/v1/blackboard/cas", body))
 
-    async def send_message(self, to: str, payload: Any) -> Any:
-        return await self.call("POST", "/v1/messages", {"to": to, "payload": payload})
+    async def bb_claim(self, key: str, ttl_s: float = 300.0) -> Claim:
+        from legion.wire.api import Claim
 
-    async def egress(self, request: dict[str, Any]) -> Any:
-        return await self.call("POST", "/egress/http", request, timeout_s=660)
+        body = {"key": key, "ttl_s": ttl_s}
+        return Claim.model_validate(await self.call("POST", "/v1/blackboard/claim", body))
+
+    async def bb_release(self, key: str) -> Released:
+        from legion.wire.api import Released
+
+        data = await self.call("POST", "/v1/blackboard/release", {"key": key})
+        return Released.model_validate(data)
+
+    async def bb_watch(
+        self, pattern: str, cursor: int | None = None, wait_s: float = 0.0
+    ) -> WatchResponse:
+        from legion.wire.api import WatchResponse
+
+        body = {"pattern": pattern, "cursor": cursor, "wait_s": wait_s}
+        data = await self.call("POST", "/v1/blackboard/watch", body, timeout_s=wait_s + 15)
+        return WatchResponse.model_validate(data)
+
+    # --- pub/sub, messages, egress ------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: Any) -> Published:
+        from legion.wire.api import Published
+
+        data = await self.call("POST", "/v1/publish", {"topic": topic, "payload": payload})
+        return Published.model_validate(data)
+
+    async def subscribe(self, topic: str) -> Subscriptions:
+        from legion.wire.api import Subscriptions
+
+        data = await self.call("POST", "/v1/subscriptions", {"topic": topic})
+        return Subscriptions.model_validate(data)
+
+    async def send_message(self, to: str, payload: Any) -> MessageQueued:
+        from legion.wire.api import MessageQueued
+
+        data = await self.call("POST", "/v1/messages", {"to": to, "payload": payload})
+        return MessageQueued.model_validate(data)
+
+    async def egress(self, request: dict[str, Any]) -> EgressResponse:
+        """An HTTP request performed by the host (fields of `EgressRequest`).
+
+        `$CRED{name}` handles are sent as written; the host substitutes them.
+        """
+        from legion.wire.egress import EgressResponse
+
+        data = await self.call("POST", "/egress/http", request, timeout_s=EGRESS_TIMEOUT_S)
+        return EgressResponse.model_validate(data)

@@ -1,0 +1,112 @@
+"""What an inbox item asks for, and the system prompt the model gets for it.
+
+Payload conventions (what senders put in `POST /v1/messages` or `/v1/publish`):
+
+* a string: chat, the string is the user's text;
+* `{"text": ...}`: chat;
+* `{"task": ..., ...}`: run a task (even in a chat agent); the other keys are its context;
+* `{"reply_to": id, "text", "kind", "result"}`: the host's delivery of another agent's answer
+  to a message this agent sent. It is handled as a chat turn in the conversation the
+  message was sent from, and never answered back to the replier (that would ping-pong);
+* anything else: chat, the JSON of the payload is the text.
+
+An agent in task mode runs every chat payload as a task.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from legion.wire.agent import SelfStatus
+    from legion.wire.api import InboxItem
+
+OPERATOR = "operator"
+Kind = Literal["chat", "task", "reply"]
+
+
+@dataclass
+class Incoming:
+    """One inbox item, understood: what to run, the text the model reads, whose history."""
+
+    item: InboxItem
+    kind: Kind
+    text: str
+    conversation: str
+    reply_to: int | None = None
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def parse_item(item: InboxItem, mode: str) -> Incoming:
+    payload = item.payload
+    sender = item.sender
+    if isinstance(payload, dict) and isinstance(payload.get("reply_to"), int):
+        what = "the result of the task you sent" if payload.get("kind") == "task_result" else ""
+        lines = [f"[reply from {sender}{' with ' + what if what else ''}]"]
+        if payload.get("text"):
+            lines.append(_as_text(payload["text"]))
+        if payload.get("result") is not None:
+            lines.append("result: " + _as_text(payload["result"]))
+        return Incoming(item, "reply", "\n".join(lines), sender, int(payload["reply_to"]))
+    kind: Kind = "chat"
+    if isinstance(payload, str):
+        text = payload
+    elif isinstance(payload, dict) and payload.get("task") is not None:
+        kind = "task"
+        text = _as_text(payload["task"])
+        context = {k: v for k, v in payload.items() if k != "task"}
+        if context:
+            text += "\n\nContext: " + _as_text(context)
+    elif isinstance(payload, dict) and payload.get("text") is not None:
+        text = _as_text(payload["text"])
+    else:
+        text = _as_text(payload)
+    if item.kind == "topic":
+        text = f"[published on topic {item.topic} by {sender}]\n{text}"
+    if mode == "task":
+        kind = "task"
+    return Incoming(item, kind, text, sender)
+
+
+def partner(conversation: str) -> str:
+    return "the operator" if conversation == OPERATOR else f"agent {conversation}"
+
+
+def system_prompt(
+    me: SelfStatus, workspace: str, tools: list[str], conversation: str, task: bool = False
+) -> str:
+    """Who the agent is (role, the operator's system prompt), then a short runtime context."""
+    intro = f"You are {me.agent}, an autonomous agent in a legion fleet"
+    if me.role:
+        intro += f"; your role: {me.role}"
+    parts = [intro + "."]
+    if me.system_prompt:
+        parts.append(me.system_prompt.strip())
+    context = [
+        (f"You are running a task for {partner(conversation)}." if task else "")
+        or f"You are talking with {partner(conversation)}.",
+        f"Your workspace is {workspace}; file tools take paths relative to it.",
+        "You have no network: use http_request for the web, and refer to credentials as "
+        "$CRED{name} (the host fills them in; you never see them).",
+    ]
+    if me.team:
+        context.append(
+            f"You are in team {me.team}; teams/{me.team}/ on the blackboard is its space."
+        )
+    context.append(
+        "Agents you may message: " + (", ".join(me.fleet) if me.fleet else "none") + ". "
+        "Their answers arrive later as messages starting with [reply from NAME]."
+    )
+    context.append("Tools: " + ", ".join(tools) + ".")
+    if task:
+        context.append(
+            f"Work step by step with your tools (at most {me.max_task_steps} steps), then call "
+            "finish_task exactly once: status done, failed or gave_up, and the output."
+        )
+    parts.append("Runtime context:\n" + "\n".join(f"- {line}" for line in context))
+    return "\n\n".join(parts)
