@@ -18,6 +18,8 @@ from typing import Any
 
 import apsw
 
+from legion.store import committed
+
 GENESIS = "0" * 64
 
 
@@ -119,19 +121,12 @@ class AuditLog:
                 detail_text = redacted
                 detail = json.loads(detail_text)
         digest = record_hash(self._head, seq, ts, actor, action, target, decision, detail_text)
-        relax = not durable and self.full_sync
-        if relax:
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self.conn:
-                self.conn.execute(
-                    "INSERT INTO audit(seq, ts, actor, action, target, decision, detail, prev_hash,"
-                    " hash) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (seq, ts, actor, action, target, decision, detail_text, self._head, digest),
-                )
-        finally:
-            if relax:
-                self.conn.execute("PRAGMA synchronous=FULL")
+        with committed(self.conn, fsync=durable or not self.full_sync) as conn:
+            conn.execute(
+                "INSERT INTO audit(seq, ts, actor, action, target, decision, detail, prev_hash,"
+                " hash) VALUES (?,?,?,?,?,?,?,?,?)",
+                (seq, ts, actor, action, target, decision, detail_text, self._head, digest),
+            )
         record = AuditRecord(seq, ts, actor, action, target, decision, detail, self._head, digest)
         self._seq, self._head = seq, digest
         if self.on_append is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -46,6 +46,12 @@ class EventBus:
     def publish(self, event: Any) -> None:
         for sub in self._subs:
             sub.offer(event)
+
+    def emit(self, build: Callable[[], Any]) -> None:
+        """Publish the event `build()` makes, building it only if someone listens (for
+        events on hot paths: one per request, one per streamed token)."""
+        if self._subs:
+            self.publish(build())
 
     def open(self) -> Subscription:
         """Subscribe now (events from this moment on are kept); pair with `close`."""

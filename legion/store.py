@@ -168,6 +168,21 @@ def migrate(db: LegionDatabase) -> int:
     return found
 
 
+@contextmanager
+def committed(conn: apsw.Connection, *, fsync: bool = True) -> Iterator[apsw.Connection]:
+    """A transaction on `conn`; `fsync=False` commits it at synchronous=NORMAL (on a
+    connection that runs FULL): durable against a crash of the process, not a power cut,
+    until the next fsynced commit, which makes every earlier one durable too."""
+    if not fsync:
+        conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with conn:
+            yield conn
+    finally:
+        if not fsync:
+            conn.execute("PRAGMA synchronous=FULL")
+
+
 class Store:
     """The open `host.db`: a peewee database plus the raw apsw connection for hot paths.
 
@@ -190,15 +205,8 @@ class Store:
         writes whose loss after a power cut is harmless (an ack lost means a redelivery,
         which at-least-once delivery allows).
         """
-        relax = not durable and self.durability == "full"
-        if relax:
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self.conn:
-                yield self.conn
-        finally:
-            if relax:
-                self.conn.execute("PRAGMA synchronous=FULL")
+        with committed(self.conn, fsync=durable or self.durability != "full"):
+            yield self.conn
 
     def execute(self, sql: str, args: tuple[Any, ...] | dict[str, Any] = ()) -> apsw.Cursor:
         return self.conn.execute(sql, args)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -24,7 +23,7 @@ from legion.host import Host
 from legion.paths import Paths
 from legion.runtime.docker_backend import DockerBackend
 from legion.vault import Vault
-from tests.conftest import control_client
+from tests.conftest import control_client, loopback_server
 from tests.fakes.provider import FakeProvider, Reply, ToolCall
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio, pytest.mark.slow]
@@ -48,12 +47,8 @@ class Hello(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def web() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with loopback_server(Hello) as server:
+        yield server
 
 
 def config_text(image: str, base_url: str, web_port: int, extra: str = "") -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +14,7 @@ from legion.config import parse_config
 from legion.host import Host
 from legion.paths import Paths
 from legion.vault import Vault
-from tests.conftest import agent_client, control_client
+from tests.conftest import agent_client, control_client, loopback_server
 from tests.fakes.provider import FakeProvider, Reply
 
 pytestmark = pytest.mark.anyio
@@ -40,12 +39,8 @@ class Echo(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def echo_server() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with loopback_server(Echo) as server:
+        yield server
 
 
 def config(base_url: str, echo_port: int) -> str:

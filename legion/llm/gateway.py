@@ -194,7 +194,6 @@ class Gateway:
         return kwargs
 
     def _safe(self, exc: BaseException) -> str:
-        self.redactor.refresh(self.vault.values())
         return self.redactor.redact(f"{type(exc).__name__}: {exc}")[:2000]
 
     def _failover(
@@ -215,10 +214,8 @@ class Gateway:
         )
 
     def _settled(self, agent: str, request_id: str, alias: str, cost: float) -> None:
-        if not self.bus.subscriber_count:
-            return
-        self.bus.publish(
-            CostUpdated(
+        self.bus.emit(
+            lambda: CostUpdated(
                 at=self.clock(),
                 agent=agent,
                 request_id=request_id,
@@ -477,12 +474,11 @@ class Gateway:
                     text = (choice.get("delta") or {}).get("content")
                     if text:
                         produced.append(text)
-                        if self.bus.subscriber_count:  # no event objects nobody reads
-                            self.bus.publish(
-                                TokenDelta(
-                                    at=self.clock(), agent=agent, request_id=request_id, text=text
-                                )
+                        self.bus.emit(
+                            lambda text=text: TokenDelta(  # type: ignore[misc]
+                                at=self.clock(), agent=agent, request_id=request_id, text=text
                             )
+                        )
                 yield b"data: " + json.dumps(data).encode() + b"\n\n"
                 try:
                     chunk = await stream.__anext__()
