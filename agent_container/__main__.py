@@ -29,7 +29,7 @@ DEFAULT_SOCKET = "/run/legion/mesh.sock"
 DEFAULT_WORKSPACE = "/data/workspace"
 # SIGTERM: an idle agent stops at once; a busy one gets this long to finish the item in
 # hand (answered and acked: no redelivery), then is cancelled (the item comes back).
-# `docker stop` waits 5 s before SIGKILL (legion/runtime/docker_backend.py).
+# `docker stop` waits 5 s before SIGKILL (legion/fleet/docker_backend.py).
 STOP_GRACE_S = 2.0
 
 

@@ -52,9 +52,9 @@ def bare_runs(image: str, count: int) -> list[float]:
 
 async def legion_runs(image: str, count: int, idle_s: float) -> tuple[list[float], float | None]:
     from legion.config import parse_config
+    from legion.fleet.docker_backend import DockerBackend
     from legion.host import Host
     from legion.paths import Paths
-    from legion.runtime.docker_backend import DockerBackend
 
     samples: list[float] = []
     idle_bytes: int | None = None

@@ -133,9 +133,9 @@ def _legion_reads(bb: object, count: int, seconds: float) -> float:
 
 
 def _open_legion(home: Path, durability: str) -> tuple[object, object]:
-    from legion.blackboard import Blackboard
     from legion.config import BlackboardConfig
     from legion.events import EventBus
+    from legion.mesh.blackboard import Blackboard
     from legion.store import Store
 
     store = Store(home / f"host-{durability}.db", durability=durability)

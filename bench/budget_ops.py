@@ -74,7 +74,7 @@ def _measure(
     home: Path, durability: str, warmup: int, blocks: int, per_block: int
 ) -> dict[str, list[float]]:
     from legion.config import parse_config
-    from legion.llm.budget import Budgets, Usage
+    from legion.gateway.llm.budget import Budgets, Usage
     from legion.store import Store
 
     config = parse_config(CONFIG.format(durability=durability))

@@ -91,8 +91,8 @@ def prompt(i: int) -> list[dict[str, str]]:
 
 async def _servers(stack: contextlib.AsyncExitStack, kwargs: dict[str, Any]) -> dict[str, Any]:
     """In the server child: seed the vault, start a host with 32 agents, preload LiteLLM."""
+    from legion.gateway.vault import Vault
     from legion.paths import Paths
-    from legion.vault import Vault
 
     home = kwargs["home"]
     os.environ["LEGION_HOME"] = home
@@ -188,7 +188,7 @@ async def litellm_stream(litellm: Any, kwargs: dict[str, Any], phase: Phase) -> 
 
 def _litellm() -> Any:
     """LiteLLM configured exactly as the host configures it."""
-    from legion.llm.runtime import load_blocking
+    from legion.gateway.llm.runtime import load_blocking
 
     return load_blocking()
 

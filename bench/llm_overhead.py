@@ -91,17 +91,17 @@ monthly_usd = 1000000.0
 
 # key -> (module, class or None, attribute); each is timed per call while the timers are on.
 TIMED: dict[str, tuple[str, str | None, str]] = {
-    "handle": ("legion.http", "HttpServer", "_handle"),
-    "dispatch": ("legion.http", "HttpServer", "dispatch"),
-    "chat": ("legion.llm.gateway", "Gateway", "chat"),
-    "check": ("legion.permissions", "Guard", "check"),
-    "reserve": ("legion.llm.budget", "Budgets", "reserve"),
-    "secret": ("legion.vault", "Vault", "system_secret"),
-    "touch": ("legion.vault", "Vault", "_touch"),
+    "handle": ("legion.api.http", "HttpServer", "_handle"),
+    "dispatch": ("legion.api.http", "HttpServer", "dispatch"),
+    "chat": ("legion.gateway.llm.gateway", "Gateway", "chat"),
+    "check": ("legion.mesh.permissions", "Guard", "check"),
+    "reserve": ("legion.gateway.llm.budget", "Budgets", "reserve"),
+    "secret": ("legion.gateway.vault", "Vault", "system_secret"),
+    "touch": ("legion.gateway.vault", "Vault", "_touch"),
     "litellm": ("litellm", None, "acompletion"),
-    "finish": ("legion.llm.gateway", "Gateway", "_finish"),
-    "settle": ("legion.llm.budget", "Budgets", "settle"),
-    "settled": ("legion.llm.gateway", "Gateway", "_settled"),
+    "finish": ("legion.gateway.llm.gateway", "Gateway", "_finish"),
+    "settle": ("legion.gateway.llm.budget", "Budgets", "settle"),
+    "settled": ("legion.gateway.llm.gateway", "Gateway", "_settled"),
 }
 
 
@@ -179,8 +179,8 @@ class Timers:
 async def _servers(stack: contextlib.AsyncExitStack, kwargs: dict[str, Any]) -> dict[str, Any]:
     """In the server child: seed the vault, start the host (LiteLLM preloaded), and a
     small control socket that switches the breakdown timers on and reads them."""
+    from legion.gateway.vault import Vault
     from legion.paths import Paths
-    from legion.vault import Vault
 
     home = kwargs["home"]
     os.environ["LEGION_HOME"] = home
@@ -218,7 +218,7 @@ async def _servers(stack: contextlib.AsyncExitStack, kwargs: dict[str, Any]) -> 
 
 def _litellm() -> Any:
     """LiteLLM configured exactly as the host configures it."""
-    from legion.llm.runtime import load_blocking
+    from legion.gateway.llm.runtime import load_blocking
 
     return load_blocking()
 

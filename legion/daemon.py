@@ -112,7 +112,7 @@ def _legion_executable() -> list[str]:
 
 def _import_provider_keys(paths: Paths) -> list[str]:
     """Move provider keys from the environment into the vault (system tier)."""
-    from legion.vault import Vault
+    from legion.gateway.vault import Vault
 
     paths.home.mkdir(parents=True, exist_ok=True)
     vault = Vault(paths.vault_db, paths.vault_key)
@@ -150,7 +150,7 @@ async def _serve(paths: Paths, systemd: bool) -> int:
 
     runtime = None
     if config.runtime.backend == "docker":
-        from legion.runtime.docker_backend import DockerBackend
+        from legion.fleet.docker_backend import DockerBackend
 
         runtime = DockerBackend(str(paths.home))
     async with Host.running(config, paths, preload_llm=True, runtime=runtime) as host:

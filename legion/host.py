@@ -19,27 +19,27 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from legion.api_agent import build_agent_router, require_agent
-from legion.api_control import build_control_router, host_status
-from legion.audit import AuditLog, AuditRecord
-from legion.blackboard import Blackboard
+from legion.api.agent import build_agent_router, require_agent
+from legion.api.control import build_control_router, host_status
+from legion.api.http import Call, HttpServer, Listener, Route
 from legion.config import Config
-from legion.egress import EgressProxy
 from legion.errors import InboxFull
 from legion.events import EventBus
-from legion.fleet import Fleet
-from legion.http import Call, HttpServer, Listener, Route
-from legion.inbox import Inboxes
-from legion.llm.budget import Budgets
-from legion.llm.gateway import Gateway
-from legion.llm.health import ModelHealth
-from legion.llm.runtime import LiteLLM
+from legion.fleet.backend import RuntimeBackend
+from legion.fleet.supervisor import Fleet
+from legion.gateway.egress import EgressProxy
+from legion.gateway.llm.budget import Budgets
+from legion.gateway.llm.gateway import Gateway
+from legion.gateway.llm.health import ModelHealth
+from legion.gateway.llm.runtime import LiteLLM
+from legion.gateway.redact import RedactingFilter, Redactor
+from legion.gateway.vault import Vault
+from legion.mesh.audit import AuditLog, AuditRecord
+from legion.mesh.blackboard import Blackboard
+from legion.mesh.inbox import Inboxes
+from legion.mesh.permissions import Guard, Perm, Permissions
 from legion.paths import Paths
-from legion.permissions import Guard, Perm, Permissions
-from legion.redact import RedactingFilter, Redactor
-from legion.runtime.backend import RuntimeBackend
 from legion.store import Store
-from legion.vault import Vault
 from legion.wire.agent import BudgetLeft, ReplyAccepted, ReplyRequest, SelfStatus
 from legion.wire.api import HostStatus
 from legion.wire.events import AgentReply, AuditAppended, HostStarted, HostStopping
@@ -262,7 +262,7 @@ class Host:
         if principal == "operator":
             return lambda key: True
         patterns = self.permissions.patterns(principal, Perm.BB_READ)
-        from legion.globs import any_match
+        from legion.mesh.globs import any_match
 
         return lambda key: any_match(patterns, key)
 

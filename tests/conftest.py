@@ -174,7 +174,7 @@ def agent_image() -> str:
     """The agent image, (re)built once per session when missing or older than the code."""
     import docker
 
-    from legion.runtime.images import build_agent_image, image_is_current
+    from legion.fleet.images import build_agent_image, image_is_current
 
     client = docker.from_env()
     try:

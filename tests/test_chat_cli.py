@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from legion.vault import Vault
+from legion.gateway.vault import Vault
 from tests.conftest import Daemon
 from tests.fakes.provider import FakeProvider
 

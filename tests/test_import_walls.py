@@ -77,7 +77,7 @@ def test_headless_legion_never_imports_textual(tmp_path: Path) -> None:
         "legion.host",
         "legion.config",
         "legion.store",
-        "legion.permissions",
+        "legion.mesh.permissions",
         "legion.daemon",
         "legion.cli",
         "legion.cli.main",
@@ -104,8 +104,9 @@ import legion.wire.api
 import legion.wire.events
 import legion.wire.errors
 
-forbidden = ["legion.config", "legion.store", "legion.host", "legion.http", "legion.cli",
-             "legion.permissions", "legion.audit", "legion.blackboard", "legion.inbox",
+forbidden = ["legion.config", "legion.store", "legion.host", "legion.api.http", "legion.cli",
+             "legion.mesh.permissions", "legion.mesh.audit", "legion.mesh.blackboard",
+             "legion.mesh.inbox",
              "httpx", "apsw", "peewee", "typer", "rich", "textual"]
 print(json.dumps({
     "loaded": sorted(m for m in forbidden if m in sys.modules),

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from legion.config import parse_config
-from legion.llm.budget import Budgets, Usage
+from legion.gateway.llm.budget import Budgets, Usage
 from legion.store import Store
 
 SECRET = "ghp-cli-test-5Tq8Wv2Xz9"

@@ -61,7 +61,7 @@ def remove_sections(text: str, name: str) -> str:
 
 
 def _reload_if_running() -> str:
-    from legion.client import ApiError, ControlClient
+    from legion.api.client import ApiError, ControlClient
 
     with ControlClient(State.paths()) as client:
         if not client.running():
@@ -149,7 +149,7 @@ def rm(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove an agent from legion.toml (stopping it); --purge deletes its data too."""
-    from legion.client import ControlClient
+    from legion.api.client import ControlClient
     from legion.config import load_config
 
     paths = State.paths()
@@ -184,7 +184,7 @@ def rm(
 @app.command("ls")
 def ls(as_json: JsonOpt = False) -> None:
     """List agents with their state, model, restarts and last heartbeat."""
-    from legion.client import ControlClient
+    from legion.api.client import ControlClient
 
     with host_errors(), ControlClient(State.paths()) as client:
         listing = client.agents()
@@ -216,7 +216,7 @@ def ls(as_json: JsonOpt = False) -> None:
 
 
 def _action(name: str, action: str, as_json: bool) -> None:
-    from legion.client import ControlClient
+    from legion.api.client import ControlClient
 
     with host_errors(), ControlClient(State.paths()) as client:
         info = client.agent_action(name, action)

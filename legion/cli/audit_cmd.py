@@ -25,7 +25,7 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List audit records, or verify that none was edited, deleted or reordered."""
-    from legion import audit as audit_log
+    from legion.mesh import audit as audit_log
     from legion.store import connect
 
     paths = State.paths()

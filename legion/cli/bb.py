@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from legion.api.client import ControlClient
 from legion.cli.common import State, emit_json, fail, fmt_time, host_errors
-from legion.client import ControlClient
 
 app = typer.Typer(
     help="Read and write the blackboard (needs a running host).", no_args_is_help=True

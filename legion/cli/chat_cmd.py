@@ -13,7 +13,7 @@ from legion.cli.common import State, emit_json, fail, host_errors
 
 def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
     """Send one message and stream the reply; returns an exit code."""
-    from legion.client import ControlClient
+    from legion.api.client import ControlClient
 
     done = threading.Event()
     outcome: dict[str, Any] = {}

@@ -36,7 +36,7 @@ def emit_json(data: Any) -> None:
 @contextmanager
 def host_errors() -> Iterator[None]:
     """Turn client errors into one clear line on stderr and a non-zero exit."""
-    from legion.client import ApiError, HostNotRunning
+    from legion.api.client import ApiError, HostNotRunning
 
     try:
         yield

@@ -23,7 +23,7 @@ def costs(
     """Spend per agent and model (UTC day and month), with each agent's caps."""
     from legion.config import load_config
     from legion.errors import ConfigError
-    from legion.llm.budget import window_start
+    from legion.gateway.llm.budget import window_start
     from legion.store import connect
 
     paths = State.paths()

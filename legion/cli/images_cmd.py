@@ -39,7 +39,7 @@ def build(
 
     from legion.config import load_config
     from legion.errors import ConfigError
-    from legion.runtime.images import ImageBuildError, build_agent_image
+    from legion.fleet.images import ImageBuildError, build_agent_image
 
     paths = State.paths()
     try:
@@ -78,7 +78,7 @@ def build(
 def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show whether the agent image and legion's base image exist."""
     from legion.config import load_config
-    from legion.runtime.images import BASE_TAG, ImageBuildError, describe_images
+    from legion.fleet.images import BASE_TAG, ImageBuildError, describe_images
 
     config = load_config(State.paths().config)
     try:

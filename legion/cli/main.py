@@ -87,7 +87,7 @@ def daemon(
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show the running host: pid, uptime, home, agents."""
-    from legion.client import ControlClient
+    from legion.api.client import ControlClient
 
     with host_errors(), ControlClient(State.paths()) as client:
         st = client.status()
@@ -109,7 +109,7 @@ def stop(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     """Stop the running host cleanly."""
     import time
 
-    from legion.client import ControlClient
+    from legion.api.client import ControlClient
 
     paths = State.paths()
     with host_errors(), ControlClient(paths) as client:
@@ -128,7 +128,7 @@ def events(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON per line.")] = False,
 ) -> None:
     """Follow the host's event stream (Ctrl-C to stop)."""
-    from legion.client import ControlClient
+    from legion.api.client import ControlClient
 
     try:
         with host_errors(), ControlClient(State.paths()) as client:
@@ -147,8 +147,8 @@ def events(
 def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Check Docker, the images, the container runtime and the config; say what to fix."""
     from legion.config import load_config
-    from legion.doctor import run_checks
     from legion.errors import ConfigError
+    from legion.fleet.doctor import run_checks
 
     paths = State.paths()
     config, error = None, None

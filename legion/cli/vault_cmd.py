@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from legion.cli.common import State, emit_json, fail, fmt_time
-from legion.vault import Vault
+from legion.gateway.vault import Vault
 
 app = typer.Typer(
     help="Manage credentials (encrypted in LEGION_HOME/vault.db). Agents refer to them by "

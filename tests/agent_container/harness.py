@@ -12,9 +12,9 @@ from typing import Any
 
 from agent_container.loop import AgentRuntime
 from legion.config import parse_config
+from legion.gateway.vault import Vault
 from legion.host import Host
 from legion.paths import Paths
-from legion.vault import Vault
 from tests.conftest import control_client
 
 PROVIDER_KEY = "sk-agent-runtime-test-5Hq8Zr2Kw"

@@ -1,0 +1,320 @@
+"""Routes of an agent's socket. The caller is always the socket's owner (`call.principal`).
+
+Each route declares its policy in the table below; the server authorizes and
+audits it before the handler runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+from legion.api.http import Call, Policy, Response, Router, StreamResponse
+from legion.errors import BadRequest, InboxFull, NotFound
+from legion.mesh.globs import check_agent_pattern
+from legion.mesh.permissions import Perm
+from legion.wire.agent import (
+    NotifyAccepted,
+    NotifyRequest,
+    ReplyAccepted,
+    ReplyRequest,
+    SelfStatus,
+)
+from legion.wire.api import (
+    AckRequest,
+    AckResponse,
+    BlackboardCas,
+    BlackboardDeleted,
+    BlackboardEntry,
+    BlackboardList,
+    BlackboardPut,
+    ChatRequest,
+    Claim,
+    ClaimRequest,
+    EmbeddingRequest,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    Identity,
+    MessageQueued,
+    MessageRequest,
+    PollRequest,
+    PollResponse,
+    Published,
+    PublishRequest,
+    Released,
+    ReleaseRequest,
+    SubscribeRequest,
+    Subscriptions,
+    WatchRequest,
+    WatchResponse,
+)
+from legion.wire.egress import EgressRequest, EgressResponse
+from legion.wire.events import AgentHeartbeat, AgentNotification, InboxRefused
+
+if TYPE_CHECKING:
+    from legion.host import Host
+
+READ = Perm.BB_READ.value
+WRITE = Perm.BB_WRITE.value
+
+
+def build_shared_routes(router: Router, host: Host) -> None:
+    """Routes both kinds of socket serve: OpenAPI, blackboard, direct messages."""
+    bb = host.blackboard
+
+    @router.route("GET", "/v1/openapi.json")
+    async def openapi(call: Call) -> Response:
+        """This socket's OpenAPI document."""
+        return Response(200, json.dumps(router.openapi()).encode())
+
+    @router.route(
+        "POST",
+        "/v1/messages",
+        body=MessageRequest,
+        response=MessageQueued,
+        policy=Policy(Perm.MESSAGE.value, "to", "message"),
+    )
+    async def send_message(call: Call) -> MessageQueued:
+        """Put a message in an agent's inbox (the sender is the socket's owner)."""
+        body: MessageRequest = call.body
+        return MessageQueued(to=body.to, item_id=host.send(call.principal, body.to, body.payload))
+
+    @router.route(
+        "GET",
+        "/v1/blackboard/entries/{key:path}",
+        response=BlackboardEntry,
+        policy=Policy(READ, "key", "bb.get"),
+    )
+    async def bb_get(call: Call) -> BlackboardEntry:
+        """Read one key (404 when absent or expired)."""
+        return bb.require(call.params["key"])
+
+    @router.route(
+        "PUT",
+        "/v1/blackboard/entries/{key:path}",
+        body=BlackboardPut,
+        response=BlackboardEntry,
+        policy=Policy(WRITE, "key", "bb.put"),
+    )
+    async def bb_put(call: Call) -> BlackboardEntry:
+        """Write one key; bumps its version."""
+        body: BlackboardPut = call.body
+        return bb.put(call.params["key"], body.value, call.principal, ttl_s=body.ttl_s)
+
+    @router.route(
+        "DELETE",
+        "/v1/blackboard/entries/{key:path}",
+        response=BlackboardDeleted,
+        policy=Policy(WRITE, "key", "bb.delete"),
+    )
+    async def bb_delete(call: Call) -> BlackboardDeleted:
+        """Delete one key."""
+        key = call.params["key"]
+        return BlackboardDeleted(key=key, deleted=bb.delete(key, call.principal))
+
+    @router.route("GET", "/v1/blackboard/entries", response=BlackboardList)
+    async def bb_list(call: Call) -> BlackboardList:
+        """List live keys under `?prefix=` that the caller may read."""
+        prefix = call.request.query.get("prefix", "")
+        entries = bb.entries(prefix, readable=host.readable_by(call.principal))
+        host.audit.append(call.principal, "bb.list", prefix, "allow", returned=len(entries))
+        return BlackboardList(entries=entries)
+
+    @router.route(
+        "POST",
+        "/v1/blackboard/cas",
+        body=BlackboardCas,
+        response=BlackboardEntry,
+        policy=Policy(WRITE, "key", "bb.cas"),
+    )
+    async def bb_cas(call: Call) -> BlackboardEntry:
+        """Compare-and-swap: write only if the key is at `expected_version` (0: absent)."""
+        body: BlackboardCas = call.body
+        return bb.put(
+            body.key,
+            body.value,
+            call.principal,
+            ttl_s=body.ttl_s,
+            expected_version=body.expected_version,
+        )
+
+    @router.route(
+        "POST",
+        "/v1/blackboard/claim",
+        body=ClaimRequest,
+        response=Claim,
+        policy=Policy(WRITE, "key", "bb.claim"),
+    )
+    async def bb_claim(call: Call) -> Claim:
+        """Claim a key (423 while another holder's claim is live)."""
+        body: ClaimRequest = call.body
+        return bb.claim(body.key, call.principal, body.ttl_s)
+
+    @router.route(
+        "POST",
+        "/v1/blackboard/release",
+        body=ReleaseRequest,
+        response=Released,
+        policy=Policy(WRITE, "key", "bb.release"),
+    )
+    async def bb_release(call: Call) -> Released:
+        """Release the caller's claim on a key."""
+        body: ReleaseRequest = call.body
+        return Released(key=body.key, released=bb.release(body.key, call.principal))
+
+    @router.route("POST", "/v1/blackboard/watch", body=WatchRequest, response=WatchResponse)
+    async def bb_watch(call: Call) -> WatchResponse:
+        """Long-poll for changes to keys matching a glob, after a cursor."""
+        body: WatchRequest = call.body
+        problem = check_agent_pattern(body.pattern)
+        if problem:
+            raise BadRequest(f"invalid watch pattern: {problem}", code="invalid_pattern")
+        host.audit.append(call.principal, "bb.watch", body.pattern, "allow", cursor=body.cursor)
+        wait = min(body.wait_s, host.config.host.long_poll_max_s)
+        return await bb.watch(
+            body.pattern, body.cursor, wait, readable=host.readable_by(call.principal)
+        )
+
+
+def build_agent_router(host: Host, agent: str) -> Router:
+    router = Router(f"legion agent socket ({agent})")
+    build_shared_routes(router, host)
+    inboxes = host.inboxes
+
+    @router.route("GET", "/v1/whoami", response=Identity)
+    async def whoami(call: Call) -> Identity:
+        """Who the host believes the caller is (from the socket alone)."""
+        cfg = host.config.agents.get(call.principal)
+        return Identity(
+            agent=call.principal, role=cfg.role if cfg else None, team=cfg.team if cfg else None
+        )
+
+    @router.route(
+        "POST",
+        "/v1/publish",
+        body=PublishRequest,
+        response=Published,
+        policy=Policy(Perm.PUBLISH.value, "topic", "publish"),
+    )
+    async def publish(call: Call) -> Published:
+        """Publish to a topic: one inbox item per permitted subscriber, or none."""
+        body: PublishRequest = call.body
+        try:
+            recipients = inboxes.publish(
+                call.principal,
+                body.topic,
+                body.payload,
+                deliver=lambda a: host.permissions.allows(a, Perm.SUBSCRIBE, body.topic),
+            )
+        except InboxFull as exc:
+            full = list(exc.detail.get("full", []))
+            host.audit.append(
+                call.principal,
+                "publish.refused",
+                body.topic,
+                "deny",
+                reason="inbox_full",
+                full=full,
+            )
+            host.bus.publish(
+                InboxRefused(at=time.time(), sender=call.principal, full=full, topic=body.topic)
+            )
+            raise
+        return Published(topic=body.topic, delivered_to=recipients)
+
+    @router.route(
+        "POST",
+        "/v1/subscriptions",
+        body=SubscribeRequest,
+        response=Subscriptions,
+        policy=Policy(Perm.SUBSCRIBE.value, "topic", "subscribe"),
+    )
+    async def subscribe(call: Call) -> Subscriptions:
+        """Subscribe the caller to a topic or topic glob."""
+        body: SubscribeRequest = call.body
+        return Subscriptions(topics=inboxes.subscribe(call.principal, body.topic))
+
+    @router.route("DELETE", "/v1/subscriptions", body=SubscribeRequest, response=Subscriptions)
+    async def unsubscribe(call: Call) -> Subscriptions:
+        """Remove one of the caller's subscriptions."""
+        body: SubscribeRequest = call.body
+        return Subscriptions(topics=inboxes.unsubscribe(call.principal, body.topic))
+
+    @router.route("GET", "/v1/subscriptions", response=Subscriptions)
+    async def subscriptions(call: Call) -> Subscriptions:
+        """The caller's subscriptions."""
+        return Subscriptions(topics=inboxes.subscriptions(call.principal))
+
+    @router.route("POST", "/v1/inbox/poll", body=PollRequest, response=PollResponse)
+    async def inbox_poll(call: Call) -> PollResponse:
+        """Receive inbox items, long-polling up to `wait_s`; ack them when handled."""
+        body: PollRequest = call.body
+        host.last_poll[call.principal] = host.touch(call.principal)
+        if body.ack:
+            inboxes.ack(call.principal, body.ack)
+        wait = min(body.wait_s, host.config.host.long_poll_max_s)
+        return PollResponse(items=await inboxes.poll(call.principal, body.max_items, wait))
+
+    @router.route("POST", "/v1/inbox/ack", body=AckRequest, response=AckResponse)
+    async def inbox_ack(call: Call) -> AckResponse:
+        """Acknowledge handled items; unacked items are delivered again."""
+        body: AckRequest = call.body
+        return AckResponse(acked=inboxes.ack(call.principal, body.ids))
+
+    @router.route("POST", "/v1/chat/completions", body=ChatRequest)
+    async def chat_completions(call: Call) -> Response | StreamResponse:
+        """OpenAI-compatible chat completions (streaming or not), budgeted and audited."""
+        return await host.gateway.chat(call.principal, call.body)
+
+    @router.route("POST", "/v1/embeddings", body=EmbeddingRequest)
+    async def embeddings(call: Call) -> Response:
+        """OpenAI-compatible embeddings, budgeted and audited."""
+        return await host.gateway.embeddings(call.principal, call.body)
+
+    @router.route("POST", "/egress/http", body=EgressRequest, response=EgressResponse)
+    async def egress_http(call: Call) -> EgressResponse:
+        """An HTTP request made by the host for the agent: address checks, $CRED{} handles
+        substituted toward bound hosts only, response scrubbed of secrets, audited."""
+        return await host.egress.request(call.principal, call.body)
+
+    @router.route("GET", "/v1/self", response=SelfStatus)
+    async def self_status(call: Call) -> SelfStatus:
+        """The caller's own configuration, permissions, budget left and reachable fleet."""
+        return host.self_status(call.principal)
+
+    @router.route("POST", "/v1/replies", body=ReplyRequest, response=ReplyAccepted)
+    async def reply(call: Call) -> ReplyAccepted:
+        """Answer an inbox item; an agent that asked gets the answer in its inbox."""
+        return host.reply(call.principal, call.body)
+
+    @router.route("POST", "/v1/notify", body=NotifyRequest, response=NotifyAccepted)
+    async def notify(call: Call) -> NotifyAccepted:
+        """Tell the operator something (an event the TUI and `legion events` show)."""
+        body: NotifyRequest = call.body
+        host.audit.append(call.principal, "notify", "operator", "allow", level=body.level)
+        host.bus.publish(
+            AgentNotification(
+                at=host.clock(), agent=call.principal, text=body.text, level=body.level
+            )
+        )
+        return NotifyAccepted()
+
+    @router.route("POST", "/v1/heartbeat", body=HeartbeatRequest, response=HeartbeatResponse)
+    async def heartbeat(call: Call) -> HeartbeatResponse:
+        """Tell the host the agent is alive."""
+        body: HeartbeatRequest = call.body
+        at = host.touch(call.principal)
+        host.bus.publish(AgentHeartbeat(at=at, agent=call.principal, status=body.status))
+        return HeartbeatResponse(agent=call.principal, at=at)
+
+    return router
+
+
+def require_agent(host: Host, name: str) -> None:
+    if name not in host.config.agents:
+        raise NotFound(
+            f"no agent named {name!r}; configured: {', '.join(host.config.agents)}",
+            code="unknown_agent",
+            agent=name,
+        )

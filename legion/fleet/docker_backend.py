@@ -1,0 +1,245 @@
+"""The Docker backend: one hardened container per agent.
+
+Every container: a non-root UID, all capabilities dropped, no-new-privileges, a read-only
+root, a noexec tmpfs at /tmp, memory, CPU and pids limits, NO network, the agent's volume
+at /data and its socket folder at /run/legion. The Docker SDK blocks, so each call runs
+in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from legion.fleet.backend import AgentSpec, BackendUnavailable, ContainerStatus, ExecResult
+
+TMPFS_TMP = "rw,noexec,nosuid,nodev,size=64m"
+
+
+def container_name(home_label: str, agent: str) -> str:
+    digest = hashlib.sha256(home_label.encode()).hexdigest()[:8]
+    return f"legion-{digest}-{agent}"
+
+
+def container_config(spec: AgentSpec, name: str) -> dict[str, Any]:
+    """The docker-py `containers.create` arguments for `spec` (pure, so tests can read it)."""
+    config: dict[str, Any] = {
+        "image": spec.image,
+        "name": name,
+        "user": f"{spec.uid}:{spec.gid}",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": True,
+        "tmpfs": {"/tmp": TMPFS_TMP},
+        "mem_limit": f"{spec.memory_mb}m",
+        "memswap_limit": f"{spec.memory_mb}m",
+        "nano_cpus": int(spec.cpus * 1e9),
+        "pids_limit": spec.pids,
+        "network_mode": "none",
+        "volumes": {
+            str(spec.data_dir): {"bind": "/data", "mode": "rw"},
+            str(spec.socket_dir): {"bind": "/run/legion", "mode": "rw"},
+        },
+        "environment": {
+            "LEGION_SOCKET": "/run/legion/mesh.sock",
+            "LEGION_WORKSPACE": "/data/workspace",
+            "HOME": "/data",
+            **spec.env,
+        },
+        "labels": {"legion.agent": spec.name, **spec.labels},
+        "init": True,
+        "detach": True,
+        "stop_signal": "SIGTERM",
+    }
+    if spec.runtime:
+        config["runtime"] = spec.runtime
+    return config
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, home_label: str, client: Any | None = None) -> None:
+        self.home_label = home_label
+        self._client = client
+
+    def _docker(self) -> Any:
+        if self._client is None:
+            import docker
+
+            try:
+                self._client = docker.from_env(timeout=30)
+                self._client.ping()
+            except Exception as exc:
+                self._client = None
+                raise BackendUnavailable(
+                    f"cannot reach the Docker engine ({exc}); start it (e.g. `systemctl start "
+                    "docker`), check DOCKER_HOST, or run `legion doctor`"
+                ) from None
+        return self._client
+
+    def _name(self, agent: str) -> str:
+        return container_name(self.home_label, agent)
+
+    def _find(self, agent: str) -> Any | None:
+        import docker.errors
+
+        try:
+            return self._docker().containers.get(self._name(agent))
+        except docker.errors.NotFound:
+            return None
+
+    # --- blocking work, run in threads ---------------------------------------------
+
+    def _start(self, spec: AgentSpec) -> ContainerStatus:
+        import docker.errors
+
+        client = self._docker()
+        config = container_config(spec, self._name(spec.name))
+        config["labels"]["legion.home"] = self.home_label
+        api = client.api
+        volumes = config.pop("volumes")
+        host_config = api.create_host_config(
+            binds=volumes,
+            cap_drop=config.pop("cap_drop"),
+            security_opt=config.pop("security_opt"),
+            read_only=config.pop("read_only"),
+            tmpfs=config.pop("tmpfs"),
+            mem_limit=config.pop("mem_limit"),
+            memswap_limit=config.pop("memswap_limit"),
+            nano_cpus=config.pop("nano_cpus"),
+            pids_limit=config.pop("pids_limit"),
+            network_mode=config.pop("network_mode"),
+            init=config.pop("init"),
+            runtime=config.pop("runtime", None),
+        )
+        config.pop("detach")
+        create = {
+            **config,
+            "volumes": [v["bind"] for v in volumes.values()],
+            "host_config": host_config,
+        }
+        try:
+            # The low-level API: create + start, without the inspect round trips of the
+            # high-level one (cold start is measured, see bench/agent_container.py).
+            try:
+                container_id = api.create_container(**create)["Id"]
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: a container of that name is left over
+                    raise
+                old = self._find(spec.name)
+                if old is not None:
+                    old.remove(force=True)
+                container_id = api.create_container(**create)["Id"]
+            api.start(container_id)
+        except docker.errors.ImageNotFound:
+            raise BackendUnavailable(
+                f"image {spec.image} is not built; run `legion images build`"
+            ) from None
+        except docker.errors.APIError as exc:
+            raise BackendUnavailable(f"docker refused to start {spec.name}: {exc}") from None
+        # Started: the supervisor's next check reads its real state (no extra round trip here).
+        return ContainerStatus("running", container_id=container_id)
+
+    @staticmethod
+    def _status_of(container: Any) -> ContainerStatus:
+        state = container.attrs.get("State", {})
+        status = state.get("Status", "unknown")
+        mapped = (
+            "running"
+            if status in ("running", "restarting")
+            else ("created" if status == "created" else "exited")
+        )
+        return ContainerStatus(
+            mapped,  # type: ignore[arg-type]
+            exit_code=state.get("ExitCode") if mapped == "exited" else None,
+            started_at=state.get("StartedAt"),
+            container_id=container.id,
+            error=state.get("Error") or None,
+        )
+
+    def _stop(self, agent: str, timeout_s: float) -> None:
+        container = self._find(agent)
+        if container is None:
+            return
+        try:
+            container.stop(timeout=max(1, int(timeout_s)))
+        finally:
+            container.remove(force=True)
+
+    def _status(self, agent: str) -> ContainerStatus:
+        container = self._find(agent)
+        return ContainerStatus("missing") if container is None else self._status_of(container)
+
+    def _logs(self, agent: str, tail: int) -> str:
+        container = self._find(agent)
+        if container is None:
+            return ""
+        data: bytes = container.logs(tail=tail)
+        return data.decode(errors="replace")
+
+    def _exec(self, agent: str, command: list[str], timeout_s: float) -> ExecResult:
+        container = self._find(agent)
+        if container is None:
+            return ExecResult(127, f"agent {agent} has no container")
+        wrapped = ["timeout", "-s", "KILL", str(int(timeout_s)), *command]
+        code, output = container.exec_run(wrapped, demux=False)
+        return ExecResult(int(code), (output or b"").decode(errors="replace"))
+
+    # --- the async interface ----------------------------------------------------------
+
+    async def start(self, spec: AgentSpec) -> ContainerStatus:
+        return await asyncio.to_thread(self._start, spec)
+
+    async def stop(self, agent: str, timeout_s: float = 5.0) -> None:
+        await asyncio.to_thread(self._stop, agent, timeout_s)
+
+    async def status(self, agent: str) -> ContainerStatus:
+        return await asyncio.to_thread(self._status, agent)
+
+    async def logs(self, agent: str, tail: int = 200) -> str:
+        return await asyncio.to_thread(self._logs, agent, tail)
+
+    async def exec(self, agent: str, command: list[str], timeout_s: float = 30.0) -> ExecResult:
+        return await asyncio.to_thread(self._exec, agent, command, timeout_s)
+
+    async def memory_bytes(self, agent: str) -> int | None:
+        """The container's cgroup memory usage (for benchmarks and `legion agents ls`)."""
+
+        def read() -> int | None:
+            container = self._find(agent)
+            if container is None:
+                return None
+            stats = container.stats(stream=False)
+            usage = stats.get("memory_stats", {})
+            value = usage.get("usage")
+            cache = usage.get("stats", {}).get("cache", 0) or usage.get("stats", {}).get(
+                "inactive_file", 0
+            )
+            return None if value is None else int(value) - int(cache or 0)
+
+        return await asyncio.to_thread(read)
+
+    async def remove_others(self, keep: set[str]) -> list[str]:
+        def sweep() -> list[str]:
+            try:
+                found = self._docker().containers.list(
+                    all=True, filters={"label": f"legion.home={self.home_label}"}
+                )
+            except BackendUnavailable:
+                return []
+            gone = []
+            for container in found:
+                agent = container.labels.get("legion.agent", "")
+                if agent not in keep:
+                    container.remove(force=True)
+                    gone.append(agent)
+            return sorted(gone)
+
+        return await asyncio.to_thread(sweep)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await asyncio.to_thread(client.close)

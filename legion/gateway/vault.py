@@ -1,0 +1,389 @@
+"""The vault: credentials encrypted at rest in `vault.db`, never handed to an agent.
+
+* Values are sealed with AES-256-GCM; the associated data binds each ciphertext to its
+  name and tier, so a ciphertext moved to another row does not open.
+* The key is 32 random bytes in `LEGION_HOME/vault.key` (mode 0600), or, when the
+  operator chose a passphrase (`legion vault init --passphrase`), derived from it with
+  scrypt; the daemon then reads it from `LEGION_VAULT_PASSPHRASE` or a systemd
+  credential (`$CREDENTIALS_DIRECTORY/legion-vault-passphrase`).
+* Tiers: `system` secrets (provider keys) are used only by the host itself and are never
+  resolvable by any agent; `agent` secrets may be used by an agent, by handle
+  (`$CRED{name}`), only if the agent is allowed the credential and only toward the hosts
+  the credential is bound to.
+* The CLI writes `vault.db` while the host runs; the host notices (SQLite's data_version)
+  and reloads before the next lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import apsw
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from legion.errors import Forbidden, LegionError, NotFound
+from legion.mesh.globs import glob_match
+from legion.store import connect
+
+Tier = Literal["system", "agent"]
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
+VERIFIER = b"legion-vault-v1"
+PASSPHRASE_ENV = "LEGION_VAULT_PASSPHRASE"
+SYSTEMD_CREDENTIAL = "legion-vault-passphrase"
+
+# Provider keys taken from the environment at host start (stored as system-tier secrets
+# under the name on the right, then removed from the host's environment).
+PROVIDER_ENV: dict[str, str] = {
+    "OPENAI_API_KEY": "openai",
+    "ANTHROPIC_API_KEY": "anthropic",
+    "GEMINI_API_KEY": "gemini",
+    "MISTRAL_API_KEY": "mistral",
+    "GROQ_API_KEY": "groq",
+    "OPENROUTER_API_KEY": "openrouter",
+    "DEEPSEEK_API_KEY": "deepseek",
+    "TOGETHERAI_API_KEY": "togetherai",
+    "XAI_API_KEY": "xai",
+    "COHERE_API_KEY": "cohere",
+}
+TOUCH_EVERY_S = 60.0
+GENERIC_ENV_PREFIX = "LEGION_SECRET_"  # LEGION_SECRET_MY_KEY=... -> system secret "my_key"
+
+
+class VaultLocked(LegionError):
+    status = 503
+    code = "vault_locked"
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    name: str
+    tier: Tier
+    bound_hosts: list[str]
+    created_at: float
+    updated_at: float
+    last_used_at: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def check_name(name: str) -> None:
+    if not name or len(name) > 64 or not set(name) <= NAME_CHARS or not name[0].isalnum():
+        raise LegionError(
+            f"invalid credential name {name!r}: use lowercase letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit, at most 64 characters",
+            code="invalid_credential_name",
+        )
+
+
+class Vault:
+    def __init__(
+        self,
+        path: Path,
+        key_file: Path,
+        *,
+        passphrase: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.key_file = key_file
+        self.clock = clock
+        self.db = connect(path)
+        self.conn: apsw.Connection = self.db.connection()  # type: ignore[no-untyped-call]
+        self.conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS secrets (
+                name TEXT PRIMARY KEY, tier TEXT NOT NULL, bound_hosts TEXT NOT NULL,
+                nonce BLOB NOT NULL, ciphertext BLOB NOT NULL,
+                created_at REAL NOT NULL, updated_at REAL NOT NULL, last_used_at REAL
+            );
+            """
+        )
+        os.chmod(path, 0o600)
+        self._aead = AESGCM(self._load_key(passphrase))
+        self._values: dict[str, tuple[Tier, list[str], str]] = {}
+        self._touched: dict[str, float] = {}
+        self._data_version = -1
+
+    # --- key ------------------------------------------------------------------
+
+    def _meta(self, key: str) -> bytes | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def _load_key(self, passphrase: str | None) -> bytes:
+        mode = (self._meta("mode") or b"keyfile").decode()
+        if mode == "passphrase":
+            passphrase = passphrase or passphrase_from_environment()
+            if not passphrase:
+                raise VaultLocked(
+                    f"the vault at {self.path} is protected by a passphrase; set "
+                    f"{PASSPHRASE_ENV} or the systemd credential {SYSTEMD_CREDENTIAL}"
+                )
+            salt = self._meta("salt")
+            assert salt is not None
+            key = derive_key(passphrase, salt)
+        else:
+            key = self._key_from_file()
+        nonce, sealed = self._meta("verifier_nonce"), self._meta("verifier")
+        if nonce is None or sealed is None:
+            nonce = secrets.token_bytes(12)
+            with self.conn:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('mode', ?)", (mode.encode(),)
+                )
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('verifier_nonce', ?)", (nonce,)
+                )
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('verifier', ?)",
+                    (AESGCM(key).encrypt(nonce, VERIFIER, b"verifier"),),
+                )
+        else:
+            try:
+                AESGCM(key).decrypt(nonce, sealed, b"verifier")
+            except InvalidTag:
+                raise VaultLocked(
+                    f"wrong vault key or passphrase for {self.path}"
+                    + ("" if mode == "passphrase" else f" (key file {self.key_file})")
+                ) from None
+        return key
+
+    def _key_from_file(self) -> bytes:
+        if not self.key_file.exists():
+            fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_bytes(32).hex())
+                handle.flush()
+                os.fsync(handle.fileno())
+        mode = self.key_file.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise VaultLocked(
+                f"{self.key_file} is readable by others (mode {mode:o}); run "
+                f"`chmod 600 {self.key_file}`"
+            )
+        try:
+            key = bytes.fromhex(self.key_file.read_text().strip())
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise VaultLocked(f"{self.key_file} does not hold a 32-byte hex key")
+        return key
+
+    def use_passphrase(self, passphrase: str) -> None:
+        """Re-seal every secret under a key derived from `passphrase`."""
+        if len(passphrase) < 12:
+            raise LegionError("use a passphrase of at least 12 characters", code="weak_passphrase")
+        plain = {name: self._open(name) for name in self.names()}
+        salt = secrets.token_bytes(16)
+        key = derive_key(passphrase, salt)
+        new = AESGCM(key)
+        nonce = secrets.token_bytes(12)
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('mode', ?)", (b"passphrase",))
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('salt', ?)", (salt,))
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('verifier_nonce', ?)", (nonce,))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('verifier', ?)",
+                (new.encrypt(nonce, VERIFIER, b"verifier"),),
+            )
+            for name, (tier, value) in plain.items():
+                n = secrets.token_bytes(12)
+                self.conn.execute(
+                    "UPDATE secrets SET nonce = ?, ciphertext = ? WHERE name = ?",
+                    (n, new.encrypt(n, value.encode(), _aad(name, tier)), name),
+                )
+        self._aead = new
+        self.key_file.unlink(missing_ok=True)
+        self._data_version = -1
+
+    # --- secrets --------------------------------------------------------------
+
+    def set(
+        self, name: str, value: str, *, tier: Tier = "agent", bound_hosts: list[str] | None = None
+    ) -> SecretInfo:
+        check_name(name)
+        if not value:
+            raise LegionError("the secret is empty; nothing was stored", code="empty_secret")
+        if tier not in ("system", "agent"):
+            raise LegionError(f"tier must be system or agent, not {tier!r}", code="invalid_tier")
+        hosts = sorted(set(bound_hosts or []))
+        now = self.clock()
+        nonce = secrets.token_bytes(12)
+        sealed = self._aead.encrypt(nonce, value.encode(), _aad(name, tier))
+        with self.conn:
+            row = self.conn.execute(
+                "SELECT created_at FROM secrets WHERE name = ?", (name,)
+            ).fetchone()
+            created = row[0] if row else now
+            self.conn.execute(
+                "INSERT OR REPLACE INTO secrets(name, tier, bound_hosts, nonce, ciphertext,"
+                " created_at, updated_at, last_used_at) VALUES (?,?,?,?,?,?,?,NULL)",
+                (name, tier, json.dumps(hosts), nonce, sealed, created, now),
+            )
+        self._data_version = -1
+        return SecretInfo(name, tier, hosts, created, now, None)
+
+    def remove(self, name: str) -> bool:
+        with self.conn:
+            self.conn.execute("DELETE FROM secrets WHERE name = ?", (name,))
+            removed = self.conn.changes() > 0
+        self._data_version = -1
+        return removed
+
+    def names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM secrets ORDER BY name")]
+
+    def infos(self) -> list[SecretInfo]:
+        return [
+            SecretInfo(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5])
+            for r in self.conn.execute(
+                "SELECT name, tier, bound_hosts, created_at, updated_at, last_used_at "
+                "FROM secrets ORDER BY name"
+            )
+        ]
+
+    def _open(self, name: str) -> tuple[Tier, str]:
+        row = self.conn.execute(
+            "SELECT tier, nonce, ciphertext FROM secrets WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(
+                f"no credential named {name!r} in the vault; add it with `legion vault set {name}`",
+                code="unknown_credential",
+            )
+        tier, nonce, sealed = row
+        try:
+            return tier, self._aead.decrypt(nonce, sealed, _aad(name, tier)).decode()
+        except InvalidTag:
+            raise VaultLocked(f"credential {name!r} does not decrypt (tampered?)") from None
+
+    def _db_version(self) -> int:
+        """Changes whenever another connection (e.g. `legion vault set`) commits."""
+        row = self.conn.execute("PRAGMA data_version").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _refresh(self) -> None:
+        version = self._db_version()
+        if version == self._data_version:
+            return
+        values: dict[str, tuple[Tier, list[str], str]] = {}
+        for info in self.infos():
+            tier, value = self._open(info.name)
+            values[info.name] = (tier, info.bound_hosts, value)
+        self._values = values
+        self._data_version = self._db_version()
+
+    def values(self) -> list[str]:
+        """Every secret value (for the redactor)."""
+        self._refresh()
+        return [v for _, _, v in self._values.values()]
+
+    def system_secret(self, name: str) -> str:
+        """A secret for the host's own use (provider keys). Never call on behalf of an agent."""
+        self._refresh()
+        entry = self._values.get(name)
+        if entry is None:
+            raise NotFound(
+                f"no credential named {name!r} in the vault; add it with "
+                f"`legion vault set {name} --tier system`",
+                code="unknown_credential",
+            )
+        self._touch(name)
+        return entry[2]
+
+    def resolve_for_agent(self, name: str, *, allowed: list[str], host: str) -> str:
+        """The value of `$CRED{name}` for an agent sending to `host`, or Forbidden."""
+        self._refresh()
+        entry = self._values.get(name)
+        if entry is None:
+            raise Forbidden(
+                f"no usable credential named {name!r}", code="credential_denied", credential=name
+            )
+        tier, bound, value = entry
+        if tier == "system":
+            raise Forbidden(
+                f"credential {name!r} is system-tier: only the host itself uses it",
+                code="credential_denied",
+                credential=name,
+            )
+        if name not in allowed:
+            raise Forbidden(
+                f"credential {name!r} is not in this agent's allowed_credentials",
+                code="credential_denied",
+                credential=name,
+            )
+        if not any(glob_match(pattern, host.lower()) for pattern in bound):
+            raise Forbidden(
+                f"credential {name!r} is bound to {', '.join(bound) or 'no host'}, not {host!r}",
+                code="credential_denied",
+                credential=name,
+                host=host,
+            )
+        self._touch(name)
+        return value
+
+    def _touch(self, name: str) -> None:
+        """Record a use; written at most once a minute per credential (it is on the LLM hot
+        path, and `last used` to the minute is all `legion vault ls` shows)."""
+        now = self.clock()
+        if now - self._touched.get(name, 0.0) < TOUCH_EVERY_S:
+            return
+        self._touched[name] = now
+        with self.conn:
+            self.conn.execute(
+                "UPDATE secrets SET last_used_at = ? WHERE name = ?", (self.clock(), name)
+            )
+        self._data_version = self._db_version()
+
+    def import_environment(self, environ: dict[str, str] | None = None) -> list[str]:
+        """Store provider keys found in the environment as system secrets; scrub them from it."""
+        env = os.environ if environ is None else environ
+        stored: list[str] = []
+        for var in list(env):
+            if var in PROVIDER_ENV:
+                name = PROVIDER_ENV[var]
+            elif var.startswith(GENERIC_ENV_PREFIX) and len(var) > len(GENERIC_ENV_PREFIX):
+                name = var[len(GENERIC_ENV_PREFIX) :].lower()
+            else:
+                continue
+            value = env.pop(var)
+            if value:
+                self.set(name, value, tier="system")
+                stored.append(name)
+        return stored
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+
+def _aad(name: str, tier: str) -> bytes:
+    return f"legion-secret:{tier}:{name}".encode()
+
+
+def derive_key(passphrase: str, salt: bytes) -> bytes:
+    return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1).derive(passphrase.encode())
+
+
+def passphrase_from_environment() -> str | None:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / SYSTEMD_CREDENTIAL
+        if path.exists():
+            return path.read_text().strip()
+    return None

@@ -1,0 +1,376 @@
+"""The blackboard: shared key-value state with versions, TTLs, CAS, claims and watches.
+
+The host is the only writer of host.db, so every entry is also kept in memory
+(write-through): reads never touch SQLite, writes commit before they return.
+Expired entries are invisible to every read path (get, list, watch) the moment
+they expire, and are collected from the database in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from legion.config import BlackboardConfig
+from legion.errors import BadRequest, Conflict, Locked, NotFound, TooLarge
+from legion.events import EventBus
+from legion.mesh.globs import compile_glob
+from legion.store import Store
+from legion.wire.api import BlackboardChange, BlackboardEntry, Claim, WatchResponse
+from legion.wire.events import BlackboardChanged, ClaimChanged
+
+KEY_RE = re.compile(r"^[A-Za-z0-9._:@+=\-]+(/[A-Za-z0-9._:@+=\-]+)*$")
+# `.` and `..` segments would make keys look like paths that resolve elsewhere.
+DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+
+
+@dataclass(slots=True)
+class _Row:
+    value: Any
+    version: int
+    writer: str
+    updated_at: float
+    expires_at: float | None
+
+    def entry(self, key: str) -> BlackboardEntry:
+        return BlackboardEntry.model_construct(
+            key=key,
+            value=self.value,
+            version=self.version,
+            writer=self.writer,
+            updated_at=self.updated_at,
+            expires_at=self.expires_at,
+        )
+
+
+@dataclass(slots=True)
+class _Change:
+    seq: int
+    op: str
+    key: str
+    version: int
+    writer: str
+    value: Any
+    at: float
+    expires_at: float | None
+
+
+class Blackboard:
+    def __init__(
+        self,
+        store: Store,
+        config: BlackboardConfig,
+        bus: EventBus,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.bus = bus
+        self.clock = clock
+        self._rows: dict[str, _Row] = {}
+        self._claims: dict[str, tuple[str, float]] = {}
+        for key, value, version, writer, updated_at, expires_at in store.execute(
+            "SELECT key, value, version, writer, updated_at, expires_at FROM blackboard"
+        ):
+            self._rows[key] = _Row(json.loads(value), version, writer, updated_at, expires_at)
+        for key, owner, expires_at in store.execute("SELECT key, owner, expires_at FROM claims"):
+            self._claims[key] = (owner, expires_at)
+        # Watch cursors start from the clock so a cursor from before a restart is
+        # recognised as stale (it falls outside the retained window) and resets.
+        self._seq = int(clock() * 1_000_000)
+        self._history: deque[_Change] = deque(maxlen=config.watch_history)
+        self._changed = asyncio.Event()
+
+    # --- validation -----------------------------------------------------------
+
+    def check_key(self, key: str) -> None:
+        if len(key) > self.config.max_key_length:
+            raise BadRequest(
+                f"key is {len(key)} characters; the limit is {self.config.max_key_length}",
+                code="key_too_long",
+                limit=self.config.max_key_length,
+            )
+        if not KEY_RE.fullmatch(key) or DOT_SEGMENT.search(key):
+            raise BadRequest(
+                f"invalid key {key!r}: use segments of letters, digits and ._:@+=- "
+                "separated by single '/', with no leading or trailing '/' and no . or .. segments",
+                code="invalid_key",
+            )
+
+    def _encode(self, value: Any) -> str:
+        try:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"value is not JSON: {exc}", code="invalid_value") from None
+        size = len(text.encode())
+        if size > self.config.max_value_bytes:
+            raise TooLarge(
+                f"value is {size} bytes of JSON; the limit is {self.config.max_value_bytes}",
+                code="value_too_large",
+                size=size,
+                limit=self.config.max_value_bytes,
+            )
+        return text
+
+    # --- reads ----------------------------------------------------------------
+
+    def _live(self, key: str, now: float) -> _Row | None:
+        row = self._rows.get(key)
+        if row is None or (row.expires_at is not None and row.expires_at <= now):
+            return None
+        return row
+
+    def get(self, key: str) -> BlackboardEntry | None:
+        row = self._live(key, self.clock())
+        return None if row is None else row.entry(key)
+
+    def entries(
+        self,
+        prefix: str = "",
+        readable: Callable[[str], bool] | None = None,
+        limit: int = 10000,
+    ) -> list[BlackboardEntry]:
+        now = self.clock()
+        out: list[BlackboardEntry] = []
+        for key in sorted(k for k in self._rows if k.startswith(prefix)):
+            row = self._live(key, now)
+            if row is None or (readable is not None and not readable(key)):
+                continue
+            out.append(row.entry(key))
+            if len(out) >= limit:
+                break
+        return out
+
+    # --- writes ---------------------------------------------------------------
+
+    def _check_claim(self, key: str, writer: str, now: float) -> None:
+        claim = self._claims.get(key)
+        if claim is not None and claim[0] != writer and claim[1] > now:
+            raise Locked(
+                f"key {key!r} is claimed by {claim[0]} until {claim[1]:.0f}; wait for its "
+                "release or expiry",
+                code="claimed",
+                owner=claim[0],
+                expires_at=claim[1],
+            )
+
+    def put(
+        self,
+        key: str,
+        value: Any,
+        writer: str,
+        *,
+        ttl_s: float | None = None,
+        expected_version: int | None = None,
+    ) -> BlackboardEntry:
+        """Write a value; with `expected_version`, only if the version matches (0: absent)."""
+        self.check_key(key)
+        text = self._encode(value)
+        now = self.clock()
+        self._check_claim(key, writer, now)
+        current = self._live(key, now)
+        current_version = current.version if current else 0
+        if expected_version is not None and expected_version != current_version:
+            raise Conflict(
+                f"key {key!r} is at version {current_version}, not {expected_version}; "
+                "re-read it and retry",
+                code="version_conflict",
+                expected=expected_version,
+                current=current_version,
+            )
+        version = current_version + 1
+        expires_at = now + ttl_s if ttl_s is not None else None
+        with self.store.tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO blackboard(key, value, version, writer, updated_at,"
+                " expires_at) VALUES (?,?,?,?,?,?)",
+                (key, text, version, writer, now, expires_at),
+            )
+        row = _Row(json.loads(text), version, writer, now, expires_at)
+        self._rows[key] = row
+        self._record("put", key, version, writer, row.value, now, expires_at)
+        return row.entry(key)
+
+    def delete(self, key: str, writer: str) -> bool:
+        self.check_key(key)
+        now = self.clock()
+        self._check_claim(key, writer, now)
+        current = self._live(key, now)
+        with self.store.tx() as conn:
+            conn.execute("DELETE FROM blackboard WHERE key = ?", (key,))
+        self._rows.pop(key, None)
+        if current is None:
+            return False
+        self._record("delete", key, current.version, writer, None, now, None)
+        return True
+
+    # --- claims ---------------------------------------------------------------
+
+    def claim(self, key: str, owner: str, ttl_s: float) -> Claim:
+        """Take (or renew) the claim on `key`; refused while another owner holds it."""
+        self.check_key(key)
+        now = self.clock()
+        self._check_claim(key, owner, now)
+        expires_at = now + ttl_s
+        with self.store.tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO claims(key, owner, expires_at) VALUES (?,?,?)",
+                (key, owner, expires_at),
+            )
+        self._claims[key] = (owner, expires_at)
+        self.bus.publish(ClaimChanged(at=now, key=key, owner=owner, op="claimed"))
+        return Claim(key=key, owner=owner, expires_at=expires_at)
+
+    def release(self, key: str, owner: str) -> bool:
+        self.check_key(key)
+        now = self.clock()
+        claim = self._claims.get(key)
+        if claim is None or claim[1] <= now:
+            return False
+        if claim[0] != owner:
+            raise Locked(
+                f"key {key!r} is claimed by {claim[0]}, not by {owner}",
+                code="claimed",
+                owner=claim[0],
+                expires_at=claim[1],
+            )
+        with self.store.tx() as conn:
+            conn.execute("DELETE FROM claims WHERE key = ?", (key,))
+        del self._claims[key]
+        self.bus.publish(ClaimChanged(at=now, key=key, owner=owner, op="released"))
+        return True
+
+    def claim_of(self, key: str) -> Claim | None:
+        claim = self._claims.get(key)
+        if claim is None or claim[1] <= self.clock():
+            return None
+        return Claim(key=key, owner=claim[0], expires_at=claim[1])
+
+    # --- expiry ---------------------------------------------------------------
+
+    def collect(self) -> int:
+        """Delete expired entries and claims; returns how many entries were collected."""
+        now = self.clock()
+        expired = [
+            k for k, r in self._rows.items() if r.expires_at is not None and r.expires_at <= now
+        ]
+        lapsed = [k for k, (_, exp) in self._claims.items() if exp <= now]
+        if not expired and not lapsed:
+            return 0
+        with self.store.tx() as conn:
+            conn.execute(
+                "DELETE FROM blackboard WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+            )
+            conn.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
+        for key in expired:
+            row = self._rows.pop(key)
+            self._record("expired", key, row.version, row.writer, None, now, None)
+        for key in lapsed:
+            owner, _ = self._claims.pop(key)
+            self.bus.publish(ClaimChanged(at=now, key=key, owner=owner, op="expired"))
+        return len(expired)
+
+    # --- watch ----------------------------------------------------------------
+
+    def _record(
+        self,
+        op: str,
+        key: str,
+        version: int,
+        writer: str,
+        value: Any,
+        at: float,
+        expires_at: float | None,
+    ) -> None:
+        self._seq += 1
+        self._history.append(_Change(self._seq, op, key, version, writer, value, at, expires_at))
+        self.bus.publish(
+            BlackboardChanged(
+                at=at,
+                seq=self._seq,
+                op=op,
+                key=key,
+                version=version,
+                writer=writer,
+            )
+        )
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    @property
+    def cursor(self) -> int:
+        return self._seq
+
+    def _changes_since(
+        self, pattern: str, cursor: int, readable: Callable[[str], bool] | None
+    ) -> tuple[list[BlackboardChange], bool]:
+        oldest = self._history[0].seq if self._history else self._seq + 1
+        if cursor > self._seq or cursor < oldest - 1:
+            return [], True
+        regex = compile_glob(pattern)
+        now = self.clock()
+        out: list[BlackboardChange] = []
+        for change in reversed(self._history):
+            if change.seq <= cursor:
+                break
+            if regex.fullmatch(change.key) is None:
+                continue
+            if readable is not None and not readable(change.key):
+                continue
+            value = change.value
+            if change.op == "put" and change.expires_at is not None and change.expires_at <= now:
+                continue  # expired values are never handed out
+            out.append(
+                BlackboardChange(
+                    seq=change.seq,
+                    op=change.op,
+                    key=change.key,
+                    version=change.version,
+                    writer=change.writer,
+                    value=value,
+                    at=change.at,
+                )
+            )
+        out.reverse()
+        return out, False
+
+    async def watch(
+        self,
+        pattern: str,
+        cursor: int | None,
+        wait_s: float,
+        readable: Callable[[str], bool] | None = None,
+    ) -> WatchResponse:
+        """Changes to keys matching `pattern` after `cursor`, waiting up to `wait_s` for one."""
+        if cursor is None:
+            return WatchResponse(cursor=self._seq, changes=[])
+        deadline = time.monotonic() + wait_s
+        while True:
+            changes, reset = self._changes_since(pattern, cursor, readable)
+            if reset:
+                return WatchResponse(cursor=self._seq, changes=[], reset=True)
+            if changes:
+                return WatchResponse(cursor=changes[-1].seq, changes=changes)
+            cursor = self._seq  # nothing relevant so far: skip what was seen
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return WatchResponse(cursor=cursor, changes=[])
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return WatchResponse(cursor=self._seq, changes=[])
+
+    def require(self, key: str) -> BlackboardEntry:
+        """The API read path: a malformed key is a 400, an absent or expired one a 404."""
+        self.check_key(key)
+        entry = self.get(key)
+        if entry is None:
+            raise NotFound(f"no blackboard key {key!r}", code="key_not_found", key=key)
+        return entry

@@ -1,0 +1,126 @@
+"""Per-agent permissions: default deny, every decision audited.
+
+The matrix comes from `[agents.<name>.permissions]` in legion.toml. Pattern lists
+use the glob semantics of `legion.mesh.globs`. An agent in a team may also read and
+write `teams/<team>/**` on the blackboard. The operator (the control socket) is
+allowed everything, and its actions are audited all the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from legion.config import Config
+from legion.errors import Forbidden
+from legion.mesh.audit import AuditLog
+from legion.mesh.globs import any_match
+
+OPERATOR = "operator"
+
+
+class Perm(StrEnum):
+    BB_READ = "blackboard_read"
+    BB_WRITE = "blackboard_write"
+    MESSAGE = "can_message"
+    PUBLISH = "can_publish"
+    SUBSCRIBE = "can_subscribe"
+    API = "allowed_apis"
+    CREDENTIAL = "allowed_credentials"
+    CRON = "can_manage_cron"
+    SPAWN = "can_spawn"
+    LLM = "llm"  # target: a model alias; the agent's own model or one of allowed_models
+    EGRESS = "egress_hosts"
+
+
+_FLAGS = {Perm.CRON, Perm.SPAWN}
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+
+
+class Permissions:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def patterns(self, agent: str, perm: Perm) -> list[str]:
+        agent_cfg = self.config.agents.get(agent)
+        if agent_cfg is None or perm in _FLAGS or perm is Perm.LLM:
+            return []
+        patterns = list(getattr(agent_cfg.permissions, perm.value))
+        if agent_cfg.team and perm in (Perm.BB_READ, Perm.BB_WRITE):
+            patterns.append(f"teams/{agent_cfg.team}/**")
+        return patterns
+
+    def decide(self, agent: str, perm: Perm, target: str = "") -> Decision:
+        if agent == OPERATOR:
+            return Decision(True, "operator")
+        agent_cfg = self.config.agents.get(agent)
+        if agent_cfg is None:
+            return Decision(False, f"{agent} is not a configured agent")
+        if perm is Perm.LLM:
+            own = agent_cfg.model or self.config.llm.default_model
+            if target and (target == own or target in agent_cfg.allowed_models):
+                return Decision(True, f"model {target!r} is allowed")
+            return Decision(
+                False,
+                f"model {target!r} is neither {agent}'s model ({own!r}) nor in its allowed_models",
+            )
+        if perm in _FLAGS:
+            allowed = bool(getattr(agent_cfg.permissions, perm.value))
+            return Decision(allowed, f"{perm.value} = {str(allowed).lower()}")
+        patterns = self.patterns(agent, perm)
+        for pattern in patterns:
+            if any_match((pattern,), target):
+                return Decision(True, f"{perm.value} matches {pattern!r}")
+        return Decision(False, f"no {perm.value} pattern of {agent} matches {target!r}")
+
+    def allows(self, agent: str, perm: Perm, target: str = "") -> bool:
+        return self.decide(agent, perm, target).allowed
+
+
+class Guard:
+    """Decides and audits. Every check leaves one audit record, allow or deny."""
+
+    def __init__(self, permissions: Permissions, audit: AuditLog) -> None:
+        self.permissions = permissions
+        self.audit = audit
+
+    def check(
+        self,
+        actor: str,
+        perm: Perm,
+        target: str,
+        action: str,
+        *,
+        durable: bool = True,
+        **detail: Any,
+    ) -> None:
+        """`durable=False` (allow records only): the caller commits durably right after."""
+        decision = self.permissions.decide(actor, perm, target)
+        self.audit.append(
+            actor,
+            action,
+            target,
+            "allow" if decision.allowed else "deny",
+            durable=durable or not decision.allowed,
+            reason=decision.reason,
+            **detail,
+        )
+        if not decision.allowed:
+            where = (
+                f"allowed_models in [agents.{actor}]"
+                if perm is Perm.LLM
+                else f"{perm.value} in [agents.{actor}.permissions]"
+            )
+            raise Forbidden(
+                f"{actor} may not {action} {target!r}: {decision.reason}. The operator can "
+                f"grant it with {where}",
+                code="permission_denied",
+                permission=perm.value,
+                target=target,
+            )

@@ -1,1 +1,0 @@
-"""Where agents run: the RuntimeBackend interface, the Docker backend, images, and a fake."""

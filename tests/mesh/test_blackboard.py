@@ -1,0 +1,281 @@
+"""Blackboard: versions, TTL on every read path, CAS, claims, watch, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from legion.config import BlackboardConfig, parse_config
+from legion.errors import BadRequest, Conflict, Locked, TooLarge
+from legion.events import EventBus
+from legion.host import Host
+from legion.mesh.blackboard import Blackboard
+from legion.paths import Paths
+from legion.store import Store
+from tests.conftest import agent_client, control_client
+
+pytestmark = pytest.mark.anyio
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_board(tmp: Path, clock: Clock, **cfg: int) -> Blackboard:
+    return Blackboard(Store(tmp / "host.db"), BlackboardConfig(**cfg), EventBus(), clock=clock)
+
+
+async def test_versions_writer_and_time(home: Path) -> None:
+    clock = Clock()
+    bb = make_board(home, clock)
+    first = bb.put("shared/plan", {"step": 1}, "alice")
+    clock.now += 5
+    second = bb.put("shared/plan", {"step": 2}, "bob")
+    assert (first.version, first.writer, first.updated_at) == (1, "alice", 1_000_000.0)
+    assert (second.version, second.writer, second.updated_at) == (2, "bob", 1_000_005.0)
+    assert bb.get("shared/plan") is not None
+    assert bb.get("shared/plan").value == {"step": 2}  # type: ignore[union-attr]
+
+
+async def test_state_survives_reopen(home: Path) -> None:
+    clock = Clock()
+    bb = make_board(home, clock)
+    bb.put("a/b", [1, 2], "alice")
+    bb.claim("a/lock", "alice", 60)
+    bb.store.close()
+    again = make_board(home, clock)
+    entry = again.get("a/b")
+    assert entry is not None and entry.value == [1, 2] and entry.version == 1
+    with pytest.raises(Locked):
+        again.claim("a/lock", "bob", 60)
+
+
+async def test_ttl_expired_entry_never_returned_by_get_list_or_watch(home: Path) -> None:
+    clock = Clock()
+    bb = make_board(home, clock)
+    start = await bb.watch("**", None, 0)
+    bb.put("t/short", "soon gone", "alice", ttl_s=10)
+    bb.put("t/long", "stays", "alice")
+    clock.now += 10  # exactly at expiry: expired
+    assert bb.get("t/short") is None
+    assert [e.key for e in bb.entries("t/")] == ["t/long"]
+    watched = await bb.watch("**", start.cursor, 0)
+    assert [c.key for c in watched.changes] == ["t/long"]
+    # still in the database until collected, then gone and an "expired" change is emitted
+    assert bb.store.execute("SELECT COUNT(*) FROM blackboard").fetchone()[0] == 2
+    assert bb.collect() == 1
+    assert bb.store.execute("SELECT COUNT(*) FROM blackboard").fetchone()[0] == 1
+    after = await bb.watch("t/*", watched.cursor, 0)
+    assert [(c.op, c.key, c.value) for c in after.changes] == [("expired", "t/short", None)]
+
+
+async def test_expired_key_can_be_recreated_from_version_one(home: Path) -> None:
+    clock = Clock()
+    bb = make_board(home, clock)
+    bb.put("k", 1, "alice", ttl_s=1)
+    clock.now += 2
+    assert bb.put("k", 2, "alice", expected_version=0).version == 1
+
+
+async def test_cas(home: Path) -> None:
+    bb = make_board(home, Clock())
+    assert bb.put("c", "a", "alice", expected_version=0).version == 1
+    with pytest.raises(Conflict) as err:
+        bb.put("c", "b", "bob", expected_version=0)
+    assert err.value.status == 409 and err.value.detail == {"expected": 0, "current": 1}
+    assert bb.put("c", "b", "bob", expected_version=1).version == 2
+    with pytest.raises(Conflict):
+        bb.put("c", "x", "alice", expected_version=1)
+    assert bb.get("c").value == "b"  # type: ignore[union-attr]
+
+
+async def test_claims_exclusive_until_release_or_expiry(home: Path) -> None:
+    clock = Clock()
+    bb = make_board(home, clock)
+    bb.claim("jobs/1", "alice", 30)
+    with pytest.raises(Locked) as err:
+        bb.claim("jobs/1", "bob", 30)
+    assert err.value.status == 423 and err.value.detail["owner"] == "alice"
+    with pytest.raises(Locked):
+        bb.put("jobs/1", "mine", "bob")  # a claimed key is written only by its owner
+    bb.put("jobs/1", "working", "alice")
+    with pytest.raises(Locked):
+        bb.release("jobs/1", "bob")
+    assert bb.release("jobs/1", "alice") is True
+    bb.claim("jobs/1", "bob", 30)
+    clock.now += 31
+    assert bb.claim_of("jobs/1") is None
+    assert bb.claim("jobs/1", "carol", 30).owner == "carol"
+
+
+async def test_limits_give_typed_errors(home: Path) -> None:
+    bb = make_board(home, Clock(), max_key_length=16, max_value_bytes=64)
+    with pytest.raises(BadRequest) as err:
+        bb.put("k" * 17, 1, "alice")
+    assert err.value.code == "key_too_long"
+    with pytest.raises(TooLarge) as too_big:
+        bb.put("k", "x" * 100, "alice")
+    assert too_big.value.code == "value_too_large" and too_big.value.status == 413
+    for bad in ["/lead", "trail/", "dou//ble", "sp ace", "", "uni\u00e9"]:
+        with pytest.raises(BadRequest):
+            bb.put(bad, 1, "alice")
+    with pytest.raises(BadRequest):
+        bb.put("k", float("nan"), "alice")
+    assert bb.get("k") is None  # nothing half-applied
+
+
+async def test_watch_long_poll_wakes_on_matching_change(home: Path) -> None:
+    bb = make_board(home, Clock())
+    start = await bb.watch("jobs/*", None, 0)
+
+    async def writer() -> None:
+        await asyncio.sleep(0.05)
+        bb.put("other/x", 1, "alice")  # does not match: watcher keeps waiting
+        await asyncio.sleep(0.05)
+        bb.put("jobs/7", {"id": 7}, "alice")
+
+    task = asyncio.create_task(writer())
+    result = await bb.watch("jobs/*", start.cursor, 5)
+    await task
+    assert [(c.op, c.key, c.value) for c in result.changes] == [("put", "jobs/7", {"id": 7})]
+    assert not result.reset
+
+
+async def test_watch_stale_cursor_resets(home: Path) -> None:
+    bb = make_board(home, Clock(), watch_history=100)
+    start = await bb.watch("**", None, 0)
+    for i in range(150):
+        bb.put(f"k/{i}", i, "alice")
+    result = await bb.watch("**", start.cursor, 0)
+    assert result.reset and result.changes == []
+    assert (await bb.watch("**", 12, 0)).reset  # a cursor from another life of the host
+
+
+CONFIG = """
+[teams.red]
+[agents.alice]
+team = "red"
+[agents.alice.permissions]
+blackboard_read = ["shared/**"]
+blackboard_write = ["shared/**"]
+[agents.bob]
+[agents.bob.permissions]
+blackboard_read = ["shared/public/*"]
+blackboard_write = ["shared/**"]
+"""
+
+
+async def test_ttl_through_the_agent_socket_on_every_read_path(home: Path) -> None:
+    clock = Clock()
+    paths = Paths.resolve(home)
+    async with (
+        Host.running(parse_config(CONFIG), paths, clock=clock),
+        agent_client(paths, "alice") as alice,
+    ):
+        start = (await alice.post("/v1/blackboard/watch", json={"pattern": "**"})).json()
+        put = await alice.put("/v1/blackboard/entries/shared/t", json={"value": 1, "ttl_s": 3})
+        assert put.status_code == 200 and put.json()["expires_at"] == clock.now + 3
+        clock.now += 3
+        got = await alice.get("/v1/blackboard/entries/shared/t")
+        assert got.status_code == 404 and got.json()["error"]["code"] == "key_not_found"
+        listed = await alice.get("/v1/blackboard/entries", params={"prefix": "shared/"})
+        assert listed.json()["entries"] == []
+        watched = await alice.post(
+            "/v1/blackboard/watch", json={"pattern": "**", "cursor": start["cursor"]}
+        )
+        assert watched.json()["changes"] == []
+
+
+async def test_list_and_watch_show_only_readable_keys(home: Path) -> None:
+    paths = Paths.resolve(home)
+    async with (
+        Host.running(parse_config(CONFIG), paths),
+        agent_client(paths, "alice") as alice,
+        agent_client(paths, "bob") as bob,
+    ):
+        start = (await bob.post("/v1/blackboard/watch", json={"pattern": "**"})).json()
+        for key in ["shared/public/a", "shared/private/b", "teams/red/c"]:
+            assert (await alice.put(f"/v1/blackboard/entries/{key}", json={"value": 1})).is_success
+        listed = (await bob.get("/v1/blackboard/entries")).json()["entries"]
+        assert [e["key"] for e in listed] == ["shared/public/a"]
+        seen = (
+            await bob.post(
+                "/v1/blackboard/watch", json={"pattern": "**", "cursor": start["cursor"]}
+            )
+        ).json()
+        assert [c["key"] for c in seen["changes"]] == ["shared/public/a"]
+        mine = (await alice.get("/v1/blackboard/entries")).json()["entries"]
+        assert [e["key"] for e in mine] == ["shared/private/b", "shared/public/a", "teams/red/c"]
+
+
+async def test_fifty_concurrent_claimers_exactly_one_wins(home: Path) -> None:
+    names = [f"a{i}" for i in range(50)]
+    config = "\n".join(
+        f'[agents.{n}]\n[agents.{n}.permissions]\nblackboard_write = ["jobs/**"]\n' for n in names
+    )
+    paths = Paths.resolve(home)
+    async with Host.running(parse_config(config), paths) as host:
+        clients = [agent_client(paths, n) for n in names]
+        try:
+            results = await asyncio.gather(
+                *(
+                    c.post("/v1/blackboard/claim", json={"key": "jobs/42", "ttl_s": 60})
+                    for c in clients
+                )
+            )
+        finally:
+            await asyncio.gather(*(c.aclose() for c in clients))
+        codes = sorted(r.status_code for r in results)
+        assert codes == [200] + [423] * 49
+        winner = next(r.json()["owner"] for r in results if r.status_code == 200)
+        losers = [r.json() for r in results if r.status_code == 423]
+        assert all(body["error"]["detail"]["owner"] == winner for body in losers)
+        assert host.blackboard.claim_of("jobs/42").owner == winner  # type: ignore[union-attr]
+
+
+async def test_cas_and_claim_over_the_socket(home: Path) -> None:
+    paths = Paths.resolve(home)
+    async with (
+        Host.running(parse_config(CONFIG), paths),
+        agent_client(paths, "alice") as alice,
+        agent_client(paths, "bob") as bob,
+        control_client(paths) as operator,
+    ):
+        ok = await alice.post(
+            "/v1/blackboard/cas", json={"key": "shared/n", "expected_version": 0, "value": 1}
+        )
+        assert ok.status_code == 200
+        stale = await bob.post(
+            "/v1/blackboard/cas", json={"key": "shared/n", "expected_version": 0, "value": 2}
+        )
+        assert stale.status_code == 409
+        assert stale.json()["error"] == {
+            "code": "version_conflict",
+            "message": stale.json()["error"]["message"],
+            "status": 409,
+            "detail": {"expected": 0, "current": 1},
+        }
+        claim = await alice.post("/v1/blackboard/claim", json={"key": "shared/n"})
+        assert claim.status_code == 200
+        blocked = await bob.put("/v1/blackboard/entries/shared/n", json={"value": 3})
+        assert blocked.status_code == 423 and blocked.json()["error"]["code"] == "claimed"
+        release = await bob.post("/v1/blackboard/release", json={"key": "shared/n"})
+        assert release.status_code == 423
+        assert (await alice.post("/v1/blackboard/release", json={"key": "shared/n"})).json()[
+            "released"
+        ]
+        assert (await bob.put("/v1/blackboard/entries/shared/n", json={"value": 3})).is_success
+        entry = (await operator.get("/v1/blackboard/entries/shared/n")).json()
+        assert (entry["value"], entry["version"], entry["writer"]) == (3, 2, "bob")
+
+
+async def test_a_key_with_a_trailing_newline_is_refused(home: Path) -> None:
+    bb = make_board(home, Clock())
+    with pytest.raises(BadRequest):
+        bb.put("notes/a\n", 1, "alice")
