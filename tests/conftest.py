@@ -171,24 +171,29 @@ AGENT_IMAGE = "legion-agent:latest"
 
 @pytest.fixture(scope="session")
 def agent_image() -> str:
-    """The agent image, (re)built once per session when missing or older than the code."""
+    """The agent image for this source: `legion-agent:latest` when it is current (CI builds
+    it first), else a tag named after the source digest, built once when missing. Checkouts
+    with different agent code on one engine never retag each other's image mid-run."""
     import docker
 
-    from legion.fleet.images import build_agent_image, image_is_current
+    from legion.fleet.images import build_agent_image, image_exists, image_is_current, source_digest
 
+    own = f"legion-agent:src-{source_digest()}"
     client = docker.from_env()
     try:
         if image_is_current(client, AGENT_IMAGE):
             return AGENT_IMAGE
+        if image_exists(client, own):
+            return own
     finally:
         client.close()
     cache = Path(tempfile.gettempdir()) / "legion-test-wheels"
     build_agent_image(
-        tag=AGENT_IMAGE,
+        tag=own,
         base=None,
         mirror=None,
         uid=10001,
         cache=cache,
         progress=lambda line: print(line, file=sys.stderr),
     )
-    return AGENT_IMAGE
+    return own
