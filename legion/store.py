@@ -137,7 +137,22 @@ def _m2_ledger(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_m1_core, _m2_ledger]
+def _m3_audit_checkpoints(conn: apsw.Connection) -> None:
+    # Signed checkpoints of the audit chain (legion/mesh/audit.py): record `seq` had hash
+    # `hash`, vouched for by `mac` (HMAC-SHA256 under the vault-held audit key).
+    conn.execute(
+        """
+        CREATE TABLE audit_checkpoints (
+            seq INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL,
+            ts REAL NOT NULL,
+            mac TEXT NOT NULL
+        );
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [_m1_core, _m2_ledger, _m3_audit_checkpoints]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -194,7 +209,7 @@ class Store:
         self.path = path
         self.durability = durability
         self.db = connect(path, durability=durability)
-        migrate(self.db)
+        self.created = migrate(self.db) == 0  # a new, empty database
         self.conn: apsw.Connection = self.db.connection()  # type: ignore[no-untyped-call]
 
     @contextmanager
