@@ -225,8 +225,8 @@ class Vault:
         32 random bytes, sealed in vault.db under the vault key (AES-GCM with its own
         associated data): only who can open the vault can sign, and an edit of host.db
         alone cannot. Not derived from the vault key, which changes with `legion vault
-        init --passphrase` (every earlier signature would stop verifying): re-sealed
-        instead. For the host's own use; never logged, never given to an agent.
+        passphrase` (every earlier signature would stop verifying): re-sealed instead.
+        For the host's own use; never logged, never given to an agent.
         """
         sealed = self._meta(AUDIT_KEY_META)
         if sealed is not None:
