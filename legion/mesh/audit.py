@@ -24,6 +24,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from typing import Any
 import apsw
 
 from legion.fsutil import atomic_write
-from legion.store import committed
+from legion.store import AUDIT_CHECKPOINTS_DDL, AUDIT_DDL, committed
 
 log = logging.getLogger("legion.audit")
 
@@ -43,6 +44,7 @@ CHECKPOINT_EVERY = 100  # records between signed checkpoints, at most
 CHECKPOINT_EVERY_S = 5.0  # the newest records are signed and anchored this often
 TAMPERED = "audit.tampered"  # what the host records when it finds the log cut or rewritten
 ANCHOR_VERSION = 1
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def record_hash(
@@ -104,6 +106,8 @@ class Checkpoint:
     mac: str
 
     def valid(self, key: bytes) -> bool:
+        if not _HEX64.fullmatch(self.mac):  # compare_digest raises on non-ASCII text
+            return False
         return hmac.compare_digest(self.mac, checkpoint_mac(key, self.seq, self.hash, self.ts))
 
     def as_dict(self) -> dict[str, Any]:
@@ -127,8 +131,10 @@ def read_anchor(path: Path) -> Checkpoint | None:
         if data.get("version") != ANCHOR_VERSION:
             raise ValueError(f"version {data.get('version')!r}")
         anchor = Checkpoint(int(data["seq"]), str(data["hash"]), float(data["ts"]), data["mac"])
-        if not isinstance(anchor.mac, str):
-            raise ValueError("mac")
+        if not isinstance(anchor.mac, str) or not _HEX64.fullmatch(anchor.mac):
+            raise ValueError("mac is not 64 hex digits")
+        if not _HEX64.fullmatch(anchor.hash) or anchor.seq < 0:
+            raise ValueError("hash or seq")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise AnchorUnreadable(f"the anchor file {path} is damaged ({exc})") from None
     return anchor
@@ -186,6 +192,12 @@ class AuditLog:
         self.on_append = on_append
         self.key = key
         self.anchor_path = anchor_path
+        missing = []
+        if key is not None:  # a dropped table must not stop the host: recreate, record
+            missing = sorted({"audit", "audit_checkpoints"} - _tables(conn))
+            if missing:
+                with conn:
+                    conn.execute(AUDIT_DDL + AUDIT_CHECKPOINTS_DDL)
         row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         self._seq, self._head = (int(row[0]), str(row[1])) if row else (0, GENESIS)
         self._signed_seq = 0
@@ -194,7 +206,7 @@ class AuditLog:
             row = conn.execute("SELECT MAX(seq) FROM audit_checkpoints").fetchone()
             self._signed_seq = int(row[0]) if row and row[0] is not None else 0
             if anchor_path is not None:
-                self._check_anchor(key, anchor_path, expect_anchor)
+                self._check_anchor(key, anchor_path, expect_anchor, missing)
 
     @property
     def head(self) -> tuple[int, str]:
@@ -301,7 +313,9 @@ class AuditLog:
         except (OSError, apsw.Error):
             log.exception("could not anchor the audit log at shutdown")
 
-    def _check_anchor(self, key: bytes, path: Path, expect_anchor: bool) -> None:
+    def _check_anchor(
+        self, key: bytes, path: Path, expect_anchor: bool, missing: list[str]
+    ) -> None:
         """At start: does the anchor still match host.db? If not, record what was found
         (the evidence stays in the chain, so `verify` keeps reporting it), keep the old
         anchor file beside the new one, and anchor the log as it is now."""
@@ -311,7 +325,9 @@ class AuditLog:
             old = read_anchor(path)
         except AnchorUnreadable as exc:
             problem = str(exc)
-        if problem:
+        if missing:
+            problem = f"host.db had no {' and no '.join(missing)} table (dropped?)"
+        elif problem:
             pass
         elif old is None:
             if expect_anchor or self._signed_seq > 0:
@@ -480,6 +496,10 @@ def verify(
         return _verify(conn, signing, anchor_path, anchor, anchor_problem, expect_head)
     except apsw.Error as exc:
         return VerifyResult(False, 0, GENESIS, None, f"host.db cannot be read: {exc}", "broken")
+    except (ValueError, TypeError, OverflowError) as exc:  # a value of the wrong type
+        return VerifyResult(
+            False, 0, GENESIS, None, f"host.db holds a damaged value: {exc}", "broken"
+        )
     finally:
         if began:
             conn.execute("COMMIT")
@@ -562,7 +582,9 @@ def _verify(
         if expect is not None and expect_seq is None and digest.startswith(expect):
             expect_seq = int(seq)
         if action == TAMPERED and actor == "host" and tampered is None:
-            tampered = (int(seq), f"{_when(float(ts))}: {_row_to_record(row).detail.get('reason')}")
+            found = _row_to_record(row).detail
+            what = found.get("reason") if isinstance(found, dict) else found
+            tampered = (int(seq), f"{_when(float(ts))}: {what}")
         prev = digest
         expected_seq += 1
         checked += 1

@@ -404,3 +404,48 @@ async def test_issue_7_an_emptied_log_without_its_anchor_is_recorded_at_the_next
         assert not [r for r in audit.query(host.store.conn) if r.action == audit.TAMPERED]
         host.audit.append("op", "bb.put", "k", "allow")
     assert cli_verify(home).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE audit_checkpoints SET mac = 'é' WHERE seq = 100",
+        "UPDATE audit_checkpoints SET ts = 'soon' WHERE seq = 100",
+        "UPDATE audit_checkpoints SET hash = x'00ff' WHERE seq = 100",
+        "UPDATE audit SET ts = 'soon' WHERE seq = 3",
+        "UPDATE audit SET detail = '[1]', action = 'audit.tampered', actor = 'host' WHERE seq = 5",
+    ],
+    ids=["non-ascii-mac", "text-ts", "blob-hash", "text-record-ts", "odd-detail"],
+)
+def test_crafted_values_in_host_db_are_broken_not_a_traceback(home: Path, damage: str) -> None:
+    """An attacker's values of the wrong type or text reach `compare_digest`, `float()` and
+    `.get()`: each is a clear BROKEN, never a traceback."""
+    db = filled(home, 150)
+    sql(db, damage)
+    broken(cli_verify(home))
+
+
+def test_crafted_anchor_values_are_broken_not_a_traceback(home: Path) -> None:
+    filled(home, 20)
+    paths = Paths.resolve(home)
+    data = json.loads(paths.audit_anchor.read_text())
+    for field, value in (("mac", "é" * 64), ("seq", "1e400"), ("ts", None), ("hash", 7)):
+        paths.audit_anchor.write_text(json.dumps({**data, field: value}))
+        broken(cli_verify(home), "anchor")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("table", ["audit", "audit_checkpoints"])
+async def test_a_dropped_audit_table_does_not_stop_the_host(home: Path, table: str) -> None:
+    """Whoever can edit host.db must not be able to stop the host: the table is recreated
+    and the finding recorded (`audit.tampered`), which --verify then reports."""
+    paths = Paths.resolve(home)
+    config = parse_config("")
+    async with Host.running(config, paths) as host:
+        host.audit.append("op", "bb.put", "k", "allow")
+    sql(paths.host_db, f"DROP TABLE {table}")
+    broken(cli_verify(home), "missing")
+    async with Host.running(config, paths) as host:
+        found = [r for r in audit.query(host.store.conn) if r.action == audit.TAMPERED]
+        assert len(found) == 1 and f"no {table} table" in found[0].detail["reason"]
+    broken(cli_verify(home), "tampered with")
