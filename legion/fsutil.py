@@ -200,3 +200,88 @@ def read_regular_file_nofollow(
         return data
     finally:
         os.close(fd)
+
+
+def _ident(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _scan(fd: int) -> list[str]:
+    """Unlink everything in `fd` that is not a directory (links as links); return the
+    names of the directories."""
+    subdirs: list[str] = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+                continue
+            try:
+                os.unlink(entry.name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:  # became a directory since the scan
+                subdirs.append(entry.name)
+    return subdirs
+
+
+def remove_tree_nofollow(dir_fd: int, name: str, *, shown: str | None = None) -> None:
+    """`rm -rf --one-file-system` of the directory `name` inside `dir_fd`, never following
+    a link (a link is unlinked, its target untouched), at any depth, with three
+    descriptors at most and no recursion (an agent can nest folders thousands deep; the
+    recursive `shutil.rmtree` then fails). It climbs back with `..` and checks it lands
+    in the folder it came from; a folder moved meanwhile is refused (`UnsafeEntry`)."""
+    where = shown or name
+    top = open_dir_nofollow(dir_fd, name, shown=where)
+    device = _ident(top)[0]
+    ids = [_ident(top)]  # (dev, ino) of each level being deleted, top first
+    names: list[str] = []  # each level's name in the level above
+    cur = top
+    try:
+        pending = [_scan(top)]  # per level: the subfolders still to delete
+        while True:
+            if pending[-1]:
+                child = pending[-1].pop()
+                try:
+                    nfd = open_dir_nofollow(cur, child, shown=f"{where}/.../{child}")
+                except FileNotFoundError:
+                    continue
+                except UnsafeEntry:  # swapped for a link or a file: unlink that instead
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(child, dir_fd=cur)
+                    continue
+                if _ident(nfd)[0] != device:
+                    os.close(nfd)
+                    raise UnsafeEntry(f"{where}/.../{child}", "another file system", "a folder")
+                if cur != top:
+                    os.close(cur)
+                cur = nfd
+                ids.append(_ident(cur))
+                names.append(child)
+                pending.append(_scan(cur))
+                continue
+            if not names:
+                break
+            up = os.open("..", _DIR_FLAGS, dir_fd=cur)
+            if _ident(up) != ids[-2]:
+                os.close(up)
+                raise UnsafeEntry(where, "changing while it was deleted", "a still folder")
+            os.close(cur)
+            cur = up
+            ids.pop()
+            pending.pop()
+            done = names.pop()
+            try:
+                os.rmdir(done, dir_fd=cur)
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+                pending[-1].append(done)  # something appeared in it: once more
+            if not names:
+                os.close(cur)
+                cur = top
+    finally:
+        if cur != top:
+            os.close(cur)
+        os.close(top)
+    os.rmdir(name, dir_fd=dir_fd)

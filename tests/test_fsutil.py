@@ -17,6 +17,7 @@ from legion.fsutil import (
     open_dir_nofollow,
     open_path_nofollow,
     read_regular_file_nofollow,
+    remove_tree_nofollow,
 )
 
 
@@ -100,3 +101,53 @@ def test_check_owner(home: Path, root: int) -> None:
     assert check_owner(root, {os.geteuid()}, shown=str(home)).st_uid == os.geteuid()
     with pytest.raises(UnsafeEntry, match="owned by uid"):
         check_owner(root, {os.geteuid() + 4242}, shown=str(home))
+
+
+DEEP_REMOVE = r"""
+import os, resource, sys
+from legion.fsutil import remove_tree_nofollow
+resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))  # far fewer than the levels
+root = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+remove_tree_nofollow(root, "vol")
+print("ok")
+"""
+
+
+def test_remove_tree_of_any_depth_with_few_descriptors_never_follows(home: Path) -> None:
+    """issue 7: an agent can nest folders thousands deep (the recursive shutil.rmtree then
+    dies of RecursionError, and each level holds a descriptor); links at every level are
+    unlinked, their targets untouched."""
+    import subprocess
+    import sys
+
+    target = home / "target"
+    target.mkdir()
+    (target / "keep").write_text("keep")
+    vol = home / "vol"
+    vol.mkdir()
+    fd = os.open(vol, os.O_RDONLY | os.O_DIRECTORY)
+    for level in range(3000):
+        if level % 500 == 0:
+            os.symlink(target, "link", dir_fd=fd)
+            os.mkfifo("fifo", dir_fd=fd)
+        os.mkdir("d", dir_fd=fd)
+        (Path(f"/proc/self/fd/{fd}") / "file").write_text("x")
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(fd)
+    run = subprocess.run(
+        [sys.executable, "-c", DEEP_REMOVE, str(home)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+    assert not vol.exists()
+    assert (target / "keep").read_text() == "keep"
+
+
+def test_remove_tree_refuses_a_link_at_the_top(home: Path, root: int) -> None:
+    (home / "target").mkdir()
+    (home / "target" / "keep").write_text("keep")
+    os.symlink(home / "target", home / "vol")
+    with pytest.raises(UnsafeEntry, match="a symbolic link"):
+        remove_tree_nofollow(root, "vol")
+    assert (home / "target" / "keep").exists()

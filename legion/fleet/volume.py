@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 from contextlib import ExitStack
 
 from legion.config import NAME_RE
 from legion.errors import LegionError
-from legion.fsutil import UnsafeEntry, check_owner, ensure_dir_nofollow, kind, open_dir_nofollow
+from legion.fsutil import (
+    UnsafeEntry,
+    check_owner,
+    ensure_dir_nofollow,
+    kind,
+    open_dir_nofollow,
+    remove_tree_nofollow,
+)
 from legion.paths import Paths
 
 AGENTS_DIR = "agents"
@@ -87,19 +93,12 @@ def prepare(paths: Paths, agent: str, owner: tuple[int, int] | None) -> None:
 
 def remove(paths: Paths, agent: str) -> bool:
     """Delete the agent's volume (`legion agents rm --purge`): True when deleted, False
-    when there was none. Nothing below it is followed (`shutil.rmtree` relative to a
-    descriptor of `agents/`, on a platform where it resists symlink attacks); a volume
-    path that is not a real directory is refused (`UnsafeEntry`), its target untouched.
+    when there was none. Nothing in it is followed (`remove_tree_nofollow` from a
+    descriptor of `agents/`: links are unlinked, any depth); a volume path that is not a
+    real directory is refused (`UnsafeEntry`), its target untouched.
     """
     _check_name(agent)
     data_path = paths.agent_data(agent)
-    if not shutil.rmtree.avoids_symlink_attacks:
-        raise LegionError(
-            f"this platform's shutil.rmtree can follow symbolic links; delete {data_path} "
-            "by hand after checking it",
-            code="unsafe_rmtree",
-            status=500,
-        )
     with ExitStack() as fds:
         home_fd = _open_home(paths)
         fds.callback(os.close, home_fd)
@@ -119,5 +118,5 @@ def remove(paths: Paths, agent: str) -> bool:
                 "a directory",
                 fix="legion deletes only a real directory there; check it and remove it yourself",
             )
-        shutil.rmtree(agent, dir_fd=agents_fd)
+        remove_tree_nofollow(agents_fd, agent, shown=str(data_path))
     return True
