@@ -18,56 +18,51 @@ docs/audit.md says exactly what is and is not detected.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hashlib
-import hmac
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import apsw
 
-from legion.fsutil import atomic_write
+from legion.mesh.audit_chain import (
+    CHECKPOINT_EVERY,
+    CHECKPOINT_EVERY_S,
+    GENESIS,
+    TAMPERED,
+    AnchorUnreadable,
+    Checkpoint,
+    checkpoint_mac,
+    read_anchor,
+    record_hash,
+    tables,
+    when,
+    write_anchor,
+)
+from legion.mesh.audit_verify import Signing, VerifyResult, verify
 from legion.store import AUDIT_CHECKPOINTS_DDL, AUDIT_DDL, committed
 
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "CHECKPOINT_EVERY_S",
+    "GENESIS",
+    "TAMPERED",
+    "AuditLog",
+    "AuditRecord",
+    "Checkpoint",
+    "Signing",
+    "VerifyResult",
+    "query",
+    "record_hash",
+    "verify",
+]
+
 log = logging.getLogger("legion.audit")
-
-GENESIS = "0" * 64
-CHECKPOINT_EVERY = 100  # records between signed checkpoints, at most
-CHECKPOINT_EVERY_S = 5.0  # the newest records are signed and anchored this often
-TAMPERED = "audit.tampered"  # what the host records when it finds the log cut or rewritten
-ANCHOR_VERSION = 1
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def record_hash(
-    prev_hash: str,
-    seq: int,
-    ts: float,
-    actor: str,
-    action: str,
-    target: str,
-    decision: str,
-    detail: str,
-) -> str:
-    material = json.dumps(
-        [prev_hash, seq, repr(ts), actor, action, target, decision, detail],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(material.encode()).hexdigest()
-
-
-def checkpoint_mac(key: bytes, seq: int, digest: str, ts: float) -> str:
-    material = f"legion-audit-checkpoint:{ANCHOR_VERSION}:{seq}:{digest}:{ts!r}".encode()
-    return hmac.new(key, material, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -94,56 +89,6 @@ class AuditRecord:
             "prev_hash": self.prev_hash,
             "hash": self.hash,
         }
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Record `seq` had hash `hash` at `ts`, signed (`mac`). Seq 0 is the empty chain."""
-
-    seq: int
-    hash: str
-    ts: float
-    mac: str
-
-    def valid(self, key: bytes) -> bool:
-        if not _HEX64.fullmatch(self.mac):  # compare_digest raises on non-ASCII text
-            return False
-        return hmac.compare_digest(self.mac, checkpoint_mac(key, self.seq, self.hash, self.ts))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "hash": self.hash, "ts": self.ts, "mac": self.mac}
-
-
-class AnchorUnreadable(Exception):
-    """The anchor file exists but does not hold an anchor."""
-
-
-def read_anchor(path: Path) -> Checkpoint | None:
-    """The anchor in `path`, or None when there is no file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AnchorUnreadable(f"cannot read the anchor file {path}: {exc}") from None
-    try:
-        data = json.loads(text)
-        if data.get("version") != ANCHOR_VERSION:
-            raise ValueError(f"version {data.get('version')!r}")
-        anchor = Checkpoint(int(data["seq"]), str(data["hash"]), float(data["ts"]), data["mac"])
-        if not isinstance(anchor.mac, str) or not _HEX64.fullmatch(anchor.mac):
-            raise ValueError("mac is not 64 hex digits")
-        if not _HEX64.fullmatch(anchor.hash) or anchor.seq < 0:
-            raise ValueError("hash or seq")
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise AnchorUnreadable(f"the anchor file {path} is damaged ({exc})") from None
-    return anchor
-
-
-def write_anchor(path: Path, anchor: Checkpoint) -> None:
-    """Atomically replace the anchor file (fsynced): blocking, so the host calls it off
-    the loop except at start and stop."""
-    atomic_write(path, json.dumps({"version": ANCHOR_VERSION, **anchor.as_dict()}) + "\n")
 
 
 @contextmanager
@@ -194,7 +139,7 @@ class AuditLog:
         self.anchor_path = anchor_path
         missing = []
         if key is not None:  # a dropped table must not stop the host: recreate, record
-            missing = sorted({"audit", "audit_checkpoints"} - _tables(conn))
+            missing = sorted({"audit", "audit_checkpoints"} - tables(conn))
             if missing:
                 with conn:
                     conn.execute(AUDIT_DDL + AUDIT_CHECKPOINTS_DDL)
@@ -346,7 +291,7 @@ class AuditLog:
             row = self.conn.execute("SELECT hash FROM audit WHERE seq = ?", (old.seq,)).fetchone()
             if row is None:
                 problem = (
-                    f"the anchor names record {old.seq} (signed {_when(old.ts)}) but the log "
+                    f"the anchor names record {old.seq} (signed {when(old.ts)}) but the log "
                     f"ends at seq {self._seq}: records were cut off the end, or host.db was "
                     "restored from an older copy"
                 )
@@ -382,10 +327,6 @@ class AuditLog:
         cp = self.checkpoint()
         write_anchor(path, cp)
         self._anchored = cp
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def _row_to_record(row: tuple[Any, ...]) -> AuditRecord:
@@ -424,233 +365,3 @@ def query(
     rows = [_row_to_record(r) for r in conn.execute(sql, tuple(args))]
     rows.reverse()
     return rows
-
-
-# --- verify ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Signing:
-    """What `verify` knows of the signing key: whether the vault holds one (`present`),
-    the key when it could be opened, and otherwise why not (`problem`)."""
-
-    key: bytes | None
-    present: bool = True
-    problem: str = ""
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """`status`: ok, broken (something was edited, cut or dropped), or unverified (the
-    chain is intact but its signatures could not be checked, `reason` says why)."""
-
-    ok: bool
-    checked: int
-    head_hash: str
-    bad_seq: int | None = None
-    reason: str | None = None
-    status: str = "ok"
-    head_seq: int = 0
-    signed_seq: int | None = None  # the newest record a valid checkpoint vouches for
-    unsigned: int = 0  # records after it
-    anchor_seq: int | None = None
-    expect_head_seq: int | None = None  # where the --expect-head hash was found
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _tables(conn: apsw.Connection) -> set[str]:
-    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-
-
-def verify(
-    conn: apsw.Connection,
-    *,
-    signing: Signing | None = None,
-    anchor_path: Path | None = None,
-    expect_head: str | None = None,
-) -> VerifyResult:
-    """Walk the chain; name the first record that was edited, deleted or reordered.
-
-    With `signing` (what `legion audit --verify` passes), also: every checkpoint must
-    match its record and its signature, checkpoints at most `CHECKPOINT_EVERY` records
-    apart and behind the head, the anchor at `anchor_path` present, signed and in the
-    chain, and no `audit.tampered` record. `expect_head`: a head hash (or its first 16+
-    hex digits) the operator wrote down earlier, which must still be in the chain.
-    Never raises on a damaged database: a missing table is a broken log.
-    """
-    anchor: Checkpoint | None = None
-    anchor_problem = ""
-    if signing is not None and anchor_path is not None:
-        try:  # read before the database: the host writes the anchor after the checkpoint
-            anchor = read_anchor(anchor_path)
-        except AnchorUnreadable as exc:
-            anchor_problem = str(exc)
-    began = False
-    if not conn.in_transaction:
-        conn.execute("BEGIN")  # one snapshot for the chain and its checkpoints
-        began = True
-    try:
-        return _verify(conn, signing, anchor_path, anchor, anchor_problem, expect_head)
-    except apsw.Error as exc:
-        return VerifyResult(False, 0, GENESIS, None, f"host.db cannot be read: {exc}", "broken")
-    except (ValueError, TypeError, OverflowError) as exc:  # a value of the wrong type
-        return VerifyResult(
-            False, 0, GENESIS, None, f"host.db holds a damaged value: {exc}", "broken"
-        )
-    finally:
-        if began:
-            conn.execute("COMMIT")
-
-
-def _verify(
-    conn: apsw.Connection,
-    signing: Signing | None,
-    anchor_path: Path | None,
-    anchor: Checkpoint | None,
-    anchor_problem: str,
-    expect_head: str | None,
-) -> VerifyResult:
-    tables = _tables(conn)
-    if "audit" not in tables:
-        return VerifyResult(
-            False, 0, GENESIS, None, "the audit table is missing from host.db (dropped?)", "broken"
-        )
-    key = signing.key if signing is not None else None
-    checkpoints: dict[int, Checkpoint] = {}
-    if signing is not None and "audit_checkpoints" not in tables and signing.present:
-        return VerifyResult(
-            False,
-            0,
-            GENESIS,
-            None,
-            "the audit_checkpoints table is missing from host.db (dropped?)",
-            "broken",
-        )
-    if signing is not None and "audit_checkpoints" in tables:
-        checkpoints = {
-            int(r[0]): Checkpoint(int(r[0]), str(r[1]), float(r[2]), str(r[3]))
-            for r in conn.execute("SELECT seq, hash, ts, mac FROM audit_checkpoints")
-        }
-    expect = expect_head.lower() if expect_head else None
-    expect_seq: int | None = None
-    tampered: tuple[int, str] | None = None
-    signed_seq = 0
-    prev = GENESIS
-    expected_seq = 1
-    checked = 0
-
-    def broken(seq: int | None, reason: str) -> VerifyResult:
-        return VerifyResult(
-            False, checked, prev, seq, reason, "broken", expected_seq - 1, signed_seq or None
-        )
-
-    for row in conn.execute(
-        # rowid order is physical insertion order; seq order is the claimed order.
-        "SELECT seq, ts, actor, action, target, decision, detail, prev_hash, hash "
-        "FROM audit ORDER BY rowid"
-    ):
-        seq, ts, actor, action, target, decision, detail, prev_hash, digest = row
-        if seq != expected_seq:
-            why = "a record before it was deleted" if seq > expected_seq else "records reordered"
-            return broken(int(seq), f"expected seq {expected_seq}, found {seq}: {why}")
-        if prev_hash != prev:
-            return broken(int(seq), "prev_hash does not match the record before it")
-        if record_hash(prev, seq, ts, actor, action, target, decision, detail) != digest:
-            return broken(int(seq), "contents do not match the record's hash (edited)")
-        cp = checkpoints.get(seq)
-        if cp is not None:
-            if cp.hash != digest:
-                return broken(int(seq), "the checkpoint of this record names another hash")
-            if key is not None and not cp.valid(key):
-                return broken(
-                    int(seq),
-                    "the checkpoint of this record does not verify: the chain was rewritten "
-                    "without the signing key",
-                )
-            if signed_seq and seq - signed_seq > CHECKPOINT_EVERY:
-                return broken(
-                    int(seq),
-                    f"{seq - signed_seq} records since the checkpoint at seq {signed_seq} "
-                    f"(at most {CHECKPOINT_EVERY}): checkpoints were deleted",
-                )
-            signed_seq = int(seq)
-        if anchor is not None and seq == anchor.seq and digest != anchor.hash:
-            return broken(int(seq), "this record does not match the anchor: the log was rewritten")
-        if expect is not None and expect_seq is None and digest.startswith(expect):
-            expect_seq = int(seq)
-        if action == TAMPERED and actor == "host" and tampered is None:
-            found = _row_to_record(row).detail
-            what = found.get("reason") if isinstance(found, dict) else found
-            tampered = (int(seq), f"{_when(float(ts))}: {what}")
-        prev = digest
-        expected_seq += 1
-        checked += 1
-    head = checked
-    if signing is not None:
-        beyond = sorted(s for s in checkpoints if s > head)
-        if beyond:
-            return broken(
-                beyond[0],
-                f"a checkpoint vouches for record {beyond[0]} but the log ends at seq {head}: "
-                "records were cut off the end",
-            )
-        if anchor_problem:
-            return broken(None, anchor_problem)
-        if anchor is None and (signing.present or checkpoints):
-            return broken(
-                None,
-                f"the anchor file {anchor_path} is missing: records may have been cut off the end",
-            )
-        if anchor is not None:
-            if anchor.seq > head:
-                return broken(
-                    anchor.seq,
-                    f"the anchor (signed {_when(anchor.ts)}) names record {anchor.seq} but the "
-                    f"log ends at seq {head}: records were cut off the end",
-                )
-            if anchor.seq == 0 and anchor.hash != GENESIS:
-                return broken(None, "the anchor names seq 0 with a hash that is not the start")
-            if key is not None and not anchor.valid(key):
-                return broken(None, f"the anchor file {anchor_path} does not verify (forged?)")
-        if not signing.present and (checkpoints or anchor is not None):
-            return broken(
-                None,
-                "the log is signed but the vault holds no audit key: vault.db was replaced "
-                "or its key removed",
-            )
-        if head - signed_seq > CHECKPOINT_EVERY and (signing.present or signed_seq):
-            return broken(
-                None,
-                f"{head - signed_seq} records after the last checkpoint (at most "
-                f"{CHECKPOINT_EVERY}): checkpoints were deleted",
-            )
-        if tampered is not None:
-            return broken(tampered[0], f"the host found the log tampered with at {tampered[1]}")
-    if expect is not None and expect_seq is None:
-        return broken(
-            None,
-            f"the head {expect_head} you expected is not in the chain: records were cut "
-            "off the end or the chain was rewritten",
-        )
-    result = VerifyResult(
-        True,
-        checked,
-        prev,
-        head_seq=head,
-        signed_seq=signed_seq if signing is not None else None,
-        unsigned=head - signed_seq if signing is not None else 0,
-        anchor_seq=anchor.seq if anchor is not None else None,
-        expect_head_seq=expect_seq,
-    )
-    if signing is not None and (key is None or not signing.present):
-        why = signing.problem or "the signing key is not available"
-        return dataclasses.replace(
-            result,
-            ok=False,
-            status="unverified",
-            reason=f"{why}; the hash chain itself is intact, but its signatures were not checked",
-        )
-    return result
