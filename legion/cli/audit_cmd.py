@@ -52,7 +52,10 @@ def audit(
         )
     if not paths.host_db.exists():
         fail(f"no host database at {paths.host_db}; start the host once with `legion daemon`", 1)
-    db = connect(paths.host_db, readonly=True)
+    try:
+        db = connect(paths.host_db, readonly=True)
+    except Exception as exc:  # unreadable for this user, or not a database
+        fail(f"cannot open {paths.host_db} ({exc}); run as the user the host runs as", 2)
     try:
         conn = db.connection()  # type: ignore[no-untyped-call]
         if verify:

@@ -458,7 +458,12 @@ def read_audit_key(path: Path, key_file: Path, *, passphrase: str | None = None)
     """
     if not path.exists():
         return AuditKeyLookup(False, None, f"there is no vault at {path}")
-    db = connect(path, readonly=True)
+    try:
+        db = connect(path, readonly=True)
+    except Exception as exc:  # apsw's or peewee's "unable to open", whichever wraps it
+        return AuditKeyLookup(
+            True, None, f"cannot open {path} ({exc}); run as the user the host runs as"
+        )
     try:
         conn: apsw.Connection = db.connection()  # type: ignore[no-untyped-call]
 

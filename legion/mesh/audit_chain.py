@@ -70,12 +70,20 @@ class AnchorUnreadable(Exception):
     """The anchor file exists but does not hold an anchor."""
 
 
+class AnchorDenied(AnchorUnreadable):
+    """The anchor file is there but this user may not read it (not a sign of tampering)."""
+
+
 def read_anchor(path: Path) -> Checkpoint | None:
     """The anchor in `path`, or None when there is no file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise AnchorDenied(
+            f"cannot read the anchor file {path}; run as the user the host runs as"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise AnchorUnreadable(f"cannot read the anchor file {path}: {exc}") from None
     try:

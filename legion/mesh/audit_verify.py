@@ -5,9 +5,10 @@ docs/audit.md says exactly what is and is not detected.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from legion.mesh.audit_chain import (
     CHECKPOINT_EVERY,
     GENESIS,
     TAMPERED,
+    AnchorDenied,
     AnchorUnreadable,
     Checkpoint,
     read_anchor,
@@ -24,6 +26,8 @@ from legion.mesh.audit_chain import (
     tables,
     when,
 )
+
+_DENIED = (apsw.ReadOnlyError, apsw.CantOpenError, apsw.PermissionsError, apsw.AuthError)
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,6 @@ class VerifyResult:
     unsigned: int = 0  # records after it
     anchor_seq: int | None = None
     expect_head_seq: int | None = None  # where the --expect-head hash was found
-    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -79,14 +82,20 @@ def verify(
     if signing is not None and anchor_path is not None:
         try:  # read before the database: the host writes the anchor after the checkpoint
             anchor = read_anchor(anchor_path)
+        except AnchorDenied as exc:
+            signing = dataclasses.replace(signing, key=None, problem=str(exc))
+            anchor_path = None  # nothing can be said about it
         except AnchorUnreadable as exc:
             anchor_problem = str(exc)
     began = False
-    if not conn.in_transaction:
-        conn.execute("BEGIN")  # one snapshot for the chain and its checkpoints
-        began = True
     try:
+        if not conn.in_transaction:
+            conn.execute("BEGIN")  # one snapshot for the chain and its checkpoints
+            began = True
         return _verify(conn, signing, anchor_path, anchor, anchor_problem, expect_head)
+    except _DENIED as exc:  # this user may not read host.db (or its -shm): not tampering
+        reason = f"cannot read host.db ({exc}); run as the user the host runs as"
+        return VerifyResult(False, 0, GENESIS, None, reason, "unverified")
     except apsw.Error as exc:
         return VerifyResult(False, 0, GENESIS, None, f"host.db cannot be read: {exc}", "broken")
     except (ValueError, TypeError, OverflowError) as exc:  # a value of the wrong type
@@ -95,7 +104,8 @@ def verify(
         )
     finally:
         if began:
-            conn.execute("COMMIT")
+            with contextlib.suppress(apsw.Error):
+                conn.execute("COMMIT")
 
 
 def _verify(
@@ -195,7 +205,7 @@ def _verify(
             )
         if anchor_problem:
             return broken(None, anchor_problem)
-        if anchor is None and (signing.present or checkpoints):
+        if anchor is None and anchor_path is not None and (signing.present or checkpoints):
             return broken(
                 None,
                 f"the anchor file {anchor_path} is missing: records may have been cut off the end",
