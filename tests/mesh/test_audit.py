@@ -449,3 +449,30 @@ async def test_a_dropped_audit_table_does_not_stop_the_host(home: Path, table: s
         found = [r for r in audit.query(host.store.conn) if r.action == audit.TAMPERED]
         assert len(found) == 1 and f"no {table} table" in found[0].detail["reason"]
     broken(cli_verify(home), "tampered with")
+
+
+AS_NOBODY = """
+import os, sys
+import legion.cli.main, legion.gateway.vault, legion.mesh.audit, legion.store
+os.setgid(65534)
+os.setuid(65534)
+sys.argv = ["legion", "--home", sys.argv[1], "audit", "--verify"]
+legion.cli.main.main()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_a_user_without_rights_gets_not_verified_never_broken_or_a_traceback(home: Path) -> None:
+    """A local user who may read host.db but not its -shm, vault.db or the anchor cannot
+    verify; that is exit 2 with what to do, never a false BROKEN or a traceback."""
+    filled(home, 5)
+    os.chmod(home, 0o755)
+    for name in ("host.db", "host.db-wal", "host.db-shm"):
+        if (home / name).exists():
+            os.chmod(home / name, 0o644)
+    run = subprocess.run(
+        [sys.executable, "-c", AS_NOBODY, str(home)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "NOT VERIFIED" in run.stderr and "run as the user the host runs as" in run.stderr
+    assert "Traceback" not in run.stderr
