@@ -95,14 +95,16 @@ class Fleet:
             env={"LEGION_AGENT": agent},
         )
 
-    def prepare_volume(self, agent: str) -> bool:
+    async def prepare_volume(self, agent: str) -> bool:
         """Make the agent's volume ready (see `legion.fleet.volume.prepare`); True if it is.
 
         A planted entry (a link, FIFO, file or foreign folder where the host expects its
         own directory) is refused and audited, and the agent is `failed` with the reason
         until the operator starts it again; an I/O error leaves it `unavailable`, retried
-        with backoff. Either way only this agent stays down (invariant 9).
+        with backoff. Either way only this agent stays down (invariant 9), and a container
+        it still has (a silent one being restarted) is stopped.
         """
+        assert self.backend is not None
         try:
             volume.prepare(self.host.paths, agent, self.owner())
         except UnsafeEntry as exc:
@@ -113,6 +115,7 @@ class Fleet:
                 "agent volume refused",
                 extra={"fields": {"agent": agent, "path": exc.path, "found": exc.found}},
             )
+            await self.backend.stop(agent)
             self._set(agent, "failed", str(exc))
             return False
         except OSError as exc:
@@ -120,6 +123,7 @@ class Fleet:
             run.failures += 1
             run.next_attempt = self.monotonic() + min(BACKOFF_MAX_S, 2 ** (run.failures - 1))
             where = self.host.paths.agent_data(agent)
+            await self.backend.stop(agent)
             self._set(agent, "unavailable", f"cannot prepare the volume {where}: {exc.strerror}")
             return False
         return True
@@ -162,7 +166,7 @@ class Fleet:
         assert self.backend is not None
         run = self.run_of(agent)
         self._set(agent, "starting", reason)
-        if not self.prepare_volume(agent):
+        if not await self.prepare_volume(agent):
             return
         self.host.inboxes.release(agent)
         self.host.last_seen.pop(agent, None)

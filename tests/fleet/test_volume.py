@@ -318,3 +318,31 @@ async def test_issue_7_junk_in_place_of_agents_fails_every_agent_but_the_host_se
         assert "a FIFO" in runs["alice"].reason and backend.starts == {}
         async with control_client(paths) as operator:
             assert (await operator.get("/v1/status")).status_code == 200
+
+
+@needs_root
+async def test_issue_7_a_silent_agent_whose_volume_is_refused_is_stopped_not_left_running(
+    home: Path, etc: Path
+) -> None:
+    """issue 7: a restart for silence happens while the old container still runs; when
+    its volume is refused, `failed` must mean no container, as after the hourly cap."""
+    paths = Paths.resolve(home)
+    backend = FakeBackend()
+    config = parse_config(CONFIG)
+    async with Host.running(config, paths, runtime=backend) as host:
+        mono = Mono()
+        host.fleet.monotonic = mono
+        host.fleet.runs["alice"].started_at = mono.now
+        workspace = paths.agent_data("alice") / "workspace"
+        shutil.rmtree(workspace)
+        os.symlink(etc, workspace)
+        # silent past heartbeat_timeout_s; the fake container still runs
+        mono.now += host.config.runtime.heartbeat_timeout_s + 1
+        await host.fleet.check("alice")
+        assert host.fleet.runs["alice"].state == "restarting"
+        assert backend.states["alice"].state == "running"
+        mono.now += 1
+        await host.fleet.check("alice")
+        assert host.fleet.runs["alice"].state == "failed"
+        assert "alice" not in backend.states  # stopped
+        assert host.fleet.runs["bob"].state == "running"
