@@ -62,12 +62,17 @@ class Host:
         self.vault = Vault(paths.vault_db, paths.vault_key, clock=clock)
         # One redactor masks every vault value in audit records, API responses, events, logs.
         self.redactor = Redactor(self.vault.values)
+        audit_key, audit_key_created = self.vault.audit_key()
         self.audit = AuditLog(
             self.store.conn,
             clock=clock,
             on_append=self._audit_event,
             redact=self.redactor.redact,
             full_sync=config.host.durability == "full",
+            key=audit_key,
+            anchor_path=paths.audit_anchor,
+            # an anchor must be there unless this is a new log (new key or new host.db)
+            expect_anchor=not (audit_key_created or self.store.created),
         )
         self.permissions = Permissions(config)
         self.guard = Guard(self.permissions, self.audit)
@@ -149,6 +154,7 @@ class Host:
                 await host.open_agent_socket(name)
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
+            host._tasks.add(asyncio.create_task(host.audit.anchor_forever(), name="audit-anchor"))
             if preload_llm and config.llm.models:
                 host.litellm.start()
             await host.fleet.start_all()
@@ -175,6 +181,7 @@ class Host:
                     "unsettled reservation at shutdown",
                     extra={"fields": {"agent": reservation.agent, "usd": reservation.amount}},
                 )
+            host.audit.close()  # sign and anchor the last records
             host.vault.close()
             host.store.close()
             for handler in handlers:

@@ -43,6 +43,11 @@ class Paths:
         return self.home / "vault.key"
 
     @property
+    def audit_anchor(self) -> Path:
+        """The audit log's newest signed checkpoint, kept outside host.db."""
+        return self.home / "audit.anchor"
+
+    @property
     def run(self) -> Path:
         return self.home / "run"
 

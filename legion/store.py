@@ -86,7 +86,14 @@ def _m1_core(conn: apsw.Connection) -> None:
             deliveries INTEGER NOT NULL DEFAULT 0
         );
         CREATE INDEX inbox_agent_visible ON inbox(agent, visible_at, id);
-        CREATE TABLE audit (
+        """
+        + AUDIT_DDL
+    )
+
+
+# The audit tables, also for `AuditLog` to recreate one that was dropped (it records that).
+AUDIT_DDL = """
+        CREATE TABLE IF NOT EXISTS audit (
             seq INTEGER PRIMARY KEY,
             ts REAL NOT NULL,
             actor TEXT NOT NULL,
@@ -97,10 +104,19 @@ def _m1_core(conn: apsw.Connection) -> None:
             prev_hash TEXT NOT NULL,
             hash TEXT NOT NULL
         );
-        CREATE INDEX audit_actor_ts ON audit(actor, ts);
-        CREATE INDEX audit_ts ON audit(ts);
-        """
-    )
+        CREATE INDEX IF NOT EXISTS audit_actor_ts ON audit(actor, ts);
+        CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);
+"""
+# Signed checkpoints of the audit chain (legion/mesh/audit.py): record `seq` had hash
+# `hash`, vouched for by `mac` (HMAC-SHA256 under the vault-held audit key).
+AUDIT_CHECKPOINTS_DDL = """
+        CREATE TABLE IF NOT EXISTS audit_checkpoints (
+            seq INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL,
+            ts REAL NOT NULL,
+            mac TEXT NOT NULL
+        );
+"""
 
 
 def _m2_ledger(conn: apsw.Connection) -> None:
@@ -137,7 +153,11 @@ def _m2_ledger(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_m1_core, _m2_ledger]
+def _m3_audit_checkpoints(conn: apsw.Connection) -> None:
+    conn.execute(AUDIT_CHECKPOINTS_DDL)
+
+
+MIGRATIONS: list[Migration] = [_m1_core, _m2_ledger, _m3_audit_checkpoints]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -194,7 +214,7 @@ class Store:
         self.path = path
         self.durability = durability
         self.db = connect(path, durability=durability)
-        migrate(self.db)
+        self.created = migrate(self.db) == 0  # a new, empty database
         self.conn: apsw.Connection = self.db.connection()  # type: ignore[no-untyped-call]
 
     @contextmanager

@@ -6,6 +6,7 @@ policies as agent actions, so they are audited the same way.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ from legion import __version__
 from legion.api.agent import build_shared_routes
 from legion.api.http import Call, Router, StreamResponse
 from legion.errors import LegionError
+from legion.fleet import volume
+from legion.fsutil import UnsafeEntry
 from legion.wire.api import (
     AgentInfo,
     AgentList,
@@ -71,7 +74,9 @@ def build_control_router(host: Host) -> Router:
 
     @router.route("DELETE", "/v1/agents/{name}/state", response=PurgeResult)
     async def purge(call: Call) -> PurgeResult:
-        """Delete a removed agent's inbox and subscriptions (`legion agents rm --purge`)."""
+        """Delete a removed agent's volume, inbox and subscriptions (`legion agents rm
+        --purge`). A volume path that is not a real directory is refused (409
+        `unsafe_path`, audited) and nothing is deleted."""
         name = call.params["name"]
         if name in host.config.agents:
             raise LegionError(
@@ -79,8 +84,17 @@ def build_control_router(host: Host) -> Router:
                 code="agent_configured",
                 status=409,
             )
-        host.audit.append(call.principal, "agent.purge", name, "allow")
-        return PurgeResult(agent=name, inbox_items_deleted=host.inboxes.purge(name))
+        try:
+            removed = await asyncio.to_thread(volume.remove, host.paths, name)
+        except UnsafeEntry as exc:
+            host.audit.append(
+                "host", "agent.volume_refused", name, "deny", reason=str(exc), path=exc.path
+            )
+            raise
+        host.audit.append(call.principal, "agent.purge", name, "allow", volume_removed=removed)
+        return PurgeResult(
+            agent=name, inbox_items_deleted=host.inboxes.purge(name), volume_removed=removed
+        )
 
     @router.route("POST", "/v1/config/reload", response=ReloadResult)
     async def reload(call: Call) -> ReloadResult:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from typing import Annotated
 
 import typer
@@ -137,6 +136,19 @@ def add(
         typer.echo(f"note: {note}", err=True)
 
 
+def _remove_volume(name: str) -> bool:
+    """Delete the agent's volume without following anything planted in it."""
+    from legion.errors import LegionError
+    from legion.fleet import volume
+
+    try:
+        return volume.remove(State.paths(), name)
+    except LegionError as exc:
+        fail(f"{exc} [{exc.code}]", 1)
+    except OSError as exc:
+        fail(f"could not delete {State.paths().agent_data(name)}: {exc}", 1)
+
+
 @app.command("rm")
 def rm(
     name: str,
@@ -160,14 +172,16 @@ def rm(
     purged: list[str] = []
     if purge:
         data = paths.agent_data(name)
-        if data.exists():
-            shutil.rmtree(data)
-            purged.append(str(data))
         with host_errors(), ControlClient(paths) as client:
             if client.running():
+                # The host deletes the volume (no-follow, audited) with the inbox.
                 result = client.purge(name)
+                if result.volume_removed:
+                    purged.append(str(data))
                 purged.append(f"{result.inbox_items_deleted} inbox items")
             else:
+                if _remove_volume(name):
+                    purged.append(str(data))
                 purged.append(
                     "(inbox kept: start the host and run `legion agents rm` again to purge it)"
                 )

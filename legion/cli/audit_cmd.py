@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 import typer
 
@@ -20,33 +21,45 @@ def audit(
     limit: Annotated[int, typer.Option("--limit", help="Newest N records.", min=1)] = 100,
     verify: Annotated[
         bool,
-        typer.Option("--verify", help="Check the hash chain; exit 1 naming the first bad record."),
+        typer.Option(
+            "--verify",
+            help="Check the hash chain, its signed checkpoints and the anchor; exit 1 naming "
+            "what is broken, 2 when the signatures could not be checked.",
+        ),
     ] = False,
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-head",
+            help="With --verify: a head hash printed by an earlier --verify (16+ hex digits); "
+            "exit 1 if it is no longer in the chain.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """List audit records, or verify that none was edited, deleted or reordered."""
+    """List audit records, or verify that none was edited, deleted, reordered or cut off."""
     from legion.mesh import audit as audit_log
     from legion.store import connect
 
     paths = State.paths()
+    if expect_head is not None and not verify:
+        fail("--expect-head goes with --verify", 2)
+    if expect_head is not None and not re.fullmatch(r"[0-9a-fA-F]{16,64}", expect_head):
+        fail(
+            "--expect-head takes a head hash as `legion audit --verify` prints it (at least "
+            "its first 16 hex digits)",
+            2,
+        )
     if not paths.host_db.exists():
         fail(f"no host database at {paths.host_db}; start the host once with `legion daemon`", 1)
-    db = connect(paths.host_db, readonly=True)
+    try:
+        db = connect(paths.host_db, readonly=True)
+    except Exception as exc:  # unreadable for this user, or not a database
+        fail(f"cannot open {paths.host_db} ({exc}); run as the user the host runs as", 2)
     try:
         conn = db.connection()  # type: ignore[no-untyped-call]
         if verify:
-            result = audit_log.verify(conn)
-            if as_json:
-                emit_json(result.__dict__)
-            elif result.ok:
-                typer.echo(f"audit log ok: {result.checked} records, head {result.head_hash}")
-            else:
-                typer.echo(
-                    f"audit log BROKEN at seq {result.bad_seq}: {result.reason} "
-                    f"({result.checked} records before it are intact)",
-                    err=True,
-                )
-            raise typer.Exit(0 if result.ok else 1)
+            _verify(conn, expect_head, as_json)
         since_ts = parse_since(since) if since else None
         records = audit_log.query(conn, actor=agent, since=since_ts, limit=limit)
     finally:
@@ -71,3 +84,41 @@ def audit(
             style=style,
         )
     Console().print(table)
+
+
+def _verify(conn: Any, expect_head: str | None, as_json: bool) -> None:
+    """`legion audit --verify`: exit 0 intact and signed, 1 broken, 2 not verifiable."""
+    from legion.gateway.vault import read_audit_key
+    from legion.mesh import audit as audit_log
+
+    paths = State.paths()
+    lookup = read_audit_key(paths.vault_db, paths.vault_key)
+    signing = audit_log.Signing(lookup.key, lookup.present, lookup.problem)
+    result = audit_log.verify(
+        conn, signing=signing, anchor_path=paths.audit_anchor, expect_head=expect_head
+    )
+    if as_json:
+        emit_json(result.as_dict())
+    elif result.status == "ok":
+        signed = (
+            f"signed through seq {result.signed_seq}"
+            + (f" ({result.unsigned} newer not yet)" if result.unsigned else "")
+            if result.signed_seq
+            else "nothing to sign yet"
+        )
+        typer.echo(
+            f"audit log ok: {result.checked} records, head {result.head_hash}; {signed}; "
+            f"anchored at seq {result.anchor_seq}"
+        )
+        if result.expect_head_seq is not None:
+            typer.echo(f"the head you expected is record {result.expect_head_seq}: still there")
+    elif result.status == "unverified":
+        typer.echo(f"audit log NOT VERIFIED: {result.reason}", err=True)
+    else:
+        where = f" at seq {result.bad_seq}" if result.bad_seq is not None else ""
+        typer.echo(
+            f"audit log BROKEN{where}: {result.reason} "
+            f"({result.checked} records before it are intact)",
+            err=True,
+        )
+    raise typer.Exit({"ok": 0, "broken": 1}.get(result.status, 2))

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from legion.errors import LegionError, NotFound
+from legion.fleet import volume
 from legion.fleet.backend import AgentSpec, BackendUnavailable, RuntimeBackend
+from legion.fsutil import UnsafeEntry
 from legion.wire.events import AgentStateChanged
 
 if TYPE_CHECKING:
@@ -93,15 +95,38 @@ class Fleet:
             env={"LEGION_AGENT": agent},
         )
 
-    def prepare_volume(self, agent: str) -> None:
-        data = self.host.paths.agent_data(agent)
-        workspace = data / "workspace"
-        workspace.mkdir(parents=True, exist_ok=True)
-        owner = self.owner()
-        if owner is not None:
-            for path in (data, workspace):
-                os.chown(path, *owner)
-        os.chmod(data, 0o700)
+    async def prepare_volume(self, agent: str) -> bool:
+        """Make the agent's volume ready (see `legion.fleet.volume.prepare`); True if it is.
+
+        A planted entry (a link, FIFO, file or foreign folder where the host expects its
+        own directory) is refused and audited, and the agent is `failed` with the reason
+        until the operator starts it again; an I/O error leaves it `unavailable`, retried
+        with backoff. Either way only this agent stays down (invariant 9), and a container
+        it still has (a silent one being restarted) is stopped.
+        """
+        assert self.backend is not None
+        try:
+            volume.prepare(self.host.paths, agent, self.owner())
+        except UnsafeEntry as exc:
+            self.host.audit.append(
+                "host", "agent.volume_refused", agent, "deny", reason=str(exc), path=exc.path
+            )
+            log.error(
+                "agent volume refused",
+                extra={"fields": {"agent": agent, "path": exc.path, "found": exc.found}},
+            )
+            await self.backend.stop(agent)
+            self._set(agent, "failed", str(exc))
+            return False
+        except OSError as exc:
+            run = self.run_of(agent)
+            run.failures += 1
+            run.next_attempt = self.monotonic() + min(BACKOFF_MAX_S, 2 ** (run.failures - 1))
+            where = self.host.paths.agent_data(agent)
+            await self.backend.stop(agent)
+            self._set(agent, "unavailable", f"cannot prepare the volume {where}: {exc.strerror}")
+            return False
+        return True
 
     # --- state --------------------------------------------------------------------
 
@@ -141,7 +166,8 @@ class Fleet:
         assert self.backend is not None
         run = self.run_of(agent)
         self._set(agent, "starting", reason)
-        self.prepare_volume(agent)
+        if not await self.prepare_volume(agent):
+            return
         self.host.inboxes.release(agent)
         self.host.last_seen.pop(agent, None)
         try:

@@ -37,6 +37,8 @@ from legion.store import connect
 Tier = Literal["system", "agent"]
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
 VERIFIER = b"legion-vault-v1"
+AUDIT_KEY_META = "audit_key"  # meta row: nonce + AES-GCM sealed 32-byte audit signing key
+AUDIT_KEY_AAD = b"legion-audit-key-v1"
 PASSPHRASE_ENV = "LEGION_VAULT_PASSPHRASE"
 SYSTEMD_CREDENTIAL = "legion-vault-passphrase"
 
@@ -185,11 +187,18 @@ class Vault:
         if len(passphrase) < 12:
             raise LegionError("use a passphrase of at least 12 characters", code="weak_passphrase")
         plain = {name: self._open(name) for name in self.names()}
+        audit_sealed = self._meta(AUDIT_KEY_META)
+        audit_key = None if audit_sealed is None else _open_audit_key(self._aead, audit_sealed)
         salt = secrets.token_bytes(16)
         key = derive_key(passphrase, salt)
         new = AESGCM(key)
         nonce = secrets.token_bytes(12)
         with self.conn:
+            if audit_key is not None:  # the audit log's signatures must outlive the re-key
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    (AUDIT_KEY_META, _seal_audit_key(new, audit_key)),
+                )
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('mode', ?)", (b"passphrase",))
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('salt', ?)", (salt,))
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('verifier_nonce', ?)", (nonce,))
@@ -206,6 +215,32 @@ class Vault:
         self._aead = new
         self.key_file.unlink(missing_ok=True)
         self._data_version = -1
+
+    # --- the audit log's signing key ---------------------------------------------
+
+    def audit_key(self) -> tuple[bytes, bool]:
+        """The key that signs the audit log's checkpoints (`legion.mesh.audit`), and
+        whether it was created by this call.
+
+        32 random bytes, sealed in vault.db under the vault key (AES-GCM with its own
+        associated data): only who can open the vault can sign, and an edit of host.db
+        alone cannot. Not derived from the vault key, which changes with `legion vault
+        passphrase` (every earlier signature would stop verifying): re-sealed instead.
+        For the host's own use; never logged, never given to an agent.
+        """
+        sealed = self._meta(AUDIT_KEY_META)
+        if sealed is not None:
+            return _open_audit_key(self._aead, sealed), False
+        key = secrets.token_bytes(32)
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES (?, ?)",
+                (AUDIT_KEY_META, _seal_audit_key(self._aead, key)),
+            )
+        sealed = self._meta(AUDIT_KEY_META)
+        assert sealed is not None
+        opened = _open_audit_key(self._aead, sealed)
+        return opened, opened == key
 
     # --- secrets --------------------------------------------------------------
 
@@ -387,3 +422,96 @@ def passphrase_from_environment() -> str | None:
         if path.exists():
             return path.read_text().strip()
     return None
+
+
+def _seal_audit_key(aead: AESGCM, key: bytes) -> bytes:
+    nonce = secrets.token_bytes(12)
+    return nonce + aead.encrypt(nonce, key, AUDIT_KEY_AAD)
+
+
+def _open_audit_key(aead: AESGCM, sealed: bytes) -> bytes:
+    try:
+        return aead.decrypt(sealed[:12], sealed[12:], AUDIT_KEY_AAD)
+    except InvalidTag:
+        raise VaultLocked(
+            "the audit log's signing key in vault.db does not decrypt (tampered with?); "
+            "restore vault.db from a backup"
+        ) from None
+
+
+@dataclass(frozen=True)
+class AuditKeyLookup:
+    """What `read_audit_key` found: whether vault.db holds an audit key (a host that signs
+    the audit log has run), the key when it could be opened, and otherwise why not."""
+
+    present: bool
+    key: bytes | None
+    problem: str = ""
+
+
+def read_audit_key(path: Path, key_file: Path, *, passphrase: str | None = None) -> AuditKeyLookup:
+    """The audit signing key, read-only (for `legion audit --verify`, host running or not).
+
+    Creates nothing (no key file, no table), unlike opening a `Vault`. With a passphrase
+    vault the passphrase comes from `passphrase`, `LEGION_VAULT_PASSPHRASE` or the systemd
+    credential, as for the host; without it the key is reported as not opened.
+    """
+    if not path.exists():
+        return AuditKeyLookup(False, None, f"there is no vault at {path}")
+    try:
+        db = connect(path, readonly=True)
+    except Exception as exc:  # apsw's or peewee's "unable to open", whichever wraps it
+        return AuditKeyLookup(
+            True, None, f"cannot open {path} ({exc}); run as the user the host runs as"
+        )
+    try:
+        conn: apsw.Connection = db.connection()  # type: ignore[no-untyped-call]
+
+        def meta(key: str) -> bytes | None:
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            except apsw.SQLError:
+                return None
+            return bytes(row[0]) if row else None
+
+        sealed = meta(AUDIT_KEY_META)
+        if sealed is None:
+            return AuditKeyLookup(
+                False, None, f"{path} holds no audit key: no host that signs the audit log ran"
+            )
+        if (meta("mode") or b"keyfile").decode() == "passphrase":
+            passphrase = passphrase or passphrase_from_environment()
+            salt = meta("salt")
+            if not passphrase or salt is None:
+                return AuditKeyLookup(
+                    True,
+                    None,
+                    f"the vault is protected by a passphrase; set {PASSPHRASE_ENV} to check "
+                    "the signatures",
+                )
+            vault_key = derive_key(passphrase, salt)
+        else:
+            try:
+                vault_key = bytes.fromhex(key_file.read_text().strip())
+            except FileNotFoundError:
+                return AuditKeyLookup(True, None, f"the vault key file {key_file} is missing")
+            except PermissionError:
+                return AuditKeyLookup(
+                    True, None, f"cannot read {key_file}; run as the user the host runs as"
+                )
+            except ValueError:
+                vault_key = b""
+        nonce, verifier = meta("verifier_nonce"), meta("verifier")
+        if len(vault_key) != 32 or nonce is None or verifier is None:
+            return AuditKeyLookup(True, None, f"no usable vault key for {path}")
+        aead = AESGCM(vault_key)
+        try:
+            aead.decrypt(nonce, verifier, b"verifier")
+        except InvalidTag:
+            return AuditKeyLookup(True, None, f"wrong vault key or passphrase for {path}")
+        try:
+            return AuditKeyLookup(True, _open_audit_key(aead, sealed))
+        except VaultLocked as exc:
+            return AuditKeyLookup(True, None, str(exc))
+    finally:
+        db.close()

@@ -255,3 +255,6 @@ class ReloadResult(BaseModel):
 class PurgeResult(BaseModel):
     agent: str
     inbox_items_deleted: int
+    volume_removed: bool = Field(
+        default=False, description="Whether the agent's volume (agents/NAME) was deleted."
+    )

@@ -394,3 +394,77 @@ async def test_a_new_host_sweeps_containers_a_dead_host_left(
         finally:
             client.close()
         assert names == {"alice", "bob"}
+
+
+PLANT_AND_DIE = r"""
+import os, shutil, signal
+shutil.rmtree("/data/workspace")
+os.symlink(VICTIM, "/data/workspace")
+print("planted", os.getuid(), flush=True)
+os.kill(-1, signal.SIGKILL)  # every process of the container but init and this one
+"""
+
+
+async def test_issue_7_a_container_that_links_its_workspace_to_a_host_folder_and_dies(
+    home: Path, agent_image: str, web: ThreadingHTTPServer
+) -> None:
+    """issue 7: a real agent, as its own uid, replaces /data/workspace with a link to a
+    host folder and kills its runtime; the supervisor notices and restarts it on its own,
+    and the restart must refuse the volume (audited, `failed` with the reason) instead of
+    chowning the host folder. Bob keeps running; the operator moves the link away and
+    starts alice again."""
+    import os
+    import shutil
+    import stat
+
+    etc = home.parent / f"{home.name}-etc"
+    etc.mkdir(mode=0o755)
+    (etc / "passwd").write_text("root:x:0:0\n")
+    try:
+
+        def owner_and_mode() -> list[tuple[int, int, int]]:
+            return [
+                (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+                for st in (os.lstat(etc), os.lstat(etc / "passwd"))
+            ]
+
+        before = owner_and_mode()
+        port = int(web.server_address[1])
+        async with FakeProvider() as fake, fleet(home, agent_image, fake, port) as host:
+            old = host.fleet.runs["alice"].container_id
+            async with host.bus.subscribe() as sub:
+                code, output = await docker_exec(
+                    host, "alice", PLANT_AND_DIE.replace("VICTIM", repr(str(etc)))
+                )
+                deadline = time.monotonic() + 60
+                states = []
+                # until the automatic restart has run: it ends failed (or, unfixed, running)
+                while "restarting" not in states or states[-1] not in ("failed", "running"):
+                    event = await asyncio.wait_for(sub.get(), max(0.1, deadline - time.monotonic()))
+                    if event.type == "agent_state" and event.agent == "alice":
+                        states.append(event.state)
+                reason = event.reason
+            workspace = host.paths.agent_data("alice") / "workspace"
+            assert os.path.islink(workspace), (code, output)  # planted by the container
+            assert os.lstat(workspace).st_uid == 10001  # ... as its own uid
+            assert owner_and_mode() == before  # the link's target was never touched
+            assert states[-1] == "failed", states
+            assert str(workspace) in reason and "a symbolic link" in reason
+            refused = [
+                r
+                for r in audit.query(host.store.conn, actor="host")
+                if r.action == "agent.volume_refused"
+            ]
+            assert [(r.target, r.decision) for r in refused] == [("alice", "deny")]
+            assert (await host.fleet.backend.status("bob")).state == "running"  # type: ignore[union-attr]
+            async with control_client(host.paths) as operator:
+                assert (await operator.get("/v1/status")).status_code == 200
+                workspace.rename(workspace.with_name("workspace.suspect"))
+                started = (await operator.post("/v1/agents/alice/start")).json()
+            assert started["state"] == "running"
+            await until_polling(host, "alice")
+            assert host.fleet.runs["alice"].container_id != old
+            assert workspace.is_dir() and os.lstat(workspace).st_uid == 10001
+        assert owner_and_mode() == before
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
