@@ -34,6 +34,33 @@ class HostNotRunning(Exception):
         )
 
 
+class ControlSocketGone(HostNotRunning):
+    """A host holds this home's lock, but its control socket is missing or dead."""
+
+    def __init__(self, paths: Paths, pid: int | None) -> None:
+        Exception.__init__(
+            self,
+            f"the host (pid {pid if pid is not None else 'unknown'}) is running for "
+            f"{paths.home} but its control socket {paths.control_socket} is gone; it serves "
+            "it again within seconds"
+            + (f" (or at once on `kill -HUP {pid}`)" if pid is not None else "")
+            + "; `legion stop` still stops it",
+        )
+        self.paths = paths
+        self.pid = pid
+
+
+def not_running(paths: Paths) -> HostNotRunning:
+    """HostNotRunning, or ControlSocketGone when the host lock says a host is there."""
+    from legion.hostlock import lock_holder
+
+    try:
+        holder = lock_holder(paths)
+    except OSError:  # run/ is not ours to look into: say what the socket says
+        holder = None
+    return HostNotRunning(paths) if holder is None else ControlSocketGone(paths, holder.pid)
+
+
 class ApiError(Exception):
     def __init__(self, body: ErrorBody) -> None:
         super().__init__(body.error.message)
@@ -62,25 +89,13 @@ class ControlClient:
 
     def _request(self, method: str, url: str, model: type[BaseModel] | None, **kw: Any) -> Any:
         if not self.paths.control_socket.exists():
-            raise HostNotRunning(self.paths)
+            raise not_running(self.paths)
         try:
             response = self._http.request(method, url, **kw)
         except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise HostNotRunning(self.paths) from exc
+            raise not_running(self.paths) from exc
         if response.status_code >= 400:
-            try:
-                body = ErrorBody.model_validate_json(response.content)
-            except ValueError:
-                body = ErrorBody.model_validate(
-                    {
-                        "error": {
-                            "code": "http_error",
-                            "status": response.status_code,
-                            "message": response.text[:500],
-                        }
-                    }
-                )
-            raise ApiError(body)
+            raise _api_error(response)
         return model.model_validate_json(response.content) if model else response.json()
 
     def status(self) -> HostStatus:
@@ -144,6 +159,35 @@ class ControlClient:
         result: ReloadResult = self._request("POST", "/v1/config/reload", ReloadResult, timeout=120)
         return result
 
+    def logs(
+        self,
+        name: str,
+        *,
+        tail: int | None = None,
+        since: float | None = None,
+        follow: bool = False,
+    ) -> Iterator[str]:
+        """An agent's container output, line by line (with `follow`, until it stops)."""
+        if not self.paths.control_socket.exists():
+            raise not_running(self.paths)
+        params: dict[str, str] = {
+            "tail": "all" if tail is None else str(tail),
+            "follow": "true" if follow else "false",
+        }
+        if since is not None:
+            params["since"] = repr(since)
+        url = f"/v1/agents/{quote(name, safe='')}/logs"
+        try:
+            with self._http.stream(
+                "GET", url, params=params, timeout=httpx.Timeout(30.0, read=None)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _api_error(response)
+                yield from response.iter_lines()
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise not_running(self.paths) from exc
+
     def running(self) -> bool:
         try:
             self.status()
@@ -155,7 +199,7 @@ class ControlClient:
         """Typed host events as they happen (blocks; stop with Ctrl-C). `on_open` runs once
         the host has subscribed this stream: every later event will be delivered."""
         if not self.paths.control_socket.exists():
-            raise HostNotRunning(self.paths)
+            raise not_running(self.paths)
         try:
             with self._http.stream("GET", "/v1/events", timeout=None) as response:
                 if on_open is not None:
@@ -164,4 +208,20 @@ class ControlClient:
                     if line:
                         yield parse_event(line)
         except httpx.ConnectError as exc:
-            raise HostNotRunning(self.paths) from exc
+            raise not_running(self.paths) from exc
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        body = ErrorBody.model_validate_json(response.content)
+    except ValueError:
+        body = ErrorBody.model_validate(
+            {
+                "error": {
+                    "code": "http_error",
+                    "status": response.status_code,
+                    "message": response.text[:500],
+                }
+            }
+        )
+    return ApiError(body)

@@ -6,15 +6,18 @@ policies as agent actions, so they are audited the same way.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from legion import __version__
 from legion.api.agent import build_shared_routes
 from legion.api.http import Call, Router, StreamResponse
-from legion.errors import LegionError
+from legion.errors import ConfigError, LegionError, NotFound
 from legion.wire.api import (
     AgentInfo,
     AgentList,
@@ -26,7 +29,11 @@ from legion.wire.api import (
 )
 
 if TYPE_CHECKING:
+    from legion.config import Config
     from legion.host import Host
+
+# The most log lines one request may ask for by `tail` (use `since` to go further back).
+MAX_LOG_TAIL = 1_000_000
 
 
 def build_control_router(host: Host) -> Router:
@@ -84,11 +91,13 @@ def build_control_router(host: Host) -> Router:
 
     @router.route("POST", "/v1/config/reload", response=ReloadResult)
     async def reload(call: Call) -> ReloadResult:
-        """Re-read legion.toml and apply it (agents, teams, models, egress, runtime)."""
-        from legion.config import load_config
+        """Re-read legion.toml and apply it; a file that fails validation changes nothing."""
+        return await reload_config(host, call.principal)
 
-        result = await host.apply_config(load_config(host.paths.config))
-        return ReloadResult(**result)
+    @router.route("GET", "/v1/agents/{name}/logs")
+    async def agent_logs(call: Call) -> StreamResponse:
+        """An agent's container output as it wrote it (`tail`, `since`, `follow=true`)."""
+        return await open_agent_logs(host, call)
 
     @router.route("GET", "/v1/events")
     async def events(call: Call) -> StreamResponse:
@@ -160,4 +169,180 @@ def host_status(host: Host) -> HostStatus:
         started_at=host.started_at,
         uptime_s=now - host.started_at,
         agents=agents,
+    )
+
+
+# --- config reload --------------------------------------------------------------------
+
+# Reloads of one host run one at a time (the control route and SIGHUP may race).
+_reload_locks: weakref.WeakKeyDictionary[Host, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+# Keys the running host cannot apply: they take effect when it restarts.
+_HOST_RESTART = ("host", "runtime.backend", "runtime.agent_uid")
+# Keys that shape every agent's container: running agents get them at their next start.
+_CONTAINER_KEYS = (
+    "runtime.image",
+    "runtime.container_runtime",
+    "runtime.memory_mb",
+    "runtime.cpus",
+    "runtime.pids",
+)
+
+
+class ConfigInvalid(LegionError):
+    status = 422
+    code = "config_invalid"
+
+
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """The dotted keys whose value differs between two configs (leaves; lists whole)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                path = f"{prefix}.{key}" if prefix else str(key)
+                if key not in a or key not in b:
+                    out.append(path)
+                else:
+                    walk(a[key], b[key], path)
+        elif a != b:
+            out.append(prefix)
+
+    walk(old.model_dump(), new.model_dump(), "")
+    return out
+
+
+async def reload_config(host: Host, actor: str = "operator") -> ReloadResult:
+    """Re-read legion.toml and apply it, all or nothing: a file that is missing, unreadable
+    or invalid changes nothing and raises ConfigInvalid (with every problem)."""
+    from legion.config import parse_config
+
+    path = host.paths.config
+    lock = _reload_locks.setdefault(host, asyncio.Lock())
+    async with lock:
+        try:
+            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+            new = parse_config(text, str(path))
+        except FileNotFoundError:
+            problems = [
+                f"{path}: no such file; restore it (an empty file is a config with no "
+                "agents), or create one with `legion config init`"
+            ]
+            _refused(host, actor, path, problems)
+        except (OSError, UnicodeDecodeError) as exc:
+            _refused(host, actor, path, [f"{path}: cannot read: {exc}"])
+        except ConfigError as exc:
+            _refused(host, actor, path, exc.problems)
+        changed = config_changes(host.config, new)
+        running = {
+            name
+            for name, run in host.fleet.runs.items()
+            if run.state in ("running", "starting") and name in new.agents
+        }
+        agents_to_restart: set[str] = set()
+        for key in changed:
+            if any(_under(key, k) for k in _CONTAINER_KEYS):
+                agents_to_restart |= running
+            for name in running:
+                if _under(key, f"agents.{name}.resources"):
+                    agents_to_restart.add(name)
+        applied = await host.apply_config(new)
+        gone = {f"agents.{a}" for a in applied["added"] + applied["removed"]}
+        return ReloadResult(
+            file=str(path),
+            added=applied["added"],
+            removed=applied["removed"],
+            changed=[k for k in changed if k not in gone],
+            restart_needed=[k for k in changed if any(_under(k, p) for p in _HOST_RESTART)],
+            agents_to_restart=sorted(agents_to_restart),
+        )
+
+
+def _refused(host: Host, actor: str, path: Any, problems: list[str]) -> NoReturn:
+    host.audit.append(
+        actor, "config.reload", "legion.toml", "deny", reason="config_invalid", problems=problems
+    )
+    raise ConfigInvalid(
+        f"{path} was not applied ({len(problems)} problem(s); the host keeps its current "
+        "config): " + " | ".join(problems),
+        file=str(path),
+        problems=problems,
+    )
+
+
+# --- agent logs ------------------------------------------------------------------------
+
+
+def _query_number(call: Call, name: str) -> float | None:
+    raw = call.request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise LegionError(
+            f"{name}={raw!r} is not a non-negative number", code="invalid_query", status=422
+        )
+    return value
+
+
+async def open_agent_logs(host: Host, call: Call) -> StreamResponse:
+    from legion.fleet.backend import BackendUnavailable, NoContainer, TooManyLogStreams
+
+    name = call.params["name"]
+    if name not in host.config.agents:
+        raise NotFound(
+            f"no agent named {name!r}; `legion agents ls` lists them",
+            code="unknown_agent",
+            agent=name,
+        )
+    backend = host.fleet.backend
+    if backend is None:
+        raise LegionError(
+            "this host runs no agent containers ([runtime] backend = none), so there are no "
+            "container logs; the agent runtime's own output is wherever you started it",
+            code="no_runtime",
+            status=409,
+        )
+    raw_tail = call.request.query.get("tail", "all")
+    tail = None if raw_tail == "all" else _query_number(call, "tail")
+    if tail is not None and (tail != int(tail) or tail > MAX_LOG_TAIL):
+        raise LegionError(
+            f"tail={raw_tail!r}: use a whole number of lines up to {MAX_LOG_TAIL}, or all",
+            code="invalid_query",
+            status=422,
+        )
+    since = _query_number(call, "since")
+    follow = call.request.query.get("follow", "false").lower()
+    if follow not in ("true", "false", "1", "0"):
+        raise LegionError(f"follow={follow!r}: use true or false", code="invalid_query", status=422)
+    try:
+        stream = await backend.open_logs(
+            name,
+            tail=None if tail is None else int(tail),
+            since=since,
+            follow=follow in ("true", "1"),
+        )
+    except NoContainer:
+        run = host.fleet.runs.get(name)
+        state = run.state if run else "stopped"
+        raise NotFound(
+            f"{name} has no container ({state}); start it with `legion agents start {name}`",
+            code="no_container",
+            agent=name,
+        ) from None
+    except TooManyLogStreams as exc:
+        raise LegionError(str(exc), code="too_many_log_streams", status=429) from None
+    except BackendUnavailable as exc:
+        raise LegionError(str(exc), code="runtime_unavailable", status=503) from None
+    host.audit.append(call.principal, "agent.logs", name, "allow", follow=follow in ("true", "1"))
+    return StreamResponse(
+        stream, content_type="text/plain; charset=utf-8", on_abandon=stream.aclose
     )
