@@ -214,7 +214,7 @@ def test_daemon_survives_its_terminal_hanging_up(home: Path) -> None:
         stdout=slave,
         stderr=slave,
         start_new_session=True,
-        preexec_fn=controlling_terminal,  # noqa: PLW1509 - the test owns no threads yet
+        preexec_fn=controlling_terminal,
         env={k: v for k, v in os.environ.items() if k != "LEGION_HOME"},
     )
     os.close(slave)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -167,7 +168,8 @@ class ControlClient:
         since: float | None = None,
         follow: bool = False,
     ) -> Iterator[str]:
-        """An agent's container output, line by line (with `follow`, until it stops)."""
+        """An agent's container output, line by line, each without its newline (with
+        `follow`, until the container stops)."""
         if not self.paths.control_socket.exists():
             raise not_running(self.paths)
         params: dict[str, str] = {
@@ -184,7 +186,12 @@ class ControlClient:
                 if response.status_code >= 400:
                     response.read()
                     raise _api_error(response)
-                yield from response.iter_lines()
+                for raw in response.iter_lines():
+                    if not raw:
+                        continue
+                    record = json.loads(raw)
+                    if isinstance(record, dict) and isinstance(record.get("line"), str):
+                        yield record["line"]  # anything else is a keep-alive
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise not_running(self.paths) from exc
 

@@ -7,6 +7,7 @@ policies as agent actions, so they are audited the same way.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import time
@@ -30,10 +31,16 @@ from legion.wire.api import (
 
 if TYPE_CHECKING:
     from legion.config import Config
+    from legion.fleet.backend import LogStream
     from legion.host import Host
 
 # The most log lines one request may ask for by `tail` (use `since` to go further back).
 MAX_LOG_TAIL = 1_000_000
+# A quiet log stream sends `{}` this often, so a reader that left is noticed (the write
+# fails) and the stream's thread and Docker connection are freed.
+LOG_IDLE_PROBE_S = 5.0
+# A line longer than this is sent in pieces.
+MAX_LOG_LINE_BYTES = 64 * 1024
 
 
 def build_control_router(host: Host) -> Router:
@@ -96,7 +103,7 @@ def build_control_router(host: Host) -> Router:
 
     @router.route("GET", "/v1/agents/{name}/logs")
     async def agent_logs(call: Call) -> StreamResponse:
-        """An agent's container output as it wrote it (`tail`, `since`, `follow=true`)."""
+        """An agent's container output, NDJSON `{"line": ...}` (`tail`, `since`, `follow`)."""
         return await open_agent_logs(host, call)
 
     @router.route("GET", "/v1/events")
@@ -343,6 +350,33 @@ async def open_agent_logs(host: Host, call: Call) -> StreamResponse:
     except BackendUnavailable as exc:
         raise LegionError(str(exc), code="runtime_unavailable", status=503) from None
     host.audit.append(call.principal, "agent.logs", name, "allow", follow=follow in ("true", "1"))
-    return StreamResponse(
-        stream, content_type="text/plain; charset=utf-8", on_abandon=stream.aclose
-    )
+    return StreamResponse(log_lines(stream), on_abandon=stream.aclose)
+
+
+def _line(data: bytes) -> bytes:
+    return json.dumps({"line": data.decode(errors="replace")}, ensure_ascii=False).encode() + b"\n"
+
+
+async def log_lines(stream: LogStream, idle_s: float = LOG_IDLE_PROBE_S) -> AsyncIterator[bytes]:
+    """A container's output as NDJSON: `{"line": "..."}` per line it wrote (without the
+    newline), and `{}` after `idle_s` of quiet (readers skip it)."""
+    pending = b""
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(stream), idle_s)
+            except TimeoutError:
+                yield b"{}\n"
+                continue
+            except StopAsyncIteration:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            while len(pending) > MAX_LOG_LINE_BYTES:
+                lines.append(pending[:MAX_LOG_LINE_BYTES])
+                pending = pending[MAX_LOG_LINE_BYTES:]
+            if lines:
+                yield b"".join(_line(line) for line in lines)
+        if pending:
+            yield _line(pending)
+    finally:
+        await stream.aclose()
