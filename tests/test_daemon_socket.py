@@ -5,6 +5,7 @@ anything but the host."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -195,6 +196,78 @@ def test_deleted_lock_file_is_taken_again(home: Path, daemon: Callable[[], Daemo
     second = legion(home, "daemon", timeout=15)
     assert second.returncode == 1, second.stderr
     assert "already running" in second.stderr and f"pid {d.proc.pid}" in second.stderr
+    assert d.proc.poll() is None
+    rc, _ = signal_and_wait(d, signal.SIGTERM)
+    err.drain()
+    d.stop()
+    assert rc == 0
+
+
+def _cli_as_nobody(home: Path, *args: str) -> tuple[int, str]:
+    """Run the CLI in a forked child that has dropped to uid 65534 (a local user without
+    rights to this home); returns (exit code, stderr)."""
+    import contextlib
+    import io
+    import traceback
+
+    import click
+
+    # Imported while still root: the child cannot read this interpreter's files afterwards.
+    import legion.api.client
+    import legion.cli.config_cmd
+    import legion.cli.host_cmd
+    import legion.cli.logs_cmd
+    import legion.hostlock
+    from legion.cli.main import app
+
+    del legion
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 70
+        err = io.StringIO()
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with contextlib.redirect_stderr(err):
+                try:
+                    returned = app(["--home", str(home), *args], standalone_mode=False)
+                    code = returned if isinstance(returned, int) else 0
+                except click.exceptions.Exit as exc:
+                    code = exc.exit_code
+                except SystemExit as exc:
+                    code = int(exc.code or 0)
+        except BaseException:  # a traceback is what this test looks for
+            err.write("UNCAUGHT " + traceback.format_exc())
+            code = 99
+        finally:
+            os.write(write_fd, err.getvalue().encode())
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        stderr = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
+def test_a_user_without_rights_gets_a_clear_error(
+    home: Path, daemon: Callable[[], Daemon]
+) -> None:
+    """issue 8 (attack pass): another local user running the CLI against this home is told
+    that it belongs to someone else, never shown a traceback, and changes nothing."""
+    write_config(home)
+    d = daemon()
+    err = start_ready(d)
+    assert d.proc is not None
+    assert os.stat(home).st_mode & 0o077 == 0  # the host keeps its home to itself
+    for args in (["status"], ["stop"], ["config", "reload"], ["logs", "alpha"]):
+        code, stderr = _cli_as_nobody(home, *args)
+        assert "UNCAUGHT" not in stderr and "Traceback" not in stderr, stderr
+        assert code == 3, (args, code, stderr)
+        assert "permission denied" in stderr and "another user" in stderr, stderr
     assert d.proc.poll() is None
     rc, _ = signal_and_wait(d, signal.SIGTERM)
     err.drain()

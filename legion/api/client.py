@@ -51,15 +51,48 @@ class ControlSocketGone(HostNotRunning):
         self.pid = pid
 
 
+class NoPermission(HostNotRunning):
+    """This user may not use the control socket (the host runs as another user)."""
+
+    def __init__(self, paths: Paths) -> None:
+        Exception.__init__(
+            self,
+            f"permission denied on {paths.control_socket}: the host for {paths.home} belongs "
+            "to another user; run this as that user (e.g. with sudo)",
+        )
+
+
 def not_running(paths: Paths) -> HostNotRunning:
-    """HostNotRunning, or ControlSocketGone when the host lock says a host is there."""
+    """HostNotRunning, or ControlSocketGone when the host lock says a host is there, or
+    NoPermission when this user cannot look."""
     from legion.hostlock import lock_holder
 
     try:
         holder = lock_holder(paths)
-    except OSError:  # run/ is not ours to look into: say what the socket says
+    except PermissionError:
+        return NoPermission(paths)
+    except OSError:
         holder = None
     return HostNotRunning(paths) if holder is None else ControlSocketGone(paths, holder.pid)
+
+
+def _denied(exc: BaseException) -> bool:
+    """Whether a connect error was, at its root, a permission error."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, PermissionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _socket_present(paths: Paths) -> bool:
+    try:
+        return paths.control_socket.exists()
+    except PermissionError:
+        raise NoPermission(paths) from None
 
 
 class ApiError(Exception):
@@ -89,11 +122,15 @@ class ControlClient:
         self.close()
 
     def _request(self, method: str, url: str, model: type[BaseModel] | None, **kw: Any) -> Any:
-        if not self.paths.control_socket.exists():
+        if not _socket_present(self.paths):
             raise not_running(self.paths)
         try:
             response = self._http.request(method, url, **kw)
-        except (httpx.ConnectError, FileNotFoundError) as exc:
+        except httpx.ConnectError as exc:
+            if _denied(exc):
+                raise NoPermission(self.paths) from exc
+            raise not_running(self.paths) from exc
+        except FileNotFoundError as exc:
             raise not_running(self.paths) from exc
         if response.status_code >= 400:
             raise _api_error(response)
@@ -170,7 +207,7 @@ class ControlClient:
     ) -> Iterator[str]:
         """An agent's container output, line by line, each without its newline (with
         `follow`, until the container stops)."""
-        if not self.paths.control_socket.exists():
+        if not _socket_present(self.paths):
             raise not_running(self.paths)
         params: dict[str, str] = {
             "tail": "all" if tail is None else str(tail),
@@ -192,7 +229,11 @@ class ControlClient:
                     record = json.loads(raw)
                     if isinstance(record, dict) and isinstance(record.get("line"), str):
                         yield record["line"]  # anything else is a keep-alive
-        except (httpx.ConnectError, FileNotFoundError) as exc:
+        except httpx.ConnectError as exc:
+            if _denied(exc):
+                raise NoPermission(self.paths) from exc
+            raise not_running(self.paths) from exc
+        except FileNotFoundError as exc:
             raise not_running(self.paths) from exc
 
     def running(self) -> bool:
@@ -205,7 +246,7 @@ class ControlClient:
     def events(self, on_open: Callable[[], None] | None = None) -> Iterator[Any]:
         """Typed host events as they happen (blocks; stop with Ctrl-C). `on_open` runs once
         the host has subscribed this stream: every later event will be delivered."""
-        if not self.paths.control_socket.exists():
+        if not _socket_present(self.paths):
             raise not_running(self.paths)
         try:
             with self._http.stream("GET", "/v1/events", timeout=None) as response:

@@ -30,6 +30,8 @@ from legion.wire.api import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from legion.config import Config
     from legion.fleet.backend import LogStream
     from legion.host import Host
@@ -227,14 +229,12 @@ def config_changes(old: Config, new: Config) -> list[str]:
 async def reload_config(host: Host, actor: str = "operator") -> ReloadResult:
     """Re-read legion.toml and apply it, all or nothing: a file that is missing, unreadable
     or invalid changes nothing and raises ConfigInvalid (with every problem)."""
-    from legion.config import parse_config
-
     path = host.paths.config
     lock = _reload_locks.setdefault(host, asyncio.Lock())
     async with lock:
         try:
-            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
-            new = parse_config(text, str(path))
+            # Read and validated off the loop: a large file must not stall the host.
+            new = await asyncio.to_thread(_read_config, path)
         except FileNotFoundError:
             problems = [
                 f"{path}: no such file; restore it (an empty file is a config with no "
@@ -268,6 +268,12 @@ async def reload_config(host: Host, actor: str = "operator") -> ReloadResult:
             restart_needed=[k for k in changed if any(_under(k, p) for p in _HOST_RESTART)],
             agents_to_restart=sorted(agents_to_restart),
         )
+
+
+def _read_config(path: Path) -> Config:
+    from legion.config import parse_config
+
+    return parse_config(path.read_text(encoding="utf-8"), str(path))
 
 
 def _refused(host: Host, actor: str, path: Any, problems: list[str]) -> NoReturn:

@@ -27,6 +27,8 @@ from legion.fleet.backend import (
 log = logging.getLogger("legion.fleet.docker")
 
 TMPFS_TMP = "rw,noexec,nosuid,nodev,size=64m"
+# Each container's output is kept in at most 3 files of 10 MB (`legion logs` reads them).
+LOG_ROTATION = {"max-size": "10m", "max-file": "3"}
 # Log streams open at once (each holds one thread and one Docker connection).
 MAX_LOG_STREAMS = 16
 # Chunks read from Docker but not yet sent: a slow reader stops the read, not the memory.
@@ -69,6 +71,9 @@ def container_config(spec: AgentSpec, name: str) -> dict[str, Any]:
         "init": True,
         "detach": True,
         "stop_signal": "SIGTERM",
+        # What the agent writes to stdout/stderr is kept, rotated: an agent printing without
+        # end cannot fill the host's disk (Docker's json-file default keeps it all).
+        "log_config": {"type": "json-file", "config": LOG_ROTATION},
     }
     if spec.runtime:
         config["runtime"] = spec.runtime
@@ -133,6 +138,7 @@ class DockerBackend:
             network_mode=config.pop("network_mode"),
             init=config.pop("init"),
             runtime=config.pop("runtime", None),
+            log_config=config.pop("log_config"),
         )
         config.pop("detach")
         create = {

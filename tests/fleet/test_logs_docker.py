@@ -140,3 +140,37 @@ async def test_legion_logs_reads_a_real_container(
 
         rc, _, err = await legion(home, "logs", "ghost")
         assert rc == 1 and "no agent named 'ghost'" in err, err
+
+
+async def test_an_agent_printing_without_end_cannot_fill_the_disk(
+    home: Path, agent_image: str, web: ThreadingHTTPServer  # noqa: F811
+) -> None:
+    """issue 8 (attack pass): a shell in the container writes 48 MB of output; Docker keeps
+    at most 3 x 10 MB of it, and `legion logs --tail` still answers at once."""
+    import docker
+
+    port = int(web.server_address[1])
+    async with FakeProvider() as fake, fleet(home, agent_image, fake, port) as host:
+        script = "head -c 48000000 /dev/zero | tr '\\0' x | fold -w 1000 > /proc/1/fd/1"
+        result = await host.fleet.backend.exec(  # type: ignore[union-attr]
+            "alice", ["sh", "-c", script], timeout_s=120
+        )
+        assert result.exit_code == 0, result.output
+        client = docker.from_env()
+        try:
+            attrs = client.containers.get(host.fleet.runs["alice"].container_id).attrs
+        finally:
+            client.close()
+        assert attrs["HostConfig"]["LogConfig"] == {
+            "Type": "json-file",
+            "Config": {"max-file": "3", "max-size": "10m"},
+        }
+        log_dir = Path(attrs["LogPath"]).parent
+        if os.access(log_dir, os.R_OK):  # the engine's files (readable as root)
+            kept = sum(p.stat().st_size for p in log_dir.glob("*-json.log*"))
+            assert 10 * 2**20 < kept < 35 * 2**20, f"{kept} bytes of container log kept"
+        started = time.monotonic()
+        rc, out, err = await legion(home, "logs", "alice", "--tail", "3")
+        assert rc == 0, err
+        assert out.splitlines() == ["x" * 1000] * 3
+        assert time.monotonic() - started < 15
