@@ -65,12 +65,17 @@ class RunDirWatch:
         self.lock = lock
         self.socket_id = _identity(host.paths.control_socket)
         self._last_error = ""
+        self._checking = asyncio.Lock()  # the periodic check and SIGHUP never overlap
 
     def _lock_is_ours(self) -> bool:
         st = os.fstat(self.lock.fileno())
         return _identity(self.host.paths.lock_file) == (st.st_dev, st.st_ino)
 
     async def check(self) -> None:
+        async with self._checking:
+            await self._check()
+
+    async def _check(self) -> None:
         paths = self.host.paths
         try:
             if not self._lock_is_ours():

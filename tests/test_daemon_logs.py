@@ -96,9 +96,17 @@ def drive_llm_calls(paths: Paths, fake: FakeProvider) -> None:
         assert unroutable.status_code >= 400, unroutable.text
 
 
-@pytest.mark.parametrize("log_format", ["json", "text"])
+@pytest.mark.parametrize(
+    ("log_format", "env"),
+    [
+        ("json", {}),
+        ("text", {}),
+        ("json", {"JSON_LOGS": "true", "LITELLM_LOG": "DEBUG"}),  # LiteLLM's own switches
+    ],
+    ids=["json", "text", "litellm-env"],
+)
 def test_llm_calls_through_litellm_leave_only_log_records(
-    home: Path, daemon: Callable[[], Daemon], log_format: str
+    home: Path, daemon: Callable[[], Daemon], log_format: str, env: dict[str, str]
 ) -> None:
     """issue 8: with LiteLLM imported and called (a success, a stream, a provider error, a
     model it cannot route: the paths where it prints banners), every line on stderr is one
@@ -110,7 +118,7 @@ def test_llm_calls_through_litellm_leave_only_log_records(
     with FakeProvider() as fake:
         (home / "legion.toml").write_text(llm_config(fake.base_url))
         d = daemon()
-        proc = d.start("--log-format", log_format)
+        proc = d.start("--log-format", log_format, env=env)
         wait_until(paths.agent_socket("alpha").is_socket, 20, "alpha's socket")
         drive_llm_calls(paths, fake)
         assert len(fake.requests) >= 3

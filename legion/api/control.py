@@ -19,6 +19,7 @@ from legion import __version__
 from legion.api.agent import build_shared_routes
 from legion.api.http import Call, Router, StreamResponse
 from legion.errors import ConfigError, LegionError, NotFound
+from legion.paths import MAX_SOCKET_PATH
 from legion.wire.api import (
     AgentInfo,
     AgentList,
@@ -245,6 +246,15 @@ async def reload_config(host: Host, actor: str = "operator") -> ReloadResult:
             _refused(host, actor, path, [f"{path}: cannot read: {exc}"])
         except ConfigError as exc:
             _refused(host, actor, path, exc.problems)
+        too_long = [
+            f"{path}: agents.{name}: its socket {host.paths.agent_socket(name)} would be "
+            f"{size} bytes, over the {MAX_SOCKET_PATH} a Unix socket allows; use a shorter "
+            "name (or a shorter LEGION_HOME)"
+            for name in sorted(set(new.agents) - set(host.config.agents))
+            if (size := len(os.fsencode(host.paths.agent_socket(name)))) > MAX_SOCKET_PATH
+        ]
+        if too_long:
+            _refused(host, actor, path, too_long)
         changed = config_changes(host.config, new)
         running = {
             name

@@ -91,6 +91,7 @@ def reload(
     """
     from legion.api.client import ApiError, ControlClient
     from legion.cli.common import host_errors
+    from legion.logs import visible
 
     with host_errors():
         try:
@@ -109,26 +110,29 @@ def reload(
         ("changed", result.changed),
     ]
     if not any(values for _, values in done) and not result.restart_needed:
-        typer.echo(f"reloaded {result.file}: no changes")
+        typer.echo(visible(f"reloaded {result.file}: no changes"))
         return
-    typer.echo(f"reloaded {result.file}")
+    typer.echo(visible(f"reloaded {result.file}"))
     for label, values in done:
         if values:
-            typer.echo(f"  {label + ':':<9} {', '.join(values)}")
+            typer.echo(visible(f"  {label + ':':<9} {', '.join(values)}"))
     if result.restart_needed:
         typer.echo(
-            f"  needs a host restart: {', '.join(result.restart_needed)} "
-            "(`systemctl restart legion`, or stop and start `legion daemon`)"
+            visible(
+                f"  needs a host restart: {', '.join(result.restart_needed)} "
+                "(`systemctl restart legion`, or stop and start `legion daemon`)"
+            )
         )
-    if result.agents_to_restart:
-        names = " ".join(result.agents_to_restart)
+    if result.agents_to_restart:  # agent names: validated, nothing to neutralise
         typer.echo(
             f"  needs an agent restart: {', '.join(result.agents_to_restart)} "
-            f"(`legion agents restart NAME` for each of: {names})"
+            "(`legion agents restart NAME`)"
         )
 
 
 def _refused(exc: ApiError, as_json: bool) -> NoReturn:
+    from legion.logs import visible
+
     detail = exc.body.error.detail
     problems = [str(p) for p in detail.get("problems", [])]
     if as_json:
@@ -142,10 +146,12 @@ def _refused(exc: ApiError, as_json: bool) -> NoReturn:
         )
     else:
         for problem in problems:
-            typer.echo(problem, err=True)
+            typer.echo(visible(problem), err=True)
         typer.echo(
-            f"{len(problems)} problem(s) in {detail.get('file')}; nothing was changed "
-            "(the host keeps its current config)",
+            visible(
+                f"{len(problems)} problem(s) in {detail.get('file')}; nothing was changed "
+                "(the host keeps its current config)"
+            ),
             err=True,
         )
     raise typer.Exit(2)

@@ -221,3 +221,24 @@ async def test_a_quiet_stream_sends_keep_alives_and_splits_long_lines() -> None:
     assert await anext(out) == b"{}\n"
     await out.aclose()
     assert stream.closed
+
+
+async def test_a_new_agent_whose_socket_cannot_exist_is_refused_whole(home: Path) -> None:
+    """issue 8 (attack pass): an added agent whose socket path would be too long for a Unix
+    socket is refused before anything is applied (not half-applied: the other new agent
+    does not appear either)."""
+    deep = home / ("d" * 50)
+    deep.mkdir()
+    paths = Paths.resolve(deep)
+    long_name = "a" + "b" * 31
+    async with (
+        Host.running(parse_config(BASE), paths) as host,
+        control_client(paths) as operator,
+    ):
+        paths.config.write_text(BASE + f"[agents.ok]\n[agents.{long_name}]\n")
+        response = await operator.post("/v1/config/reload")
+        assert response.status_code == 422, response.text
+        [problem] = response.json()["error"]["detail"]["problems"]
+        assert f"agents.{long_name}" in problem and "shorter" in problem
+        assert sorted(host.config.agents) == ["alice", "bob"]
+        assert not paths.agent_socket("ok").exists()
