@@ -253,9 +253,7 @@ def _cli_as_nobody(home: Path, *args: str) -> tuple[int, str]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
-def test_a_user_without_rights_gets_a_clear_error(
-    home: Path, daemon: Callable[[], Daemon]
-) -> None:
+def test_a_user_without_rights_gets_a_clear_error(home: Path, daemon: Callable[[], Daemon]) -> None:
     """issue 8 (attack pass): another local user running the CLI against this home is told
     that it belongs to someone else, never shown a traceback, and changes nothing."""
     write_config(home)

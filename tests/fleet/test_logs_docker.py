@@ -143,7 +143,9 @@ async def test_legion_logs_reads_a_real_container(
 
 
 async def test_an_agent_printing_without_end_cannot_fill_the_disk(
-    home: Path, agent_image: str, web: ThreadingHTTPServer  # noqa: F811
+    home: Path,
+    agent_image: str,
+    web: ThreadingHTTPServer,  # noqa: F811
 ) -> None:
     """issue 8 (attack pass): a shell in the container writes 48 MB of output; Docker keeps
     at most 3 x 10 MB of it, and `legion logs --tail` still answers at once."""
