@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING
 from legion import logs
 from legion.config import load_config
 from legion.errors import ConfigError, LegionError
+from legion.fsutil import atomic_write
 from legion.hostlock import AlreadyRunning, acquire_lock
 from legion.paths import Paths
 from legion.systemd import sd_notify, unit_file
@@ -90,7 +91,7 @@ class RunDirWatch:
                 await self.host.reopen_control_socket()
                 self.socket_id = _identity(paths.control_socket)
             if not paths.pid_file.exists():
-                paths.pid_file.write_text(str(os.getpid()))
+                atomic_write(paths.pid_file, str(os.getpid()))
             self._last_error = ""
         except AlreadyRunning as exc:
             log.error(
@@ -198,7 +199,7 @@ async def _serve(paths: Paths, lock: IO[str], options: DaemonOptions) -> int:
         running.append(host)
         if early:
             host.request_stop(early[0])
-        paths.pid_file.write_text(str(os.getpid()))
+        atomic_write(paths.pid_file, str(os.getpid()))
         watch = RunDirWatch(host, lock)
         tasks = {asyncio.create_task(_on_hangup(host, hangup, watch, options.systemd))}
         if options.control_socket_check_s > 0:
