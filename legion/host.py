@@ -195,6 +195,14 @@ class Host:
             )
         )
 
+    async def reopen_control_socket(self) -> None:
+        """Serve run/control.sock afresh (it was deleted or replaced under the running host);
+        connections already open on the old one carry on."""
+        await self.http.unlisten(self.paths.control_socket)
+        await self.http.listen(
+            Listener(self.paths.control_socket, "operator", build_control_router(self))
+        )
+
     async def apply_config(self, new: Config) -> dict[str, list[str]]:
         """Apply a changed legion.toml: agents, teams, models, egress and runtime take effect
         now; [host] settings need a restart (reported, not applied)."""

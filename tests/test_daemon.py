@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 import select
 import shlex
 import signal
@@ -16,6 +17,7 @@ import sysconfig
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -368,7 +370,10 @@ def test_stderr_log_lines_are_json(home: Path, daemon: Callable[[], Daemon]) -> 
     for line in lines:
         record = json.loads(line)
         assert isinstance(record, dict), line
-        assert isinstance(record["ts"], int | float) and record["ts"] > 1e9, line
+        # issue 8: ISO 8601 in UTC with milliseconds.
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["ts"]), line
+        at = datetime.fromisoformat(record["ts"].replace("Z", "+00:00"))
+        assert abs(at.timestamp() - time.time()) < 120, line
         assert record["level"] in {"debug", "info", "warning", "error", "critical"}, line
         assert isinstance(record["msg"], str) and record["msg"], line
 
@@ -436,7 +441,11 @@ def test_legion_stop_stops_the_daemon(home: Path, daemon: Callable[[], Daemon]) 
     started = time.monotonic()
     result = legion(home, "stop", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"stopped": True}
+    assert json.loads(result.stdout) == {
+        "stopped": True,
+        "pid": d.proc.pid,
+        "via": "control_socket",
+    }
     rc = d.proc.wait(10)
     assert time.monotonic() - started < 10
     log = err.drain()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +35,66 @@ class HostNotRunning(Exception):
         )
 
 
+class ControlSocketGone(HostNotRunning):
+    """A host holds this home's lock, but its control socket is missing or dead."""
+
+    def __init__(self, paths: Paths, pid: int | None) -> None:
+        Exception.__init__(
+            self,
+            f"the host (pid {pid if pid is not None else 'unknown'}) is running for "
+            f"{paths.home} but its control socket {paths.control_socket} is gone; it serves "
+            "it again within seconds"
+            + (f" (or at once on `kill -HUP {pid}`)" if pid is not None else "")
+            + "; `legion stop` still stops it",
+        )
+        self.paths = paths
+        self.pid = pid
+
+
+class NoPermission(HostNotRunning):
+    """This user may not use the control socket (the host runs as another user)."""
+
+    def __init__(self, paths: Paths) -> None:
+        Exception.__init__(
+            self,
+            f"permission denied on {paths.control_socket}: the host for {paths.home} belongs "
+            "to another user; run this as that user (e.g. with sudo)",
+        )
+
+
+def not_running(paths: Paths) -> HostNotRunning:
+    """HostNotRunning, or ControlSocketGone when the host lock says a host is there, or
+    NoPermission when this user cannot look."""
+    from legion.hostlock import lock_holder
+
+    try:
+        holder = lock_holder(paths)
+    except PermissionError:
+        return NoPermission(paths)
+    except OSError:
+        holder = None
+    return HostNotRunning(paths) if holder is None else ControlSocketGone(paths, holder.pid)
+
+
+def _denied(exc: BaseException) -> bool:
+    """Whether a connect error was, at its root, a permission error."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, PermissionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _socket_present(paths: Paths) -> bool:
+    try:
+        return paths.control_socket.exists()
+    except PermissionError:
+        raise NoPermission(paths) from None
+
+
 class ApiError(Exception):
     def __init__(self, body: ErrorBody) -> None:
         super().__init__(body.error.message)
@@ -61,26 +122,18 @@ class ControlClient:
         self.close()
 
     def _request(self, method: str, url: str, model: type[BaseModel] | None, **kw: Any) -> Any:
-        if not self.paths.control_socket.exists():
-            raise HostNotRunning(self.paths)
+        if not _socket_present(self.paths):
+            raise not_running(self.paths)
         try:
             response = self._http.request(method, url, **kw)
-        except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise HostNotRunning(self.paths) from exc
+        except httpx.ConnectError as exc:
+            if _denied(exc):
+                raise NoPermission(self.paths) from exc
+            raise not_running(self.paths) from exc
+        except FileNotFoundError as exc:
+            raise not_running(self.paths) from exc
         if response.status_code >= 400:
-            try:
-                body = ErrorBody.model_validate_json(response.content)
-            except ValueError:
-                body = ErrorBody.model_validate(
-                    {
-                        "error": {
-                            "code": "http_error",
-                            "status": response.status_code,
-                            "message": response.text[:500],
-                        }
-                    }
-                )
-            raise ApiError(body)
+            raise _api_error(response)
         return model.model_validate_json(response.content) if model else response.json()
 
     def status(self) -> HostStatus:
@@ -144,6 +197,45 @@ class ControlClient:
         result: ReloadResult = self._request("POST", "/v1/config/reload", ReloadResult, timeout=120)
         return result
 
+    def logs(
+        self,
+        name: str,
+        *,
+        tail: int | None = None,
+        since: float | None = None,
+        follow: bool = False,
+    ) -> Iterator[str]:
+        """An agent's container output, line by line, each without its newline (with
+        `follow`, until the container stops)."""
+        if not _socket_present(self.paths):
+            raise not_running(self.paths)
+        params: dict[str, str] = {
+            "tail": "all" if tail is None else str(tail),
+            "follow": "true" if follow else "false",
+        }
+        if since is not None:
+            params["since"] = repr(since)
+        url = f"/v1/agents/{quote(name, safe='')}/logs"
+        try:
+            with self._http.stream(
+                "GET", url, params=params, timeout=httpx.Timeout(30.0, read=None)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _api_error(response)
+                for raw in response.iter_lines():
+                    if not raw:
+                        continue
+                    record = json.loads(raw)
+                    if isinstance(record, dict) and isinstance(record.get("line"), str):
+                        yield record["line"]  # anything else is a keep-alive
+        except httpx.ConnectError as exc:
+            if _denied(exc):
+                raise NoPermission(self.paths) from exc
+            raise not_running(self.paths) from exc
+        except FileNotFoundError as exc:
+            raise not_running(self.paths) from exc
+
     def running(self) -> bool:
         try:
             self.status()
@@ -154,8 +246,8 @@ class ControlClient:
     def events(self, on_open: Callable[[], None] | None = None) -> Iterator[Any]:
         """Typed host events as they happen (blocks; stop with Ctrl-C). `on_open` runs once
         the host has subscribed this stream: every later event will be delivered."""
-        if not self.paths.control_socket.exists():
-            raise HostNotRunning(self.paths)
+        if not _socket_present(self.paths):
+            raise not_running(self.paths)
         try:
             with self._http.stream("GET", "/v1/events", timeout=None) as response:
                 if on_open is not None:
@@ -164,4 +256,20 @@ class ControlClient:
                     if line:
                         yield parse_event(line)
         except httpx.ConnectError as exc:
-            raise HostNotRunning(self.paths) from exc
+            raise not_running(self.paths) from exc
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        body = ErrorBody.model_validate_json(response.content)
+    except ValueError:
+        body = ErrorBody.model_validate(
+            {
+                "error": {
+                    "code": "http_error",
+                    "status": response.status_code,
+                    "message": response.text[:500],
+                }
+            }
+        )
+    return ApiError(body)

@@ -7,17 +7,21 @@ policies as agent actions, so they are audited the same way.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from legion import __version__
 from legion.api.agent import build_shared_routes
 from legion.api.http import Call, Router, StreamResponse
-from legion.errors import LegionError
+from legion.errors import ConfigError, LegionError, NotFound
 from legion.fleet import volume
 from legion.fsutil import UnsafeEntry
+from legion.paths import MAX_SOCKET_PATH
 from legion.wire.api import (
     AgentInfo,
     AgentList,
@@ -29,7 +33,19 @@ from legion.wire.api import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from legion.config import Config
+    from legion.fleet.backend import LogStream
     from legion.host import Host
+
+# The most log lines one request may ask for by `tail` (use `since` to go further back).
+MAX_LOG_TAIL = 1_000_000
+# A quiet log stream sends `{}` this often, so a reader that left is noticed (the write
+# fails) and the stream's thread and Docker connection are freed.
+LOG_IDLE_PROBE_S = 5.0
+# A line longer than this is sent in pieces.
+MAX_LOG_LINE_BYTES = 64 * 1024
 
 
 def build_control_router(host: Host) -> Router:
@@ -98,11 +114,13 @@ def build_control_router(host: Host) -> Router:
 
     @router.route("POST", "/v1/config/reload", response=ReloadResult)
     async def reload(call: Call) -> ReloadResult:
-        """Re-read legion.toml and apply it (agents, teams, models, egress, runtime)."""
-        from legion.config import load_config
+        """Re-read legion.toml and apply it; a file that fails validation changes nothing."""
+        return await reload_config(host, call.principal)
 
-        result = await host.apply_config(load_config(host.paths.config))
-        return ReloadResult(**result)
+    @router.route("GET", "/v1/agents/{name}/logs")
+    async def agent_logs(call: Call) -> StreamResponse:
+        """An agent's container output, NDJSON `{"line": ...}` (`tail`, `since`, `follow`)."""
+        return await open_agent_logs(host, call)
 
     @router.route("GET", "/v1/events")
     async def events(call: Call) -> StreamResponse:
@@ -175,3 +193,219 @@ def host_status(host: Host) -> HostStatus:
         uptime_s=now - host.started_at,
         agents=agents,
     )
+
+
+# --- config reload --------------------------------------------------------------------
+
+# Reloads of one host run one at a time (the control route and SIGHUP may race).
+_reload_locks: weakref.WeakKeyDictionary[Host, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+# Keys the running host cannot apply: they take effect when it restarts.
+_HOST_RESTART = ("host", "runtime.backend", "runtime.agent_uid")
+# Keys that shape every agent's container: running agents get them at their next start.
+_CONTAINER_KEYS = (
+    "runtime.image",
+    "runtime.container_runtime",
+    "runtime.memory_mb",
+    "runtime.cpus",
+    "runtime.pids",
+)
+
+
+class ConfigInvalid(LegionError):
+    status = 422
+    code = "config_invalid"
+
+
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """The dotted keys whose value differs between two configs (leaves; lists whole)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                path = f"{prefix}.{key}" if prefix else str(key)
+                if key not in a or key not in b:
+                    out.append(path)
+                else:
+                    walk(a[key], b[key], path)
+        elif a != b:
+            out.append(prefix)
+
+    walk(old.model_dump(), new.model_dump(), "")
+    return out
+
+
+async def reload_config(host: Host, actor: str = "operator") -> ReloadResult:
+    """Re-read legion.toml and apply it, all or nothing: a file that is missing, unreadable
+    or invalid changes nothing and raises ConfigInvalid (with every problem)."""
+    path = host.paths.config
+    lock = _reload_locks.setdefault(host, asyncio.Lock())
+    async with lock:
+        try:
+            # Read and validated off the loop: a large file must not stall the host.
+            new = await asyncio.to_thread(_read_config, path)
+        except FileNotFoundError:
+            problems = [
+                f"{path}: no such file; restore it (an empty file is a config with no "
+                "agents), or create one with `legion config init`"
+            ]
+            _refused(host, actor, path, problems)
+        except (OSError, UnicodeDecodeError) as exc:
+            _refused(host, actor, path, [f"{path}: cannot read: {exc}"])
+        except ConfigError as exc:
+            _refused(host, actor, path, exc.problems)
+        too_long = [
+            f"{path}: agents.{name}: its socket {host.paths.agent_socket(name)} would be "
+            f"{size} bytes, over the {MAX_SOCKET_PATH} a Unix socket allows; use a shorter "
+            "name (or a shorter LEGION_HOME)"
+            for name in sorted(set(new.agents) - set(host.config.agents))
+            if (size := len(os.fsencode(host.paths.agent_socket(name)))) > MAX_SOCKET_PATH
+        ]
+        if too_long:
+            _refused(host, actor, path, too_long)
+        changed = config_changes(host.config, new)
+        running = {
+            name
+            for name, run in host.fleet.runs.items()
+            if run.state in ("running", "starting") and name in new.agents
+        }
+        agents_to_restart: set[str] = set()
+        for key in changed:
+            if any(_under(key, k) for k in _CONTAINER_KEYS):
+                agents_to_restart |= running
+            for name in running:
+                if _under(key, f"agents.{name}.resources"):
+                    agents_to_restart.add(name)
+        applied = await host.apply_config(new)
+        gone = {f"agents.{a}" for a in applied["added"] + applied["removed"]}
+        return ReloadResult(
+            file=str(path),
+            added=applied["added"],
+            removed=applied["removed"],
+            changed=[k for k in changed if k not in gone],
+            restart_needed=[k for k in changed if any(_under(k, p) for p in _HOST_RESTART)],
+            agents_to_restart=sorted(agents_to_restart),
+        )
+
+
+def _read_config(path: Path) -> Config:
+    from legion.config import parse_config
+
+    return parse_config(path.read_text(encoding="utf-8"), str(path))
+
+
+def _refused(host: Host, actor: str, path: Any, problems: list[str]) -> NoReturn:
+    host.audit.append(
+        actor, "config.reload", "legion.toml", "deny", reason="config_invalid", problems=problems
+    )
+    raise ConfigInvalid(
+        f"{path} was not applied ({len(problems)} problem(s); the host keeps its current "
+        "config): " + " | ".join(problems),
+        file=str(path),
+        problems=problems,
+    )
+
+
+# --- agent logs ------------------------------------------------------------------------
+
+
+def _query_number(call: Call, name: str) -> float | None:
+    raw = call.request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise LegionError(
+            f"{name}={raw!r} is not a non-negative number", code="invalid_query", status=422
+        )
+    return value
+
+
+async def open_agent_logs(host: Host, call: Call) -> StreamResponse:
+    from legion.fleet.backend import BackendUnavailable, NoContainer, TooManyLogStreams
+
+    name = call.params["name"]
+    if name not in host.config.agents:
+        raise NotFound(
+            f"no agent named {name!r}; `legion agents ls` lists them",
+            code="unknown_agent",
+            agent=name,
+        )
+    backend = host.fleet.backend
+    if backend is None:
+        raise LegionError(
+            "this host runs no agent containers ([runtime] backend = none), so there are no "
+            "container logs; the agent runtime's own output is wherever you started it",
+            code="no_runtime",
+            status=409,
+        )
+    raw_tail = call.request.query.get("tail", "all")
+    tail = None if raw_tail == "all" else _query_number(call, "tail")
+    if tail is not None and (tail != int(tail) or tail > MAX_LOG_TAIL):
+        raise LegionError(
+            f"tail={raw_tail!r}: use a whole number of lines up to {MAX_LOG_TAIL}, or all",
+            code="invalid_query",
+            status=422,
+        )
+    since = _query_number(call, "since")
+    follow = call.request.query.get("follow", "false").lower()
+    if follow not in ("true", "false", "1", "0"):
+        raise LegionError(f"follow={follow!r}: use true or false", code="invalid_query", status=422)
+    try:
+        stream = await backend.open_logs(
+            name,
+            tail=None if tail is None else int(tail),
+            since=since,
+            follow=follow in ("true", "1"),
+        )
+    except NoContainer:
+        run = host.fleet.runs.get(name)
+        state = run.state if run else "stopped"
+        raise NotFound(
+            f"{name} has no container ({state}); start it with `legion agents start {name}`",
+            code="no_container",
+            agent=name,
+        ) from None
+    except TooManyLogStreams as exc:
+        raise LegionError(str(exc), code="too_many_log_streams", status=429) from None
+    except BackendUnavailable as exc:
+        raise LegionError(str(exc), code="runtime_unavailable", status=503) from None
+    host.audit.append(call.principal, "agent.logs", name, "allow", follow=follow in ("true", "1"))
+    return StreamResponse(log_lines(stream), on_abandon=stream.aclose)
+
+
+def _line(data: bytes) -> bytes:
+    return json.dumps({"line": data.decode(errors="replace")}, ensure_ascii=False).encode() + b"\n"
+
+
+async def log_lines(stream: LogStream, idle_s: float = LOG_IDLE_PROBE_S) -> AsyncIterator[bytes]:
+    """A container's output as NDJSON: `{"line": "..."}` per line it wrote (without the
+    newline), and `{}` after `idle_s` of quiet (readers skip it)."""
+    pending = b""
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(stream), idle_s)
+            except TimeoutError:
+                yield b"{}\n"
+                continue
+            except StopAsyncIteration:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            while len(pending) > MAX_LOG_LINE_BYTES:
+                lines.append(pending[:MAX_LOG_LINE_BYTES])
+                pending = pending[MAX_LOG_LINE_BYTES:]
+            if lines:
+                yield b"".join(_line(line) for line in lines)
+        if pending:
+            yield _line(pending)
+    finally:
+        await stream.aclose()

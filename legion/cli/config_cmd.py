@@ -1,16 +1,21 @@
-"""`legion config`: check and create legion.toml."""
+"""`legion config`: check, create and reload legion.toml."""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from legion.cli.common import State, emit_json, fail
 
-app = typer.Typer(help="Check or create the config file (legion.toml).", no_args_is_help=True)
+if TYPE_CHECKING:
+    from legion.api.client import ApiError
+
+app = typer.Typer(
+    help="Check, create or reload the config file (legion.toml).", no_args_is_help=True
+)
 
 
 def example_text() -> str:
@@ -74,3 +79,79 @@ def init(force: Annotated[bool, typer.Option(help="Overwrite an existing file.")
 def path_cmd() -> None:
     """Print where the config file is."""
     typer.echo(str(State.paths().config))
+
+
+@app.command("reload")
+def reload(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Make the running host re-read legion.toml (what SIGHUP does); print what changed.
+
+    A file that fails validation changes nothing: every problem is printed, exit 2.
+    """
+    from legion.api.client import ApiError, ControlClient
+    from legion.cli.common import host_errors
+    from legion.logs import visible
+
+    with host_errors():
+        try:
+            with ControlClient(State.paths()) as client:
+                result = client.reload()
+        except ApiError as exc:
+            if exc.code != "config_invalid":
+                raise
+            _refused(exc, as_json)
+    if as_json:
+        emit_json({"ok": True, **result.model_dump()})
+        return
+    done = [
+        ("added", result.added),
+        ("removed", result.removed),
+        ("changed", result.changed),
+    ]
+    if not any(values for _, values in done) and not result.restart_needed:
+        typer.echo(visible(f"reloaded {result.file}: no changes"))
+        return
+    typer.echo(visible(f"reloaded {result.file}"))
+    for label, values in done:
+        if values:
+            typer.echo(visible(f"  {label + ':':<9} {', '.join(values)}"))
+    if result.restart_needed:
+        typer.echo(
+            visible(
+                f"  needs a host restart: {', '.join(result.restart_needed)} "
+                "(`systemctl restart legion`, or stop and start `legion daemon`)"
+            )
+        )
+    if result.agents_to_restart:  # agent names: validated, nothing to neutralise
+        typer.echo(
+            f"  needs an agent restart: {', '.join(result.agents_to_restart)} "
+            "(`legion agents restart NAME`)"
+        )
+
+
+def _refused(exc: ApiError, as_json: bool) -> NoReturn:
+    from legion.logs import visible
+
+    detail = exc.body.error.detail
+    problems = [str(p) for p in detail.get("problems", [])]
+    if as_json:
+        emit_json(
+            {
+                "ok": False,
+                "file": detail.get("file"),
+                "problems": problems,
+                "error": {"code": exc.code, "message": str(exc)},
+            }
+        )
+    else:
+        for problem in problems:
+            typer.echo(visible(problem), err=True)
+        typer.echo(
+            visible(
+                f"{len(problems)} problem(s) in {detail.get('file')}; nothing was changed "
+                "(the host keeps its current config)"
+            ),
+            err=True,
+        )
+    raise typer.Exit(2)

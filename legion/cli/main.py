@@ -14,7 +14,9 @@ from legion.cli import (
     chat_cmd,
     config_cmd,
     costs_cmd,
+    host_cmd,
     images_cmd,
+    logs_cmd,
     vault_cmd,
 )
 from legion.cli.common import State, emit_json, fmt_time, host_errors
@@ -35,6 +37,10 @@ app.add_typer(agents_cmd.app, name="agents")
 app.command("chat")(chat_cmd.chat)
 app.command("audit")(audit_cmd.audit)
 app.command("costs")(costs_cmd.costs)
+app.command("daemon")(host_cmd.daemon)
+app.command("status")(host_cmd.status)
+app.command("stop")(host_cmd.stop)
+app.command("logs")(logs_cmd.logs)
 
 
 def _version(value: bool) -> None:
@@ -62,65 +68,6 @@ def root(
     ] = False,
 ) -> None:
     State.home = home
-
-
-@app.command()
-def daemon(
-    systemd: Annotated[
-        bool,
-        typer.Option("--systemd", help="Send READY/STOPPING to systemd through NOTIFY_SOCKET."),
-    ] = False,
-    print_unit: Annotated[
-        bool, typer.Option("--print-unit", help="Print a systemd unit file for this home and exit.")
-    ] = False,
-) -> None:
-    """Run the host in the foreground (logs JSON to stderr; SIGTERM stops it)."""
-    from legion import daemon as daemon_mod
-
-    paths = State.paths()
-    if print_unit:
-        typer.echo(daemon_mod.unit_file(paths), nl=False)
-        return
-    raise typer.Exit(daemon_mod.run(paths, systemd=systemd))
-
-
-@app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show the running host: pid, uptime, home, agents."""
-    from legion.api.client import ControlClient
-
-    with host_errors(), ControlClient(State.paths()) as client:
-        st = client.status()
-    if as_json:
-        emit_json(st.model_dump())
-        return
-    typer.echo(f"legion {st.version}  pid {st.pid}  up {st.uptime_s:.0f}s  home {st.home}")
-    if not st.agents:
-        typer.echo("no agents configured (add [agents.<name>] to legion.toml)")
-    for a in st.agents:
-        typer.echo(
-            f"  {a.name:<20} team={a.team or '-':<10} inbox={a.inbox_depth:<6} "
-            f"last seen {fmt_time(a.last_heartbeat)}"
-        )
-
-
-@app.command()
-def stop(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Stop the running host cleanly."""
-    import time
-
-    from legion.api.client import ControlClient
-
-    paths = State.paths()
-    with host_errors(), ControlClient(paths) as client:
-        client.stop()
-    deadline = time.monotonic() + 15
-    while paths.control_socket.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if as_json:
-        emit_json({"stopped": not paths.control_socket.exists()})
-    else:
-        typer.echo("host stopped" if not paths.control_socket.exists() else "host is stopping")
 
 
 @app.command()

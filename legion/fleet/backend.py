@@ -6,6 +6,7 @@ that blocks (the Docker SDK) runs its work in a worker thread (invariant 7).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -50,6 +51,25 @@ class BackendUnavailable(Exception):
     """The backend cannot be reached (e.g. no Docker engine); the message says what to do."""
 
 
+class NoContainer(Exception):
+    """The agent has no container (never started, stopped, or removed)."""
+
+
+class TooManyLogStreams(Exception):
+    """Every log stream slot is in use; the message says how many there are."""
+
+
+class LogStream(Protocol):
+    """One open read of a container's output: iterate it for chunks of bytes (a follow
+    stream ends when the container does), and close it when done or abandoned."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
 class RuntimeBackend(Protocol):
     name: str
 
@@ -60,6 +80,19 @@ class RuntimeBackend(Protocol):
     async def status(self, agent: str) -> ContainerStatus: ...
 
     async def logs(self, agent: str, tail: int = 200) -> str: ...
+
+    async def open_logs(
+        self,
+        agent: str,
+        *,
+        tail: int | None = None,
+        since: float | None = None,
+        follow: bool = False,
+    ) -> LogStream:
+        """The agent's container output: the last `tail` lines (None: all) written after
+        `since` (Unix seconds), then, with `follow`, what it writes until it stops.
+        Raises NoContainer, BackendUnavailable or TooManyLogStreams before anything is read."""
+        ...
 
     async def exec(self, agent: str, command: list[str], timeout_s: float = 30.0) -> ExecResult: ...
 
@@ -84,6 +117,7 @@ class FakeBackend:
         self.states: dict[str, ContainerStatus] = {}
         self.starts: dict[str, int] = {}
         self.fail_starts = False
+        self.output: dict[str, list[bytes]] = {}  # what each "container" wrote
 
     async def start(self, spec: AgentSpec) -> ContainerStatus:
         if self.fail_starts:
@@ -101,7 +135,20 @@ class FakeBackend:
         return self.states.get(agent, ContainerStatus("missing"))
 
     async def logs(self, agent: str, tail: int = 200) -> str:
-        return ""
+        return b"".join(self.output.get(agent, [])[-tail:]).decode(errors="replace")
+
+    async def open_logs(
+        self,
+        agent: str,
+        *,
+        tail: int | None = None,
+        since: float | None = None,
+        follow: bool = False,
+    ) -> LogStream:
+        if agent not in self.states:
+            raise NoContainer(f"{agent} has no container")
+        lines = self.output.get(agent, [])
+        return _ListStream(lines if tail is None else lines[len(lines) - tail :] if tail else [])
 
     async def exec(self, agent: str, command: list[str], timeout_s: float = 30.0) -> ExecResult:
         return ExecResult(0, "")
@@ -117,3 +164,22 @@ class FakeBackend:
 
     def crash(self, agent: str, exit_code: int = 137) -> None:
         self.states[agent] = ContainerStatus("exited", exit_code=exit_code)
+
+
+class _ListStream:
+    """The fake backend's log stream: the lines it holds, then the end (no follow)."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self._lines = list(lines)
+        self.closed = False
+
+    def __aiter__(self) -> _ListStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.closed or not self._lines:
+            raise StopAsyncIteration
+        return self._lines.pop(0)
+
+    async def aclose(self) -> None:
+        self.closed = True

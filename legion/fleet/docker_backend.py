@@ -10,11 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
-from legion.fleet.backend import AgentSpec, BackendUnavailable, ContainerStatus, ExecResult
+from legion.fleet.backend import (
+    AgentSpec,
+    BackendUnavailable,
+    ContainerStatus,
+    ExecResult,
+    NoContainer,
+    TooManyLogStreams,
+)
+
+log = logging.getLogger("legion.fleet.docker")
 
 TMPFS_TMP = "rw,noexec,nosuid,nodev,size=64m"
+# Each container's output is kept in at most 3 files of 10 MB (`legion logs` reads them).
+LOG_ROTATION = {"max-size": "10m", "max-file": "3"}
+# Log streams open at once (each holds one thread and one Docker connection).
+MAX_LOG_STREAMS = 16
+# Chunks read from Docker but not yet sent: a slow reader stops the read, not the memory.
+LOG_BUFFER_CHUNKS = 64
+# What one chunk sent to the client gathers from the chunks waiting (Docker frames are lines).
+LOG_COALESCE_BYTES = 64 * 1024
 
 
 def container_name(home_label: str, agent: str) -> str:
@@ -51,6 +71,9 @@ def container_config(spec: AgentSpec, name: str) -> dict[str, Any]:
         "init": True,
         "detach": True,
         "stop_signal": "SIGTERM",
+        # What the agent writes to stdout/stderr is kept, rotated: an agent printing without
+        # end cannot fill the host's disk (Docker's json-file default keeps it all).
+        "log_config": {"type": "json-file", "config": LOG_ROTATION},
     }
     if spec.runtime:
         config["runtime"] = spec.runtime
@@ -63,6 +86,8 @@ class DockerBackend:
     def __init__(self, home_label: str, client: Any | None = None) -> None:
         self.home_label = home_label
         self._client = client
+        self._log_streams = 0
+        self._log_streams_lock = threading.Lock()
 
     def _docker(self) -> Any:
         if self._client is None:
@@ -113,6 +138,7 @@ class DockerBackend:
             network_mode=config.pop("network_mode"),
             init=config.pop("init"),
             runtime=config.pop("runtime", None),
+            log_config=config.pop("log_config"),
         )
         config.pop("detach")
         create = {
@@ -179,6 +205,22 @@ class DockerBackend:
         data: bytes = container.logs(tail=tail)
         return data.decode(errors="replace")
 
+    def _open_logs(self, agent: str, tail: int | None, since: float | None, follow: bool) -> Any:
+        import docker.errors
+
+        try:
+            return self._docker().api.logs(
+                self._name(agent),
+                stream=True,
+                follow=follow,
+                tail="all" if tail is None else tail,
+                since=since if since else None,
+            )
+        except docker.errors.NotFound:
+            raise NoContainer(f"{agent} has no container") from None
+        except docker.errors.APIError as exc:
+            raise BackendUnavailable(f"docker refused the logs of {agent}: {exc}") from None
+
     def _exec(self, agent: str, command: list[str], timeout_s: float) -> ExecResult:
         container = self._find(agent)
         if container is None:
@@ -200,6 +242,32 @@ class DockerBackend:
 
     async def logs(self, agent: str, tail: int = 200) -> str:
         return await asyncio.to_thread(self._logs, agent, tail)
+
+    async def open_logs(
+        self,
+        agent: str,
+        *,
+        tail: int | None = None,
+        since: float | None = None,
+        follow: bool = False,
+    ) -> DockerLogStream:
+        with self._log_streams_lock:
+            if self._log_streams >= MAX_LOG_STREAMS:
+                raise TooManyLogStreams(
+                    f"{MAX_LOG_STREAMS} log streams are open already; close one "
+                    "(e.g. a `legion logs -f` left running) and try again"
+                )
+            self._log_streams += 1
+        try:
+            raw = await asyncio.to_thread(self._open_logs, agent, tail, since, follow)
+        except BaseException:
+            self._release_log_stream()
+            raise
+        return DockerLogStream(raw, agent, self._release_log_stream)
+
+    def _release_log_stream(self) -> None:
+        with self._log_streams_lock:
+            self._log_streams -= 1
 
     async def exec(self, agent: str, command: list[str], timeout_s: float = 30.0) -> ExecResult:
         return await asyncio.to_thread(self._exec, agent, command, timeout_s)
@@ -243,3 +311,90 @@ class DockerBackend:
         if self._client is not None:
             client, self._client = self._client, None
             await asyncio.to_thread(client.close)
+
+
+class DockerLogStream:
+    """A container's output read by a thread of its own (never the loop's executor: a
+    follow stream lasts as long as the container), handed to the loop in bounded chunks.
+
+    The thread stops when Docker ends the stream (the container is gone, or all was read)
+    or when `aclose()` shuts the connection; at most LOG_BUFFER_CHUNKS chunks wait for the
+    reader, so a slow or stalled client holds Docker back instead of filling memory.
+    """
+
+    def __init__(self, raw: Any, agent: str, release: Callable[[], None]) -> None:
+        self._raw = raw  # docker-py's CancellableStream: close() may be called from any thread
+        self._agent = agent
+        self._release: Callable[[], None] | None = release
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the end
+        self._slots = threading.Semaphore(LOG_BUFFER_CHUNKS)
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __aiter__(self) -> DockerLogStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed.is_set():
+            raise StopAsyncIteration
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._pump, name=f"logs-{self._agent}", daemon=True
+            )
+            self._thread.start()
+        chunk = await self._queue.get()
+        if chunk is None:
+            await self.aclose()
+            raise StopAsyncIteration
+        self._slots.release()
+        parts, size = [chunk], len(chunk)
+        while size < LOG_COALESCE_BYTES and not self._queue.empty():
+            more = self._queue.get_nowait()
+            if more is None:
+                self._queue.put_nowait(None)  # the end, seen on the next call
+                break
+            self._slots.release()
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts)
+
+    def _pump(self) -> None:
+        try:
+            for chunk in self._raw:
+                if not chunk:
+                    continue
+                while not self._slots.acquire(timeout=0.5):
+                    if self._closed.is_set():
+                        return
+                if self._closed.is_set():
+                    return
+                self._deliver(bytes(chunk))
+        except Exception as exc:  # the engine went away mid-stream: the stream just ends
+            log.warning(
+                "container log stream ended with an error",
+                extra={"fields": {"agent": self._agent, "error": str(exc)}},
+            )
+        finally:
+            self._deliver(None)
+
+    def _deliver(self, chunk: bytes | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
+        except RuntimeError:  # the loop is closed: nobody reads any more
+            self._closed.set()
+
+    async def aclose(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+        try:
+            await asyncio.to_thread(self._raw.close)  # wakes the pump's blocking read
+        except Exception as exc:
+            log.warning(
+                "could not close a container log stream",
+                extra={"fields": {"agent": self._agent, "error": str(exc)}},
+            )

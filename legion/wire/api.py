@@ -247,9 +247,24 @@ class AgentList(BaseModel):
 
 
 class ReloadResult(BaseModel):
-    added: list[str]
-    removed: list[str]
-    restart_needed: list[str] = Field(description="Config sections applied only at restart.")
+    """What a config reload did, and what it could not do without a restart."""
+
+    file: str = Field(default="", description="The config file that was read.")
+    added: list[str] = Field(description="Agents added (socket opened, started if autostart).")
+    removed: list[str] = Field(description="Agents removed (container stopped, socket closed).")
+    changed: list[str] = Field(
+        default_factory=list,
+        description="Dotted keys whose value changed, besides the agents added or removed.",
+    )
+    restart_needed: list[str] = Field(
+        description="Changed keys the host applies only when it restarts (`[host]`, "
+        "`runtime.backend`, `runtime.agent_uid`)."
+    )
+    agents_to_restart: list[str] = Field(
+        default_factory=list,
+        description="Running agents whose container settings changed: the change applies "
+        "when the agent restarts (`legion agents restart NAME`).",
+    )
 
 
 class PurgeResult(BaseModel):

@@ -187,7 +187,14 @@ async def test_config_reload_adds_and_removes_agents(home: Path) -> None:
             CONFIG.replace("[agents.bob]\nautostart = false\n", "") + "[agents.carol]\n"
         )
         result = (await operator.post("/v1/config/reload")).json()
-        assert result == {"added": ["carol"], "removed": ["bob"], "restart_needed": []}
+        assert result == {
+            "file": str(paths.config),
+            "added": ["carol"],
+            "removed": ["bob"],
+            "changed": [],
+            "restart_needed": [],
+            "agents_to_restart": [],
+        }
         assert paths.agent_socket("carol").is_socket()
         assert not paths.agent_socket("bob").exists()
         assert backend.starts.get("carol") == 1

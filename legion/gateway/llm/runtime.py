@@ -3,14 +3,18 @@
 `import litellm` takes seconds, so the host starts it in a worker thread at start-up and
 the first LLM call awaits it. Before the import, LITELLM_LOCAL_MODEL_COST_MAP makes LiteLLM
 read its model price map from the installed package instead of downloading it, and its
-telemetry is off.
+telemetry is off. After it, nothing of LiteLLM writes to stdout or stderr by itself: its
+prints are switched off and its loggers go through the host's handlers (the daemon also
+turns any stray print into a log record, see `legion.logs.capture_stray_output`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -25,21 +29,30 @@ def load_blocking() -> ModuleType:
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     os.environ.setdefault("LITELLM_TELEMETRY", "False")
     os.environ.setdefault("LITELLM_LOG", "ERROR")
+    # With JSON_LOGS=true in the environment, importing LiteLLM replaces sys.excepthook with
+    # a handler of its own that writes to stderr: the host's logging decides, so it is put back.
+    excepthook = sys.excepthook
     import litellm
+    import litellm._logging
 
+    sys.excepthook = excepthook
     litellm.telemetry = False
+    # LiteLLM's own `print` calls: the "Give Feedback / Get Help" and "Provider List" banners
+    # (printed unless suppress_debug_info) and every print_verbose (printed when set_verbose).
     litellm.suppress_debug_info = True
+    litellm.set_verbose = False  # type: ignore[attr-defined]  # re-exported from _logging
+    litellm._logging.set_verbose = False
     litellm.drop_params = True  # a provider that lacks a parameter gets the call without it
     litellm.num_retries = 0  # failover and backoff are the gateway's job
     litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[attr-defined]  # aembedding needs it
-    # LiteLLM gives its loggers handlers of their own; route them through the root handlers
-    # instead, where the host's redaction filter sits.
-    import logging
-
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+    # LiteLLM gives its loggers handlers of their own (writing straight to stdout and
+    # stderr, in its own format); route them through the root handlers instead, where the
+    # host's format and redaction filter sit. Their info and debug lines are chatter.
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "LiteLLM Proxy.stdout"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+        logger.setLevel(logging.WARNING)
     # LiteLLM leaves ~400k long-lived objects; without this every full GC pass walks them
     # (pauses of ~200 ms on the host's event loop).
     gc.collect()
