@@ -228,23 +228,23 @@ _HOSTNAME_RE = re.compile(_HOSTNAME)
 
 
 def host_port_problem(entry: str) -> str | None:
-    """Why `entry` is not a HOST:PORT pair, or None."""
+    """Why `entry` is not a HOST:PORT pair (what is wrong, not how to write it), or None."""
     host, sep, port = entry.rpartition(":")
+    shown = repr(entry[:80])
     if not sep or not host:
-        return f"{entry[:80]!r} is not {HOST_PORT_RULE}"
+        return f"{shown} is not HOST:PORT"
     if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        return f"{entry[:80]!r}: the port must be a number 1-65535; write {HOST_PORT_RULE}"
+        return f"{shown}: the port must be a number 1-65535"
     if host.startswith("[") and host.endswith("]"):
-        inner = host[1:-1]
         try:
-            ipaddress.IPv6Address(inner)
+            ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            return f"{entry[:80]!r}: {inner!r} is not an IPv6 address"
+            return f"{shown}: {host[1:-1]!r} is not an IPv6 address"
         return None
     if not _HOSTNAME_RE.fullmatch(host):
         if ":" in host:
-            return f'{entry[:80]!r}: write an IPv6 address in brackets, e.g. "[::1]:8080"'
-        return f"{entry[:80]!r}: {host!r} is not a host name or IPv4 address"
+            return f"{shown}: an IPv6 address (or anything with ':') goes in brackets"
+        return f"{shown}: {host!r} is not a host name or IPv4 address"
     return None
 
 
