@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -189,13 +190,13 @@ class Router:
         components: dict[str, Any] = {}
 
         def ref(model: type[BaseModel]) -> dict[str, Any]:
-            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema = json.loads(_model_schema(model))
             components.update(schema.pop("$defs", {}))
             components[model.__name__] = schema
             return {"$ref": f"#/components/schemas/{model.__name__}"}
 
         def parameter(name: str, where: str, annotation: Any, required: bool) -> dict[str, Any]:
-            schema = TypeAdapter(annotation).json_schema() if annotation is not None else {}
+            schema = json.loads(_type_schema(annotation)) if annotation is not None else {}
             description = schema.pop("description", None)
             param: dict[str, Any] = {
                 "name": name,
@@ -262,6 +263,18 @@ class Router:
         }
         _apply_configured(document, configured or {})
         return document
+
+
+# Generating a model's schema takes milliseconds; the models never change while the host
+# runs, so each is generated once (as text, so every document gets its own copy to edit).
+@cache
+def _model_schema(model: type[BaseModel]) -> str:
+    return json.dumps(model.model_json_schema(ref_template="#/components/schemas/{model}"))
+
+
+@cache
+def _type_schema(annotation: Any) -> str:
+    return json.dumps(TypeAdapter(annotation).json_schema())
 
 
 def _apply_configured(node: Any, configured: Mapping[str, Any]) -> None:
