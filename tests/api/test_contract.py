@@ -22,6 +22,7 @@ LEGION_CONTRACT_EXAMPLES=100 for a deep run; docs/api.md shows how to run it by 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -235,6 +236,7 @@ def schemathesis_config(directory: Path) -> Path:
 
 def run_schemathesis(socket: str, bridge: UnixBridge, directory: Path) -> dict[str, Any]:
     """One `st run` over the bridge; returns its JSON report (and prints its summary)."""
+    assert importlib.util.find_spec("schemathesis"), "schemathesis is missing: run make install"
     report = directory / f"{socket}.json"
     command = [
         sys.executable,
@@ -306,13 +308,20 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def seed_inbox(paths: Paths, agent: str, count: int) -> None:
-    """Messages from the operator, so the stateful run finds items to ack and answer."""
+def prepare_agent_host(paths: Paths, agent: str, count: int) -> None:
+    """Messages from the operator, so the stateful run finds items to ack and answer; and one
+    chat call, so the gateway has loaded LiteLLM (seconds on a loaded machine) before the
+    run's requests, which time out after 10 s."""
     transport = httpx.HTTPTransport(uds=str(paths.control_socket))
     with httpx.Client(transport=transport, base_url="http://legion", timeout=10) as client:
         for i in range(count):
             sent = client.post("/v1/messages", json={"to": agent, "payload": {"n": i}})
             assert sent.status_code == 200, sent.text
+    transport = httpx.HTTPTransport(uds=str(paths.agent_socket(agent)))
+    with httpx.Client(transport=transport, base_url="http://legion", timeout=180) as client:
+        chat = {"messages": [{"role": "user", "content": "ready?"}]}
+        answer = client.post("/v1/chat/completions", json=chat)
+        assert answer.status_code == 200, answer.text
 
 
 def test_agent_socket_honours_its_contract(workdir: Path) -> None:
@@ -323,7 +332,7 @@ def test_agent_socket_honours_its_contract(workdir: Path) -> None:
         FakeProviderProcess() as provider,
         daemon_on(AGENT_CONFIG.format(base_url=provider.base_url)) as paths,
     ):
-        seed_inbox(paths, "alice", 300)
+        prepare_agent_host(paths, "alice", 300)
         with UnixBridge(paths.agent_socket("alice")) as bridge:
             report = run_schemathesis("agent", bridge, workdir)
     assert_clean("agent", report)
