@@ -170,8 +170,9 @@ _URL = (
 URL_PATTERN = f"^{_URL}$"
 URL_MAX = 16384
 URL_RULE = (
-    "an http:// or https:// URL with a host name, an IPv4 address or a bracketed IPv6 "
-    "address, an optional port 1-65535, and no user info, spaces or control characters"
+    "an http:// or https:// URL with an ASCII host name (xn-- for an international one), an "
+    "IPv4 address or a bracketed IPv6 address, an optional port 1-65535, and no user info, "
+    "spaces or control characters"
 )
 _URL_RE = re.compile(_URL)
 
