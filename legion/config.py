@@ -12,23 +12,76 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from legion.errors import ConfigError
+from legion.wire.rules import (
+    HOST_PORT_RULE,
+    KEY_MAX_CEILING,
+    NAME_PATTERN,
+    NAME_RULE,
+    RESERVED_NAMES,
+    host_port_problem,
+    name_problem,
+)
 
-NAME_RE = r"^[a-z][a-z0-9-]{0,31}$"
-RESERVED_NAMES = frozenset({"operator", "host", "system"})
+NAME_RE = NAME_PATTERN  # the documented rule for agent and team names (docs/config.md)
+# How deeply arrays and inline tables may nest in legion.toml: far beyond any real file,
+# far below what the TOML parser's recursion can take.
+MAX_TOML_NESTING = 32
+# Money and prices: finite, and within what any real fleet spends.
+MAX_USD = 1_000_000.0
+MAX_USD_PER_MTOK = 100_000.0
 
-AgentName = Annotated[str, Field(pattern=NAME_RE)]
+
+def check_name(name: str, kind: str = "agent") -> str | None:
+    """Why `name` cannot name an agent (or a team), or None. One rule for the config file and
+    the CLI: lowercase letters, digits and '-', starting with a letter, at most 32
+    characters, and none of the names the host uses itself."""
+    if name_problem(name) is not None:
+        return f"{name[:80]!r} is not a valid {kind} name; fix: use {NAME_RULE}"
+    if name in RESERVED_NAMES:
+        reserved = ", ".join(sorted(RESERVED_NAMES))
+        return (
+            f"`{name}` is reserved ({reserved} name the host's own principals); "
+            f"fix: pick another {kind} name"
+        )
+    return None
+
+
+def _named(kind: str) -> AfterValidator:
+    def validate(name: str) -> str:
+        problem = check_name(name, kind)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
+
+    return AfterValidator(validate)
+
+
+def _host_port(entry: str) -> str:
+    problem = host_port_problem(entry)
+    if problem is not None:
+        raise ValueError(f"{problem}; fix: write {HOST_PORT_RULE}")
+    return entry
+
+
+AgentName = Annotated[str, _named("agent")]
+TeamName = Annotated[str, _named("team")]
+HostPort = Annotated[str, AfterValidator(_host_port)]
+Usd = Annotated[float, Field(ge=0, le=MAX_USD)]
 
 
 class _Section(BaseModel):
     # strict: "yes" is not a bool and "10" is not a number; a typo must not grant anything.
-    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True)
+    # Numbers are finite: TOML's inf and nan are refused (a budget of inf is no budget).
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, strict=True, allow_inf_nan=False
+    )
 
 
 class BlackboardConfig(_Section):
-    max_key_length: int = Field(default=256, ge=16, le=4096)
+    max_key_length: int = Field(default=256, ge=16, le=KEY_MAX_CEILING)
     max_value_bytes: int = Field(default=65536, ge=64, le=16 * 1024 * 1024)
     collect_interval_s: float = Field(default=5.0, gt=0, le=3600)
     watch_history: int = Field(default=10000, ge=100, le=1_000_000)
@@ -45,8 +98,8 @@ class HostConfig(_Section):
 
 
 class BudgetConfig(_Section):
-    daily_usd: float | None = Field(default=None, ge=0)
-    monthly_usd: float | None = Field(default=None, ge=0)
+    daily_usd: Usd | None = None
+    monthly_usd: Usd | None = None
 
 
 class PermissionsConfig(_Section):
@@ -108,8 +161,8 @@ class ModelConfig(_Section):
     api_base: str | None = None
     credential: str | None = None
     failover: list[str] = Field(default_factory=list)
-    input_cost_per_mtok: float | None = Field(default=None, ge=0)
-    output_cost_per_mtok: float | None = Field(default=None, ge=0)
+    input_cost_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD_PER_MTOK)
+    output_cost_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD_PER_MTOK)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
     passthrough: bool = True
 
@@ -117,12 +170,12 @@ class ModelConfig(_Section):
 class LLMConfig(_Section):
     default_model: str | None = None
     default_max_tokens: int = Field(default=4096, ge=1, le=1_000_000)
-    fleet_daily_usd: float | None = Field(default=None, ge=0)
+    fleet_daily_usd: Usd | None = None
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
 
 class EgressConfig(_Section):
-    allow: list[str] = Field(default_factory=list)
+    allow: list[HostPort] = Field(default_factory=list)
     max_response_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
     timeout_s: float = Field(default=30.0, gt=0, le=600)
     max_redirects: int = Field(default=5, ge=0, le=20)
@@ -134,7 +187,7 @@ class Config(_Section):
     egress: EgressConfig = Field(default_factory=EgressConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
-    teams: dict[AgentName, TeamConfig] = Field(default_factory=dict)
+    teams: dict[TeamName, TeamConfig] = Field(default_factory=dict)
 
 
 def _table(data: Any, *path: str) -> dict[str, Any]:
@@ -157,6 +210,8 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     for alias, model in models.items():
         failover = model.get("failover", []) if isinstance(model, dict) else []
         for hop in failover if isinstance(failover, list) else []:
+            if not isinstance(hop, str):
+                continue  # a type error, reported by the model
             key = f"llm.models.{alias}.failover"
             if hop == alias:
                 problems.append((key, "a model cannot fail over to itself; remove it"))
@@ -177,18 +232,7 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{known_models}); fix: add [llm.models.{default}]",
             )
         )
-    allow = _table(data, "egress").get("allow", [])
-    for entry in allow if isinstance(allow, list) else []:
-        host, sep, port = str(entry).rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            problems.append(
-                ("egress.allow", f'`{entry}` is not HOST:PORT; fix: write e.g. "127.0.0.1:8080"')
-            )
     for name, agent in agents.items():
-        if name in RESERVED_NAMES:
-            problems.append(
-                (f"agents.{name}", f"`{name}` is reserved; fix: pick another agent name")
-            )
         if not isinstance(agent, dict):
             continue
         team = agent.get("team")
@@ -202,7 +246,8 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                     "or fix the name",
                 )
             )
-        wanted = [agent.get("model"), *list(agent.get("allowed_models") or [])]
+        allowed = agent.get("allowed_models")
+        wanted = [agent.get("model"), *(allowed if isinstance(allowed, list) else [])]
         for alias in wanted:
             if isinstance(alias, str) and models and alias not in models:
                 problems.append(
@@ -237,6 +282,7 @@ _FIXES: dict[str, str] = {
     "greater_than": "use a larger value",
     "less_than_equal": "use a smaller value",
     "less_than": "use a smaller value",
+    "finite_number": "write a finite number (inf and nan are not allowed)",
 }
 
 
@@ -307,18 +353,66 @@ def _describe(error: Any, where: str, index: _LineIndex, file: str) -> str:
             else ("known keys: " + ", ".join(known) if known else "remove it")
         )
         return f"{prefix}: {key}: unknown key; {hint}"
-    got = error.get("input")
-    got_text = "" if kind == "missing" else f" (got {got!r})"
+    if kind == "value_error":  # our own rules: the message says what is wrong and the fix
+        return f"{prefix}: {key}: {error['ctx']['error']}"
+    got = repr(error.get("input"))
+    got_text = "" if kind == "missing" else f" (got {got[:80]}{'...' if len(got) > 80 else ''})"
     fix = _FIXES.get(kind, "see config.example.toml")
     return f"{prefix}: {key}: {error['msg'].lower()}{got_text}; fix: {fix}"
 
 
+def nesting_problem(text: str, limit: int = MAX_TOML_NESTING) -> tuple[int, str] | None:
+    """(line, message) where arrays and inline tables of a TOML text nest deeper than
+    `limit`, or None. A scan that skips strings and comments; run before the parser, whose
+    recursion a deeply nested file would exhaust."""
+    depth, line, i, n = 0, 1, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            j = i + len(quote)
+            while j < n and not text.startswith(quote, j):
+                if quote == c and text[j] == "\n":
+                    break  # an unterminated one-line string: the parser reports it
+                if c == '"' and text[j] == "\\":
+                    j += 1  # an escape: the next character is not a quote
+                elif text[j] == "\n":
+                    line += 1
+                j += 1
+            i = j + len(quote)
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                return line, (
+                    f"arrays and inline tables nest more than {limit} deep; fix: flatten them "
+                    "(legion.toml never needs more than a few levels)"
+                )
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return None
+
+
 def parse_config(text: str, file: str = "legion.toml") -> Config:
     """Parse and validate a config text. Raises ConfigError listing every problem."""
+    deep = nesting_problem(text)
+    if deep is not None:
+        raise ConfigError(file, [f"{file}:{deep[0]}: {deep[1]}"])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, [f"{file}: not valid TOML: {exc}; fix the syntax there"]) from None
+    except RecursionError:  # the scan above bounds nesting; this is the last wall
+        raise ConfigError(
+            file, [f"{file}: nested too deeply to parse; fix: flatten arrays and tables"]
+        ) from None
     index = _LineIndex(text)
     problems: list[str] = []
     config: Config | None = None

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from legion.api.http import Call, Policy, Response, Router, StreamResponse
-from legion.errors import BadRequest, InboxFull, NotFound
-from legion.mesh.globs import check_agent_pattern
+from legion.errors import InboxFull, NotFound
 from legion.mesh.permissions import Perm
 from legion.wire.agent import (
     NotifyAccepted,
@@ -51,12 +50,47 @@ from legion.wire.api import (
 )
 from legion.wire.egress import EgressRequest, EgressResponse
 from legion.wire.events import AgentHeartbeat, AgentNotification, InboxRefused
+from legion.wire.fields import BlackboardKey
 
 if TYPE_CHECKING:
     from legion.host import Host
 
 READ = Perm.BB_READ.value
 WRITE = Perm.BB_WRITE.value
+KEY_PARAM = {"key": BlackboardKey}
+
+# OpenAPI links (stateful clients and test generators follow them): what one response
+# gives the next request. A put's version feeds a compare-and-swap; a poll's ids feed an ack.
+_KEY_OF_PUT = {"key": "$request.path.key"}
+PUT_LINKS = {
+    "GetWritten": {"operationId": "bb_get", "parameters": _KEY_OF_PUT},
+    "SwapWritten": {
+        "operationId": "bb_cas",
+        "requestBody": {"key": "$request.path.key", "expected_version": "$response.body#/version"},
+    },
+    "ClaimWritten": {"operationId": "bb_claim", "requestBody": {"key": "$request.path.key"}},
+    "DeleteWritten": {"operationId": "bb_delete", "parameters": _KEY_OF_PUT},
+}
+CAS_LINKS = {
+    "GetSwapped": {"operationId": "bb_get", "parameters": {"key": "$response.body#/key"}},
+    "SwapAgain": {
+        "operationId": "bb_cas",
+        "requestBody": {
+            "key": "$response.body#/key",
+            "expected_version": "$response.body#/version",
+        },
+    },
+}
+CLAIM_LINKS = {
+    "WriteClaimed": {"operationId": "bb_put", "parameters": {"key": "$response.body#/key"}},
+    "ReleaseClaimed": {"operationId": "bb_release", "requestBody": {"key": "$response.body#/key"}},
+}
+WATCH_LINKS = {
+    "WatchOn": {
+        "operationId": "bb_watch",
+        "requestBody": {"pattern": "$request.body#/pattern", "cursor": "$response.body#/cursor"},
+    }
+}
 
 
 def build_shared_routes(router: Router, host: Host) -> None:
@@ -65,8 +99,18 @@ def build_shared_routes(router: Router, host: Host) -> None:
 
     @router.route("GET", "/v1/openapi.json")
     async def openapi(call: Call) -> Response:
-        """This socket's OpenAPI document."""
-        return Response(200, json.dumps(router.openapi()).encode())
+        """This socket's OpenAPI document, with this host's limits."""
+        # Examples of agent names: the ones the caller may message (all, for the operator).
+        names = [
+            name
+            for name in sorted(host.config.agents)
+            if name != call.principal
+            and host.permissions.allows(call.principal, Perm.MESSAGE, name)
+        ]
+        configured: dict[str, Any] = {"max_key_length": bb.config.max_key_length}
+        if names:
+            configured["agent_names"] = names
+        return Response(200, json.dumps(router.openapi(configured)).encode())
 
     @router.route(
         "POST",
@@ -74,6 +118,12 @@ def build_shared_routes(router: Router, host: Host) -> None:
         body=MessageRequest,
         response=MessageQueued,
         policy=Policy(Perm.MESSAGE.value, "to", "message"),
+        links={
+            "AckMessage": {
+                "operationId": "inbox_ack",
+                "requestBody": {"ids": ["$response.body#/item_id"]},
+            }
+        },
     )
     async def send_message(call: Call) -> MessageQueued:
         """Put a message in an agent's inbox (the sender is the socket's owner)."""
@@ -85,6 +135,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
         "/v1/blackboard/entries/{key:path}",
         response=BlackboardEntry,
         policy=Policy(READ, "key", "bb.get"),
+        params=KEY_PARAM,
     )
     async def bb_get(call: Call) -> BlackboardEntry:
         """Read one key (404 when absent or expired)."""
@@ -96,6 +147,8 @@ def build_shared_routes(router: Router, host: Host) -> None:
         body=BlackboardPut,
         response=BlackboardEntry,
         policy=Policy(WRITE, "key", "bb.put"),
+        params=KEY_PARAM,
+        links=PUT_LINKS,
     )
     async def bb_put(call: Call) -> BlackboardEntry:
         """Write one key; bumps its version."""
@@ -107,13 +160,14 @@ def build_shared_routes(router: Router, host: Host) -> None:
         "/v1/blackboard/entries/{key:path}",
         response=BlackboardDeleted,
         policy=Policy(WRITE, "key", "bb.delete"),
+        params=KEY_PARAM,
     )
     async def bb_delete(call: Call) -> BlackboardDeleted:
         """Delete one key."""
         key = call.params["key"]
         return BlackboardDeleted(key=key, deleted=bb.delete(key, call.principal))
 
-    @router.route("GET", "/v1/blackboard/entries", response=BlackboardList)
+    @router.route("GET", "/v1/blackboard/entries", response=BlackboardList, query={"prefix": str})
     async def bb_list(call: Call) -> BlackboardList:
         """List live keys under `?prefix=` that the caller may read."""
         prefix = call.request.query.get("prefix", "")
@@ -127,6 +181,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
         body=BlackboardCas,
         response=BlackboardEntry,
         policy=Policy(WRITE, "key", "bb.cas"),
+        links=CAS_LINKS,
     )
     async def bb_cas(call: Call) -> BlackboardEntry:
         """Compare-and-swap: write only if the key is at `expected_version` (0: absent)."""
@@ -145,6 +200,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
         body=ClaimRequest,
         response=Claim,
         policy=Policy(WRITE, "key", "bb.claim"),
+        links=CLAIM_LINKS,
     )
     async def bb_claim(call: Call) -> Claim:
         """Claim a key (423 while another holder's claim is live)."""
@@ -163,13 +219,12 @@ def build_shared_routes(router: Router, host: Host) -> None:
         body: ReleaseRequest = call.body
         return Released(key=body.key, released=bb.release(body.key, call.principal))
 
-    @router.route("POST", "/v1/blackboard/watch", body=WatchRequest, response=WatchResponse)
+    @router.route(
+        "POST", "/v1/blackboard/watch", body=WatchRequest, response=WatchResponse, links=WATCH_LINKS
+    )
     async def bb_watch(call: Call) -> WatchResponse:
         """Long-poll for changes to keys matching a glob, after a cursor."""
-        body: WatchRequest = call.body
-        problem = check_agent_pattern(body.pattern)
-        if problem:
-            raise BadRequest(f"invalid watch pattern: {problem}", code="invalid_pattern")
+        body: WatchRequest = call.body  # the model checked the pattern (rules.glob_problem)
         host.audit.append(call.principal, "bb.watch", body.pattern, "allow", cursor=body.cursor)
         wait = min(body.wait_s, host.config.host.long_poll_max_s)
         return await bb.watch(
@@ -229,6 +284,12 @@ def build_agent_router(host: Host, agent: str) -> Router:
         body=SubscribeRequest,
         response=Subscriptions,
         policy=Policy(Perm.SUBSCRIBE.value, "topic", "subscribe"),
+        links={
+            "Unsubscribe": {
+                "operationId": "unsubscribe",
+                "requestBody": {"topic": "$request.body#/topic"},
+            }
+        },
     )
     async def subscribe(call: Call) -> Subscriptions:
         """Subscribe the caller to a topic or topic glob."""
@@ -246,7 +307,22 @@ def build_agent_router(host: Host, agent: str) -> Router:
         """The caller's subscriptions."""
         return Subscriptions(topics=inboxes.subscriptions(call.principal))
 
-    @router.route("POST", "/v1/inbox/poll", body=PollRequest, response=PollResponse)
+    @router.route(
+        "POST",
+        "/v1/inbox/poll",
+        body=PollRequest,
+        response=PollResponse,
+        links={
+            "AckPolled": {
+                "operationId": "inbox_ack",
+                "requestBody": {"ids": ["$response.body#/items/0/id"]},
+            },
+            "ReplyPolled": {
+                "operationId": "reply",
+                "requestBody": {"in_reply_to": "$response.body#/items/0/id"},
+            },
+        },
+    )
     async def inbox_poll(call: Call) -> PollResponse:
         """Receive inbox items, long-polling up to `wait_s`; ack them when handled."""
         body: PollRequest = call.body

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from legion import __version__
 from legion.api.agent import build_shared_routes
 from legion.api.http import Call, Router, StreamResponse
-from legion.errors import ConfigError, LegionError, NotFound
+from legion.errors import BadRequest, ConfigError, LegionError, NotFound
 from legion.fleet import volume
 from legion.fsutil import UnsafeEntry
 from legion.paths import MAX_SOCKET_PATH
@@ -31,6 +31,8 @@ from legion.wire.api import (
     ReloadResult,
     StopResponse,
 )
+from legion.wire.fields import AgentAction, AgentName
+from legion.wire.rules import name_problem
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -64,12 +66,27 @@ def build_control_router(host: Host) -> Router:
         host.request_stop("stop requested over the control socket")
         return StopResponse(stopping=True)
 
-    @router.route("GET", "/v1/agents", response=AgentList)
+    @router.route(
+        "GET",
+        "/v1/agents",
+        response=AgentList,
+        links={
+            "ActOnAgent": {
+                "operationId": "agent_action",
+                "parameters": {"name": "$response.body#/agents/0/name"},
+            }
+        },
+    )
     async def agents(call: Call) -> AgentList:
         """Every configured agent with its container state."""
         return host_agents(host)
 
-    @router.route("POST", "/v1/agents/{name}/{action}", response=AgentInfo)
+    @router.route(
+        "POST",
+        "/v1/agents/{name}/{action}",
+        response=AgentInfo,
+        params={"name": AgentName, "action": AgentAction},
+    )
     async def agent_action(call: Call) -> AgentInfo:
         """Start, stop or restart an agent's container (`action`: start|stop|restart)."""
         name, action = call.params["name"], call.params["action"]
@@ -88,12 +105,17 @@ def build_control_router(host: Host) -> Router:
         await operations[action](name)
         return next(a for a in host_agents(host).agents if a.name == name)
 
-    @router.route("DELETE", "/v1/agents/{name}/state", response=PurgeResult)
+    @router.route(
+        "DELETE", "/v1/agents/{name}/state", response=PurgeResult, params={"name": AgentName}
+    )
     async def purge(call: Call) -> PurgeResult:
         """Delete a removed agent's volume, inbox and subscriptions (`legion agents rm
         --purge`). A volume path that is not a real directory is refused (409
         `unsafe_path`, audited) and nothing is deleted."""
         name = call.params["name"]
+        problem = name_problem(name)
+        if problem is not None:
+            raise BadRequest(problem, code="invalid_name")
         if name in host.config.agents:
             raise LegionError(
                 f"{name} is still configured; remove it from legion.toml first",

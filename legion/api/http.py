@@ -18,18 +18,20 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from legion.errors import LegionError
 from legion.paths import MAX_SOCKET_PATH
 from legion.wire.errors import ErrorBody, ErrorDetail
+from legion.wire.fields import CONFIGURED
 
 log = logging.getLogger("legion.http")
 
@@ -96,6 +98,12 @@ class Route:
     response: type[BaseModel] | None
     summary: str
     policy: Policy | None
+    # Documentation of the contract (see `Router.openapi`): the type of each path and query
+    # parameter (a pydantic-compatible type, e.g. `legion.wire.fields.BlackboardKey`), and
+    # the OpenAPI links from this route's 200 response to other operations.
+    params: dict[str, Any] = field(default_factory=dict)
+    query: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)
     regex: re.Pattern[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,10 +134,26 @@ class Router:
         body: type[BaseModel] | None = None,
         response: type[BaseModel] | None = None,
         policy: Policy | None = None,
+        params: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
+        links: dict[str, dict[str, Any]] | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             summary = (handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else ""
-            self.routes.append(Route(method, template, handler, body, response, summary, policy))
+            self.routes.append(
+                Route(
+                    method,
+                    template,
+                    handler,
+                    body,
+                    response,
+                    summary,
+                    policy,
+                    params or {},
+                    query or {},
+                    links or {},
+                )
+            )
             return handler
 
         return register
@@ -155,30 +179,62 @@ class Router:
             f"no route {method} {path}; see GET /v1/openapi.json", code="no_route", status=404
         )
 
-    def openapi(self) -> dict[str, Any]:
-        """An OpenAPI 3.1 document generated from the route table."""
+    def openapi(self, configured: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """An OpenAPI 3.1 document generated from the route table.
+
+        Bodies, responses and parameters come from the models and types the routes declare,
+        so the document states every rule the models enforce. `configured` holds the values
+        that depend on the host's configuration (e.g. `max_key_length`, the agent names); a
+        schema node that says `x-legion-configured: {"maxLength": "max_key_length"}` gets
+        the configured value."""
         components: dict[str, Any] = {}
 
         def ref(model: type[BaseModel]) -> dict[str, Any]:
-            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema = json.loads(_model_schema(model))
             components.update(schema.pop("$defs", {}))
             components[model.__name__] = schema
             return {"$ref": f"#/components/schemas/{model.__name__}"}
 
+        def parameter(name: str, where: str, annotation: Any, required: bool) -> dict[str, Any]:
+            schema = json.loads(_type_schema(annotation)) if annotation is not None else {}
+            description = schema.pop("description", None)
+            param: dict[str, Any] = {
+                "name": name,
+                "in": where,
+                "required": required,
+                "schema": schema or {"type": "string"},
+            }
+            if description:
+                param["description"] = description
+            return param
+
         error_ref = ref(ErrorBody)
+        operations = {route.handler.__name__ for route in self.routes}
         paths: dict[str, Any] = {}
         for route in self.routes:
             path = re.sub(r"\{(\w+):path\}", r"{\1}", route.template)
+            ok: dict[str, Any] = (
+                {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": ref(route.response)}},
+                }
+                if route.response
+                else {"description": "OK"}
+            )
+            # A link to an operation this socket does not serve (shared routes link to
+            # agent-only ones) is left out.
+            links = {
+                name: link
+                for name, link in route.links.items()
+                if link.get("operationId") in operations
+            }
+            if links:
+                ok["links"] = links
             op: dict[str, Any] = {
                 "summary": route.summary,
                 "operationId": route.handler.__name__,
                 "responses": {
-                    "200": {
-                        "description": "OK",
-                        "content": {"application/json": {"schema": ref(route.response)}},
-                    }
-                    if route.response
-                    else {"description": "OK"},
+                    "200": ok,
                     "default": {
                         "description": "Typed error",
                         "content": {"application/json": {"schema": error_ref}},
@@ -186,11 +242,10 @@ class Router:
                 },
             }
             names = re.findall(r"\{(\w+)(?::path)?\}", route.template)
-            if names:
-                op["parameters"] = [
-                    {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                    for n in names
-                ]
+            parameters = [parameter(n, "path", route.params.get(n), True) for n in names]
+            parameters += [parameter(n, "query", t, False) for n, t in route.query.items()]
+            if parameters:
+                op["parameters"] = parameters
             if route.body is not None:
                 op["requestBody"] = {
                     "required": True,
@@ -200,12 +255,41 @@ class Router:
                 op["x-legion-permission"] = route.policy.permission
                 op["x-legion-target"] = route.policy.target
             paths.setdefault(path, {})[route.method.lower()] = op
-        return {
+        document = {
             "openapi": "3.1.0",
             "info": {"title": self.title, "version": "1"},
             "paths": paths,
             "components": {"schemas": components},
         }
+        _apply_configured(document, configured or {})
+        return document
+
+
+# Generating a model's schema takes milliseconds; the models never change while the host
+# runs, so each is generated once (as text, so every document gets its own copy to edit).
+@cache
+def _model_schema(model: type[BaseModel]) -> str:
+    return json.dumps(model.model_json_schema(ref_template="#/components/schemas/{model}"))
+
+
+@cache
+def _type_schema(annotation: Any) -> str:
+    return json.dumps(TypeAdapter(annotation).json_schema())
+
+
+def _apply_configured(node: Any, configured: Mapping[str, Any]) -> None:
+    """Write configured values where a schema node names them (`x-legion-configured`)."""
+    if isinstance(node, dict):
+        wanted = node.pop(CONFIGURED, None)
+        if isinstance(wanted, dict):
+            for keyword, name in wanted.items():
+                if name in configured:
+                    node[keyword] = configured[name]
+        for value in node.values():
+            _apply_configured(value, configured)
+    elif isinstance(node, list):
+        for value in node:
+            _apply_configured(value, configured)
 
 
 Authorizer = Callable[[Call, Route], None]

@@ -7,13 +7,24 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, fmt_time, host_errors
+from legion.cli.common import State, emit_json, fail, fmt_time, host_errors, usd_parser
 
 app = typer.Typer(
     help="Manage the fleet: add, list, start, stop, restart, remove agents.", no_args_is_help=True
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+NAME_HELP = "Lowercase letters, digits and '-', starting with a letter, at most 32."
+
+
+def require_valid_name(name: str) -> None:
+    """The first wall: a name that breaks the documented rule (`legion.config.check_name`)
+    is refused before anything is read, written or sent (it is pasted into TOML headers)."""
+    from legion.config import check_name
+
+    problem = check_name(name)
+    if problem is not None:
+        fail(problem, 2)
 
 
 def _toml_str(value: str) -> str:
@@ -95,21 +106,31 @@ def _write_config(text: str) -> None:
 
 @app.command("add")
 def add(
-    name: Annotated[str, typer.Argument(help="Lowercase letters, digits and '-'.")],
+    name: Annotated[str, typer.Argument(help=NAME_HELP)],
     model: Annotated[
         str | None, typer.Option("--model", help="Model alias from [llm.models].")
     ] = None,
     role: Annotated[str | None, typer.Option("--role", help="What the agent is for.")] = None,
     budget_daily: Annotated[
-        float | None, typer.Option("--budget-daily", min=0, help="Daily cap, USD.")
+        float | None,
+        typer.Option(
+            "--budget-daily", parser=usd_parser("--budget-daily"), metavar="USD", help="Daily cap."
+        ),
     ] = None,
     budget_monthly: Annotated[
-        float | None, typer.Option("--budget-monthly", min=0, help="Monthly cap, USD.")
+        float | None,
+        typer.Option(
+            "--budget-monthly",
+            parser=usd_parser("--budget-monthly"),
+            metavar="USD",
+            help="Monthly cap.",
+        ),
     ] = None,
     team: Annotated[str | None, typer.Option("--team", help="A team from [teams].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add an agent to legion.toml (and start it, if the host is running)."""
+    require_valid_name(name)
     from legion.config import load_config
 
     paths = State.paths()
@@ -161,6 +182,7 @@ def rm(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove an agent from legion.toml (stopping it); --purge deletes its data too."""
+    require_valid_name(name)
     from legion.api.client import ControlClient
     from legion.config import load_config
 
@@ -230,6 +252,7 @@ def ls(as_json: JsonOpt = False) -> None:
 
 
 def _action(name: str, action: str, as_json: bool) -> None:
+    require_valid_name(name)
     from legion.api.client import ControlClient
 
     with host_errors(), ControlClient(State.paths()) as client:

@@ -7,18 +7,23 @@ from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, fmt_time, parse_since
+from legion.cli.common import SINCE_HELP, State, emit_json, fail, fmt_time, since_parser
 
 
 def audit(
     agent: Annotated[str | None, typer.Option("--agent", help="Only this actor.")] = None,
     since: Annotated[
-        str | None,
+        float | None,
         typer.Option(
-            "--since", help="Only records since T: 30m, 2h, 7d, an ISO time, or a Unix time."
+            "--since",
+            parser=since_parser,
+            metavar="TIME",
+            help=f"Only records since: {SINCE_HELP}.",
         ),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="Newest N records.", min=1)] = 100,
+    limit: Annotated[
+        int, typer.Option("--limit", help="Newest N records.", min=1, max=1_000_000)
+    ] = 100,
     verify: Annotated[
         bool,
         typer.Option(
@@ -60,8 +65,7 @@ def audit(
         conn = db.connection()  # type: ignore[no-untyped-call]
         if verify:
             _verify(conn, expect_head, as_json)
-        since_ts = parse_since(since) if since else None
-        records = audit_log.query(conn, actor=agent, since=since_ts, limit=limit)
+        records = audit_log.query(conn, actor=agent, since=since, limit=limit)
     finally:
         db.close()
     if as_json:

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from legion.api.client import ControlClient
-from legion.cli.common import State, emit_json, fail, fmt_time, host_errors
+from legion.cli.common import State, emit_json, fail, fmt_time, host_errors, seconds_parser
+from legion.cli.inputs import InputError, parse_json_value
+from legion.wire.fields import TTL_MAX_S
 
 app = typer.Typer(
     help="Read and write the blackboard (needs a running host).", no_args_is_help=True
@@ -27,15 +29,21 @@ def put(
     key: Annotated[str, typer.Argument(help="Key, e.g. shared/plan or teams/red/status.")],
     value: Annotated[str, typer.Argument(help='A JSON value: 42, "text", {"a": 1}, [1, 2].')],
     ttl: Annotated[
-        float | None, typer.Option("--ttl", help="Expire after S seconds.", min=0.001)
+        float | None,
+        typer.Option(
+            "--ttl",
+            parser=seconds_parser("--ttl", 0.001, TTL_MAX_S),
+            metavar="SECONDS",
+            help=f"Expire after this many seconds (0.001 to {TTL_MAX_S}).",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write KEY = JSON value (bumps its version)."""
     try:
-        parsed = json.loads(value)
-    except ValueError as exc:
-        fail(f"VALUE must be JSON ({exc}); quote strings like '\"text\"'", 2)
+        parsed = parse_json_value(value)
+    except InputError as exc:
+        fail(f"VALUE: {exc}", 2)
     with host_errors(), _client() as client:
         entry = client.bb_put(key, parsed, ttl)
     if as_json:

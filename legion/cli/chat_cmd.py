@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, host_errors
+from legion.cli.common import State, emit_json, fail, host_errors, seconds_parser
 
 
 def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
@@ -82,7 +82,13 @@ def chat(
         typer.Argument(help="Send this and print the reply; omit for a line-by-line conversation."),
     ] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds to wait per reply.", min=1)
+        float,
+        typer.Option(
+            "--timeout",
+            parser=seconds_parser("--timeout", 1, 86400),
+            metavar="SECONDS",
+            help="Seconds to wait per reply (1 to 86400).",
+        ),
     ] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply event as JSON.")] = False,
 ) -> None:

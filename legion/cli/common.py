@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from typing import Any, NoReturn
 
 import typer
 
+from legion.cli.inputs import InputError, parse_number, parse_time
 from legion.paths import Paths
 
 
@@ -46,27 +46,38 @@ def host_errors() -> Iterator[None]:
         fail(f"{exc} [{exc.code}, HTTP {exc.status}]", 1)
 
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+def typer_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A `legion.cli.inputs` parser as a typer `parser=`: a bad value is a usage error (one
+    line naming the option and what to write, exit 2), never a traceback."""
+
+    def parser(text: str) -> Any:
+        if not isinstance(text, str):  # typer hands defaults through as they are
+            return text
+        try:
+            return parse(text)
+        except InputError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return parser
 
 
 def parse_since(text: str, now: Callable[[], float] = time.time) -> float:
-    """`30m`, `2h`, `7d` (ago), an ISO date or time, or a Unix timestamp."""
-    m = _RELATIVE.match(text.strip())
-    if m:
-        return now() - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is not a time; use 30m, 2h, 7d, an ISO time like 2026-01-31T12:00, "
-            "or a Unix timestamp"
-        ) from None
-    return parsed.timestamp()
+    """`--since`: see `legion.cli.inputs.parse_time` (30m, 2h, 7d, ISO, Unix; 1970-9999)."""
+    return float(typer_parser(lambda t: parse_time(t, now))(text))
+
+
+since_parser = typer_parser(parse_time)
+SINCE_HELP = "30m, 2h, 7d (ago), an ISO time like 2026-01-31T12:00, or a Unix time"
+
+
+def seconds_parser(what: str, minimum: float, maximum: float) -> Callable[[str], Any]:
+    return typer_parser(lambda t: parse_number(t, what=what, minimum=minimum, maximum=maximum))
+
+
+def usd_parser(what: str) -> Callable[[str], Any]:
+    from legion.config import MAX_USD
+
+    return typer_parser(lambda t: parse_number(t, what=what, minimum=0.0, maximum=MAX_USD))
 
 
 def fmt_time(ts: float | None) -> str:

@@ -7,15 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, parse_since
+from legion.cli.common import SINCE_HELP, State, emit_json, fail, since_parser
 
 
 def costs(
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
     since: Annotated[
-        str | None,
+        float | None,
         typer.Option(
-            "--since", help="Also total spend since T (30m, 2h, 7d, ISO time, Unix time)."
+            "--since",
+            parser=since_parser,
+            metavar="TIME",
+            help=f"Also total spend since: {SINCE_HELP}.",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -35,7 +38,7 @@ def costs(
         fail(f"no host database at {paths.host_db}; start the host once with `legion daemon`")
     now = time.time()
     day, month = window_start(now, "day"), window_start(now, "month")
-    since_ts = parse_since(since) if since else None
+    since_ts = since
     db = connect(paths.host_db, readonly=True)
     try:
         conn = db.connection()  # type: ignore[no-untyped-call]

@@ -62,6 +62,7 @@ from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog
 from legion.mesh.globs import glob_match
 from legion.mesh.permissions import Perm, Permissions
+from legion.wire import rules
 from legion.wire.egress import EgressRequest, EgressResponse
 
 Resolver = Callable[[str], Awaitable[list[str]]]
@@ -85,7 +86,6 @@ HOST_OWNED = frozenset(
         "accept-encoding",
     }
 )
-TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 HOSTNAME_RE = re.compile(r"[a-z0-9_\-.]+")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 VALUE_SAFE = "-._~!$&'()*+,;=:@"  # a substituted value keeps these in a URL
@@ -147,6 +147,9 @@ def parse_url(url: str) -> Target:
             raise InvalidUrl(f"host {host!r} is not a valid host name or IP address")
     if port == 0:
         raise InvalidUrl("port 0 is not a usable port")
+    problem = rules.url_problem(url)  # the rest of the rule the request schema states
+    if problem is not None:
+        raise InvalidUrl(problem)
     target = split.path or "/"
     if split.query:
         target += "?" + split.query
@@ -520,12 +523,14 @@ def _agent_headers(raw: dict[str, str]) -> list[tuple[str, str]]:
     """The agent's headers, checked; the ones the host owns are dropped."""
     headers: list[tuple[str, str]] = []
     for name, value in raw.items():
-        if not TOKEN_RE.fullmatch(name):
-            raise InvalidHeader(f"header name {name[:64]!r} is not a valid HTTP header name")
+        problem = rules.header_name_problem(name)
+        if problem is not None:
+            raise InvalidHeader(problem)
         if name.lower() in HOST_OWNED:
             continue
-        if _bad_value(value):
-            raise InvalidHeader(f"header {name}: the value holds a line break or NUL")
+        problem = rules.header_value_problem(value)
+        if problem is not None:
+            raise InvalidHeader(f"header {name}: {problem}")
         headers.append((name, value.strip(" \t")))
     return headers
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,12 +21,9 @@ from legion.errors import BadRequest, Conflict, Locked, NotFound, TooLarge
 from legion.events import EventBus
 from legion.mesh.globs import compile_glob
 from legion.store import Store
+from legion.wire import rules
 from legion.wire.api import BlackboardChange, BlackboardEntry, Claim, WatchResponse
 from legion.wire.events import BlackboardChanged, ClaimChanged
-
-KEY_RE = re.compile(r"^[A-Za-z0-9._:@+=\-]+(/[A-Za-z0-9._:@+=\-]+)*$")
-# `.` and `..` segments would make keys look like paths that resolve elsewhere.
-DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 
 
 @dataclass(slots=True)
@@ -91,17 +87,15 @@ class Blackboard:
     # --- validation -----------------------------------------------------------
 
     def check_key(self, key: str) -> None:
-        if len(key) > self.config.max_key_length:
+        """The key rule (`legion.wire.rules.key_problem`) with the configured length limit."""
+        limit = self.config.max_key_length
+        problem = rules.key_problem(key, limit)
+        if problem is not None:
+            too_long = len(key) > limit
             raise BadRequest(
-                f"key is {len(key)} characters; the limit is {self.config.max_key_length}",
-                code="key_too_long",
-                limit=self.config.max_key_length,
-            )
-        if not KEY_RE.fullmatch(key) or DOT_SEGMENT.search(key):
-            raise BadRequest(
-                f"invalid key {key!r}: use segments of letters, digits and ._:@+=- "
-                "separated by single '/', with no leading or trailing '/' and no . or .. segments",
-                code="invalid_key",
+                problem,
+                code="key_too_long" if too_long else "invalid_key",
+                **({"limit": limit} if too_long else {}),
             )
 
     def _encode(self, value: Any) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from legion.wire import rules
+
 
 def _piece(text: str, lazy: bool) -> str:
     """Regex for a piece of a pattern with no `**` in it."""
@@ -44,24 +46,10 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
     return re.compile(regex, re.DOTALL)
 
 
-MAX_AGENT_PATTERN = 200
-MAX_AGENT_SINGLE_STARS = 2
-
-
 def check_agent_pattern(pattern: str) -> str | None:
-    """Why a pattern an agent supplies (a watch, a subscription) is refused, or None.
-
-    `*` and `?` backtrack within a segment, so an agent may use at most two of them (and
-    any number of `**`); this keeps every match polynomial and small."""
-    if len(pattern) > MAX_AGENT_PATTERN:
-        return f"pattern is longer than {MAX_AGENT_PATTERN} characters"
-    singles = pattern.replace("**", "").count("*") + pattern.count("?")
-    if singles > MAX_AGENT_SINGLE_STARS:
-        return (
-            f"pattern has {singles} single-segment wildcards (* or ?); at most "
-            f"{MAX_AGENT_SINGLE_STARS} are allowed (use ** for any depth)"
-        )
-    return None
+    """Why a pattern an agent supplies (a watch, a subscription) is refused, or None: see
+    `legion.wire.rules.glob_problem` (at most two `*` or `?`, so every match stays small)."""
+    return rules.glob_problem(pattern)
 
 
 def glob_match(pattern: str, name: str) -> bool:

@@ -19,36 +19,17 @@ from legion.errors import BadRequest, InboxFull
 from legion.events import EventBus
 from legion.mesh.globs import compile_glob
 from legion.store import Store
+from legion.wire import rules
 from legion.wire.api import InboxItem
 from legion.wire.events import InboxQueued
 
-TOPIC_MAX = 256
-
 
 def check_topic(topic: str, *, pattern: bool = False) -> None:
-    from legion.mesh.blackboard import DOT_SEGMENT, KEY_RE
-
-    if pattern:
-        from legion.mesh.globs import check_agent_pattern
-
-        problem = check_agent_pattern(topic)
-        if problem:
-            raise BadRequest(
-                f"invalid topic pattern {topic[:80]!r}: {problem}", code="invalid_topic"
-            )
-    bare = topic.replace("*", "x").replace("?", "x") if pattern else topic
-    if (
-        not topic
-        or len(topic) > TOPIC_MAX
-        or not KEY_RE.fullmatch(bare)
-        or DOT_SEGMENT.search(topic)
-    ):
-        raise BadRequest(
-            f"invalid topic {topic!r}: use segments of letters, digits and ._:@+=- separated "
-            f"by '/', at most {TOPIC_MAX} characters"
-            + (", with * and ** globs" if pattern else ""),
-            code="invalid_topic",
-        )
+    """A topic to publish to, or (`pattern`) a topic glob to subscribe to; the rules are
+    `legion.wire.rules.topic_problem` and `glob_problem`, which the request models state."""
+    problem = rules.glob_problem(topic) if pattern else rules.topic_problem(topic)
+    if problem is not None:
+        raise BadRequest(problem, code="invalid_topic")
 
 
 class Inboxes:

@@ -7,15 +7,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from legion.wire.fields import InboxId
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, strict types, finite numbers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ReplyRequest(_Strict):
     """The agent's answer to an inbox item (a chat reply, or a task's structured result)."""
 
-    in_reply_to: int | None = Field(default=None, description="The inbox item id answered.")
+    in_reply_to: InboxId | None = Field(default=None, description="The inbox item id answered.")
     text: str = Field(default="", max_length=1_000_000)
     kind: Literal["chat", "task_result"] = "chat"
     result: dict[str, Any] | None = Field(

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from legion.wire.fields import (
+    AgentName,
+    BlackboardKey,
+    Cursor,
+    Glob,
+    InboxId,
+    ItemCount,
+    TokenCount,
+    Topic,
+    TtlSeconds,
+    Version,
+    WaitSeconds,
+)
 
 JSONValue = Any
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields are refused, and types are strict (JSON `true` is not
+    1, `"5"` is not 5, a number is finite): the body means exactly what its schema says."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # --- blackboard -------------------------------------------------------------
@@ -29,14 +46,14 @@ class BlackboardEntry(BaseModel):
 
 class BlackboardPut(_Strict):
     value: JSONValue
-    ttl_s: float | None = Field(default=None, gt=0, description="Expire after this many seconds.")
+    ttl_s: TtlSeconds | None = Field(default=None, description="Expire after this many seconds.")
 
 
 class BlackboardCas(_Strict):
-    key: str
-    expected_version: int = Field(ge=0, description="0 means the key must not exist yet.")
+    key: BlackboardKey
+    expected_version: Version = Field(description="0 means the key must not exist yet.")
     value: JSONValue
-    ttl_s: float | None = Field(default=None, gt=0)
+    ttl_s: TtlSeconds | None = Field(default=None, description="Expire after this many seconds.")
 
 
 class BlackboardList(BaseModel):
@@ -49,12 +66,14 @@ class BlackboardDeleted(BaseModel):
 
 
 class ClaimRequest(_Strict):
-    key: str
-    ttl_s: float = Field(default=300.0, gt=0, le=86400, description="Claim lease length.")
+    key: BlackboardKey
+    ttl_s: float = Field(
+        default=300.0, gt=0, le=86400, allow_inf_nan=False, description="Claim lease length."
+    )
 
 
 class ReleaseRequest(_Strict):
-    key: str
+    key: BlackboardKey
 
 
 class Claim(BaseModel):
@@ -69,13 +88,15 @@ class Released(BaseModel):
 
 
 class WatchRequest(_Strict):
-    pattern: str = Field(
+    pattern: Glob = Field(
         description="Glob over keys: `*` stays within a segment, `**` crosses `/`."
     )
-    cursor: int | None = Field(
-        default=None, ge=0, description="Last cursor seen; omit to start from now."
+    cursor: Cursor | None = Field(
+        default=None, description="Last cursor seen; omit to start from now."
     )
-    wait_s: float = Field(default=0.0, ge=0, le=30, description="Long-poll up to this long.")
+    wait_s: WaitSeconds = Field(
+        default=0.0, description="Long-poll up to this long (capped by [host] long_poll_max_s)."
+    )
 
 
 class BlackboardChange(BaseModel):
@@ -101,7 +122,7 @@ class WatchResponse(BaseModel):
 
 
 class PublishRequest(_Strict):
-    topic: str
+    topic: Topic
     payload: JSONValue
 
 
@@ -111,7 +132,7 @@ class Published(BaseModel):
 
 
 class SubscribeRequest(_Strict):
-    topic: str = Field(description="Topic or topic glob, e.g. `news/*`.")
+    topic: Glob = Field(description="Topic or topic glob, e.g. `news/*`.")
 
 
 class Subscriptions(BaseModel):
@@ -119,7 +140,7 @@ class Subscriptions(BaseModel):
 
 
 class MessageRequest(_Strict):
-    to: str
+    to: AgentName
     payload: JSONValue
 
 
@@ -139,11 +160,13 @@ class InboxItem(BaseModel):
 
 
 class PollRequest(_Strict):
-    ack: list[int] = Field(
+    ack: list[InboxId] = Field(
         default_factory=list, max_length=1000, description="Ack these (handled) items first."
     )
-    max_items: int = Field(default=10, ge=1, le=100)
-    wait_s: float = Field(default=0.0, ge=0, le=30, description="Long-poll up to this long.")
+    max_items: ItemCount = 10
+    wait_s: WaitSeconds = Field(
+        default=0.0, description="Long-poll up to this long (capped by [host] long_poll_max_s)."
+    )
 
 
 class PollResponse(BaseModel):
@@ -151,7 +174,7 @@ class PollResponse(BaseModel):
 
 
 class AckRequest(_Strict):
-    ids: list[int] = Field(min_length=1, max_length=1000)
+    ids: list[InboxId] = Field(min_length=1, max_length=1000)
 
 
 class AckResponse(BaseModel):
@@ -207,21 +230,21 @@ class StopResponse(BaseModel):
 class ChatRequest(BaseModel):
     """An OpenAI chat completion request; parameters legion does not use pass through."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     model: str | None = None
     messages: list[dict[str, Any]] = Field(min_length=1)
     stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
     tools: list[dict[str, Any]] | None = None
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     model: str | None = None
-    input: str | list[str] = Field(min_length=1)
+    input: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)]
 
 
 # --- fleet (control socket) ----------------------------------------------------

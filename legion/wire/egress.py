@@ -9,45 +9,62 @@ is bound to. The agent never sees the value; a response that echoes it comes bac
 from __future__ import annotations
 
 import binascii
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+from legion.wire import rules
+from legion.wire.fields import Base64Text, EgressUrl, HeaderName, HeaderValue
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+# Names are RFC 9110 tokens, values hold no line break, NUL or other control character.
+# (Spelt out: a dict's generated schema would say `patternProperties`, which lets any other
+# name through, where the model refuses it.)
+Headers = Annotated[
+    dict[HeaderName, HeaderValue],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": rules.HEADER_NAME_PATTERN, "minLength": 1},
+            "additionalProperties": rules.schema_string(pattern=rules.HEADER_VALUE_PATTERN),
+        }
+    ),
+]
 
 
 class EgressRequest(BaseModel):
     """An outbound HTTP(S) request, performed by the host on the calling agent's behalf."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        # Either body or body_base64, not both (null counts as absent).
+        json_schema_extra={
+            "not": {
+                "required": ["body", "body_base64"],
+                "properties": {"body": {"type": "string"}, "body_base64": {"type": "string"}},
+            }
+        },
+    )
 
     method: Method = "GET"
-    url: str = Field(
-        min_length=1,
-        max_length=16384,
-        description="http:// or https:// URL; `$CRED{name}` may appear in the path or query.",
-    )
-    headers: dict[str, str] = Field(
+    url: EgressUrl
+    headers: Headers = Field(
         default_factory=dict,
         description="Request headers; values may hold `$CRED{name}`. Host, framing and "
         "hop-by-hop headers are set by the host.",
     )
     body: str | None = Field(default=None, description="Text body (sent as UTF-8).")
-    body_base64: str | None = Field(default=None, description="Binary body, base64.")
+    body_base64: Base64Text | None = Field(default=None, description="Binary body, base64.")
     timeout_s: float | None = Field(
-        default=None, gt=0, description="Whole-request limit; the host's limit caps it."
+        default=None,
+        gt=0,
+        le=86400,
+        description="Whole-request limit; the host's limit ([egress] timeout_s) caps it.",
     )
     follow_redirects: bool = True
-
-    @field_validator("body_base64")
-    @classmethod
-    def _valid_base64(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
-            except (binascii.Error, UnicodeEncodeError):
-                raise ValueError("body_base64 is not valid base64") from None
-        return value
 
     @model_validator(mode="after")
     def _one_body(self) -> EgressRequest:
