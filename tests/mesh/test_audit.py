@@ -453,6 +453,8 @@ async def test_a_dropped_audit_table_does_not_stop_the_host(home: Path, table: s
 
 AS_NOBODY = """
 import os, sys
+# Python lives under /root here: load what the command needs before dropping rights.
+import tomllib  # noqa: F401
 import legion.cli.main, legion.gateway.vault, legion.mesh.audit, legion.store
 os.setgid(65534)
 os.setuid(65534)
