@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, fmt_time, parse_since
+from legion.cli.common import State, cell, console, emit_json, fail, fmt_time, parse_since
 
 
 def audit(
@@ -54,20 +54,20 @@ def audit(
     if as_json:
         emit_json([r.as_dict() for r in records])
         return
-    from rich.console import Console
     from rich.table import Table
 
+    # Actor, target and details carry agent-chosen text (keys, URLs, reasons): literal cells.
     table = Table("seq", "time", "actor", "action", "target", "decision", "reason", box=None)
     for r in records:
         style = "red" if r.decision == "deny" else ""
         table.add_row(
             str(r.seq),
             fmt_time(r.ts),
-            r.actor,
-            r.action,
-            r.target,
-            r.decision,
-            str(r.detail.get("reason", "")),
+            cell(r.actor),
+            cell(r.action),
+            cell(r.target),
+            cell(r.decision),
+            cell(r.detail.get("reason", "")),
             style=style,
         )
-    Console().print(table)
+    console().print(table)

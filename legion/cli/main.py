@@ -17,7 +17,7 @@ from legion.cli import (
     images_cmd,
     vault_cmd,
 )
-from legion.cli.common import State, emit_json, fmt_time, host_errors
+from legion.cli.common import State, echo, emit_json, fmt_time, host_errors, json_line
 
 app = typer.Typer(
     name="legion",
@@ -94,11 +94,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     if as_json:
         emit_json(st.model_dump())
         return
-    typer.echo(f"legion {st.version}  pid {st.pid}  up {st.uptime_s:.0f}s  home {st.home}")
+    echo(f"legion {st.version}  pid {st.pid}  up {st.uptime_s:.0f}s  home {st.home}")
     if not st.agents:
         typer.echo("no agents configured (add [agents.<name>] to legion.toml)")
     for a in st.agents:
-        typer.echo(
+        echo(
             f"  {a.name:<20} team={a.team or '-':<10} inbox={a.inbox_depth:<6} "
             f"last seen {fmt_time(a.last_heartbeat)}"
         )
@@ -134,11 +134,13 @@ def events(
         with host_errors(), ControlClient(State.paths()) as client:
             for event in client.events():
                 if as_json:
-                    typer.echo(event.model_dump_json())
+                    # ASCII-escaped: no raw control or bidi character reaches the terminal.
+                    typer.echo(json_line(event.model_dump(mode="json")))
                 else:
+                    # One event per line: a newline inside agent text is shown as \x0a.
                     fields = event.model_dump(exclude={"type", "at"})
                     text = " ".join(f"{k}={v}" for k, v in fields.items())
-                    typer.echo(f"{fmt_time(event.at)} {event.type:<20} {text}")
+                    echo(f"{fmt_time(event.at)} {event.type:<20} {text}")
     except KeyboardInterrupt:
         pass
 

@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from legion.config import parse_config
 from legion.errors import LegionError
 from legion.gateway.egress import EgressProxy
-from legion.gateway.redact import MASK, Redactor
+from legion.gateway.redact import MASK
 from legion.gateway.vault import Vault
 from legion.mesh import audit
 from legion.mesh.audit import AuditLog
@@ -250,7 +250,6 @@ egress_hosts = ["only.example.org"]
         proxy = EgressProxy(
             config=config.egress,
             vault=self.vault,
-            redactor=Redactor(),
             audit=AuditLog(self.store.conn),
             permissions=Permissions(config),
             resolver=self.resolve,
@@ -271,11 +270,14 @@ egress_hosts = ["only.example.org"]
 def env(home: Path) -> Iterator[Env]:
     store = Store(home / "host.db")
     vault = Vault(home / "vault.db", home / "vault.key")
-    vault.set("api", SECRET, bound_hosts=["127.0.0.1", "a.test", "pinned.test"])
+    # The loopback servers speak plain http (except the TLS tests): bindings allow it.
+    vault.set(
+        "api", SECRET, bound_hosts=["127.0.0.1", "a.test", "pinned.test"], allow_http=True
+    )
     vault.set("other", OTHER_SECRET, bound_hosts=["elsewhere.example"])
     vault.set("openai", SYSTEM_SECRET, tier="system")
-    vault.set("crlf", CRLF_SECRET, bound_hosts=["127.0.0.1"])
-    vault.set("weird", WEIRD_SECRET, bound_hosts=["127.0.0.1"])
+    vault.set("crlf", CRLF_SECRET, bound_hosts=["127.0.0.1"], allow_http=True)
+    vault.set("weird", WEIRD_SECRET, bound_hosts=["127.0.0.1"], allow_http=True)
     e = Env(home, store, vault)
     yield e
     text = e.audit_text()
@@ -513,12 +515,12 @@ async def test_credential_allowed_by_glob(env: Env, serve: Callable[..., Server]
 @pytest.mark.parametrize(
     ("agent", "handle", "why"),
     [
-        ("plain", "api", "not in this agent's allowed_credentials"),
-        ("globber", "other", "not in this agent's allowed_credentials"),
+        ("plain", "api", "not in the agent's allowed_credentials"),
+        ("globber", "other", "not in the agent's allowed_credentials"),
         ("bot", "other", "bound to elsewhere.example"),
         ("bot", "openai", "system-tier"),
-        ("bot", "ghost", "no usable credential"),
-        ("stranger", "api", "not in this agent's allowed_credentials"),
+        ("bot", "ghost", "no credential named 'ghost' in the vault"),
+        ("stranger", "api", "not in the agent's allowed_credentials"),
     ],
 )
 @pytest.mark.parametrize("where", ["header", "url", "body"])
@@ -540,11 +542,20 @@ async def test_credential_refused_and_nothing_sent(
         "body": EgressRequest(method="POST", url=a.url("/echo"), body=f"k={tag}"),
     }[where]
     exc = await refused(proxy, req, agent)
-    assert (exc.status, exc.code) == (403, "credential_denied") and why in exc.message
+    assert (exc.status, exc.code) == (403, "credential_denied")
+    if "bound to" in why:  # granted: the agent may learn where its credential goes
+        assert why in exc.message
+    else:  # issue 7: missing, system-tier and not granted look the same to the agent
+        assert exc.message == (
+            f"credential {handle!r} is not available to this agent: the operator must list "
+            "it in the agent's allowed_credentials and store it as an agent-tier credential"
+        )
+        assert exc.detail == {"credential": handle}
     assert a.seen == [] and connections == [] and env.lookups == []
     (record,) = env.records()
     assert record.decision == "deny" and record.actor == agent
-    assert record.detail["reason"].startswith("credential_denied")
+    # the operator's audit record says which it was
+    assert record.detail["reason"].startswith("credential_denied") and why in record.detail["reason"]
 
 
 @pytest.mark.anyio
@@ -726,8 +737,30 @@ async def test_truncation_mid_secret_leaks_no_prefix(
     proxy = env.proxy([f"127.0.0.1:{a.port}"], max_response_bytes=4096)
     req = get(a.url(f"/tail?pad={4096 - 10}"), headers={"X-Key": "$CRED{api}"})
     resp = await proxy.request("bot", req)
-    assert resp.truncated and resp.body == "x" * (4096 - 10)
-    assert SECRET[:10] not in (resp.body or "")
+    body = resp.body or ""
+    assert resp.truncated and body and body == "x" * len(body)
+    assert SECRET[:4] not in body
+
+
+@pytest.mark.anyio
+async def test_truncation_cut_does_not_depend_on_the_tail(
+    env: Env, serve: Callable[..., Server]
+) -> None:
+    """issue 7: a truncated body loses a fixed tail when credentials were substituted, so an
+    agent that makes a bound host reflect its guesses at the cut cannot learn a prefix of
+    the credential from how much was cut."""
+    a = serve()
+    proxy = env.proxy([f"127.0.0.1:{a.port}"], max_response_bytes=4096)
+    bodies = []
+    for guess in (SECRET[:20], "z" * 20, SECRET[:20].upper()):
+        req = get(
+            a.url(f"/tail?pad={4096 - 10}"),
+            headers={"X-Key": guess, "Authorization": "Bearer $CRED{api}"},
+        )
+        resp = await proxy.request("bot", req)
+        assert resp.truncated
+        bodies.append(resp.body or "")
+    assert bodies[0] == bodies[1] == bodies[2] == "x" * len(bodies[0])
 
 
 @pytest.mark.anyio

@@ -69,7 +69,8 @@ def seed_vault(paths: Paths, echo_port: int) -> None:
     paths.home.mkdir(parents=True, exist_ok=True)
     vault = Vault(paths.vault_db, paths.vault_key)
     vault.set("provider", PROVIDER_KEY, tier="system")
-    vault.set("token", AGENT_TOKEN, tier="agent", bound_hosts=["127.0.0.1"])
+    # The loopback echo server speaks plain http: the binding must allow it.
+    vault.set("token", AGENT_TOKEN, tier="agent", bound_hosts=["127.0.0.1"], allow_http=True)
     vault.close()
 
 
@@ -185,7 +186,7 @@ def test_provider_keys_from_the_environment(home: Path) -> None:
     vault = Vault(paths.vault_db, paths.vault_key)
     env = {
         "OPENAI_API_KEY": "sk-env-openai-123",
-        "LEGION_SECRET_INTERNAL_API": "xyz-9876",
+        "LEGION_SECRET_INTERNAL_API": "xyz-Qm83-Tz1w",
         "PATH": "/bin",
     }
     assert sorted(vault.import_environment(env)) == ["internal_api", "openai"]
