@@ -46,7 +46,10 @@ OTHER_SECRET = "ghp-other-Zy5Kd3Wq8Vn1"
 SYSTEM_SECRET = "sk-provider-Bb4Nn7Mm2Qq9"
 CRLF_SECRET = "crlf-Vv8\r\nInjected: yes"
 WEIRD_SECRET = "we/ird#va?l ue%41"
-ALL_SECRETS = (SECRET, OTHER_SECRET, SYSTEM_SECRET, CRLF_SECRET, WEIRD_SECRET)
+STRICT_SECRET = "tok-https-Qw7Lm2Xc9Vb4"  # bound without --allow-http
+# 25 bytes (not a multiple of 3), with bytes whose base64 holds + and / (- and _ URL-safe)
+ENC_SECRET = "~>?Zq8~Lm2>Tw7?Xc4~>Yp3?W"
+ALL_SECRETS = (SECRET, OTHER_SECRET, SYSTEM_SECRET, CRLF_SECRET, WEIRD_SECRET, STRICT_SECRET)
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
@@ -119,6 +122,11 @@ def make_handler(server: Server, stop: threading.Event) -> type[BaseHTTPRequestH
                 }
                 auth = self.headers.get("Authorization", "")
                 self.reply(200, json.dumps(echoed).encode(), {"X-Echo-Auth": auth})
+            elif split.path == "/reflect":  # the X-Key header, re-encoded, in body and header
+                form = encode(query["as"], self.headers.get("X-Key", ""))
+                decoy = encode(query["as"], query.get("decoy", ""))
+                body = json.dumps({"form": form, "decoy": decoy}).encode()
+                self.reply(200, body, {"X-Reflect": form, "Content-Type": "application/json"})
             elif split.path == "/redirect":
                 code = int(query.get("code", "302"))
                 self.reply(code, b"moved", {"Location": query["to"]})
@@ -139,6 +147,33 @@ def make_handler(server: Server, stop: threading.Event) -> type[BaseHTTPRequestH
                 self.reply(404, b"no such path")
 
     return Handler
+
+
+def encode(how: str, value: str) -> str:
+    """How a careless server might reflect a credential it was sent."""
+    raw = value.encode()
+    forms = {
+        "raw": value,
+        "b64": base64.b64encode(raw).decode(),
+        "b64-nopad": base64.b64encode(raw).decode().rstrip("="),
+        "b64url": base64.urlsafe_b64encode(raw).decode(),
+        "b64url-nopad": base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        "hex": raw.hex(),
+        "HEX": raw.hex().upper(),
+        "basic": "Basic " + base64.b64encode(b"user:" + raw).decode(),
+        "basic-1": "Basic " + base64.b64encode(b"u:" + raw).decode(),
+        "basic-2": "Basic " + base64.b64encode(b"ab:" + raw + b":tail").decode(),
+        "json": json.dumps(value)[1:-1],
+        "percent": quote(value, safe=""),
+    }
+    return forms[how]
+
+
+ENCODINGS = ["raw", "b64", "b64-nopad", "b64url", "b64url-nopad", "hex", "HEX"]
+ENCODINGS += ["basic", "basic-1", "basic-2", "json", "percent"]
+# What stays beside the mask: only whole base64 groups of the bytes around the secret
+# ("use" of "user:", "ab:" and "ail" of ":tail"); the groups mixing its bits are masked.
+KEPT = {"basic": "Basic dXNl", "basic-1": "Basic ", "basic-2": "Basic YWI6YWls"}
 
 
 @pytest.fixture
@@ -229,7 +264,7 @@ timeout_s = {timeout_s}
 max_redirects = {max_redirects}
 
 [agents.bot.permissions]
-allowed_credentials = ["api", "other", "openai", "ghost", "crlf", "weird"]
+allowed_credentials = ["api", "other", "openai", "ghost", "crlf", "weird", "strict", "enc"]
 egress_hosts = ["**"]
 
 [agents.globber.permissions]
@@ -271,13 +306,13 @@ def env(home: Path) -> Iterator[Env]:
     store = Store(home / "host.db")
     vault = Vault(home / "vault.db", home / "vault.key")
     # The loopback servers speak plain http (except the TLS tests): bindings allow it.
-    vault.set(
-        "api", SECRET, bound_hosts=["127.0.0.1", "a.test", "pinned.test"], allow_http=True
-    )
+    vault.set("api", SECRET, bound_hosts=["127.0.0.1", "a.test", "pinned.test"], allow_http=True)
     vault.set("other", OTHER_SECRET, bound_hosts=["elsewhere.example"])
     vault.set("openai", SYSTEM_SECRET, tier="system")
     vault.set("crlf", CRLF_SECRET, bound_hosts=["127.0.0.1"], allow_http=True)
     vault.set("weird", WEIRD_SECRET, bound_hosts=["127.0.0.1"], allow_http=True)
+    vault.set("strict", STRICT_SECRET, bound_hosts=["127.0.0.1", "pinned.test"])
+    vault.set("enc", ENC_SECRET, bound_hosts=["127.0.0.1"], allow_http=True)
     e = Env(home, store, vault)
     yield e
     text = e.audit_text()
@@ -555,7 +590,9 @@ async def test_credential_refused_and_nothing_sent(
     (record,) = env.records()
     assert record.decision == "deny" and record.actor == agent
     # the operator's audit record says which it was
-    assert record.detail["reason"].startswith("credential_denied") and why in record.detail["reason"]
+    assert (
+        record.detail["reason"].startswith("credential_denied") and why in record.detail["reason"]
+    )
 
 
 @pytest.mark.anyio
@@ -591,6 +628,88 @@ async def test_url_encoded_credential_is_scrubbed_too(
     echoed = json.loads(resp.body or "")
     assert echoed["path"] == f"/echo?k={MASK}&x=1"
     assert WEIRD_SECRET not in resp.model_dump_json()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ENCODINGS)
+async def test_credential_echoed_in_another_encoding_is_scrubbed(
+    env: Env, serve: Callable[..., Server], how: str
+) -> None:
+    """issue 7: a bound host reflecting the substituted credential in base64 (std and
+    URL-safe, padded or not), hex (either case), inside Basic auth's base64 of user:secret
+    at any alignment, JSON-escaped or percent-encoded: masked in body and headers, with no
+    bits of it left beside the mask. The same encoding of another value is left alone."""
+    a = serve()
+    proxy = env.proxy([f"127.0.0.1:{a.port}"])
+    decoy = "not-the-secret-9Tz4Wq"
+    url = a.url(f"/reflect?as={how}&decoy={quote(decoy)}")
+    resp = await proxy.request("bot", get(url, headers={"X-Key": "$CRED{enc}"}))
+    assert a.seen[0].headers["X-Key"] == ENC_SECRET
+    reflected = json.loads(resp.body or "")
+    form = encode(how, ENC_SECRET)
+    assert form not in (resp.body or "") and form not in resp.headers["x-reflect"]
+    assert MASK in reflected["form"] and MASK in resp.headers["x-reflect"]
+    assert reflected["form"].replace(MASK, "") == KEPT.get(how, "")
+    assert reflected["decoy"] == encode(how, decoy)
+
+
+@pytest.mark.anyio
+async def test_credential_needs_allow_http_for_plain_http(
+    env: Env,
+    serve: Callable[..., Server],
+    connections: list[str],
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """issue 7: a binding without --allow-http refuses plain http (nothing sent, audited,
+    the error says how to fix it); over https it is sent; with --allow-http, http works."""
+    a = serve()
+    proxy = env.proxy([f"127.0.0.1:{a.port}"])
+    for where in ("header", "url", "body"):
+        req = {
+            "header": get(a.url("/echo"), headers={"Authorization": "Bearer $CRED{strict}"}),
+            "url": get(a.url("/echo?k=$CRED{strict}")),
+            "body": EgressRequest(method="POST", url=a.url("/echo"), body="k=$CRED{strict}"),
+        }[where]
+        exc = await refused(proxy, req)
+        assert (exc.status, exc.code) == (403, "credential_needs_https")
+        assert "--allow-http" in exc.message and "https://" in exc.message
+    assert a.seen == [] and connections == []
+    records = env.records()
+    assert [r.decision for r in records] == ["deny"] * 3
+    assert all(r.detail["reason"].startswith("credential_needs_https") for r in records)
+    # a binding that allows http: sent
+    await proxy.request("bot", get(a.url("/echo"), headers={"X-Key": "$CRED{api}"}))
+    assert a.seen[0].headers["X-Key"] == SECRET
+    # https to a bound host: sent
+    server_ctx, client_ctx = tls
+    s = serve(server_ctx)
+    secure = env.proxy([f"pinned.test:{s.port}"], ssl_context=client_ctx)
+    resp = await secure.request(
+        "bot", get(f"https://pinned.test:{s.port}/echo", headers={"X-Key": "$CRED{strict}"})
+    )
+    assert resp.status == 200 and s.seen[0].headers["X-Key"] == STRICT_SECRET
+
+
+@pytest.mark.anyio
+async def test_redirect_to_plain_http_does_not_carry_an_https_only_credential(
+    env: Env, serve: Callable[..., Server], tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """issue 7: a 307 from https to http re-sends the body; a credential bound for https
+    only is refused on the http hop, and nothing reaches the plain server."""
+    server_ctx, client_ctx = tls
+    s, plain = serve(server_ctx), serve()
+    proxy = env.proxy(
+        [f"pinned.test:{s.port}", f"pinned.test:{plain.port}"], ssl_context=client_ctx
+    )
+    to = quote(f"http://pinned.test:{plain.port}/echo")
+    req = EgressRequest(
+        method="POST",
+        url=f"https://pinned.test:{s.port}/redirect?code=307&to={to}",
+        body="k=$CRED{strict}",
+    )
+    exc = await refused(proxy, req)
+    assert exc.code == "credential_needs_https"
+    assert len(s.seen) == 1 and plain.seen == []
 
 
 # --- redirects -------------------------------------------------------------------------
