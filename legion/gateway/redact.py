@@ -39,11 +39,11 @@ MIN_SECRET = 8  # characters
 MIN_SECRET_BITS = 40.0  # estimated, see `estimated_bits`
 VALUE_RULE = (
     f"a credential must be at least {MIN_SECRET} characters with at least "
-    f"{MIN_SECRET_BITS:.0f} bits of estimated entropy (characters that repeat or continue the "
-    "previous one, like aaaa or 1234, and repeated pairs do not count; each character counts "
-    "log2 of the size of the character classes used: lower case, upper case, digits, "
-    "punctuation, other). Use the random token your provider issued, or generate one, e.g. "
-    "`openssl rand -base64 24`"
+    f"{MIN_SECRET_BITS:.0f} bits of estimated entropy (each character counts log2 of the size "
+    "of the character classes used: lower case, upper case, digits, punctuation, other; a "
+    "character that continues a run like aaa or 123, or repeats an earlier 3-character "
+    "chunk, does not count). Use the random token your provider issued, or generate one, "
+    "e.g. `openssl rand -base64 24`"
 )
 
 
@@ -65,26 +65,28 @@ def _pool(value: str) -> int:
 def estimated_bits(value: str) -> float:
     """A conservative entropy estimate: effective length x log2(character pool).
 
-    A character does not count when it equals the previous one or is its neighbour in code
-    order (runs and sequences: `aaaa`, `1234`, `dcba`), or when the pair it forms with the
-    previous one was seen before (repeated chunks: `abab`, `xk3xk3`). Random tokens lose
-    almost nothing to this; words, dates, keyboard runs and repeats lose most of their length.
+    A character does not count when it continues a run of three with the same step of -1, 0
+    or +1 (`aaa`, `123`, `cba`), or when the three characters ending with it were seen
+    before (repeated chunks: `abcabc`, `xk3xk3`). Random tokens lose almost nothing to this
+    (a random 9-letter lower-case value passes 97% of the time, a 16-digit one 99.8%);
+    repeats, sequences and patterns lose most of their length. It knows no dictionary.
     """
     pool = _pool(value)
     if pool <= 1:
         return 0.0
     effective = 0
-    seen: set[tuple[str, str]] = set()
-    previous: str | None = None
-    for ch in value:
-        if previous is None:
-            effective += 1
-        else:
-            pair = (previous, ch)
-            if abs(ord(ch) - ord(previous)) > 1 and pair not in seen:
-                effective += 1
-            seen.add(pair)
-        previous = ch
+    seen: set[str] = set()
+    for i, ch in enumerate(value):
+        counts = True
+        if i >= 2:
+            step = ord(ch) - ord(value[i - 1])
+            if step in (-1, 0, 1) and step == ord(value[i - 1]) - ord(value[i - 2]):
+                counts = False
+            chunk = value[i - 2 : i + 1]
+            if chunk in seen:
+                counts = False
+            seen.add(chunk)
+        effective += counts
     return effective * math.log2(pool)
 
 
