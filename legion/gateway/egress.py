@@ -174,6 +174,7 @@ class Credentials:
     patterns: list[str]  # the agent's allowed_credentials (names or globs, as permissions)
     used: dict[str, str] = field(default_factory=dict)
     url_forms: set[str] = field(default_factory=set)
+    scrubber: tuple[Any, EchoScrubber] | None = None
 
     def value(self, name: str, url: Target) -> str:
         allowed = [name] if any(glob_match(p, name) for p in self.patterns) else []
@@ -285,8 +286,12 @@ class EgressProxy:
         return response
 
     def _scrubber(self, creds: Credentials) -> EchoScrubber:
-        """Scrubs what this request's substitutions could have echoed, and nothing else."""
-        return EchoScrubber(creds.used.values(), creds.url_forms)
+        """Scrubs what this request's substitutions could have echoed, and nothing else
+        (built once per request and set of substitutions)."""
+        key = (tuple(creds.used.values()), frozenset(creds.url_forms))
+        if creds.scrubber is None or creds.scrubber[0] != key:
+            creds.scrubber = (key, EchoScrubber(creds.used.values(), creds.url_forms))
+        return creds.scrubber[1]
 
     def _record(
         self,

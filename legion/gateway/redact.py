@@ -212,58 +212,66 @@ def _base64_cores(raw: bytes, urlsafe: bool) -> list[tuple[str, int, int]]:
 class EchoScrubber:
     """Masks, in what a bound host sent back, the credentials substituted into one request.
 
-    Forms caught: the raw value; its percent-encoded forms (given by the caller, as sent);
-    its JSON-escaped forms; hex (any case); base64 and URL-safe base64, padded or not, also
-    when the value is only part of what was encoded (Basic auth's `user:secret`), for values
-    of at least 8 characters. A base64 match also masks the up to 4 characters on either side
-    that mix the value's bits with its neighbours'. Other transformations (hashes, reversals,
-    double encodings, a value split across fields) cannot be recognised: binding a
-    credential to a host trusts that host not to reflect it in such forms.
+    Forms caught: the raw value; its percent-encoded forms (given by the caller, as sent,
+    and fully encoded); its JSON-escaped forms; hex, lower or upper case; base64 and URL-safe
+    base64, padded or not, also when the value is only part of what was encoded (Basic
+    auth's `user:secret`), for values of at least 8 characters. A base64 match also masks
+    the up to 4 characters on either side that mix the value's bits with its neighbours'.
+    Other transformations (hashes, reversals, double encodings, a value split across
+    fields) cannot be recognised: binding a credential to a host trusts that host not to
+    reflect it in such forms.
 
     Only these values are matched: a response never depends on whether the agent's own
-    request text happened to equal some other secret.
+    request text happened to equal some other secret. Every form is a literal, found with
+    `str.find` (C speed, no regex over the body): a 1 MB body costs about a millisecond.
     """
 
     def __init__(self, values: Iterable[str], sent_forms: Iterable[str] = ()) -> None:
-        literal: set[str] = set(sent_forms)
-        hexes: set[str] = set()
-        cores: dict[str, tuple[str, int, int]] = {}
+        forms: dict[str, tuple[str, int, int]] = {}  # form -> (b64 alphabet, before, after)
+
+        def add(form: str, alphabet: str = "", before: int = 0, after: int = 0) -> None:
+            if not form:
+                return
+            old = forms.get(form, (alphabet, 0, 0))
+            forms[form] = (old[0] or alphabet, max(before, old[1]), max(after, old[2]))
+
+        for form in sent_forms:
+            add(form)
         for value in values:
             if not value:
                 continue
-            literal |= {value, quote(value, safe=""), quote(value, safe="-._~")} | json_forms(value)
+            for form in {value, quote(value, safe=""), quote(value, safe="-._~")}:
+                add(form)
+            for form in json_forms(value):
+                add(form)
             raw = value.encode("utf-8")
             if len(raw) * 2 >= MIN_ENCODED:
-                hexes.add(binascii.hexlify(raw).decode("ascii"))
+                hexed = binascii.hexlify(raw).decode("ascii")
+                add(hexed)
+                add(hexed.upper())
             for urlsafe, alphabet in ((False, _B64), (True, _B64URL)):
                 for core, before, after in _base64_cores(raw, urlsafe):
-                    old = cores.get(core, (alphabet, 0, 0))
-                    cores[core] = (alphabet, max(before, old[1]), max(after, old[2]))
-        literal.discard("")
-        self._cores = cores
-        parts = [re.escape(f) for f in sorted(literal | set(cores), key=len, reverse=True)]
-        if hexes:
-            parts.append("(?i:" + "|".join(sorted(hexes, key=len, reverse=True)) + ")")
-        self._text = re.compile("|".join(parts)) if parts else None
-        self._bytes = re.compile("|".join(parts).encode("utf-8")) if parts else None
-        longest_core = max((len(c) + 10 for c in cores), default=0)
-        longest_literal = max((len(f.encode()) for f in literal), default=0)
-        longest_hex = max((len(h) for h in hexes), default=0)
-        self.longest = max(longest_core, longest_literal, longest_hex)
+                    add(core, alphabet, before, after)
+        # longest first: where forms overlap, the longer one decides the span
+        self._forms = sorted(forms.items(), key=lambda item: len(item[0]), reverse=True)
+        self._bytes = [(f.encode("utf-8"), meta) for f, meta in self._forms]
+        longest_core = max((len(f) + 10 for f, (a, _, _) in self._forms if a), default=0)
+        longest_literal = max((len(f) for f, _ in self._bytes), default=0)
+        self.longest = max(longest_core, longest_literal)
 
     def __bool__(self) -> bool:
-        return self._text is not None
+        return bool(self._forms)
 
     def text(self, text: str) -> str:
-        if self._text is None:
+        if not self._forms:
             return text
-        cleaned: str = self._apply(text, self._text.finditer(text), MASK)
+        cleaned: str = _mask(text, self._forms, MASK)
         return cleaned
 
     def data(self, data: bytes) -> bytes:
-        if self._bytes is None:
+        if not self._bytes:
             return data
-        cleaned: bytes = self._apply(data, self._bytes.finditer(data), MASK_BYTES)
+        cleaned: bytes = _mask(data, self._bytes, MASK_BYTES)
         return cleaned
 
     def obj(self, value: Any) -> Any:
@@ -279,32 +287,41 @@ class EchoScrubber:
     def cut_tail(self, data: bytes) -> bytes:
         """A body cut short at the size limit may end inside a value: drop the last
         `longest` bytes whatever they hold, so what is kept never depends on a match."""
-        if self._text is None:
+        if not self._forms:
             return data
         return data[: max(0, len(data) - self.longest)]
 
-    def _apply(self, source: Any, matches: Iterable[re.Match[Any]], mask: Any) -> Any:
-        out = []
-        last = 0
-        for match in matches:
-            start, end = match.span()
-            found = match.group()
-            core = self._cores.get(found if isinstance(found, str) else found.decode("ascii"))
-            if core is not None:
-                alphabet, before, after = core
-                start = _extend_left(source, start, max(last, start - before), alphabet)
+
+def _mask(source: Any, forms: list[tuple[Any, tuple[str, int, int]]], mask: Any) -> Any:
+    """`source` with every occurrence of every form (and, for base64 cores, the mixed
+    characters around it) replaced by one `mask` per merged span."""
+    spans: list[tuple[int, int]] = []
+    for form, (alphabet, before, after) in forms:
+        at = source.find(form)
+        while at >= 0:
+            start, end = at, at + len(form)
+            if alphabet:
+                start = _extend_left(source, start, max(0, start - before), alphabet)
                 end = _extend_right(source, end, min(len(source), end + after), alphabet)
-            if start < last:
-                start = last
-            if end <= last:
-                continue
+            spans.append((start, end))
+            at = source.find(form, at + len(form))
+    if not spans:
+        return source
+    spans.sort()
+    out = []
+    last = 0
+    for start, end in spans:
+        if end <= last:
+            continue
+        if start < last:  # overlapping spans merge into one mask
+            start = last
+        else:
             out.append(source[last:start])
+        if not out or out[-1] is not mask:
             out.append(mask)
-            last = end
-        if not out:
-            return source
-        out.append(source[last:])
-        return type(source)().join(out)
+        last = end
+    out.append(source[last:])
+    return type(source)().join(out)
 
 
 def _is_b64(ch: int | str, alphabet: str) -> bool:
