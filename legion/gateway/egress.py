@@ -21,11 +21,13 @@ Agent containers have no network; this is their only way out. For every request:
   plain bytes.
 * The body is streamed and cut at `max_response_bytes` (`truncated`); the whole request
   is bounded by the smaller of the agent's and the operator's timeout.
-* The credentials substituted into this request, and only those, are scrubbed from the
-  response headers, body and URL and from error messages, in every form
-  `legion.gateway.redact.EchoScrubber` recognises (raw, percent-encoded, JSON-escaped, hex,
-  base64 and URL-safe base64, also inside `user:secret`). Nothing else is matched: the
-  response never depends on whether the agent's own text equals some other secret. Each
+* The credentials the agent may substitute (granted to it, agent-tier: this request's, and
+  any it could have sent earlier for a host to store and return now), and only those, are
+  scrubbed from the response headers, body and URL and from error messages, in every form
+  `legion.gateway.redact.EchoScrubber` recognises (raw, percent-encoded, JSON-escaped, HTML-
+  escaped, hex, base64 and URL-safe base64, also inside `user:secret`). Nothing else is
+  matched: the response never depends on whether the agent's text equals a secret it was
+  not granted. Each
   request leaves one audit record (`egress.http`, allow or deny) whose URL is the agent's
   own (handles, not values); a refused credential's record says why (the agent's error
   does not distinguish a missing credential from a forbidden one).
@@ -96,6 +98,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 VALUE_SAFE = "-._~!$&'()*+,;=:@"  # a substituted value keeps these in a URL
 TARGET_SAFE = "!$&'()*+,-./:;=?@_~%[]"  # request targets keep these (and existing %XX)
 AUDIT_URL_CHARS = 2048
+SCRUBBER_CACHE = 256  # scrubbers kept, one per set of granted values (cleared when full)
 
 
 # --- URLs -----------------------------------------------------------------------------
@@ -174,7 +177,6 @@ class Credentials:
     patterns: list[str]  # the agent's allowed_credentials (names or globs, as permissions)
     used: dict[str, str] = field(default_factory=dict)
     url_forms: set[str] = field(default_factory=set)
-    scrubber: tuple[Any, EchoScrubber] | None = None
 
     def value(self, name: str, url: Target) -> str:
         allowed = [name] if any(glob_match(p, name) for p in self.patterns) else []
@@ -241,6 +243,7 @@ class EgressProxy:
         self.resolver: Resolver = resolver or system_resolver
         self.allow = AllowList.parse(config.allow)
         self._ssl = ssl_context
+        self._scrubbers: dict[tuple[tuple[str, ...], frozenset[str]], EchoScrubber] = {}
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -286,12 +289,17 @@ class EgressProxy:
         return response
 
     def _scrubber(self, creds: Credentials) -> EchoScrubber:
-        """Scrubs what this request's substitutions could have echoed, and nothing else
-        (built once per request and set of substitutions)."""
-        key = (tuple(creds.used.values()), frozenset(creds.url_forms))
-        if creds.scrubber is None or creds.scrubber[0] != key:
-            creds.scrubber = (key, EchoScrubber(creds.used.values(), creds.url_forms))
-        return creds.scrubber[1]
+        """Scrubs the credentials this agent may substitute (those of this request, and those
+        it could have sent in an earlier one for a host to store and hand back now), and
+        nothing else: never a value the agent was not granted."""
+        values = sorted({*self.vault.granted_values(creds.patterns), *creds.used.values()})
+        key = (tuple(values), frozenset(creds.url_forms))
+        scrubber = self._scrubbers.get(key)
+        if scrubber is None:
+            if len(self._scrubbers) >= SCRUBBER_CACHE:
+                self._scrubbers.clear()
+            scrubber = self._scrubbers[key] = EchoScrubber(values, creds.url_forms)
+        return scrubber
 
     def _record(
         self,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import json
 import logging
 import math
@@ -186,6 +187,7 @@ class Redactor:
 
 # --- echoes of a substituted credential --------------------------------------------------
 
+_PERCENT = re.compile("%[0-9A-F]{2}")
 _B64 = "A-Za-z0-9+/"
 _B64URL = "A-Za-z0-9_\\-"
 MIN_ENCODED = 8  # shorter base64 cores would match random base64 by chance
@@ -213,7 +215,8 @@ class EchoScrubber:
     """Masks, in what a bound host sent back, the credentials substituted into one request.
 
     Forms caught: the raw value; its percent-encoded forms (given by the caller, as sent,
-    and fully encoded); its JSON-escaped forms; hex, lower or upper case; base64 and URL-safe
+    and fully encoded, with upper- or lower-case escapes); its JSON- and HTML-escaped forms;
+    hex, lower or upper case; base64 and URL-safe
     base64, padded or not, also when the value is only part of what was encoded (Basic
     auth's `user:secret`), for values of at least 8 characters. A base64 match also masks
     the up to 4 characters on either side that mix the value's bits with its neighbours'.
@@ -242,6 +245,9 @@ class EchoScrubber:
                 continue
             for form in {value, quote(value, safe=""), quote(value, safe="-._~")}:
                 add(form)
+                add(_PERCENT.sub(lambda m: m.group().lower(), form))  # %2f as well as %2F
+            add(html.escape(value))
+            add(html.escape(value, quote=False))
             for form in json_forms(value):
                 add(form)
             raw = value.encode("utf-8")

@@ -370,6 +370,18 @@ class Vault:
             if (tier is None or e.tier == tier) and (names is None or name in names)
         ]
 
+    def granted_values(self, patterns: Collection[str]) -> list[str]:
+        """Values of the agent-tier credentials whose names match `patterns` (an agent's
+        allowed_credentials): what that agent may substitute, so what egress scrubs."""
+        if not patterns:
+            return []
+        self._refresh()
+        return [
+            e.value
+            for name, e in self._values.items()
+            if e.tier == "agent" and any(glob_match(p, name) for p in patterns)
+        ]
+
     def system_secret(self, name: str) -> str:
         """A secret for the host's own use (provider keys). Never call on behalf of an agent."""
         self._refresh()

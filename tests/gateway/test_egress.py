@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import datetime
 import gzip
+import html
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import threading
@@ -33,7 +35,7 @@ from cryptography.x509.oid import NameOID
 from legion.config import parse_config
 from legion.errors import LegionError
 from legion.gateway.egress import EgressProxy
-from legion.gateway.redact import MASK
+from legion.gateway.redact import MASK, Redactor
 from legion.gateway.vault import Vault
 from legion.mesh import audit
 from legion.mesh.audit import AuditLog
@@ -70,6 +72,7 @@ class Server:
     scheme: str = "http"
     seen: list[Seen] = field(default_factory=list)
     sni: list[str | None] = field(default_factory=list)
+    stored: bytes = b""
 
     @property
     def port(self) -> int:
@@ -127,6 +130,11 @@ def make_handler(server: Server, stop: threading.Event) -> type[BaseHTTPRequestH
                 decoy = encode(query["as"], query.get("decoy", ""))
                 body = json.dumps({"form": form, "decoy": decoy}).encode()
                 self.reply(200, body, {"X-Reflect": form, "Content-Type": "application/json"})
+            elif split.path == "/store":  # a service that keeps what it is sent...
+                server.stored = body
+                self.reply(200, b"stored")
+            elif split.path == "/stored":  # ...and hands it back to whoever asks
+                self.reply(200, server.stored)
             elif split.path == "/redirect":
                 code = int(query.get("code", "302"))
                 self.reply(code, b"moved", {"Location": query["to"]})
@@ -165,12 +173,14 @@ def encode(how: str, value: str) -> str:
         "basic-2": "Basic " + base64.b64encode(b"ab:" + raw + b":tail").decode(),
         "json": json.dumps(value)[1:-1],
         "percent": quote(value, safe=""),
+        "percent-lower": re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quote(value, safe="")),
+        "html": html.escape(value),
     }
     return forms[how]
 
 
 ENCODINGS = ["raw", "b64", "b64-nopad", "b64url", "b64url-nopad", "hex", "HEX"]
-ENCODINGS += ["basic", "basic-1", "basic-2", "json", "percent"]
+ENCODINGS += ["basic", "basic-1", "basic-2", "json", "percent", "percent-lower", "html"]
 # What stays beside the mask: only whole base64 groups of the bytes around the secret
 # ("use" of "user:", "ab:" and "ail" of ":tail"); the groups mixing its bits are masked.
 KEPT = {"basic": "Basic dXNl", "basic-1": "Basic ", "basic-2": "Basic YWI6YWls"}
@@ -285,7 +295,8 @@ egress_hosts = ["only.example.org"]
         proxy = EgressProxy(
             config=config.egress,
             vault=self.vault,
-            audit=AuditLog(self.store.conn),
+            # as the host builds it: audit records mask every vault value
+            audit=AuditLog(self.store.conn, redact=Redactor(self.vault.values).redact),
             permissions=Permissions(config),
             resolver=self.resolve,
             ssl_context=ssl_context,
@@ -654,6 +665,38 @@ async def test_credential_echoed_in_another_encoding_is_scrubbed(
 
 
 @pytest.mark.anyio
+async def test_a_credential_stored_by_a_bound_host_is_scrubbed_when_read_back(
+    env: Env, serve: Callable[..., Server]
+) -> None:
+    """issue 7: an agent that has a bound host store its credential (sent with $CRED in
+    one request) and reads it back in another request that substitutes nothing still gets
+    it masked: egress scrubs every credential the agent is granted, in every response."""
+    a = serve()
+    proxy = env.proxy([f"127.0.0.1:{a.port}"])
+    store = EgressRequest(method="POST", url=a.url("/store"), body="token=$CRED{api} b64=")
+    await proxy.request("bot", store)
+    assert a.seen[0].body == f"token={SECRET} b64=".encode()
+    back = await proxy.request("bot", get(a.url("/stored")))
+    assert back.body == f"token={MASK} b64="
+
+
+@pytest.mark.anyio
+async def test_egress_never_masks_what_the_agent_was_not_granted(
+    env: Env, serve: Callable[..., Server]
+) -> None:
+    """issue 7: an agent granted no credential gets an echo of another agent's secret or a
+    system secret back as it sent it (masking it would tell it the guess was right)."""
+    a = serve()
+    proxy = env.proxy([f"127.0.0.1:{a.port}"])
+    for guess in (SECRET, SYSTEM_SECRET, SECRET[:-1] + "x"):
+        resp = await proxy.request(
+            "plain", EgressRequest(method="POST", url=a.url(f"/echo?q={guess}"), body=guess)
+        )
+        echoed = json.loads(resp.body or "")
+        assert echoed["body"] == guess and echoed["path"] == f"/echo?q={guess}"
+
+
+@pytest.mark.anyio
 async def test_credential_needs_allow_http_for_plain_http(
     env: Env,
     serve: Callable[..., Server],
@@ -840,12 +883,15 @@ async def test_redirect_limit_and_not_following(env: Env, serve: Callable[..., S
 async def test_size_cap_truncates(env: Env, serve: Callable[..., Server]) -> None:
     a = serve()
     proxy = env.proxy([f"127.0.0.1:{a.port}"], max_response_bytes=4096)
-    resp = await proxy.request("bot", get(a.url("/huge?n=5000000")))
+    resp = await proxy.request("plain", get(a.url("/huge?n=5000000")))
     assert resp.truncated and resp.body == "a" * 4096
     (record,) = env.records()
     assert record.detail["bytes"] == 4096
-    small = await proxy.request("bot", get(a.url("/huge?n=4096")))
+    small = await proxy.request("plain", get(a.url("/huge?n=4096")))
     assert not small.truncated and small.body == "a" * 4096
+    # an agent holding credentials loses a fixed tail of a truncated body (see below)
+    held = await proxy.request("bot", get(a.url("/huge?n=5000000")))
+    assert held.truncated and 4096 - 100 < len(held.body or "") < 4096
 
 
 @pytest.mark.anyio
