@@ -13,7 +13,7 @@ rule in docs/vault.md:
   as written: matching an agent's input against vault values would tell it which of its
   guesses are secrets.
 
-The egress route is not wrapped: the proxy scrubs what it substituted itself
+The egress route is not wrapped: the proxy scrubs the agent's own credentials itself
 (`legion.gateway.egress`).
 """
 

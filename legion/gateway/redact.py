@@ -3,9 +3,9 @@
 The rule (docs/vault.md, "Redaction"):
 
 * A source that handled a secret masks that secret in what it hands on: the LLM gateway
-  masks the system tier (provider keys) in provider responses and errors; the egress proxy
-  masks the credentials it substituted into that request, in every encoding it can
-  recognise (`EchoScrubber`), in the response it returns.
+  masks the provider keys in provider responses and errors; the egress proxy masks the
+  credentials the agent may substitute (those it is granted), in every encoding it can
+  recognise (`EchoScrubber`), in every response it returns.
 * The operator's views (the control socket's responses, the event stream, audit records,
   log lines) mask every vault value, raw and JSON-escaped, because the operator may be
   shown anything; the operator's own input on the control socket is masked on the way in,
@@ -212,7 +212,7 @@ def _base64_cores(raw: bytes, urlsafe: bool) -> list[tuple[str, int, int]]:
 
 
 class EchoScrubber:
-    """Masks, in what a bound host sent back, the credentials substituted into one request.
+    """Masks, in what a host sent back, the credentials an agent may substitute.
 
     Forms caught: the raw value; its percent-encoded forms (given by the caller, as sent,
     and fully encoded, with upper- or lower-case escapes); its JSON- and HTML-escaped forms;
@@ -225,7 +225,7 @@ class EchoScrubber:
     reflect it in such forms.
 
     Only these values are matched: a response never depends on whether the agent's own
-    request text happened to equal some other secret. Every form is a literal, found with
+    request text happened to equal a secret it was not granted. Every form is a literal, found with
     `str.find` (C speed, no regex over the body): a 1 MB body costs about a millisecond.
     """
 
