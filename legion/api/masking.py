@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import AsyncIterator, Collection
 
 from pydantic import BaseModel
@@ -28,6 +29,8 @@ from pydantic import BaseModel
 from legion.api.http import Call, Handler, Response, Route, Router, StreamResponse
 from legion.errors import LegionError
 from legion.gateway.redact import Redactor
+
+REFRESH_S = 1.0  # how stale the set of values masking a stream may be
 
 
 def mask_routes(
@@ -84,11 +87,17 @@ def _mask_body(call: Call, model: type[BaseModel], redactor: Redactor) -> None:
 
 
 async def _masked_chunks(chunks: AsyncIterator[bytes], redactor: Redactor) -> AsyncIterator[bytes]:
-    """Each chunk masked with the values current when it is sent (a long `legion events`
-    sees credentials added after it started). Closing this closes the producer."""
+    """Each chunk masked with the values current at most `REFRESH_S` before it is sent (a
+    long `legion events` sees credentials added after it started; a token stream does not
+    re-read the vault per token). Closing this closes the producer."""
+    refreshed = -REFRESH_S
     try:
         async for chunk in chunks:
-            yield redactor.redact_bytes(chunk)
+            now = time.monotonic()
+            fresh = now - refreshed >= REFRESH_S
+            if fresh:
+                refreshed = now
+            yield redactor.redact_bytes(chunk, refresh=fresh)
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
