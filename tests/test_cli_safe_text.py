@@ -308,3 +308,14 @@ def test_safe_text_rules() -> None:
         "\\x1b\\u009b\\u202e\\u2066\\u2028\\ufeff\\U000e0041"
     )
     assert safe_text("\ud800") == "\\ud800"  # a lone surrogate (from surrogateescape)
+
+
+def test_safe_text_imports_without_the_cli_toolkits() -> None:
+    """The TUI reuses `legion.textsafe`: importing it pulls in neither rich nor typer."""
+    code = (
+        "import json, sys; import legion.textsafe as t; "
+        "print(json.dumps([m for m in ('rich', 'typer', 'click', 'textual') if m in sys.modules]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
