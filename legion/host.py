@@ -66,7 +66,8 @@ class Host:
         self.vault = Vault(paths.vault_db, paths.vault_key, clock=clock)
         # Redaction is scoped by who reads and what produced the text (docs/vault.md):
         # the operator's views (control socket, events, audit, logs) mask every vault value;
-        # the LLM path masks the provider keys it uses; egress masks what it substituted.
+        # the LLM path masks the provider keys it uses; egress masks the agent's own
+        # credentials (legion.gateway.egress)
         # Nothing an agent wrote is matched against the vault on its way back to an agent.
         self.redactor = Redactor(self.vault.values)
         self.provider_redactor = Redactor(self._provider_keys)

@@ -42,9 +42,14 @@ def mask_routes(
 ) -> Router:
     """Wrap the handlers of `router` (or of the `(method, template)` pairs in `only`) so
     their responses pass `redactor`; with `inbound`, request bodies do too."""
+    found = set()
     for route in router.routes:
         if only is None or (route.method, route.template) in only:
             route.handler = _masked(route, route.handler, redactor, inbound)
+            found.add((route.method, route.template))
+    missing = set(only or ()) - found
+    if missing:  # a renamed route must not silently lose its masking
+        raise ValueError(f"mask_routes: no such routes {sorted(missing)} in {router.title}")
     return router
 
 

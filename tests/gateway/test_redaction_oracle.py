@@ -356,3 +356,34 @@ async def test_a_refused_handle_says_nothing_about_the_vault(home: Path, echo_po
     for record, (agent, _, why) in zip(records, probes, strict=True):
         assert record.actor == agent and record.decision == "deny"
         assert why in record.detail["reason"]
+
+
+async def test_the_operators_socket_masks_errors_and_bodies_in(home: Path) -> None:
+    """issue 7: on the control socket an error naming a vault value is masked, and a vault
+    value the operator writes is masked on the way in (agents read the masked value)."""
+    async with FakeProvider() as fake:
+        paths = seed(home)
+        async with (
+            Host.running(parse_config(config(fake.base_url, 1)), paths),
+            control_client(paths) as operator,
+            agent_client(paths, "carol") as carol,
+        ):
+            missing = await operator.get(f"/v1/blackboard/entries/keys/{BOB_TOKEN}")
+            assert missing.status_code == 404
+            assert BOB_TOKEN not in missing.text and MASK in missing.text
+            put = await operator.put(
+                "/v1/blackboard/entries/shared/x", json={"value": {"note": f"use {HOOK_SECRET}"}}
+            )
+            assert put.status_code == 200
+            read = (await carol.get("/v1/blackboard/entries/shared/x")).json()
+            assert read["value"] == {"note": f"use {MASK}"}
+
+
+def test_masking_a_route_that_does_not_exist_is_an_error() -> None:
+    """A renamed route must not silently lose its masking."""
+    from legion.api.http import Router
+    from legion.api.masking import mask_routes
+    from legion.gateway.redact import Redactor
+
+    with pytest.raises(ValueError, match="no such routes"):
+        mask_routes(Router("t"), Redactor(), only={("GET", "/v1/gone")})
