@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
 import os
@@ -21,7 +20,8 @@ from typing import Any
 
 from legion.api.agent import build_agent_router, require_agent
 from legion.api.control import build_control_router, host_status
-from legion.api.http import Call, HttpServer, Listener, Route
+from legion.api.http import Call, HttpServer, Listener, Route, Router
+from legion.api.masking import mask_routes
 from legion.config import Config
 from legion.errors import InboxFull
 from legion.events import EventBus
@@ -46,6 +46,10 @@ from legion.wire.events import AgentReply, AuditAppended, HostStarted, HostStopp
 
 log = logging.getLogger("legion.host")
 
+# Agent routes whose responses are masked, and against what (see `Host._agent_router`).
+LLM_ROUTES = frozenset({("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings")})
+CONFIG_ROUTES = frozenset({("GET", "/v1/self"), ("GET", "/v1/whoami")})
+
 
 class Host:
     def __init__(self, config: Config, paths: Paths, *, clock: Callable[[], float] = time.time):
@@ -60,8 +64,13 @@ class Host:
         os.chmod(paths.run, 0o700)
         self.store = Store(paths.host_db, durability=config.host.durability)
         self.vault = Vault(paths.vault_db, paths.vault_key, clock=clock)
-        # One redactor masks every vault value in audit records, API responses, events, logs.
+        # Redaction is scoped by who reads and what produced the text (docs/vault.md):
+        # the operator's views (control socket, events, audit, logs) mask every vault value;
+        # the LLM path masks the provider keys it uses; egress masks the agent's own
+        # credentials (legion.gateway.egress)
+        # Nothing an agent wrote is matched against the vault on its way back to an agent.
         self.redactor = Redactor(self.vault.values)
+        self.provider_redactor = Redactor(self._provider_keys)
         audit_key, audit_key_created = self.vault.audit_key()
         self.audit = AuditLog(
             self.store.conn,
@@ -94,18 +103,15 @@ class Host:
             guard=self.guard,
             audit=self.audit,
             bus=self.bus,
-            redactor=self.redactor,
+            redactor=self.provider_redactor,
             litellm=self.litellm,
             health=self.health,
             clock=clock,
         )
         self.egress = self._make_egress()
-        self.http = HttpServer(
-            max_body_bytes=config.host.max_body_bytes,
-            authorize=self._authorize,
-            redact=self.redactor.redact_bytes,
-            redact_again=functools.partial(self.redactor.redact_bytes, refresh=False),
-        )
+        # No server-wide redaction hook: masking is per route (`_control_router`,
+        # `_agent_router`), so an agent's own input is never matched against the vault.
+        self.http = HttpServer(max_body_bytes=config.host.max_body_bytes, authorize=self._authorize)
         self.last_seen: dict[str, float] = {}
         self.last_poll: dict[str, float] = {}  # when each agent last polled its inbox
         self._stop = asyncio.Event()
@@ -141,6 +147,13 @@ class Host:
         for handler in handlers:
             handler.addFilter(log_filter)
         try:
+            weak = host.vault.weak()
+            if weak:
+                log.warning(
+                    "credentials stored before the value rule are too weak to mask safely; "
+                    "replace them with `legion vault set NAME` (see docs/vault.md)",
+                    extra={"fields": {"names": weak}},
+                )
             recovered = host.inboxes.recover()
             if recovered:
                 log.info(
@@ -148,7 +161,7 @@ class Host:
                     extra={"fields": {"count": recovered}},
                 )
             await host.http.listen(
-                Listener(paths.control_socket, "operator", build_control_router(host))
+                Listener(paths.control_socket, "operator", host._control_router())
             )
             for name in config.agents:
                 await host.open_agent_socket(name)
@@ -190,9 +203,7 @@ class Host:
     async def open_agent_socket(self, name: str) -> None:
         owner = self.fleet.owner() if self.fleet.backend is not None else None
         await self.http.listen(
-            Listener(
-                self.paths.agent_socket(name), name, build_agent_router(self, name), owner=owner
-            )
+            Listener(self.paths.agent_socket(name), name, self._agent_router(name), owner=owner)
         )
 
     async def reopen_control_socket(self) -> None:
@@ -200,8 +211,29 @@ class Host:
         connections already open on the old one carry on."""
         await self.http.unlisten(self.paths.control_socket)
         await self.http.listen(
-            Listener(self.paths.control_socket, "operator", build_control_router(self))
+            Listener(self.paths.control_socket, "operator", self._control_router())
         )
+
+    # --- redaction by route (docs/vault.md, "Redaction") -----------------------------
+
+    def _provider_keys(self) -> list[str]:
+        """The values of the credentials the configured models use: what the LLM path
+        handles, so what it masks in provider responses and errors."""
+        names = {m.credential for m in self.config.llm.models.values() if m.credential}
+        return self.vault.values(names=names) if names else []
+
+    def _control_router(self) -> Router:
+        """The operator's socket: every response masked, and every request body, so a vault
+        value the operator pastes never becomes state an agent can read."""
+        return mask_routes(build_control_router(self), self.redactor, inbound=True)
+
+    def _agent_router(self, name: str) -> Router:
+        """An agent's socket: the LLM routes mask provider keys; the routes that show
+        operator-authored config mask every vault value; the rest return what was written."""
+        router = build_agent_router(self, name)
+        mask_routes(router, self.provider_redactor, only=LLM_ROUTES)
+        mask_routes(router, self.redactor, only=CONFIG_ROUTES)
+        return router
 
     async def apply_config(self, new: Config) -> dict[str, list[str]]:
         """Apply a changed legion.toml: agents, teams, models, egress and runtime take effect
@@ -241,7 +273,6 @@ class Host:
         return EgressProxy(
             config=self.config.egress,
             vault=self.vault,
-            redactor=self.redactor,
             audit=self.audit,
             permissions=self.permissions,
         )

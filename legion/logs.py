@@ -23,25 +23,17 @@ import threading
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
+from legion.textsafe import safe_text
+
 LogFormat = Literal["auto", "json", "text"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "text")
-
-# C0 and C1 controls, DEL, and the Unicode marks that reorder or hide text on a terminal.
-_INVISIBLE = {
-    **{c: f"\\x{c:02x}" for c in range(0x20)},
-    0x7F: "\\x7f",
-    **{c: f"\\x{c:02x}" for c in range(0x80, 0xA0)},
-    **{c: f"\\u{c:04x}" for c in (0x200E, 0x200F, 0x2028, 0x2029, 0x061C, 0xFEFF)},
-    **{c: f"\\u{c:04x}" for c in range(0x202A, 0x202F)},
-    **{c: f"\\u{c:04x}" for c in range(0x2066, 0x206A)},
-}
 
 
 def visible(text: str) -> str:
     """`text` with every control character shown as a visible escape (`\\x1b`), so text an
-    agent controls cannot move the cursor, retitle the terminal or hide what follows."""
-    # issue 7 item 8: replaced by the shared helper at merge
-    return text.translate(_INVISIBLE)
+    agent controls cannot move the cursor, retitle the terminal or hide what follows: the
+    one shared rule of `legion.textsafe`, on a single line."""
+    return safe_text(text)
 
 
 def iso_time(ts: float) -> str:

@@ -37,16 +37,16 @@ def test_vault_set_ls_rm_never_shows_values(home: Path) -> None:
     )
     assert stored.returncode == 0, stored.stderr
     assert SECRET not in stored.stdout + stored.stderr
-    system = legion(home, "vault", "set", "openai", "--tier", "system", stdin="sk-x-123456")
+    system = legion(home, "vault", "set", "openai", "--tier", "system", stdin="sk-x-9Fq2Lm7Tz4")
     assert system.returncode == 0, system.stderr
     listed = json.loads(legion(home, "vault", "ls", "--json").stdout)
-    assert [(i["name"], i["tier"], i["bound_hosts"]) for i in listed] == [
-        ("github", "agent", ["api.github.com"]),
-        ("openai", "system", []),
+    assert [(i["name"], i["tier"], i["bound_hosts"], i["allow_http"]) for i in listed] == [
+        ("github", "agent", ["api.github.com"], False),
+        ("openai", "system", [], False),
     ]
     assert SECRET not in json.dumps(listed)
     unbound = legion(home, "vault", "set", "loose", stdin="value-123")
-    assert unbound.returncode == 2 and "--bind-host" in unbound.stderr
+    assert unbound.returncode == 2 and "--bind HOST" in unbound.stderr
     empty = legion(home, "vault", "set", "empty", "--tier", "system", stdin="")
     assert empty.returncode == 2 and "empty" in empty.stderr
     assert legion(home, "vault", "rm", "github").returncode == 0
@@ -87,3 +87,53 @@ monthly_usd = 5.0
     assert [a["agent"] for a in only_bob["agents"]] == ["bob"]
     human = legion(home, "costs", "--since", "1h")
     assert human.returncode == 0 and "alice" in human.stdout and "$1.00" in human.stdout
+
+
+def test_vault_set_refuses_values_too_weak_to_mask(home: Path) -> None:
+    """issue 7: a stored value must be maskable: short or regular values are refused with
+    the reason and the rule, and nothing is stored."""
+    cases = {
+        "abc": "3 characters",
+        "hunter2": "7 characters",
+        "password": "bits of estimated entropy",
+        "12345678": "bits of estimated entropy",
+        "aaaaaaaaaaaaaaaa": "bits of estimated entropy",
+        "xk3xk3xk3xk3": "bits of estimated entropy",
+    }
+    for value, why in cases.items():
+        run = legion(home, "vault", "set", "weak", "--tier", "system", stdin=value)
+        assert run.returncode == 2, run.stderr
+        assert "'weak' was not stored" in run.stderr and why in run.stderr
+        assert "at least 8 characters with at least 40 bits" in run.stderr
+        assert value not in run.stderr + run.stdout
+    listed = json.loads(legion(home, "vault", "ls", "--json").stdout)
+    assert listed == []
+    # a CRLF from a Windows editor is not part of the value
+    ok = legion(home, "vault", "set", "fine", "--tier", "system", stdin="Zq8-Lm2-Tw7-Xc4\r\n")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_vault_set_bind_and_allow_http(home: Path) -> None:
+    """issue 7: `--bind HOST --allow-http` is stored and shown; --allow-http needs a binding."""
+    run = legion(
+        home,
+        "vault",
+        "set",
+        "intranet",
+        "--bind",
+        "wiki.lan",
+        "--allow-http",
+        stdin="Zq8-Lm2-Tw7-Xc4",
+    )
+    assert run.returncode == 0, run.stderr
+    assert "bound to wiki.lan, https or http" in run.stdout
+    strict = legion(
+        home, "vault", "set", "api", "--bind", "api.example.com", stdin="Pk3-Vn8-Rw2-Yh6"
+    )
+    assert "https only" in strict.stdout
+    listed = {i["name"]: i for i in json.loads(legion(home, "vault", "ls", "--json").stdout)}
+    assert listed["intranet"]["allow_http"] is True and listed["api"]["allow_http"] is False
+    table = legion(home, "vault", "ls")
+    assert "allowed" in table.stdout
+    loose = legion(home, "vault", "set", "sys", "--tier", "system", "--allow-http", stdin="x")
+    assert loose.returncode == 2 and "--allow-http applies to the --bind hosts" in loose.stderr

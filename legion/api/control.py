@@ -155,7 +155,8 @@ def build_control_router(host: Host) -> Router:
             try:
                 while True:
                     event = await sub.get()
-                    yield host.redactor.redact_bytes(event.model_dump_json().encode()) + b"\n"
+                    # Masked by the control router's wrapper (legion.api.masking).
+                    yield event.model_dump_json().encode() + b"\n"
             finally:
                 host.bus.close(sub)
 

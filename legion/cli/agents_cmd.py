@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, fmt_time, host_errors, usd_parser
+from legion.cli.common import (
+    State,
+    cell,
+    console,
+    echo,
+    emit_json,
+    fail,
+    fmt_time,
+    host_errors,
+    usd_parser,
+)
 
 app = typer.Typer(
     help="Manage the fleet: add, list, start, stop, restart, remove agents.", no_args_is_help=True
@@ -152,7 +162,7 @@ def add(
     if as_json:
         emit_json({"added": name, "host": status, "notes": notes})
         return
-    typer.echo(f"added {name} to {paths.config}; {status}")
+    echo(f"added {name} to {paths.config}; {status}")
     for note in notes:
         typer.echo(f"note: {note}", err=True)
 
@@ -210,7 +220,7 @@ def rm(
     if as_json:
         emit_json({"removed": name, "host": status, "purged": purged})
         return
-    typer.echo(f"removed {name}; {status}")
+    echo(f"removed {name}; {status}")
     if purged:
         typer.echo("purged: " + ", ".join(purged))
     elif paths.agent_data(name).exists():
@@ -227,7 +237,6 @@ def ls(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(listing.model_dump())
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(
@@ -236,17 +245,17 @@ def ls(as_json: JsonOpt = False) -> None:
     for a in listing.agents:
         style = {"running": "green", "failed": "red", "restarting": "yellow"}.get(a.state, "")
         table.add_row(
-            a.name,
-            a.state,
-            a.model or "-",
-            a.team or "-",
+            cell(a.name),
+            cell(a.state),
+            cell(a.model or "-"),
+            cell(a.team or "-"),
             str(a.restarts_last_hour),
             str(a.inbox_depth),
             fmt_time(a.last_seen),
-            a.reason[:60],
+            cell(a.reason[:60]),  # a container's exit reason can quote the agent's output
             style=style,
         )
-    Console().print(table)
+    console().print(table)
     if listing.runtime is None:
         typer.echo("no runtime backend: containers are not managed by this host", err=True)
 
@@ -260,7 +269,7 @@ def _action(name: str, action: str, as_json: bool) -> None:
     if as_json:
         emit_json(info.model_dump())
     else:
-        typer.echo(f"{info.name}: {info.state}" + (f" ({info.reason})" if info.reason else ""))
+        echo(f"{info.name}: {info.state}" + (f" ({info.reason})" if info.reason else ""))
 
 
 @app.command("start")

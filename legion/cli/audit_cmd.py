@@ -7,7 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import SINCE_HELP, State, emit_json, fail, fmt_time, since_parser
+from legion.cli.common import (
+    SINCE_HELP,
+    State,
+    cell,
+    console,
+    emit_json,
+    fail,
+    fmt_time,
+    since_parser,
+)
 
 
 def audit(
@@ -71,23 +80,23 @@ def audit(
     if as_json:
         emit_json([r.as_dict() for r in records])
         return
-    from rich.console import Console
     from rich.table import Table
 
+    # Actor, target and details carry agent-chosen text (keys, URLs, reasons): literal cells.
     table = Table("seq", "time", "actor", "action", "target", "decision", "reason", box=None)
     for r in records:
         style = "red" if r.decision == "deny" else ""
         table.add_row(
             str(r.seq),
             fmt_time(r.ts),
-            r.actor,
-            r.action,
-            r.target,
-            r.decision,
-            str(r.detail.get("reason", "")),
+            cell(r.actor),
+            cell(r.action),
+            cell(r.target),
+            cell(r.decision),
+            cell(r.detail.get("reason", "")),
             style=style,
         )
-    Console().print(table)
+    console().print(table)
 
 
 def _verify(conn: Any, expect_head: str | None, as_json: bool) -> None:

@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from legion.api.client import ControlClient
-from legion.cli.common import State, emit_json, fail, fmt_time, host_errors, seconds_parser
+from legion.cli.common import (
+    State,
+    cell,
+    console,
+    echo,
+    emit_json,
+    fail,
+    fmt_time,
+    host_errors,
+    seconds_parser,
+)
 from legion.cli.inputs import InputError, parse_json_value
 from legion.wire.fields import TTL_MAX_S
 
@@ -49,7 +59,7 @@ def put(
     if as_json:
         emit_json(entry.model_dump())
     else:
-        typer.echo(f"{entry.key} = version {entry.version}")
+        echo(f"{entry.key} = version {entry.version}")
 
 
 @app.command("get")
@@ -60,7 +70,9 @@ def get(key: str, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(entry.model_dump())
     else:
-        typer.echo(json.dumps(entry.value, indent=2, ensure_ascii=False))
+        # Readable (non-ASCII kept), but any control or invisible character an agent wrote
+        # is shown as an escape; `--json` gives the exact value.
+        echo(json.dumps(entry.value, indent=2, ensure_ascii=False), multiline=True)
 
 
 @app.command("ls")
@@ -75,17 +87,20 @@ def ls(
         emit_json([e.model_dump() for e in entries])
         return
     if not entries:
-        typer.echo(f"no keys{' under ' + repr(prefix) if prefix else ''}", err=True)
+        echo(f"no keys{' under ' + repr(prefix) if prefix else ''}", err=True)
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("key", "version", "writer", "updated", "expires", box=None)
     for e in entries:
         table.add_row(
-            e.key, str(e.version), e.writer, fmt_time(e.updated_at), fmt_time(e.expires_at)
+            cell(e.key),
+            str(e.version),
+            cell(e.writer),
+            fmt_time(e.updated_at),
+            fmt_time(e.expires_at),
         )
-    Console().print(table)
+    console().print(table)
 
 
 @app.command("rm")
@@ -96,6 +111,6 @@ def rm(key: str, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(result.model_dump())
     elif result.deleted:
-        typer.echo(f"deleted {key}")
+        echo(f"deleted {key}")
     else:
         fail(f"no blackboard key {key!r}", 1)

@@ -8,7 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, host_errors, seconds_parser
+from legion.cli.common import (
+    State,
+    emit_json,
+    fail,
+    host_errors,
+    safe_text,
+    seconds_parser,
+)
 
 
 def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
@@ -31,10 +38,11 @@ def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) ->
                     if etype == "token_delta" and sent_id:
                         streamed.append(event.text)
                         if not as_json:
-                            sys.stdout.write(event.text)
+                            sys.stdout.write(safe_text(event.text, multiline=True))
                             sys.stdout.flush()
                     elif etype == "agent_notification" and not as_json:
-                        sys.stderr.write(f"\n[{agent} {event.level}] {event.text}\n")
+                        note = safe_text(f"[{agent} {event.level}] {event.text}", multiline=True)
+                        sys.stderr.write(f"\n{note}\n")
                     elif etype == "agent_reply" and sent_id and event.in_reply_to == sent_id[0]:
                         outcome["reply"] = event
                         return
@@ -68,9 +76,9 @@ def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) ->
         emit_json(reply.model_dump())
     else:
         if not streamed:
-            sys.stdout.write(reply.text)
+            sys.stdout.write(safe_text(reply.text, multiline=True))
         elif "".join(streamed).strip() != reply.text.strip():
-            sys.stdout.write("\n" + reply.text)
+            sys.stdout.write("\n" + safe_text(reply.text, multiline=True))
         sys.stdout.write("\n")
     return 0
 
@@ -107,5 +115,5 @@ def chat(
         if not line.strip():
             continue
         if interactive:
-            sys.stdout.write(f"{agent}> ")
+            sys.stdout.write(f"{safe_text(agent)}> ")
         _turn(paths, agent, line.rstrip("\n"), timeout, as_json)

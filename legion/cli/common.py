@@ -1,4 +1,11 @@
-"""Shared CLI plumbing: the home option, output helpers, error handling."""
+"""Shared CLI plumbing: the home option, output helpers, error handling.
+
+Everything an agent can influence is printed through `safe_text()` (see `legion.textsafe`):
+terminal controls and invisible format characters become visible escapes. Tables go
+through `console()`, which never interprets Rich markup or emoji codes, and their cells
+through `cell()`, so `[bold]` or `[link=...]` inside agent text prints as written.
+`--json` output is `json.dumps` with ASCII escapes, so it carries no raw control byte either.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
 from legion.cli.inputs import InputError, parse_number, parse_time
 from legion.paths import Paths
+from legion.textsafe import safe_text, safe_value
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+__all__ = ["safe_text", "safe_value"]
 
 
 class State:
@@ -25,12 +39,38 @@ class State:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"legion: {message}", err=True)
+    """One line (or a few) on stderr and a non-zero exit. Messages often carry text from the
+    host or an agent (an API error naming a key), so they are printed safe."""
+    typer.echo(f"legion: {safe_text(message, multiline=True)}", err=True)
     raise typer.Exit(code)
 
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def json_line(data: Any) -> str:
+    """Compact JSON on one line, every non-ASCII and control character escaped."""
+    return json.dumps(data, default=str, separators=(",", ":"))
+
+
+def echo(text: str, *, err: bool = False, multiline: bool = False) -> None:
+    """Print agent-influenced text safely (one line unless `multiline`)."""
+    typer.echo(safe_text(text, multiline=multiline), err=err)
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A Rich console that never interprets markup, emoji codes or highlighting."""
+    from rich.console import Console
+
+    return Console(markup=False, emoji=False, highlight=False, stderr=stderr)
+
+
+def cell(value: Any) -> Text:
+    """A table cell holding `value` as literal, safe text."""
+    from rich.text import Text
+
+    return Text(safe_value(value))
 
 
 @contextmanager

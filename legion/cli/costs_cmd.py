@@ -7,7 +7,15 @@ from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import SINCE_HELP, State, emit_json, fail, since_parser
+from legion.cli.common import (
+    SINCE_HELP,
+    State,
+    cell,
+    console,
+    emit_json,
+    fail,
+    since_parser,
+)
 
 
 def costs(
@@ -106,7 +114,6 @@ def costs(
     if as_json:
         emit_json(result)
         return
-    from rich.console import Console
     from rich.table import Table
 
     def cap(value: float | None) -> str:
@@ -117,7 +124,7 @@ def costs(
     )
     for a in agents_out:
         out.add_row(
-            a["agent"],
+            cell(a["agent"]),
             "(all)",
             f"${a['today_usd']:.4f}",
             cap(a["daily_cap_usd"]),
@@ -129,12 +136,12 @@ def costs(
         for m in a["models"]:
             out.add_row(
                 "",
-                m["model"],
+                cell(m["model"]),
                 f"${m['today_usd']:.4f}",
                 "",
                 f"${m['month_usd']:.4f}",
                 "",
                 str(m["calls_today"]),
             )
-    Console().print(out)
+    console().print(out)
     typer.echo(f"fleet today: ${fleet_today:.4f} of {cap(config.llm.fleet_daily_usd)} (UTC day)")

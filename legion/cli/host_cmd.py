@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, fmt_time, host_errors
+from legion.cli.common import State, echo, emit_json, fail, fmt_time, host_errors
 
 EXIT_NOT_RUNNING = 3
 EXIT_UNREACHABLE = 4
@@ -92,11 +92,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     if as_json:
         emit_json(st.model_dump())
         return
-    typer.echo(f"legion {st.version}  pid {st.pid}  up {st.uptime_s:.0f}s  home {st.home}")
+    echo(f"legion {st.version}  pid {st.pid}  up {st.uptime_s:.0f}s  home {st.home}")
     if not st.agents:
         typer.echo("no agents configured (add [agents.<name>] to legion.toml)")
     for a in st.agents:
-        typer.echo(
+        echo(
             f"  {a.name:<20} team={a.team or '-':<10} inbox={a.inbox_depth:<6} "
             f"last seen {fmt_time(a.last_heartbeat)}"
         )

@@ -19,7 +19,7 @@ from legion.cli import (
     logs_cmd,
     vault_cmd,
 )
-from legion.cli.common import State, emit_json, fmt_time, host_errors
+from legion.cli.common import State, echo, emit_json, fmt_time, host_errors, json_line
 
 app = typer.Typer(
     name="legion",
@@ -81,11 +81,13 @@ def events(
         with host_errors(), ControlClient(State.paths()) as client:
             for event in client.events():
                 if as_json:
-                    typer.echo(event.model_dump_json())
+                    # ASCII-escaped: no raw control or bidi character reaches the terminal.
+                    typer.echo(json_line(event.model_dump(mode="json")))
                 else:
+                    # One event per line: a newline inside agent text is shown as \x0a.
                     fields = event.model_dump(exclude={"type", "at"})
                     text = " ".join(f"{k}={v}" for k, v in fields.items())
-                    typer.echo(f"{fmt_time(event.at)} {event.type:<20} {text}")
+                    echo(f"{fmt_time(event.at)} {event.type:<20} {text}")
     except KeyboardInterrupt:
         pass
 

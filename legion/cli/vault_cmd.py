@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, fmt_time
+from legion.cli.common import State, cell, console, emit_json, fail, fmt_time
+from legion.gateway.redact import VALUE_RULE
 from legion.gateway.vault import Vault
 
 app = typer.Typer(
@@ -33,7 +34,10 @@ def _open() -> Vault:
 def _read_secret(name: str) -> str:
     if not sys.stdin.isatty():
         value = sys.stdin.read()
-        return value[:-1] if value.endswith("\n") else value
+        for end in ("\r\n", "\n"):  # one line ending, as `echo` or a Windows editor adds
+            if value.endswith(end):
+                return value[: -len(end)]
+        return value
     first = getpass.getpass(f"value for {name}: ")
     second = getpass.getpass("again: ")
     if first != second:
@@ -54,25 +58,44 @@ def set_cmd(
     bind_host: Annotated[
         list[str] | None,
         typer.Option(
+            "--bind",
             "--bind-host",
             help="Host this credential may be sent to (repeat; globs like "
-            "*.example.com). Required for agent-tier credentials.",
+            "*.example.com). Required for agent-tier credentials. https only, unless "
+            "--allow-http.",
         ),
     ] = None,
+    allow_http: Annotated[
+        bool,
+        typer.Option(
+            "--allow-http",
+            help="Also send it to the bound hosts over plain http:// (readable on the way; "
+            "for hosts on a network you trust). Without it, an http request is refused.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Store a credential, reading its value from a prompt or stdin (never from argv)."""
+    """Store a credential, reading its value from a prompt or stdin (never from argv).
+
+    The value must be at least 8 characters with at least 40 bits of estimated entropy, so
+    it can be masked safely wherever it might be echoed (see docs/vault.md)."""
     from legion.errors import LegionError
 
     if tier != "system" and tier != "agent":
         fail("--tier must be system or agent", 2)
     if tier == "agent" and not bind_host:
-        fail("an agent-tier credential needs at least one --bind-host (where it may be sent)", 2)
+        fail("an agent-tier credential needs at least one --bind HOST (where it may be sent)", 2)
+    if allow_http and not bind_host:
+        fail("--allow-http applies to the --bind hosts; give at least one", 2)
     value = _read_secret(name)
     vault = _open()
     try:
         info = vault.set(
-            name, value, tier="system" if tier == "system" else "agent", bound_hosts=bind_host
+            name,
+            value,
+            tier="system" if tier == "system" else "agent",
+            bound_hosts=bind_host,
+            allow_http=allow_http,
         )
     except LegionError as exc:
         fail(str(exc), 2)
@@ -81,9 +104,11 @@ def set_cmd(
     if as_json:
         emit_json(info.as_dict())
     else:
+        bound = ", ".join(info.bound_hosts)
+        scheme = "https or http" if info.allow_http else "https only"
         typer.echo(
             f"stored {info.name} ({info.tier}"
-            + (f", bound to {', '.join(info.bound_hosts)})" if info.bound_hosts else ")")
+            + (f", bound to {bound}, {scheme})" if info.bound_hosts else ")")
         )
 
 
@@ -93,27 +118,34 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = Fa
     vault = _open()
     try:
         infos = vault.infos()
+        weak = set(vault.weak())
     finally:
         vault.close()
     if as_json:
-        emit_json([i.as_dict() for i in infos])
+        emit_json([i.as_dict() | {"weak": i.name in weak} for i in infos])
         return
     if not infos:
         typer.echo("the vault is empty; add a credential with `legion vault set NAME`", err=True)
         return
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "tier", "bound hosts", "updated", "last used", box=None)
+    table = Table("name", "tier", "bound hosts", "http", "updated", "last used", box=None)
     for i in infos:
         table.add_row(
-            i.name,
+            cell(i.name + (" (weak)" if i.name in weak else "")),
             i.tier,
-            ", ".join(i.bound_hosts) or "-",
+            cell(", ".join(i.bound_hosts) or "-"),
+            "allowed" if i.allow_http else "-",
             fmt_time(i.updated_at),
             fmt_time(i.last_used_at),
         )
-    Console().print(table)
+    console().print(table)
+    if weak:
+        typer.echo(
+            f"weak: {', '.join(sorted(weak))} fail the value rule ({VALUE_RULE}); "
+            "replace each with `legion vault set NAME`",
+            err=True,
+        )
 
 
 @app.command("rm")

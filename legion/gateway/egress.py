@@ -5,7 +5,8 @@ Agent containers have no network; this is their only way out. For every request:
 * Only http and https. `$CRED{name}` in the URL's path or query, a header value or the
   body is replaced by the host, only when `Vault.resolve_for_agent` allows it (the agent
   holds the credential in `allowed_credentials`, the credential is agent-tier and bound to
-  the target host). Otherwise nothing is sent. A handle in the host part is refused.
+  the target host, and the request is https unless the binding allows http). Otherwise
+  nothing is sent. A handle in the host part is refused.
 * The host name is resolved once per hop, off the event loop; if any address is forbidden
   (see `legion.gateway.netcheck`) the request is refused, unless the operator opened that exact
   HOST:PORT in `[egress] allow`. The connection goes to the checked address (the network
@@ -20,9 +21,16 @@ Agent containers have no network; this is their only way out. For every request:
   plain bytes.
 * The body is streamed and cut at `max_response_bytes` (`truncated`); the whole request
   is bounded by the smaller of the agent's and the operator's timeout.
-* Every vault value is scrubbed from the response headers, body and URL, and from error
-  messages. Each request leaves one audit record (`egress.http`, allow or deny) whose URL
-  is the agent's own (handles, not values).
+* The credentials the agent may substitute (granted to it, agent-tier: this request's, and
+  any it could have sent earlier for a host to store and return now), and only those, are
+  scrubbed from the response headers, body and URL and from error messages, in every form
+  `legion.gateway.redact.EchoScrubber` recognises (raw, percent-encoded, JSON-escaped, HTML-
+  escaped, hex, base64 and URL-safe base64, also inside `user:secret`). Nothing else is
+  matched: the response never depends on whether the agent's text equals a secret it was
+  not granted. Each
+  request leaves one audit record (`egress.http`, allow or deny) whose URL is the agent's
+  own (handles, not values); a refused credential's record says why (the agent's error
+  does not distinguish a missing credential from a forbidden one).
 """
 
 from __future__ import annotations
@@ -51,13 +59,12 @@ from legion.gateway.egress_transport import (
     InvalidUrl,
     PinnedBackend,
     Reply,
-    Scrubber,
     Trace,
     _utf8,
     system_resolver,
 )
 from legion.gateway.netcheck import AllowList, IPAddress, parse_ip_literal, refusal
-from legion.gateway.redact import MIN_SECRET, Redactor
+from legion.gateway.redact import EchoScrubber
 from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog
 from legion.mesh.globs import glob_match
@@ -91,6 +98,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 VALUE_SAFE = "-._~!$&'()*+,;=:@"  # a substituted value keeps these in a URL
 TARGET_SAFE = "!$&'()*+,-./:;=?@_~%[]"  # request targets keep these (and existing %XX)
 AUDIT_URL_CHARS = 2048
+SCRUBBER_CACHE = 256  # scrubbers kept, one per set of granted values (cleared when full)
 
 
 # --- URLs -----------------------------------------------------------------------------
@@ -173,26 +181,28 @@ class Credentials:
     used: dict[str, str] = field(default_factory=dict)
     url_forms: set[str] = field(default_factory=set)
 
-    def value(self, name: str, host: str) -> str:
+    def value(self, name: str, url: Target) -> str:
         allowed = [name] if any(glob_match(p, name) for p in self.patterns) else []
-        value = self.vault.resolve_for_agent(name, allowed=allowed, host=host.rstrip("."))
+        value = self.vault.resolve_for_agent(
+            name, allowed=allowed, host=url.host.rstrip("."), scheme=url.scheme
+        )
         self.used[name] = value
         return value
 
-    def text(self, text: str, host: str) -> str:
-        return CRED_RE.sub(lambda m: self.value(m.group(1), host), text)
+    def text(self, text: str, url: Target) -> str:
+        return CRED_RE.sub(lambda m: self.value(m.group(1), url), text)
 
-    def url_part(self, text: str, host: str) -> str:
+    def url_part(self, text: str, url: Target) -> str:
         def encoded(match: re.Match[str]) -> str:
-            form = quote(self.value(match.group(1), host), safe=VALUE_SAFE)
+            form = quote(self.value(match.group(1), url), safe=VALUE_SAFE)
             self.url_forms.add(form)
             return form
 
         return CRED_RE.sub(encoded, text)
 
-    def body(self, data: bytes, host: str) -> bytes:
+    def body(self, data: bytes, url: Target) -> bytes:
         return CRED_RE_BYTES.sub(
-            lambda m: self.value(m.group(1).decode(), host).encode("utf-8"), data
+            lambda m: self.value(m.group(1).decode(), url).encode("utf-8"), data
         )
 
     def forms(self) -> dict[str, str]:
@@ -200,15 +210,17 @@ class Credentials:
         out: dict[str, str] = {}
         for name, value in self.used.items():
             for form in (value, quote(value, safe=VALUE_SAFE), quote(value, safe="")):
-                if len(form) >= MIN_SECRET:
+                if form:
                     out[form] = name
         return out
 
-    def check_url(self, url: str, host: str) -> None:
-        """A redirect target that carries a value we sent must be a host it is bound to."""
+    def check_url(self, url: Target) -> None:
+        """A redirect target that carries a value we sent must be a host it is bound to
+        (and use a scheme the binding allows)."""
+        text = url.url()
         for form, name in self.forms().items():
-            if form in url:
-                self.value(name, host)
+            if form in text:
+                self.value(name, url)
 
 
 # --- the proxy ------------------------------------------------------------------------
@@ -222,7 +234,6 @@ class EgressProxy:
         *,
         config: EgressConfig,
         vault: Vault,
-        redactor: Redactor,
         audit: AuditLog,
         permissions: Permissions,
         resolver: Resolver | None = None,
@@ -230,12 +241,12 @@ class EgressProxy:
     ) -> None:
         self.config = config
         self.vault = vault
-        self.redactor = redactor
         self.audit = audit
         self.permissions = permissions
         self.resolver: Resolver = resolver or system_resolver
         self.allow = AllowList.parse(config.allow)
         self._ssl = ssl_context
+        self._scrubbers: dict[tuple[tuple[str, ...], frozenset[str]], EchoScrubber] = {}
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -264,7 +275,7 @@ class EgressProxy:
             scrub = self._scrubber(creds)
             exc.message = scrub.text(exc.message)
             exc.args = (exc.message,)
-            exc.detail = scrub.redactor.redact_obj(exc.detail)
+            exc.detail = scrub.obj(exc.detail)
             failed = exc.code in (EgressTimeout.code, EgressFailed.code)
             self._record(agent, req, trace, creds, scrub, "allow" if failed else "deny", exc)
             raise
@@ -280,10 +291,18 @@ class EgressProxy:
         self._record(agent, req, trace, creds, scrub, "allow", None)
         return response
 
-    def _scrubber(self, creds: Credentials) -> Scrubber:
-        values = self.vault.values()
-        self.redactor.refresh(values)
-        return Scrubber(self.redactor, list(creds.used.values()), creds.url_forms)
+    def _scrubber(self, creds: Credentials) -> EchoScrubber:
+        """Scrubs the credentials this agent may substitute (those of this request, and those
+        it could have sent in an earlier one for a host to store and hand back now), and
+        nothing else: never a value the agent was not granted."""
+        values = sorted({*self.vault.granted_values(creds.patterns), *creds.used.values()})
+        key = (tuple(values), frozenset(creds.url_forms))
+        scrubber = self._scrubbers.get(key)
+        if scrubber is None:
+            if len(self._scrubbers) >= SCRUBBER_CACHE:
+                self._scrubbers.clear()
+            scrubber = self._scrubbers[key] = EchoScrubber(values, creds.url_forms)
+        return scrubber
 
     def _record(
         self,
@@ -291,13 +310,16 @@ class EgressProxy:
         req: EgressRequest,
         trace: Trace,
         creds: Credentials,
-        scrub: Scrubber,
+        scrub: EchoScrubber,
         decision: str,
         error: LegionError | None,
         internal: str | None = None,
     ) -> None:
         if error is not None:
-            reason = f"{error.code}: {error.message}"
+            # A refused credential's true reason (missing, system-tier, not granted) is for
+            # the operator; the agent's error message is the same for all three.
+            why = getattr(error, "operator_reason", None) or error.message
+            reason = f"{error.code}: {scrub.text(why)}"
         elif internal == "cancelled":
             reason = "cancelled by the caller"
         elif internal is not None:
@@ -335,11 +357,11 @@ class EgressProxy:
                 first.scheme,
                 first.host,
                 first.port,
-                quote_target(creds.url_part(first.target, first.host)),
+                quote_target(creds.url_part(first.target, first)),
             )
             while True:
-                headers = _substituted(headers_tpl, creds, url.host)
-                body = creds.body(body_tpl, url.host) if body_tpl is not None else None
+                headers = _substituted(headers_tpl, creds, url)
+                body = creds.body(body_tpl, url) if body_tpl is not None else None
                 if body is None and method in ("POST", "PUT", "PATCH"):
                     body = b""
                 self._check_grant(agent, url.host)  # every hop: redirects cannot widen it
@@ -366,7 +388,7 @@ class EgressProxy:
                     ) from None
                 new = Target(new.scheme, new.host, new.port, quote_target(new.target))
                 trace.final_url = new.url()
-                creds.check_url(new.url(), new.host)
+                creds.check_url(new)
                 if new.origin != url.origin:
                     headers_tpl = [
                         (name, value)
@@ -493,7 +515,7 @@ class EgressProxy:
                     continue
                 value = scrub.text(raw_value.decode("latin-1"))
                 headers[name] = f"{headers[name]}, {value}" if name in headers else value
-            data = scrub.cut_partial(reply.body) if reply.truncated else reply.body
+            data = scrub.cut_tail(reply.body) if reply.truncated else reply.body
             text = _utf8(data, reply.truncated)
             body = b64 = None
             if text is not None:
@@ -536,11 +558,11 @@ def _agent_headers(raw: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def _substituted(
-    headers: list[tuple[str, str]], creds: Credentials, host: str
+    headers: list[tuple[str, str]], creds: Credentials, url: Target
 ) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for name, value in headers:
-        sent = creds.text(value, host)
+        sent = creds.text(value, url)
         if _bad_value(sent):
             raise InvalidHeader(
                 f"header {name}: after credential substitution the value holds a line break "

@@ -1,5 +1,6 @@
 """The egress proxy's transport: connections pinned to checked addresses, and bounded,
-decoded, scrubbed response bodies. See `legion.gateway.egress` for the policy around them."""
+decoded response bodies (scrubbed by `legion.gateway.redact.EchoScrubber`). See
+`legion.gateway.egress` for the policy around them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import httpcore
 
 from legion.errors import LegionError
 from legion.gateway.netcheck import IPAddress
-from legion.gateway.redact import MASK, MIN_SECRET, Redactor
 
 THREAD_SCRUB_BYTES = 256 * 1024  # scrub bigger bodies off the event loop
 
@@ -183,37 +183,6 @@ class Trace:
     redirects: int = 0
     address: str | None = None
     credentials: list[str] = field(default_factory=list)
-
-
-class Scrubber:
-    """Masks every vault value, and the URL-encoded forms this request sent."""
-
-    def __init__(self, redactor: Redactor, secrets: list[str], extra: Iterable[str]) -> None:
-        self.redactor = redactor
-        self.forms = sorted(
-            {s for s in (*secrets, *extra) if len(s) >= MIN_SECRET}, key=len, reverse=True
-        )
-
-    def text(self, text: str) -> str:
-        text = self.redactor.redact(text)
-        for form in self.forms:
-            text = text.replace(form, MASK)
-        return text
-
-    def data(self, data: bytes) -> bytes:
-        data = self.redactor.redact_bytes(data)
-        for form in self.forms:
-            data = data.replace(form.encode("utf-8"), MASK.encode())
-        return data
-
-    def cut_partial(self, data: bytes) -> bytes:
-        """Drop a tail that is the start of a secret (a body cut mid-secret)."""
-        for form in self.forms:
-            raw = form.encode("utf-8")
-            for size in range(min(len(raw) - 1, len(data)), MIN_SECRET - 1, -1):
-                if data.endswith(raw[:size]):
-                    return data[: len(data) - size]
-        return data
 
 
 def _utf8(data: bytes, truncated: bool) -> str | None:

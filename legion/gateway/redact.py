@@ -1,43 +1,153 @@
-"""One redactor for every path that could echo a secret: logs, events, audit, traces, errors.
+"""Redaction: masking secrets where a real one can appear, scoped so it is never an oracle.
 
-The host feeds it every vault value; `redact()` replaces each occurrence (and its JSON-
-escaped form) with `[REDACTED]`. Values shorter than 4 characters are not masked: they
-would mangle ordinary text without protecting anything.
+The rule (docs/vault.md, "Redaction"):
+
+* A source that handled a secret masks that secret in what it hands on: the LLM gateway
+  masks the provider keys in provider responses and errors; the egress proxy masks the
+  credentials the agent may substitute (those it is granted), in every encoding it can
+  recognise (`EchoScrubber`), in every response it returns.
+* The operator's views (the control socket's responses, the event stream, audit records,
+  log lines) mask every vault value, raw and JSON-escaped, because the operator may be
+  shown anything; the operator's own input on the control socket is masked on the way in,
+  so no vault value pasted by the operator reaches an agent.
+* What an agent wrote it reads back as written, and so does any other agent that may read
+  it: the host never matches an agent's input against vault values, so nothing an agent
+  gets back depends on whether its input equals a secret.
+
+`Redactor` masks a set of values (from a source callable, re-read on `refresh`);
+`value_problem` is the rule a value must pass to be stored at all.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import html
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import quote
 
 MASK = "[REDACTED]"
-MIN_SECRET = 4
+MASK_BYTES = MASK.encode()
+
+# --- the value rule -------------------------------------------------------------------------
+
+MIN_SECRET = 8  # characters
+MIN_SECRET_BITS = 40.0  # estimated, see `estimated_bits`
+VALUE_RULE = (
+    f"a credential must be at least {MIN_SECRET} characters with at least "
+    f"{MIN_SECRET_BITS:.0f} bits of estimated entropy (each character counts log2 of the size "
+    "of the character classes used: lower case, upper case, digits, punctuation, other; a "
+    "character that continues a run like aaa or 123, or repeats an earlier 3-character "
+    "chunk, does not count). Use the random token your provider issued, or generate one, "
+    "e.g. `openssl rand -base64 24`"
+)
+
+
+def _pool(value: str) -> int:
+    pool = 0
+    if any("a" <= c <= "z" for c in value):
+        pool += 26
+    if any("A" <= c <= "Z" for c in value):
+        pool += 26
+    if any("0" <= c <= "9" for c in value):
+        pool += 10
+    if any(c.isascii() and not c.isalnum() for c in value):
+        pool += 33
+    if any(not c.isascii() for c in value):
+        pool += 100
+    return pool
+
+
+def estimated_bits(value: str) -> float:
+    """A conservative entropy estimate: effective length x log2(character pool).
+
+    A character does not count when it continues a run of three with the same step of -1, 0
+    or +1 (`aaa`, `123`, `cba`), or when the three characters ending with it were seen
+    before (repeated chunks: `abcabc`, `xk3xk3`). Random tokens lose almost nothing to this
+    (a random 9-letter lower-case value passes 97% of the time, a 16-digit one 99.8%);
+    repeats, sequences and patterns lose most of their length. It knows no dictionary.
+    """
+    pool = _pool(value)
+    if pool <= 1:
+        return 0.0
+    effective = 0
+    seen: set[str] = set()
+    for i, ch in enumerate(value):
+        counts = True
+        if i >= 2:
+            step = ord(ch) - ord(value[i - 1])
+            if step in (-1, 0, 1) and step == ord(value[i - 1]) - ord(value[i - 2]):
+                counts = False
+            chunk = value[i - 2 : i + 1]
+            if chunk in seen:
+                counts = False
+            seen.add(chunk)
+        effective += counts
+    return effective * math.log2(pool)
+
+
+def value_problem(value: str) -> str | None:
+    """Why `value` cannot be stored as a credential (None: it can).
+
+    A stored value must be maskable: long and irregular enough that masking it never hits
+    ordinary text, and that none of its encodings (hex, base64) is short enough to occur
+    by chance in a response.
+    """
+    if not value:
+        return "the value is empty"
+    if len(value) < MIN_SECRET:
+        return f"the value is {len(value)} characters; {VALUE_RULE}"
+    bits = estimated_bits(value)
+    if bits < MIN_SECRET_BITS:
+        return f"the value has about {bits:.0f} bits of estimated entropy; {VALUE_RULE}"
+    return None
+
+
+# --- masking a set of values ---------------------------------------------------------------
+
+
+def json_forms(value: str) -> set[str]:
+    """How `value` can appear inside JSON text: escaped with \\u or raw UTF-8, `/` or `\\/`."""
+    forms = {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    return forms | {form.replace("/", "\\/") for form in forms}
 
 
 class Redactor:
+    """Masks every value of a set, raw and as it appears inside JSON, as `[REDACTED]`.
+
+    `source` is read on `refresh()` (which `redact()` and friends call unless told not
+    to); the compiled pattern is rebuilt only when the values change.
+    """
+
     def __init__(self, source: Callable[[], Iterable[str]] | None = None) -> None:
         self._source = source
         self._pattern: re.Pattern[str] | None = None
-        self._known: frozenset[str] = frozenset()
+        self._values: tuple[str, ...] = ()
+        self._longest = 0
 
     def refresh(self, values: Iterable[str] | None = None) -> None:
         if values is None:
             values = self._source() if self._source is not None else ()
-        forms: set[str] = set()
-        for value in values:
-            if len(value) < MIN_SECRET:
-                continue
-            forms.add(value)
-            forms.add(json.dumps(value)[1:-1])  # as it appears inside JSON text
-        known = frozenset(forms)
-        if known == self._known:
+        current = tuple(v for v in values if v)
+        if current == self._values:
             return
-        self._known = known
-        ordered = sorted(known, key=len, reverse=True)
+        self._values = current
+        forms: set[str] = set()
+        for value in current:
+            forms |= {value} | json_forms(value)
+        ordered = sorted(forms, key=len, reverse=True)
+        self._longest = len(ordered[0]) if ordered else 0
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def max_secret_len(self) -> int:
+        """The length in characters of the longest form masked (0: nothing to mask), as of
+        the last refresh. A stream redactor holds back this many characters minus one."""
+        return self._longest
 
     def redact(self, text: str) -> str:
         if self._source is not None:
@@ -47,8 +157,7 @@ class Redactor:
         return self._pattern.sub(MASK, text)
 
     def redact_bytes(self, data: bytes, refresh: bool = True) -> bytes:
-        """`refresh=False` reuses the secrets known at the last refresh (the host refreshes
-        once per response, not once per streamed chunk)."""
+        """`refresh=False` reuses the secrets known at the last refresh."""
         if refresh and self._source is not None:
             self.refresh()
         if self._pattern is None:
@@ -63,13 +172,183 @@ class Redactor:
             self.refresh()
         if self._pattern is None:
             return value
+        return self._obj(value)
+
+    def _obj(self, value: Any) -> Any:
+        assert self._pattern is not None
         if isinstance(value, str):
-            return self.redact(value)
+            return self._pattern.sub(MASK, value)
         if isinstance(value, dict):
-            return {self.redact_obj(k): self.redact_obj(v) for k, v in value.items()}
+            return {self._obj(k): self._obj(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return [self.redact_obj(v) for v in value]
+            return [self._obj(v) for v in value]
         return value
+
+
+# --- echoes of a substituted credential --------------------------------------------------
+
+_PERCENT = re.compile("%[0-9A-F]{2}")
+_B64 = "A-Za-z0-9+/"
+_B64URL = "A-Za-z0-9_\\-"
+MIN_ENCODED = 8  # shorter base64 cores would match random base64 by chance
+
+
+def _base64_cores(raw: bytes, urlsafe: bool) -> list[tuple[str, int, int]]:
+    """The base64 text of `raw` that is the same wherever `raw` sits inside a longer
+    encoded string (`user:secret` in Basic auth, a JSON blob): for each of the three byte
+    alignments, the encoding of the whole 3-byte groups inside `raw`, with how many
+    characters before and after it belong to groups mixing `raw` with its neighbours."""
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    cores = []
+    for skip in range(3):
+        whole = (len(raw) - skip) // 3 * 3
+        if whole <= 0:
+            continue
+        core = encode(raw[skip : skip + whole]).decode("ascii")
+        if len(core) >= MIN_ENCODED:
+            rest = len(raw) - skip - whole
+            cores.append((core, 4 if skip else 0, 4 if rest else 0))
+    return cores
+
+
+class EchoScrubber:
+    """Masks, in what a host sent back, the credentials an agent may substitute.
+
+    Forms caught: the raw value; its percent-encoded forms (given by the caller, as sent,
+    and fully encoded, with upper- or lower-case escapes); its JSON- and HTML-escaped forms;
+    hex, lower or upper case; base64 and URL-safe
+    base64, padded or not, also when the value is only part of what was encoded (Basic
+    auth's `user:secret`), for values of at least 8 characters. A base64 match also masks
+    the up to 4 characters on either side that mix the value's bits with its neighbours'.
+    Other transformations (hashes, reversals, double encodings, a value split across
+    fields) cannot be recognised: binding a credential to a host trusts that host not to
+    reflect it in such forms.
+
+    Only these values are matched: a response never depends on whether the agent's own
+    request text happened to equal a secret it was not granted. Every form is a literal, found with
+    `str.find` (C speed, no regex over the body): a 1 MB body costs about a millisecond.
+    """
+
+    def __init__(self, values: Iterable[str], sent_forms: Iterable[str] = ()) -> None:
+        forms: dict[str, tuple[str, int, int]] = {}  # form -> (b64 alphabet, before, after)
+
+        def add(form: str, alphabet: str = "", before: int = 0, after: int = 0) -> None:
+            if not form:
+                return
+            old = forms.get(form, (alphabet, 0, 0))
+            forms[form] = (old[0] or alphabet, max(before, old[1]), max(after, old[2]))
+
+        for form in sent_forms:
+            add(form)
+        for value in values:
+            if not value:
+                continue
+            for form in {value, quote(value, safe=""), quote(value, safe="-._~")}:
+                add(form)
+                add(_PERCENT.sub(lambda m: m.group().lower(), form))  # %2f as well as %2F
+            add(html.escape(value))
+            add(html.escape(value, quote=False))
+            for form in json_forms(value):
+                add(form)
+            raw = value.encode("utf-8")
+            if len(raw) * 2 >= MIN_ENCODED:
+                hexed = binascii.hexlify(raw).decode("ascii")
+                add(hexed)
+                add(hexed.upper())
+            for urlsafe, alphabet in ((False, _B64), (True, _B64URL)):
+                for core, before, after in _base64_cores(raw, urlsafe):
+                    add(core, alphabet, before, after)
+        # longest first: where forms overlap, the longer one decides the span
+        self._forms = sorted(forms.items(), key=lambda item: len(item[0]), reverse=True)
+        self._bytes = [(f.encode("utf-8"), meta) for f, meta in self._forms]
+        longest_core = max((len(f) + 10 for f, (a, _, _) in self._forms if a), default=0)
+        longest_literal = max((len(f) for f, _ in self._bytes), default=0)
+        self.longest = max(longest_core, longest_literal)
+
+    def __bool__(self) -> bool:
+        return bool(self._forms)
+
+    def text(self, text: str) -> str:
+        if not self._forms:
+            return text
+        cleaned: str = _mask(text, self._forms, MASK)
+        return cleaned
+
+    def data(self, data: bytes) -> bytes:
+        if not self._bytes:
+            return data
+        cleaned: bytes = _mask(data, self._bytes, MASK_BYTES)
+        return cleaned
+
+    def obj(self, value: Any) -> Any:
+        """Scrub strings anywhere inside a JSON-like structure (error details)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.obj(k): self.obj(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.obj(v) for v in value]
+        return value
+
+    def cut_tail(self, data: bytes) -> bytes:
+        """A body cut short at the size limit may end inside a value: drop the last
+        `longest` bytes whatever they hold, so what is kept never depends on a match."""
+        if not self._forms:
+            return data
+        return data[: max(0, len(data) - self.longest)]
+
+
+def _mask(source: Any, forms: list[tuple[Any, tuple[str, int, int]]], mask: Any) -> Any:
+    """`source` with every occurrence of every form (and, for base64 cores, the mixed
+    characters around it) replaced by one `mask` per merged span."""
+    spans: list[tuple[int, int]] = []
+    for form, (alphabet, before, after) in forms:
+        at = source.find(form)
+        while at >= 0:
+            start, end = at, at + len(form)
+            if alphabet:
+                start = _extend_left(source, start, max(0, start - before), alphabet)
+                end = _extend_right(source, end, min(len(source), end + after), alphabet)
+            spans.append((start, end))
+            at = source.find(form, at + len(form))
+    if not spans:
+        return source
+    spans.sort()
+    out = []
+    last = 0
+    for start, end in spans:
+        if end <= last:
+            continue
+        if start < last:  # overlapping spans merge into one mask
+            start = last
+        else:
+            out.append(source[last:start])
+        if not out or out[-1] is not mask:
+            out.append(mask)
+        last = end
+    out.append(source[last:])
+    return type(source)().join(out)
+
+
+def _is_b64(ch: int | str, alphabet: str) -> bool:
+    c = chr(ch) if isinstance(ch, int) else ch
+    if c.isascii() and c.isalnum():
+        return True
+    return c in ("+/" if alphabet == _B64 else "-_")
+
+
+def _extend_left(source: Any, start: int, floor: int, alphabet: str) -> int:
+    while start > floor and _is_b64(source[start - 1], alphabet):
+        start -= 1
+    return start
+
+
+def _extend_right(source: Any, end: int, ceiling: int, alphabet: str) -> int:
+    while end < ceiling and _is_b64(source[end], alphabet):
+        end += 1
+    while end < len(source) and source[end] in ("=", 61):  # padding
+        end += 1
+    return end
 
 
 class RedactingFilter(logging.Filter):

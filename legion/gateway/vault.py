@@ -12,6 +12,9 @@
   the credential is bound to.
 * The CLI writes `vault.db` while the host runs; the host notices (SQLite's data_version)
   and reloads before the next lookup.
+* Every stored value passes `legion.gateway.redact.value_problem` (at least 8 characters and
+  40 bits of estimated entropy), so every stored value can be masked safely.
+* A binding allows https only, unless it was stored with `allow_http` (`--allow-http`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +34,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from legion.errors import Forbidden, LegionError, NotFound
+from legion.gateway.redact import VALUE_RULE as VALUE_RULE_TEXT
+from legion.gateway.redact import value_problem
 from legion.mesh.globs import glob_match
 from legion.store import connect
 
@@ -65,6 +70,32 @@ class VaultLocked(LegionError):
     code = "vault_locked"
 
 
+class WeakSecret(LegionError):
+    status = 400
+    code = "weak_secret"
+
+
+class CredentialDenied(Forbidden):
+    """A `$CRED{name}` the agent may not use. The agent's message is the same whether the
+    credential is missing, system-tier or simply not granted (so refusals tell an agent
+    nothing about what the vault holds); `operator_reason` says which, for the audit log."""
+
+    code = "credential_denied"
+
+    def __init__(self, message: str, *, operator_reason: str, **detail: Any) -> None:
+        super().__init__(message, **detail)
+        self.operator_reason = operator_reason
+
+
+def not_available(name: str, why: str) -> CredentialDenied:
+    return CredentialDenied(
+        f"credential {name!r} is not available to this agent: the operator must list it in "
+        "the agent's allowed_credentials and store it as an agent-tier credential",
+        operator_reason=why,
+        credential=name,
+    )
+
+
 @dataclass(frozen=True)
 class SecretInfo:
     name: str
@@ -73,9 +104,18 @@ class SecretInfo:
     created_at: float
     updated_at: float
     last_used_at: float | None
+    allow_http: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    tier: Tier
+    bound_hosts: list[str]
+    allow_http: bool
+    value: str
 
 
 def check_name(name: str) -> None:
@@ -107,13 +147,19 @@ class Vault:
             CREATE TABLE IF NOT EXISTS secrets (
                 name TEXT PRIMARY KEY, tier TEXT NOT NULL, bound_hosts TEXT NOT NULL,
                 nonce BLOB NOT NULL, ciphertext BLOB NOT NULL,
-                created_at REAL NOT NULL, updated_at REAL NOT NULL, last_used_at REAL
+                created_at REAL NOT NULL, updated_at REAL NOT NULL, last_used_at REAL,
+                allow_http INTEGER NOT NULL DEFAULT 0
             );
             """
         )
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(secrets)")}
+        if "allow_http" not in columns:  # a vault.db from before bindings could allow http
+            self.conn.execute(
+                "ALTER TABLE secrets ADD COLUMN allow_http INTEGER NOT NULL DEFAULT 0"
+            )
         os.chmod(path, 0o600)
         self._aead = AESGCM(self._load_key(passphrase))
-        self._values: dict[str, tuple[Tier, list[str], str]] = {}
+        self._values: dict[str, _Entry] = {}
         self._touched: dict[str, float] = {}
         self._data_version = -1
 
@@ -245,14 +291,34 @@ class Vault:
     # --- secrets --------------------------------------------------------------
 
     def set(
-        self, name: str, value: str, *, tier: Tier = "agent", bound_hosts: list[str] | None = None
+        self,
+        name: str,
+        value: str,
+        *,
+        tier: Tier = "agent",
+        bound_hosts: list[str] | None = None,
+        allow_http: bool = False,
     ) -> SecretInfo:
+        """Store (or replace) a credential. The value must pass the value rule
+        (`legion.gateway.redact.value_problem`); `allow_http` lets the bound hosts receive
+        it over plain http too (default: https only)."""
         check_name(name)
         if not value:
             raise LegionError("the secret is empty; nothing was stored", code="empty_secret")
+        problem = value_problem(value)
+        if problem is not None:
+            raise WeakSecret(
+                f"credential {name!r} was not stored: {problem}. A weaker value could not be "
+                "masked safely wherever it might be echoed"
+            )
         if tier not in ("system", "agent"):
             raise LegionError(f"tier must be system or agent, not {tier!r}", code="invalid_tier")
         hosts = sorted(set(bound_hosts or []))
+        if allow_http and not hosts:
+            raise LegionError(
+                "allow_http applies to the hosts a credential is bound to; bind at least one",
+                code="invalid_binding",
+            )
         now = self.clock()
         nonce = secrets.token_bytes(12)
         sealed = self._aead.encrypt(nonce, value.encode(), _aad(name, tier))
@@ -263,11 +329,12 @@ class Vault:
             created = row[0] if row else now
             self.conn.execute(
                 "INSERT OR REPLACE INTO secrets(name, tier, bound_hosts, nonce, ciphertext,"
-                " created_at, updated_at, last_used_at) VALUES (?,?,?,?,?,?,?,NULL)",
-                (name, tier, json.dumps(hosts), nonce, sealed, created, now),
+                " created_at, updated_at, last_used_at, allow_http)"
+                " VALUES (?,?,?,?,?,?,?,NULL,?)",
+                (name, tier, json.dumps(hosts), nonce, sealed, created, now, int(allow_http)),
             )
         self._data_version = -1
-        return SecretInfo(name, tier, hosts, created, now, None)
+        return SecretInfo(name, tier, hosts, created, now, None, allow_http)
 
     def remove(self, name: str) -> bool:
         with self.conn:
@@ -281,12 +348,18 @@ class Vault:
 
     def infos(self) -> list[SecretInfo]:
         return [
-            SecretInfo(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5])
+            SecretInfo(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], bool(r[6]))
             for r in self.conn.execute(
-                "SELECT name, tier, bound_hosts, created_at, updated_at, last_used_at "
-                "FROM secrets ORDER BY name"
+                "SELECT name, tier, bound_hosts, created_at, updated_at, last_used_at, "
+                "allow_http FROM secrets ORDER BY name"
             )
         ]
+
+    def weak(self) -> list[str]:
+        """Names of stored values that fail today's value rule (stored before it existed):
+        they are still masked, but should be replaced."""
+        self._refresh()
+        return sorted(n for n, e in self._values.items() if value_problem(e.value) is not None)
 
     def _open(self, name: str) -> tuple[Tier, str]:
         row = self.conn.execute(
@@ -313,17 +386,36 @@ class Vault:
         version = self._db_version()
         if version == self._data_version:
             return
-        values: dict[str, tuple[Tier, list[str], str]] = {}
+        values: dict[str, _Entry] = {}
         for info in self.infos():
             tier, value = self._open(info.name)
-            values[info.name] = (tier, info.bound_hosts, value)
+            values[info.name] = _Entry(tier, info.bound_hosts, info.allow_http, value)
         self._values = values
         self._data_version = self._db_version()
 
-    def values(self) -> list[str]:
-        """Every secret value (for the redactor)."""
+    def values(
+        self, tier: Tier | None = None, *, names: Collection[str] | None = None
+    ) -> list[str]:
+        """Every secret value, or those of one tier or of the named credentials (for the
+        redactors)."""
         self._refresh()
-        return [v for _, _, v in self._values.values()]
+        return [
+            e.value
+            for name, e in self._values.items()
+            if (tier is None or e.tier == tier) and (names is None or name in names)
+        ]
+
+    def granted_values(self, patterns: Collection[str]) -> list[str]:
+        """Values of the agent-tier credentials whose names match `patterns` (an agent's
+        allowed_credentials): what that agent may substitute, so what egress scrubs."""
+        if not patterns:
+            return []
+        self._refresh()
+        return [
+            e.value
+            for name, e in self._values.items()
+            if e.tier == "agent" and any(glob_match(p, name) for p in patterns)
+        ]
 
     def system_secret(self, name: str) -> str:
         """A secret for the host's own use (provider keys). Never call on behalf of an agent."""
@@ -336,29 +428,34 @@ class Vault:
                 code="unknown_credential",
             )
         self._touch(name)
-        return entry[2]
+        return entry.value
 
-    def resolve_for_agent(self, name: str, *, allowed: list[str], host: str) -> str:
-        """The value of `$CRED{name}` for an agent sending to `host`, or Forbidden."""
+    def resolve_for_agent(
+        self, name: str, *, allowed: list[str], host: str, scheme: str = "https"
+    ) -> str:
+        """The value of `$CRED{name}` for an agent sending to `scheme://host`, or
+        CredentialDenied.
+
+        An agent that may not use `name` gets one refusal, whether the credential is
+        missing, system-tier or not granted: the refusal tells it nothing about the vault.
+        Only for a credential it is granted does it learn more (where it is bound, that it
+        needs https), which it needs to use it.
+        """
         self._refresh()
         entry = self._values.get(name)
-        if entry is None:
-            raise Forbidden(
-                f"no usable credential named {name!r}", code="credential_denied", credential=name
-            )
-        tier, bound, value = entry
-        if tier == "system":
-            raise Forbidden(
-                f"credential {name!r} is system-tier: only the host itself uses it",
-                code="credential_denied",
-                credential=name,
-            )
         if name not in allowed:
-            raise Forbidden(
-                f"credential {name!r} is not in this agent's allowed_credentials",
-                code="credential_denied",
-                credential=name,
+            raise not_available(name, f"{name!r} is not in the agent's allowed_credentials")
+        if entry is None:
+            raise not_available(
+                name,
+                f"no credential named {name!r} in the vault; add it with "
+                f"`legion vault set {name} --bind HOST`",
             )
+        if entry.tier == "system":
+            raise not_available(
+                name, f"{name!r} is system-tier: only the host itself uses it, never an agent"
+            )
+        bound = entry.bound_hosts
         if not any(glob_match(pattern, host.lower()) for pattern in bound):
             raise Forbidden(
                 f"credential {name!r} is bound to {', '.join(bound) or 'no host'}, not {host!r}",
@@ -366,8 +463,17 @@ class Vault:
                 credential=name,
                 host=host,
             )
+        if scheme != "https" and not entry.allow_http:
+            raise Forbidden(
+                f"credential {name!r} is sent to {host} over https only, and this request is "
+                f"{scheme}://; use an https:// URL, or the operator allows plain http with "
+                f"`legion vault set {name} --bind {host} --allow-http`",
+                code="credential_needs_https",
+                credential=name,
+                host=host,
+            )
         self._touch(name)
-        return value
+        return entry.value
 
     def _touch(self, name: str) -> None:
         """Record a use; written at most once a minute per credential (it is on the LLM hot
@@ -384,8 +490,12 @@ class Vault:
 
     def import_environment(self, environ: dict[str, str] | None = None) -> list[str]:
         """Store provider keys found in the environment as system secrets; scrub them from it."""
+        """Store provider keys found in the environment as system secrets; scrub them from it.
+
+        Every variable is removed from the environment; if any value fails the value rule,
+        none is stored and WeakSecret names each variable (nothing half-imported)."""
         env = os.environ if environ is None else environ
-        stored: list[str] = []
+        found: list[tuple[str, str, str]] = []
         for var in list(env):
             if var in PROVIDER_ENV:
                 name = PROVIDER_ENV[var]
@@ -395,9 +505,26 @@ class Vault:
                 continue
             value = env.pop(var)
             if value:
-                self.set(name, value, tier="system")
-                stored.append(name)
-        return stored
+                found.append((var, name, value))
+        problems = []
+        for var, name, value in found:
+            check_name(name)
+            problem = value_problem(value)
+            if problem is not None:
+                problems.append(f"{var} (credential {name!r}): {problem.split(';')[0]}")
+        if problems:
+            raise WeakSecret(
+                "provider keys in the environment were not imported, because a value that "
+                "weak could not be masked safely: "
+                + "; ".join(problems)
+                + ". The rule: "
+                + VALUE_RULE_TEXT
+                + ". Fix or unset the variable (a local server that needs no key needs no "
+                "credential in its [llm.models] entry)"
+            )
+        for _, name, value in found:
+            self.set(name, value, tier="system")
+        return [name for _, name, _ in found]
 
     def close(self) -> None:
         if not self.db.is_closed():

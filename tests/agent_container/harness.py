@@ -76,7 +76,8 @@ def seed_vault(paths: Paths) -> None:
     paths.home.mkdir(parents=True, exist_ok=True)
     vault = Vault(paths.vault_db, paths.vault_key)
     vault.set("provider", PROVIDER_KEY, tier="system")
-    vault.set("token", TOKEN, tier="agent", bound_hosts=["127.0.0.1"])
+    # the loopback web server speaks plain http: the binding must allow it (issue 7)
+    vault.set("token", TOKEN, tier="agent", bound_hosts=["127.0.0.1"], allow_http=True)
     vault.close()
 
 

@@ -88,7 +88,8 @@ async def fleet(home: Path, image: str, fake: FakeProvider, web_port: int) -> As
     paths.home.mkdir(parents=True, exist_ok=True)
     vault = Vault(paths.vault_db, paths.vault_key)
     vault.set("provider", PROVIDER_KEY, tier="system")
-    vault.set("token", AGENT_TOKEN, tier="agent", bound_hosts=["127.0.0.1"])
+    # the loopback web server speaks plain http: the binding must allow it (issue 7)
+    vault.set("token", AGENT_TOKEN, tier="agent", bound_hosts=["127.0.0.1"], allow_http=True)
     vault.close()
     config = parse_config(config_text(image, fake.base_url, web_port))
     async with Host.running(config, paths, runtime=DockerBackend(str(home))) as host:

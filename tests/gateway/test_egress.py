@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import datetime
 import gzip
+import html
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import threading
@@ -46,7 +48,10 @@ OTHER_SECRET = "ghp-other-Zy5Kd3Wq8Vn1"
 SYSTEM_SECRET = "sk-provider-Bb4Nn7Mm2Qq9"
 CRLF_SECRET = "crlf-Vv8\r\nInjected: yes"
 WEIRD_SECRET = "we/ird#va?l ue%41"
-ALL_SECRETS = (SECRET, OTHER_SECRET, SYSTEM_SECRET, CRLF_SECRET, WEIRD_SECRET)
+STRICT_SECRET = "tok-https-Qw7Lm2Xc9Vb4"  # bound without --allow-http
+# 25 bytes (not a multiple of 3), with bytes whose base64 holds + and / (- and _ URL-safe)
+ENC_SECRET = "~>?Zq8~Lm2>Tw7?Xc4~>Yp3?W"
+ALL_SECRETS = (SECRET, OTHER_SECRET, SYSTEM_SECRET, CRLF_SECRET, WEIRD_SECRET, STRICT_SECRET)
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
@@ -67,6 +72,7 @@ class Server:
     scheme: str = "http"
     seen: list[Seen] = field(default_factory=list)
     sni: list[str | None] = field(default_factory=list)
+    stored: bytes = b""
 
     @property
     def port(self) -> int:
@@ -119,6 +125,16 @@ def make_handler(server: Server, stop: threading.Event) -> type[BaseHTTPRequestH
                 }
                 auth = self.headers.get("Authorization", "")
                 self.reply(200, json.dumps(echoed).encode(), {"X-Echo-Auth": auth})
+            elif split.path == "/reflect":  # the X-Key header, re-encoded, in body and header
+                form = encode(query["as"], self.headers.get("X-Key", ""))
+                decoy = encode(query["as"], query.get("decoy", ""))
+                body = json.dumps({"form": form, "decoy": decoy}).encode()
+                self.reply(200, body, {"X-Reflect": form, "Content-Type": "application/json"})
+            elif split.path == "/store":  # a service that keeps what it is sent...
+                server.stored = body
+                self.reply(200, b"stored")
+            elif split.path == "/stored":  # ...and hands it back to whoever asks
+                self.reply(200, server.stored)
             elif split.path == "/redirect":
                 code = int(query.get("code", "302"))
                 self.reply(code, b"moved", {"Location": query["to"]})
@@ -139,6 +155,35 @@ def make_handler(server: Server, stop: threading.Event) -> type[BaseHTTPRequestH
                 self.reply(404, b"no such path")
 
     return Handler
+
+
+def encode(how: str, value: str) -> str:
+    """How a careless server might reflect a credential it was sent."""
+    raw = value.encode()
+    forms = {
+        "raw": value,
+        "b64": base64.b64encode(raw).decode(),
+        "b64-nopad": base64.b64encode(raw).decode().rstrip("="),
+        "b64url": base64.urlsafe_b64encode(raw).decode(),
+        "b64url-nopad": base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        "hex": raw.hex(),
+        "HEX": raw.hex().upper(),
+        "basic": "Basic " + base64.b64encode(b"user:" + raw).decode(),
+        "basic-1": "Basic " + base64.b64encode(b"u:" + raw).decode(),
+        "basic-2": "Basic " + base64.b64encode(b"ab:" + raw + b":tail").decode(),
+        "json": json.dumps(value)[1:-1],
+        "percent": quote(value, safe=""),
+        "percent-lower": re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quote(value, safe="")),
+        "html": html.escape(value),
+    }
+    return forms[how]
+
+
+ENCODINGS = ["raw", "b64", "b64-nopad", "b64url", "b64url-nopad", "hex", "HEX"]
+ENCODINGS += ["basic", "basic-1", "basic-2", "json", "percent", "percent-lower", "html"]
+# What stays beside the mask: only whole base64 groups of the bytes around the secret
+# ("use" of "user:", "ab:" and "ail" of ":tail"); the groups mixing its bits are masked.
+KEPT = {"basic": "Basic dXNl", "basic-1": "Basic ", "basic-2": "Basic YWI6YWls"}
 
 
 @pytest.fixture
@@ -229,7 +274,7 @@ timeout_s = {timeout_s}
 max_redirects = {max_redirects}
 
 [agents.bot.permissions]
-allowed_credentials = ["api", "other", "openai", "ghost", "crlf", "weird"]
+allowed_credentials = ["api", "other", "openai", "ghost", "crlf", "weird", "strict", "enc"]
 egress_hosts = ["**"]
 
 [agents.globber.permissions]
@@ -250,8 +295,8 @@ egress_hosts = ["only.example.org"]
         proxy = EgressProxy(
             config=config.egress,
             vault=self.vault,
-            redactor=Redactor(),
-            audit=AuditLog(self.store.conn),
+            # as the host builds it: audit records mask every vault value
+            audit=AuditLog(self.store.conn, redact=Redactor(self.vault.values).redact),
             permissions=Permissions(config),
             resolver=self.resolve,
             ssl_context=ssl_context,
@@ -271,11 +316,14 @@ egress_hosts = ["only.example.org"]
 def env(home: Path) -> Iterator[Env]:
     store = Store(home / "host.db")
     vault = Vault(home / "vault.db", home / "vault.key")
-    vault.set("api", SECRET, bound_hosts=["127.0.0.1", "a.test", "pinned.test"])
+    # The loopback servers speak plain http (except the TLS tests): bindings allow it.
+    vault.set("api", SECRET, bound_hosts=["127.0.0.1", "a.test", "pinned.test"], allow_http=True)
     vault.set("other", OTHER_SECRET, bound_hosts=["elsewhere.example"])
     vault.set("openai", SYSTEM_SECRET, tier="system")
-    vault.set("crlf", CRLF_SECRET, bound_hosts=["127.0.0.1"])
-    vault.set("weird", WEIRD_SECRET, bound_hosts=["127.0.0.1"])
+    vault.set("crlf", CRLF_SECRET, bound_hosts=["127.0.0.1"], allow_http=True)
+    vault.set("weird", WEIRD_SECRET, bound_hosts=["127.0.0.1"], allow_http=True)
+    vault.set("strict", STRICT_SECRET, bound_hosts=["127.0.0.1", "pinned.test"])
+    vault.set("enc", ENC_SECRET, bound_hosts=["127.0.0.1"], allow_http=True)
     e = Env(home, store, vault)
     yield e
     text = e.audit_text()
@@ -513,12 +561,12 @@ async def test_credential_allowed_by_glob(env: Env, serve: Callable[..., Server]
 @pytest.mark.parametrize(
     ("agent", "handle", "why"),
     [
-        ("plain", "api", "not in this agent's allowed_credentials"),
-        ("globber", "other", "not in this agent's allowed_credentials"),
+        ("plain", "api", "not in the agent's allowed_credentials"),
+        ("globber", "other", "not in the agent's allowed_credentials"),
         ("bot", "other", "bound to elsewhere.example"),
         ("bot", "openai", "system-tier"),
-        ("bot", "ghost", "no usable credential"),
-        ("stranger", "api", "not in this agent's allowed_credentials"),
+        ("bot", "ghost", "no credential named 'ghost' in the vault"),
+        ("stranger", "api", "not in the agent's allowed_credentials"),
     ],
 )
 @pytest.mark.parametrize("where", ["header", "url", "body"])
@@ -540,11 +588,22 @@ async def test_credential_refused_and_nothing_sent(
         "body": EgressRequest(method="POST", url=a.url("/echo"), body=f"k={tag}"),
     }[where]
     exc = await refused(proxy, req, agent)
-    assert (exc.status, exc.code) == (403, "credential_denied") and why in exc.message
+    assert (exc.status, exc.code) == (403, "credential_denied")
+    if "bound to" in why:  # granted: the agent may learn where its credential goes
+        assert why in exc.message
+    else:  # issue 7: missing, system-tier and not granted look the same to the agent
+        assert exc.message == (
+            f"credential {handle!r} is not available to this agent: the operator must list "
+            "it in the agent's allowed_credentials and store it as an agent-tier credential"
+        )
+        assert exc.detail == {"credential": handle}
     assert a.seen == [] and connections == [] and env.lookups == []
     (record,) = env.records()
     assert record.decision == "deny" and record.actor == agent
-    assert record.detail["reason"].startswith("credential_denied")
+    # the operator's audit record says which it was
+    assert (
+        record.detail["reason"].startswith("credential_denied") and why in record.detail["reason"]
+    )
 
 
 @pytest.mark.anyio
@@ -580,6 +639,120 @@ async def test_url_encoded_credential_is_scrubbed_too(
     echoed = json.loads(resp.body or "")
     assert echoed["path"] == f"/echo?k={MASK}&x=1"
     assert WEIRD_SECRET not in resp.model_dump_json()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ENCODINGS)
+async def test_credential_echoed_in_another_encoding_is_scrubbed(
+    env: Env, serve: Callable[..., Server], how: str
+) -> None:
+    """issue 7: a bound host reflecting the substituted credential in base64 (std and
+    URL-safe, padded or not), hex (either case), inside Basic auth's base64 of user:secret
+    at any alignment, JSON-escaped or percent-encoded: masked in body and headers, with no
+    bits of it left beside the mask. The same encoding of another value is left alone."""
+    a = serve()
+    proxy = env.proxy([f"127.0.0.1:{a.port}"])
+    decoy = "not-the-secret-9Tz4Wq"
+    url = a.url(f"/reflect?as={how}&decoy={quote(decoy)}")
+    resp = await proxy.request("bot", get(url, headers={"X-Key": "$CRED{enc}"}))
+    assert a.seen[0].headers["X-Key"] == ENC_SECRET
+    reflected = json.loads(resp.body or "")
+    form = encode(how, ENC_SECRET)
+    assert form not in (resp.body or "") and form not in resp.headers["x-reflect"]
+    assert MASK in reflected["form"] and MASK in resp.headers["x-reflect"]
+    assert reflected["form"].replace(MASK, "") == KEPT.get(how, "")
+    assert reflected["decoy"] == encode(how, decoy)
+
+
+@pytest.mark.anyio
+async def test_a_credential_stored_by_a_bound_host_is_scrubbed_when_read_back(
+    env: Env, serve: Callable[..., Server]
+) -> None:
+    """issue 7: an agent that has a bound host store its credential (sent with $CRED in
+    one request) and reads it back in another request that substitutes nothing still gets
+    it masked: egress scrubs every credential the agent is granted, in every response."""
+    a = serve()
+    proxy = env.proxy([f"127.0.0.1:{a.port}"])
+    store = EgressRequest(method="POST", url=a.url("/store"), body="token=$CRED{api} b64=")
+    await proxy.request("bot", store)
+    assert a.seen[0].body == f"token={SECRET} b64=".encode()
+    back = await proxy.request("bot", get(a.url("/stored")))
+    assert back.body == f"token={MASK} b64="
+
+
+@pytest.mark.anyio
+async def test_egress_never_masks_what_the_agent_was_not_granted(
+    env: Env, serve: Callable[..., Server]
+) -> None:
+    """issue 7: an agent granted no credential gets an echo of another agent's secret or a
+    system secret back as it sent it (masking it would tell it the guess was right)."""
+    a = serve()
+    proxy = env.proxy([f"127.0.0.1:{a.port}"])
+    for guess in (SECRET, SYSTEM_SECRET, SECRET[:-1] + "x"):
+        resp = await proxy.request(
+            "plain", EgressRequest(method="POST", url=a.url(f"/echo?q={guess}"), body=guess)
+        )
+        echoed = json.loads(resp.body or "")
+        assert echoed["body"] == guess and echoed["path"] == f"/echo?q={guess}"
+
+
+@pytest.mark.anyio
+async def test_credential_needs_allow_http_for_plain_http(
+    env: Env,
+    serve: Callable[..., Server],
+    connections: list[str],
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """issue 7: a binding without --allow-http refuses plain http (nothing sent, audited,
+    the error says how to fix it); over https it is sent; with --allow-http, http works."""
+    a = serve()
+    proxy = env.proxy([f"127.0.0.1:{a.port}"])
+    for where in ("header", "url", "body"):
+        req = {
+            "header": get(a.url("/echo"), headers={"Authorization": "Bearer $CRED{strict}"}),
+            "url": get(a.url("/echo?k=$CRED{strict}")),
+            "body": EgressRequest(method="POST", url=a.url("/echo"), body="k=$CRED{strict}"),
+        }[where]
+        exc = await refused(proxy, req)
+        assert (exc.status, exc.code) == (403, "credential_needs_https")
+        assert "--allow-http" in exc.message and "https://" in exc.message
+    assert a.seen == [] and connections == []
+    records = env.records()
+    assert [r.decision for r in records] == ["deny"] * 3
+    assert all(r.detail["reason"].startswith("credential_needs_https") for r in records)
+    # a binding that allows http: sent
+    await proxy.request("bot", get(a.url("/echo"), headers={"X-Key": "$CRED{api}"}))
+    assert a.seen[0].headers["X-Key"] == SECRET
+    # https to a bound host: sent
+    server_ctx, client_ctx = tls
+    s = serve(server_ctx)
+    secure = env.proxy([f"pinned.test:{s.port}"], ssl_context=client_ctx)
+    resp = await secure.request(
+        "bot", get(f"https://pinned.test:{s.port}/echo", headers={"X-Key": "$CRED{strict}"})
+    )
+    assert resp.status == 200 and s.seen[0].headers["X-Key"] == STRICT_SECRET
+
+
+@pytest.mark.anyio
+async def test_redirect_to_plain_http_does_not_carry_an_https_only_credential(
+    env: Env, serve: Callable[..., Server], tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """issue 7: a 307 from https to http re-sends the body; a credential bound for https
+    only is refused on the http hop, and nothing reaches the plain server."""
+    server_ctx, client_ctx = tls
+    s, plain = serve(server_ctx), serve()
+    proxy = env.proxy(
+        [f"pinned.test:{s.port}", f"pinned.test:{plain.port}"], ssl_context=client_ctx
+    )
+    to = quote(f"http://pinned.test:{plain.port}/echo")
+    req = EgressRequest(
+        method="POST",
+        url=f"https://pinned.test:{s.port}/redirect?code=307&to={to}",
+        body="k=$CRED{strict}",
+    )
+    exc = await refused(proxy, req)
+    assert exc.code == "credential_needs_https"
+    assert len(s.seen) == 1 and plain.seen == []
 
 
 # --- redirects -------------------------------------------------------------------------
@@ -710,12 +883,15 @@ async def test_redirect_limit_and_not_following(env: Env, serve: Callable[..., S
 async def test_size_cap_truncates(env: Env, serve: Callable[..., Server]) -> None:
     a = serve()
     proxy = env.proxy([f"127.0.0.1:{a.port}"], max_response_bytes=4096)
-    resp = await proxy.request("bot", get(a.url("/huge?n=5000000")))
+    resp = await proxy.request("plain", get(a.url("/huge?n=5000000")))
     assert resp.truncated and resp.body == "a" * 4096
     (record,) = env.records()
     assert record.detail["bytes"] == 4096
-    small = await proxy.request("bot", get(a.url("/huge?n=4096")))
+    small = await proxy.request("plain", get(a.url("/huge?n=4096")))
     assert not small.truncated and small.body == "a" * 4096
+    # an agent holding credentials loses a fixed tail of a truncated body (see below)
+    held = await proxy.request("bot", get(a.url("/huge?n=5000000")))
+    assert held.truncated and 4096 - 100 < len(held.body or "") < 4096
 
 
 @pytest.mark.anyio
@@ -726,8 +902,30 @@ async def test_truncation_mid_secret_leaks_no_prefix(
     proxy = env.proxy([f"127.0.0.1:{a.port}"], max_response_bytes=4096)
     req = get(a.url(f"/tail?pad={4096 - 10}"), headers={"X-Key": "$CRED{api}"})
     resp = await proxy.request("bot", req)
-    assert resp.truncated and resp.body == "x" * (4096 - 10)
-    assert SECRET[:10] not in (resp.body or "")
+    body = resp.body or ""
+    assert resp.truncated and body and body == "x" * len(body)
+    assert SECRET[:4] not in body
+
+
+@pytest.mark.anyio
+async def test_truncation_cut_does_not_depend_on_the_tail(
+    env: Env, serve: Callable[..., Server]
+) -> None:
+    """issue 7: a truncated body loses a fixed tail when credentials were substituted, so an
+    agent that makes a bound host reflect its guesses at the cut cannot learn a prefix of
+    the credential from how much was cut."""
+    a = serve()
+    proxy = env.proxy([f"127.0.0.1:{a.port}"], max_response_bytes=4096)
+    bodies = []
+    for guess in (SECRET[:20], "z" * 20, SECRET[:20].upper()):
+        req = get(
+            a.url(f"/tail?pad={4096 - 10}"),
+            headers={"X-Key": guess, "Authorization": "Bearer $CRED{api}"},
+        )
+        resp = await proxy.request("bot", req)
+        assert resp.truncated
+        bodies.append(resp.body or "")
+    assert bodies[0] == bodies[1] == bodies[2] == "x" * len(bodies[0])
 
 
 @pytest.mark.anyio

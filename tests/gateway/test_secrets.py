@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,7 +70,8 @@ def seed_vault(paths: Paths, echo_port: int) -> None:
     paths.home.mkdir(parents=True, exist_ok=True)
     vault = Vault(paths.vault_db, paths.vault_key)
     vault.set("provider", PROVIDER_KEY, tier="system")
-    vault.set("token", AGENT_TOKEN, tier="agent", bound_hosts=["127.0.0.1"])
+    # The loopback echo server speaks plain http: the binding must allow it.
+    vault.set("token", AGENT_TOKEN, tier="agent", bound_hosts=["127.0.0.1"], allow_http=True)
     vault.close()
 
 
@@ -185,7 +187,7 @@ def test_provider_keys_from_the_environment(home: Path) -> None:
     vault = Vault(paths.vault_db, paths.vault_key)
     env = {
         "OPENAI_API_KEY": "sk-env-openai-123",
-        "LEGION_SECRET_INTERNAL_API": "xyz-9876",
+        "LEGION_SECRET_INTERNAL_API": "xyz-Qm83-Tz1w",
         "PATH": "/bin",
     }
     assert sorted(vault.import_environment(env)) == ["internal_api", "openai"]
@@ -193,4 +195,89 @@ def test_provider_keys_from_the_environment(home: Path) -> None:
     assert vault.system_secret("openai") == "sk-env-openai-123"
     infos = {i.name: i.tier for i in vault.infos()}
     assert infos["openai"] == "system" and infos["internal_api"] == "system"
+    vault.close()
+
+
+def test_weak_provider_keys_in_the_environment_are_refused(home: Path) -> None:
+    """issue 7: provider keys from the environment follow the value rule: a weak one is
+    refused with the variable's name and the rule, nothing is imported, and every key is
+    scrubbed from the environment anyway."""
+    from legion.gateway.vault import WeakSecret
+
+    paths = Paths.resolve(home)
+    paths.home.mkdir(parents=True, exist_ok=True)
+    vault = Vault(paths.vault_db, paths.vault_key)
+    env = {"OPENAI_API_KEY": "sk-fine-Qm83Tz1wLk5", "GROQ_API_KEY": "EMPTY", "PATH": "/bin"}
+    with pytest.raises(WeakSecret) as info:
+        vault.import_environment(env)
+    message = info.value.message
+    assert "GROQ_API_KEY (credential 'groq'): the value is 5 characters" in message
+    assert "OPENAI_API_KEY" not in message and "EMPTY" not in message
+    assert "at least 8 characters with at least 40 bits" in message
+    assert env == {"PATH": "/bin"} and vault.names() == []
+    vault.close()
+
+
+def test_daemon_refuses_to_start_with_a_weak_provider_key(home: Path) -> None:
+    """issue 7: the daemon says which variable is too weak and exits 2 (it does not run
+    with a key it could not mask)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "legion", "--home", str(home), "daemon"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OPENAI_API_KEY": "sk-1234"},
+    )
+    assert run.returncode == 2
+    assert "OPENAI_API_KEY (credential 'openai'): the value is 7 characters" in run.stderr
+    assert "sk-1234" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_values_stored_before_the_rule_are_still_masked_and_flagged(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 7: a value stored before the rule (here: 3 characters) is masked anyway (a
+    stored secret is always maskable; the old redactor skipped values under 4 characters)
+    and named by `Vault.weak()` so the host and `legion vault ls` can say to replace it."""
+    from legion.gateway import vault as vault_mod
+    from legion.gateway.redact import MASK, Redactor
+
+    paths = Paths.resolve(home)
+    paths.home.mkdir(parents=True, exist_ok=True)
+    vault = Vault(paths.vault_db, paths.vault_key)
+    with monkeypatch.context() as patch:
+        patch.setattr(vault_mod, "value_problem", lambda value: None)
+        vault.set("legacy", "q7z", tier="system")
+    vault.set("strong", "sk-strong-Vn4Rw8Yh2Pk6", tier="system")
+    assert vault.weak() == ["legacy"]
+    redactor = Redactor(vault.values)
+    assert redactor.redact("a q7z b") == f"a {MASK} b"
+    vault.close()
+
+
+def test_a_vault_from_before_bindings_allowed_http_opens(home: Path) -> None:
+    """issue 7: a vault.db without the allow_http column gains it (https only) on open."""
+    import apsw
+
+    paths = Paths.resolve(home)
+    seed_vault(paths, 1)
+    conn = apsw.Connection(str(paths.vault_db))
+    conn.execute(
+        "CREATE TABLE old AS SELECT name, tier, bound_hosts, nonce, ciphertext, created_at,"
+        " updated_at, last_used_at FROM secrets; DROP TABLE secrets;"
+        " ALTER TABLE old RENAME TO secrets;"
+    )
+    conn.close()
+    vault = Vault(paths.vault_db, paths.vault_key)
+    info = {i.name: i for i in vault.infos()}
+    assert info["token"].allow_http is False and info["token"].bound_hosts == ["127.0.0.1"]
+    assert vault.system_secret("provider") == PROVIDER_KEY
+    from legion.errors import Forbidden
+
+    with pytest.raises(Forbidden, match="over https only"):
+        vault.resolve_for_agent("token", allowed=["token"], host="127.0.0.1", scheme="http")
+    assert vault.resolve_for_agent("token", allowed=["token"], host="127.0.0.1") == AGENT_TOKEN
     vault.close()
