@@ -176,9 +176,13 @@ def test_bb_get_and_ls(fleet: Fleet) -> None:
 
 
 def test_audit_table_and_json(fleet: Fleet) -> None:
-    # agent-chosen text in audit targets: a list prefix, and a message to a made-up name
-    assert fleet.agent.get("/v1/blackboard/entries", params={"prefix": NASTY}).status_code == 200
-    assert fleet.agent.post("/v1/messages", json={"to": NASTY, "payload": 1}).status_code == 403
+    # agent-chosen text in audit targets: a list prefix (the one input the strict models of
+    # issue 15 still take free-form; a message to a made-up name is now refused as 422
+    # before it is audited), twice
+    for _ in range(2):
+        assert (
+            fleet.agent.get("/v1/blackboard/entries", params={"prefix": NASTY}).status_code == 200
+        )
     table = text(fleet.legion("audit", "--agent", "alice"))
     shows(table, newline="\\x0a")
     records = json.loads(text(fleet.legion("audit", "--agent", "alice", "--json")))

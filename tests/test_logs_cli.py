@@ -70,5 +70,6 @@ def test_odd_timestamps_do_not_break_a_line() -> None:
 def test_iso_time_and_visible() -> None:
     assert iso_time(0) == "1970-01-01T00:00:00.000Z"
     assert iso_time(1769860800.9999) == "2026-01-31T12:00:00.999Z"
-    assert visible("a\tb\x00c\x7f") == "a\\x09b\\x00c\\x7f"
+    # the shared rule of legion.textsafe: tab is kept, every other control is escaped
+    assert visible("a\tb\x00c\x7f") == "a\tb\\x00c\\x7f"
     assert visible("héllo wörld ✓") == "héllo wörld ✓"
