@@ -152,15 +152,23 @@ class Budgets:
         for scope, window, cap in self.caps(agent):
             key = (scope, keys[window])
             left = cap - self.spent[key] - self.reserved[key]
+            # A spend already over the cap (a call booked beyond its reservation) leaves
+            # `left` negative: then every call is refused, a free one (amount 0) too.
             if amount > left + 1e-12:
                 what = "fleet" if scope == "*" else agent
                 name = (
                     f"{'fleet ' if scope == '*' else ''}{'daily' if window == 'day' else 'monthly'}"
                 )
+                state = (
+                    f"is overspent by ${-left:.6f} (a call was booked beyond its reservation; "
+                    "see `legion audit`, action llm.over_reservation)"
+                    if left < 0
+                    else f"has ${left:.6f} left"
+                )
                 raise BudgetExceeded(
-                    f"{what}'s {name} budget of ${cap:.4f} has ${max(0.0, left):.6f} left; this "
-                    f"call needs up to ${amount:.6f} (prompt plus max_tokens at {model}'s "
-                    "prices). Lower max_tokens, wait for the window to reset, or raise the cap",
+                    f"{what}'s {name} budget of ${cap:.4f} {state}; this call needs up to "
+                    f"${amount:.6f} (prompt plus max_tokens at {model}'s prices). Lower "
+                    "max_tokens, wait for the window to reset, or raise the cap",
                     window=name.replace(" ", "_"),
                     scope=what,
                     cap_usd=cap,
