@@ -174,11 +174,15 @@ class StreamRedactor:
         if not piece:
             return ""
         text = self._held + piece
+        keep = self._could_continue(text)
+        if not keep:  # no secret can continue past the end: all of it is final
+            self._held = ""
+            return self._mask(text)
         # Hold back the longest end that could still grow into a secret. Every match that
         # starts before it is final (no longer form can complete there), so what precedes
         # the cut is redacted now, exactly as the whole text would be, provided the cut
         # does not split a secret lying whole in the text: then cut before that secret.
-        cut = len(text) - self._could_continue(text)
+        cut = len(text) - keep
         while cut > 0:
             start = self._straddler(text, cut)
             if start < 0:
