@@ -322,6 +322,36 @@ async def test_a_zero_price_model_reporting_too_many_tokens_is_an_anomaly(
         assert again.status_code == 200
 
 
+@pytest.mark.parametrize(
+    "lie",
+    [
+        {"prompt_tokens": 2**64, "completion_tokens": 1},
+        {"prompt_tokens": 1e9, "completion_tokens": 5},
+    ],
+    ids=["overflow", "float"],
+)
+async def test_absurd_usage_is_booked_clamped_and_releases_the_reservation(
+    home: Path, direct: bool, lie: dict[str, Any]
+) -> None:
+    """issue 7 (attack pass): a lying upstream's 2**64 tokens overflowed the ledger's
+    insert and left the reservation held forever; a float count was ignored on one path.
+    Both are booked (clamped to 2**53 - 1), as anomalies, and nothing stays reserved."""
+    async with (
+        FakeProvider() as fake,
+        host_for(home, fake, direct) as host,
+        agent_client(host.paths, "alice") as alice,
+    ):
+        fake.script(Reply(content="fine", usage=lie))
+        response = await alice.post("/v1/chat/completions", json={"messages": user()})
+        assert response.status_code == 200, response.text
+        [row] = ledger(host)
+        assert row["prompt_tokens"] == min(int(lie["prompt_tokens"]), 2**53 - 1)
+        assert host.budgets.open == {}
+        assert all(v == 0 for v in host.budgets.reserved.values())
+        assert host.store.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
+        assert len(records(host, "llm.over_reservation")) == 1
+
+
 def test_non_text_parts_and_preambles_count_beyond_their_bytes() -> None:
     """issue 7: an image's URL says nothing of its tokens; tools and schemas get a
     provider-written preamble."""
@@ -347,8 +377,22 @@ def test_non_text_parts_and_preambles_count_beyond_their_bytes() -> None:
         }
     )
     schema = UpstreamBody.build({"messages": user(), "response_format": {"type": "json_object"}})
+    pdf = UpstreamBody.build(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "file", "file": {"file_data": "data:;base64,JVBE"}}],
+                }
+            ]
+        }
+    )
     assert image.extra_tokens - plain.extra_tokens == 8192
     assert nested.extra_tokens - plain.extra_tokens == 4 * 8192
     assert schema.extra_tokens - plain.extra_tokens == 1024
+    # a few bytes of PDF can hold a thousand pages: a document counts the model's window
+    assert pdf.documents == 1 and pdf.extra_tokens == plain.extra_tokens
+    assert pdf.prompt_bound("m", 10, False, 128_000) >= 128_000
+    assert pdf.prompt_bound("m", 10, False, None) >= 2_000_000
     with pytest.raises(ValueError):
         UpstreamBody.build({"messages": user(), "temperature": float("nan")})

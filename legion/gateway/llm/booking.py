@@ -11,6 +11,7 @@ next call is then refused by `Budgets.reserve` for as long as its spend is over 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +24,19 @@ from legion.wire.events import OverReservation
 log = logging.getLogger("legion.gateway")
 
 
+# The largest token count booked: a lying upstream's 2**64 must not overflow the ledger.
+MAX_TOKENS = 2**53 - 1
+
+
 def _reported(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A token count as the provider reported it (an integral float too), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = math.ceil(value)
+    return min(value, MAX_TOKENS) if value >= 0 else None
 
 
 def usage_of(

@@ -203,8 +203,9 @@ class Budgets:
         latency_ms: float | None = None,
         ttft_ms: float | None = None,
     ) -> None:
-        """Replace the reservation by the actual cost in the ledger (one transaction)."""
-        if self.open.pop(reservation.id, None) is None:
+        """Replace the reservation by the actual cost in the ledger (one transaction).
+        Should the write fail, the reservation stays open (and held) for a later settle."""
+        if reservation.id not in self.open:
             return  # already settled
         now = self.clock()
         # Not fsynced: the reservation it replaces was. If a power cut drops this commit, the
@@ -231,6 +232,7 @@ class Budgets:
                     ttft_ms,
                 ),
             )
+        del self.open[reservation.id]
         self._hold(reservation, -reservation.amount)
         # Spend is booked in the window the money was reserved in.
         self._add(self.spent, reservation.agent, reservation.created_at, usage.cost_usd)

@@ -221,7 +221,8 @@ class Gateway:
             if passthrough.applies(model_cfg)
             else model_cfg.model
         )
-        bound = upstream.prompt_bound(name, max_tokens, stream)
+        window = models.known_context_window(self.config.llm, alias, litellm)
+        bound = upstream.prompt_bound(name, max_tokens, stream, window)
         price = price_for(alias, model_cfg, litellm)
         hop = Hop(alias, model_cfg, price, bound, max_tokens)
         worst = price.cost(bound, max_tokens)

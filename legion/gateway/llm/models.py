@@ -66,6 +66,15 @@ def limits(llm: LLMConfig, alias: str, litellm: Any | None) -> ModelLimits:
     return ModelLimits(context_window=window, max_output_tokens=output, source=source)
 
 
+def known_context_window(llm: LLMConfig, alias: str, litellm: Any | None) -> int | None:
+    """The model's context window when the config or LiteLLM's table gives one (not the
+    default): what bounds a document part's tokens."""
+    model = llm.models[alias]
+    if model.context_window is not None:
+        return model.context_window
+    return _litellm_limits(litellm, model.model)[0] if litellm is not None else None
+
+
 def model_list(llm: LLMConfig, aliases: list[str], litellm: Any | None) -> ModelList:
     data = []
     for alias in aliases:
