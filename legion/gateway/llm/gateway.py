@@ -160,7 +160,10 @@ class Gateway:
     def _refused(self, agent: str, alias: str, exc: LegionError, **extra: Any) -> None:
         """Audit a refusal of the host's own (budget, price, configuration) with its reason:
         for a budget, the window, the cap, what was left and what the call needed."""
-        self.audit.append(agent, "llm.refused", alias, "deny", code=exc.code, **exc.detail, **extra)
+        detail = {**exc.detail, **extra, "code": exc.code}
+        for name in ("actor", "action", "target", "decision", "durable"):
+            detail.pop(name, None)  # append()'s own parameters
+        self.audit.append(agent, "llm.refused", alias, "deny", **detail)
 
     def _failover(
         self, agent: str, request_id: str, hop: str, nxt: str | None, reason: str
