@@ -22,6 +22,7 @@ the one measured here (`UpstreamBody.direct`); LiteLLM re-encodes the same field
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -43,10 +44,23 @@ DOCUMENT_PARTS = frozenset(
 )
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode(body: dict[str, Any]) -> bytes:
     """The one encoding the host forwards: compact UTF-8 JSON (as httpx and the OpenAI SDK
     write it); NaN and infinities are refused (they are not JSON)."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(body).encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def host_fields(model: str, max_tokens: int, stream: bool) -> bytes:
+    """The fields the host sets, as a JSON object's members (no braces)."""
+    fields: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    if stream:
+        fields["stream"] = True
+        fields["stream_options"] = {"include_usage": True}
+    return encode(fields)[1:-1]
 
 
 def _non_text(value: Any, documents: list[int]) -> int:
@@ -102,23 +116,15 @@ class UpstreamBody:
             extra += PREAMBLE_TOKENS
         return cls(encode(body), extra, documents)
 
-    def host_fields(self, model: str, max_tokens: int, stream: bool) -> dict[str, Any]:
-        fields: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
-        if stream:
-            fields["stream"] = True
-            fields["stream_options"] = {"include_usage": True}
-        return fields
-
     def direct(self, model: str, max_tokens: int, stream: bool) -> bytes:
         """The exact body the direct path posts: the agent's bytes, then the host's fields."""
-        host = encode(self.host_fields(model, max_tokens, stream))
-        return self.agent_bytes[:-1] + b"," + host[1:]
+        return b"".join((self.agent_bytes[:-1], b",", host_fields(model, max_tokens, stream), b"}"))
 
     def prompt_bound(
         self, model: str, max_tokens: int, stream: bool, context_window: int | None
     ) -> int:
         """The bound for one hop: the model id is part of the body, and its context window
         (None: unknown) bounds each document part."""
-        host = encode(self.host_fields(model, max_tokens, stream))
+        host = len(host_fields(model, max_tokens, stream)) + 1  # and its comma
         per_document = context_window or DOCUMENT_TOKENS_UNKNOWN
-        return len(self.agent_bytes) + len(host) + self.extra_tokens + self.documents * per_document
+        return len(self.agent_bytes) + host + self.extra_tokens + self.documents * per_document
