@@ -93,21 +93,18 @@ def _run_reply(delta_redactor: Any, pieces: list[str]) -> tuple[list[float], lis
     out; and the delay of the reply's first character."""
     clock = time.perf_counter
     costs: list[float] = []
-    sent_chars = 0
     raw_chars = 0
-    arrivals: list[int] = []  # index of the delta at which each raw char was shown
+    arrivals: list[int] = []  # the delta at which each raw character was let go
     for index, piece in enumerate(pieces):
         data = _chunk(piece)
         t0 = clock()
-        shown = delta_redactor.chunk(data)
+        delta_redactor.chunk(data)
         costs.append(clock() - t0)
         raw_chars += len(piece)
-        sent_chars += len(shown)
-        arrivals += [index] * max(0, min(sent_chars, raw_chars) - len(arrivals))
-    last = len(pieces)
-    tail, _ = delta_redactor.flush(_chunk(""))
-    if tail is not None:
-        arrivals += [last] * (raw_chars - len(arrivals))
+        released = raw_chars - delta_redactor.held()
+        arrivals += [index] * max(0, released - len(arrivals))
+    delta_redactor.flush(_chunk(""))
+    arrivals += [len(pieces)] * (raw_chars - len(arrivals))
     delays: list[int] = []
     start = 0
     for index, piece in enumerate(pieces):
