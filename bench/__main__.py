@@ -18,6 +18,7 @@ from bench import (
     llm_overhead,
     pubsub_fanout,
     socket_rtt,
+    stream_redaction,
 )
 from bench._common import Report, base_args
 
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "llm_overhead": llm_overhead.run,
     "fleet_load": fleet_load.run,
     "budget_ops": budget_ops.run,
+    "stream_redaction": stream_redaction.run,
     "agent_container": agent_container.run,
 }
 

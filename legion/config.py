@@ -165,6 +165,8 @@ class ModelConfig(_Section):
     output_cost_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD_PER_MTOK)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
     passthrough: bool = True
+    context_window: int | None = Field(default=None, ge=1, le=100_000_000)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=100_000_000)
 
 
 class LLMConfig(_Section):

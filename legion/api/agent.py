@@ -37,6 +37,7 @@ from legion.wire.api import (
     Identity,
     MessageQueued,
     MessageRequest,
+    ModelList,
     PollRequest,
     PollResponse,
     Published,
@@ -383,6 +384,12 @@ def build_agent_router(host: Host, agent: str) -> Router:
         at = host.touch(call.principal)
         host.bus.publish(AgentHeartbeat(at=at, agent=call.principal, status=body.status))
         return HeartbeatResponse(agent=call.principal, at=at)
+
+    @router.route("GET", "/v1/models", response=ModelList)
+    async def list_models(call: Call) -> ModelList:
+        """OpenAI-compatible: the models the caller may use, with their context window and
+        output limit under `legion` (its own models only: nothing to authorize)."""
+        return await host.gateway.models(call.principal)
 
     return router
 

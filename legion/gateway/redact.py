@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import html
 import json
 import logging
@@ -128,6 +129,7 @@ class Redactor:
         self._source = source
         self._pattern: re.Pattern[str] | None = None
         self._values: tuple[str, ...] = ()
+        self._known: frozenset[str] = frozenset()
         self._longest = 0
 
     def refresh(self, values: Iterable[str] | None = None) -> None:
@@ -140,6 +142,7 @@ class Redactor:
         forms: set[str] = set()
         for value in current:
             forms |= {value} | json_forms(value)
+        self._known = frozenset(forms)
         ordered = sorted(forms, key=len, reverse=True)
         self._longest = len(ordered[0]) if ordered else 0
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
@@ -183,6 +186,11 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self._obj(v) for v in value]
         return value
+
+    def forms(self) -> frozenset[str]:
+        """Every text `redact` masks, as of the last refresh (a text holding none of them
+        comes back unchanged): what a stream must watch for across its pieces."""
+        return self._known
 
 
 # --- echoes of a substituted credential --------------------------------------------------
@@ -372,3 +380,106 @@ class RedactingFilter(logging.Filter):
             record.exc_text = None
             record.msg = f"{record.msg}\n{self.redactor.redact(text)}"
         return True
+
+
+# --- streams ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _by_first_char(forms: frozenset[str]) -> dict[str, tuple[str, ...]]:
+    starts: dict[str, list[str]] = {}
+    for form in forms:
+        if len(form) > 1:
+            starts.setdefault(form[0], []).append(form)
+    return {first: tuple(group) for first, group in starts.items()}
+
+
+class StreamRedactor:
+    """Redacts one text that arrives in pieces (a streamed reply) as if it came whole: a
+    secret split across any number of pieces is masked.
+
+    `feed(piece)` returns what can be shown now. It holds back the end of the text only
+    while that end could be the start of a secret (the longest end that begins some masked
+    form: never more than the longest secret's length - 1 characters), and lets it go with
+    the next piece that shows it is not. Ordinary text is held back by nothing, or by a
+    character or two, for one piece. `flush()` returns what is held, redacted, when the
+    stream ends, however it ends. Masking itself is `Redactor.redact`'s; the forms watched
+    for are those known at the redactor's last refresh (refresh it once per stream).
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self._forms = redactor.forms()
+        self._starts = _by_first_char(self._forms)
+        self._longest = max(map(len, self._forms), default=0)
+        self._hold_limit = 4 * self._longest
+        self._held = ""
+
+    @property
+    def held(self) -> int:
+        """Characters held back right now."""
+        return len(self._held)
+
+    def _could_continue(self, text: str) -> int:
+        """Length of the longest end of `text` that is a proper prefix of a masked form
+        (0: no secret can continue past the end of `text`)."""
+        starts = self._starts
+        size = len(text)
+        for pos in range(max(0, size - self._longest + 1), size):
+            group = starts.get(text[pos])
+            if group is not None:
+                rest = text[pos:]
+                for form in group:
+                    if len(form) > len(rest) and form.startswith(rest):
+                        return size - pos
+        return 0
+
+    def _mask(self, text: str) -> str:
+        for form in self._forms:
+            if form in text:
+                return self._redactor.redact(text)
+        return text
+
+    def _straddler(self, text: str, cut: int) -> int:
+        """Where the leftmost masked form lying whole in `text` across `cut` starts, or -1."""
+        first = -1
+        end = len(text)
+        for form in self._forms:
+            size = len(form)
+            pos = text.find(form, max(0, cut - size + 1), min(end, cut + size - 1))
+            if pos != -1 and (first == -1 or pos < first):
+                first = pos
+        return first
+
+    def feed(self, piece: str) -> str:
+        if not piece:
+            return ""
+        text = self._held + piece
+        keep = self._could_continue(text)
+        if not keep:  # no secret can continue past the end: all of it is final
+            self._held = ""
+            return self._mask(text)
+        # Hold back the longest end that could still grow into a secret. Every match that
+        # starts before it is final (no longer form can complete there), so what precedes
+        # the cut is redacted now, exactly as the whole text would be, provided the cut
+        # does not split a secret lying whole in the text: then cut before that secret.
+        cut = len(text) - keep
+        while cut > 0:
+            start = self._straddler(text, cut)
+            if start < 0:
+                break
+            cut = start
+        if cut > 0 or len(text) <= self._hold_limit:
+            self._held = text[cut:]
+            return self._mask(text[:cut]) if cut else ""
+        # Degenerate: masked forms overlapping each other end to end for longer than the
+        # limit. Let the redacted text go, holding back only its own possible start.
+        out = self._mask(text)
+        keep = self._could_continue(out)
+        self._held = out[len(out) - keep :]
+        return out[: len(out) - keep]
+
+    def flush(self) -> str:
+        """What is held back, redacted; the stream starts afresh after it."""
+        text, self._held = self._held, ""
+        return self._mask(text) if text else ""

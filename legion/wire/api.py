@@ -296,3 +296,32 @@ class PurgeResult(BaseModel):
     volume_removed: bool = Field(
         default=False, description="Whether the agent's volume (agents/NAME) was deleted."
     )
+
+
+# --- models (GET /v1/models, OpenAI-compatible) -----------------------------------
+
+
+class ModelLimits(BaseModel):
+    """What legion adds to an OpenAI model entry (clients that do not know it ignore it)."""
+
+    context_window: int = Field(description="Tokens of prompt plus output the model accepts.")
+    max_output_tokens: int = Field(description="Most tokens one reply may have.")
+    source: Literal["config", "litellm", "default"] = Field(
+        description="Where the limits come from: [llm.models.X], LiteLLM's model table, or "
+        "the documented defaults."
+    )
+
+
+class ModelInfo(BaseModel):
+    id: str = Field(description="The model alias to send as `model`.")
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = Field(description="The provider, from the model's LiteLLM id.")
+    legion: ModelLimits
+
+
+class ModelList(BaseModel):
+    """The models this agent may use, its own model first."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelInfo]

@@ -86,6 +86,26 @@ class ModelFailover(_Event):
     reason: str
 
 
+class OverReservation(_Event):
+    """A model call was booked beyond the worst case reserved for it (a provider that
+    reported more tokens than the bound, a price change, a lying upstream). The ledger holds
+    what the provider reported; the agent's later calls are refused while it is over a cap."""
+
+    type: Literal["over_reservation"] = "over_reservation"
+    agent: str
+    model: str
+    request_id: str
+    reserved_usd: float
+    cost_usd: float
+    over_usd: float
+    prompt_tokens: int
+    prompt_bound: int
+    completion_tokens: int
+    max_tokens: int
+    status: str
+    reason: str
+
+
 class AgentReply(_Event):
     """An agent answered an inbox item (what `legion chat` and the TUI wait for)."""
 
@@ -140,6 +160,7 @@ HostEvent = Annotated[
     | TokenDelta
     | CostUpdated
     | ModelFailover
+    | OverReservation
     | AgentReply
     | AgentNotification
     | AgentStateChanged

@@ -36,6 +36,10 @@ Token counting (used whenever a reply does not set ``usage``), see :func:`count_
   and arguments;
 - embeddings: ``prompt_tokens`` = ``total_tokens`` = tokens of all inputs.
 
+With ``prompt_count="bytes"`` (the server's setting, or a reply's), a chat's ``prompt_tokens``
+is instead the byte length of the request body as received: a provider whose own count is as
+high as any tokenizer's can be (no tokenizer yields more tokens than bytes).
+
 ``max_tokens`` / ``max_completion_tokens`` truncate the generated content to that many tokens
 (finish reason ``length``), as a real provider would.
 
@@ -78,6 +82,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 
 Endpoint = Literal["chat", "embeddings"]
 StreamUsage = Literal["always", "requested", "never"]
+PromptCount = Literal["tokens", "bytes"]
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
@@ -206,6 +211,8 @@ class Reply:
       chunked-encoding terminator; a non-streaming response sends its headers and half its
       body, then closes.
     - stream_usage: send the final usage event in a stream (default: server's `stream_usage`).
+    - prompt_count: ``"bytes"`` reports the request body's byte length as ``prompt_tokens``
+      (default: server's `prompt_count`); ignored when `usage` is set.
     """
 
     content: str | None = None
@@ -222,6 +229,7 @@ class Reply:
     chunk_chars: int | None = None
     cut_after_chunks: int | None = None
     stream_usage: bool | None = None
+    prompt_count: PromptCount | None = None
 
     def __post_init__(self) -> None:
         if self.tool_calls is not None:
@@ -318,8 +326,10 @@ class FakeServer:
         default_reply: Reply | None = None,
         models: Iterable[str] = DEFAULT_MODELS,
         embedding_dim: int = DEFAULT_EMBEDDING_DIM,
+        prompt_count: PromptCount = "tokens",
     ) -> None:
         self.latency_s = latency_s
+        self.prompt_count: PromptCount = prompt_count
         self.chunk_delay_s = chunk_delay_s
         self.chunk_chars = chunk_chars
         self.stream_usage: StreamUsage = stream_usage
@@ -390,7 +400,14 @@ class FakeServer:
             self._changed.notify_all()
 
     def configure(self, **settings: Any) -> None:
-        allowed = {"latency_s", "chunk_delay_s", "chunk_chars", "stream_usage", "api_key"}
+        allowed = {
+            "latency_s",
+            "chunk_delay_s",
+            "chunk_chars",
+            "stream_usage",
+            "api_key",
+            "prompt_count",
+        }
         unknown = set(settings) - allowed
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
@@ -716,7 +733,9 @@ class FakeServer:
             completion = count_tokens(content or "") + sum(
                 count_tokens(c.name) + count_tokens(c.arguments_json) for c in tool_calls
             )
-            usage = {"prompt_tokens": prompt_tokens(messages), "completion_tokens": completion}
+            counting = reply.prompt_count or self.prompt_count
+            prompt = len(req.body) if counting == "bytes" else prompt_tokens(messages)
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion}
         usage.setdefault(
             "total_tokens", usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
         )
@@ -853,6 +872,7 @@ class FakeProvider:
         default_reply: Reply | None = None,
         models: Iterable[str] = DEFAULT_MODELS,
         embedding_dim: int = DEFAULT_EMBEDDING_DIM,
+        prompt_count: PromptCount = "tokens",
     ) -> None:
         self.server = FakeServer(
             latency_s=latency_s,
@@ -863,6 +883,7 @@ class FakeProvider:
             default_reply=default_reply,
             models=models,
             embedding_dim=embedding_dim,
+            prompt_count=prompt_count,
         )
         self._port = port
         self._thread: threading.Thread | None = None
@@ -894,6 +915,14 @@ class FakeProvider:
     @chunk_chars.setter
     def chunk_chars(self, value: int) -> None:
         self.server.chunk_chars = value
+
+    @property
+    def prompt_count(self) -> PromptCount:
+        return self.server.prompt_count
+
+    @prompt_count.setter
+    def prompt_count(self, value: PromptCount) -> None:
+        self.server.prompt_count = value
 
     @property
     def default_reply(self) -> Reply | None:

@@ -152,15 +152,23 @@ class Budgets:
         for scope, window, cap in self.caps(agent):
             key = (scope, keys[window])
             left = cap - self.spent[key] - self.reserved[key]
+            # A spend already over the cap (a call booked beyond its reservation) leaves
+            # `left` negative: then every call is refused, a free one (amount 0) too.
             if amount > left + 1e-12:
                 what = "fleet" if scope == "*" else agent
                 name = (
                     f"{'fleet ' if scope == '*' else ''}{'daily' if window == 'day' else 'monthly'}"
                 )
+                state = (
+                    f"is overspent by ${-left:.6f} (a call was booked beyond its reservation; "
+                    "see `legion audit`, action llm.over_reservation)"
+                    if left < 0
+                    else f"has ${left:.6f} left"
+                )
                 raise BudgetExceeded(
-                    f"{what}'s {name} budget of ${cap:.4f} has ${max(0.0, left):.6f} left; this "
-                    f"call needs up to ${amount:.6f} (prompt plus max_tokens at {model}'s "
-                    "prices). Lower max_tokens, wait for the window to reset, or raise the cap",
+                    f"{what}'s {name} budget of ${cap:.4f} {state}; this call needs up to "
+                    f"${amount:.6f} (prompt plus max_tokens at {model}'s prices). Lower "
+                    "max_tokens, wait for the window to reset, or raise the cap",
                     window=name.replace(" ", "_"),
                     scope=what,
                     cap_usd=cap,
@@ -195,8 +203,9 @@ class Budgets:
         latency_ms: float | None = None,
         ttft_ms: float | None = None,
     ) -> None:
-        """Replace the reservation by the actual cost in the ledger (one transaction)."""
-        if self.open.pop(reservation.id, None) is None:
+        """Replace the reservation by the actual cost in the ledger (one transaction).
+        Should the write fail, the reservation stays open (and held) for a later settle."""
+        if reservation.id not in self.open:
             return  # already settled
         now = self.clock()
         # Not fsynced: the reservation it replaces was. If a power cut drops this commit, the
@@ -223,6 +232,7 @@ class Budgets:
                     ttft_ms,
                 ),
             )
+        del self.open[reservation.id]
         self._hold(reservation, -reservation.amount)
         # Spend is booked in the window the money was reserved in.
         self._add(self.spent, reservation.agent, reservation.created_at, usage.cost_usd)

@@ -1,11 +1,15 @@
 """The LLM gateway: what happens between an agent's chat request and the provider.
 
     permission (model allowed) -> price -> reserve worst case -> key from the vault ->
-    LiteLLM -> relay (and publish TokenDelta) -> settle actual cost -> CostUpdated
+    LiteLLM or the direct path -> relay (redacted across deltas, and published as
+    TokenDelta) -> settle actual cost -> CostUpdated
 
-Failover walks the model's chain only before the first streamed byte; each hop reserves
-again at its own price, so failover can never overspend. Provider errors reach the agent
-as typed JSON errors with every vault value masked.
+The worst case is priced from the exact bytes forwarded upstream (bound.py). Failover walks
+the model's chain only before the first streamed byte; each hop reserves again at its own
+price, so failover can never overspend, and a chain that fails reports every hop, the
+first (root) failure leading. A settled cost above its reservation is booked as reported,
+audited and evented (`llm.over_reservation`). Provider errors reach the agent as typed JSON
+errors with every vault value masked.
 """
 
 from __future__ import annotations
@@ -16,40 +20,37 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from legion.api.http import Response, StreamResponse
 from legion.config import Config, ModelConfig
 from legion.errors import LegionError
 from legion.events import EventBus
-from legion.gateway.llm import passthrough
+from legion.gateway.llm import models, passthrough
+from legion.gateway.llm.booking import Booker, usage_of
+from legion.gateway.llm.bound import REQUEST_OVERHEAD_TOKENS, UpstreamBody
 from legion.gateway.llm.budget import Budgets, Reservation, Usage
+from legion.gateway.llm.chain import Hop, ProviderFailure, chain_error, classify, outcome
 from legion.gateway.llm.health import ModelHealth
 from legion.gateway.llm.passthrough import Passthrough
-from legion.gateway.llm.pricing import Price, price_for
+from legion.gateway.llm.pricing import price_for
 from legion.gateway.llm.runtime import LiteLLM
+from legion.gateway.llm.stream import DeltaRedactor
 from legion.gateway.redact import Redactor
 from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog
 from legion.mesh.permissions import Guard, Perm
-from legion.wire.api import ChatRequest, EmbeddingRequest
+from legion.wire.api import ChatRequest, EmbeddingRequest, ModelList
 from legion.wire.events import CostUpdated, ModelFailover, TokenDelta
 
 log = logging.getLogger("legion.gateway")
-
-MESSAGE_OVERHEAD_TOKENS = 4
-REQUEST_OVERHEAD_TOKENS = 16
-
-
-class ProviderFailure(LegionError):
-    status = 502
-    code = "provider_error"
 
 
 # The OpenAI parameters an agent may set. Anything else is dropped before the provider call:
 # LiteLLM honours fields such as base_url, api_base, extra_headers or callbacks, and an
 # agent must never steer where the host's key goes or what the call costs (n, best_of).
+# logprobs are not forwarded: they return the reply again token by token, a form in which
+# no redaction can find a secret that spans tokens.
 CHAT_PARAMS = frozenset(
     {
         "messages",
@@ -64,65 +65,11 @@ CHAT_PARAMS = frozenset(
         "presence_penalty",
         "frequency_penalty",
         "logit_bias",
-        "logprobs",
-        "top_logprobs",
         "user",
         "reasoning_effort",
     }
 )
 EMBEDDING_PARAMS = frozenset({"input", "dimensions", "encoding_format", "user"})
-# Tokens assumed for a non-text content part (an image, audio): far above what providers
-# charge for one, since its bytes (a URL) say nothing about its tokens.
-NON_TEXT_PART_TOKENS = 8192
-
-
-def prompt_upper_bound(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
-    """A safe over-estimate of prompt tokens: no tokenizer yields more tokens than bytes of
-    text; every non-text part (image, audio) counts NON_TEXT_PART_TOKENS more."""
-    size = len(json.dumps(messages, ensure_ascii=False).encode())
-    if tools:
-        size += len(json.dumps(tools, ensure_ascii=False).encode())
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            size += NON_TEXT_PART_TOKENS * sum(
-                1
-                for part in content
-                if isinstance(part, dict) and part.get("type", "text") != "text"
-            )
-    return size + MESSAGE_OVERHEAD_TOKENS * len(messages) + REQUEST_OVERHEAD_TOKENS
-
-
-def classify(exc: BaseException) -> tuple[str, int | None, float | None]:
-    """(kind, status, retry_after) of a provider exception, for health and failover."""
-    status = getattr(exc, "status_code", None)
-    name = type(exc).__name__
-    retry_after: float | None = None
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None) or getattr(exc, "headers", None)
-    if headers is not None:
-        try:
-            retry_after = float(headers.get("retry-after"))
-        except (TypeError, ValueError):
-            retry_after = None
-    if "Timeout" in name or status == 408 or isinstance(exc, TimeoutError):
-        return "timeout", status, retry_after
-    if status == 429 or "RateLimit" in name:
-        return "rate_limit", status, retry_after
-    if status in (401, 403) or "Authentication" in name or "PermissionDenied" in name:
-        return "auth", status, retry_after
-    if status == 402 or "Budget" in name:
-        return "billing", status, retry_after
-    if status is None or status >= 500 or "Connection" in name or "ServiceUnavailable" in name:
-        return "server", status, retry_after
-    return "client", status, retry_after
-
-
-@dataclass
-class Hop:
-    alias: str
-    model: ModelConfig
-    price: Price
 
 
 class Gateway:
@@ -151,6 +98,7 @@ class Gateway:
         self.health = health
         self.clock = clock
         self.passthrough = Passthrough()
+        self.booker = Booker(budgets, audit, bus, clock)
 
     # --- resolution -----------------------------------------------------------------
 
@@ -166,16 +114,29 @@ class Gateway:
         configured = alias in self.config.llm.models
         self.guard.check(agent, Perm.LLM, alias, "llm.call", durable=durable or not configured)
         if not configured:
-            raise LegionError(
+            error = LegionError(
                 f"model {alias!r} is not configured; the operator must add [llm.models.{alias}]",
                 code="model_not_configured",
                 status=503,
                 model=alias,
             )
+            self._refused(agent, alias, error)
+            raise error
         return alias
 
     def chain(self, alias: str) -> list[str]:
         return [alias, *self.config.llm.models[alias].failover]
+
+    async def models(self, agent: str) -> ModelList:
+        """The models `agent` may name, with their context window and output limit."""
+        aliases = models.usable_aliases(self.config, self.guard.permissions, agent)
+        configs = [self.config.llm.models[alias] for alias in aliases]
+        # LiteLLM is imported for a model that needs it anyway, never just for this.
+        if any(not passthrough.applies(cfg) for cfg in configs):
+            litellm = await self.litellm.get()
+        else:
+            litellm = self.litellm.loaded()
+        return models.model_list(self.config.llm, aliases, litellm)
 
     def _api_key(self, model: ModelConfig) -> str:
         if model.credential is None:
@@ -195,6 +156,14 @@ class Gateway:
 
     def _safe(self, exc: BaseException) -> str:
         return self.redactor.redact(f"{type(exc).__name__}: {exc}")[:2000]
+
+    def _refused(self, agent: str, alias: str, exc: LegionError, **extra: Any) -> None:
+        """Audit a refusal of the host's own (budget, price, configuration) with its reason:
+        for a budget, the window, the cap, what was left and what the call needed."""
+        detail = {**exc.detail, **extra, "code": exc.code}
+        for name in ("actor", "action", "target", "decision", "durable"):
+            detail.pop(name, None)  # append()'s own parameters
+        self.audit.append(agent, "llm.refused", alias, "deny", **detail)
 
     def _failover(
         self, agent: str, request_id: str, hop: str, nxt: str | None, reason: str
@@ -236,12 +205,31 @@ class Gateway:
         # The allow record is committed without its own fsync: the reservation's commit
         # below makes it durable, and every refusal before that is audited durably.
         alias = self.resolve_alias(agent, request.model, durable=False)
-        try:
-            return await self._chat(agent, alias, request, litellm)
-        except LegionError as exc:
-            if exc.status in (402, 503):  # refused before anything was committed durably
-                self.audit.append(agent, "llm.refused", alias, "deny", code=exc.code)
-            raise
+        return await self._chat(agent, alias, request, litellm)
+
+    def _hop(
+        self,
+        agent: str,
+        alias: str,
+        request_id: str,
+        upstream: UpstreamBody,
+        max_tokens: int,
+        stream: bool,
+        litellm: Any,
+    ) -> tuple[Hop, Reservation]:
+        """Price the hop and reserve its worst case (BudgetExceeded, price_unknown)."""
+        model_cfg = self.config.llm.models[alias]
+        name = (
+            passthrough.upstream_model(model_cfg)
+            if passthrough.applies(model_cfg)
+            else model_cfg.model
+        )
+        window = models.known_context_window(self.config.llm, alias, litellm)
+        bound = upstream.prompt_bound(name, max_tokens, stream, window)
+        price = price_for(alias, model_cfg, litellm)
+        hop = Hop(alias, model_cfg, price, bound, max_tokens)
+        worst = price.cost(bound, max_tokens)
+        return hop, self.budgets.reserve(agent, alias, model_cfg.model, request_id, worst)
 
     async def _chat(
         self, agent: str, alias: str, request: ChatRequest, litellm: Any
@@ -251,51 +239,68 @@ class Gateway:
         # One output limit, the one reserved for, is what the provider gets.
         asked = [v for v in (request.max_tokens, request.max_completion_tokens) if v]
         max_tokens = max(asked) if asked else self.config.llm.default_max_tokens
-        body["max_tokens"] = max_tokens
-        prompt_bound = prompt_upper_bound(request.messages, request.tools)
+        try:
+            upstream = UpstreamBody.build(body)
+        except ValueError:
+            raise LegionError(
+                "invalid request body: NaN and infinities are not JSON numbers",
+                code="invalid_body",
+                status=422,
+            ) from None
         request_id = "req_" + uuid.uuid4().hex[:20]
         chain = self.chain(alias)
-        last_error: LegionError | None = None
+        hops: list[dict[str, str]] = []
         for index, hop_alias in enumerate(chain):
             nxt = chain[index + 1] if index + 1 < len(chain) else None
             if not self.health.available(hop_alias):
-                self._failover(
-                    agent,
-                    request_id,
-                    hop_alias,
-                    nxt,
-                    f"cooling down ({self.health.cooldown_left(hop_alias):.0f}s left)",
-                )
+                state = self.health.states.get(hop_alias)
+                why = f"after {state.last_reason}" if state and state.last_reason else ""
+                left = self.health.cooldown_left(hop_alias)
+                reason = f"cooling down {why} ({left:.0f} s left)".replace("  ", " ")
+                hops.append(outcome(hop_alias, "cooldown", reason))
+                self._failover(agent, request_id, hop_alias, nxt, reason)
                 continue
-            model_cfg = self.config.llm.models[hop_alias]
-            hop = Hop(hop_alias, model_cfg, price_for(hop_alias, model_cfg, litellm))
-            worst = hop.price.cost(prompt_bound, max_tokens)
-            reservation = self.budgets.reserve(agent, hop_alias, model_cfg.model, request_id, worst)
+            try:
+                hop, reservation = self._hop(
+                    agent, hop_alias, request_id, upstream, max_tokens, request.stream, litellm
+                )
+            except LegionError as exc:  # the host's own refusal: no budget, no price
+                self._refused(agent, hop_alias, exc, request_id=request_id)
+                if not hops:
+                    raise
+                hops.append(outcome(hop_alias, exc.code, exc.message))
+                self._failover(agent, request_id, hop_alias, nxt, exc.code)
+                continue
+            model_cfg = hop.model
             started = time.monotonic()
             direct = passthrough.applies(model_cfg)
             try:
-                if request.stream and direct:
-                    stream = self.passthrough.stream(
-                        agent, model_cfg, self._api_key(model_cfg), body
-                    )
-                    first = await stream.__anext__()
+                if direct:
+                    name = passthrough.upstream_model(model_cfg)
+                    content = upstream.direct(name, max_tokens, request.stream)
+                    key = self._api_key(model_cfg)
+                    if request.stream:
+                        stream = self.passthrough.stream(agent, model_cfg, key, content)
+                        first = await stream.__anext__()
+                    else:
+                        result = await self.passthrough.complete(agent, model_cfg, key, content)
                 elif request.stream:
                     kwargs = self._kwargs(hop, body)
+                    kwargs["max_tokens"] = max_tokens
                     kwargs["stream"] = True
                     kwargs["stream_options"] = {"include_usage": True}
                     stream = await litellm.acompletion(**kwargs)
                     first = await stream.__anext__()
-                elif direct:
-                    result = await self.passthrough.complete(
-                        agent, model_cfg, self._api_key(model_cfg), body
-                    )
                 else:
-                    result = await litellm.acompletion(**self._kwargs(hop, body))
+                    kwargs = self._kwargs(hop, body)
+                    kwargs["max_tokens"] = max_tokens
+                    result = await litellm.acompletion(**kwargs)
             except StopAsyncIteration:
                 first = None
             except Exception as exc:
                 kind, status, retry_after = classify(exc)
-                self.budgets.settle(
+                self.booker.book(
+                    hop,
                     reservation,
                     Usage(0, 0, 0.0),
                     status=f"failed_{kind}",
@@ -303,11 +308,13 @@ class Gateway:
                 )
                 message = self._safe(exc)
                 if kind == "client":
+                    extra = {"hops": [*hops, outcome(hop_alias, kind, message)]} if hops else {}
                     raise LegionError(
                         f"the provider refused the request: {message}",
                         code="provider_rejected",
                         status=400,
                         model=hop_alias,
+                        **extra,
                     ) from None
                 cooldown = self.health.failure(hop_alias, kind, retry_after)
                 log.warning(
@@ -323,102 +330,72 @@ class Gateway:
                         }
                     },
                 )
-                last_error = ProviderFailure(
-                    f"model {hop_alias!r} failed ({kind}): {message}",
-                    status=504 if kind == "timeout" else 502,
-                    model=hop_alias,
-                    kind=kind,
-                )
+                hops.append(outcome(hop_alias, kind, message))
                 self._failover(agent, request_id, hop_alias, nxt, kind)
                 continue
             self.health.success(hop_alias)
             if request.stream:
-
-                async def abandon(
-                    stream: Any = stream,
-                    first: Any = first,
-                    hop: Hop = hop,
-                    reservation: Reservation = reservation,
-                    started: float = started,
-                ) -> None:
-                    """The agent left before the first byte reached it: close the upstream
-                    and settle what the provider had produced."""
-                    closer = getattr(stream, "aclose", None)
-                    if closer is not None:
-                        with contextlib.suppress(Exception):
-                            await closer()
-                    text = ""
-                    if first is not None:
-                        data = first if isinstance(first, dict) else first.model_dump()
-                        text = "".join(
-                            (c.get("delta") or {}).get("content") or ""
-                            for c in data.get("choices") or []
-                        )
-                    usage = self._usage(litellm, hop, request, None, text)
-                    self.budgets.settle(
-                        reservation,
-                        usage,
-                        status="abandoned",
-                        latency_ms=(time.monotonic() - started) * 1000,
-                    )
-
-                return StreamResponse(
-                    self._relay(
-                        agent,
-                        request_id,
-                        hop,
-                        reservation,
-                        request,
-                        stream,
-                        first,
-                        started,
-                        litellm,
-                    ),
-                    content_type="text/event-stream",
-                    on_abandon=abandon,
+                return self._stream_response(
+                    agent, request_id, hop, reservation, request, stream, first, started, litellm
                 )
             try:
                 return self._finish(
                     agent, request_id, hop, reservation, request, result, started, litellm
                 )
             except Exception as exc:  # a malformed 200: book the worst case, then refuse
-                self.budgets.settle(
-                    reservation, Usage(0, 0, reservation.amount), status="failed_bad_response"
+                self.booker.book(
+                    hop, reservation, Usage(0, 0, reservation.amount), status="failed_bad_response"
                 )
                 raise ProviderFailure(
                     f"model {hop_alias!r} sent a malformed response: {self._safe(exc)}",
                     model=hop_alias,
                 ) from None
-        if last_error is None:
-            last_error = ProviderFailure(
-                f"every model in the chain {chain} is cooling down after failures; retry later",
-                status=503,
-                code="models_unavailable",
-                chain=chain,
-            )
-        raise last_error
+        error = chain_error(chain, hops)
+        if error.status in (402, 503):
+            self._refused(agent, alias, error, request_id=request_id)
+        raise error
 
-    def _usage(
-        self, litellm: Any, hop: Hop, request: ChatRequest, usage: Any, produced: str
-    ) -> Usage:
-        if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        else:
-            prompt = getattr(usage, "prompt_tokens", None) if usage is not None else None
-            completion = getattr(usage, "completion_tokens", None) if usage is not None else None
-        if prompt is None:
-            try:
-                prompt = int(
-                    litellm.token_counter(model=hop.model.model, messages=request.messages)
+    def _stream_response(
+        self,
+        agent: str,
+        request_id: str,
+        hop: Hop,
+        reservation: Reservation,
+        request: ChatRequest,
+        stream: Any,
+        first: Any,
+        started: float,
+        litellm: Any,
+    ) -> StreamResponse:
+        async def abandon() -> None:
+            """The agent left before the first byte reached it: close the upstream and
+            settle what the provider had produced."""
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+            text = ""
+            if first is not None:
+                data = first if isinstance(first, dict) else first.model_dump()
+                text = "".join(
+                    (c.get("delta") or {}).get("content") or "" for c in data.get("choices") or []
                 )
-            except Exception:
-                prompt = prompt_upper_bound(request.messages, request.tools)
-        if completion is None:
-            try:
-                completion = int(litellm.token_counter(model=hop.model.model, text=produced))
-            except Exception:
-                completion = len(produced.encode())
-        return Usage(int(prompt), int(completion), hop.price.cost(int(prompt), int(completion)))
+            usage = usage_of(litellm, hop, request.messages, None, text)
+            self.booker.book(
+                hop,
+                reservation,
+                usage,
+                status="abandoned",
+                latency_ms=(time.monotonic() - started) * 1000,
+            )
+
+        return StreamResponse(
+            self._relay(
+                agent, request_id, hop, reservation, request, stream, first, started, litellm
+            ),
+            content_type="text/event-stream",
+            on_abandon=abandon,
+        )
 
     def _finish(
         self,
@@ -436,14 +413,20 @@ class Gateway:
         text = "".join(
             (choice.get("message") or {}).get("content") or "" for choice in data.get("choices", [])
         )
-        usage = self._usage(litellm, hop, request, data.get("usage"), text)
+        usage = usage_of(litellm, hop, request.messages, data.get("usage"), text)
         elapsed = (time.monotonic() - started) * 1000
-        self.budgets.settle(reservation, usage, status="ok", latency_ms=elapsed, ttft_ms=elapsed)
+        self.booker.book(hop, reservation, usage, status="ok", latency_ms=elapsed, ttft_ms=elapsed)
         self._settled(agent, request_id, hop.alias, usage.cost_usd)
         data["id"] = data.get("id") or request_id
         data.setdefault("legion", {})["request_id"] = request_id
         data["legion"]["cost_usd"] = usage.cost_usd
         return Response(200, json.dumps(data).encode())
+
+    def _shown(self, agent: str, request_id: str, text: str) -> None:
+        if text:
+            self.bus.emit(
+                lambda: TokenDelta(at=self.clock(), agent=agent, request_id=request_id, text=text)
+            )
 
     async def _relay(
         self,
@@ -457,10 +440,14 @@ class Gateway:
         started: float,
         litellm: Any,
     ) -> AsyncIterator[bytes]:
-        produced: list[str] = []
+        """Relay the stream; every streamed text goes through a redactor that holds back a
+        possible start of a secret until the next delta shows it is none (stream.py)."""
+        produced: list[str] = []  # the provider's raw text, for a local count of usage
         usage_seen: Any = None
         ttft: float | None = None
         status = "aborted"
+        redactor = DeltaRedactor(self.redactor)
+        last: dict[str, Any] = {}
         try:
             chunk = first
             while chunk is not None:
@@ -468,28 +455,39 @@ class Gateway:
                     ttft = (time.monotonic() - started) * 1000
                 data = chunk if isinstance(chunk, dict) else chunk.model_dump(exclude_none=True)
                 data["model"] = hop.alias
+                last = data
                 if data.get("usage"):
                     usage_seen = data["usage"]
-                for choice in data.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        produced.append(text)
-                        self.bus.emit(
-                            lambda text=text: TokenDelta(  # type: ignore[misc]
-                                at=self.clock(), agent=agent, request_id=request_id, text=text
-                            )
-                        )
+                for choice in data.get("choices") or ():
+                    delta = choice.get("delta") if isinstance(choice, dict) else None
+                    if isinstance(delta, dict):
+                        text = delta.get("content")
+                        if isinstance(text, str):
+                            produced.append(text)
+                        for call in delta.get("tool_calls") or ():
+                            args = ((call or {}).get("function") or {}).get("arguments")
+                            if isinstance(args, str):
+                                produced.append(args)
+                self._shown(agent, request_id, redactor.chunk(data))
                 yield b"data: " + json.dumps(data).encode() + b"\n\n"
                 try:
                     chunk = await stream.__anext__()
                 except StopAsyncIteration:
                     chunk = None
             status = "ok"
+            tail, shown = redactor.flush(last)
+            if tail is not None:
+                self._shown(agent, request_id, shown)
+                yield b"data: " + json.dumps(tail).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
         except Exception as exc:
             status = "failed_mid_stream"
             kind, _, _ = classify(exc)
             self.health.failure(hop.alias, kind)
+            tail, shown = redactor.flush(last)
+            if tail is not None:
+                self._shown(agent, request_id, shown)
+                yield b"data: " + json.dumps(tail).encode() + b"\n\n"
             error = ProviderFailure(
                 f"model {hop.alias!r} failed mid-stream: {self._safe(exc)}",
                 model=hop.alias,
@@ -497,8 +495,12 @@ class Gateway:
             )
             yield b"data: " + error.body().model_dump_json().encode() + b"\n\n"
         finally:
-            usage = self._usage(litellm, hop, request, usage_seen, "".join(produced))
-            self.budgets.settle(
+            if redactor.held():  # the agent left while text was held back: the TUI sees it
+                _, shown = redactor.flush(last)
+                self._shown(agent, request_id, shown)
+            usage = usage_of(litellm, hop, request.messages, usage_seen, "".join(produced))
+            self.booker.book(
+                hop,
                 reservation,
                 usage,
                 status=status,
@@ -513,13 +515,18 @@ class Gateway:
         litellm = await self.litellm.get()
         alias = self.resolve_alias(agent, request.model)
         model_cfg = self.config.llm.models[alias]
-        hop = Hop(alias, model_cfg, price_for(alias, model_cfg, litellm))
         inputs = [request.input] if isinstance(request.input, str) else request.input
         bound = sum(len(text.encode()) + 1 for text in inputs) + REQUEST_OVERHEAD_TOKENS
         request_id = "req_" + uuid.uuid4().hex[:20]
-        reservation = self.budgets.reserve(
-            agent, alias, model_cfg.model, request_id, hop.price.cost(bound, 0)
-        )
+        try:
+            price = price_for(alias, model_cfg, litellm)
+            reservation = self.budgets.reserve(
+                agent, alias, model_cfg.model, request_id, price.cost(bound, 0)
+            )
+        except LegionError as exc:
+            self._refused(agent, alias, exc, request_id=request_id)
+            raise
+        hop = Hop(alias, model_cfg, price, bound, 0)
         started = time.monotonic()
         raw = request.model_dump(exclude_none=True)
         body = {k: v for k, v in raw.items() if k in EMBEDDING_PARAMS}
@@ -532,17 +539,19 @@ class Gateway:
                 result = await litellm.aembedding(**self._kwargs(hop, body))
         except Exception as exc:
             kind, _, retry_after = classify(exc)
-            self.budgets.settle(
-                reservation, Usage(0, 0, 0.0), status=f"failed_{kind}", kind="embedding"
+            self.booker.book(
+                hop, reservation, Usage(0, 0, 0.0), status=f"failed_{kind}", kind="embedding"
             )
             self.health.failure(alias, kind, retry_after)
             raise ProviderFailure(
                 f"embedding model {alias!r} failed: {self._safe(exc)}", model=alias, kind=kind
             ) from None
         data = result if isinstance(result, dict) else result.model_dump(exclude_none=True)
-        tokens = int((data.get("usage") or {}).get("prompt_tokens") or bound)
-        usage = Usage(tokens, 0, hop.price.cost(tokens, 0))
-        self.budgets.settle(
+        reported = (data.get("usage") or {}).get("prompt_tokens")
+        tokens = reported if isinstance(reported, int) and reported >= 0 else bound
+        usage = Usage(tokens, 0, price.cost(tokens, 0))
+        self.booker.book(
+            hop,
             reservation,
             usage,
             status="ok",

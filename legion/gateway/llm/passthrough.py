@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from legion.config import ModelConfig
+from legion.gateway.llm.bound import encode
 
 
 class UpstreamError(Exception):
@@ -35,6 +36,11 @@ class UpstreamTimeout(UpstreamError):
 
 def applies(model: ModelConfig) -> bool:
     return model.passthrough and model.model.startswith("openai/") and bool(model.api_base)
+
+
+def upstream_model(model: ModelConfig) -> str:
+    """The model name the upstream knows (the LiteLLM id without its `openai/`)."""
+    return model.model.split("/", 1)[1]
 
 
 def _error_message(status: int, raw: bytes) -> str:
@@ -68,15 +74,15 @@ class Passthrough:
         return client
 
     def _request(
-        self, agent: str, model: ModelConfig, key: str, path: str, body: dict[str, Any]
+        self, agent: str, model: ModelConfig, key: str, path: str, content: bytes
     ) -> httpx.Request:
+        """`content` is the exact JSON body the upstream gets (see bound.UpstreamBody)."""
         assert model.api_base is not None
-        upstream = {**body, "model": model.model.split("/", 1)[1]}
         return self._client(agent).build_request(
             "POST",
             model.api_base.rstrip("/") + path,
-            json=upstream,
-            headers={"Authorization": f"Bearer {key}"},
+            content=content,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
             timeout=httpx.Timeout(model.timeout_s),
         )
 
@@ -96,9 +102,9 @@ class Passthrough:
         return response
 
     async def complete(
-        self, agent: str, model: ModelConfig, key: str, body: dict[str, Any]
+        self, agent: str, model: ModelConfig, key: str, content: bytes
     ) -> dict[str, Any]:
-        request = self._request(agent, model, key, "/chat/completions", body)
+        request = self._request(agent, model, key, "/chat/completions", content)
         response = await self._send(agent, request, stream=False)
         try:
             data: dict[str, Any] = response.json()
@@ -109,22 +115,17 @@ class Passthrough:
     async def embeddings(
         self, agent: str, model: ModelConfig, key: str, body: dict[str, Any]
     ) -> dict[str, Any]:
-        request = self._request(agent, model, key, "/embeddings", body)
+        upstream = encode({**body, "model": upstream_model(model)})
+        request = self._request(agent, model, key, "/embeddings", upstream)
         response = await self._send(agent, request, stream=False)
         data: dict[str, Any] = response.json()
         return data
 
     async def stream(
-        self, agent: str, model: ModelConfig, key: str, body: dict[str, Any]
+        self, agent: str, model: ModelConfig, key: str, content: bytes
     ) -> AsyncIterator[dict[str, Any]]:
         """Parsed stream events. The HTTP error, if any, raises at the first `__anext__`."""
-        request = self._request(
-            agent,
-            model,
-            key,
-            "/chat/completions",
-            {**body, "stream": True, "stream_options": {"include_usage": True}},
-        )
+        request = self._request(agent, model, key, "/chat/completions", content)
         response = await self._send(agent, request, stream=True)
         done = False
         try:

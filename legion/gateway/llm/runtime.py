@@ -77,6 +77,10 @@ class LiteLLM:
     async def get(self) -> Any:
         return await self.start()
 
+    def loaded(self) -> Any | None:
+        """The module if it is imported already, else None (never starts the import)."""
+        return _module
+
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
             # The import thread cannot be interrupted; let it finish so the process exits clean.
