@@ -28,7 +28,9 @@ from tests.fakes.provider import FakeProvider, Reply
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-fake-provider-key-0123456789"  # system tier: the provider key
-TOKEN = 'tok"en\\with-escapes-7Kq2Zr'  # agent tier; JSON-escaped it reads tok\"en\\with...
+# Every masked value is a provider key of a configured model: LLM routes mask provider keys
+# only (an agent credential never reaches a prompt, and masking it would be an oracle).
+TOKEN = 'tok"en\\with-escapes-7Kq2Zr'  # JSON-escaped it reads tok\"en\\with...
 SHORT = "pw-4Kq8Zr2Xv6Tn"  # a proper prefix of LONG: held whole until LONG is ruled out
 LONG = "pw-4Kq8Zr2Xv6Tn0Lp3-extended"
 
@@ -124,10 +126,15 @@ async def host_for(home: Path, fake: FakeProvider, direct: bool) -> AsyncIterato
     paths = Paths.resolve(home)
     vault = Vault(paths.vault_db, paths.vault_key)
     vault.set("provider", KEY, tier="system")
-    vault.set("token", TOKEN, tier="agent", bound_hosts=["127.0.0.1"])
-    vault.set("short", SHORT, tier="agent", bound_hosts=["127.0.0.1"])
-    vault.set("long", LONG, tier="agent", bound_hosts=["127.0.0.1"])
+    vault.set("token", TOKEN, tier="system")
+    vault.set("short", SHORT, tier="system")
+    vault.set("long", LONG, tier="system")
     vault.close()
+    others = "".join(
+        f'[llm.models.{name}]\nmodel = "openai/fake-{name}"\napi_base = "{fake.base_url}"\n'
+        f'credential = "{name}"\n\n'
+        for name in ("token", "short", "long")
+    )
     config = f"""
 [llm.models.fast]
 model = "openai/fake-fast"
@@ -137,6 +144,7 @@ passthrough = {"true" if direct else "false"}
 input_cost_per_mtok = 1.0
 output_cost_per_mtok = 1.0
 
+{others}
 [agents.alice]
 model = "fast"
 """
@@ -181,7 +189,7 @@ def leaks(blob: str) -> list[str]:
 async def test_a_secret_split_across_deltas_never_reaches_the_agent_or_the_bus(
     home: Path, direct: bool, ways: str
 ) -> None:
-    """issue 7: the provider key and an agent credential (with characters JSON escapes),
+    """issue 7: the provider key and another provider key (with characters JSON escapes),
     each split across 2, 3 or len(secret) deltas at every offset."""
     async with (
         FakeProvider() as fake,
