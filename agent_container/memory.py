@@ -96,7 +96,7 @@ CREATE TABLE IF NOT EXISTS fact_history (
 """
 
 
-class MemoryError_(Exception):
+class MemoryProblem(Exception):
     """A fact the memory refuses (empty, too long) or a memory.db that cannot be used."""
 
 
@@ -183,7 +183,7 @@ class Memory:
             self._vectors = int(conn.execute("SELECT count(*) FROM vectors").fetchone()[0])
             self._hits_since = self.clock()
         except apsw.Error as exc:
-            raise MemoryError_(
+            raise MemoryProblem(
                 f"{self.path} cannot be used ({exc.__class__.__name__}: {exc}); move it aside "
                 "and the agent starts a new memory"
             ) from None
@@ -266,9 +266,9 @@ class Memory:
         """Store a fact, or merge it into its near-duplicate."""
         text = " ".join(text.split()) if "\n" not in text else text.strip()
         if not text:
-            raise MemoryError_("memory_save needs a non-empty text")
+            raise MemoryProblem("memory_save needs a non-empty text")
         if len(text) > FACT_MAX_CHARS:
-            raise MemoryError_(
+            raise MemoryProblem(
                 f"a fact is at most {FACT_MAX_CHARS} characters (this one has {len(text)}); "
                 "save the essential part, or several facts"
             )
