@@ -113,7 +113,11 @@ class Bootstrap:
             keep = max(0, size - over)
             if keep < size:
                 cut = kept[key].encode()[:keep].decode("utf-8", errors="ignore")
-                kept[key] = (cut + f"\n[... cut: the system prompt is capped at {self.cap} bytes]") if cut else ""
+                kept[key] = (
+                    (cut + f"\n[... cut: the system prompt is capped at {self.cap} bytes]")
+                    if cut
+                    else ""
+                )
                 over -= size - keep
         parts = [fixed_head]
         if kept["SOUL.md"]:
@@ -153,13 +157,17 @@ class Bootstrap:
             "the operator" if self.conversation == "operator" else f"agent {self.conversation}"
         )
         lines = [
-            f"You are running a task for {partner}." if self.task else f"You are talking with {partner}.",
+            f"You are running a task for {partner}."
+            if self.task
+            else f"You are talking with {partner}.",
             f"Your workspace is {self.workspace}; file tools take paths relative to it.",
             "You have no network: use http_request for the web, and refer to credentials as "
             "$CRED{name} (the host fills them in; you never see them).",
         ]
         if me.team:
-            lines.append(f"You are in team {me.team}; teams/{me.team}/ on the blackboard is its space.")
+            lines.append(
+                f"You are in team {me.team}; teams/{me.team}/ on the blackboard is its space."
+            )
         lines.append("Your permissions: " + permissions_line(me.permissions) + ".")
         left = me.budget_left
         lines.append(

@@ -238,7 +238,9 @@ class MeshClient:
             rows = sorted(data["data"], key=lambda row: int(row.get("index", 0)))
             vectors = [[float(x) for x in row["embedding"]] for row in rows]
         except (KeyError, TypeError, ValueError) as exc:
-            raise MeshError(502, "bad_embedding", f"undecodable embedding response: {exc}") from None
+            raise MeshError(
+                502, "bad_embedding", f"undecodable embedding response: {exc}"
+            ) from None
         if len(vectors) != len(texts) or any(len(v) != len(vectors[0]) for v in vectors):
             raise MeshError(502, "bad_embedding", "the embedding response does not match the input")
         return vectors

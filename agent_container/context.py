@@ -274,13 +274,15 @@ class ContextManager:
         log.info("compacted %d messages (%d facts saved)", dropped, facts)
         return Compacted(dropped, facts, saved_to is None, saved_to)
 
-    async def _summarize(self, old: list[list[dict[str, Any]]]) -> tuple[str | None, int, str | None]:
+    async def _summarize(
+        self, old: list[list[dict[str, Any]]]
+    ) -> tuple[str | None, int, str | None]:
         """(note replacing `old`, facts saved, file saved to); note None: keep everything."""
         budget_bytes = int(0.6 * self.window.input_budget * BYTES_PER_TOKEN / self.tokens.ratio)
         text = transcript(old)
         if len(text.encode()) > budget_bytes:
             text = transcript(old, tool_chars=200)
-        summary, facts = "", []
+        summary, facts = "", list[str]()
         if len(text.encode()) <= budget_bytes:
             request = [
                 {"role": "system", "content": SUMMARIZE},

@@ -191,7 +191,9 @@ class AgentRuntime:
             models = None
         self.window = window_for(models, model)
         self._window_of = model or ""
-        log.info("context window %d tokens, max output %d", self.window.context, self.window.max_output)
+        log.info(
+            "context window %d tokens, max output %d", self.window.context, self.window.max_output
+        )
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -251,7 +253,9 @@ class AgentRuntime:
         self._turn = TurnState(incoming.conversation)
         if incoming.kind == "chat" and incoming.text.strip() == NEW_SESSION:
             self.sessions.pop(incoming.conversation, None)
-            await self.mesh.reply(item.id, "Started a new session; what I saved is still in my memory.")
+            await self.mesh.reply(
+                item.id, "Started a new session; what I saved is still in my memory."
+            )
             return
         if incoming.kind == "task":
             result = await self._task(incoming)
@@ -327,7 +331,10 @@ class AgentRuntime:
         tools = [*self.tools.names(), "finish_task"]
         user = {"role": "user", "content": incoming.text}
         messages = [
-            {"role": "system", "content": self._system(session, incoming.conversation, True, tools)},
+            {
+                "role": "system",
+                "content": self._system(session, incoming.conversation, True, tools),
+            },
             user,
         ]
         result = await self._brain(user).task(messages)

@@ -37,12 +37,13 @@ def _hash(text: str) -> str:
 
 def arguments_key(arguments: str | dict[str, Any] | None) -> str:
     """A hash of the arguments as canonical JSON (key order and spacing do not matter)."""
+    value: Any = arguments
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments or "{}")
+            value = json.loads(arguments or "{}")
         except ValueError:
             return _hash(arguments)
-    return _hash(json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str))
+    return _hash(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str))
 
 
 @dataclass(frozen=True)

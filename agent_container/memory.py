@@ -5,9 +5,10 @@ embedding per fact (float32, for exact cosine) with its sign bits (for a fast Ha
 prefilter). The SQLite is apsw's own build, which loads the sqlite-vec extension on any
 CPython (the image carries both).
 
-* Vector search (candidates need a cosine of at least MIN_COSINE): an exact cosine scan while the memory holds at most EXACT_MAX vectors;
-  above that, the PREFILTER nearest by Hamming distance of the sign bits are rescored by
-  exact cosine (recall against the exact scan is measured in bench/memory_search.py).
+* Vector search (a candidate needs a cosine of at least MIN_COSINE): an exact cosine scan
+  while the memory holds at most EXACT_MAX vectors; above that, the PREFILTER nearest by
+  Hamming distance of the sign bits are rescored by exact cosine (its recall against the
+  exact scan is measured in bench/memory_search.py).
 * Near-duplicates are merged, not piled up: a fact whose embedding has a cosine of at
   least MERGE_COSINE with a stored one, or whose normalized text equals one, replaces that
   fact's text (the old text is kept in `fact_history`), refreshes its age and counts a merge.
@@ -50,11 +51,12 @@ KEYWORD_TERMS_MAX = 24
 HIT_FLUSH_S = 30.0
 # Words that match nearly every fact: dropped from the keyword query (they cost a long
 # posting list and add nothing to BM25's order).
-STOPWORDS = frozenset(
-    "a an and are as at be by did do does for from had has have how i in is it its me my "
-    "of on or our so that the their them there these they this to was we were what when "
-    "where which who why will with you your".split()
+_STOPWORDS = (
+    "a an and are as at be by did do does for from had has have how i in is it its me "
+    "my of on or our so that the their them there these they this to was we were what "
+    "when where which who why will with you your"
 )
+STOPWORDS = frozenset(_STOPWORDS.split())
 _WORD = re.compile(r"\w+")
 
 SCHEMA = """
@@ -180,7 +182,8 @@ class Memory:
             conn.execute("PRAGMA synchronous=FULL")
             with conn:
                 conn.execute(SCHEMA)
-            self._vectors = int(conn.execute("SELECT count(*) FROM vectors").fetchone()[0])
+            row = conn.execute("SELECT count(*) FROM vectors").fetchone()
+            self._vectors = int(row[0]) if row else 0
             self._hits_since = self.clock()
         except apsw.Error as exc:
             raise MemoryProblem(
@@ -426,6 +429,4 @@ class Memory:
             self._hits[candidate.fact_id] += 1
         if self._hits and now - self._hits_since > HIT_FLUSH_S:
             self.flush()
-        return [
-            Hit(facts[c.fact_id], s, c.cosine, c.keyword_rank is not None) for c, s in ranked
-        ]
+        return [Hit(facts[c.fact_id], s, c.cosine, c.keyword_rank is not None) for c, s in ranked]

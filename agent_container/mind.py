@@ -173,16 +173,16 @@ class Mind:
             raise MemoryProblem("memory_search needs a query")
         await self.backfill()
         vectors = await self.embed([query])
-        hits = self.memory.search(
-            query, k, vectors[0] if vectors else None, self.embedding_model
-        )
+        hits = self.memory.search(query, k, vectors[0] if vectors else None, self.embedding_model)
         reason = self.keyword_only_reason() if vectors is None else None
         lines = []
         if reason:
             lines.append(f"note: keyword-only search ({reason}); facts are matched by words only")
         if not hits:
             return "\n".join([*lines, f"no stored facts match {query!r}"])
-        lines.append(quote("memory_search", "\n".join(self._line(n, h) for n, h in enumerate(hits, 1))))
+        lines.append(
+            quote("memory_search", "\n".join(self._line(n, h) for n, h in enumerate(hits, 1)))
+        )
         return "\n".join(lines)
 
     @staticmethod

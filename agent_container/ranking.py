@@ -48,7 +48,7 @@ class Candidate:
 
 def salience(hits: int, updated_at: float, now: float) -> float:
     age_days = max(0.0, now - updated_at) / DAY_S
-    recency = RECENCY_FLOOR + (1 - RECENCY_FLOOR) * 0.5 ** (age_days / HALF_LIFE_DAYS)
+    recency = RECENCY_FLOOR + (1 - RECENCY_FLOOR) * math.pow(0.5, age_days / HALF_LIFE_DAYS)
     return (1 + HIT_WEIGHT * math.log1p(max(0, hits))) * recency
 
 

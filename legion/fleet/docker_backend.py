@@ -2,7 +2,8 @@
 
 Every container: a non-root UID, all capabilities dropped, no-new-privileges, a read-only
 root, a noexec tmpfs at /tmp, memory, CPU and pids limits, NO network, the agent's volume
-at /data and its socket folder at /run/legion. The Docker SDK blocks, so each call runs
+at /data, its socket folder at /run/legion and its host-owned bootstrap files (SOUL.md,
+INSTRUCTIONS.md, ...) read-only at /etc/legion/identity. The Docker SDK blocks, so each call runs
 in a worker thread.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from legion.fleet.backend import AgentSpec, BackendUnavailable, ContainerStatus, ExecResult
 
 TMPFS_TMP = "rw,noexec,nosuid,nodev,size=64m"
+IDENTITY_MOUNT = "/etc/legion/identity"
 
 
 def container_name(home_label: str, agent: str) -> str:
@@ -52,6 +54,11 @@ def container_config(spec: AgentSpec, name: str) -> dict[str, Any]:
         "detach": True,
         "stop_signal": "SIGTERM",
     }
+    if spec.identity_dir is not None:
+        # Outside /data and in a read-only root: the agent can neither write, replace nor
+        # shadow what the runtime reads its identity from.
+        config["volumes"][str(spec.identity_dir)] = {"bind": IDENTITY_MOUNT, "mode": "ro"}
+        config["environment"]["LEGION_IDENTITY"] = IDENTITY_MOUNT
     if spec.runtime:
         config["runtime"] = spec.runtime
     return config

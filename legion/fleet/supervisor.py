@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from legion.errors import LegionError, NotFound
 from legion.fleet.backend import AgentSpec, BackendUnavailable, RuntimeBackend
+from legion.fleet.identity import AgentFiles
 from legion.wire.events import AgentStateChanged
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class Fleet:
             cpus=cfg.resources.cpus or runtime.cpus,
             pids=cfg.resources.pids or runtime.pids,
             runtime=runtime.container_runtime or None,
+            identity_dir=AgentFiles.of(paths, agent).ensure(),
             env={"LEGION_AGENT": agent},
         )
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from agent_container.bootstrap import Bootstrap
 from agent_container.client import MeshError, error_from_body, parse_sse_line
 from agent_container.completion import collect
-from agent_container.bootstrap import Bootstrap
 from agent_container.prompt import parse_item
 from legion.wire.agent import BudgetLeft, SelfStatus
 from legion.wire.api import InboxItem
