@@ -16,7 +16,7 @@ CPython (the image carries both).
   later (`pending` / `fill`); until then only the keyword index finds them.
 * One embedding model per memory: a vector of another model or dimension makes every
   stored vector stale; they are dropped and refilled (keyword search meanwhile).
-* Search hits are counted in memory and written with the next save (or `flush`), so a
+* Search hits (results scoring at least HIT_SHARE of the best) are counted in memory and written with the next save (or `flush`), so a
   search never waits for a disk sync; a crash loses at most those counts.
 
 Ranking: `agent_container.ranking`. All calls are short and synchronous (milliseconds).
@@ -49,6 +49,9 @@ CANDIDATES = 50
 SEARCH_K_MAX = 20
 KEYWORD_TERMS_MAX = 24
 HIT_FLUSH_S = 30.0
+# A returned fact counts as used (a hit, for salience) when its score is at least this
+# share of the best one: the tail of a long result list is not what the search was about.
+HIT_SHARE = 0.5
 # Words that match nearly every fact: dropped from the keyword query (they cost a long
 # posting list and add nothing to BM25's order).
 _STOPWORDS = (
@@ -425,8 +428,10 @@ class Memory:
             if fact_id in facts
         ]
         ranked = ranking.rank(candidates, now)[:k]
-        for candidate, _ in ranked:
-            self._hits[candidate.fact_id] += 1
+        best = ranked[0][1] if ranked else 0.0
+        for candidate, value in ranked:
+            if value >= HIT_SHARE * best:  # a hit is a fact the search was about
+                self._hits[candidate.fact_id] += 1
         if self._hits and now - self._hits_since > HIT_FLUSH_S:
             self.flush()
         return [Hit(facts[c.fact_id], s, c.cosine, c.keyword_rank is not None) for c, s in ranked]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 RRF_K = 10.0
 W_VECTOR = 1.0
 W_KEYWORD = 1.0
-HIT_WEIGHT = 0.15
+HIT_WEIGHT = 0.1
 RECENCY_FLOOR = 0.5
 HALF_LIFE_DAYS = 30.0
 DAY_S = 86400.0
