@@ -20,7 +20,12 @@ write-then-compact:
    the summary, quoted as a runtime note;
 4. when the summary cannot be had (the call fails, or says nothing usable), the old
    messages' text is written verbatim to `memory/compacted-<time>.md` in the workspace and
-   the note points there; if even that fails, nothing is dropped.
+   the note points there; if even that fails, nothing is dropped;
+5. when what is kept still does not fit (one huge tool result), kept tool results are
+   cut to KEPT_RESULT_CHARS, oldest first, the call and its result still paired.
+
+A provider's context-overflow error compacts with only the last group kept (the estimate
+was wrong), then the completion is retried once.
 
 So nothing the user said is dropped without first being summarized or saved.
 """
@@ -49,6 +54,8 @@ BYTES_PER_TOKEN = 4.0
 TRANSCRIPT_TOOL_CHARS = 1500
 TRANSCRIPT_ARGS_CHARS = 500
 SUMMARY_MAX_CHARS = 8000
+# A kept tool result too big for the window is cut to this (its call stays paired).
+KEPT_RESULT_CHARS = 2000
 FACTS_MAX = 20
 RUNTIME = "[runtime]"
 
@@ -195,6 +202,7 @@ class Compacted:
     facts: int
     summarized: bool
     saved_to: str | None = None
+    results_cut: int = 0
 
 
 class ContextManager:
@@ -249,18 +257,19 @@ class ContextManager:
         pinned_at = next((i for i, g in enumerate(body) if g[0] is pin), None)
         if pinned_at is None and pin is None and users:
             pinned_at = users[-1]
-        budget = KEEP_TAIL * self.window.input_budget * (0.5 if force else 1.0)
-        start, size = len(body), 0
-        while start > 0:
+        budget = KEEP_TAIL * self.window.input_budget
+        start, size = len(body) - 1, self.tokens.estimate(body[-1])
+        while start > 0 and not force:  # forced (the provider overflowed): the last group only
             cost = self.tokens.estimate(body[start - 1])
-            if start < len(body) and size + cost > budget:
+            if size + cost > budget:
                 break
             size += cost
             start -= 1
         pinned = body[pinned_at] if pinned_at is not None and pinned_at < start else []
         old = [g for i, g in enumerate(body[:start]) if i != pinned_at]
         if not old:
-            return None
+            cut = self.shrink(messages, extra_bytes)
+            return Compacted(0, 0, False, None, cut) if cut else None
         note, facts, saved_to = await self._summarize(old)
         if note is None:
             return None
@@ -271,8 +280,29 @@ class ContextManager:
             *(m for g in body[start:] for m in g),
         ]
         dropped = sum(len(g) for g in old)
-        log.info("compacted %d messages (%d facts saved)", dropped, facts)
-        return Compacted(dropped, facts, saved_to is None, saved_to)
+        cut = self.shrink(messages, extra_bytes) if self.over(messages, extra_bytes) else 0
+        log.info("compacted %d messages (%d facts saved, %d results cut)", dropped, facts, cut)
+        return Compacted(dropped, facts, saved_to is None, saved_to, cut)
+
+    def shrink(self, messages: list[dict[str, Any]], extra_bytes: int = 0) -> int:
+        """Cut kept tool results (oldest first) to KEPT_RESULT_CHARS until the estimate is
+        under the threshold; the call and its result stay paired. Returns how many."""
+        cut = 0
+        for message in messages:
+            if not self.over(messages, extra_bytes):
+                break
+            content = message.get("content")
+            big = isinstance(content, str) and len(content) > KEPT_RESULT_CHARS
+            if message.get("role") == "tool" and big:
+                assert isinstance(content, str)
+                message["content"] = (
+                    content[:KEPT_RESULT_CHARS]
+                    + f"\n[... {len(content) - KEPT_RESULT_CHARS} characters of this "
+                    "result were cut to fit the context window; run the tool again "
+                    "for a narrower part]"
+                )
+                cut += 1
+        return cut
 
     async def _summarize(
         self, old: list[list[dict[str, Any]]]

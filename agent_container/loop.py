@@ -77,13 +77,15 @@ class AgentRuntime:
         *,
         data_dir: str | None = None,
         identity_dir: str = DEFAULT_IDENTITY,
+        window: Window | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         poll_wait_s: float = POLL_WAIT_S,
         max_backoff_s: float = BACKOFF_MAX_S,
     ) -> None:
         """`data_dir` holds memory.db (default: a `<workspace>.data` folder beside the
         workspace; the container passes /data); `identity_dir` is the read-only folder
-        of the bootstrap files the host publishes."""
+        of the bootstrap files the host publishes; `window` pins the context window
+        instead of asking the host's `GET /v1/models`."""
         self.mesh = MeshClient(socket_path)
         self.workspace = Workspace(workspace)
         self.identity_dir = Path(identity_dir)
@@ -95,7 +97,8 @@ class AgentRuntime:
         for tool in self.mind.tools():
             self.tools.add(tool)
         self.me: SelfStatus | None = None
-        self.window = Window()
+        self.window = window or Window()
+        self._pinned_window = window is not None
         self._window_of: str | None = None
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.heartbeat_s = heartbeat_s
@@ -178,7 +181,7 @@ class AgentRuntime:
             log.info("started as %s (mode %s, model %s)", me.agent, me.mode, me.model)
         self.me = me
         self.mind.configure(me)
-        if self._window_of != (me.model or ""):
+        if self._window_of != (me.model or "") and not self._pinned_window:
             await self._refresh_window(me.model)
 
     async def _refresh_window(self, model: str | None) -> None:

@@ -16,8 +16,9 @@ CPython (the image carries both).
   later (`pending` / `fill`); until then only the keyword index finds them.
 * One embedding model per memory: a vector of another model or dimension makes every
   stored vector stale; they are dropped and refilled (keyword search meanwhile).
-* Search hits (results scoring at least HIT_SHARE of the best) are counted in memory and written with the next save (or `flush`), so a
-  search never waits for a disk sync; a crash loses at most those counts.
+* Search hits (results scoring at least HIT_SHARE of the best) are counted in memory and
+  written with the next save (or `flush`), so a search never waits for a disk sync; a
+  crash loses at most those counts.
 
 Ranking: `agent_container.ranking`. All calls are short and synchronous (milliseconds).
 """

@@ -66,6 +66,7 @@ class Mind:
         self.embedding_model: str | None = None
         self._embed_failed_at: float | None = None
         self._embed_error = ""
+        self.missed = ""  # why the last `embed` gave no vectors
 
     def configure(self, me: SelfStatus) -> None:
         if me.embedding_model != self.embedding_model:
@@ -87,14 +88,17 @@ class Mind:
         return None
 
     async def embed(self, texts: list[str]) -> list[list[float]] | None:
-        """Vectors of `texts`, or None (keyword-only; `keyword_only_reason` says why)."""
-        if self.keyword_only_reason() is not None or not texts:
+        """Vectors of `texts`, or None (keyword-only; `missed` says why)."""
+        reason = self.keyword_only_reason()
+        if reason is not None or not texts:
+            self.missed = reason or "nothing to embed"
             return None
         try:
             return await self.mesh.embed(texts, self.embedding_model)
         except (MeshError, MeshTimeout) as exc:
             self._embed_failed_at = self.clock()
             self._embed_error = str(exc)[:200]
+            self.missed = f"embeddings failed ({self._embed_error})"
             log.warning("embedding failed; memory is keyword-only for now: %s", exc)
             return None
 
@@ -148,10 +152,7 @@ class Mind:
         else:
             head = f"saved as fact #{saved.id}"
         if vector is None:
-            head += (
-                f"; keyword-only for now ({self.keyword_only_reason() or 'no vector'}): its "
-                "vector is added later"
-            )
+            head += f"; keyword-only for now ({self.missed}): its vector is added later"
         return head + (f"; {note}" if note else "")
 
     async def save_facts(self, facts: list[str]) -> None:
@@ -174,10 +175,11 @@ class Mind:
         await self.backfill()
         vectors = await self.embed([query])
         hits = self.memory.search(query, k, vectors[0] if vectors else None, self.embedding_model)
-        reason = self.keyword_only_reason() if vectors is None else None
         lines = []
-        if reason:
-            lines.append(f"note: keyword-only search ({reason}); facts are matched by words only")
+        if vectors is None:
+            lines.append(
+                f"note: keyword-only search ({self.missed}); facts are matched by words only"
+            )
         if not hits:
             return "\n".join([*lines, f"no stored facts match {query!r}"])
         lines.append(

@@ -88,9 +88,7 @@ def quality(orders: list[list[str]]) -> tuple[float, int]:
 def test_the_hybrid_rank_beats_a_fixed_blend_on_a_labelled_set(mem: Memory, clock: Clock) -> None:
     """issue 11: reciprocal rank fusion x salience against 0.7 x cosine + 0.3 x BM25."""
     keys = labelled(mem, clock)
-    ours = [
-        [keys[h.fact.id] for h in mem.search(q, 10, vec(q), MODEL)] for q, _ in QUERIES
-    ]
+    ours = [[keys[h.fact.id] for h in mem.search(q, 10, vec(q), MODEL)] for q, _ in QUERIES]
     blend = [[keys[i] for i in fixed_blend(mem, q)] for q, _ in QUERIES]
     ours_mrr, ours_first = quality(ours)
     blend_mrr, blend_first = quality(blend)
@@ -99,7 +97,9 @@ def test_the_hybrid_rank_beats_a_fixed_blend_on_a_labelled_set(mem: Memory, cloc
     assert ours_mrr > blend_mrr and ours_first > blend_first
     assert ours_first == len(QUERIES)  # every answer first, superseded facts included
     # the blend's misses are the superseded facts: it has no notion of which is newer
-    missed = [wanted for order, (_, wanted) in zip(blend, QUERIES, strict=True) if order[0] != wanted]
+    missed = [
+        wanted for order, (_, wanted) in zip(blend, QUERIES, strict=True) if order[0] != wanted
+    ]
     assert missed and all(key.endswith("_new") for key in missed)
 
 
@@ -151,13 +151,15 @@ def test_near_duplicates_merge_at_the_threshold_and_keep_the_old_text(
 def test_facts_saved_without_a_vector_are_found_by_keyword_and_filled_in_later(
     mem: Memory,
 ) -> None:
-    mem.save("Miso is the name of the user's cat", None, vec("Miso is the name of the user's cat"), MODEL)
+    mem.save(
+        "Miso is the name of the user's cat", None, vec("Miso is the name of the user's cat"), MODEL
+    )
     mem.save("The user's dog is called Pretzel", "pet", None, None)  # the embedding failed
     assert [t for _, t in mem.pending()] == ["The user's dog is called Pretzel"]
     hits = mem.search("Pretzel", 5, vec("Pretzel"), MODEL)
     assert hits[0].fact.text == "The user's dog is called Pretzel"
     assert hits[0].cosine is None and hits[0].keyword
-    (fact_id, text), = mem.pending()
+    ((fact_id, text),) = mem.pending()
     assert mem.fill([(fact_id, vec(text))], MODEL) == 1 and mem.pending() == []
     found = mem.search("dog called Pretzl", 5, vec("dog called Pretzl"), MODEL)  # a typo
     assert found[0].fact.id == fact_id and found[0].cosine is not None
@@ -204,9 +206,10 @@ def test_search_hits_count_toward_salience_and_are_written_with_the_next_save(
 def test_the_prefilter_path_finds_what_the_exact_scan_finds(
     mem: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    texts = [f"note {n}: the {w} report for week {n % 52}" for n, w in enumerate(
-        ["sales", "ops", "security", "hiring", "budget", "latency"] * 40
-    )]
+    texts = [
+        f"note {n}: the {w} report for week {n % 52}"
+        for n, w in enumerate(["sales", "ops", "security", "hiring", "budget", "latency"] * 40)
+    ]
     for t in texts:
         mem.save(t, None, vec(t), MODEL)
     query = vec("the security report for week 14")
