@@ -54,11 +54,16 @@ def read_capped(folder: Path, name: str, cap: int) -> str:
         fd = os.open(folder / name, os.O_RDONLY | NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return ""
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             return ""
-        data = handle.read(cap + 1)
+        data = b""
+        while len(data) <= cap and (chunk := os.read(fd, cap + 1 - len(data))):
+            data += chunk
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
     text = data[:cap].decode("utf-8", errors="ignore").replace("\x00", "")
     if len(data) > cap:
         text += f"\n[... cut at its cap of {cap} bytes]"
@@ -92,6 +97,18 @@ class Bootstrap:
     cap: int = BOOTSTRAP_CAP
 
     def render(self) -> str:
+        """The prompt, at most `cap` bytes (when even the uncuttable parts fit in it)."""
+        slack = 1400  # headings, data tags and cut marks around the files
+        prompt = self._render(slack)
+        for _ in range(3):
+            over = len(prompt.encode()) - self.cap
+            if over <= 0:
+                break
+            slack += over
+            prompt = self._render(slack)
+        return prompt
+
+    def _render(self, slack: int) -> str:
         fixed_head = self._head()
         cuttable = {
             "SOUL.md": self.files.get("SOUL.md", ""),
@@ -103,7 +120,7 @@ class Bootstrap:
         }
         context = self._context()
         fixed = len(fixed_head.encode()) + len(context.encode()) + len(MEMORY_GUIDE.encode())
-        budget = self.cap - fixed - 600  # headings and data tags
+        budget = self.cap - fixed - slack
         kept = dict(cuttable)
         over = sum(len(v.encode()) for v in kept.values()) - budget
         for key in CUT_ORDER:

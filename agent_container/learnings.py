@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -54,10 +55,15 @@ def _read_tail(path: Path, limit: int) -> str:
         fd = os.open(path, os.O_RDONLY | NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return ""
-    with os.fdopen(fd, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        handle.seek(max(0, size - limit))
-        return handle.read(limit).decode("utf-8", errors="replace")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return ""
+        return os.pread(fd, limit, max(0, info.st_size - limit)).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 class Learnings:
@@ -76,9 +82,13 @@ class Learnings:
             with contextlib.suppress(FileNotFoundError):
                 if path.lstat().st_size + len(data) > FILE_CAP:
                     self._rotate(name)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | NOFOLLOW, 0o644)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | NOFOLLOW | os.O_NONBLOCK
+            fd = os.open(path, flags, 0o644)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.write(fd, data)
+            finally:
+                os.close(fd)
         except OSError:
             pass  # a learning is worth less than the turn it came from
 

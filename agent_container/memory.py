@@ -1,14 +1,16 @@
 """The agent's long-term memory: `memory.db` in its volume (SQLite + sqlite-vec + FTS5).
 
 One row per fact, a BM25 full-text index of the facts (FTS5, porter stemming) and one
-embedding per fact (float32, for exact cosine) with its sign bits (for a fast Hamming
-prefilter). The SQLite is apsw's own build, which loads the sqlite-vec extension on any
-CPython (the image carries both).
+embedding per fact: float32 for exact cosine, and its sign bits in a sqlite-vec `vec0`
+table for a fast Hamming prefilter. The SQLite is apsw's own build, which loads the
+sqlite-vec extension on any CPython (the image carries both).
 
 * Vector search (a candidate needs a cosine of at least MIN_COSINE): an exact cosine scan
-  while the memory holds at most EXACT_MAX vectors; above that, the PREFILTER nearest by
-  Hamming distance of the sign bits are rescored by exact cosine (its recall against the
-  exact scan is measured in bench/memory_search.py).
+  while the memory holds at most EXACT_MAX vectors; above that, the nearest by Hamming
+  distance of the sign bits (vec0's KNN) are rescored by exact cosine. vec0's KNN costs
+  about vectors x k, so k is PREFILTER_BUDGET / vectors, within [PREFILTER_MIN,
+  PREFILTER_MAX]: a constant time whatever the size (recall against the exact scan is
+  measured in bench/memory_search.py).
 * Near-duplicates are merged, not piled up: a fact whose embedding has a cosine of at
   least MERGE_COSINE with a stored one, or whose normalized text equals one, replaces that
   fact's text (the old text is kept in `fact_history`), refreshes its age and counts a merge.
@@ -45,7 +47,9 @@ MERGE_COSINE = 0.95
 # vectors of a query about nothing stored would still come back as "matches".
 MIN_COSINE = 0.1
 EXACT_MAX = 4096
-PREFILTER = 256
+PREFILTER_BUDGET = 6_400_000
+PREFILTER_MIN = 64
+PREFILTER_MAX = 256
 CANDIDATES = 50
 SEARCH_K_MAX = 20
 KEYWORD_TERMS_MAX = 24
@@ -92,7 +96,6 @@ CREATE TRIGGER IF NOT EXISTS facts_au AFTER UPDATE OF text ON facts BEGIN
     INSERT INTO facts_fts(rowid, text) VALUES (new.id, new.text);
 END;
 CREATE TABLE IF NOT EXISTS vectors (id INTEGER PRIMARY KEY, vec BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS vector_bits (id INTEGER PRIMARY KEY, bits BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS fact_history (
     id INTEGER PRIMARY KEY,
     fact_id INTEGER NOT NULL,
@@ -160,6 +163,7 @@ class Memory:
         self.clock = clock
         self._conn: Any = None
         self._vectors = 0
+        self._bits: bool | None = None  # whether the vec0 table of sign bits exists
         self._hits: Counter[int] = Counter()
         self._hits_since = 0.0
 
@@ -241,10 +245,21 @@ class Memory:
         if self.vector_model() == (model, dim):
             return
         conn.execute("DELETE FROM vectors")
-        conn.execute("DELETE FROM vector_bits")
+        conn.execute("DROP TABLE IF EXISTS vector_bits")
+        if dim % 8 == 0:  # a bit vector is whole bytes; otherwise exact scans only
+            conn.execute(f"CREATE VIRTUAL TABLE vector_bits USING vec0(bits bit[{int(dim)}])")
+        self._bits = None
         conn.execute("UPDATE facts SET needs_vector = 1")
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?), ('dim', ?)", (model, dim))
         self._vectors = 0
+
+    def _has_bits(self) -> bool:
+        if self._bits is None:
+            row = self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'vector_bits'"
+            ).fetchone()
+            self._bits = row is not None
+        return self._bits
 
     def _matches(self, model: str, dim: int) -> bool:
         return self.vector_model() == (model, dim)
@@ -253,10 +268,12 @@ class Memory:
         blob = pack(vector)
         existed = conn.execute("SELECT 1 FROM vectors WHERE id = ?", (fact_id,)).fetchone()
         conn.execute("INSERT OR REPLACE INTO vectors VALUES (?, ?)", (fact_id, blob))
-        conn.execute(
-            "INSERT OR REPLACE INTO vector_bits VALUES (?, vec_quantize_binary(?))",
-            (fact_id, blob),
-        )
+        if self._has_bits():
+            conn.execute("DELETE FROM vector_bits WHERE rowid = ?", (fact_id,))
+            conn.execute(
+                "INSERT INTO vector_bits(rowid, bits) VALUES (?, vec_quantize_binary(?))",
+                (fact_id, blob),
+            )
         conn.execute("UPDATE facts SET needs_vector = 0 WHERE id = ?", (fact_id,))
         if existed is None:
             self._vectors += 1
@@ -349,19 +366,19 @@ class Memory:
         if self._vectors == 0:
             return []
         blob = pack(vector)
-        if self._vectors <= EXACT_MAX:
+        if self._vectors <= EXACT_MAX or not self._has_bits():
             rows = self.conn.execute(
                 "SELECT id, vec_distance_cosine(vec, ?1) AS d FROM vectors ORDER BY d LIMIT ?2",
                 (blob, n),
             ).fetchall()
         else:
-            bits = self.conn.execute("SELECT vec_quantize_binary(?)", (blob,)).fetchone()[0]
+            k = max(PREFILTER_MIN, min(PREFILTER_MAX, PREFILTER_BUDGET // self._vectors), n)
             ids = [
                 r[0]
                 for r in self.conn.execute(
-                    "SELECT id FROM vector_bits "
-                    "ORDER BY vec_distance_hamming(vec_bit(bits), vec_bit(?1)) LIMIT ?2",
-                    (bits, max(PREFILTER, n)),
+                    "SELECT rowid FROM vector_bits WHERE bits MATCH vec_quantize_binary(?) "
+                    "AND k = ?",
+                    (blob, k),
                 )
             ]
             rows = self.conn.execute(

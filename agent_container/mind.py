@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from agent_container.client import MeshClient, MeshError, MeshTimeout
 from agent_container.learnings import Learnings
 from agent_container.memory import SEARCH_K_MAX, Hit, Memory, MemoryProblem
 from agent_container.registry import Tool, number, obj, text
-from agent_container.workspace import NOFOLLOW, Workspace
+from agent_container.workspace import NOFOLLOW, Workspace, WorkspaceError
 
 if TYPE_CHECKING:
     from legion.wire.agent import SelfStatus
@@ -120,18 +121,25 @@ class Mind:
     def daily_log(self, line: str) -> str | None:
         """Append to memory/YYYY-MM-DD.md; returns a note when the day's cap refuses it."""
         name = f"memory/{_day(self.clock())}.md"
-        path = self.workspace.resolve(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = (line.rstrip("\n") + "\n").encode()
         try:
-            size = path.lstat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size + len(data) > DAILY_LOG_CAP:
-            return f"not added to {name}: a daily log is capped at {DAILY_LOG_CAP // 1024} KiB"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            path = self.workspace.resolve(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | NOFOLLOW | os.O_NONBLOCK
+            fd = os.open(path, flags, 0o644)
+        except (OSError, WorkspaceError) as exc:
+            return f"not added to {name}: {exc}"
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return f"not added to {name}: it is not a regular file"
+            if info.st_size + len(data) > DAILY_LOG_CAP:
+                return f"not added to {name}: a daily log is capped at {DAILY_LOG_CAP // 1024} KiB"
+            os.write(fd, data)
+        except OSError as exc:
+            return f"not added to {name}: {exc.strerror}"
+        finally:
+            os.close(fd)
         return None
 
     async def save(self, fact: str, category: str | None = None) -> str:

@@ -16,6 +16,8 @@ from bench import (
     budget_ops,
     fleet_load,
     llm_overhead,
+    memory_bootstrap,
+    memory_search,
     pubsub_fanout,
     socket_rtt,
 )
@@ -29,6 +31,8 @@ BENCHMARKS = {
     "fleet_load": fleet_load.run,
     "budget_ops": budget_ops.run,
     "agent_container": agent_container.run,
+    "memory_search": memory_search.run,
+    "memory_bootstrap": memory_bootstrap.run,
 }
 
 

@@ -122,10 +122,15 @@ def _read_regular(path: Path) -> bytes | None:
         raise LegionError(
             f"{path} cannot be read ({exc.strerror}); is it a link?", code="bad_path"
         ) from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise LegionError(f"{path} is not a regular file; move it aside", code="bad_path")
-        return handle.read()
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
