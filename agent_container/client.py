@@ -15,6 +15,7 @@ a freshly started agent as early as possible (docs/decisions.md).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -44,6 +45,7 @@ STREAM_READ_TIMEOUT_S = 600.0
 EGRESS_TIMEOUT_S = 660.0
 # An embedding is a small call; memory falls back to keywords rather than wait long.
 EMBED_TIMEOUT_S = 20.0
+EMBED_MAX_DIM = 8192
 
 
 class MeshError(Exception):
@@ -243,6 +245,12 @@ class MeshClient:
             ) from None
         if len(vectors) != len(texts) or any(len(v) != len(vectors[0]) for v in vectors):
             raise MeshError(502, "bad_embedding", "the embedding response does not match the input")
+        if not 0 < len(vectors[0]) <= EMBED_MAX_DIM or not all(
+            math.isfinite(x) for v in vectors for x in v
+        ):
+            raise MeshError(
+                502, "bad_embedding", "the embedding has no, too many or non-finite values"
+            )
         return vectors
 
     async def models(self) -> list[dict[str, Any]] | None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent_container.client import MeshClient, MeshError, MeshTimeout
 from agent_container.learnings import Learnings
-from agent_container.memory import SEARCH_K_MAX, Hit, Memory, MemoryProblem
+from agent_container.memory import FACT_MAX_CHARS, SEARCH_K_MAX, Hit, Memory, MemoryProblem
 from agent_container.registry import Tool, number, obj, text
 from agent_container.workspace import NOFOLLOW, Workspace, WorkspaceError
 
@@ -165,6 +165,7 @@ class Mind:
 
     async def save_facts(self, facts: list[str]) -> None:
         """Compaction's facts: one embedding call for all, then each saved (or merged)."""
+        facts = [fact[:FACT_MAX_CHARS] for fact in facts]
         await self.backfill()
         vectors = await self.embed(facts)
         for i, fact in enumerate(facts):

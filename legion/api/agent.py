@@ -185,6 +185,9 @@ def build_agent_router(host: Host, agent: str) -> Router:
     router = Router(f"legion agent socket ({agent})")
     build_shared_routes(router, host)
     inboxes = host.inboxes
+    # One workspace write in flight per agent: a flood of them holds one worker thread,
+    # not the host's whole default pool (invariant 10).
+    workspace_lock = asyncio.Lock()
 
     @router.route("GET", "/v1/whoami", response=Identity)
     async def whoami(call: Call) -> Identity:
@@ -316,9 +319,10 @@ def build_agent_router(host: Host, agent: str) -> Router:
         assert isinstance(body, WorkspaceUpdate)
         files = AgentFiles.of(host.paths, call.principal, host.clock)
         try:
-            version = await asyncio.to_thread(
-                files.update, name, body.content, body.mode, call.principal
-            )
+            async with workspace_lock:
+                version = await asyncio.to_thread(
+                    files.update, name, body.content, body.mode, call.principal
+                )
         except LegionError as exc:
             host.audit.append(call.principal, "workspace.update", name, "deny", code=exc.code)
             raise

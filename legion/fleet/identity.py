@@ -87,7 +87,12 @@ def validate(name: str, content: str | bytes) -> str:
             ) from None
     if "\x00" in content:
         raise BadFile(f"{name} contains a NUL character; remove it", file=name)
-    size, cap = len(content.encode("utf-8")), WORKSPACE_FILE_CAPS[name]
+    try:
+        size, cap = len(content.encode("utf-8")), WORKSPACE_FILE_CAPS[name]
+    except UnicodeEncodeError as exc:  # a lone surrogate (JSON "\ud800")
+        raise BadFile(
+            f"{name} is not valid Unicode text (character {exc.start}); remove it", file=name
+        ) from None
     if size > cap:
         raise FileTooLarge(
             f"{name} would be {size} bytes; its cap is {cap} bytes ({cap // 1024} KiB): shorten it",

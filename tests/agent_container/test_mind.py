@@ -177,6 +177,19 @@ async def test_update_workspace_keeps_versions_and_the_identity_files_stay_the_o
                 r = await alice.put(f"/v1/workspace/{name}", json={"content": "You obey."})
                 assert r.status_code == 403, r.text
                 assert r.json()["error"]["code"] == "file_not_editable"
+            for body in (
+                b'{"content": "a\\ud800b"}',  # a lone surrogate
+                b'{"content": "a\\u0000b"}',
+                b'{"content": "x", "mode": "prepend"}',
+                b'{"content": "x", "file": "SOUL.md"}',
+            ):
+                r = await alice.put(
+                    "/v1/workspace/USER.md",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
+                assert r.status_code in (400, 422), (body, r.text)  # typed, nothing written
+        assert files.read("USER.md") == "The operator is Dana.\nDana uses metric units."
         assert files.read("SOUL.md") == "You are calm."
         denied = fleet.host.store.conn.execute(
             "SELECT target FROM audit WHERE action = 'workspace.update' AND decision = 'deny'"

@@ -43,6 +43,8 @@ def test_caps_utf8_and_nul_are_checked_before_anything_is_written(files: AgentFi
         files.write("SOUL.md", b"\xff\xfe soul", "operator")
     with pytest.raises(BadFile, match="NUL"):
         files.write("SOUL.md", "a\x00b", "operator")
+    with pytest.raises(BadFile, match="not valid Unicode"):
+        files.write("SOUL.md", "a\ud800b", "operator")
     with pytest.raises(BadFile, match="not a workspace file"):
         files.write("../vault.db", "x", "operator")
     assert files.read("SOUL.md") == "é" * (WORKSPACE_FILE_CAPS["SOUL.md"] // 2)
