@@ -220,12 +220,13 @@ class ContextManager:
         save_text: SaveText,
         window: Window | None = None,
         clock: Callable[[], float] = time.time,
+        tokens: Tokens | None = None,
     ) -> None:
         self.complete = complete
         self.save_facts = save_facts
         self.save_text = save_text
         self.window = window or Window()
-        self.tokens = Tokens()
+        self.tokens = tokens or Tokens()
         self.clock = clock
 
     def over(self, messages: list[dict[str, Any]], extra_bytes: int = 0) -> bool:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from agent_container.bootstrap import DEFAULT_IDENTITY, Bootstrap, load_files, signature
 from agent_container.client import HostUnavailable, MeshClient, MeshError, MeshTimeout
 from agent_container.completion import collect
-from agent_container.context import ContextManager, Window, window_for
+from agent_container.context import ContextManager, Tokens, Window, window_for
 from agent_container.learnings import is_correction
 from agent_container.mind import Mind
 from agent_container.prompt import Incoming, parse_item
@@ -98,6 +98,7 @@ class AgentRuntime:
             self.tools.add(tool)
         self.me: SelfStatus | None = None
         self.window = window or Window()
+        self.tokens = Tokens()  # its calibration carries over from turn to turn
         self._pinned_window = window is not None
         self._window_of: str | None = None
         self.sessions: OrderedDict[str, Session] = OrderedDict()
@@ -309,7 +310,9 @@ class AgentRuntime:
             self.workspace.write(name, text)
             return name
 
-        context = ContextManager(complete, self.mind.save_facts, save_text, self.window)
+        context = ContextManager(
+            complete, self.mind.save_facts, save_text, self.window, tokens=self.tokens
+        )
         return Brain(self.mesh, self.me, self.tools, context, self.mind.learnings, pin)
 
     async def _chat(self, incoming: Incoming) -> str:

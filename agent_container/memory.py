@@ -297,6 +297,8 @@ class Memory:
                 "save the essential part, or several facts"
             )
         category = (category or "note").strip()[:CATEGORY_MAX_CHARS] or "note"
+        if model is None:
+            vector = None  # a vector of no known model cannot be compared with any
         norm = normalize(text)
         now = self.clock()
         with self._write() as conn:
