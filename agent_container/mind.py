@@ -178,7 +178,7 @@ class Mind:
             )
 
     async def search(self, query: str, k: int = 5) -> str:
-        query = query.strip()
+        query = query.strip()[:FACT_MAX_CHARS]  # a query is no longer than a fact
         if not query:
             raise MemoryProblem("memory_search needs a query")
         await self.backfill()
