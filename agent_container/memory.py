@@ -8,8 +8,9 @@ sqlite-vec extension on any CPython (the image carries both).
 * Vector search (a candidate needs a cosine of at least MIN_COSINE): an exact cosine scan
   while the memory holds at most EXACT_MAX vectors; above that, the nearest by Hamming
   distance of the sign bits (vec0's KNN) are rescored by exact cosine. vec0's KNN costs
-  about vectors x k, so k is PREFILTER_BUDGET / vectors, within [PREFILTER_MIN,
-  PREFILTER_MAX]: a constant time whatever the size (recall against the exact scan is
+  about vectors x k, so the bits are spread over PARTITIONS partitions (fact id modulo)
+  and each gives its PREFILTER_PER_PART nearest: PARTITIONS x PREFILTER_PER_PART
+  candidates for the price of one KNN with a small k (recall against the exact scan is
   measured in bench/memory_search.py).
 * Near-duplicates are merged, not piled up: a fact whose embedding has a cosine of at
   least MERGE_COSINE with a stored one, or whose normalized text equals one, replaces that
@@ -47,13 +48,17 @@ MERGE_COSINE = 0.95
 # vectors of a query about nothing stored would still come back as "matches".
 MIN_COSINE = 0.1
 EXACT_MAX = 4096
-PREFILTER_BUDGET = 6_400_000
-PREFILTER_MIN = 64
-PREFILTER_MAX = 256
+PARTITIONS = 8
+PREFILTER_PER_PART = 12
 CANDIDATES = 50
 SEARCH_K_MAX = 20
 KEYWORD_TERMS_MAX = 24
+# Keyword terms in more than this share of the facts are dropped (see Memory._common).
+COMMON_SHARE = 0.1
+COMMON_MIN = 1000
 HIT_FLUSH_S = 30.0
+CACHE_KIB = 16 * 1024
+MMAP_BYTES = 256 * 1024 * 1024
 # A returned fact counts as used (a hit, for salience) when its score is at least this
 # share of the best one: the tail of a long result list is not what the search was about.
 HIT_SHARE = 0.5
@@ -95,6 +100,7 @@ CREATE TRIGGER IF NOT EXISTS facts_au AFTER UPDATE OF text ON facts BEGIN
     INSERT INTO facts_fts(facts_fts, rowid, text) VALUES ('delete', old.id, old.text);
     INSERT INTO facts_fts(rowid, text) VALUES (new.id, new.text);
 END;
+CREATE VIRTUAL TABLE IF NOT EXISTS facts_terms USING fts5vocab(facts_fts, 'row');
 CREATE TABLE IF NOT EXISTS vectors (id INTEGER PRIMARY KEY, vec BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS fact_history (
     id INTEGER PRIMARY KEY,
@@ -140,14 +146,20 @@ def normalize(text: str) -> str:
     return " ".join(text.casefold().split()).rstrip(" .!;")
 
 
-def keyword_query(text: str) -> str | None:
-    """An FTS5 query OR-ing the query's words (each quoted: no FTS syntax gets through)."""
+def query_terms(text: str) -> list[str]:
+    """The query's words, lower-cased, without stopwords or repeats (at most 24)."""
     terms: list[str] = []
     for word in _WORD.findall(text.lower()):
         if word not in STOPWORDS and word not in terms:
             terms.append(word)
         if len(terms) >= KEYWORD_TERMS_MAX:
             break
+    return terms
+
+
+def keyword_query(text: str, drop: frozenset[str] = frozenset()) -> str | None:
+    """An FTS5 query OR-ing the query's words (each quoted: no FTS syntax gets through)."""
+    terms = [t for t in query_terms(text) if t not in drop]
     return " OR ".join(f'"{t}"' for t in terms) if terms else None
 
 
@@ -188,6 +200,10 @@ class Memory:
             conn.enable_load_extension(False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            # The sign bits and the hot index pages stay in SQLite's own cache; the rest is
+            # read through a memory map (no read() per page; the kernel may drop it).
+            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
             with conn:
                 conn.execute(SCHEMA)
             row = conn.execute("SELECT count(*) FROM vectors").fetchone()
@@ -247,7 +263,10 @@ class Memory:
         conn.execute("DELETE FROM vectors")
         conn.execute("DROP TABLE IF EXISTS vector_bits")
         if dim % 8 == 0:  # a bit vector is whole bytes; otherwise exact scans only
-            conn.execute(f"CREATE VIRTUAL TABLE vector_bits USING vec0(bits bit[{int(dim)}])")
+            conn.execute(
+                "CREATE VIRTUAL TABLE vector_bits USING vec0("
+                f"part INTEGER PARTITION KEY, bits bit[{int(dim)}])"
+            )
         self._bits = None
         conn.execute("UPDATE facts SET needs_vector = 1")
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?), ('dim', ?)", (model, dim))
@@ -271,8 +290,8 @@ class Memory:
         if self._has_bits():
             conn.execute("DELETE FROM vector_bits WHERE rowid = ?", (fact_id,))
             conn.execute(
-                "INSERT INTO vector_bits(rowid, bits) VALUES (?, vec_quantize_binary(?))",
-                (fact_id, blob),
+                "INSERT INTO vector_bits(rowid, part, bits) VALUES (?, ?, vec_quantize_binary(?))",
+                (fact_id, fact_id % PARTITIONS, blob),
             )
         conn.execute("UPDATE facts SET needs_vector = 0 WHERE id = ?", (fact_id,))
         if existed is None:
@@ -374,13 +393,15 @@ class Memory:
                 (blob, n),
             ).fetchall()
         else:
-            k = max(PREFILTER_MIN, min(PREFILTER_MAX, PREFILTER_BUDGET // self._vectors), n)
+            bits = self.conn.execute("SELECT vec_quantize_binary(?)", (blob,)).fetchone()[0]
+            k = max(PREFILTER_PER_PART, -(-n // PARTITIONS))
             ids = [
                 r[0]
+                for part in range(PARTITIONS)
                 for r in self.conn.execute(
-                    "SELECT rowid FROM vector_bits WHERE bits MATCH vec_quantize_binary(?) "
-                    "AND k = ?",
-                    (blob, k),
+                    "SELECT rowid FROM vector_bits WHERE bits MATCH vec_bit(?) AND k = ? "
+                    "AND part = ?",
+                    (bits, k, part),
                 )
             ]
             rows = self.conn.execute(
@@ -391,8 +412,29 @@ class Memory:
         found = [(int(i), 1.0 - float(d)) for i, d in rows if d is not None]
         return [(i, c) for i, c in found if c >= MIN_COSINE]
 
+    def _common(self, terms: list[str]) -> frozenset[str]:
+        """Terms found in more than COMMON_SHARE of the facts (once there are COMMON_MIN):
+        they cost a long posting list and weigh almost nothing in BM25. The rarest term
+        of the query is always kept."""
+        facts = self._facts_count()
+        if facts < COMMON_MIN or not terms:
+            return frozenset()
+        marks = ",".join("?" * len(terms))
+        rows = self.conn.execute(
+            f"SELECT term, doc FROM facts_terms WHERE term IN ({marks})", terms
+        ).fetchall()
+        docs = {str(t): int(d) for t, d in rows}
+        common = {t for t, d in docs.items() if d > COMMON_SHARE * facts}
+        if common and common >= set(terms):
+            common.discard(min(terms, key=lambda t: docs.get(t, 0)))
+        return frozenset(common)
+
+    def _facts_count(self) -> int:
+        row = self.conn.execute("SELECT max(id) FROM facts").fetchone()
+        return int(row[0] or 0) if row else 0
+
     def _keyword(self, query: str, n: int) -> list[int]:
-        match = keyword_query(query)
+        match = keyword_query(query, self._common(query_terms(query)))
         if match is None:
             return []
         rows = self.conn.execute(
