@@ -4,6 +4,9 @@ Environment:
 
 * `LEGION_SOCKET`: the host socket (default /run/legion/mesh.sock);
 * `LEGION_WORKSPACE`: the workspace folder (default /data/workspace);
+* `LEGION_DATA`: where memory.db lives (default /data);
+* `LEGION_IDENTITY`: the read-only folder of the bootstrap files (default
+  /etc/legion/identity, where the host mounts them);
 * `LEGION_LOG_LEVEL`: debug, info (default), warning or error.
 
 Logs go to stderr as JSON lines (the host collects container logs). SIGTERM stops the
@@ -27,6 +30,8 @@ log = logging.getLogger("agent")
 
 DEFAULT_SOCKET = "/run/legion/mesh.sock"
 DEFAULT_WORKSPACE = "/data/workspace"
+DEFAULT_DATA = "/data"
+DEFAULT_IDENTITY = "/etc/legion/identity"
 # SIGTERM: an idle agent stops at once; a busy one gets this long to finish the item in
 # hand (answered and acked: no redelivery), then is cancelled (the item comes back).
 # `docker stop` waits 5 s before SIGKILL (legion/fleet/docker_backend.py).
@@ -60,6 +65,8 @@ async def main(env: dict[str, str]) -> None:
     runtime = AgentRuntime(
         socket_path=env.get("LEGION_SOCKET") or DEFAULT_SOCKET,
         workspace=env.get("LEGION_WORKSPACE") or DEFAULT_WORKSPACE,
+        data_dir=env.get("LEGION_DATA") or DEFAULT_DATA,
+        identity_dir=env.get("LEGION_IDENTITY") or DEFAULT_IDENTITY,
     )
     task = asyncio.current_task()
     assert task is not None

@@ -15,6 +15,7 @@ a freshly started agent as early as possible (docs/decisions.md).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -22,7 +23,7 @@ from urllib.parse import quote
 import httpx
 
 if TYPE_CHECKING:
-    from legion.wire.agent import ReplyAccepted, SelfStatus
+    from legion.wire.agent import ReplyAccepted, SelfStatus, WorkspaceUpdated
     from legion.wire.api import (
         BlackboardDeleted,
         BlackboardEntry,
@@ -42,6 +43,9 @@ CONNECT_TIMEOUT_S = 5.0
 STREAM_READ_TIMEOUT_S = 600.0
 # The host's own egress limit applies first; this only stops a wedged connection.
 EGRESS_TIMEOUT_S = 660.0
+# An embedding is a small call; memory falls back to keywords rather than wait long.
+EMBED_TIMEOUT_S = 20.0
+EMBED_MAX_DIM = 8192
 
 
 class MeshError(Exception):
@@ -225,6 +229,50 @@ class MeshClient:
             raise _transport_error(exc, "chat completion") from exc
         if not done:  # the gateway always ends with [DONE] or an error event
             raise HostUnavailable("chat completion: the stream ended without [DONE]")
+
+    async def embed(self, texts: list[str], model: str | None) -> list[list[float]]:
+        """Embeddings of `texts` (in order) through the host's gateway (budgeted, audited)."""
+        body: dict[str, Any] = {"input": texts}
+        if model is not None:
+            body["model"] = model
+        data = await self.call("POST", "/v1/embeddings", body, timeout_s=EMBED_TIMEOUT_S)
+        try:
+            rows = sorted(data["data"], key=lambda row: int(row.get("index", 0)))
+            vectors = [[float(x) for x in row["embedding"]] for row in rows]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MeshError(
+                502, "bad_embedding", f"undecodable embedding response: {exc}"
+            ) from None
+        if len(vectors) != len(texts) or any(len(v) != len(vectors[0]) for v in vectors):
+            raise MeshError(502, "bad_embedding", "the embedding response does not match the input")
+        if not 0 < len(vectors[0]) <= EMBED_MAX_DIM or not all(
+            math.isfinite(x) for v in vectors for x in v
+        ):
+            raise MeshError(
+                502, "bad_embedding", "the embedding has no, too many or non-finite values"
+            )
+        return vectors
+
+    async def models(self) -> list[dict[str, Any]] | None:
+        """`GET /v1/models` (OpenAI list; each entry may carry `legion: {context_window,
+        max_output_tokens}`), or None when this host does not serve the route."""
+        try:
+            data = await self.call("GET", "/v1/models")
+        except MeshError as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+        entries = data.get("data") if isinstance(data, dict) else None
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else None
+
+    async def update_workspace(self, file: str, content: str, mode: str) -> WorkspaceUpdated:
+        """Replace or append to USER.md, MEMORY.md or HEARTBEAT.md (the host keeps versions)."""
+        from legion.wire.agent import WorkspaceUpdated
+
+        data = await self.call(
+            "PUT", "/v1/workspace/" + quote(file, safe=""), {"content": content, "mode": mode}
+        )
+        return WorkspaceUpdated.model_validate(data)
 
     # --- blackboard ------------------------------------------------------------------------
 

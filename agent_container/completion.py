@@ -31,6 +31,9 @@ class Completion:
     text: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
+    # The provider's count of the prompt, when the stream reported usage (the context
+    # manager calibrates its estimates with it).
+    prompt_tokens: int | None = None
 
     def message(self) -> dict[str, Any]:
         """The assistant message to append to the conversation."""
@@ -52,7 +55,11 @@ async def collect(chunks: AsyncIterable[dict[str, Any]]) -> Completion:
     text: list[str] = []
     slots: dict[int, _Slot] = {}
     finish: str | None = None
+    prompt_tokens: int | None = None
     async for chunk in chunks:
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            prompt_tokens = usage["prompt_tokens"]
         for choice in chunk.get("choices") or []:
             if choice.get("index", 0) != 0:
                 continue
@@ -73,4 +80,4 @@ async def collect(chunks: AsyncIterable[dict[str, Any]]) -> Completion:
         ToolCall(slot.id or f"call_{n}", slot.name, "".join(slot.arguments))
         for n, slot in enumerate(slots[i] for i in sorted(slots))
     ]
-    return Completion("".join(text), calls, finish)
+    return Completion("".join(text), calls, finish, prompt_tokens)

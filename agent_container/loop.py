@@ -12,6 +12,12 @@ Two kinds of failure are told apart:
 An item that keeps coming back (handed out more than MAX_DELIVERIES times, e.g. because
 it crashes the container) is answered with an error and acked instead of being run again.
 A heartbeat task, owned by `run()`, tells the host every HEARTBEAT_S that the agent lives.
+
+Each conversation (one per sender) is a session: its system prompt is built at its first
+turn (`agent_container.bootstrap`) and kept byte for byte, so provider prompt caching
+hits, until a bootstrap file changes or the session is reset (`/new`, or a restart). Its
+history is kept whole and compacted by the context manager before it outgrows the
+model's window.
 """
 
 from __future__ import annotations
@@ -19,11 +25,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict, defaultdict, deque
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent_container.bootstrap import DEFAULT_IDENTITY, Bootstrap, load_files, signature
 from agent_container.client import HostUnavailable, MeshClient, MeshError, MeshTimeout
-from agent_container.prompt import Incoming, parse_item, system_prompt
+from agent_container.completion import collect
+from agent_container.context import ContextManager, Tokens, Window, window_for
+from agent_container.learnings import is_correction
+from agent_container.mind import Mind
+from agent_container.prompt import Incoming, parse_item
 from agent_container.registry import Hooks
 from agent_container.tools import builtin_tools
 from agent_container.turns import Brain, TurnState
@@ -35,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent")
 
-HISTORY = 40
+NEW_SESSION = "/new"
 HEARTBEAT_S = 10.0
 POLL_WAIT_S = 30.0
 POLL_MAX_ITEMS = 10
@@ -43,6 +56,15 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 MAX_DELIVERIES = 5
 REMEMBERED = 1000  # message ids (to route replies) and answered items (to not redo them)
+SESSIONS = 100  # conversations kept in memory; the least recently used goes first
+
+
+@dataclass
+class Session:
+    """One conversation: its system prompts (chat, task) as first built, and its history."""
+
+    prompts: dict[bool, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
 
 
 class AgentRuntime:
@@ -53,20 +75,33 @@ class AgentRuntime:
         socket_path: str = "/run/legion/mesh.sock",
         workspace: str = "/data/workspace",
         *,
-        history: int = HISTORY,
+        data_dir: str | None = None,
+        identity_dir: str = DEFAULT_IDENTITY,
+        window: Window | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         poll_wait_s: float = POLL_WAIT_S,
         max_backoff_s: float = BACKOFF_MAX_S,
     ) -> None:
+        """`data_dir` holds memory.db (default: a `<workspace>.data` folder beside the
+        workspace; the container passes /data); `identity_dir` is the read-only folder
+        of the bootstrap files the host publishes; `window` pins the context window
+        instead of asking the host's `GET /v1/models`."""
         self.mesh = MeshClient(socket_path)
         self.workspace = Workspace(workspace)
+        self.identity_dir = Path(identity_dir)
+        data = Path(data_dir) if data_dir else Path(f"{Path(workspace).absolute()}.data")
+        self.mind = Mind(self.mesh, data, self.workspace)
         self.tools = builtin_tools(
             self.mesh, self.workspace, Hooks(self._written, self._message_sent)
         )
+        for tool in self.mind.tools():
+            self.tools.add(tool)
         self.me: SelfStatus | None = None
-        self.history: defaultdict[str, deque[dict[str, Any]]] = defaultdict(
-            lambda: deque(maxlen=history)
-        )
+        self.window = window or Window()
+        self.tokens = Tokens()  # its calibration carries over from turn to turn
+        self._pinned_window = window is not None
+        self._window_of: str | None = None
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.heartbeat_s = heartbeat_s
         self.poll_wait_s = poll_wait_s
         self.max_backoff_s = max_backoff_s
@@ -113,6 +148,7 @@ class AgentRuntime:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            self.mind.close()
             await self.mesh.close()
 
     async def _poll(self) -> list[InboxItem]:
@@ -145,6 +181,23 @@ class AgentRuntime:
         if self.me is None:
             log.info("started as %s (mode %s, model %s)", me.agent, me.mode, me.model)
         self.me = me
+        self.mind.configure(me)
+        if self._window_of != (me.model or "") and not self._pinned_window:
+            await self._refresh_window(me.model)
+
+    async def _refresh_window(self, model: str | None) -> None:
+        """The context window of the agent's model, from `GET /v1/models` (a default when
+        the host does not serve it or does not know the model)."""
+        try:
+            models = await self.mesh.models()
+        except MeshError as exc:
+            log.warning("could not read /v1/models (%s); assuming the default window", exc)
+            models = None
+        self.window = window_for(models, model)
+        self._window_of = model or ""
+        log.info(
+            "context window %d tokens, max output %d", self.window.context, self.window.max_output
+        )
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -202,44 +255,97 @@ class AgentRuntime:
         if incoming.kind == "reply":
             incoming.conversation = self._asked.pop(incoming.reply_to or -1, item.sender)
         self._turn = TurnState(incoming.conversation)
-        brain = Brain(self.mesh, self.me, self.tools)
+        if incoming.kind == "chat" and incoming.text.strip() == NEW_SESSION:
+            self.sessions.pop(incoming.conversation, None)
+            await self.mesh.reply(
+                item.id, "Started a new session; what I saved is still in my memory."
+            )
+            return
         if incoming.kind == "task":
-            result = await self._task(brain, incoming)
+            result = await self._task(incoming)
             await self.mesh.reply(item.id, str(result["output"]), "task_result", result)
             return
-        answer = await self._chat(brain, incoming)
+        answer = await self._chat(incoming)
         # An answer to a reply goes to the operator only: answering the replier would
         # bounce between the two agents forever.
         await self.mesh.reply(None if incoming.kind == "reply" else item.id, answer)
 
-    def _system(self, conversation: str, task: bool = False, tools: list[str] | None = None) -> str:
-        assert self.me is not None
-        names = tools or self.tools.names()
-        return system_prompt(self.me, str(self.workspace.root), names, conversation, task)
+    def _session(self, conversation: str) -> Session:
+        session = self.sessions.pop(conversation, None) or Session()
+        self.sessions[conversation] = session
+        while len(self.sessions) > SESSIONS:
+            self.sessions.popitem(last=False)
+        return session
 
-    async def _chat(self, brain: Brain, incoming: Incoming) -> str:
-        history = self.history[incoming.conversation]
+    def _system(self, session: Session, conversation: str, task: bool, tools: list[str]) -> str:
+        """The session's system prompt: built at its first turn, rebuilt only when one of
+        the bootstrap files changed (so the provider's prompt cache keeps hitting)."""
+        assert self.me is not None
+        sig = signature(self.identity_dir)
+        cached = session.prompts.get(task)
+        if cached is not None and cached[0] == sig:
+            return cached[1]
+        prompt = Bootstrap(
+            me=self.me,
+            files=load_files(self.identity_dir),
+            learnings=self.mind.learnings.recent(),
+            tools=tools,
+            workspace=str(self.workspace.root),
+            conversation=conversation,
+            task=task,
+            cap=min(48 * 1024, int(0.3 * self.window.input_budget * 4)),
+        ).render()
+        session.prompts[task] = (sig, prompt)
+        return prompt
+
+    def _brain(self, pin: dict[str, Any]) -> Brain:
+        assert self.me is not None
+        mesh = self.mesh
+
+        async def complete(messages: list[dict[str, Any]]) -> tuple[str, int | None]:
+            done = await collect(mesh.stream_chat(messages))
+            return done.text, done.prompt_tokens
+
+        def save_text(name: str, text: str) -> str:
+            self.workspace.write(name, text)
+            return name
+
+        context = ContextManager(
+            complete, self.mind.save_facts, save_text, self.window, tokens=self.tokens
+        )
+        return Brain(self.mesh, self.me, self.tools, context, self.mind.learnings, pin)
+
+    async def _chat(self, incoming: Incoming) -> str:
+        session = self._session(incoming.conversation)
+        history = session.messages
+        if history and history[-1].get("role") == "assistant" and is_correction(incoming.text):
+            self.mind.learnings.correction(incoming.text, str(history[-1].get("content") or ""))
         user = {"role": "user", "content": incoming.text}
-        messages = [
-            {"role": "system", "content": self._system(incoming.conversation)},
-            *history,
-            user,
-        ]
-        answer = await brain.chat(messages)
+        system = self._system(session, incoming.conversation, False, self.tools.names())
+        messages = [{"role": "system", "content": system}, *history, user]
+        answer = await self._brain(user).chat(messages)
         # Only now: a turn cut short by a lost host is run again and must not be doubled.
-        history.extend([user, {"role": "assistant", "content": answer}])
+        # What the turn compacted stays compacted; its tool traffic is not kept.
+        at = next((i for i, m in enumerate(messages) if m is user), None)
+        kept = messages[1:at] if at is not None else messages[1:2]
+        session.messages = [*kept, user, {"role": "assistant", "content": answer}]
         return answer
 
-    async def _task(self, brain: Brain, incoming: Incoming) -> dict[str, Any]:
+    async def _task(self, incoming: Incoming) -> dict[str, Any]:
         assert self._turn is not None
+        session = self._session(incoming.conversation)
         tools = [*self.tools.names(), "finish_task"]
+        user = {"role": "user", "content": incoming.text}
         messages = [
-            {"role": "system", "content": self._system(incoming.conversation, True, tools)},
-            {"role": "user", "content": incoming.text},
+            {
+                "role": "system",
+                "content": self._system(session, incoming.conversation, True, tools),
+            },
+            user,
         ]
-        result = await brain.task(messages)
+        result = await self._brain(user).task(messages)
         result["blackboard_writes"] = list(self._turn.written)
-        self.history[incoming.conversation].extend(
+        session.messages.extend(
             [
                 {"role": "user", "content": f"[task] {incoming.text}"},
                 {"role": "assistant", "content": f"[task {result['status']}] {result['output']}"},

@@ -1,4 +1,4 @@
-"""What an inbox item asks for, and the system prompt the model gets for it.
+"""What an inbox item asks for (the system prompt is `agent_container.bootstrap`).
 
 Payload conventions (what senders put in `POST /v1/messages` or `/v1/publish`):
 
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from legion.wire.agent import SelfStatus
     from legion.wire.api import InboxItem
 
 OPERATOR = "operator"
@@ -71,42 +70,3 @@ def parse_item(item: InboxItem, mode: str) -> Incoming:
     if mode == "task":
         kind = "task"
     return Incoming(item, kind, text, sender)
-
-
-def partner(conversation: str) -> str:
-    return "the operator" if conversation == OPERATOR else f"agent {conversation}"
-
-
-def system_prompt(
-    me: SelfStatus, workspace: str, tools: list[str], conversation: str, task: bool = False
-) -> str:
-    """Who the agent is (role, the operator's system prompt), then a short runtime context."""
-    intro = f"You are {me.agent}, an autonomous agent in a legion fleet"
-    if me.role:
-        intro += f"; your role: {me.role}"
-    parts = [intro + "."]
-    if me.system_prompt:
-        parts.append(me.system_prompt.strip())
-    context = [
-        (f"You are running a task for {partner(conversation)}." if task else "")
-        or f"You are talking with {partner(conversation)}.",
-        f"Your workspace is {workspace}; file tools take paths relative to it.",
-        "You have no network: use http_request for the web, and refer to credentials as "
-        "$CRED{name} (the host fills them in; you never see them).",
-    ]
-    if me.team:
-        context.append(
-            f"You are in team {me.team}; teams/{me.team}/ on the blackboard is its space."
-        )
-    context.append(
-        "Agents you may message: " + (", ".join(me.fleet) if me.fleet else "none") + ". "
-        "Their answers arrive later as messages starting with [reply from NAME]."
-    )
-    context.append("Tools: " + ", ".join(tools) + ".")
-    if task:
-        context.append(
-            f"Work step by step with your tools (at most {me.max_task_steps} steps), then call "
-            "finish_task exactly once: status done, failed or gave_up, and the output."
-        )
-    parts.append("Runtime context:\n" + "\n".join(f"- {line}" for line in context))
-    return "\n\n".join(parts)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent_container.client import HostUnavailable, MeshError
+from agent_container.memory import MemoryProblem
 from agent_container.workspace import WorkspaceError
 
 log = logging.getLogger("agent.tools")
@@ -136,7 +137,7 @@ class Registry:
             raise  # the host is restarting: stop the turn, the item comes back
         except MeshError as exc:
             return f"error: the host refused: {exc}"
-        except WorkspaceError as exc:
+        except (WorkspaceError, MemoryProblem) as exc:
             return f"error: {exc}"
         except TimeoutError as exc:
             return f"error: {name} timed out{f': {exc}' if str(exc) else ''}"

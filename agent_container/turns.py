@@ -6,6 +6,11 @@ rounds, then asks once more for an answer with tools switched off. A task runs a
 `max_task_steps` model calls and must end by calling `finish_task`, whose arguments are
 the structured result.
 
+Before each completion the context manager compacts the conversation when it nears the
+model's window; a provider's context-overflow error compacts it harder and retries once.
+Every tool call passes the loop guard (warn, block, stop: `agent_container.loops`); tool
+failures are recorded as learnings.
+
 A host refusal or an LLM error (`MeshError`: 402 budget, 403, 502, an error mid-stream)
 ends the turn with an explanation: retrying the item would fail the same way. A lost
 socket (`HostUnavailable`) is not caught here: the caller must not ack the item.
@@ -13,12 +18,16 @@ socket (`HostUnavailable`) is not caught here: the caller must not ack the item.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent_container.client import MeshClient, MeshError
 from agent_container.completion import Completion, collect
+from agent_container.context import ContextManager, is_overflow
+from agent_container.learnings import Learnings
+from agent_container.loops import LoopGuard, LoopStopped, Thresholds
 from agent_container.registry import Registry, Tool, obj, text
 
 if TYPE_CHECKING:
@@ -37,16 +46,47 @@ def explain(exc: MeshError) -> str:
 
 @dataclass
 class Brain:
-    """Talks to the model for one agent: its socket, its tools, its configuration."""
+    """Talks to the model for one turn of one agent: its socket, tools, context, loop guard."""
 
     mesh: MeshClient
     me: SelfStatus
     registry: Registry
+    context: ContextManager | None = None
+    learnings: Learnings | None = None
+    pin: dict[str, Any] | None = None  # the user message compaction must keep
+    guard: LoopGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        t = self.me.loop_detection
+        self.guard = LoopGuard(Thresholds(t.warn_at, t.block_at, t.stop_at, t.window))
+
+    async def _stream(
+        self, messages: list[dict[str, Any]], registry: Registry, **extra: Any
+    ) -> Completion:
+        return await collect(self.mesh.stream_chat(messages, registry.schemas(), **extra))
 
     async def complete(
         self, messages: list[dict[str, Any]], registry: Registry, **extra: Any
     ) -> Completion:
-        return await collect(self.mesh.stream_chat(messages, registry.schemas(), **extra))
+        """One completion; compacts `messages` first when they near the window, and once
+        more (then retries once) when the provider says they overflowed it."""
+        context = self.context
+        if context is None:
+            return await self._stream(messages, registry, **extra)
+        tool_bytes = len(json.dumps(registry.schemas()).encode())
+        if context.over(messages, tool_bytes):
+            await context.compact(messages, tool_bytes, pin=self.pin)
+        try:
+            completion = await self._stream(messages, registry, **extra)
+        except MeshError as exc:
+            if not is_overflow(exc.message):
+                raise
+            if await context.compact(messages, tool_bytes, pin=self.pin, force=True) is None:
+                raise
+            completion = await self._stream(messages, registry, **extra)  # once, never a loop
+        if completion.prompt_tokens:
+            context.tokens.observe(messages, tool_bytes, completion.prompt_tokens)
+        return completion
 
     async def _run_calls(
         self,
@@ -56,7 +96,12 @@ class Brain:
         stop: Callable[[], bool] = lambda: False,
     ) -> None:
         for call in completion.tool_calls:
-            result = await registry.run(call.name, call.arguments)
+            result = self.guard.before(call.name, call.arguments)  # LoopStopped ends the turn
+            if result is None:
+                result = await registry.run(call.name, call.arguments)
+                if result.startswith("error:") and self.learnings is not None:
+                    self.learnings.tool_failure(call.name, call.arguments, result)
+                result = self.guard.after(call.name, call.arguments, result)
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
             if stop():
                 return
@@ -81,6 +126,8 @@ class Brain:
             final = await self.complete(messages, self.registry, tool_choice="none")
         except MeshError as exc:
             return explain(exc)
+        except LoopStopped as exc:
+            return str(exc)
         return final.text or f"I stopped after {limit} tool rounds without a final answer."
 
     async def task(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -109,6 +156,8 @@ class Brain:
                     return result
         except MeshError as exc:
             return {"status": "failed", "output": explain(exc)}
+        except LoopStopped as exc:
+            return {"status": "failed", "output": str(exc)}
         return {
             "status": "gave_up",
             "output": last_text or f"no result after {steps} steps",

@@ -16,6 +16,8 @@ from bench import (
     budget_ops,
     fleet_load,
     llm_overhead,
+    memory_bootstrap,
+    memory_search,
     pubsub_fanout,
     socket_rtt,
     stream_redaction,
@@ -31,6 +33,8 @@ BENCHMARKS = {
     "budget_ops": budget_ops.run,
     "stream_redaction": stream_redaction.run,
     "agent_container": agent_container.run,
+    "memory_search": memory_search.run,
+    "memory_bootstrap": memory_bootstrap.run,
 }
 
 

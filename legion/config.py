@@ -135,6 +135,16 @@ class RuntimeConfig(_Section):
     debian_mirror: str | None = None
 
 
+class LoopDetectionConfig(_Section):
+    """Identical tool calls in one turn: warn at the Nth, block at the Nth, end the turn at
+    the Nth with the same arguments, over a sliding window of the last `window` calls."""
+
+    warn_at: int = Field(default=2, ge=2, le=1000)
+    block_at: int = Field(default=4, ge=2, le=1000)
+    stop_at: int = Field(default=9, ge=2, le=1000)
+    window: int = Field(default=30, ge=2, le=10000)
+
+
 class AgentConfig(_Section):
     role: str | None = None
     mode: Literal["chat", "task"] = "chat"
@@ -146,8 +156,10 @@ class AgentConfig(_Section):
     model: str | None = None
     team: str | None = None
     allowed_models: list[str] = Field(default_factory=list)
+    embedding_model: str | None = None
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
+    loop_detection: LoopDetectionConfig = Field(default_factory=LoopDetectionConfig)
 
 
 class TeamConfig(_Section):
@@ -171,6 +183,7 @@ class ModelConfig(_Section):
 
 class LLMConfig(_Section):
     default_model: str | None = None
+    embedding_model: str | None = None
     default_max_tokens: int = Field(default=4096, ge=1, le=1_000_000)
     fleet_daily_usd: Usd | None = None
     models: dict[str, ModelConfig] = Field(default_factory=dict)
@@ -234,6 +247,15 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{known_models}); fix: add [llm.models.{default}]",
             )
         )
+    embedding = _table(data, "llm").get("embedding_model")
+    if isinstance(embedding, str) and embedding not in models:
+        problems.append(
+            (
+                "llm.embedding_model",
+                f"`{embedding}` is not a model alias (aliases: "
+                f"{known_models}); fix: add [llm.models.{embedding}]",
+            )
+        )
     for name, agent in agents.items():
         if not isinstance(agent, dict):
             continue
@@ -248,8 +270,23 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                     "or fix the name",
                 )
             )
+        loops = agent.get("loop_detection")
+        if isinstance(loops, dict):
+            order = [loops.get(k, d) for k, d in (("warn_at", 2), ("block_at", 4), ("stop_at", 9))]
+            if all(isinstance(v, int) for v in order) and not order[0] <= order[1] <= order[2]:
+                problems.append(
+                    (
+                        f"agents.{name}.loop_detection",
+                        f"warn_at ({order[0]}) <= block_at ({order[1]}) <= stop_at "
+                        f"({order[2]}) must hold; fix the thresholds",
+                    )
+                )
         allowed = agent.get("allowed_models")
-        wanted = [agent.get("model"), *(allowed if isinstance(allowed, list) else [])]
+        wanted = [
+            agent.get("model"),
+            agent.get("embedding_model"),
+            *(allowed if isinstance(allowed, list) else []),
+        ]
         for alias in wanted:
             if isinstance(alias, str) and models and alias not in models:
                 problems.append(

@@ -40,7 +40,13 @@ from legion.mesh.inbox import Inboxes
 from legion.mesh.permissions import Guard, Perm, Permissions
 from legion.paths import Paths
 from legion.store import Store
-from legion.wire.agent import BudgetLeft, ReplyAccepted, ReplyRequest, SelfStatus
+from legion.wire.agent import (
+    BudgetLeft,
+    LoopDetection,
+    ReplyAccepted,
+    ReplyRequest,
+    SelfStatus,
+)
 from legion.wire.api import HostStatus
 from legion.wire.events import AgentReply, AuditAppended, HostStarted, HostStopping
 
@@ -354,6 +360,8 @@ class Host:
                 fleet_daily_usd=left["fleet_daily"],
             ),
             fleet=fleet,
+            embedding_model=cfg.embedding_model or self.config.llm.embedding_model,
+            loop_detection=LoopDetection(**cfg.loop_detection.model_dump()),
         )
 
     def reply(self, agent: str, body: ReplyRequest) -> ReplyAccepted:

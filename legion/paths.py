@@ -71,3 +71,8 @@ class Paths:
 
     def agent_data(self, agent: str) -> Path:
         return self.home / "agents" / agent
+
+    def agent_identity(self, agent: str) -> Path:
+        """The host-owned workspace files of an agent (outside its volume): `files/` is
+        mounted read-only into its container, `versions/` never is."""
+        return self.home / "identity" / agent

@@ -6,6 +6,7 @@ audits it before the handler runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -14,11 +15,14 @@ from legion.api.http import Call, Policy, Response, Router, StreamResponse
 from legion.errors import InboxFull, NotFound
 from legion.mesh.permissions import Perm
 from legion.wire.agent import (
+    WORKSPACE_FILE_CAPS,
     NotifyAccepted,
     NotifyRequest,
     ReplyAccepted,
     ReplyRequest,
     SelfStatus,
+    WorkspaceUpdate,
+    WorkspaceUpdated,
 )
 from legion.wire.api import (
     AckRequest,
@@ -237,6 +241,9 @@ def build_agent_router(host: Host, agent: str) -> Router:
     router = Router(f"legion agent socket ({agent})")
     build_shared_routes(router, host)
     inboxes = host.inboxes
+    # One workspace write in flight per agent: a flood of them holds one worker thread,
+    # not the host's whole default pool (invariant 10).
+    workspace_lock = asyncio.Lock()
 
     @router.route("GET", "/v1/whoami", response=Identity)
     async def whoami(call: Call) -> Identity:
@@ -376,6 +383,31 @@ def build_agent_router(host: Host, agent: str) -> Router:
             )
         )
         return NotifyAccepted()
+
+    @router.route("PUT", "/v1/workspace/{file}", body=WorkspaceUpdate, response=WorkspaceUpdated)
+    async def workspace_update(call: Call) -> WorkspaceUpdated:
+        """Replace or append to USER.md, MEMORY.md or HEARTBEAT.md (the agent's
+        `update_workspace`); each change is kept as a version the operator can restore.
+        SOUL.md and INSTRUCTIONS.md are the operator's (403)."""
+        from legion.errors import LegionError
+        from legion.fleet.identity import AgentFiles
+
+        name, body = call.params["file"], call.body
+        assert isinstance(body, WorkspaceUpdate)
+        files = AgentFiles.of(host.paths, call.principal, host.clock)
+        try:
+            async with workspace_lock:
+                version = await asyncio.to_thread(
+                    files.update, name, body.content, body.mode, call.principal
+                )
+        except LegionError as exc:
+            host.audit.append(call.principal, "workspace.update", name, "deny", code=exc.code)
+            raise
+        host.audit.append(
+            call.principal, "workspace.update", name, "allow", version=version.version
+        )
+        cap = WORKSPACE_FILE_CAPS[name]
+        return WorkspaceUpdated(file=name, version=version.version, bytes=version.bytes, cap=cap)
 
     @router.route("POST", "/v1/heartbeat", body=HeartbeatRequest, response=HeartbeatResponse)
     async def heartbeat(call: Call) -> HeartbeatResponse:

@@ -288,3 +288,12 @@ def stop(name: str, as_json: JsonOpt = False) -> None:
 def restart(name: str, as_json: JsonOpt = False) -> None:
     """Restart an agent's container."""
     _action(name, "restart", as_json)
+
+
+def _register_files() -> None:
+    from legion.cli import files_cmd
+
+    files_cmd.register(app)
+
+
+_register_files()

@@ -28,6 +28,8 @@ class AgentSpec:
     cpus: float
     pids: int
     runtime: str | None = None
+    # The host-owned bootstrap files (legion.fleet.identity), mounted read-only.
+    identity_dir: Path | None = None
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 

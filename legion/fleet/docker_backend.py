@@ -2,7 +2,8 @@
 
 Every container: a non-root UID, all capabilities dropped, no-new-privileges, a read-only
 root, a noexec tmpfs at /tmp, memory, CPU and pids limits, NO network, the agent's volume
-at /data and its socket folder at /run/legion. The Docker SDK blocks, so each call runs
+at /data, its socket folder at /run/legion and its host-owned bootstrap files (SOUL.md,
+INSTRUCTIONS.md, ...) read-only at /etc/legion/identity. The Docker SDK blocks, so each call runs
 in a worker thread.
 """
 
@@ -35,6 +36,7 @@ MAX_LOG_STREAMS = 16
 LOG_BUFFER_CHUNKS = 64
 # What one chunk sent to the client gathers from the chunks waiting (Docker frames are lines).
 LOG_COALESCE_BYTES = 64 * 1024
+IDENTITY_MOUNT = "/etc/legion/identity"
 
 
 def container_name(home_label: str, agent: str) -> str:
@@ -75,6 +77,11 @@ def container_config(spec: AgentSpec, name: str) -> dict[str, Any]:
         # end cannot fill the host's disk (Docker's json-file default keeps it all).
         "log_config": {"type": "json-file", "config": LOG_ROTATION},
     }
+    if spec.identity_dir is not None:
+        # Outside /data and in a read-only root: the agent can neither write, replace nor
+        # shadow what the runtime reads its identity from.
+        config["volumes"][str(spec.identity_dir)] = {"bind": IDENTITY_MOUNT, "mode": "ro"}
+        config["environment"]["LEGION_IDENTITY"] = IDENTITY_MOUNT
     if spec.runtime:
         config["runtime"] = spec.runtime
     return config

@@ -3,9 +3,10 @@
 1. The base: the configured `[runtime] base_image` (it must hold python3 >= 3.11), or
    legion's own Debian base `legion-base:bookworm`, built with debootstrap and
    `docker import` when it does not exist yet (an air-gapped host cannot pull images).
-2. The agent's Python dependencies (httpx, pydantic and theirs) are fetched as wheels on
-   the HOST, for the base's Python version, and unpacked into the build context; the
-   image build itself only copies files and byte-compiles them (`--network none`).
+2. The agent's Python dependencies (httpx, pydantic, apsw, sqlite-vec and theirs) are
+   fetched as wheels on the HOST, for the base's Python version, and unpacked into the
+   build context; the image build itself only copies files and byte-compiles them
+   (`--network none`).
 3. The image: the base + those packages + `agent_container` + `legion.wire`, running as a
    non-root UID.
 """
@@ -28,7 +29,14 @@ from legion import __version__
 
 BASE_TAG = "legion-base:bookworm"
 SUITE = "bookworm"
-AGENT_REQUIREMENTS = ["httpx>=0.27,<1", "pydantic>=2.7,<3"]
+# apsw: a SQLite that loads extensions on any CPython; sqlite-vec: the vector functions of
+# the agent's memory.db (agent_container.memory). Same ranges as the host's pyproject.
+AGENT_REQUIREMENTS = [
+    "httpx>=0.27,<1",
+    "pydantic>=2.7,<3",
+    "apsw>=3.45",
+    "sqlite-vec>=0.1.6,<0.2",
+]
 Progress = Callable[[str], None]
 
 
@@ -188,8 +196,8 @@ def fetch_site_packages(python: str, dest: Path, cache: Path, progress: Progress
     result = subprocess.run(install, capture_output=True, text=True)
     if result.returncode != 0:
         raise ImageBuildError(
-            "could not get the agent's Python wheels (httpx, pydantic) for python "
-            f"{python}: {result.stderr.strip()[-800:]}"
+            "could not get the agent's Python wheels (httpx, pydantic, apsw, sqlite-vec) for "
+            f"python {python}: {result.stderr.strip()[-800:]}"
         )
 
 
@@ -243,7 +251,7 @@ def build_context(dest: Path, site: Path, base: str, uid: int) -> None:
     (dest / "Dockerfile").write_text(f"""FROM {base}
 COPY site /opt/legion/site
 COPY app /opt/legion/app
-RUN python3 -m compileall -q /opt/legion && mkdir -p /data /run/legion
+RUN python3 -m compileall -q /opt/legion && mkdir -p /data /run/legion /etc/legion/identity
 ENV PYTHONPATH=/opt/legion/site:/opt/legion/app PYTHONDONTWRITEBYTECODE=1 \\
     PYTHONUNBUFFERED=1 HOME=/data
 WORKDIR /data

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from legion.errors import LegionError, NotFound
 from legion.fleet import volume
 from legion.fleet.backend import AgentSpec, BackendUnavailable, RuntimeBackend
+from legion.fleet.identity import AgentFiles
 from legion.fsutil import UnsafeEntry
 from legion.wire.events import AgentStateChanged
 
@@ -92,6 +93,7 @@ class Fleet:
             cpus=cfg.resources.cpus or runtime.cpus,
             pids=cfg.resources.pids or runtime.pids,
             runtime=runtime.container_runtime or None,
+            identity_dir=AgentFiles.of(paths, agent).ensure(),
             env={"LEGION_AGENT": agent},
         )
 

@@ -64,7 +64,8 @@ class Permissions:
             return Decision(False, f"{agent} is not a configured agent")
         if perm is Perm.LLM:
             own = agent_cfg.model or self.config.llm.default_model
-            if target and (target == own or target in agent_cfg.allowed_models):
+            embedding = agent_cfg.embedding_model or self.config.llm.embedding_model
+            if target and (target in (own, embedding) or target in agent_cfg.allowed_models):
                 return Decision(True, f"model {target!r} is allowed")
             return Decision(
                 False,

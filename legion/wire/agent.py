@@ -47,6 +47,15 @@ class BudgetLeft(BaseModel):
     fleet_daily_usd: float | None
 
 
+class LoopDetection(BaseModel):
+    """Thresholds of the runtime's loop detection over identical tool calls in one turn."""
+
+    warn_at: int = Field(default=2, ge=2, le=1000)
+    block_at: int = Field(default=4, ge=2, le=1000)
+    stop_at: int = Field(default=9, ge=2, le=1000)
+    window: int = Field(default=30, ge=2, le=10000)
+
+
 class SelfStatus(BaseModel):
     """The agent's own configuration and limits, as the host sees them."""
 
@@ -61,3 +70,52 @@ class SelfStatus(BaseModel):
     permissions: dict[str, Any]
     budget_left: BudgetLeft
     fleet: list[str] = Field(description="Agents this agent may message.")
+    embedding_model: str | None = Field(
+        default=None, description="Model alias for memory embeddings; none: keyword-only memory."
+    )
+    loop_detection: LoopDetection = Field(default_factory=LoopDetection)
+
+
+# --- the agent's mind: workspace files, loop detection (docs/agent-runtime.md) ---------
+
+# Size caps (bytes of UTF-8) of the files that make up an agent's bootstrap prompt. The host
+# refuses a write over a cap; the runtime never reads past one. SOUL.md and INSTRUCTIONS.md
+# belong to the operator (`legion agents edit`); the agent edits the other three through its
+# `update_workspace` tool, and every change is kept as a version the operator can restore.
+WORKSPACE_FILE_CAPS: dict[str, int] = {
+    "SOUL.md": 8 * 1024,
+    "INSTRUCTIONS.md": 16 * 1024,
+    "USER.md": 8 * 1024,
+    "MEMORY.md": 16 * 1024,
+    "HEARTBEAT.md": 4 * 1024,
+}
+IDENTITY_FILES: tuple[str, ...] = ("SOUL.md", "INSTRUCTIONS.md")
+AGENT_EDITABLE_FILES: tuple[str, ...] = ("USER.md", "MEMORY.md", "HEARTBEAT.md")
+
+AgentEditableFile = Literal["USER.md", "MEMORY.md", "HEARTBEAT.md"]
+
+
+class WorkspaceUpdate(_Strict):
+    """`PUT /v1/workspace/{file}`: replace or append to one of the agent-editable files."""
+
+    content: str = Field(max_length=64 * 1024)
+    mode: Literal["replace", "append"] = "replace"
+
+
+class WorkspaceVersion(BaseModel):
+    """One kept version of a workspace file (its content is fetched separately)."""
+
+    file: str
+    version: int = Field(ge=1)
+    at: float
+    by: str = Field(description="operator, the agent's name, or host")
+    bytes: int = Field(ge=0)
+    sha256: str
+    note: str = ""
+
+
+class WorkspaceUpdated(BaseModel):
+    file: str
+    version: int = Field(ge=1)
+    bytes: int = Field(ge=0)
+    cap: int = Field(ge=1)

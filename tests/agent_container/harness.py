@@ -115,7 +115,7 @@ async def runtime_task(runtime: AgentRuntime) -> AsyncIterator[asyncio.Task[None
 
 @asynccontextmanager
 async def running_fleet(
-    home: Path, text: str, agents: tuple[str, ...] = ("alice",)
+    home: Path, text: str, agents: tuple[str, ...] = ("alice",), **runtime_options: Any
 ) -> AsyncIterator[Fleet]:
     """A host, plus one in-process runtime per agent in `agents` (workspace home/<name>-ws)."""
     async with running_host(home, text) as host, contextlib.AsyncExitStack() as stack:
@@ -124,11 +124,22 @@ async def running_fleet(
             runtime = AgentRuntime(
                 socket_path=str(host.paths.agent_socket(agent)),
                 workspace=str(fleet.workspaces[agent]),
+                data_dir=str(home / f"{agent}-data"),
+                identity_dir=str(identity_of(host, agent)),
                 max_backoff_s=0.5,
+                **runtime_options,
             )
             fleet.runtimes[agent] = runtime
             await stack.enter_async_context(runtime_task(runtime))
         yield fleet
+
+
+def identity_of(host: Host, agent: str) -> Path:
+    """The folder the host publishes the agent's bootstrap files in (mounted read-only at
+    /etc/legion/identity in a container)."""
+    from legion.fleet.identity import AgentFiles
+
+    return AgentFiles.of(host.paths, agent).ensure()
 
 
 async def send(host: Host, to: str, payload: Any) -> int:

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from agent_container.bootstrap import Bootstrap
 from agent_container.client import MeshError, error_from_body, parse_sse_line
 from agent_container.completion import collect
-from agent_container.prompt import parse_item, system_prompt
+from agent_container.prompt import parse_item
 from legion.wire.agent import BudgetLeft, SelfStatus
 from legion.wire.api import InboxItem
 
@@ -136,7 +137,9 @@ def test_system_prompt_has_the_role_the_operator_prompt_and_the_runtime_context(
         budget_left=BudgetLeft(daily_usd=1.0, monthly_usd=None, fleet_daily_usd=None),
         fleet=["bob"],
     )
-    prompt = system_prompt(me, "/data/workspace", ["read_file", "finish_task"], "bob", True)
+    prompt = Bootstrap(
+        me, {}, "", ["read_file", "finish_task"], "/data/workspace", "bob", task=True
+    ).render()
     assert prompt.startswith("You are alice, an autonomous agent in a legion fleet; your role")
     for part in (
         "Be brief.",

@@ -213,6 +213,7 @@ async def test_containers_are_hardened(
             [
                 f"{host.paths.agent_data('alice')}:/data:rw",
                 f"{host.paths.agent_socket_dir('alice')}:/run/legion:rw",
+                f"{host.paths.agent_identity('alice') / 'files'}:/etc/legion/identity:ro",
             ]
         )
         env = "\n".join(attrs["Config"]["Env"])

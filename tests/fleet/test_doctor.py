@@ -42,7 +42,9 @@ def test_a_bad_config_is_reported(home: Path) -> None:
 
 @pytest.mark.docker
 def test_with_an_engine_it_checks_runtime_and_images(home: Path, agent_image: str) -> None:
-    (home / "legion.toml").write_text('[runtime]\ncontainer_runtime = "no-such-runtime"\n')
+    (home / "legion.toml").write_text(
+        f'[runtime]\nimage = "{agent_image}"\ncontainer_runtime = "no-such-runtime"\n'
+    )
     checks = {c["name"]: c for c in json.loads(doctor(home).stdout)}
     assert checks["docker engine"]["ok"]
     assert checks["agent image"]["ok"], checks["agent image"]
