@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent_container import mind as mind_module
-from agent_container.context import BYTES_PER_TOKEN, COMPACT_AT, SUMMARIZE, Window
+from agent_container.context import BYTES_PER_TOKEN, COMPACT_AT, SUMMARIZE, Window, window_for
 from legion.fleet.identity import AgentFiles
 from tests.agent_container.harness import ask, running_fleet, tool_results
 from tests.conftest import agent_client
@@ -414,18 +414,23 @@ async def test_without_a_summary_the_dropped_messages_are_saved_verbatim(home: P
         assert saved.name in note
 
 
-async def test_the_runtime_uses_a_default_window_when_the_host_has_no_models_route(
-    home: Path,
-) -> None:
-    """The window comes from GET /v1/models once the host serves it; until then (404) the
-    documented default. EXTEND after the /v1/models merge: configure context_window on
-    [llm.models.m] and assert the runtime's window follows it."""
-    async with FakeProvider() as fake, running_fleet(home, mind_config(fake.base_url)) as fleet:
-        await ask(fleet.host, "hi")
-        window = fleet.runtimes["alice"].window
-        async with agent_client(fleet.paths, "alice") as alice:
-            served = (await alice.get("/v1/models")).status_code
-        if served == 404:
-            assert window == Window()
-        else:
-            assert window.context > 0 and window.max_output > 0
+async def test_the_runtime_takes_its_window_from_the_hosts_models_route(home: Path) -> None:
+    """issue 11: the window and output limit come from GET /v1/models (the model's
+    `context_window`/`max_output_tokens` in legion.toml here)."""
+    async with FakeProvider() as fake:
+        config = mind_config(fake.base_url).replace(
+            "output_cost_per_mtok = 1.0\n",
+            "output_cost_per_mtok = 1.0\ncontext_window = 20000\nmax_output_tokens = 3000\n",
+            1,
+        )
+        async with running_fleet(home, config) as fleet:
+            await ask(fleet.host, "hi")
+            assert fleet.runtimes["alice"].window == Window(20000, 3000)
+
+
+def test_the_window_is_the_documented_default_without_a_models_route() -> None:
+    """issue 11: a host without GET /v1/models (404: None) or without limits for the model
+    gives the documented default."""
+    assert window_for(None, "m") == Window()
+    assert window_for([{"id": "other", "legion": {"context_window": 9}}], "m") == Window()
+    assert window_for([{"id": "m"}], "m") == Window()
