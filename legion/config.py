@@ -133,6 +133,8 @@ class RuntimeConfig(_Section):
     restart_max_per_hour: int = Field(default=5, ge=0, le=1000)
     heartbeat_timeout_s: float = Field(default=90.0, ge=5, le=86400)
     debian_mirror: str | None = None
+    start_concurrency: int = Field(default=4, ge=1, le=64)
+    status_resync_s: float = Field(default=30.0, ge=1, le=3600)
 
 
 class LoopDetectionConfig(_Section):
