@@ -28,6 +28,7 @@ from legion.events import EventBus
 from legion.fleet.backend import RuntimeBackend
 from legion.fleet.supervisor import Fleet
 from legion.gateway.egress import EgressProxy
+from legion.gateway.llm import passthrough
 from legion.gateway.llm.budget import Budgets
 from legion.gateway.llm.gateway import Gateway
 from legion.gateway.llm.health import ModelHealth
@@ -140,8 +141,9 @@ class Host:
     ) -> AsyncIterator[Host]:
         """Start everything, yield the host, stop everything in reverse.
 
-        `preload_llm` starts importing LiteLLM in a worker thread right away (the daemon
-        does, when models are configured); otherwise the first LLM call starts it.
+        `preload_llm` starts importing LiteLLM in a worker thread right away when a
+        configured model needs it (the daemon does); otherwise the first call to such a
+        model starts it. Models on the direct path never load it.
         `runtime` is where agent containers run (the daemon passes the configured backend);
         without one the host serves the agent sockets and starts no containers.
         """
@@ -174,8 +176,8 @@ class Host:
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
             host._tasks.add(asyncio.create_task(host.audit.anchor_forever(), name="audit-anchor"))
-            if preload_llm and config.llm.models:
-                host.litellm.start()
+            if preload_llm and any(not passthrough.applies(m) for m in config.llm.models.values()):
+                host.litellm.start()  # a model needs LiteLLM: import it now, off the loop
             await host.fleet.start_all()
             host._tasks.add(asyncio.create_task(host.fleet.supervise_forever(), name="fleet"))
             host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
