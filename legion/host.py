@@ -141,9 +141,10 @@ class Host:
     ) -> AsyncIterator[Host]:
         """Start everything, yield the host, stop everything in reverse.
 
-        `preload_llm` starts importing LiteLLM in a worker thread right away when a
-        configured model needs it (the daemon does); otherwise the first call to such a
-        model starts it. Models on the direct path never load it.
+        `preload_llm` (the daemon sets it) warms the LLM path in worker threads right
+        away: the import of LiteLLM when a configured model needs it (models on the direct
+        path never load it), the direct path's TLS context when a model uses that path;
+        otherwise the first call that needs either starts it.
         `runtime` is where agent containers run (the daemon passes the configured backend);
         without one the host serves the agent sockets and starts no containers.
         """
@@ -176,8 +177,11 @@ class Host:
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
             host._tasks.add(asyncio.create_task(host.audit.anchor_forever(), name="audit-anchor"))
-            if preload_llm and any(not passthrough.applies(m) for m in config.llm.models.values()):
+            models = config.llm.models.values()
+            if preload_llm and any(not passthrough.applies(m) for m in models):
                 host.litellm.start()  # a model needs LiteLLM: import it now, off the loop
+            if preload_llm and any(passthrough.applies(m) for m in models):
+                host.gateway.passthrough.prepare()  # the direct path's TLS context, off the loop
             await host.fleet.start_all()
             host._tasks.add(asyncio.create_task(host.fleet.supervise_forever(), name="fleet"))
             host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))

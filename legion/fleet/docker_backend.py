@@ -109,6 +109,32 @@ def container_config(spec: AgentSpec, name: str) -> dict[str, Any]:
     return config
 
 
+def create_arguments(api: Any, spec: AgentSpec, name: str, home_label: str) -> dict[str, Any]:
+    """The low-level `create_container` arguments of `spec` for this home (docker-py's
+    APIClient `api` builds the host config); the benchmarks start bare containers with
+    exactly these."""
+    config = container_config(spec, name)
+    config["labels"]["legion.home"] = home_label
+    volumes = config.pop("volumes")
+    host_config = api.create_host_config(
+        binds=volumes,
+        cap_drop=config.pop("cap_drop"),
+        security_opt=config.pop("security_opt"),
+        read_only=config.pop("read_only"),
+        tmpfs=config.pop("tmpfs"),
+        mem_limit=config.pop("mem_limit"),
+        memswap_limit=config.pop("memswap_limit"),
+        nano_cpus=config.pop("nano_cpus"),
+        pids_limit=config.pop("pids_limit"),
+        network_mode=config.pop("network_mode"),
+        init=config.pop("init"),
+        runtime=config.pop("runtime", None),
+        log_config=config.pop("log_config"),
+    )
+    config.pop("detach")
+    return {**config, "volumes": [v["bind"] for v in volumes.values()], "host_config": host_config}
+
+
 def status_of_listing(entry: dict[str, Any]) -> ContainerStatus:
     """A container's status from one row of the engine's container list (`State` is
     running, exited, created ...; `Status` is "Up 5 minutes (unhealthy)", "Exited (137) 3
@@ -204,31 +230,8 @@ class DockerBackend:
         import docker.errors
 
         client = self._docker()
-        config = container_config(spec, self._name(spec.name))
-        config["labels"]["legion.home"] = self.home_label
         api = client.api
-        volumes = config.pop("volumes")
-        host_config = api.create_host_config(
-            binds=volumes,
-            cap_drop=config.pop("cap_drop"),
-            security_opt=config.pop("security_opt"),
-            read_only=config.pop("read_only"),
-            tmpfs=config.pop("tmpfs"),
-            mem_limit=config.pop("mem_limit"),
-            memswap_limit=config.pop("memswap_limit"),
-            nano_cpus=config.pop("nano_cpus"),
-            pids_limit=config.pop("pids_limit"),
-            network_mode=config.pop("network_mode"),
-            init=config.pop("init"),
-            runtime=config.pop("runtime", None),
-            log_config=config.pop("log_config"),
-        )
-        config.pop("detach")
-        create = {
-            **config,
-            "volumes": [v["bind"] for v in volumes.values()],
-            "host_config": host_config,
-        }
+        create = create_arguments(api, spec, self._name(spec.name), self.home_label)
         try:
             # The low-level API: create + start, without the inspect round trips of the
             # high-level one (cold start is measured, see bench/agent_container.py).
@@ -237,9 +240,8 @@ class DockerBackend:
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: a container of that name is left over
                     raise
-                old = self._find(spec.name)
-                if old is not None:
-                    old.remove(force=True)
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.remove_container(self._name(spec.name), force=True)
                 container_id = api.create_container(**create)["Id"]
             api.start(container_id)
         except docker.errors.ImageNotFound:

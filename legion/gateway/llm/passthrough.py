@@ -71,15 +71,20 @@ class Passthrough:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._tls: asyncio.Task[ssl.SSLContext] | None = None
 
-    async def tls_context(self) -> ssl.SSLContext:
-        """The one verifying TLS context of every pool (CA bundle and settings as httpx's
-        default, SSL_CERT_FILE and SSL_CERT_DIR included), built off the loop, once."""
+    def prepare(self) -> asyncio.Task[ssl.SSLContext]:
+        """Start building the shared TLS context in a worker thread (the daemon does at
+        start-up when a model uses the direct path, so no first call waits for it)."""
         if self._tls is None:
             self._tls = asyncio.create_task(
                 asyncio.to_thread(httpx.create_ssl_context), name="tls-context"
             )
+        return self._tls
+
+    async def tls_context(self) -> ssl.SSLContext:
+        """The one verifying TLS context of every pool (CA bundle and settings as httpx's
+        default, SSL_CERT_FILE and SSL_CERT_DIR included), built off the loop, once."""
         # Shielded: a caller that goes away must not cancel what the others wait for.
-        return await asyncio.shield(self._tls)
+        return await asyncio.shield(self.prepare())
 
     async def _client(self, agent: str) -> httpx.AsyncClient:
         client = self._clients.get(agent)
