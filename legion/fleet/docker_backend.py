@@ -404,12 +404,12 @@ class DockerBackend:
         return await self._run(sweep)
 
     async def statuses(self) -> dict[str, ContainerStatus]:
-        import docker.errors
-
         def listing() -> dict[str, ContainerStatus]:
             try:
                 rows = self._listing()
-            except docker.errors.DockerException as exc:
+            except BackendUnavailable:
+                raise
+            except Exception as exc:  # the engine's errors, and a timeout or a cut connection
                 raise BackendUnavailable(f"cannot list the containers: {exc}") from None
             out = {}
             for row in rows:
@@ -421,8 +421,6 @@ class DockerBackend:
         return await self._run(listing)
 
     async def watch(self) -> DockerStatusFeed:
-        import docker.errors
-
         def subscribe() -> Any:
             try:
                 # Returns once the engine has answered: what happens from here on is seen.
@@ -434,7 +432,9 @@ class DockerBackend:
                         "event": list(WATCHED_EVENTS),
                     },
                 )
-            except docker.errors.DockerException as exc:
+            except BackendUnavailable:
+                raise
+            except Exception as exc:  # the engine's errors, and a timeout or a cut connection
                 raise BackendUnavailable(f"cannot follow the engine's events: {exc}") from None
 
         raw = await self._run(subscribe)

@@ -194,3 +194,30 @@ def test_issue_10_a_model_that_needs_litellm_still_preloads_it(
     result = run_daemon(home, config(provider.base_url, translated=True), calls=False)
     assert "litellm" in result["litellm"], result  # type: ignore[operator]
     print(f"a LiteLLM model: peak {result['peak_mib']:.0f} MiB")
+
+
+@pytest.mark.anyio
+async def test_issue_10_a_model_the_agent_may_not_use_never_starts_the_import(
+    home: Path, provider: FakeProvider
+) -> None:
+    """issue 10: the permission is checked before LiteLLM is loaded: an agent naming a
+    model off the direct path that it may not use is refused (403) without the host
+    starting the import; its own direct-path model answers without it too."""
+    from legion.config import parse_config
+    from legion.host import Host
+    from tests.conftest import agent_client
+
+    paths = Paths.resolve(home)
+    vault = Vault(paths.vault_db, paths.vault_key)
+    vault.set("provider", KEY, tier="system")
+    vault.close()
+    text = config(provider.base_url, translated=True).replace('backend = "none"', "")
+    async with (
+        Host.running(parse_config(text), paths) as host,
+        agent_client(paths, "alice") as alice,
+    ):
+        hi = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+        refused = await alice.post("/v1/chat/completions", json={**hi, "model": "translated"})
+        assert refused.status_code == 403, refused.text
+        assert (await alice.post("/v1/chat/completions", json=hi)).status_code == 200
+        assert not host.litellm.started

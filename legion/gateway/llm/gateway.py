@@ -201,18 +201,23 @@ class Gateway:
         await self.passthrough.close()
 
     def _wanted(self, agent: str, requested: str | None) -> list[str]:
-        """The chain a call would walk (before any check): what decides whether it needs
-        LiteLLM."""
+        """The chain a call would walk (before any check)."""
         cfg = self.config.agents.get(agent)
         alias = requested or (cfg.model if cfg else None) or self.config.llm.default_model
         return self.chain(alias) if alias and alias in self.config.llm.models else []
+
+    def _needs_litellm(self, aliases: list[str]) -> bool:
+        models = self.config.llm.models
+        return any(not passthrough.applies(models[a]) for a in aliases if a in models)
+
+    def _waits_for_litellm(self, aliases: list[str]) -> bool:
+        return self._needs_litellm(aliases) and self.litellm.loaded() is None
 
     async def _runtime_for(self, aliases: list[str]) -> Any | None:
         """LiteLLM when a model of `aliases` needs it (imported once, off the loop, and
         awaited here); else the module if it happens to be loaded, else None: a chain on
         the direct path never waits for the import nor starts it."""
-        models = self.config.llm.models
-        if any(not passthrough.applies(models[a]) for a in aliases if a in models):
+        if self._needs_litellm(aliases):
             return await self.litellm.get()
         return self.litellm.loaded()
 
@@ -230,10 +235,13 @@ class Gateway:
         return None
 
     async def chat(self, agent: str, request: ChatRequest) -> Response | StreamResponse:
-        litellm = await self._runtime_for(self._wanted(agent, request.model))
-        # The allow record is committed without its own fsync: the reservation's commit
-        # below makes it durable, and every refusal before that is audited durably.
-        alias = self.resolve_alias(agent, request.model, durable=False)
+        # The permission comes first: a model an agent may not use never makes the host
+        # import LiteLLM. The allow record is committed without its own fsync when the
+        # reservation's commit follows at once (it makes it durable; every refusal before
+        # that is audited durably), and with one when the call first waits for the import.
+        waits = self._waits_for_litellm(self._wanted(agent, request.model))
+        alias = self.resolve_alias(agent, request.model, durable=waits)
+        litellm = await self._runtime_for(self.chain(alias))
         return await self._chat(agent, alias, request, litellm)
 
     def _hop(
@@ -565,10 +573,9 @@ class Gateway:
     # --- embeddings ---------------------------------------------------------------------
 
     async def embeddings(self, agent: str, request: EmbeddingRequest) -> Response:
-        litellm = await self._runtime_for(self._wanted(agent, request.model)[:1])
         alias = self.resolve_alias(agent, request.model)
+        litellm = await self._table_for([alias], await self._runtime_for([alias]))
         model_cfg = self.config.llm.models[alias]
-        litellm = await self._table_for([alias], litellm)
         inputs = [request.input] if isinstance(request.input, str) else request.input
         bound = sum(len(text.encode()) + 1 for text in inputs) + REQUEST_OVERHEAD_TOKENS
         request_id = "req_" + uuid.uuid4().hex[:20]

@@ -89,6 +89,11 @@ class LiteLLM:
         # import every later call waits for.
         return await asyncio.shield(self.start())
 
+    @property
+    def started(self) -> bool:
+        """Whether this host asked for the import (at start-up or for a call)."""
+        return self._task is not None
+
     def loaded(self) -> Any | None:
         """The module if it is imported already, else None (never starts the import)."""
         return _module
