@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from legion import __version__
 from legion.api.agent import build_shared_routes
 from legion.api.http import Call, Router, StreamResponse
+from legion.api.operator import build_operator_routes
 from legion.errors import LegionError
 from legion.wire.api import (
     AgentInfo,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 def build_control_router(host: Host) -> Router:
     router = Router("legion control socket")
     build_shared_routes(router, host)
+    build_operator_routes(router, host)
 
     @router.route("GET", "/v1/status", response=HostStatus)
     async def status(call: Call) -> HostStatus:

@@ -29,6 +29,7 @@ from legion.gateway.llm.health import ModelHealth
 from legion.gateway.llm.passthrough import Passthrough
 from legion.gateway.llm.pricing import Price, price_for
 from legion.gateway.llm.runtime import LiteLLM
+from legion.gateway.llm.toolcalls import StreamedCalls, ToolCalls
 from legion.gateway.redact import Redactor
 from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog
@@ -151,6 +152,7 @@ class Gateway:
         self.health = health
         self.clock = clock
         self.passthrough = Passthrough()
+        self.tool_calls = ToolCalls(bus, clock)
 
     # --- resolution -----------------------------------------------------------------
 
@@ -246,6 +248,7 @@ class Gateway:
     async def _chat(
         self, agent: str, alias: str, request: ChatRequest, litellm: Any
     ) -> Response | StreamResponse:
+        self.tool_calls.request(agent, request.messages)
         raw = request.model_dump(exclude_none=True)
         body = {k: v for k, v in raw.items() if k in CHAT_PARAMS}
         # One output limit, the one reserved for, is what the provider gets.
@@ -437,6 +440,10 @@ class Gateway:
             (choice.get("message") or {}).get("content") or "" for choice in data.get("choices", [])
         )
         usage = self._usage(litellm, hop, request, data.get("usage"), text)
+        for choice in data.get("choices", []):
+            self.tool_calls.reply(
+                agent, request_id, (choice.get("message") or {}).get("tool_calls")
+            )
         elapsed = (time.monotonic() - started) * 1000
         self.budgets.settle(reservation, usage, status="ok", latency_ms=elapsed, ttft_ms=elapsed)
         self._settled(agent, request_id, hop.alias, usage.cost_usd)
@@ -458,6 +465,7 @@ class Gateway:
         litellm: Any,
     ) -> AsyncIterator[bytes]:
         produced: list[str] = []
+        calls = StreamedCalls()
         usage_seen: Any = None
         ttft: float | None = None
         status = "aborted"
@@ -471,6 +479,8 @@ class Gateway:
                 if data.get("usage"):
                     usage_seen = data["usage"]
                 for choice in data.get("choices") or []:
+                    if (choice.get("delta") or {}).get("tool_calls"):
+                        calls.add(choice["delta"]["tool_calls"])
                     text = (choice.get("delta") or {}).get("content")
                     if text:
                         produced.append(text)
@@ -485,6 +495,7 @@ class Gateway:
                 except StopAsyncIteration:
                     chunk = None
             status = "ok"
+            self.tool_calls.reply(agent, request_id, calls.finished())
             yield b"data: [DONE]\n\n"
         except Exception as exc:
             status = "failed_mid_stream"
