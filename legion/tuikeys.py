@@ -144,6 +144,19 @@ BINDINGS: tuple[KeySpec, ...] = (
         "Check the audit log's hash chain now.",
         "audit",
     ),
+    KeySpec(
+        "dialog-cancel",
+        "escape",
+        "cancel",
+        "Cancel",
+        "Close the form without doing anything.",
+        "form",
+    ),
+    KeySpec("dialog-yes", "y", "answer(True)", "Yes", "Yes, do it.", "confirm"),
+    KeySpec(
+        "dialog-no", "n,escape", "answer(False)", "No", "No, leave things as they are.", "confirm"
+    ),
+    KeySpec("dialog-close", "escape,q", "close", "Close", "Close this read-out.", "readout"),
 )
 
 BY_ID: dict[str, KeySpec] = {spec.id: spec for spec in BINDINGS}

@@ -1,0 +1,172 @@
+"""The TUI against a real host (issue 9): embedded in the test's loop and attached to a real
+daemon, agent runtimes as processes on the fake provider. Pilot drives the keyboard; the
+assertions read the messages the app received and what its widgets hold."""
+
+from __future__ import annotations
+
+import pytest
+
+from legion.fleet.backend import FakeBackend
+from tui.screens.blackboard import BlackboardScreen
+from tui.screens.dialogs import ConfirmScreen, FormScreen
+from tui.widgets.agent_pane import AgentPane, Reply
+from tui.widgets.agent_row import AgentRow
+from tui.widgets.ticker import EventsTicker
+
+from .conftest import Starter
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture(params=["embedded", "attached"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_header_says_which_host_is_live(tui: Starter, mode: str) -> None:
+    async with tui(mode) as run:
+        title = str(run.app.fleet.query_one("#title").render())
+        if mode == "attached":
+            assert f"attached to daemon pid {run.app.client.host_pid}" in title  # type: ignore[union-attr]
+        else:
+            assert "embedded host" in title
+
+
+async def test_chat_streams_into_its_pane_token_by_token(tui: Starter, mode: str) -> None:
+    async with tui(mode) as run:
+        await run.pilot.press("enter")  # open alice's pane from the sidebar
+        pane = run.app.fleet.query_one("#pane-alice", AgentPane)
+        await run.pilot.press(*"hello there")
+        await run.pilot.press("enter")
+        await run.until(lambda: bool(run.events("agent_reply", "alice")))
+        deltas = run.events("token_delta", "alice")
+        assert "".join(d.text for d in deltas) == "echo: hello there"
+        # several batches, so the pane was painted while the reply was still arriving
+        batches = [
+            m
+            for m in run.seen
+            if type(m).__name__ == "HostEvents"
+            and any(e.type == "token_delta" for e in m.events)  # type: ignore[attr-defined]
+        ]
+        assert len(batches) >= 3
+        await run.until(lambda: not pane.query(".-streaming"))
+        replies = list(pane.query(Reply))
+        assert [r.source for r in replies] == ["echo: hello there"]
+        assert str(pane.query_one(".-user").render()) == "> hello there"
+
+
+async def test_palette_sets_a_blackboard_key(tui: Starter, mode: str) -> None:
+    async with tui(mode) as run:
+        await run.command("blackboard: Set")
+        await run.until(lambda: isinstance(run.app.screen, FormScreen))
+        await run.pilot.press(*"notes/plan", "enter", *'{"step": 2}', "enter", *"600", "enter")
+        await run.until(lambda: bool(run.events("blackboard_changed")))
+        client = run.app.client
+        assert client is not None
+        entry = await client.bb_get("notes/plan")
+        assert entry.value == {"step": 2} and entry.writer == "operator" and entry.expires_at
+        await run.pilot.press("f3")
+        screen = run.app.screen
+        assert isinstance(screen, BlackboardScreen)
+        await run.until(lambda: "notes/plan" in screen.entries)
+        await run.until(lambda: "step" in str(screen.query_one("#value").render()))
+
+
+async def test_palette_restarts_an_agent(tui: Starter) -> None:
+    backend = FakeBackend()
+    async with tui(backend=backend) as run:
+        assert backend.starts["alice"] == 1
+        await run.command("agent: Restart alice")
+        await run.until(lambda: backend.starts["alice"] == 2)
+        await run.until(
+            lambda: [e.state for e in run.events("agent_state", "alice")][-2:]
+            == ["starting", "running"]
+        )
+        done = [m for m in run.seen if type(m).__name__ == "ActionDone"]
+        assert done and done[-1].ok and done[-1].title == "agent: Restart alice"  # type: ignore[attr-defined]
+
+
+async def test_an_agent_that_fails_shows_its_reason(tui: Starter) -> None:
+    backend = FakeBackend()
+    async with tui(backend=backend, extra="[runtime.x]\n" if False else "") as run:
+        client = run.app.client
+        assert client is not None
+        await run.until(lambda: run.app.state.agents["alice"].state == "running")
+        backend.crash("alice", exit_code=3)
+        # the supervisor restarts it (restart_max_per_hour = 5 by default); crash it until failed
+        for _ in range(6):
+            await run.until(
+                lambda: run.app.state.agents["alice"].state in ("running", "failed"), 30
+            )
+            if run.app.state.agents["alice"].state == "failed":
+                break
+            backend.crash("alice", exit_code=3)
+            await run.until(lambda: run.app.state.agents["alice"].state != "running", 30)
+        await run.until(lambda: run.app.state.agents["alice"].state == "failed", 60)
+        reason = run.app.state.agents["alice"].reason
+        assert "container exited with code 3" in reason and "giving up" in reason
+        row = run.app.fleet.query_one("#agent-alice", AgentRow)
+        await run.pilot.pause()
+        shown = str(row.query_one("Static").render())
+        assert "failed" in shown and "container exited" in shown
+        ticker = run.app.fleet.query_one(EventsTicker)
+        assert any("alice failed: container exited with code 3" in line for line in ticker.lines)
+
+
+async def test_a_budget_refusal_shows_who_and_why(tui: Starter, fake: object) -> None:
+    async with tui() as run:
+        # a daily cap far below one call's worst case: the gateway refuses with 402
+        client = run.app.client
+        assert client is not None
+        text = (run.paths.config).read_text().replace("daily_usd = 1.0", "daily_usd = 0.000001")
+        run.paths.config.write_text(text)
+        await client.config_reload()
+        run.app.load_costs()
+        await run.until(lambda: run.app.state.agents["alice"].daily_cap == 0.000001)
+        await run.pilot.press("enter", *"spend", "enter")
+        await run.until(lambda: bool(run.events("agent_reply", "alice")))
+        reply = run.events("agent_reply", "alice")[-1]
+        assert "budget_exceeded" in reply.text
+        await run.until(lambda: bool(run.app.state.agents["alice"].refused))
+        ticker = run.app.fleet.query_one(EventsTicker)
+        assert any("alice refused an LLM call on m: daily cap" in line for line in ticker.lines)
+        await run.pilot.press("f5")
+        await run.until(lambda: "alice: daily cap" in str(run.app.screen.query_one("#refusals").render()))
+
+
+async def test_agent_text_is_never_markup_nor_control(tui: Starter, fake: object) -> None:
+    """issue 9: agent-controlled text shows as typed: no Rich markup, no terminal escapes."""
+    from tests.fakes.provider import Reply as Scripted
+
+    async with tui() as run:
+        hostile = "[bold red]fake[/] \x1b[2J\x1b]0;pwned\x07 \u202edesrever"
+        fake.script(Scripted(content=hostile))  # type: ignore[attr-defined]
+        await run.pilot.press("enter", *"x", "enter")
+        await run.until(lambda: bool(run.events("agent_reply", "alice")))
+        pane = run.app.fleet.query_one("#pane-alice", AgentPane)
+        await run.until(lambda: not pane.query(".-streaming"))
+        source = pane.query(Reply).last().source
+        assert "\x1b" not in source and "\x07" not in source and "\u202e" not in source
+        assert "[bold red]fake[/]" in source and "^[[2J" in source and "<U+202E>" in source
+
+
+async def test_quitting_an_embedded_host_with_a_busy_agent_asks_first(tui: Starter, fake: object) -> None:
+    from tests.fakes.provider import Reply as Scripted
+
+    async with tui() as run:
+        fake.script(Scripted(content="slow " * 200, chunk_delay_s=0.05))  # type: ignore[attr-defined]
+        await run.pilot.press("enter", *"go", "enter")
+        await run.until(lambda: run.app.state.agents["alice"].activity == "thinking")
+        await run.pilot.press("ctrl+q")
+        await run.until(lambda: isinstance(run.app.screen, ConfirmScreen))
+        await run.pilot.press("n")
+        await run.until(lambda: not isinstance(run.app.screen, ConfirmScreen))
+        assert run.app.is_running and run.app.client is not None
+
+
+async def test_a_remapped_key_works(tui: Starter) -> None:
+    async with tui(keys={"show-blackboard": "f12"}) as run:
+        await run.pilot.press("f3")
+        assert not isinstance(run.app.screen, BlackboardScreen)
+        await run.pilot.press("f12")
+        await run.until(lambda: isinstance(run.app.screen, BlackboardScreen))

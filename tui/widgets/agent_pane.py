@@ -1,0 +1,129 @@
+"""One agent's pane: this session's conversation, the live reply streaming as Markdown, tool
+calls as expandable lines, and an input to chat with the agent."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.content import Content
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import Input, Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+from tui.state import AgentView, Item
+from tui.text import plain, safe
+from tui.widgets.agent_row import LABEL, STATE_STYLE
+from tui.widgets.tool_line import ToolLine
+
+
+class Reply(Markdown):
+    """An agent's reply, rendered as Markdown; links are shown, never opened."""
+
+    DEFAULT_CSS = """
+    Reply { margin: 0 0 1 0; padding: 0 1; background: $surface; }
+    Reply.-streaming { border-left: thick $primary; }
+    """
+
+    def __init__(self, item: Item, text: str | None = None) -> None:
+        super().__init__(safe(item.text if text is None else text), open_links=False)
+        self.item = item
+        self.stream: MarkdownStream | None = None
+
+
+class AgentPane(Vertical, can_focus=False):
+    DEFAULT_CSS = """
+    AgentPane { border: round $foreground 30%; height: 1fr; min-height: 8; }
+    AgentPane:focus-within { border: round $primary; }
+    AgentPane > #title { height: 1; padding: 0 1; background: $panel; }
+    AgentPane > #history { height: 1fr; padding: 0 1; }
+    AgentPane > Input { dock: bottom; margin: 0; }
+    AgentPane .-user { color: $accent; margin: 0 0 1 0; }
+    AgentPane .-note { color: $text-muted; }
+    AgentPane .-note.-warning { color: $warning; }
+    AgentPane .-note.-error { color: $error; text-style: bold; }
+    """
+
+    class Send(Message):
+        def __init__(self, agent: str, text: str) -> None:
+            super().__init__()
+            self.agent = agent
+            self.text = text
+
+    def __init__(self, view: AgentView) -> None:
+        super().__init__(id=f"pane-{view.name}")
+        self.agent = view.name
+        self.view = view
+        self._widgets: dict[int, Widget] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="title")
+        with VerticalScroll(id="history"):
+            for item in self.view.transcript:
+                yield self._make(item)
+        yield Input(placeholder=f"message {self.agent} (Enter to send)", id="say")
+
+    def on_mount(self) -> None:
+        self.query_one("#history", VerticalScroll).anchor()
+        self.show_title()
+        for reply in self.query(Reply):
+            if not reply.item.done:  # a reply already streaming when the pane opened
+                reply.add_class("-streaming")
+                reply.stream = Markdown.get_stream(reply)
+
+    def show_title(self) -> None:
+        view = self.view
+        activity = LABEL.get(view.activity, view.activity)
+        self.query_one("#title", Static).update(
+            Content.assemble(
+                (safe(view.name), "bold"),
+                f" · {safe(view.model or '-')} · ",
+                (activity, STATE_STYLE.get(view.activity, "")),
+                (f" · q{view.queue}" if view.queue else ""),
+            )
+        )
+
+    def focus_input(self) -> None:
+        self.query_one(Input).focus()
+
+    def _make(self, item: Item, fresh: bool = False) -> Widget:
+        """The widget of `item`; a `fresh` streaming reply starts empty (its tokens follow)."""
+        widget: Widget
+        if item.kind == "user":
+            widget = Static(plain("> " + item.text), classes="-user")
+        elif item.kind == "reply":
+            widget = Reply(item, "" if fresh and not item.done else None)
+        elif item.kind == "tool":
+            widget = ToolLine(item)
+        else:
+            widget = Static(plain(item.text), classes=f"-note -{item.level}")
+        self._widgets[id(item)] = widget
+        return widget
+
+    async def show_item(self, op: str, item: Item) -> None:
+        """Apply one transcript change (from FleetState.apply) to the pane."""
+        widget = self._widgets.get(id(item))
+        if op == "new" and widget is None:
+            widget = self._make(item, fresh=True)
+            await self.query_one("#history", VerticalScroll).mount(widget)
+            if isinstance(widget, Reply) and not item.done:
+                widget.add_class("-streaming")
+                widget.stream = Markdown.get_stream(widget)
+            return
+        if isinstance(widget, Reply):
+            if op.startswith("token:") and widget.stream is not None:
+                await widget.stream.write(safe(op[6:]))
+            elif op == "done":
+                if widget.stream is not None:
+                    await widget.stream.stop()
+                    widget.stream = None
+                widget.remove_class("-streaming")
+        elif isinstance(widget, ToolLine):
+            widget.refresh_item()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        text = event.value.strip()
+        if text:
+            event.input.clear()
+            self.post_message(self.Send(self.agent, text))
