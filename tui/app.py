@@ -173,7 +173,14 @@ class LegionApp(App[int]):
     @on(HostEvents)
     async def on_host_events(self, message: HostEvents) -> None:
         change = self.state.apply(message.events)
-        await self.fleet.apply(change)
+        if self._leaving.is_set() or not self.is_running:
+            return  # the state is kept; the widgets are going away
+        try:
+            await self.fleet.apply(change)
+        except NoMatches:
+            if self.is_running and not self._leaving.is_set():
+                raise
+            return
         if change.costs:
             self._if_mounted(CostsScreen, lambda s: s.show())
         if change.blackboard:
@@ -209,7 +216,10 @@ class LegionApp(App[int]):
     def _if_mounted(self, kind: type[Any], act: Callable[[Any], Any]) -> None:
         for name, screen_type in SCREENS_BY_NAME.items():
             if screen_type is kind:
-                screen = self.get_screen(name)
+                try:
+                    screen = self.get_screen(name)
+                except KeyError:  # the app is closing: its screens are gone
+                    return
                 if screen.is_mounted:
                     act(screen)
 

@@ -288,15 +288,16 @@ class FleetState:
             self._tick(change, e.at, "warning", f"denied: {e.actor} {e.action} {e.target}")
 
     def _refusal_reason(self, view: AgentView) -> str:
-        """Why a call was refused, from what the TUI knows of caps and spend (the host's
-        audit record says `budget_exceeded` or `models_unavailable`)."""
-        if view.daily_cap is not None and view.today_usd >= view.daily_cap * 0.5:
-            return f"daily cap ${view.daily_cap:.2f}, ${view.today_usd:.4f} spent"
-        if view.monthly_cap is not None and view.month_usd >= view.monthly_cap * 0.5:
-            return f"monthly cap ${view.monthly_cap:.2f}, ${view.month_usd:.4f} spent"
-        if self.fleet_cap is not None and self.fleet_today >= self.fleet_cap * 0.5:
-            return f"fleet daily cap ${self.fleet_cap:.2f}, ${self.fleet_today:.4f} spent"
-        return "budget: the call's worst case exceeds what is left (see the audit log)"
+        """The caps that apply and what is spent against them (the audit record says only
+        `budget_exceeded`; the gateway's full message goes to the agent)."""
+        caps = []
+        if view.daily_cap is not None:
+            caps.append(f"daily cap ${view.daily_cap:g}, ${view.today_usd:.4f} spent")
+        if view.monthly_cap is not None:
+            caps.append(f"monthly cap ${view.monthly_cap:g}, ${view.month_usd:.4f} spent")
+        if self.fleet_cap is not None:
+            caps.append(f"fleet daily cap ${self.fleet_cap:g}, ${self.fleet_today:.4f} spent")
+        return "budget: " + ("; ".join(caps) if caps else "no cap known (see the audit log)")
 
     def _on_inbox_refused(self, e: Any, change: Change) -> None:
         self._tick(change, e.at, "warning", f"{e.sender}: inboxes full ({', '.join(e.full)})")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.command import CommandList
 from textual.message import Message
 from textual.pilot import Pilot
 
@@ -56,8 +57,14 @@ class Run:
         await self.pilot.press("ctrl+p")
         await self.until(lambda: self.app.screen.__class__.__name__ == "CommandPalette")
         await self.pilot.press(*title)
-        await self.pilot.pause(0.3)  # the palette searches in a worker; its list settles
-        await self.until(lambda: bool(self.app.screen.query("CommandList Option")))
+
+        def found() -> bool:
+            commands = self.app.screen.query_one(CommandList)
+            return commands.option_count > 0 and str(
+                commands.get_option_at_index(0).prompt
+            ).startswith(title)
+
+        await self.until(found)  # the palette searches in a worker: wait for the best hit
         await self.pilot.press("enter")
 
 

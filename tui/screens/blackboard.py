@@ -103,12 +103,16 @@ class BlackboardScreen(Screen[None]):
             return None
 
     def _show(self, key: str | None) -> None:
+        box = self.query("#value").results(Static)
+        target = next(box, None)
+        if target is None:
+            return  # not composed yet; `loaded` shows it
         entry = self.entries.get(key) if key else None
         if entry is None:
-            self.query_one("#value", Static).update("(no key selected)")
+            target.update("(no key selected)")
             return
         value = json.dumps(entry.value, indent=2, ensure_ascii=False, default=str)
-        self.query_one("#value", Static).update(plain(f"{entry.key}  v{entry.version}\n\n{value}"))
+        target.update(plain(f"{entry.key}  v{entry.version}\n\n{value}"))
 
     @on(DataTable.RowHighlighted)
     def highlighted(self, event: DataTable.RowHighlighted) -> None:

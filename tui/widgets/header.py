@@ -35,6 +35,7 @@ class LegionHeader(Horizontal):
         yield Static(id="clock")
 
     def on_mount(self) -> None:
+        self.watch_label(self.label)
         self._tick()
         self.set_interval(1.0, self._tick)
 
@@ -43,6 +44,8 @@ class LegionHeader(Horizontal):
         self.query_one("#clock", Static).update(stamp)
 
     def watch_label(self, label: str) -> None:
+        if not self.is_mounted:
+            return  # on_mount shows it
         self.query_one("#title", Static).update(plain(f"legion · {label} · {self.home}"))
 
     def show_mode(self, mode: str, label: str) -> None:
