@@ -20,6 +20,7 @@ class KeySpec:
     description: str  # short, for the footer and the help screen
     tooltip: str  # one sentence, for the help screen and the footer's tooltip
     scope: str  # where it applies: app, fleet, sidebar, pane, blackboard, audit
+    show: bool = True  # in the footer (every binding is on the help screen)
 
 
 BINDINGS: tuple[KeySpec, ...] = (
@@ -31,6 +32,7 @@ BINDINGS: tuple[KeySpec, ...] = (
         "Commands",
         "Open the command palette: every action on the host, by name.",
         "app",
+        show=False,
     ),
     KeySpec(
         "quit",
@@ -47,6 +49,7 @@ BINDINGS: tuple[KeySpec, ...] = (
         "Fleet",
         "The fleet: agents, their panes and the events ticker.",
         "app",
+        show=False,
     ),
     KeySpec(
         "show-blackboard",
@@ -55,6 +58,7 @@ BINDINGS: tuple[KeySpec, ...] = (
         "Blackboard",
         "Browse blackboard keys, values, versions, writers, TTLs and claims.",
         "app",
+        show=False,
     ),
     KeySpec(
         "show-audit",
@@ -63,6 +67,7 @@ BINDINGS: tuple[KeySpec, ...] = (
         "Audit",
         "The audit log, filterable by agent and decision, with its verification.",
         "app",
+        show=False,
     ),
     KeySpec(
         "show-costs",
@@ -71,10 +76,17 @@ BINDINGS: tuple[KeySpec, ...] = (
         "Costs",
         "Spend today and this month against the caps, fleet-wide and per agent.",
         "app",
+        show=False,
     ),
     KeySpec("next-pane", "f6", "next_pane", "Next pane", "Focus the next agent pane.", "fleet"),
     KeySpec(
-        "prev-pane", "shift+f6", "prev_pane", "Prev pane", "Focus the previous agent pane.", "fleet"
+        "prev-pane",
+        "shift+f6",
+        "prev_pane",
+        "Prev pane",
+        "Focus the previous agent pane.",
+        "fleet",
+        show=False,
     ),
     KeySpec(
         "zoom-pane",
@@ -91,6 +103,7 @@ BINDINGS: tuple[KeySpec, ...] = (
         "Close pane",
         "Close the focused agent pane (the agent keeps running).",
         "fleet",
+        show=False,
     ),
     KeySpec(
         "toggle-sidebar",
@@ -107,6 +120,7 @@ BINDINGS: tuple[KeySpec, ...] = (
         "To fleet",
         "Move the focus to the fleet sidebar.",
         "fleet",
+        show=False,
     ),
     KeySpec(
         "open-pane",

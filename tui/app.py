@@ -120,6 +120,9 @@ class LegionApp(App[int]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
 
+    async def on_unmount(self) -> None:
+        await self.shutdown_host()  # however the app ends (quit, a test, a crash)
+
     async def client_ready(self) -> HostClient:
         await self.connected.wait()
         if self.client is None:

@@ -10,7 +10,14 @@ from legion.tuikeys import BINDINGS, BY_ID
 def bindings(scope: str) -> list[BindingType]:
     """Every binding of `scope`, each with its id (remappable) and tooltip."""
     return [
-        Binding(spec.key, spec.action, spec.description, id=spec.id, tooltip=spec.tooltip)
+        Binding(
+            spec.key,
+            spec.action,
+            spec.description,
+            show=spec.show,
+            id=spec.id,
+            tooltip=spec.tooltip,
+        )
         for spec in BINDINGS
         if spec.scope == scope
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from rich.text import Text
 from textual.content import Content
 
 # C0 controls but tab and newline, DEL, C1 controls; bidi overrides and isolates (they
@@ -33,3 +34,8 @@ def safe(text: str) -> str:
 def plain(text: str, style: str = "") -> Content:
     """Agent text as Content: neutralised, never parsed as markup."""
     return Content.styled(safe(text), style)
+
+
+def block(text: str) -> Text:
+    """Agent text as a block that keeps its indentation (JSON, tool output): never markup."""
+    return Text(safe(text))

@@ -101,8 +101,8 @@ async def test_an_agent_that_fails_shows_its_reason(tui: Starter, fake: FakeProv
         reason = run.app.state.agents["alice"].reason
         assert "container exited with code 3" in reason and "giving up" in reason
         row = run.app.fleet.query_one("#agent-alice", AgentRow)
-        await run.until(lambda: "container exited" in str(row.query_one("Static").render()))
-        assert "failed" in str(row.query_one("Static").render())
+        await run.until(lambda: "container exited" in str(row.query_one("RowBody").render()))
+        assert "failed" in str(row.query_one("RowBody").render())
         ticker = run.app.fleet.query_one(EventsTicker)
         assert any("alice failed: container exited with code 3" in line for line in ticker.lines)
         # its pane, opened now, shows the reason too (from this session's transcript)

@@ -51,6 +51,7 @@ class AuditScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self._show_filters()
+        self.query_one("#records", DataTable).focus()  # the keys act on it; Tab for the filter
         self.action_refresh()
 
     def on_screen_resume(self) -> None:

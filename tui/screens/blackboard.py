@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from tui.keys import bindings
 from tui.messages import ActionDone, Loaded
-from tui.text import plain, safe
+from tui.text import block, safe
 
 if TYPE_CHECKING:
     from tui.app import LegionApp
@@ -42,7 +42,7 @@ class BlackboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield self.legion.make_header()
         yield Static("blackboard", id="heading")
-        with Horizontal():
+        with Horizontal(id="bb-body"):
             table: DataTable[Text] = DataTable(id="keys", cursor_type="row", zebra_stripes=True)
             table.add_columns("key", "ver", "writer", "updated", "expires", "claim")
             yield table
@@ -51,6 +51,7 @@ class BlackboardScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#keys", DataTable).focus()
         self.action_refresh()
 
     def on_screen_resume(self) -> None:
@@ -112,7 +113,7 @@ class BlackboardScreen(Screen[None]):
             target.update("(no key selected)")
             return
         value = json.dumps(entry.value, indent=2, ensure_ascii=False, default=str)
-        target.update(plain(f"{entry.key}  v{entry.version}\n\n{value}"))
+        target.update(block(f"{entry.key}  v{entry.version}\n\n{value}"))
 
     @on(DataTable.RowHighlighted)
     def highlighted(self, event: DataTable.RowHighlighted) -> None:

@@ -10,7 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from tui.keys import bindings
-from tui.text import plain
+from tui.text import block, plain
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class TextScreen(ModalScreen[None]):
         with Vertical(classes="dialog -wide"):
             yield Label(plain(self.title_text), classes="-title")
             with VerticalScroll():
-                yield Static(plain(self.body))
+                yield Static(block(self.body))
 
     def action_close(self) -> None:
         self.dismiss(None)

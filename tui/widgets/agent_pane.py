@@ -37,7 +37,8 @@ class AgentPane(Vertical, can_focus=False):
     AgentPane:focus-within { border: round $primary; }
     AgentPane > #title { height: 1; padding: 0 1; background: $panel; }
     AgentPane > #history { height: 1fr; padding: 0 1; }
-    AgentPane > Input { dock: bottom; margin: 0; }
+    AgentPane > Input { dock: bottom; margin: 0; border: none; height: 1; padding: 0 1; }
+    AgentPane > Input:focus { border: none; background: $boost; }
     AgentPane .-user { color: $accent; margin: 0 0 1 0; }
     AgentPane .-note { color: $text-muted; }
     AgentPane .-note.-warning { color: $warning; }
@@ -64,6 +65,8 @@ class AgentPane(Vertical, can_focus=False):
         yield Input(placeholder=f"message {self.agent} (Enter to send)", id="say")
 
     def on_mount(self) -> None:
+        if self.app.is_headless:
+            self.query_one(Input).cursor_blink = False  # snapshots: the same frame every run
         self.query_one("#history", VerticalScroll).anchor()
         self.show_title()
         for reply in self.query(Reply):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from textual.content import Content
-from textual.widgets import ListItem, Static
+from textual.widget import Widget
+from textual.widgets import ListItem
 
 from tui.state import AgentView
 from tui.text import safe
@@ -42,15 +43,29 @@ def row_content(view: AgentView, width: int = 26) -> Content:
     )
 
 
+class RowBody(Widget):
+    """Renders its agent's view as it is now (the view is the state's, updated in place)."""
+
+    DEFAULT_CSS = "RowBody { height: 3; width: 1fr; }"
+
+    def __init__(self, view: AgentView) -> None:
+        super().__init__()
+        self.view = view
+
+    def render(self) -> Content:
+        return row_content(self.view, max(20, self.size.width))
+
+
 class AgentRow(ListItem):
     DEFAULT_CSS = """
     AgentRow { height: 3; padding: 0 0 0 1; }
-    AgentRow > Static { width: 1fr; }
     """
 
     def __init__(self, view: AgentView) -> None:
-        super().__init__(Static(row_content(view)), id=f"agent-{view.name}", name=view.name)
+        super().__init__(RowBody(view), id=f"agent-{view.name}", name=view.name)
         self.agent = view.name
 
     def show(self, view: AgentView) -> None:
-        self.query_one(Static).update(row_content(view, max(20, self.size.width - 1)))
+        body = self.query_one(RowBody)
+        body.view = view
+        body.refresh()

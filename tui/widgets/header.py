@@ -7,7 +7,6 @@ from datetime import datetime
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal
-from textual.reactive import reactive
 from textual.widgets import Static
 
 from tui.text import plain
@@ -23,19 +22,18 @@ class LegionHeader(Horizontal):
     LegionHeader.-down > #title { color: $error; }
     """
 
-    label: reactive[str] = reactive("connecting to the host...")
-
     def __init__(self, clock: Callable[[], float], home: str) -> None:
         super().__init__()
         self.clock = clock
         self.home = home
+        self.label = "connecting to the host..."
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
         yield Static(id="clock")
 
     def on_mount(self) -> None:
-        self.watch_label(self.label)
+        self._show_label(mounting=True)
         self._tick()
         self.set_interval(1.0, self._tick)
 
@@ -43,17 +41,18 @@ class LegionHeader(Horizontal):
         stamp = datetime.fromtimestamp(self.clock()).strftime("%H:%M:%S")
         self.query_one("#clock", Static).update(stamp)
 
-    def watch_label(self, label: str) -> None:
-        if not self.is_mounted:
-            return  # on_mount shows it
-        self.query_one("#title", Static).update(plain(f"legion · {label} · {self.home}"))
+    def _show_label(self, mounting: bool = False) -> None:
+        if mounting or self.is_mounted:  # else on_mount shows it
+            self.query_one("#title", Static).update(plain(f"legion · {self.label} · {self.home}"))
 
     def show_mode(self, mode: str, label: str) -> None:
         self.set_class(mode == "embedded", "-embedded")
         self.set_class(mode == "attached", "-attached")
         self.remove_class("-down")
         self.label = label
+        self._show_label()
 
     def show_down(self, why: str) -> None:
         self.add_class("-down")
         self.label = why
+        self._show_label()

@@ -8,7 +8,7 @@ from textual.content import Content
 from textual.widgets import Collapsible, Static
 
 from tui.state import Item
-from tui.text import plain, safe
+from tui.text import block, safe
 
 PREVIEW = 60
 
@@ -44,8 +44,8 @@ class ToolLine(Collapsible):
 
     def __init__(self, item: Item) -> None:
         self.item = item
-        self._args = Static(plain(_pretty(item.arguments) or "(no arguments)"), classes="-args")
-        self._result = Static(plain(self._result_text()), classes="-result")
+        self._args = Static(block(_pretty(item.arguments) or "(no arguments)"), classes="-args")
+        self._result = Static(block(self._result_text()), classes="-result")
         super().__init__(
             Static("arguments", classes="-label"),
             self._args,
@@ -61,5 +61,5 @@ class ToolLine(Collapsible):
 
     def refresh_item(self) -> None:
         self.title = title_of(self.item)  # type: ignore[assignment]
-        self._result.update(plain(self._result_text()))
+        self._result.update(block(self._result_text()))
         self.set_class(not self.item.done, "-running")
