@@ -79,7 +79,10 @@ class FleetScreen(Screen[None]):
     def _layout(self, width: int) -> None:
         narrow = width < NARROW
         self.set_class(narrow, "-narrow")
-        self.query_one(PaneGrid).layout_for(width)
+        grid = self.query_one(PaneGrid)
+        grid.layout_for(width)
+        if narrow and not grid.panes():
+            self.add_class("-sidebar-shown")  # nothing else to show: the fleet, full width
 
     # --- panes -------------------------------------------------------------------------
 
@@ -99,6 +102,7 @@ class FleetScreen(Screen[None]):
                 await empty.remove()
             pane = AgentPane(self.legion.state.agents[agent])
             await grid.mount(pane)
+            self.remove_class("-sidebar-shown")
             self._layout(self.size.width)
         if grid.has_class("-zoomed"):
             self._zoom_to(pane)
