@@ -18,6 +18,7 @@ from bench import (
     llm_overhead,
     pubsub_fanout,
     socket_rtt,
+    tui,
 )
 from bench._common import Report, base_args
 
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "fleet_load": fleet_load.run,
     "budget_ops": budget_ops.run,
     "agent_container": agent_container.run,
+    "tui": tui.run,
 }
 
 

@@ -36,6 +36,8 @@ from tui.widgets.header import LegionHeader
 Connector = Callable[[], AbstractAsyncContextManager[HostClient]]
 HostCall = Callable[[HostClient], Awaitable[str]]
 
+BATCH_S = 1 / 60  # events arriving within one frame's time go to the screen as one batch
+
 SCREENS_BY_NAME: dict[str, type[Screen[None]]] = {
     "fleet": FleetScreen,
     "blackboard": BlackboardScreen,
@@ -167,8 +169,8 @@ class LegionApp(App[int]):
             async with client.subscribe() as events:
                 self.subscribed.set()
                 async for event in events:
-                    if not pending:
-                        loop.call_soon(flush)
+                    if not pending:  # one message per frame at most, however fast events come
+                        loop.call_later(BATCH_S, flush)
                     pending.append(event)
         finally:
             self.post_message(HostGone())

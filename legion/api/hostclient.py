@@ -448,11 +448,16 @@ async def embedded_host(
     from the environment into the vault, the configured runtime backend. Its logs go to
     `log_file` (a terminal UI owns the screen). Raises `AlreadyRunning` when a host holds the lock.
     """
+    import importlib
+
     from legion import logs
     from legion.config import load_config
     from legion.daemon import _import_provider_keys, acquire_lock
-    from legion.host import Host
 
+    # The host's modules take a while to import (SQLite, the gateway, pydantic models): off
+    # the event loop, so a TUI paints its first frame meanwhile (LiteLLM comes later still,
+    # in its own thread, when the host preloads it).
+    Host = (await asyncio.to_thread(importlib.import_module, "legion.host")).Host
     lock = acquire_lock(paths)
     handler: logging.Handler | None = None
     root = logging.getLogger()

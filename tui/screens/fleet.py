@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tui.keys import bindings
-from tui.state import Change
+from tui.state import Change, Item
 from tui.widgets.agent_pane import AgentPane
 from tui.widgets.pane_grid import PaneGrid
 from tui.widgets.sidebar import FleetSidebar
@@ -21,7 +21,21 @@ from tui.widgets.ticker import EventsTicker
 if TYPE_CHECKING:
     from tui.app import LegionApp
 
+PAINT_S = 1 / 20  # streamed tokens reach their panes' Markdown at most this often
 NARROW = 100  # below this many columns the sidebar collapses and panes stack
+
+
+def coalesce(items: list[tuple[str, str, Item]]) -> list[tuple[str, str, Item]]:
+    """Join the tokens a batch brought for one reply into one write (one Markdown append)."""
+    out: list[tuple[str, str, Item]] = []
+    for agent, op, item in items:
+        if op.startswith("token:") and out:
+            _, last_op, last_item = out[-1]
+            if last_item is item and last_op.startswith("token:"):
+                out[-1] = (agent, last_op + op[6:], item)
+                continue
+        out.append((agent, op, item))
+    return out
 
 
 class FleetScreen(Screen[None]):
@@ -49,6 +63,12 @@ class FleetScreen(Screen[None]):
     def on_mount(self) -> None:
         self.sync_all()
         self.query_one(FleetSidebar).focus()
+        self.set_interval(PAINT_S, self._flush_tokens)
+
+    async def _flush_tokens(self) -> None:
+        for pane in self.query(AgentPane):
+            if pane.has_tokens:
+                await pane.flush()
 
     # --- what the app tells us ------------------------------------------------------
 
@@ -65,7 +85,7 @@ class FleetScreen(Screen[None]):
         for name in change.agents:
             if name in panes:
                 panes[name].show_title()
-        for agent, op, item in change.items:
+        for agent, op, item in coalesce(change.items):
             pane = panes.get(agent)
             if pane is not None:
                 await pane.show_item(op, item)

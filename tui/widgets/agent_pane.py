@@ -56,6 +56,7 @@ class AgentPane(Vertical, can_focus=False):
         self.agent = view.name
         self.view = view
         self._widgets: dict[int, Widget] = {}
+        self._tokens: dict[int, list[str]] = {}  # per streaming reply: text not yet written
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -77,7 +78,10 @@ class AgentPane(Vertical, can_focus=False):
     def show_title(self) -> None:
         view = self.view
         activity = LABEL.get(view.activity, view.activity)
-        self.query_one("#title", Static).update(
+        title = next(self.query("#title").results(Static), None)
+        if title is None:
+            return  # not composed yet: on_mount shows it
+        title.update(
             Content.assemble(
                 (safe(view.name), "bold"),
                 f" · {safe(view.model or '-')} · ",
@@ -115,14 +119,30 @@ class AgentPane(Vertical, can_focus=False):
             return
         if isinstance(widget, Reply):
             if op.startswith("token:") and widget.stream is not None:
-                await widget.stream.write(safe(op[6:]))
+                self._tokens.setdefault(id(widget), []).append(op[6:])  # `flush` writes them
             elif op == "done":
+                await self.flush()
                 if widget.stream is not None:
                     await widget.stream.stop()
                     widget.stream = None
                 widget.remove_class("-streaming")
         elif isinstance(widget, ToolLine):
             widget.refresh_item()
+
+    async def flush(self) -> None:
+        """Write the tokens that arrived since the last flush: one Markdown append per reply
+        per frame, however many tokens came (the fleet screen calls this on a timer)."""
+        if not self._tokens:
+            return
+        pending, self._tokens = self._tokens, {}
+        for reply in self.query(Reply):
+            texts = pending.get(id(reply))
+            if texts and reply.stream is not None:
+                await reply.stream.write(safe("".join(texts)))
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self._tokens)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
