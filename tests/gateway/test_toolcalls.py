@@ -69,7 +69,7 @@ async def test_a_tool_call_starts_and_finishes(home: Path, stream: bool) -> None
                             "function": {"name": "read_file", "arguments": "{}"},
                         }
                     ],
-                },  # fmt: skip
+                },
                 {"role": "tool", "tool_call_id": "call_7", "content": "# notes\nline one"},
             ],
             "tools": TOOLS,
