@@ -17,7 +17,9 @@ from legion.paths import Paths
 PROVIDER_KEY = "sk-tui-test-provider-7Tq2Wm"
 
 
-def fleet_config(base_url: str, agents: tuple[str, ...] = ("alice",), extra: str = "") -> str:
+def fleet_config(
+    base_url: str, agents: tuple[str, ...] = ("alice",), extra: str = "", max_tokens: int = 4096
+) -> str:
     sections = "\n".join(
         f"""
 [agents.{name}]
@@ -38,6 +40,7 @@ backend = "none"
 
 [llm]
 fleet_daily_usd = 5.0
+default_max_tokens = {max_tokens}
 
 [llm.models.m]
 model = "openai/fake"

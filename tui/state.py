@@ -17,6 +17,7 @@ from legion.wire.ops import CostReport
 
 MAX_TRANSCRIPT = 400  # items per agent
 MAX_TICKER = 500
+MAX_REPLY_TEXT = 200_000  # characters of one reply kept in the transcript
 
 Activity = Literal["starting", "idle", "thinking", "tool", "paused", "failed", "stopped", "queued"]
 
@@ -175,7 +176,8 @@ class FleetState:
             item = Item("reply", "", done=False)
             view.transcript.append(item)
             change.items.append((e.agent, "new", item))
-        item.text += e.text
+        if len(item.text) < MAX_REPLY_TEXT:  # bounded memory, whatever a model streams
+            item.text += e.text[: MAX_REPLY_TEXT - len(item.text)]
         change.items.append((e.agent, "token:" + e.text, item))
         if view.activity != "thinking":
             view.activity, view.doing = "thinking", "writing a reply"
@@ -210,7 +212,11 @@ class FleetState:
         view = self.view(e.agent)
         streamed = view.current_reply()
         self._close_reply(e.agent, change)
-        if streamed is None or streamed.text.strip() != e.text.strip():
+        same = streamed is not None and (
+            streamed.text.strip() == e.text.strip()
+            or (len(streamed.text) >= MAX_REPLY_TEXT and e.text.startswith(streamed.text))
+        )
+        if not same:
             last = next((i for i in reversed(view.transcript) if i.kind == "reply"), None)
             if e.in_reply_to is None or last is None or last.text.strip() != e.text.strip():
                 item = Item("reply", e.text)

@@ -161,7 +161,20 @@ class HostClient:
 
     async def add_agent(self, draft: AgentDraft) -> ReloadResult:
         """Add `[agents.NAME]` to legion.toml (validated, atomic), then apply it."""
+        import re
+
+        from legion.config import NAME_RE
         from legion.config_edit import agent_section
+
+        if not re.fullmatch(NAME_RE, draft.name):  # it becomes a TOML table name
+            raise ApiError(
+                LegionError(
+                    f"invalid agent name {draft.name!r}: lowercase letters, digits and '-', "
+                    "starting with a letter, at most 32 characters",
+                    code="invalid_name",
+                    status=422,
+                ).body()
+            )
 
         def edit(text: str) -> str:
             if f"[agents.{draft.name}]" in text:
@@ -436,6 +449,21 @@ async def _wait_for_answer(paths: Paths, timeout_s: float) -> bool:
     return False
 
 
+def _log_to(log_file: Path, level: str) -> logging.Handler:
+    """Send every log record to `log_file` (mode 0600), as JSON lines, instead of the screen."""
+    from legion import logs
+
+    log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_file.touch(mode=0o600, exist_ok=True)
+    os.chmod(log_file, 0o600)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logs.JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    return handler
+
+
 @contextlib.asynccontextmanager
 async def embedded_host(
     paths: Paths,
@@ -450,7 +478,6 @@ async def embedded_host(
     """
     import importlib
 
-    from legion import logs
     from legion.config import load_config
     from legion.daemon import _import_provider_keys, acquire_lock
 
@@ -465,11 +492,7 @@ async def embedded_host(
     try:
         config = load_config(paths.config)
         if log_file is not None:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(log_file, encoding="utf-8")
-            handler.setFormatter(logs.JsonFormatter())
-            root.handlers[:] = [handler]
-            root.setLevel(config.host.log_level.upper())
+            handler = _log_to(log_file, config.host.log_level)
         await asyncio.to_thread(_import_provider_keys, paths)
         backend: RuntimeBackend | None
         if runtime == "configured":

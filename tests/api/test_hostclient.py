@@ -161,3 +161,21 @@ async def test_events_are_the_same_bytes_on_both_transports(home: Path, fake: Fa
                 assert PROVIDER_KEY not in event.model_dump_json()
                 if event.type == "audit_appended":
                     break
+
+
+async def test_an_agent_name_cannot_inject_toml(connect: Opener, home: Path) -> None:
+    """issue 9 (attack pass): the name becomes a table header in legion.toml."""
+    before = (home / "legion.toml").read_text()
+    async with connect() as client:
+        with pytest.raises(ApiError) as bad:
+            await client.add_agent(AgentDraft(name='x]\n[host]\nlog_level = "debug"\n[agents.y'))
+        assert bad.value.code == "invalid_name"
+    assert (home / "legion.toml").read_text() == before
+
+
+async def test_the_embedded_host_logs_to_a_private_file(home: Path, fake: FakeProvider) -> None:
+    paths = prepare_home(home, fleet_config(fake.base_url))
+    log_file = home / "logs" / "tui-host.log"
+    async with open_host(paths, log_file=log_file) as client:
+        assert client.mode == "embedded"
+    assert log_file.stat().st_mode & 0o777 == 0o600

@@ -191,3 +191,46 @@ async def test_a_remapped_key_works(tui: Starter) -> None:
         assert not isinstance(run.app.screen, BlackboardScreen)
         await run.pilot.press("f12")
         await run.until(lambda: isinstance(run.app.screen, BlackboardScreen))
+
+
+async def test_an_agent_flooding_notices_cannot_grow_a_pane_without_bound(tui: Starter) -> None:
+    """issue 9 (attack pass): an agent's socket can send notices as fast as it likes; the
+    pane keeps its newest MAX_WIDGETS items mounted and stays responsive."""
+    from tests.conftest import agent_client
+    from tui.widgets.agent_pane import MAX_WIDGETS
+
+    async with tui(runtimes=()) as run:
+        await run.pilot.press("enter")
+        pane = run.app.fleet.query_one("#pane-alice", AgentPane)
+        async with agent_client(run.paths, "alice") as alice:
+            for n in range(MAX_WIDGETS + 150):
+                response = await alice.post("/v1/notify", json={"text": f"notice {n}"})
+                response.raise_for_status()
+        last = f"notice {MAX_WIDGETS + 149}"
+        await run.until(lambda: any(last in str(w.render()) for w in pane.query(".-note")))
+        history = pane.query_one("#history")
+        assert len(history.children) <= MAX_WIDGETS
+        assert not any(str(w.render()) == "notice 0" for w in pane.query(".-note"))
+
+
+async def test_a_huge_streamed_reply_is_capped_in_the_pane(
+    tui: Starter, fake: FakeProvider
+) -> None:
+    """issue 9 (attack pass): a model streaming megabytes into one reply does not make every
+    Markdown append slower and slower: the pane shows the first MAX_REPLY_CHARS and says so."""
+    from tests.fakes.provider import Reply as Scripted
+    from tui.widgets.agent_pane import MAX_REPLY_CHARS
+
+    huge = "word " * (MAX_REPLY_CHARS // 5 + 20_000)
+    fake.script(Scripted(content=huge, chunk_chars=20_000))
+    text = fleet_config(fake.base_url, max_tokens=200_000)
+    async with tui(config_text=text) as run:
+        await run.pilot.press("enter", *"go", "enter")
+        await run.until(lambda: bool(run.events("agent_reply", "alice")), 60)
+        pane = run.app.fleet.query_one("#pane-alice", AgentPane)
+        await run.until(lambda: not pane.query(".-streaming"), 60)
+        assert len(run.events("agent_reply", "alice")[-1].text) > MAX_REPLY_CHARS  # really huge
+        [reply] = pane.query(Reply)  # one reply, not the streamed one plus a copy
+        source = reply.source
+        assert len(source) < MAX_REPLY_CHARS + 200
+        assert source.endswith("*(the rest of this reply is not shown here)*")

@@ -16,6 +16,10 @@ from tui.text import plain, safe
 from tui.widgets.agent_row import LABEL, STATE_STYLE
 from tui.widgets.tool_line import ToolLine
 
+MAX_WIDGETS = 200  # mounted history items per pane; older ones stay in the session transcript
+MAX_REPLY_CHARS = 100_000  # streamed into one reply's Markdown; the rest is not shown
+CUT_NOTE = "\n\n*(the rest of this reply is not shown here)*"
+
 
 class Reply(Markdown):
     """An agent's reply, rendered as Markdown; links are shown, never opened."""
@@ -26,9 +30,13 @@ class Reply(Markdown):
     """
 
     def __init__(self, item: Item, text: str | None = None) -> None:
-        super().__init__(safe(item.text if text is None else text), open_links=False)
+        shown = item.text if text is None else text
+        if len(shown) > MAX_REPLY_CHARS:
+            shown = shown[:MAX_REPLY_CHARS] + CUT_NOTE
+        super().__init__(safe(shown), open_links=False)
         self.item = item
         self.stream: MarkdownStream | None = None
+        self.written = min(len(shown), MAX_REPLY_CHARS)
 
 
 class AgentPane(Vertical, can_focus=False):
@@ -112,7 +120,14 @@ class AgentPane(Vertical, can_focus=False):
         widget = self._widgets.get(id(item))
         if op == "new" and widget is None:
             widget = self._make(item, fresh=True)
-            await self.query_one("#history", VerticalScroll).mount(widget)
+            history = self.query_one("#history", VerticalScroll)
+            await history.mount(widget)
+            excess = len(history.children) - MAX_WIDGETS
+            if excess > 0:  # an agent flooding notices cannot make the pane unbounded
+                old = list(history.children)[:excess]
+                for gone in old:
+                    self._widgets = {k: w for k, w in self._widgets.items() if w is not gone}
+                await history.remove_children(old)
             if isinstance(widget, Reply) and not item.done:
                 widget.add_class("-streaming")
                 widget.stream = Markdown.get_stream(widget)
@@ -138,7 +153,14 @@ class AgentPane(Vertical, can_focus=False):
         for reply in self.query(Reply):
             texts = pending.get(id(reply))
             if texts and reply.stream is not None:
-                await reply.stream.write(safe("".join(texts)))
+                text = "".join(texts)
+                room = MAX_REPLY_CHARS - reply.written
+                if room <= 0:
+                    continue
+                if len(text) > room:  # past the cap: say so once, keep the TUI responsive
+                    text = text[:room] + CUT_NOTE
+                reply.written += len(text)
+                await reply.stream.write(safe(text))
 
     @property
     def has_tokens(self) -> bool:
