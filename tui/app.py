@@ -106,13 +106,27 @@ class LegionApp(App[int]):
                 self.client = client
                 self.connected.set()
                 self.post_message(Connected())
-                await self._leaving.wait()
+                waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._leaving.wait())]
+                if client.stop_requested is not None:
+                    waits.append(asyncio.ensure_future(client.stop_requested()))
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()
+                if not self._leaving.is_set():  # `legion stop` asked the embedded host to stop
+                    self.call_later(self._stopped_from_outside)
+                    await self._leaving.wait()
         except Exception as exc:  # shown to the operator; the app stays up to say so
             render = getattr(exc, "render", None)
             self.connect_error = render() if callable(render) else str(exc)
             self.post_message(ConnectFailed(self.connect_error))
         finally:
             self.client = None
+
+    async def _stopped_from_outside(self) -> None:
+        self.notify("the embedded host was asked to stop (legion stop); leaving", markup=False)
+        await self._leave()
 
     async def shutdown_host(self) -> None:
         """Close the client: an attached daemon keeps running; an embedded host stops its
@@ -197,9 +211,6 @@ class LegionApp(App[int]):
             self._debounce(
                 "audit", lambda: self._if_mounted(AuditScreen, lambda s: s.action_refresh())
             )
-        if change.host_stopping and self.client is not None and self.client.mode == "embedded":
-            self.notify("the embedded host was asked to stop (legion stop); leaving", markup=False)
-            self.call_later(self._leave)
 
     @on(HostGone)
     def on_host_gone(self) -> None:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -108,6 +108,8 @@ class HostClient:
         self.mode: Mode = mode
         self.label = "embedded host" if mode == "embedded" else "attached"
         self.host_pid: int | None = None
+        # Embedded only: returns when the host was asked to stop (`legion stop`, POST /v1/stop).
+        self.stop_requested: Callable[[], Awaitable[None]] | None = None
         self._http = httpx.AsyncClient(
             transport=transport, base_url="http://legion", timeout=timeout
         )
@@ -551,6 +553,8 @@ async def open_host(
                     on_host(host)
                 transport, mode = InProcessTransport(host), "embedded"
         client = HostClient(transport, paths, mode=mode)
+        if mode == "embedded":
+            client.stop_requested = host.wait_stopped
         stack.push_async_callback(client.aclose)
         await client.status()
         yield client

@@ -234,3 +234,37 @@ async def test_a_huge_streamed_reply_is_capped_in_the_pane(
         source = reply.source
         assert len(source) < MAX_REPLY_CHARS + 200
         assert source.endswith("*(the rest of this reply is not shown here)*")
+
+
+def _legion_stop(home: object) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "legion", "--home", str(home), "stop"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+
+
+async def test_when_the_daemon_stops_the_tui_says_so(tui: Starter) -> None:
+    import asyncio
+
+    async with tui("attached", runtimes=()) as run:
+        await asyncio.to_thread(_legion_stop, run.paths.home)
+        header = run.app.fleet.query_one("#title")
+        await run.until(lambda: "the host stopped" in str(header.render()))
+        await run.command("config: Check")
+        await run.until(lambda: any(type(m).__name__ == "ActionDone" for m in run.seen))
+        done = [m for m in run.seen if type(m).__name__ == "ActionDone"][-1]
+        assert not done.ok  # type: ignore[attr-defined]
+        assert run.app.is_running
+
+
+async def test_legion_stop_ends_an_embedded_tui(tui: Starter) -> None:
+    import asyncio
+
+    async with tui(runtimes=()) as run:
+        await asyncio.to_thread(_legion_stop, run.paths.home)
+        await run.until(lambda: not run.app.is_running)
+        assert not run.paths.control_socket.exists()
