@@ -268,3 +268,56 @@ async def test_legion_stop_ends_an_embedded_tui(tui: Starter) -> None:
         await asyncio.to_thread(_legion_stop, run.paths.home)
         await run.until(lambda: not run.app.is_running)
         assert not run.paths.control_socket.exists()
+
+
+async def test_panes_side_by_side_with_focus_and_zoom(tui: Starter) -> None:
+    from tui.widgets.pane_grid import PaneGrid
+
+    async with tui(agents=("alice", "bob", "carol"), runtimes=()) as run:
+        fleet = run.app.fleet
+        for name in ("alice", "bob", "carol"):
+            await fleet.open_agent(name)
+        grid = fleet.query_one(PaneGrid)
+        assert [p.agent for p in grid.panes()] == ["alice", "bob", "carol"]
+        assert grid.has_class("-cols-2")  # 120 columns: two side by side
+
+        def focused() -> str | None:
+            pane = fleet._focused_pane()
+            return pane.agent if pane is not None else None
+
+        await run.until(lambda: focused() == "carol")
+        await run.pilot.press("f6")
+        await run.until(lambda: focused() == "alice")
+        await run.pilot.press("f7")
+        await run.pilot.pause()
+        shown = [p.agent for p in grid.panes() if p.display and p.region.width]
+        assert grid.has_class("-zoomed") and shown == ["alice"]
+        await run.pilot.press("f6")  # zoomed, the next pane takes the screen
+        await run.pilot.pause()
+        assert [p.agent for p in grid.panes() if p.region.width] == ["bob"]
+        await run.pilot.press("f7")
+        await run.pilot.pause()
+        assert not grid.has_class("-zoomed")
+        assert len([p for p in grid.panes() if p.region.width]) == 3
+        await run.pilot.press("f8")  # close the focused one (bob)
+        await run.until(lambda: [p.agent for p in grid.panes()] == ["alice", "carol"])
+
+
+async def test_at_80_columns_panes_stack_and_the_sidebar_collapses(tui: Starter) -> None:
+    from tui.widgets.pane_grid import PaneGrid
+    from tui.widgets.sidebar import FleetSidebar
+
+    async with tui(agents=("alice", "bob"), runtimes=(), size=(80, 24)) as run:
+        fleet = run.app.fleet
+        sidebar = fleet.query_one(FleetSidebar)
+        assert sidebar.region.width == 80  # nothing open yet: the fleet, full width
+        await run.pilot.press("enter")
+        await run.until(lambda: sidebar.region.width == 0)
+        await fleet.open_agent("bob")
+        grid = fleet.query_one(PaneGrid)
+        await run.pilot.pause()
+        assert grid.has_class("-cols-1")
+        alice, bob = grid.panes()
+        assert alice.region.x == bob.region.x and alice.region.y < bob.region.y  # stacked
+        await run.pilot.press("escape")  # the sidebar comes back over the panes
+        await run.until(lambda: sidebar.region.width == 80)

@@ -127,6 +127,7 @@ class FleetScreen(Screen[None]):
         if grid.has_class("-zoomed"):
             self._zoom_to(pane)
         pane.focus_input()
+        self.call_after_refresh(pane.focus_input)  # a pane mounted just now: after its compose
         return pane
 
     def _focused_pane(self) -> AgentPane | None:
