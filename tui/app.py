@@ -31,7 +31,9 @@ from tui.screens.dialogs import ConfirmScreen, Field, FormScreen, TextScreen
 from tui.screens.fleet import FleetScreen
 from tui.screens.help import HelpScreen
 from tui.state import FleetState
+from tui.widgets.agent_pane import AgentPane
 from tui.widgets.header import LegionHeader
+from tui.widgets.sidebar import FleetSidebar
 
 Connector = Callable[[], AbstractAsyncContextManager[HostClient]]
 HostCall = Callable[[HostClient], Awaitable[str]]
@@ -192,10 +194,11 @@ class LegionApp(App[int]):
     @on(HostEvents)
     async def on_host_events(self, message: HostEvents) -> None:
         change = self.state.apply(message.events)
-        if self._leaving.is_set() or not self.is_running:
+        fleet = self._live_fleet()
+        if fleet is None:
             return  # the state is kept; the widgets are going away
         try:
-            await self.fleet.apply(change)
+            await fleet.apply(change)
         except NoMatches:
             if self.is_running and not self._leaving.is_set():
                 raise
@@ -276,16 +279,29 @@ class LegionApp(App[int]):
     def on_loaded(self, message: Loaded) -> None:
         if message.kind == "agents":
             changed = self.state.load_agents(message.data)
+            fleet = self._live_fleet()
             with contextlib.suppress(NoMatches):
-                self.fleet.query_one("#sidebar").sync(self.state.agents, changed)  # type: ignore[attr-defined]
-                for pane in self.fleet.query("AgentPane"):
-                    pane.show_title()  # type: ignore[attr-defined]
+                if fleet is not None:
+                    fleet.query_one(FleetSidebar).sync(self.state.agents, changed)
+                    for pane in fleet.query(AgentPane):
+                        pane.show_title()
         elif message.kind == "costs":
             self.state.load_costs(message.data)
+            fleet = self._live_fleet()
             with contextlib.suppress(NoMatches):
-                self.fleet.query_one("#sidebar").sync(self.state.agents)  # type: ignore[attr-defined]
+                if fleet is not None:
+                    fleet.query_one(FleetSidebar).sync(self.state.agents)
             self._if_mounted(CostsScreen, lambda s: s.show())
             self.loaded.set()
+
+    def _live_fleet(self) -> FleetScreen | None:
+        """The fleet screen, unless the app is closing (its screens are going away)."""
+        if self._leaving.is_set() or not self.is_running:
+            return None
+        try:
+            return self.fleet
+        except KeyError:
+            return None
 
     # --- actions (not exclusive: a second one must not drop the first) ----------------------
 
@@ -377,9 +393,10 @@ class LegionApp(App[int]):
 
     def chat(self, agent: str, text: str) -> None:
         item = self.state.said(agent, text)
-        for pane in self.fleet.query("AgentPane"):
-            if getattr(pane, "agent", None) == agent:
-                self.call_later(pane.show_item, "new", item)  # type: ignore[attr-defined]
+        fleet = self._live_fleet()
+        for pane in fleet.query(AgentPane) if fleet is not None else []:
+            if pane.agent == agent:
+                self.call_later(pane.show_item, "new", item)
 
         async def send(client: HostClient) -> str:
             queued = await client.send(agent, text)
