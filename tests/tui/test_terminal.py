@@ -146,7 +146,12 @@ def test_no_color_is_honoured(terminal: Terminal, attached_fleet: tuple[Daemon, 
     _, home = attached_fleet
     terminal.start(legion_command(home))
     terminal.wait_for("attached to daemon pid")
-    assert hues(terminal.screen(escapes=True))  # the check can fail: colour without NO_COLOR
+    terminal.wait_for("idle")
+    # the check can fail: without NO_COLOR the same screen has colours
+    deadline = time.monotonic() + 10
+    while not hues(terminal.screen(escapes=True)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hues(terminal.screen(escapes=True))
     terminal.keys("C-q")
     terminal.wait_for("LEGION-EXIT=0")
     terminal.tmux("kill-server")
