@@ -21,6 +21,7 @@ from bench import (
     pubsub_fanout,
     socket_rtt,
     stream_redaction,
+    tui,
 )
 from bench._common import Report, base_args
 
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "agent_container": agent_container.run,
     "memory_search": memory_search.run,
     "memory_bootstrap": memory_bootstrap.run,
+    "tui": tui.run,
 }
 
 

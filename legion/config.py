@@ -196,6 +196,13 @@ class EgressConfig(_Section):
     max_redirects: int = Field(default=5, ge=0, le=20)
 
 
+class TuiConfig(_Section):
+    """The operator's TUI (`legion` with no subcommand)."""
+
+    # binding id -> Textual key string; ids and defaults are in legion/tuikeys.py.
+    keys: dict[str, str] = Field(default_factory=dict)
+
+
 class Config(_Section):
     host: HostConfig = Field(default_factory=HostConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
@@ -203,6 +210,7 @@ class Config(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     teams: dict[TeamName, TeamConfig] = Field(default_factory=dict)
+    tui: TuiConfig = Field(default_factory=TuiConfig)
 
 
 def _table(data: Any, *path: str) -> dict[str, Any]:
@@ -297,6 +305,41 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                         f"[llm.models.{alias}] or fix the name",
                     )
                 )
+    problems += _key_problems(_table(data, "tui", "keys"))
+    return problems
+
+
+def _key_problems(keys: dict[str, Any]) -> list[tuple[str, str]]:
+    """[tui.keys]: known binding ids, well-formed key strings, no two actions on one key."""
+    from legion.tuikeys import BINDINGS, BY_ID, key_problem
+
+    problems: list[tuple[str, str]] = []
+    for binding_id, value in keys.items():
+        where = f"tui.keys.{binding_id}"
+        if binding_id not in BY_ID:
+            close = difflib.get_close_matches(binding_id, list(BY_ID), n=1)
+            hint = f'did you mean "{close[0]}"?' if close else "see `legion` then ? for the ids"
+            problems.append((where, f"`{binding_id}` is not a binding id; {hint}"))
+        elif isinstance(value, str) and (problem := key_problem(value)):
+            problems.append((where, f'"{value}": {problem}; fix: write e.g. "ctrl+r" or "f6"'))
+    effective = {
+        spec.id: (keys[spec.id] if isinstance(keys.get(spec.id), str) else spec.key)
+        for spec in BINDINGS
+    }
+    owner: dict[tuple[str, str], str] = {}
+    for spec in BINDINGS:
+        for key in (k.strip() for k in effective[spec.id].split(",")):
+            for scope in {spec.scope, "app"} if spec.scope != "app" else {"app"}:
+                other = owner.get((scope, key))
+                if other is not None and other != spec.id and (spec.id in keys or other in keys):
+                    problems.append(
+                        (
+                            f"tui.keys.{spec.id if spec.id in keys else other}",
+                            f"`{key}` is also the key of {other if spec.id in keys else spec.id}; "
+                            "fix: pick another key for one of them",
+                        )
+                    )
+            owner.setdefault((spec.scope, key), spec.id)
     return problems
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from legion import __version__
 from legion.api.agent import build_shared_routes
 from legion.api.http import Call, Router, StreamResponse
+from legion.api.operator import build_operator_routes
 from legion.errors import BadRequest, ConfigError, LegionError, NotFound
 from legion.fleet import volume
 from legion.fsutil import UnsafeEntry
@@ -53,6 +54,7 @@ MAX_LOG_LINE_BYTES = 64 * 1024
 def build_control_router(host: Host) -> Router:
     router = Router("legion control socket")
     build_shared_routes(router, host)
+    build_operator_routes(router, host)
 
     @router.route("GET", "/v1/status", response=HostStatus)
     async def status(call: Call) -> HostStatus:

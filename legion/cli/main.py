@@ -24,8 +24,10 @@ from legion.cli.common import State, echo, emit_json, fmt_time, host_errors, jso
 app = typer.Typer(
     name="legion",
     help="A secure, self-hosted runtime for fleets of LLM agents.\n\n"
-    "Start the host with `legion daemon`, then use the other commands against it.",
-    no_args_is_help=True,
+    "`legion` alone opens the operator's TUI: attached to the daemon of this home when one "
+    "runs, else embedding the host. `legion daemon` runs the host headless; the other "
+    "commands work against it.",
+    invoke_without_command=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -51,6 +53,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     home: Annotated[
         str | None,
         typer.Option(
@@ -68,6 +71,11 @@ def root(
     ] = False,
 ) -> None:
     State.home = home
+    if ctx.invoked_subcommand is None:
+        # The only import of the TUI (and so of textual) in the CLI: lazy, here.
+        from tui.launch import run
+
+        raise typer.Exit(run(State.paths()))
 
 
 @app.command()

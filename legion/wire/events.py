@@ -67,6 +67,27 @@ class TokenDelta(_Event):
     text: str
 
 
+class ToolCallStarted(_Event):
+    """A model's reply asked for a tool: its name and arguments (bounded), as the agent got them."""
+
+    type: Literal["tool_call_started"] = "tool_call_started"
+    agent: str
+    request_id: str
+    call_id: str
+    name: str
+    arguments: str = Field(description="The arguments as JSON text, cut at 4000 characters.")
+
+
+class ToolCallFinished(_Event):
+    """The agent sent the tool's result back to the model (seen in its next request)."""
+
+    type: Literal["tool_call_finished"] = "tool_call_finished"
+    agent: str
+    call_id: str
+    name: str
+    result: str = Field(description="The result as the agent sent it, cut at 4000 characters.")
+
+
 class CostUpdated(_Event):
     type: Literal["cost_updated"] = "cost_updated"
     agent: str
@@ -158,6 +179,8 @@ HostEvent = Annotated[
     | AgentHeartbeat
     | AuditAppended
     | TokenDelta
+    | ToolCallStarted
+    | ToolCallFinished
     | CostUpdated
     | ModelFailover
     | OverReservation
