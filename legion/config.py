@@ -60,6 +60,7 @@ class PermissionsConfig(_Section):
     allowed_credentials: list[str] = Field(default_factory=list)
     can_manage_cron: bool = False
     can_spawn: bool = False
+    can_steer: list[str] = Field(default_factory=list)
 
 
 class ResourcesConfig(_Section):
@@ -82,6 +83,16 @@ class RuntimeConfig(_Section):
     debian_mirror: str | None = None
 
 
+class WakeConfig(_Section):
+    """Zero-cost wake checks (docs/automation.md): every `interval_s` the host looks for
+    work (blackboard changes under `watch`, the rules of HEARTBEAT.md) and starts a turn
+    only when it finds some. 0: no wake checks."""
+
+    interval_s: float = Field(default=0.0, ge=0, le=7 * 86400)
+    watch: list[str] = Field(default_factory=list, max_length=50)
+    timezone: str | None = None
+
+
 class AgentConfig(_Section):
     role: str | None = None
     mode: Literal["chat", "task"] = "chat"
@@ -95,6 +106,7 @@ class AgentConfig(_Section):
     allowed_models: list[str] = Field(default_factory=list)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
+    wake: WakeConfig = Field(default_factory=WakeConfig)
 
 
 class TeamConfig(_Section):
@@ -128,11 +140,38 @@ class EgressConfig(_Section):
     max_redirects: int = Field(default=5, ge=0, le=20)
 
 
+class WebhooksConfig(_Section):
+    """The webhook listener (docs/automation.md): loopback by default; put a reverse proxy
+    in front of it for a public deployment."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    tolerance_s: float = Field(default=300.0, ge=10, le=3600)
+    rate_per_min: float = Field(default=60.0, gt=0, le=100_000)
+    burst: int = Field(default=20, ge=1, le=10_000)
+    replay_window_s: float = Field(default=7 * 86400.0, ge=600, le=90 * 86400)
+    result_retention_s: float = Field(default=7 * 86400.0, ge=60, le=365 * 86400)
+
+
+class AutomationConfig(_Section):
+    """Cron schedules, wake checks and webhooks (docs/automation.md)."""
+
+    timezone: str | None = None
+    max_jobs_per_agent: int = Field(default=20, ge=0, le=10_000)
+    min_interval_s: float = Field(default=60.0, ge=1, le=86400)
+    missed_grace_s: float = Field(default=60.0, ge=1, le=86400)
+    keep_runs: int = Field(default=100, ge=1, le=100_000)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+
+
 class Config(_Section):
     host: HostConfig = Field(default_factory=HostConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     egress: EgressConfig = Field(default_factory=EgressConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     teams: dict[AgentName, TeamConfig] = Field(default_factory=dict)
 
@@ -184,6 +223,7 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
             problems.append(
                 ("egress.allow", f'`{entry}` is not HOST:PORT; fix: write e.g. "127.0.0.1:8080"')
             )
+    problems += _automation_problems(data)
     for name, agent in agents.items():
         if name in RESERVED_NAMES:
             problems.append(
@@ -213,6 +253,54 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                         f"[llm.models.{alias}] or fix the name",
                     )
                 )
+    return problems
+
+
+def timezone_problem(name: str) -> str | None:
+    """Why `name` is not an IANA time zone this host knows (e.g. "Europe/Paris"), or None."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return (
+            f"`{name}` is not a time zone this host knows; use an IANA name such as "
+            '"UTC" or "Europe/Paris" (see /usr/share/zoneinfo)'
+        )
+    return None
+
+
+def _automation_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    import ipaddress
+
+    from legion.mesh.globs import check_agent_pattern
+
+    problems: list[tuple[str, str]] = []
+    zones = [("automation.timezone", _table(data, "automation").get("timezone"))]
+    for name, agent in _table(data, "agents").items():
+        wake = _table(agent, "wake")
+        zones.append((f"agents.{name}.wake.timezone", wake.get("timezone")))
+        watch = wake.get("watch", [])
+        for pattern in watch if isinstance(watch, list) else []:
+            problem = check_agent_pattern(pattern) if isinstance(pattern, str) else None
+            if problem:
+                problems.append((f"agents.{name}.wake.watch", f"`{pattern}`: {problem}"))
+    for key, zone in zones:
+        problem = timezone_problem(zone) if isinstance(zone, str) and zone else None
+        if problem:
+            problems.append((key, problem))
+    bind = _table(data, "automation", "webhooks").get("bind")
+    if isinstance(bind, str):
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            problems.append(
+                (
+                    "automation.webhooks.bind",
+                    f'`{bind}` is not an IP address; write e.g. "127.0.0.1" (loopback, the '
+                    'default) or "::1"; a public deployment puts a reverse proxy in front',
+                )
+            )
     return problems
 
 

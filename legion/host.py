@@ -22,6 +22,7 @@ from typing import Any
 from legion.api.agent import build_agent_router, require_agent
 from legion.api.control import build_control_router, host_status
 from legion.api.http import Call, HttpServer, Listener, Route
+from legion.automation.scheduler import Automation
 from legion.config import Config
 from legion.errors import InboxFull
 from legion.events import EventBus
@@ -112,6 +113,7 @@ class Host:
         self._tasks: set[asyncio.Task[None]] = set()
         self.fleet = Fleet(self, None)
         self.stop_reason = ""
+        self.automation = Automation(self)
 
     # --- lifespan ---------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class Host:
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
             host._tasks.add(asyncio.create_task(host.audit.anchor_forever(), name="audit-anchor"))
+            await host.automation.start(host._tasks)  # cron, wake checks, webhooks, lanes
             if preload_llm and config.llm.models:
                 host.litellm.start()
             await host.fleet.start_all()
@@ -172,6 +175,7 @@ class Host:
             await asyncio.gather(*host._tasks, return_exceptions=True)
             host._tasks.clear()
             await host.fleet.close()
+            await host.automation.close()
             await host.http.close()
             await host.litellm.close()
             await host.gateway.close()
@@ -323,6 +327,7 @@ class Host:
                 fleet_daily_usd=left["fleet_daily"],
             ),
             fleet=fleet,
+            schedules=self.automation.cron.summary(agent),
         )
 
     def reply(self, agent: str, body: ReplyRequest) -> ReplyAccepted:
@@ -333,6 +338,7 @@ class Host:
             None if body.in_reply_to is None else self.inboxes.sender_of(agent, body.in_reply_to)
         )
         asker = origin[0] if origin else None
+        self.automation.on_reply(agent, body, origin)  # cron run / webhook job results
         direct = origin is not None and origin[1] == "message"
         delivered = None
         if direct and asker in self.config.agents and asker != agent:

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from legion.api.http import Call, Policy, Response, Router, StreamResponse
+from legion.automation.routes import add_agent_routes as add_automation_routes
 from legion.errors import BadRequest, InboxFull, NotFound
 from legion.mesh.globs import check_agent_pattern
 from legion.mesh.permissions import Perm
@@ -308,6 +309,7 @@ def build_agent_router(host: Host, agent: str) -> Router:
         host.bus.publish(AgentHeartbeat(at=at, agent=call.principal, status=body.status))
         return HeartbeatResponse(agent=call.principal, at=at)
 
+    add_automation_routes(router, host)  # cron_*, steer (legion/automation/routes.py)
     return router
 
 

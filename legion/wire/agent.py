@@ -57,3 +57,6 @@ class SelfStatus(BaseModel):
     permissions: dict[str, Any]
     budget_left: BudgetLeft
     fleet: list[str] = Field(description="Agents this agent may message.")
+    schedules: list[str] = Field(
+        default_factory=list, description="The agent's active cron jobs, one line each."
+    )
