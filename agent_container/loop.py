@@ -23,6 +23,7 @@ from collections import OrderedDict, defaultdict, deque
 from typing import TYPE_CHECKING, Any
 
 from agent_container.client import HostUnavailable, MeshClient, MeshError, MeshTimeout
+from agent_container.lanes import SteerLane
 from agent_container.prompt import Incoming, parse_item, system_prompt
 from agent_container.registry import Hooks
 from agent_container.tools import builtin_tools
@@ -76,6 +77,7 @@ class AgentRuntime:
         self._answered: OrderedDict[tuple[int, float], None] = OrderedDict()
         self._backlog: deque[InboxItem] = deque()
         self._unacked: list[int] = []  # handled, but the ack did not reach the host
+        self.lane = SteerLane(self.mesh, self._backlog)  # steers reach turns between rounds
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -102,6 +104,7 @@ class AgentRuntime:
                     while self._backlog and not self._stopping.is_set():
                         await self._handle_and_ack(self._backlog[0])
                         self._backlog.popleft()
+                        await self.lane.promote()  # steers go ahead of the rest
                     backoff = BACKOFF_MIN_S
                 except (HostUnavailable, MeshTimeout, MeshError) as exc:
                     if not isinstance(exc, MeshError):
@@ -178,16 +181,18 @@ class AgentRuntime:
                     self._answered.popitem(last=False)
         except (HostUnavailable, MeshTimeout):
             log.warning("lost the host during item %s; it will be handed out again", item.id)
+            self.lane.taken()  # its steers come back with it: not acked
             raise
         except Exception as exc:
             log.exception("item %s failed", item.id)
             await self._answer_error(item, f"{exc.__class__.__name__}: {exc}")
         finally:
             self._turn = None
+        done = [item.id, *self.lane.taken()]
         try:
-            await self.mesh.ack([item.id])
+            await self.mesh.ack(done)
         except (HostUnavailable, MeshTimeout):
-            self._unacked.append(item.id)  # sent with the next poll, before it takes items
+            self._unacked.extend(done)  # sent with the next poll, before it takes items
         except MeshError as exc:
             log.warning("ack of item %s refused: %s", item.id, exc)
 
@@ -202,7 +207,7 @@ class AgentRuntime:
         if incoming.kind == "reply":
             incoming.conversation = self._asked.pop(incoming.reply_to or -1, item.sender)
         self._turn = TurnState(incoming.conversation)
-        brain = Brain(self.mesh, self.me, self.tools)
+        brain = Brain(self.mesh, self.me, self.tools, steer=self.lane.take)
         if incoming.kind == "task":
             result = await self._task(brain, incoming)
             await self.mesh.reply(item.id, str(result["output"]), "task_result", result)

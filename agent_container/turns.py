@@ -13,7 +13,7 @@ socket (`HostUnavailable`) is not caught here: the caller must not ack the item.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,8 @@ class Brain:
     mesh: MeshClient
     me: SelfStatus
     registry: Registry
+    # Steer messages waiting now (agent_container.lanes), read between two tool rounds.
+    steer: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
 
     async def complete(
         self, messages: list[dict[str, Any]], registry: Registry, **extra: Any
@@ -60,6 +62,8 @@ class Brain:
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
             if stop():
                 return
+        if self.steer is not None:  # between this round and the next model call
+            messages.extend(await self.steer())
 
     async def chat(self, messages: list[dict[str, Any]]) -> str:
         """Model and tool rounds until the model answers in text; returns the answer."""
