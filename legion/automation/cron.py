@@ -452,7 +452,7 @@ class CronJobs:
             slot = job.next_run_at
             if now - slot > grace:
                 missed = self._count_slots(job, slot, now)
-                if job.missed == "run_once":
+                if job.missed == "run_once" and not self._running(job):
                     if missed > 1:
                         skipped[job.id] = ("missed", missed - 1)
                     plan.append(_Planned(job, slot, "missed"))
