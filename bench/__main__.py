@@ -12,6 +12,7 @@ import time
 
 from bench import (
     agent_container,
+    automation,
     blackboard_store,
     budget_ops,
     fleet_load,
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "fleet_load": fleet_load.run,
     "budget_ops": budget_ops.run,
     "agent_container": agent_container.run,
+    "automation": automation.run,
 }
 
 
