@@ -109,7 +109,9 @@ def parse_item(item: InboxItem, mode: str) -> Incoming:
         text = f"[published on topic {item.topic} by {sender}]\n{text}"
     cron = payload.get("cron") if isinstance(payload, dict) else None
     if isinstance(cron, dict) and sender.startswith("cron:"):
-        text = f"[scheduled run of your cron job {cron.get('name')} (run {cron.get('run')})]\n{text}"
+        text = (
+            f"[scheduled run of your cron job {cron.get('name')} (run {cron.get('run')})]\n{text}"
+        )
     if mode == "task":
         kind = "task"
     return Incoming(item, kind, text, sender)
@@ -150,9 +152,7 @@ def system_prompt(
         "Agents you may message: " + (", ".join(me.fleet) if me.fleet else "none") + ". "
         "Their answers arrive later as messages starting with [reply from NAME]."
     )
-    context.append(
-        "Your schedules: " + ("; ".join(me.schedules) if me.schedules else "none") + "."
-    )
+    context.append("Your schedules: " + ("; ".join(me.schedules) if me.schedules else "none") + ".")
     context.append("Tools: " + ", ".join(tools) + ".")
     if task:
         context.append(

@@ -35,6 +35,10 @@ __all__ = [
 def builtin_tools(mesh: MeshClient, workspace: Workspace, hooks: Hooks | None = None) -> Registry:
     """Every built-in tool, bound to this agent's socket and workspace."""
     registry = Registry()
-    for tool in [*workspace_tools(workspace), *mesh_tools(mesh, hooks or Hooks()), *cron_tools(mesh)]:
+    for tool in [
+        *workspace_tools(workspace),
+        *mesh_tools(mesh, hooks or Hooks()),
+        *cron_tools(mesh),
+    ]:
         registry.add(tool)
     return registry

@@ -24,7 +24,16 @@ from typing import Any
 
 import httpx
 
-from bench._common import Report, heading, line, percentile, run_alone, server_process, short_home, start_host
+from bench._common import (
+    Report,
+    heading,
+    line,
+    percentile,
+    run_alone,
+    server_process,
+    short_home,
+    start_host,
+)
 
 AGENTS = 16
 JOBS = 200
@@ -113,7 +122,9 @@ async def _drain(sockets: list[str]) -> None:
             transport=httpx.AsyncHTTPTransport(uds=socket), base_url="http://legion", timeout=30
         ) as agent:
             while True:
-                items = (await agent.post("/v1/inbox/poll", json={"max_items": 100})).json()["items"]
+                items = (await agent.post("/v1/inbox/poll", json={"max_items": 100})).json()[
+                    "items"
+                ]
                 if not items:
                     break
                 await agent.post("/v1/inbox/ack", json={"ids": [i["id"] for i in items]})
@@ -145,9 +156,7 @@ async def _measure(info: dict[str, Any], rounds: int) -> tuple[list[float], int,
             r.raise_for_status()
         stop = asyncio.Event()
         streamed = [0]
-        streams = [
-            asyncio.create_task(_stream_forever(s, stop, streamed)) for s in info["sockets"]
-        ]
+        streams = [asyncio.create_task(_stream_forever(s, stop, streamed)) for s in info["sockets"]]
         lateness: list[float] = []
         failed = 0
         try:
@@ -202,11 +211,15 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
 
         lateness, failed, streamed = asyncio.run(main())
         baseline_file = home / "baseline.jsonl"
-        baseline = [
-            json.loads(raw)["late"]
-            for raw in baseline_file.read_text().splitlines()
-            if raw.strip()
-        ] if baseline_file.exists() else []
+        baseline = (
+            [
+                json.loads(raw)["late"]
+                for raw in baseline_file.read_text().splitlines()
+                if raw.strip()
+            ]
+            if baseline_file.exists()
+            else []
+        )
     p50, p99 = percentile(lateness, 50) * 1e3, percentile(lateness, 99) * 1e3
     worst = max(lateness) * 1e3 if lateness else float("nan")
     base = max(baseline) * 1e3 if baseline else float("nan")

@@ -291,7 +291,9 @@ class ControlClient:
 
     def webhook_rotate(self, name: str, secret: str) -> WebhookInfo:
         result: WebhookInfo = self._request(
-            "POST", f"/v1/webhooks/{quote(name, safe='')}/rotate", WebhookInfo,
+            "POST",
+            f"/v1/webhooks/{quote(name, safe='')}/rotate",
+            WebhookInfo,
             json={"secret": secret},
         )
         return result

@@ -77,13 +77,19 @@ def _steer_route(router: Router, host: Host) -> None:
 def add_agent_routes(router: Router, host: Host) -> None:
     cron = host.automation.cron
 
-    @router.route("GET", "/v1/cron", response=CronJobList, policy=Policy(CRON, "agent", "cron.list"))
+    @router.route(
+        "GET", "/v1/cron", response=CronJobList, policy=Policy(CRON, "agent", "cron.list")
+    )
     async def cron_list(call: Call) -> CronJobList:
         """The caller's cron jobs (`cron_list`)."""
-        return CronJobList(jobs=cron.list(call.principal))
+        return CronJobList(jobs=cron.list_jobs(call.principal))
 
     @router.route(
-        "PUT", "/v1/cron/{name}", body=CronSet, response=CronJob, policy=Policy(CRON, "name", "cron.set")
+        "PUT",
+        "/v1/cron/{name}",
+        body=CronSet,
+        response=CronJob,
+        policy=Policy(CRON, "name", "cron.set"),
     )
     async def cron_set(call: Call) -> CronJob:
         """Create or change one of the caller's cron jobs (`cron_set`), within
@@ -92,7 +98,10 @@ def add_agent_routes(router: Router, host: Host) -> None:
         return cron.upsert(call.principal, name, call.body, call.principal)
 
     @router.route(
-        "DELETE", "/v1/cron/{name}", response=CronRemoved, policy=Policy(CRON, "name", "cron.remove")
+        "DELETE",
+        "/v1/cron/{name}",
+        response=CronRemoved,
+        policy=Policy(CRON, "name", "cron.remove"),
     )
     async def cron_remove(call: Call) -> CronRemoved:
         """Remove one of the caller's cron jobs (`cron_remove`)."""
@@ -117,14 +126,16 @@ def add_control_routes(router: Router, host: Host) -> None:
     @router.route("GET", "/v1/cron/jobs", response=CronJobList)
     async def cron_jobs(call: Call) -> CronJobList:
         """Every cron job (`?agent=` for one agent's)."""
-        return CronJobList(jobs=cron.list(call.request.query.get("agent") or None))
+        return CronJobList(jobs=cron.list_jobs(call.request.query.get("agent") or None))
 
     @router.route("POST", "/v1/cron/jobs", body=CronJobSpec, response=CronJob)
     async def cron_add(call: Call) -> CronJob:
         """Create (or change) a cron job for an agent."""
         body: CronJobSpec = call.body
         job = cron.upsert(body.agent, body.name, body, "operator", paused=body.paused)
-        host.audit.append(call.principal, "cron.set", f"{body.agent}/{body.name}", "allow", job=job.id)
+        host.audit.append(
+            call.principal, "cron.set", f"{body.agent}/{body.name}", "allow", job=job.id
+        )
         return job
 
     @router.route("GET", "/v1/cron/jobs/{id}", response=CronJob)
@@ -170,7 +181,7 @@ def add_control_routes(router: Router, host: Host) -> None:
     @router.route("GET", "/v1/webhooks", response=WebhookList)
     async def webhooks(call: Call) -> WebhookList:
         """The webhooks and the listener's URL."""
-        return WebhookList(listener=hooks.base_url(), hooks=hooks.list())
+        return WebhookList(listener=hooks.base_url(), hooks=hooks.list_hooks())
 
     @router.route("POST", "/v1/webhooks", body=WebhookCreate, response=WebhookInfo)
     async def webhook_add(call: Call) -> WebhookInfo:
@@ -191,9 +202,7 @@ def add_control_routes(router: Router, host: Host) -> None:
         host.audit.append(call.principal, "webhook.remove", name, "allow")
         return WebhookRemoved(name=name, removed=removed)
 
-    @router.route(
-        "POST", "/v1/webhooks/{name}/rotate", body=WebhookRotate, response=WebhookInfo
-    )
+    @router.route("POST", "/v1/webhooks/{name}/rotate", body=WebhookRotate, response=WebhookInfo)
     async def webhook_rotate(call: Call) -> WebhookInfo:
         """Replace a webhook's secret (the old one stops working at once)."""
         name = call.params["name"]

@@ -17,6 +17,7 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -68,16 +69,12 @@ def host_timezone() -> str:
     """The host's IANA zone name: $TZ, else what /etc/localtime links to, else
     /etc/timezone, else UTC (a fixed offset would get DST wrong, so none is used)."""
     candidates = [os.environ.get("TZ", "").lstrip(":")]
-    try:
+    with contextlib.suppress(OSError):
         target = os.readlink("/etc/localtime")
         if "zoneinfo/" in target:
             candidates.append(target.split("zoneinfo/", 1)[1])
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
         candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
-    except (OSError, UnicodeDecodeError):
-        pass
     for name in candidates:
         if not name:
             continue
@@ -147,8 +144,7 @@ def parse_schedule(text: str, *, min_interval_s: float = 1.0) -> Schedule:
     next_cron(expr, datetime(2000, 1, 1, tzinfo=UTC).timestamp(), ZoneInfo("UTC"))
     if min_interval_s > 60 and _gap_s(expr) < min_interval_s:
         raise BadSchedule(
-            f"{raw!r} runs more often than every {min_interval_s:g}s "
-            "([automation] min_interval_s)"
+            f"{raw!r} runs more often than every {min_interval_s:g}s ([automation] min_interval_s)"
         )
     return Schedule(raw, expr=expr)
 
@@ -170,7 +166,7 @@ def _wall(ts: float, tz: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(ts, tz).replace(tzinfo=None)
 
 
-def _instant(wall: datetime, tz: ZoneInfo) -> float:
+def instant(wall: datetime, tz: ZoneInfo) -> float:
     """The instant a wall-clock time `wall` in `tz` first happens: its first occurrence
     when it happens twice (fall back), the end of the gap when it never happens (spring
     forward)."""
@@ -216,7 +212,7 @@ def next_cron(expr: str, after: float, tz: ZoneInfo) -> int:
         it.set_current(start, force=True)
         for _ in range(10_000):
             wall: datetime = it.get_next(datetime)
-            ts = _instant(wall, tz)
+            ts = instant(wall, tz)
             if ts > after:
                 if ts - after > HORIZON_S:
                     break

@@ -14,11 +14,12 @@ error in a tick is logged and the loop goes on: one bad job never stops the othe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from legion.automation.cron import SENDER_PREFIX as CRON_SENDER
 from legion.automation.cron import CronJobs
+from legion.automation.firing import SENDER_PREFIX as CRON_SENDER
 from legion.automation.lanes import Lanes
 from legion.automation.wake import WakeChecks
 from legion.automation.webhooks import SENDER_PREFIX as WEBHOOK_SENDER
@@ -81,10 +82,8 @@ class Automation:
             delay = MAX_SLEEP_S if nxt is None else max(0.0, nxt - self.host.clock())
             if not fired_ok:
                 delay = max(delay, ERROR_BACKOFF_S)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(delay, MAX_SLEEP_S))
-            except TimeoutError:
-                pass
 
     async def _housekeeping_forever(self) -> None:
         since_prune = 0.0

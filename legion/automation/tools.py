@@ -124,7 +124,7 @@ def invoke(
             at=host.clock(),
             agent=agent,
             text=str(args["text"]),
-            level=level,  # type: ignore[arg-type]
+            level=level,
         )
     )
     return "the operator was notified"

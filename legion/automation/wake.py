@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from legion.automation.schedule import _instant, host_timezone, zone
+from legion.automation.schedule import host_timezone, instant, zone
 from legion.errors import InboxFull
 from legion.fsutil import UnsafeEntry, open_path_nofollow, read_regular_file_nofollow
 from legion.mesh.globs import check_agent_pattern
@@ -318,7 +318,11 @@ class WakeChecks:
     async def _blackboard(self, agent: str, state: _State) -> list[str]:
         bb = self.host.blackboard
         cfg = self.host.config.agents[agent]
-        patterns = list(dict.fromkeys([*cfg.wake.watch, *(r.pattern for r in state.rules if r.kind == "blackboard")]))
+        patterns = list(
+            dict.fromkeys(
+                [*cfg.wake.watch, *(r.pattern for r in state.rules if r.kind == "blackboard")]
+            )
+        )
         cursor, state.cursor = state.cursor, bb.cursor
         if cursor is None or not patterns:
             return []
@@ -334,10 +338,15 @@ class WakeChecks:
             if not result.changes:
                 continue
             shown = ", ".join(
-                f"{c.key} v{c.version} ({c.op} by {c.writer})" for c in result.changes[:MAX_KEYS_SHOWN]
+                f"{c.key} v{c.version} ({c.op} by {c.writer})"
+                for c in result.changes[:MAX_KEYS_SHOWN]
             )
             more = len(result.changes) - MAX_KEYS_SHOWN
-            notes = [r.note for r in state.rules if r.kind == "blackboard" and r.pattern == pattern and r.note]
+            notes = [
+                r.note
+                for r in state.rules
+                if r.kind == "blackboard" and r.pattern == pattern and r.note
+            ]
             findings.append(
                 f"{len(result.changes)} blackboard change(s) under {pattern}: {shown}"
                 + (f" and {more} more" if more > 0 else "")
@@ -359,7 +368,7 @@ class WakeChecks:
                 state.fired[rule.text] = now
             elif rule.kind == "once":
                 assert rule.when is not None
-                if not since < _instant(rule.when, tz) <= now:
+                if not since < instant(rule.when, tz) <= now:
                     continue
             elif not _daily_due(rule, tz, since, now):
                 continue
@@ -378,7 +387,7 @@ def _daily_due(rule: Rule, tz: object, since: float, now: float) -> bool:
     while day <= last:
         if day.weekday() in rule.days:
             wall = datetime(day.year, day.month, day.day, rule.hour, rule.minute)
-            if since < _instant(wall, tz) <= now:
+            if since < instant(wall, tz) <= now:
                 return True
         day += timedelta(days=1)
     return False

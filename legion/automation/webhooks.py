@@ -28,20 +28,18 @@ by an agent, masked in every output like any vault value).
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import math
 import re
 import secrets
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from legion.api.http import Call, HttpServer, Response, Router
+from legion.automation.signatures import Bucket, RateLimited, WebhookRefused, verify
 from legion.errors import Conflict, InboxFull, LegionError, NotFound
 from legion.wire.automation import (
     WebhookAccepted,
@@ -64,110 +62,8 @@ AUDIT_REFUSALS_EVERY_S = 60.0
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class WebhookRefused(LegionError):
-    status = 401
-    code = "bad_signature"
-
-
-class RateLimited(LegionError):
-    status = 429
-    code = "rate_limited"
-
-
 def secret_name(hook: str) -> str:
     return f"{SECRET_PREFIX}{hook}"
-
-
-def sign(secret: str, message: bytes) -> str:
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def legion_signature(secret: str, timestamp: int, delivery: str, body: bytes) -> str:
-    """What a sender puts in X-Legion-Signature (after `sha256=`)."""
-    return sign(secret, f"{timestamp}.{delivery}.".encode() + body)
-
-
-def _timestamp(raw: str, now: float, tolerance: float) -> int:
-    try:
-        ts = int(raw)
-    except ValueError:
-        raise WebhookRefused("the timestamp is not a whole number of Unix seconds") from None
-    if not math.isfinite(ts) or abs(now - ts) > tolerance:
-        raise WebhookRefused(
-            f"the timestamp is {now - ts:+.0f}s off the host's clock (more than "
-            f"{tolerance:.0f}s): refused as stale; sign with the current time",
-            code="stale_timestamp",
-        )
-    return ts
-
-
-def verify(
-    mode: str, secret: str, headers: dict[str, str], body: bytes, now: float, tolerance: float
-) -> tuple[str, str]:
-    """(replay key, delivery id) of a request signed with `secret`, or WebhookRefused."""
-    if mode == "github":
-        given = headers.get("x-hub-signature-256", "")
-        if not given.startswith("sha256="):
-            raise WebhookRefused("missing X-Hub-Signature-256: sha256=HEX", code="no_signature")
-        digest = given[7:].lower()
-        if not _HEX64.match(digest) or not hmac.compare_digest(digest, sign(secret, body)):
-            raise WebhookRefused("X-Hub-Signature-256 does not match the body")
-        return f"sig:{digest}", headers.get("x-github-delivery", "")[:128] or digest[:32]
-    if mode == "stripe":
-        parts: dict[str, list[str]] = {}
-        for piece in headers.get("stripe-signature", "").split(","):
-            key, _, value = piece.strip().partition("=")
-            parts.setdefault(key, []).append(value)
-        if "t" not in parts or "v1" not in parts:
-            raise WebhookRefused("missing Stripe-Signature: t=...,v1=...", code="no_signature")
-        ts = _timestamp(parts["t"][0], now, tolerance)
-        expected = sign(secret, f"{ts}.".encode() + body)
-        for candidate in parts["v1"]:
-            if hmac.compare_digest(candidate.lower().encode(), expected.encode()):
-                return f"sig:{expected}", f"stripe-{ts}-{expected[:16]}"
-        raise WebhookRefused("no v1 signature in Stripe-Signature matches the body")
-    raw_ts = headers.get("x-legion-timestamp")
-    delivery = headers.get("x-legion-delivery", "")
-    given = headers.get("x-legion-signature", "")
-    if raw_ts is None or not given.startswith("sha256="):
-        raise WebhookRefused(
-            "missing X-Legion-Timestamp or X-Legion-Signature: sha256=HEX", code="no_signature"
-        )
-    if not DELIVERY_RE.match(delivery):
-        raise WebhookRefused(
-            "X-Legion-Delivery must be 1-128 characters of letters, digits and ._:-",
-            code="bad_delivery_id",
-            status=400,
-        )
-    ts = _timestamp(raw_ts, now, tolerance)
-    digest = given[7:].lower()
-    if not _HEX64.match(digest) or not hmac.compare_digest(
-        digest, legion_signature(secret, ts, delivery, body)
-    ):
-        raise WebhookRefused("X-Legion-Signature does not match timestamp.delivery.body")
-    return f"id:{delivery}", delivery
-
-
-@dataclass
-class Bucket:
-    """A token bucket: `rate` tokens a second, at most `burst` saved up."""
-
-    rate: float
-    burst: float
-    tokens: float = -1.0
-    at: float = field(default_factory=time.monotonic)
-
-    def take(self) -> float:
-        """0 when a token was taken, else the seconds until one is there."""
-        now = time.monotonic()
-        if self.tokens < 0:
-            self.tokens = self.burst
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
 
 
 @dataclass
@@ -203,7 +99,9 @@ class Webhooks:
         ):
             self._cache(name, agent, mode, rate, burst)
 
-    def _cache(self, name: str, agent: str, mode: str, rate: float | None, burst: int | None) -> None:
+    def _cache(
+        self, name: str, agent: str, mode: str, rate: float | None, burst: int | None
+    ) -> None:
         per_min = rate or self.config.rate_per_min
         size = burst or self.config.burst
         self.hooks[name] = _Hook(
@@ -264,7 +162,7 @@ class Webhooks:
             last_delivery_at=row[7],
         )
 
-    def list(self) -> list[WebhookInfo]:
+    def list_hooks(self) -> list[WebhookInfo]:
         return [self.info(name) for name in sorted(self.hooks)]
 
     def add(self, body: WebhookCreate) -> WebhookInfo:
@@ -282,7 +180,14 @@ class Webhooks:
             conn.execute(
                 "INSERT INTO webhooks(name, agent, mode, rate_per_min, burst, created_at)"
                 " VALUES (?,?,?,?,?,?)",
-                (body.name, body.agent, body.mode, body.rate_per_min, body.burst, self.host.clock()),
+                (
+                    body.name,
+                    body.agent,
+                    body.mode,
+                    body.rate_per_min,
+                    body.burst,
+                    self.host.clock(),
+                ),
             )
         self._cache(body.name, body.agent, body.mode, body.rate_per_min, body.burst)
         return self.info(body.name)
@@ -324,7 +229,7 @@ class Webhooks:
             job=row[0],
             hook=row[1],
             agent=row[2],
-            status=status,  # type: ignore[arg-type]
+            status=status,
             received_at=row[4],
             finished_at=row[7],
             result=result,
@@ -376,7 +281,12 @@ class Webhooks:
         now = self.host.clock()
         self.host.bus.publish(
             WebhookReceived(
-                at=now, hook=hook.name, agent=hook.agent, job=None, status="refused", reason=exc.code
+                at=now,
+                hook=hook.name,
+                agent=hook.agent,
+                job=None,
+                status="refused",
+                reason=exc.code,
             )
         )
         if now - hook.audited_at >= AUDIT_REFUSALS_EVERY_S:  # one record a minute at most
@@ -476,11 +386,18 @@ class Webhooks:
             raise refusal from None
         except InboxFull as exc:
             raise LegionError(
-                f"{hook.agent}'s inbox is full; retry later", code="inbox_full", status=503,
+                f"{hook.agent}'s inbox is full; retry later",
+                code="inbox_full",
+                status=503,
                 retry_after=30,
             ) from exc
         self.host.audit.append(
-            "webhook", "webhook.accepted", hook.name, "allow", agent=hook.agent, job=job_id,
+            "webhook",
+            "webhook.accepted",
+            hook.name,
+            "allow",
+            agent=hook.agent,
+            job=job_id,
             item=item_id,
         )
         self.host.bus.publish(

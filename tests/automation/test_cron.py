@@ -142,7 +142,8 @@ async def test_tool_mode_writes_the_blackboard_with_no_model_call(home: Path) ->
         assert failed.status == "failed" and "may not bb.put" in failed.detail
         denies = list(
             host.store.execute(
-                "SELECT actor, action, target FROM audit WHERE decision = 'deny' AND action = 'bb.put'"
+                "SELECT actor, action, target FROM audit"
+                " WHERE decision = 'deny' AND action = 'bb.put'"
             )
         )
         assert denies == [("alice", "bb.put", "secret/x")]
@@ -172,7 +173,9 @@ async def test_agents_manage_their_own_jobs_within_the_cap(home: Path) -> None:
     async with host_at(home, config()) as host:
         async with agent_client(host.paths, "alice") as alice:
             for name in ("one", "two"):
-                r = await alice.put(f"/v1/cron/{name}", json={"schedule": "@hourly", "message": name})
+                r = await alice.put(
+                    f"/v1/cron/{name}", json={"schedule": "@hourly", "message": name}
+                )
                 assert r.status_code == 200, r.text
                 assert r.json()["created_by"] == "alice"
             third = await alice.put("/v1/cron/three", json={"schedule": "@hourly", "message": "3"})

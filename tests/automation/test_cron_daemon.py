@@ -3,7 +3,6 @@ ever delivered twice; runs missed while the daemon was down follow skip / run_on
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -130,8 +129,13 @@ def test_missed_runs_follow_their_policy_after_downtime(
         for policy in ("skip", "run_once"):
             r = operator.post(
                 "/v1/cron/jobs",
-                json={"agent": "alice", "name": policy.replace("_", "-"), "schedule": "every 2s",
-                      "missed": policy, **tool},
+                json={
+                    "agent": "alice",
+                    "name": policy.replace("_", "-"),
+                    "schedule": "every 2s",
+                    "missed": policy,
+                    **tool,
+                },
             )
             assert r.status_code == 200, r.text
             ids[policy] = r.json()["id"]
@@ -147,9 +151,7 @@ def test_missed_runs_follow_their_policy_after_downtime(
     d.start()
     try:
         with control(home) as operator:
-            runs = {
-                p: operator.get(f"/v1/cron/jobs/{ids[p]}/runs").json()["runs"] for p in ids
-            }
+            runs = {p: operator.get(f"/v1/cron/jobs/{ids[p]}/runs").json()["runs"] for p in ids}
             jobs = {p: operator.get(f"/v1/cron/jobs/{ids[p]}").json() for p in ids}
     finally:
         d.stop()

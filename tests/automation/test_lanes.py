@@ -59,7 +59,9 @@ async def test_a_steer_reaches_the_running_turn_between_tool_rounds(home: Path) 
         # the steer was acked with its turn; the queued message is handled after
         await next_event(host, lambda e: e.type == "agent_reply" and e.in_reply_to != first)
         assert await until(lambda: host.inboxes.depth("alice") == 0)
-        assert host.store.execute("SELECT COUNT(*) FROM inbox WHERE id = ?", (steer_id,)).fetchone() == (0,)
+        assert host.store.execute(
+            "SELECT COUNT(*) FROM inbox WHERE id = ?", (steer_id,)
+        ).fetchone() == (0,)
 
 
 async def test_a_steer_to_an_idle_agent_is_its_next_turn_and_agents_need_can_steer(
@@ -90,5 +92,7 @@ async def test_a_steer_to_an_idle_agent_is_its_next_turn_and_agents_need_can_ste
         async with control_client(host.paths) as operator:
             r = await operator.post("/v1/steer", json={"to": "alice", "text": "status please"})
         steer_id = r.json()["item_id"]
-        reply = await next_event(host, lambda e: e.type == "agent_reply" and e.in_reply_to == steer_id)
+        reply = await next_event(
+            host, lambda e: e.type == "agent_reply" and e.in_reply_to == steer_id
+        )
         assert reply.text == "echo: [steer from the operator] status please"

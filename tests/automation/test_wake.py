@@ -95,7 +95,10 @@ async def test_a_finding_starts_one_turn_with_what_was_found(home: Path) -> None
             fake.script(Reply(content="standup done"))
             assert await wake.check("alice") == "dispatched"
             assert await until(lambda: len(fake.requests) == 2 and host.inboxes.depth("alice") == 0)
-            assert "due: every day at 09:00 standup" in fake.requests[1].body["messages"][-1]["content"]
+            assert (
+                "due: every day at 09:00 standup"
+                in fake.requests[1].body["messages"][-1]["content"]
+            )
             for _ in range(30):  # then nothing again: no more calls
                 clock.advance(60)
                 await wake.check("alice")
@@ -180,7 +183,10 @@ def test_the_rule_grammar() -> None:
         ("interval", "look around"),
         ("once", "send the report"),
     ]
-    assert rules[1].days == frozenset({0, 1, 2, 3, 4}) and (rules[1].hour, rules[1].minute) == (9, 5)
+    assert rules[1].days == frozenset({0, 1, 2, 3, 4}) and (rules[1].hour, rules[1].minute) == (
+        9,
+        5,
+    )
     assert rules[2].days == frozenset({0, 3})
     assert len(errors) == 5 and all("line" in e for e in errors)
     assert "'someday' is not a day" in errors[0]

@@ -9,14 +9,13 @@ import hmac
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from legion.automation.webhooks import legion_signature
+from legion.automation.signatures import legion_signature
 from legion.host import Host
-from tests.agent_container.harness import next_event, runtime_task, until
+from tests.agent_container.harness import runtime_task, until
 from tests.automation.conftest import config, host_at
 from tests.conftest import control_client
 from tests.fakes.provider import FakeProvider, Reply
@@ -128,12 +127,14 @@ async def test_the_rate_limit_spares_valid_deliveries_from_junk(home: Path) -> N
     async with host_at(home, config(extra=slow)) as host:
         url = await add_hook(host)
         async with httpx.AsyncClient() as web:
-            for n in range(25):  # junk: its own budget (10x), then 429 without HMAC work
+            for _ in range(25):  # junk: its own budget (10x), then 429 without HMAC work
                 await web.post(url, content=b"junk", headers={"x-legion-signature": "sha256=0"})
             codes = []
             for n in range(5):
                 body = f'{{"n": {n}}}'.encode()
-                codes.append((await web.post(url, content=body, headers=signed(body, f"v{n}"))).status_code)
+                codes.append(
+                    (await web.post(url, content=body, headers=signed(body, f"v{n}"))).status_code
+                )
         # the junk spent the refusal budget, not the valid one: the first 3 (the burst) pass
         assert codes == [202, 202, 202, 429, 429], codes
         assert host.inboxes.depth("alice") == 3
@@ -151,8 +152,11 @@ async def test_github_and_stripe_signatures(home: Path) -> None:
             stripe_secret.encode(), f"{ts}.".encode() + body, hashlib.sha256
         ).hexdigest()
         async with httpx.AsyncClient() as web:
-            headers = {"x-hub-signature-256": good, "x-github-event": "pull_request",
-                       "x-github-delivery": "g-1"}
+            headers = {
+                "x-hub-signature-256": good,
+                "x-github-event": "pull_request",
+                "x-github-delivery": "g-1",
+            }
             assert (await web.post(gh, content=body, headers=headers)).status_code == 202
             # GitHub signs no timestamp: the same signed body is a replay, whatever its id
             headers["x-github-delivery"] = "g-2"
@@ -164,7 +168,10 @@ async def test_github_and_stripe_signatures(home: Path) -> None:
             old = {"stripe-signature": f"t={ts - 600},v1={stripe_sig}"}
             assert (await web.post(st, content=body, headers=old)).status_code == 401
             assert (await web.post(st, content=body, headers=header)).status_code == 409
-        events = [json.loads(p)["webhook"]["event"] for (p,) in host.store.execute("SELECT payload FROM inbox")]
+        events = [
+            json.loads(p)["webhook"]["event"]
+            for (p,) in host.store.execute("SELECT payload FROM inbox")
+        ]
         assert events == ["pull_request", ""]
 
 
@@ -187,7 +194,9 @@ async def test_secrets_are_kept_in_the_vault_and_rotation_cuts_the_old_one(home:
             assert dup.status_code == 409
         body = b"{}"
         async with httpx.AsyncClient() as web:
-            assert (await web.post(url, content=body, headers=signed(body, "r-1"))).status_code == 401
+            assert (
+                await web.post(url, content=body, headers=signed(body, "r-1"))
+            ).status_code == 401
         async with control_client(host.paths) as operator:
             assert (await operator.delete("/v1/webhooks/deploy")).json()["removed"] is True
         assert "webhook.deploy" not in host.vault.names()
