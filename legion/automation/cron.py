@@ -14,7 +14,7 @@ from legion.automation import tools
 from legion.automation.firing import COLUMNS as _COLUMNS
 from legion.automation.firing import Firing, Job, Planned
 from legion.automation.schedule import BadSchedule, Schedule, host_timezone, parse_schedule, zone
-from legion.errors import Conflict, LegionError, NotFound
+from legion.errors import Conflict, Forbidden, LegionError, NotFound
 from legion.wire.automation import CronJob, CronRun, CronSet
 
 if TYPE_CHECKING:
@@ -202,6 +202,8 @@ class CronJobs(Firing):
         schedule, tz_name, action = self._validate(agent, body)
         now = self.clock()
         existing = self._by_name(agent, name)
+        if existing is not None and created_by != "operator":
+            self._own(existing, created_by)
         if existing is None and created_by != "operator":
             count = self.store.execute(
                 "SELECT COUNT(*) FROM cron_jobs WHERE agent = ?", (agent,)
@@ -272,10 +274,20 @@ class CronJobs(Firing):
         self.in_flight.pop(job_id, None)
         return removed
 
+    @staticmethod
+    def _own(job: Job, agent: str) -> None:
+        """An agent changes only the jobs it made; the operator's are the operator's."""
+        if job.created_by != agent:
+            raise Forbidden(
+                f"cron job {job.name!r} was made by {job.created_by}; only they may change it",
+                code="not_your_job",
+            )
+
     def remove_by_name(self, agent: str, name: str) -> int:
         job = self._by_name(agent, name)
         if job is None:
             raise NotFound(f"{agent} has no cron job named {name!r}", code="unknown_job")
+        self._own(job, agent)
         self.remove(job.id)
         return job.id
 

@@ -342,12 +342,12 @@ class Webhooks:
         self, hook: _Hook, key: str, delivery: str, headers: dict[str, str], body: bytes, now: float
     ) -> WebhookAccepted:
         job_id = "wh_" + secrets.token_urlsafe(18)
+        clean = self.host.redactor.redact_bytes(body)  # a vault value never enters host state
         try:
-            text = body.decode("utf-8")
+            text = clean.decode("utf-8")
             encoding = "utf-8"
         except UnicodeDecodeError:
-            text, encoding = base64.b64encode(body).decode(), "base64"
-        text = self.host.redactor.redact(text)  # a vault value never enters host state
+            text, encoding = base64.b64encode(clean).decode(), "base64"
         meta = {
             "hook": hook.name,
             "job": job_id,

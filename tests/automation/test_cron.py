@@ -195,6 +195,19 @@ async def test_agents_manage_their_own_jobs_within_the_cap(home: Path) -> None:
             assert (await bob.get("/v1/cron")).status_code == 403
             # bob cannot touch alice's jobs: names are per caller
             assert (await bob.delete("/v1/cron/two")).status_code == 403
+        # the operator's job for alice is the operator's: alice can neither change nor drop it
+        await add_job(host, agent="alice", name="ops", schedule="@daily", message="o")
+        async with agent_client(host.paths, "alice") as alice:
+            change = await alice.put("/v1/cron/ops", json={"schedule": "@hourly", "message": "x"})
+            assert change.status_code == 403 and change.json()["error"]["code"] == "not_your_job"
+            assert (await alice.delete("/v1/cron/ops")).status_code == 403
+        async with control_client(host.paths) as operator:
+            ops = [
+                j
+                for j in (await operator.get("/v1/cron/jobs")).json()["jobs"]
+                if j["name"] == "ops"
+            ]
+            await operator.delete(f"/v1/cron/jobs/{ops[0]['id']}")
         # the agent sees its schedules in /v1/self (its prompt's runtime context)
         me = host.self_status("alice")
         assert me.schedules == ["two (@daily, UTC)"]
