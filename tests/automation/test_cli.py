@@ -90,8 +90,8 @@ def test_the_commands(home: Path, daemon: Callable[[], Daemon]) -> None:
             "webhooks",
             "rotate",
             "deploy",
+            "--secret-stdin",
             stdin="whsec_from-stripe-0123456789\n",
-            *["--secret-stdin"],
         )
         assert rotated.returncode == 0 and "whsec_" not in rotated.stdout
         assert legion(home, "webhooks", "rm", "deploy").returncode == 0
