@@ -12,6 +12,7 @@ import time
 
 from bench import (
     agent_container,
+    automation,
     blackboard_store,
     budget_ops,
     fleet_load,
@@ -37,6 +38,7 @@ BENCHMARKS = {
     "memory_search": memory_search.run,
     "memory_bootstrap": memory_bootstrap.run,
     "tui": tui.run,
+    "automation": automation.run,
 }
 
 

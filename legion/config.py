@@ -113,6 +113,7 @@ class PermissionsConfig(_Section):
     allowed_credentials: list[str] = Field(default_factory=list)
     can_manage_cron: bool = False
     can_spawn: bool = False
+    can_steer: list[str] = Field(default_factory=list)
 
 
 class ResourcesConfig(_Section):
@@ -145,6 +146,16 @@ class LoopDetectionConfig(_Section):
     window: int = Field(default=30, ge=2, le=10000)
 
 
+class WakeConfig(_Section):
+    """Zero-cost wake checks (docs/automation.md): every `interval_s` the host looks for
+    work (blackboard changes under `watch`, the rules of HEARTBEAT.md) and starts a turn
+    only when it finds some. 0: no wake checks."""
+
+    interval_s: float = Field(default=0.0, ge=0, le=7 * 86400)
+    watch: list[str] = Field(default_factory=list, max_length=50)
+    timezone: str | None = None
+
+
 class AgentConfig(_Section):
     role: str | None = None
     mode: Literal["chat", "task"] = "chat"
@@ -160,6 +171,7 @@ class AgentConfig(_Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
     loop_detection: LoopDetectionConfig = Field(default_factory=LoopDetectionConfig)
+    wake: WakeConfig = Field(default_factory=WakeConfig)
 
 
 class TeamConfig(_Section):
@@ -203,11 +215,38 @@ class TuiConfig(_Section):
     keys: dict[str, str] = Field(default_factory=dict)
 
 
+class WebhooksConfig(_Section):
+    """The webhook listener (docs/automation.md): loopback by default; put a reverse proxy
+    in front of it for a public deployment."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    tolerance_s: float = Field(default=300.0, ge=10, le=3600)
+    rate_per_min: float = Field(default=60.0, gt=0, le=100_000)
+    burst: int = Field(default=20, ge=1, le=10_000)
+    replay_window_s: float = Field(default=7 * 86400.0, ge=600, le=90 * 86400)
+    result_retention_s: float = Field(default=7 * 86400.0, ge=60, le=365 * 86400)
+
+
+class AutomationConfig(_Section):
+    """Cron schedules, wake checks and webhooks (docs/automation.md)."""
+
+    timezone: str | None = None
+    max_jobs_per_agent: int = Field(default=20, ge=0, le=10_000)
+    min_interval_s: float = Field(default=60.0, ge=1, le=86400)
+    missed_grace_s: float = Field(default=60.0, ge=1, le=86400)
+    keep_runs: int = Field(default=100, ge=1, le=100_000)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+
+
 class Config(_Section):
     host: HostConfig = Field(default_factory=HostConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     egress: EgressConfig = Field(default_factory=EgressConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     teams: dict[TeamName, TeamConfig] = Field(default_factory=dict)
     tui: TuiConfig = Field(default_factory=TuiConfig)
@@ -264,6 +303,7 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{known_models}); fix: add [llm.models.{embedding}]",
             )
         )
+    problems += _automation_problems(data)
     for name, agent in agents.items():
         if not isinstance(agent, dict):
             continue
@@ -340,6 +380,54 @@ def _key_problems(keys: dict[str, Any]) -> list[tuple[str, str]]:
                         )
                     )
             owner.setdefault((spec.scope, key), spec.id)
+    return problems
+
+
+def timezone_problem(name: str) -> str | None:
+    """Why `name` is not an IANA time zone this host knows (e.g. "Europe/Paris"), or None."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return (
+            f"`{name}` is not a time zone this host knows; use an IANA name such as "
+            '"UTC" or "Europe/Paris" (see /usr/share/zoneinfo)'
+        )
+    return None
+
+
+def _automation_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    import ipaddress
+
+    from legion.mesh.globs import check_agent_pattern
+
+    problems: list[tuple[str, str]] = []
+    zones = [("automation.timezone", _table(data, "automation").get("timezone"))]
+    for name, agent in _table(data, "agents").items():
+        wake = _table(agent, "wake")
+        zones.append((f"agents.{name}.wake.timezone", wake.get("timezone")))
+        watch = wake.get("watch", [])
+        for pattern in watch if isinstance(watch, list) else []:
+            problem = check_agent_pattern(pattern) if isinstance(pattern, str) else None
+            if problem:
+                problems.append((f"agents.{name}.wake.watch", f"`{pattern}`: {problem}"))
+    for key, zone in zones:
+        problem = timezone_problem(zone) if isinstance(zone, str) and zone else None
+        if problem:
+            problems.append((key, problem))
+    bind = _table(data, "automation", "webhooks").get("bind")
+    if isinstance(bind, str):
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            problems.append(
+                (
+                    "automation.webhooks.bind",
+                    f'`{bind}` is not an IP address; write e.g. "127.0.0.1" (loopback, the '
+                    'default) or "::1"; a public deployment puts a reverse proxy in front',
+                )
+            )
     return problems
 
 

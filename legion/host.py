@@ -22,6 +22,7 @@ from legion.api.agent import build_agent_router, require_agent
 from legion.api.control import build_control_router, host_status
 from legion.api.http import Call, HttpServer, Listener, Route, Router
 from legion.api.masking import mask_routes
+from legion.automation.scheduler import Automation
 from legion.config import Config
 from legion.errors import InboxFull
 from legion.events import EventBus
@@ -54,7 +55,9 @@ log = logging.getLogger("legion.host")
 
 # Agent routes whose responses are masked, and against what (see `Host._agent_router`).
 LLM_ROUTES = frozenset({("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings")})
-CONFIG_ROUTES = frozenset({("GET", "/v1/self"), ("GET", "/v1/whoami")})
+# /v1/self masks its operator-authored part itself (`self_status`): it also carries what the
+# agent wrote (its cron job names), which must come back as written (no oracle).
+CONFIG_ROUTES = frozenset({("GET", "/v1/whoami")})
 
 
 class Host:
@@ -124,6 +127,7 @@ class Host:
         self._tasks: set[asyncio.Task[None]] = set()
         self.fleet = Fleet(self, None)
         self.stop_reason = ""
+        self.automation = Automation(self)
 
     # --- lifespan ---------------------------------------------------------------
 
@@ -174,6 +178,7 @@ class Host:
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
             host._tasks.add(asyncio.create_task(host.audit.anchor_forever(), name="audit-anchor"))
+            await host.automation.start(host._tasks)  # cron, wake checks, webhooks, lanes
             if preload_llm and config.llm.models:
                 host.litellm.start()
             await host.fleet.start_all()
@@ -191,6 +196,7 @@ class Host:
             await asyncio.gather(*host._tasks, return_exceptions=True)
             host._tasks.clear()
             await host.fleet.close()
+            await host.automation.close()
             await host.http.close()
             await host.litellm.close()
             await host.gateway.close()
@@ -337,6 +343,15 @@ class Host:
         return self.inboxes.send(sender, to, payload)
 
     def self_status(self, agent: str) -> SelfStatus:
+        """The agent's own view: the operator-authored configuration with every vault value
+        masked (an operator may paste one into a system prompt), then what the agent itself
+        set up (its schedules), as written."""
+        status = self._configured_self(agent)
+        masked = SelfStatus.model_validate(self.redactor.redact_obj(status.model_dump()))
+        masked.schedules = self.automation.cron.summary(agent)
+        return masked
+
+    def _configured_self(self, agent: str) -> SelfStatus:
         cfg = self.config.agents[agent]
         left = self.budgets.remaining(agent)
         fleet = [
@@ -372,6 +387,7 @@ class Host:
             None if body.in_reply_to is None else self.inboxes.sender_of(agent, body.in_reply_to)
         )
         asker = origin[0] if origin else None
+        self.automation.on_reply(agent, body, origin)  # cron run / webhook job results
         direct = origin is not None and origin[1] == "message"
         delivered = None
         if direct and asker in self.config.agents and asker != agent:

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from legion.api.http import Call, Policy, Response, Router, StreamResponse
+from legion.automation.routes import add_agent_routes as add_automation_routes
 from legion.errors import InboxFull, NotFound
 from legion.mesh.permissions import Perm
 from legion.wire.agent import (
@@ -423,6 +424,7 @@ def build_agent_router(host: Host, agent: str) -> Router:
         output limit under `legion` (its own models only: nothing to authorize)."""
         return await host.gateway.models(call.principal)
 
+    add_automation_routes(router, host)  # cron_*, steer (legion/automation/routes.py)
     return router
 
 

@@ -19,6 +19,7 @@ from legion import __version__
 from legion.api.agent import build_shared_routes
 from legion.api.http import Call, Router, StreamResponse
 from legion.api.operator import build_operator_routes
+from legion.automation.routes import add_control_routes as add_automation_routes
 from legion.errors import BadRequest, ConfigError, LegionError, NotFound
 from legion.fleet import volume
 from legion.fsutil import UnsafeEntry
@@ -167,6 +168,7 @@ def build_control_router(host: Host) -> Router:
 
         return StreamResponse(lines(), on_abandon=abandon)
 
+    add_automation_routes(router, host)  # cron, webhooks, steer (legion/automation/routes.py)
     return router
 
 
@@ -198,6 +200,7 @@ def host_agents(host: Host) -> AgentList:
 
 def host_status(host: Host) -> HostStatus:
     now = time.time()
+    counts = host.automation.cron.counts()
     agents = [
         AgentStatus(
             name=name,
@@ -207,6 +210,7 @@ def host_status(host: Host) -> HostStatus:
             socket=str(host.paths.agent_socket(name)),
             inbox_depth=host.inboxes.depth(name),
             last_heartbeat=host.last_seen.get(name),
+            **host.automation.status_fields(name, counts),
         )
         for name, cfg in sorted(host.config.agents.items())
     ]
@@ -226,7 +230,7 @@ def host_status(host: Host) -> HostStatus:
 _reload_locks: weakref.WeakKeyDictionary[Host, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 # Keys the running host cannot apply: they take effect when it restarts.
-_HOST_RESTART = ("host", "runtime.backend", "runtime.agent_uid")
+_HOST_RESTART = ("host", "runtime.backend", "runtime.agent_uid", "automation")
 # Keys that shape every agent's container: running agents get them at their next start.
 _CONTAINER_KEYS = (
     "runtime.image",

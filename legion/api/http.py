@@ -386,6 +386,28 @@ class HttpServer:
             os.chown(path, *listener.owner, follow_symlinks=False)
         self._servers[path] = server
 
+    async def listen_tcp(
+        self, host: str, port: int, principal: str, router: Router
+    ) -> tuple[str, int]:
+        """Serve `router` on a TCP address (the webhook listener; loopback unless the
+        operator binds elsewhere). Every request acts as `principal`. Returns the bound
+        (host, port): port 0 picks a free one."""
+        listener = Listener(Path(f"tcp:{host}:{port}"), principal, router)
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._conns.add(task)
+            try:
+                await self._serve_connection(listener, reader, writer)
+            finally:
+                self._conns.discard(task)
+
+        server = await asyncio.start_server(on_connect, host, port, limit=MAX_HEAD_BYTES)
+        bound = server.sockets[0].getsockname()
+        self._servers[Path(f"tcp:{bound[0]}:{bound[1]}")] = server
+        return str(bound[0]), int(bound[1])
+
     async def unlisten(self, path: Path) -> None:
         server = self._servers.pop(path, None)
         if server is not None:

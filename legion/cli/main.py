@@ -14,10 +14,12 @@ from legion.cli import (
     chat_cmd,
     config_cmd,
     costs_cmd,
+    cron_cmd,
     host_cmd,
     images_cmd,
     logs_cmd,
     vault_cmd,
+    webhooks_cmd,
 )
 from legion.cli.common import State, echo, emit_json, fmt_time, host_errors, json_line
 
@@ -36,6 +38,8 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(vault_cmd.app, name="vault")
 app.add_typer(images_cmd.app, name="images")
 app.add_typer(agents_cmd.app, name="agents")
+app.add_typer(cron_cmd.app, name="cron")
+app.add_typer(webhooks_cmd.app, name="webhooks")
 app.command("chat")(chat_cmd.chat)
 app.command("audit")(audit_cmd.audit)
 app.command("costs")(costs_cmd.costs)

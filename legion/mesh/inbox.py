@@ -203,6 +203,11 @@ class Inboxes:
     def send(self, sender: str, to: str, payload: Any) -> int:
         return self._enqueue([to], "message", None, sender, payload)[to]
 
+    def steer(self, sender: str, to: str, payload: Any) -> int:
+        """Queue a steer item (legion.automation.lanes): handed out by a normal poll, or
+        out of order between two tool rounds of a running turn."""
+        return self._enqueue([to], "steer", None, sender, payload)[to]
+
     def publish(
         self, sender: str, topic: str, payload: Any, deliver: Callable[[str], bool] | None = None
     ) -> list[str]:

@@ -30,6 +30,7 @@ class Perm(StrEnum):
     CREDENTIAL = "allowed_credentials"
     CRON = "can_manage_cron"
     SPAWN = "can_spawn"
+    STEER = "can_steer"  # target: the agent to steer
     LLM = "llm"  # target: a model alias; the agent's own model or one of allowed_models
     EGRESS = "egress_hosts"
 

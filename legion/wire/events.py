@@ -31,7 +31,7 @@ class InboxQueued(_Event):
     type: Literal["inbox_queued"] = "inbox_queued"
     agent: str
     item_id: int
-    kind: Literal["message", "topic"]
+    kind: Literal["message", "topic", "steer"]
     topic: str | None
     sender: str
 
@@ -171,6 +171,57 @@ class EventsLagged(_Event):
     missed: int
 
 
+class CronRunEvent(_Event):
+    """A cron job ran (dispatched), finished, was skipped (overlap, missed) or failed."""
+
+    type: Literal["cron_run"] = "cron_run"
+    job_id: int
+    agent: str
+    name: str
+    run_id: int | None
+    status: Literal["dispatched", "done", "overlap", "missed", "failed"]
+    lateness_s: float = 0.0
+    detail: str = ""
+
+
+class WakeChecked(_Event):
+    """A wake check ran: it started a turn (`dispatched`) or cost nothing."""
+
+    type: Literal["wake_checked"] = "wake_checked"
+    agent: str
+    outcome: Literal["dispatched", "nothing", "busy", "pending"]
+    findings: int
+    skipped_total: int
+
+
+class QueueDepth(_Event):
+    """An agent's lane changed: items waiting, items in progress, steers waiting."""
+
+    type: Literal["queue_depth"] = "queue_depth"
+    agent: str
+    waiting: int
+    in_progress: int
+    steers: int
+
+
+class SteerTaken(_Event):
+    """A steer message reached a running turn (between two tool rounds)."""
+
+    type: Literal["steer_taken"] = "steer_taken"
+    agent: str
+    item_id: int
+    sender: str
+
+
+class WebhookReceived(_Event):
+    type: Literal["webhook_received"] = "webhook_received"
+    hook: str
+    agent: str
+    job: str | None
+    status: Literal["accepted", "refused"]
+    reason: str = ""
+
+
 HostEvent = Annotated[
     BlackboardChanged
     | ClaimChanged
@@ -189,7 +240,12 @@ HostEvent = Annotated[
     | AgentStateChanged
     | HostStarted
     | HostStopping
-    | EventsLagged,
+    | EventsLagged
+    | CronRunEvent
+    | WakeChecked
+    | QueueDepth
+    | SteerTaken
+    | WebhookReceived,
     Field(discriminator="type"),
 ]
 

@@ -40,6 +40,7 @@ egress_hosts = ["api.github.com", "*.example.org"]
 allowed_credentials = ["github-*"]
 can_manage_cron = true
 can_spawn = true
+can_steer = ["bob"]
 
 [agents.bob]
 team = "blue"
@@ -95,6 +96,8 @@ TABLE: list[tuple[Perm, str, bool]] = [
     (Perm.CRON, "nightly", True),
     (Perm.SPAWN, "", True),
     (Perm.SPAWN, "worker", True),
+    (Perm.STEER, "bob", True),
+    (Perm.STEER, "carol", False),
 ]
 
 
