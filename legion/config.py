@@ -358,7 +358,11 @@ def _key_problems(keys: dict[str, Any]) -> list[tuple[str, str]]:
         where = f"tui.keys.{binding_id}"
         if binding_id not in BY_ID:
             close = difflib.get_close_matches(binding_id, list(BY_ID), n=1)
-            hint = f'did you mean "{close[0]}"?' if close else "see `legion` then ? for the ids"
+            hint = (
+                f'did you mean "{close[0]}"?'
+                if close
+                else "fix: use a binding id (open `legion`, then ? lists them) or remove the line"
+            )
             problems.append((where, f"`{binding_id}` is not a binding id; {hint}"))
         elif isinstance(value, str) and (problem := key_problem(value)):
             problems.append((where, f'"{value}": {problem}; fix: write e.g. "ctrl+r" or "f6"'))
