@@ -22,6 +22,7 @@ from typing import Any
 from legion.api.agent import build_agent_router, require_agent
 from legion.api.control import build_control_router, host_status
 from legion.api.http import Call, HttpServer, Listener, Route
+from legion.browser.manager import Browsers
 from legion.config import Config
 from legion.errors import InboxFull
 from legion.events import EventBus
@@ -111,6 +112,7 @@ class Host:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.fleet = Fleet(self, None)
+        self.browsers = Browsers(self)
         self.stop_reason = ""
 
     # --- lifespan ---------------------------------------------------------------
@@ -159,6 +161,10 @@ class Host:
                 host.litellm.start()
             await host.fleet.start_all()
             host._tasks.add(asyncio.create_task(host.fleet.supervise_forever(), name="fleet"))
+            host._tasks.add(asyncio.create_task(host.browsers.reap_forever(), name="browsers"))
+            host._tasks.add(
+                asyncio.create_task(host.browsers.handoffs.expire_forever(), name="vnc-expiry")
+            )
             host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
             # Everything built at start-up lives as long as the host: keep it out of the
             # cyclic GC's scans, whose full passes would otherwise add milliseconds to tails.
@@ -171,6 +177,7 @@ class Host:
                 task.cancel()
             await asyncio.gather(*host._tasks, return_exceptions=True)
             host._tasks.clear()
+            await host.browsers.close()
             await host.fleet.close()
             await host.http.close()
             await host.litellm.close()
@@ -218,6 +225,7 @@ class Host:
         self.config.llm = new.llm
         self.config.runtime = new.runtime
         self.config.egress = new.egress
+        self.config.browser = new.browser
         self.egress = self._make_egress()
         for name in sorted(new_agents - old_agents):
             await self.open_agent_socket(name)

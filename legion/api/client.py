@@ -23,6 +23,7 @@ from legion.wire.api import (
     ReloadResult,
     StopResponse,
 )
+from legion.wire.browser import BrowserInfo, BrowserList, Handoff
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
 
@@ -235,6 +236,28 @@ class ControlClient:
             raise not_running(self.paths) from exc
         except FileNotFoundError as exc:
             raise not_running(self.paths) from exc
+
+    def browsers(self) -> BrowserList:
+        result: BrowserList = self._request("GET", "/v1/browsers", BrowserList)
+        return result
+
+    def browser_handoff(self, name: str) -> Handoff:
+        result: Handoff = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/handoff", Handoff, timeout=120
+        )
+        return result
+
+    def browser_done(self, name: str, note: str = "") -> BrowserInfo:
+        result: BrowserInfo = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/done", BrowserInfo, json={"note": note}
+        )
+        return result
+
+    def browser_stop(self, name: str) -> BrowserInfo:
+        result: BrowserInfo = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/stop", BrowserInfo, timeout=60
+        )
+        return result
 
     def running(self) -> bool:
         try:

@@ -39,6 +39,7 @@ BROWSER_BASE_TAG = "legion-browser-base:bookworm"
 # Debian packages of the browser base (dependencies come with them).
 BROWSER_PACKAGES = (
     "python3",
+    "libatomic1",  # the Playwright driver's node binary needs it
     "chromium",
     "xvfb",
     "x11vnc",
@@ -161,8 +162,23 @@ def build_browser_base(client: Any, mirror: str, progress: Progress, tag: str) -
         with tarfile.open(archive, "w") as tar:
             tar.add(root, arcname=".")
         repo, _, version = tag.partition(":")
-        client.api.import_image_from_file(str(archive), repository=repo, tag=version or "latest")
+        client.api.import_image_from_file(
+            str(archive),
+            repository=repo,
+            tag=version or "latest",
+            changes=[f'LABEL org.legion.packages="{packages_digest()}"'],
+        )
     return tag
+
+
+def packages_digest() -> str:
+    """Which package list a browser base was built with (a changed list rebuilds it)."""
+    return hashlib.sha256(" ".join(BROWSER_PACKAGES).encode()).hexdigest()[:16]
+
+
+def _base_is_current(client: Any, tag: str) -> bool:
+    labels = (client.images.get(tag).attrs.get("Config") or {}).get("Labels") or {}
+    return bool(labels.get("org.legion.packages") == packages_digest())
 
 
 def fetch_wheels(
@@ -260,8 +276,8 @@ def build_browser_image(
             )
     else:
         base = BROWSER_BASE_TAG
-        if rebuild_base or not image_exists(client, base):
-            progress(f"{base} not found: building it with debootstrap (no registry needed)")
+        if rebuild_base or not image_exists(client, base) or not _base_is_current(client, base):
+            progress(f"{base} missing or outdated: building it with debootstrap (no registry)")
             build_browser_base(client, debian_mirror(mirror), progress, base)
             base_built = True
         else:

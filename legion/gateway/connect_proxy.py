@@ -82,7 +82,7 @@ class ConnectProxy:
         self,
         *,
         principal: str,
-        config: EgressConfig,
+        config: EgressConfig | Callable[[], EgressConfig],
         permissions: Permissions,
         audit: AuditLog,
         action: str = "egress.connect",
@@ -92,18 +92,30 @@ class ConnectProxy:
         on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.principal = principal
-        self.config = config
+        self._config = config
+        self._allow: tuple[EgressConfig, AllowList] | None = None
         self.permissions = permissions
         self.audit = audit
         self.action = action
         self.resolver: Resolver = resolver or system_resolver
-        self.allow = AllowList.parse(config.allow)
         self.max_tunnels = max_tunnels
         self.idle_s = idle_s
         self.on_refused = on_refused
         self.path: Path | None = None
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
+
+    @property
+    def config(self) -> EgressConfig:
+        """The current `[egress]` section (a callable source follows config reloads)."""
+        return self._config if isinstance(self._config, EgressConfig) else self._config()
+
+    @property
+    def allow(self) -> AllowList:
+        config = self.config
+        if self._allow is None or self._allow[0] is not config:
+            self._allow = (config, AllowList.parse(config.allow))
+        return self._allow[1]
 
     # --- the socket ----------------------------------------------------------------------
 
@@ -197,7 +209,6 @@ class ConnectProxy:
             self.action,
             host,
             decision,
-            durable=error is not None,
             method=method,
             port=port,
             reason=f"{error.code}: {error.message}" if error else "connected",
@@ -224,7 +235,12 @@ class ConnectProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        request = await self._next(client, reader)
+        try:
+            request = await self._next(client, reader, strict=True)
+        except h11.RemoteProtocolError as exc:
+            writer.write(_plain(400, f"not a usable proxy request: {exc}"))
+            await writer.drain()
+            return
         if not isinstance(request, h11.Request):
             return
         target = request.target.decode("latin-1")
@@ -243,11 +259,15 @@ class ConnectProxy:
             return
         await self._forward(client, reader, writer, request, split.hostname, port, split)
 
-    async def _next(self, conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    async def _next(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, strict: bool = False
+    ) -> object:
         while True:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError:
+                if strict:
+                    raise
                 return None
             if event is h11.NEED_DATA:
                 data = await asyncio.wait_for(reader.read(CHUNK), self.idle_s)
