@@ -47,6 +47,22 @@ REFUSALS_KEPT = 50
 RESULT_FIELDS = set(BrowserResult.model_fields) - {"action", "blocked", "tabs"}
 
 
+def _refused_page(url: str, blocked: list[str]) -> str | None:
+    """The refusal of the page at `url` itself, when the proxy refused it (the browser then
+    shows the host's 403 page instead of the site)."""
+    try:
+        split = urlsplit(url)
+        port = split.port or (443 if split.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if not split.hostname:
+        return None
+    from legion.gateway.netcheck import normalize_host
+
+    prefix = f"{normalize_host(split.hostname)}:{port}: "
+    return next((m[len(prefix) :] for m in blocked if m.startswith(prefix)), None)
+
+
 class NoBrowserRuntime(LegionError):
     status = 409
     code = "no_browser_runtime"
@@ -361,10 +377,19 @@ class Browsers:
             slot.busy -= 1
             slot.last_used = self.monotonic()
         slot.url, slot.title = str(result.get("url", "")), str(result.get("title", ""))
+        blocked = [m for t, m in slot.refused if t >= mark]
+        landed = _refused_page(slot.url, blocked)
+        if landed is not None:  # the page shown is the host's refusal, not the site
+            self._acted(slot, action, ok=False, error="navigation_failed")
+            raise BrowserFault(
+                f"{slot.url} was not loaded: the host refused: {landed}",
+                code="navigation_failed",
+                blocked=blocked,
+            )
         self._acted(slot, action, ok=True)
         out = BrowserResult(
             action=action,
-            blocked=[m for t, m in slot.refused if t >= mark],
+            blocked=blocked,
             **{k: v for k, v in result.items() if k in RESULT_FIELDS},
         )
         if "tabs" in result:

@@ -201,6 +201,8 @@ class Handoffs:
                 await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
             finally:
                 up_writer.close()
+        except asyncio.CancelledError:  # the session ended (asyncio would log it as an error)
+            pass
         finally:
             writer.close()
             session.conns.discard(task)

@@ -165,6 +165,8 @@ class ConnectProxy:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
+        except asyncio.CancelledError:  # the proxy is closing (asyncio would log a
+            pass  # cancelled connection task as an error)
         except Exception:
             log.exception("proxy connection of %s failed", self.principal)
         finally:

@@ -99,7 +99,11 @@ class Site(BaseHTTPRequestHandler):
         elif split.path == "/next":
             self._page("Second page", "<p>You reached the second page.</p>")
         elif split.path == "/setcookie":
-            self._page("Cookie set", "<p>set</p>", headers={"Set-Cookie": f"who={query.get('v', 'x')}; Path=/"})
+            self._page(
+                "Cookie set",
+                "<p>set</p>",
+                headers={"Set-Cookie": f"who={query.get('v', 'x')}; Path=/; Max-Age=3600"},
+            )
         elif split.path == "/showcookie":
             self._page("Cookies", f"<p id=c>cookie=[{self.headers.get('Cookie', '')}]</p>")
         elif split.path == "/redirect":

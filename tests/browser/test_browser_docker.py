@@ -114,7 +114,7 @@ async def test_navigate_snapshot_click_type_and_read_the_result(
         assert (await act(host, "alice", "select", {"ref": color, "value": "blue"}))[0] == 200
         status, snap = await act(host, "alice", "snapshot")
         assert SITE_PASSWORD not in snap["snapshot"]
-        assert re.search(r'textbox "Password" \[ref=\w+\]: \[masked\]', snap["snapshot"]), snap
+        assert re.search(r"textbox \"Password\".*\[ref=\w+\]: \[masked\]", snap["snapshot"]), snap["snapshot"]
         assert 'textbox "Name"' in snap["snapshot"] and ": Ada" in snap["snapshot"]
         status, shot = await act(host, "alice", "screenshot")
         assert status == 200 and shot["png_base64"] and shot["width"] == 1280
@@ -136,3 +136,166 @@ async def test_navigate_snapshot_click_type_and_read_the_result(
         records = audit.query(host.store.conn, actor="alice")
         assert ("browser.credential", "allow") in {(r.action, r.decision) for r in records}
         assert any(r.action == "browser.egress" and r.target == "127.0.0.1" for r in records)
+
+
+async def denied_egress(host: Host, agent: str) -> list[tuple[str, int]]:
+    return [
+        (r.target, int(r.detail["port"]))
+        for r in audit.query(host.store.conn, actor=agent)
+        if r.action == "browser.egress" and r.decision == "deny"
+    ]
+
+
+async def until(predicate: Any, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_the_browser_cannot_reach_what_the_policy_refuses(
+    home: Path, browser_image: str, site: ThreadingHTTPServer
+) -> None:
+    """A loopback port not allowed, the metadata address, a name resolving to loopback, and
+    HTTP and JavaScript redirects from the allowed site to refused addresses: all blocked
+    at the host's proxy, audited, and reported to the agent."""
+    from tests.conftest import loopback_server
+    from tests.browser.conftest import Site
+
+    port = int(site.server_address[1])
+    base = f"http://127.0.0.1:{port}"
+    with loopback_server(Site) as hidden:
+        hidden.seen = []  # type: ignore[attr-defined]
+        hidden.lock = __import__("threading").Lock()  # type: ignore[attr-defined]
+        other = int(hidden.server_address[1])
+        async with browsing_host(home, browser_image, port) as host:
+            cases = [
+                (f"http://127.0.0.1:{other}/", ("127.0.0.1", other)),
+                ("http://169.254.169.254/latest/meta-data/", ("169.254.169.254", 80)),
+                (f"http://localhost:{other}/", ("localhost", other)),
+            ]
+            for url, expected in cases:
+                status, body = await act(host, "alice", "navigate", {"url": url})
+                assert status == 422, body
+                assert body["error"]["code"] == "navigation_failed"
+                assert "the host refused" in body["error"]["message"], body
+                assert expected in await denied_egress(host, "alice")
+            # an HTTP redirect from the allowed site to the metadata address
+            target = "http://169.254.169.254/latest/meta-data/iam"
+            status, body = await act(
+                host, "alice", "navigate", {"url": f"{base}/redirect?to={target}"}
+            )
+            assert status == 422 and "the host refused" in body["error"]["message"], body
+            # a JavaScript redirect from the allowed site to a refused loopback port
+            before = len(await denied_egress(host, "alice"))
+            status, body = await act(
+                host, "alice", "navigate", {"url": f"{base}/jsredirect?to=http://127.0.0.1:{other}/js"}
+            )
+            denied: list[tuple[str, int]] = []
+
+            async def refreshed() -> bool:
+                denied[:] = await denied_egress(host, "alice")
+                return len(denied) > before
+
+            deadline = time.monotonic() + 20
+            while not await refreshed():
+                assert time.monotonic() < deadline, "the JS redirect was never refused"
+                await asyncio.sleep(0.1)
+            assert denied[-1] == ("127.0.0.1", other)
+            with hidden.lock:  # type: ignore[attr-defined]
+                assert hidden.seen == []  # type: ignore[attr-defined]  # nothing got through
+            records = audit.query(host.store.conn, actor="alice")
+            reasons = [r.detail["reason"] for r in records if r.action == "browser.egress" and r.decision == "deny"]
+            assert any("cloud metadata address" in r for r in reasons)
+            assert any("loopback address" in r for r in reasons)
+
+
+async def test_browsers_are_isolated_and_gated(
+    home: Path, browser_image: str, site: ThreadingHTTPServer
+) -> None:
+    """Alice's cookie is invisible to Bob's browser and survives a restart of hers; Carol
+    (no can_use_browser) is refused and audited; a $CRED{} typed on a page of a host the
+    credential is not bound to is refused (audited) and nothing is typed."""
+    port = int(site.server_address[1])
+    base = f"http://127.0.0.1:{port}"
+    async with browsing_host(home, browser_image, port) as host:
+        assert (await act(host, "alice", "navigate", {"url": f"{base}/setcookie?v=alice1"}))[0] == 200
+        status, page = await act(host, "alice", "navigate", {"url": f"{base}/showcookie"})
+        _, text = await act(host, "alice", "extract")
+        assert "cookie=[who=alice1]" in text["text"]
+        status, page = await act(host, "bob", "navigate", {"url": f"{base}/showcookie"})
+        assert status == 200, page
+        _, text = await act(host, "bob", "extract")
+        assert "cookie=[]" in text["text"], text
+        # a restart keeps the profile
+        async with control_client(host.paths) as operator:
+            stopped = (await operator.post("/v1/browsers/alice/stop")).json()
+            assert stopped["state"] == "stopped", stopped
+        await act(host, "alice", "navigate", {"url": f"{base}/showcookie"})
+        _, text = await act(host, "alice", "extract")
+        assert "cookie=[who=alice1]" in text["text"]
+        # carol may not use a browser
+        status, body = await act(host, "carol", "navigate", {"url": f"{base}/"})
+        assert status == 403 and body["error"]["code"] == "permission_denied", body
+        assert "can_use_browser" in body["error"]["message"]
+        assert "carol" not in host.browsers.slots or host.browsers.slots["carol"].state == "stopped"
+        denied = [r for r in audit.query(host.store.conn, actor="carol") if r.decision == "deny"]
+        assert [(r.action, r.target) for r in denied] == [("browser", "navigate")]
+        # a credential bound to another host
+        await act(host, "alice", "navigate", {"url": f"{base}/login"})
+        _, snap = await act(host, "alice", "snapshot")
+        field = ref_of(snap["snapshot"], r'textbox "Secret"')
+        status, body = await act(host, "alice", "type", {"ref": field, "text": "$CRED{other-pw}"})
+        assert status == 403 and body["error"]["code"] == "credential_denied", body
+        assert "accounts.example.org" in body["error"]["message"]
+        _, snap = await act(host, "alice", "snapshot")
+        assert OTHER_PASSWORD not in snap["snapshot"]
+        assert re.search(r'textbox "Secret" \[ref=\w+\]$', snap["snapshot"], re.M), snap["snapshot"]
+        (refused,) = [
+            r for r in audit.query(host.store.conn, actor="alice") if r.action == "browser.credential"
+        ]
+        assert refused.decision == "deny" and refused.target == "other-pw"
+        assert refused.detail["origin"] == base
+        # two browsers ran, each its own container
+        listing = host.browsers.list()
+        assert listing.running == 2
+        assert {b.agent for b in listing.browsers if b.state == "running"} == {"alice", "bob"}
+
+
+async def test_browser_containers_are_hardened(
+    home: Path, browser_image: str, site: ThreadingHTTPServer
+) -> None:
+    import docker
+
+    port = int(site.server_address[1])
+    async with browsing_host(home, browser_image, port) as host:
+        assert (await act(host, "alice", "navigate", {"url": f"http://127.0.0.1:{port}/"}))[0] == 200
+        client = docker.from_env()
+        try:
+            attrs = client.containers.get(host.browsers.slots["alice"].container_id).attrs
+            probe = client.containers.get(host.browsers.slots["alice"].container_id).exec_run(
+                ["python3", "-c", "import os, json; print(json.dumps([sorted(os.listdir('/sys/class/net')), "
+                 "sorted(os.listdir('/run/legion-browser')), os.getuid(), os.path.exists('/data')]))"]
+            )
+        finally:
+            client.close()
+        hc = attrs["HostConfig"]
+        assert attrs["Config"]["User"] == "10001:10001"
+        assert hc["CapDrop"] == ["ALL"] and "no-new-privileges" in hc["SecurityOpt"]
+        assert hc["ReadonlyRootfs"] is True and hc["NetworkMode"] == "none"
+        assert "noexec" in hc["Tmpfs"]["/tmp"]
+        assert hc["ShmSize"] == 256 * 2**20
+        assert sorted(hc["Binds"]) == sorted(
+            [
+                f"{home}/browsers/alice/profile:/profile:rw",
+                f"{home}/run/browsers/alice:/run/legion-browser:rw",
+            ]
+        )
+        import json
+
+        interfaces, sockets, uid, has_data = json.loads(probe.output.decode().strip().splitlines()[-1])
+        assert interfaces == ["lo"] and uid == 10001 and has_data is False
+        assert sorted(sockets) == ["control.sock", "proxy.sock"]
+        env = "\n".join(attrs["Config"]["Env"])
+        assert SITE_PASSWORD not in env and OTHER_PASSWORD not in env
