@@ -471,7 +471,8 @@ class Browsers:
             await asyncio.wait_for(human.done.wait(), wait)
         slot.last_used = self.monotonic()
         if human.done.is_set():
-            slot.human = None
+            if slot.human is human:
+                slot.human = None
             return HumanState(state="done", reason=human.reason, note=human.note)
         if self.host.clock() - human.requested_at > self.config.human_timeout_s:
             slot.human = None
@@ -499,6 +500,7 @@ class Browsers:
         if human is not None:
             human.note = note or "the operator is done"
             human.done.set()
+            slot.human = None
         self.host.bus.publish(
             BrowserHandoff(
                 at=self.host.clock(),

@@ -299,3 +299,70 @@ async def test_browser_containers_are_hardened(
         assert sorted(sockets) == ["control.sock", "proxy.sock"]
         env = "\n".join(attrs["Config"]["Env"])
         assert SITE_PASSWORD not in env and OTHER_PASSWORD not in env
+
+
+async def test_the_vnc_link_reaches_the_browser_with_its_token_only(
+    home: Path, browser_image: str, site: ThreadingHTTPServer
+) -> None:
+    """noVNC through websockify on 127.0.0.1: the RFB handshake completes with the link's
+    token; without it, with a wrong one, and after expiry it does not. The agent waiting
+    in browser_request_human resumes on `done`."""
+    import shutil
+
+    from tests.browser.rfb import connect, rfb_handshake
+
+    if shutil.which("websockify") is None:
+        pytest.skip("needs websockify and novnc on the host: apt-get install websockify novnc")
+    port = int(site.server_address[1])
+    offset = [0.0]
+    paths = Paths.resolve(home)
+    config = parse_config(config_text(browser_image, port))
+    async with Host.running(
+        config, paths, runtime=DockerBackend(str(home)), clock=lambda: time.time() + offset[0]
+    ) as host:
+        assert (await act(host, "alice", "navigate", {"url": f"http://127.0.0.1:{port}/"}))[0] == 200
+        async with host.bus.subscribe() as events:
+            status, asked = await act(host, "alice", "request_human", {"reason": "please log in"})
+            assert status == 200 and asked["state"] == "waiting"
+            waiter = asyncio.create_task(act(host, "alice", "wait_human", {"wait_s": 30}))
+            async with control_client(host.paths) as operator:
+                listing = (await operator.get("/v1/browsers")).json()
+                (alice,) = [b for b in listing["browsers"] if b["agent"] == "alice"]
+                assert alice["waiting_for_human"] and alice["human_reason"] == "please log in"
+                handoff = (await operator.post("/v1/browsers/alice/handoff")).json()
+                assert handoff["link"].startswith(f"http://127.0.0.1:{handoff['port']}/vnc.html")
+                assert f"-L {handoff['port']}:127.0.0.1:{handoff['port']}" in handoff["ssh_hint"]
+                token = re.search(r"token%3D([A-Za-z0-9_-]+)", handoff["link"]).group(1)  # type: ignore[union-attr]
+                vnc = handoff["port"]
+                ws = await connect(vnc, f"/websockify?token={token}")
+                assert not isinstance(ws, int), ws
+                assert await rfb_handshake(ws) == (1280, 800)
+                ws.close()
+                for path in ("/websockify", "/websockify?token=wrong-token"):
+                    refused = await connect(vnc, path)
+                    if not isinstance(refused, int):
+                        with pytest.raises((ConnectionError, asyncio.IncompleteReadError, TimeoutError)):
+                            await rfb_handshake(refused)
+                        refused.close()
+                # the link expires
+                offset[0] += config.browser.handoff_ttl_s + 1
+                while True:
+                    event = await asyncio.wait_for(events.get(), 20)
+                    if event.type == "browser_handoff" and event.state == "expired":
+                        break
+                late = await connect(vnc, f"/websockify?token={token}")
+                if not isinstance(late, int):
+                    with pytest.raises((ConnectionError, asyncio.IncompleteReadError, TimeoutError)):
+                        await rfb_handshake(late)
+                    late.close()
+                assert not waiter.done()
+                done = (await operator.post("/v1/browsers/alice/done", json={"note": "logged in"})).json()
+                assert done["waiting_for_human"] is False
+            status, resumed = await asyncio.wait_for(waiter, 30)
+            assert status == 200 and resumed == {"state": "done", "reason": "please log in", "note": "logged in"}
+        actions = [(r.actor, r.action) for r in audit.query(host.store.conn) if r.action.startswith("browser.")]
+        assert ("alice", "browser.human_requested") in actions
+        assert ("operator", "browser.handoff_opened") in actions
+        assert ("operator", "browser.vnc_connect") in actions
+        assert ("host", "browser.handoff_expired") in actions
+        assert ("operator", "browser.handoff_done") in actions
