@@ -366,3 +366,86 @@ async def test_the_vnc_link_reaches_the_browser_with_its_token_only(
         assert ("operator", "browser.vnc_connect") in actions
         assert ("host", "browser.handoff_expired") in actions
         assert ("operator", "browser.handoff_done") in actions
+
+
+async def test_a_real_agent_browses_with_its_tools(
+    home: Path, agent_image: str, browser_image: str, site: ThreadingHTTPServer
+) -> None:
+    """A real agent container, the fake provider scripting its tool calls: navigate and
+    snapshot in one turn; type, select, click by ref and read the result page in the next.
+    Page content reaches the model marked as untrusted."""
+    import json
+
+    from tests.fakes.provider import FakeProvider, Reply, ToolCall
+    from tests.fleet.test_docker import reply_to, until_polling
+
+    port = int(site.server_address[1])
+    base = f"http://127.0.0.1:{port}"
+    async with FakeProvider() as fake:
+        extra = f"""
+[runtime]
+image = "{agent_image}"
+
+[llm.models.m]
+model = "openai/fake"
+api_base = "{fake.base_url}"
+input_cost_per_mtok = 0.0
+output_cost_per_mtok = 0.0
+
+[agents.dora]
+model = "m"
+[agents.dora.permissions]
+can_use_browser = true
+egress_hosts = ["127.0.0.1"]
+"""
+        paths = Paths.resolve(home)
+        config = parse_config(config_text(browser_image, port, extra))
+        async with Host.running(config, paths, runtime=DockerBackend(str(home))) as host:
+            await until_polling(host, "dora")
+            fake.script(
+                Reply(tool_calls=[ToolCall("browser_navigate", {"url": base + "/"})]),
+                Reply(tool_calls=[ToolCall("browser_snapshot", {})]),
+                Reply(content="I see the order form."),
+                model="fake",
+            )
+            first = await reply_to(host, "dora", "open the order form")
+            assert first.text == "I see the order form."
+            tool_results = [
+                m["content"] for m in fake.requests[-1].body["messages"] if m["role"] == "tool"
+            ]
+            tree = tool_results[-1]
+            assert tree.startswith("page: Order form <" + base + "/>")
+            assert "[untrusted page content from " in tree and tree.endswith(
+                "[end of untrusted page content]"
+            )
+            name = ref_of(tree, r'textbox "Name"')
+            color = ref_of(tree, r'combobox "Color"')
+            send = ref_of(tree, r'button "Send"')
+            fake.script(
+                Reply(tool_calls=[ToolCall("browser_type", {"ref": name, "text": "Grace"})]),
+                Reply(tool_calls=[ToolCall("browser_select", {"ref": color, "value": "blue"})]),
+                Reply(tool_calls=[ToolCall("browser_click", {"ref": send})]),
+                Reply(tool_calls=[ToolCall("browser_extract", {})]),
+                Reply(tool_calls=[ToolCall("browser_screenshot", {})]),
+                Reply(content="Ordered."),
+                model="fake",
+            )
+            second = await reply_to(host, "dora", "order a blue one for Grace")
+            assert second.text == "Ordered."
+            messages = fake.requests[-1].body["messages"]
+            results = [m["content"] for m in messages if m["role"] == "tool"]
+            assert any("Thanks Grace, you chose b." in r for r in results), json.dumps(results)
+            shot = results[-1]
+            match = re.search(r"saved (browser/screenshot-[\w.-]+\.png) \((\d+) bytes", shot)
+            assert match, shot
+            saved = paths.agent_data("dora") / "workspace" / match.group(1)
+            assert saved.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert saved.stat().st_size == int(match.group(2))
+            actions = [
+                r.target
+                for r in audit.query(host.store.conn, actor="dora")
+                if r.action == "browser"
+            ]
+            assert actions == [
+                "navigate", "snapshot", "type", "select", "click", "extract", "screenshot"
+            ]
