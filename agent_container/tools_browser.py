@@ -48,9 +48,7 @@ def _header(data: dict[str, Any]) -> str:
 
 def _untrusted(data: dict[str, Any], body: str, truncated: bool, what: str) -> str:
     cut = f"\n[{what} truncated; use browser_extract on a ref or scroll]" if truncated else ""
-    return (
-        f"{_header(data)}\n{UNTRUSTED.format(url=data.get('url', ''))}\n{body}{cut}\n{END}"
-    )
+    return f"{_header(data)}\n{UNTRUSTED.format(url=data.get('url', ''))}\n{body}{cut}\n{END}"
 
 
 def browser_tools(mesh: MeshClient, workspace: Workspace) -> list[Tool]:
@@ -64,11 +62,15 @@ def browser_tools(mesh: MeshClient, workspace: Workspace) -> list[Tool]:
         return {k: a[k] for k in keys if a.get(k) is not None}
 
     async def navigate(a: dict[str, Any]) -> str:
-        return _header(await call("navigate", args(a, "url"))) + "\n(take browser_snapshot to see it)"
+        return (
+            _header(await call("navigate", args(a, "url"))) + "\n(take browser_snapshot to see it)"
+        )
 
     async def snapshot(a: dict[str, Any]) -> str:
         data = await call("snapshot", {})
-        return _untrusted(data, str(data.get("snapshot") or ""), bool(data.get("truncated")), "snapshot")
+        return _untrusted(
+            data, str(data.get("snapshot") or ""), bool(data.get("truncated")), "snapshot"
+        )
 
     async def click(a: dict[str, Any]) -> str:
         return _header(await call("click", args(a, "ref")))
@@ -101,7 +103,9 @@ def browser_tools(mesh: MeshClient, workspace: Workspace) -> list[Tool]:
         data = await call("screenshot", args(a, "full_page"))
         raw = base64.b64decode(str(data.get("png_base64") or ""))
         kind = "jpg" if raw[:3] == b"\xff\xd8\xff" else "png"
-        name = f"browser/screenshot-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 1000:03d}.{kind}"
+        name = (
+            f"browser/screenshot-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 1000:03d}.{kind}"
+        )
         saved = await asyncio.to_thread(_save, workspace, name, raw)
         return (
             f"{_header(data)}\nsaved {saved} ({len(raw)} bytes, "

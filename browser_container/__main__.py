@@ -61,7 +61,7 @@ def settings(env: dict[str, str]) -> Settings:
 async def main(env: dict[str, str]) -> None:
     folder = Path(env.get("LEGION_BROWSER_DIR") or "/run/legion-browser")
     config = settings(env)
-    Path(env.get("HOME") or "/tmp/home").mkdir(parents=True, exist_ok=True)
+    os.makedirs(env.get("HOME") or "/tmp/home", exist_ok=True)
     display = Display(config.width, config.height, str(folder / "vnc.sock"))
     forwarder = Forwarder(str(folder / "proxy.sock"), PROXY_PORT)
     driver = Driver(config)

@@ -68,6 +68,7 @@ class Driver:
     notes: list[str] = field(default_factory=list)
     # refs (per page) of fields a credential was typed into: masked from then on
     secret_refs: dict[int, set[str]] = field(default_factory=dict)
+    _pending: set[asyncio.Task[None]] = field(default_factory=set)
 
     # --- life ---------------------------------------------------------------------------
 
@@ -129,8 +130,12 @@ class Driver:
 
     def _watch(self, page: Page) -> None:
         def on_dialog(dialog: Dialog) -> None:
-            self.notes.append(f"the page showed a {dialog.type} dialog, dismissed: {dialog.message[:300]}")
-            asyncio.ensure_future(_quietly(dialog.dismiss()))
+            self.notes.append(
+                f"the page showed a {dialog.type} dialog, dismissed: {dialog.message[:300]}"
+            )
+            task = asyncio.ensure_future(_quietly(dialog.dismiss()))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
         page.on("dialog", on_dialog)
 
@@ -277,7 +282,9 @@ class Driver:
         chosen = await locator.select_option(value)
         return {"note": f"selected {', '.join(chosen)}"}
 
-    async def do_scroll(self, direction: str = "down", pages: float = 1.0, ref: str | None = None) -> dict[str, Any]:
+    async def do_scroll(
+        self, direction: str = "down", pages: float = 1.0, ref: str | None = None
+    ) -> dict[str, Any]:
         if ref is not None:
             await (await self._locate(ref)).scroll_into_view_if_needed()
             return {}
@@ -321,7 +328,9 @@ class Driver:
         limit = self.settings.extract_max
         return {"text": text[:limit], "truncated": len(text) > limit}
 
-    async def do_tabs(self, op: str = "list", index: int | None = None, url: str | None = None) -> dict[str, Any]:
+    async def do_tabs(
+        self, op: str = "list", index: int | None = None, url: str | None = None
+    ) -> dict[str, Any]:
         pages = self.pages
         if op == "new":
             assert self.context is not None
@@ -348,7 +357,9 @@ class Driver:
                 title = await asyncio.wait_for(page.title(), 2.0)
             except (TimeoutError, Error):
                 title = ""
-            tabs.append({"index": i, "url": page.url, "title": title[:200], "active": i == self.current})
+            tabs.append(
+                {"index": i, "url": page.url, "title": title[:200], "active": i == self.current}
+            )
         return {"tabs": tabs}
 
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from legion import __version__
 from legion.api.agent import build_shared_routes
 from legion.api.http import Call, Router, StreamResponse
-from legion.errors import ConfigError, LegionError, NotFound
 from legion.browser.files import remove_profile
+from legion.errors import ConfigError, LegionError, NotFound
 from legion.fleet import volume
 from legion.fsutil import UnsafeEntry
 from legion.paths import MAX_SOCKET_PATH

@@ -48,8 +48,7 @@ class Channel:
     async def listen(self, owner: tuple[int, int] | None) -> None:
         if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
             raise LegionError(
-                f"socket path {self.path} is too long for a Unix socket; use a shorter "
-                "LEGION_HOME",
+                f"socket path {self.path} is too long for a Unix socket; use a shorter LEGION_HOME",
                 code="socket_path_too_long",
             )
         old = os.umask(0o177)
@@ -129,4 +128,4 @@ class Channel:
             self._server.close()
             self._server = None
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)  # noqa: ASYNC240 - a local unlink (never follows a link)
+            os.unlink(self.path)

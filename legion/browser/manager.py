@@ -150,7 +150,7 @@ class Browsers:
             BrowserStateChanged(
                 at=self.host.clock(),
                 agent=slot.agent,
-                state=state,  # type: ignore[arg-type]
+                state=state,
                 reason=reason,
             )
         )
@@ -187,7 +187,11 @@ class Browsers:
         return slot
 
     async def _make_room(self, agent: str) -> None:
-        live = [s for s in self.slots.values() if s.agent != agent and s.state in ("starting", "running")]
+        live = [
+            s
+            for s in self.slots.values()
+            if s.agent != agent and s.state in ("starting", "running")
+        ]
         while len(live) >= self.config.max_running:
             idle = [
                 s
@@ -330,7 +334,9 @@ class Browsers:
     async def close(self) -> None:
         await self.handoffs.close()
         slots = [s for s in self.slots.values() if s.state in ("running", "starting")]
-        await asyncio.gather(*(self._teardown(s, "host shutdown") for s in slots), return_exceptions=True)
+        await asyncio.gather(
+            *(self._teardown(s, "host shutdown") for s in slots), return_exceptions=True
+        )
         if self._runtime is not None:
             await self._runtime.close()
 
@@ -351,8 +357,8 @@ class Browsers:
         return outcome.result or {}
 
     async def act(self, agent: str, request: BaseModel) -> BrowserResult:
-        action = str(getattr(request, "action"))
-        args = request.model_dump(exclude={"action"})
+        args = request.model_dump()
+        action = str(args.pop("action"))
         if action == "navigate" and urlsplit(args["url"]).scheme.lower() not in ("http", "https"):
             raise LegionError(
                 "only http:// and https:// URLs can be opened", code="invalid_url", status=400
@@ -431,7 +437,12 @@ class Browsers:
                 values[name] = self.host.vault.resolve_for_agent(name, allowed=allowed, host=host)
             except Forbidden as exc:
                 self.host.audit.append(
-                    slot.agent, "browser.credential", name, "deny", origin=origin, reason=exc.message
+                    slot.agent,
+                    "browser.credential",
+                    name,
+                    "deny",
+                    origin=origin,
+                    reason=exc.message,
                 )
                 raise
         self.host.audit.append(
@@ -448,7 +459,9 @@ class Browsers:
             slot.human = Human(reason, self.host.clock())
         self.host.audit.append(agent, "browser.human_requested", "operator", "allow", reason=reason)
         self.host.bus.publish(
-            BrowserHandoff(at=self.host.clock(), agent=agent, state="requested", reason=reason, url=slot.url)
+            BrowserHandoff(
+                at=self.host.clock(), agent=agent, state="requested", reason=reason, url=slot.url
+            )
         )
         self.host.bus.publish(
             AgentNotification(
@@ -478,7 +491,9 @@ class Browsers:
             slot.human = None
             self.host.audit.append("host", "browser.human_expired", agent, "allow")
             self.host.bus.publish(
-                BrowserHandoff(at=self.host.clock(), agent=agent, state="expired", reason=human.reason)
+                BrowserHandoff(
+                    at=self.host.clock(), agent=agent, state="expired", reason=human.reason
+                )
             )
             return HumanState(
                 state="expired",
@@ -521,7 +536,7 @@ class Browsers:
         return BrowserInfo(
             agent=agent,
             enabled=cfg.permissions.can_use_browser,
-            state=slot.state,  # type: ignore[arg-type]
+            state=slot.state,
             reason=slot.reason,
             url=slot.url,
             title=slot.title,

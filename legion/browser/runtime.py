@@ -16,6 +16,7 @@ The Docker SDK blocks, so every call runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,16 +167,16 @@ class DockerBrowsers:
         except docker.errors.APIError:
             pass
         finally:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
 
     def _running(self, agent: str) -> bool:
         import docker.errors
 
         try:
-            container = self._docker().containers.get(browser_container_name(self.home_label, agent))
+            container = self._docker().containers.get(
+                browser_container_name(self.home_label, agent)
+            )
         except docker.errors.NotFound:
             return False
         return bool(container.attrs.get("State", {}).get("Running"))
@@ -184,7 +185,9 @@ class DockerBrowsers:
         import docker.errors
 
         try:
-            container = self._docker().containers.get(browser_container_name(self.home_label, agent))
+            container = self._docker().containers.get(
+                browser_container_name(self.home_label, agent)
+            )
         except docker.errors.NotFound:
             return None
         usage = container.stats(stream=False).get("memory_stats", {})
@@ -197,7 +200,9 @@ class DockerBrowsers:
         import docker.errors
 
         try:
-            container = self._docker().containers.get(browser_container_name(self.home_label, agent))
+            container = self._docker().containers.get(
+                browser_container_name(self.home_label, agent)
+            )
         except docker.errors.NotFound:
             return ""
         data: bytes = container.logs(tail=tail)

@@ -96,7 +96,7 @@ class Handoffs:
             return self.port
         websockify, novnc = self._tools()
         tokens = self.folder / "tokens"
-        tokens.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 - host-owned
+        tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self._listener is None:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -152,7 +152,9 @@ class Handoffs:
         await asyncio.to_thread(
             atomic_write, self.folder / "tokens" / sid, f"{token}: unix_socket:{session.relay}\n"
         )
-        self.host.audit.append(actor, "browser.handoff_opened", agent, "allow", expires_at=expires_at)
+        self.host.audit.append(
+            actor, "browser.handoff_opened", agent, "allow", expires_at=expires_at
+        )
         self.host.bus.publish(
             BrowserHandoff(at=self.host.clock(), agent=agent, state="opened", url=slot.url)
         )
@@ -210,14 +212,14 @@ class Handoffs:
     async def _end(self, session: Session, why: str) -> None:
         self.sessions.pop(session.sid, None)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.folder / "tokens" / session.sid)  # noqa: ASYNC240 - host-owned
+            os.unlink(self.folder / "tokens" / session.sid)
         if session.server is not None:
             session.server.close()
         for task in list(session.conns):
             task.cancel()
         await asyncio.gather(*session.conns, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(session.relay)  # noqa: ASYNC240 - host-owned
+            os.unlink(session.relay)
         if why == "expired":
             self.host.audit.append("host", "browser.handoff_expired", session.agent, "allow")
             self.host.bus.publish(

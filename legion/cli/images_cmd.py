@@ -8,7 +8,9 @@ import typer
 
 from legion.cli.common import State, emit_json, fail
 
-app = typer.Typer(help="Build and list the agent and browser container images.", no_args_is_help=True)
+app = typer.Typer(
+    help="Build and list the agent and browser container images.", no_args_is_help=True
+)
 
 
 @app.command("build")
@@ -44,6 +46,7 @@ def build(
 
     from legion.config import load_config
     from legion.errors import ConfigError
+
     paths = State.paths()
     try:
         config = load_config(paths.config)

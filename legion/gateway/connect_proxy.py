@@ -31,6 +31,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import h11
@@ -127,7 +128,7 @@ class ConnectProxy:
                 code="socket_path_too_long",
             )
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # noqa: ASYNC - a local unlink (never follows a link)
+            os.unlink(path)  # a local unlink (never follows a link)
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
@@ -149,7 +150,7 @@ class ConnectProxy:
             await asyncio.gather(*self._conns, return_exceptions=True)
         if self.path is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)  # noqa: ASYNC - a local unlink
+                os.unlink(self.path)  # a local unlink
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -204,7 +205,9 @@ class ConnectProxy:
             )
         return Destination(name, port, addresses)
 
-    def _record(self, method: str, host: str, port: int, error: LegionError | None, **kw: object) -> None:
+    def _record(
+        self, method: str, host: str, port: int, error: LegionError | None, **kw: Any
+    ) -> None:
         decision = "deny" if error is not None else "allow"
         self.audit.append(
             self.principal,
@@ -219,7 +222,9 @@ class ConnectProxy:
         if error is not None and self.on_refused is not None:
             self.on_refused(f"{host}:{port}: {error.message}")
 
-    async def _open(self, dest: Destination) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    async def _open(
+        self, dest: Destination
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         error: Exception | None = None
         for ip in dest.addresses:
             try:

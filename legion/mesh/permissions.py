@@ -8,6 +8,7 @@ allowed everything, and its actions are audited all the same.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -44,7 +45,7 @@ class Decision:
     reason: str
 
 
-def _browser_decision(enabled: bool, actions: list[str], action: str) -> Decision:
+def _browser_decision(enabled: bool, actions: Sequence[str], action: str) -> Decision:
     if not enabled:
         return Decision(False, "can_use_browser = false")
     if actions and action not in actions:
@@ -80,8 +81,9 @@ class Permissions:
                 f"model {target!r} is neither {agent}'s model ({own!r}) nor in its allowed_models",
             )
         if perm is Perm.BROWSER:
-            return _browser_decision(agent_cfg.permissions.can_use_browser,
-                                     agent_cfg.permissions.browser_actions, target)
+            return _browser_decision(
+                agent_cfg.permissions.can_use_browser, agent_cfg.permissions.browser_actions, target
+            )
         if perm in _FLAGS:
             allowed = bool(getattr(agent_cfg.permissions, perm.value))
             return Decision(allowed, f"{perm.value} = {str(allowed).lower()}")

@@ -74,8 +74,11 @@ class Site(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _page(self, title: str, body: str, status: int = 200, headers: dict[str, str] | None = None) -> None:
-        data = f"<!doctype html><html><head><title>{title}</title></head><body>{body}</body></html>".encode()
+    def _page(
+        self, title: str, body: str, status: int = 200, headers: dict[str, str] | None = None
+    ) -> None:
+        head = f"<!doctype html><html><head><title>{title}</title></head>"
+        data = f"{head}<body>{body}</body></html>".encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -131,7 +134,8 @@ class Site(BaseHTTPRequestHandler):
             self.server.seen.append(("POST", self.path, body))
         self._page(
             "Thanks",
-            f"<p id=done>Thanks {fields.get('name', '?')}, you chose {fields.get('color', '?')}.</p>",
+            f"<p id=done>Thanks {fields.get('name', '?')}, "
+            f"you chose {fields.get('color', '?')}.</p>",
         )
 
 

@@ -114,7 +114,9 @@ async def test_navigate_snapshot_click_type_and_read_the_result(
         assert (await act(host, "alice", "select", {"ref": color, "value": "blue"}))[0] == 200
         status, snap = await act(host, "alice", "snapshot")
         assert SITE_PASSWORD not in snap["snapshot"]
-        assert re.search(r"textbox \"Password\".*\[ref=\w+\]: \[masked\]", snap["snapshot"]), snap["snapshot"]
+        assert re.search(r"textbox \"Password\".*\[ref=\w+\]: \[masked\]", snap["snapshot"]), snap[
+            "snapshot"
+        ]
         assert 'textbox "Name"' in snap["snapshot"] and ": Ada" in snap["snapshot"]
         status, shot = await act(host, "alice", "screenshot")
         assert status == 200 and shot["png_base64"] and shot["width"] == 1280
@@ -160,8 +162,8 @@ async def test_the_browser_cannot_reach_what_the_policy_refuses(
     """A loopback port not allowed, the metadata address, a name resolving to loopback, and
     HTTP and JavaScript redirects from the allowed site to refused addresses: all blocked
     at the host's proxy, audited, and reported to the agent."""
-    from tests.conftest import loopback_server
     from tests.browser.conftest import Site
+    from tests.conftest import loopback_server
 
     port = int(site.server_address[1])
     base = f"http://127.0.0.1:{port}"
@@ -190,7 +192,10 @@ async def test_the_browser_cannot_reach_what_the_policy_refuses(
             # a JavaScript redirect from the allowed site to a refused loopback port
             before = len(await denied_egress(host, "alice"))
             status, body = await act(
-                host, "alice", "navigate", {"url": f"{base}/jsredirect?to=http://127.0.0.1:{other}/js"}
+                host,
+                "alice",
+                "navigate",
+                {"url": f"{base}/jsredirect?to=http://127.0.0.1:{other}/js"},
             )
             denied: list[tuple[str, int]] = []
 
@@ -206,7 +211,11 @@ async def test_the_browser_cannot_reach_what_the_policy_refuses(
             with hidden.lock:  # type: ignore[attr-defined]
                 assert hidden.seen == []  # type: ignore[attr-defined]  # nothing got through
             records = audit.query(host.store.conn, actor="alice")
-            reasons = [r.detail["reason"] for r in records if r.action == "browser.egress" and r.decision == "deny"]
+            reasons = [
+                r.detail["reason"]
+                for r in records
+                if r.action == "browser.egress" and r.decision == "deny"
+            ]
             assert any("cloud metadata address" in r for r in reasons)
             assert any("loopback address" in r for r in reasons)
 
@@ -220,7 +229,9 @@ async def test_browsers_are_isolated_and_gated(
     port = int(site.server_address[1])
     base = f"http://127.0.0.1:{port}"
     async with browsing_host(home, browser_image, port) as host:
-        assert (await act(host, "alice", "navigate", {"url": f"{base}/setcookie?v=alice1"}))[0] == 200
+        assert (await act(host, "alice", "navigate", {"url": f"{base}/setcookie?v=alice1"}))[
+            0
+        ] == 200
         status, page = await act(host, "alice", "navigate", {"url": f"{base}/showcookie"})
         _, text = await act(host, "alice", "extract")
         assert "cookie=[who=alice1]" in text["text"]
@@ -253,7 +264,9 @@ async def test_browsers_are_isolated_and_gated(
         assert OTHER_PASSWORD not in snap["snapshot"]
         assert re.search(r'textbox "Secret" \[ref=\w+\]$', snap["snapshot"], re.M), snap["snapshot"]
         (refused,) = [
-            r for r in audit.query(host.store.conn, actor="alice") if r.action == "browser.credential"
+            r
+            for r in audit.query(host.store.conn, actor="alice")
+            if r.action == "browser.credential"
         ]
         assert refused.decision == "deny" and refused.target == "other-pw"
         assert refused.detail["origin"] == base
@@ -270,13 +283,20 @@ async def test_browser_containers_are_hardened(
 
     port = int(site.server_address[1])
     async with browsing_host(home, browser_image, port) as host:
-        assert (await act(host, "alice", "navigate", {"url": f"http://127.0.0.1:{port}/"}))[0] == 200
+        assert (await act(host, "alice", "navigate", {"url": f"http://127.0.0.1:{port}/"}))[
+            0
+        ] == 200
         client = docker.from_env()
         try:
             attrs = client.containers.get(host.browsers.slots["alice"].container_id).attrs
             probe = client.containers.get(host.browsers.slots["alice"].container_id).exec_run(
-                ["python3", "-c", "import os, json; print(json.dumps([sorted(os.listdir('/sys/class/net')), "
-                 "sorted(os.listdir('/run/legion-browser')), os.getuid(), os.path.exists('/data')]))"]
+                [
+                    "python3",
+                    "-c",
+                    "import os, json; print(json.dumps([sorted(os.listdir('/sys/class/net')), "
+                    "sorted(os.listdir('/run/legion-browser')), os.getuid(), "
+                    "os.path.exists('/data')]))",
+                ]
             )
         finally:
             client.close()
@@ -294,7 +314,9 @@ async def test_browser_containers_are_hardened(
         )
         import json
 
-        interfaces, sockets, uid, has_data = json.loads(probe.output.decode().strip().splitlines()[-1])
+        interfaces, sockets, uid, has_data = json.loads(
+            probe.output.decode().strip().splitlines()[-1]
+        )
         assert interfaces == ["lo"] and uid == 10001 and has_data is False
         assert sorted(sockets) == ["control.sock", "proxy.sock"]
         env = "\n".join(attrs["Config"]["Env"])
@@ -320,7 +342,9 @@ async def test_the_vnc_link_reaches_the_browser_with_its_token_only(
     async with Host.running(
         config, paths, runtime=DockerBackend(str(home)), clock=lambda: time.time() + offset[0]
     ) as host:
-        assert (await act(host, "alice", "navigate", {"url": f"http://127.0.0.1:{port}/"}))[0] == 200
+        assert (await act(host, "alice", "navigate", {"url": f"http://127.0.0.1:{port}/"}))[
+            0
+        ] == 200
         async with host.bus.subscribe() as events:
             status, asked = await act(host, "alice", "request_human", {"reason": "please log in"})
             assert status == 200 and asked["state"] == "waiting"
@@ -341,7 +365,9 @@ async def test_the_vnc_link_reaches_the_browser_with_its_token_only(
                 for path in ("/websockify", "/websockify?token=wrong-token"):
                     refused = await connect(vnc, path)
                     if not isinstance(refused, int):
-                        with pytest.raises((ConnectionError, asyncio.IncompleteReadError, TimeoutError)):
+                        with pytest.raises(
+                            (ConnectionError, asyncio.IncompleteReadError, TimeoutError)
+                        ):
                             await rfb_handshake(refused)
                         refused.close()
                 # the link expires
@@ -352,15 +378,27 @@ async def test_the_vnc_link_reaches_the_browser_with_its_token_only(
                         break
                 late = await connect(vnc, f"/websockify?token={token}")
                 if not isinstance(late, int):
-                    with pytest.raises((ConnectionError, asyncio.IncompleteReadError, TimeoutError)):
+                    with pytest.raises(
+                        (ConnectionError, asyncio.IncompleteReadError, TimeoutError)
+                    ):
                         await rfb_handshake(late)
                     late.close()
                 assert not waiter.done()
-                done = (await operator.post("/v1/browsers/alice/done", json={"note": "logged in"})).json()
+                done = (
+                    await operator.post("/v1/browsers/alice/done", json={"note": "logged in"})
+                ).json()
                 assert done["waiting_for_human"] is False
             status, resumed = await asyncio.wait_for(waiter, 30)
-            assert status == 200 and resumed == {"state": "done", "reason": "please log in", "note": "logged in"}
-        actions = [(r.actor, r.action) for r in audit.query(host.store.conn) if r.action.startswith("browser.")]
+            assert status == 200 and resumed == {
+                "state": "done",
+                "reason": "please log in",
+                "note": "logged in",
+            }
+        actions = [
+            (r.actor, r.action)
+            for r in audit.query(host.store.conn)
+            if r.action.startswith("browser.")
+        ]
         assert ("alice", "browser.human_requested") in actions
         assert ("operator", "browser.handoff_opened") in actions
         assert ("operator", "browser.vnc_connect") in actions
@@ -447,5 +485,11 @@ egress_hosts = ["127.0.0.1"]
                 if r.action == "browser"
             ]
             assert actions == [
-                "navigate", "snapshot", "type", "select", "click", "extract", "screenshot"
+                "navigate",
+                "snapshot",
+                "type",
+                "select",
+                "click",
+                "extract",
+                "screenshot",
             ]

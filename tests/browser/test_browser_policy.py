@@ -44,7 +44,9 @@ async def test_an_agent_without_can_use_browser_is_refused_and_audited(
         for action in ("snapshot", "request_human", "wait_human"):
             body = {"reason": "x"} if action == "request_human" else {}
             assert (await carol.post(f"/v1/browser/{action}", json=body)).status_code == 403
-        denied = [(r.action, r.target, r.decision) for r in audit.query(host.store.conn, actor="carol")]
+        denied = [
+            (r.action, r.target, r.decision) for r in audit.query(host.store.conn, actor="carol")
+        ]
         assert denied == [
             ("browser", "navigate", "deny"),
             ("browser", "snapshot", "deny"),
@@ -180,3 +182,36 @@ def test_profile_and_vnc_socket_refuse_links(tmp_path: Path) -> None:
     server.close()
     with pytest.raises(UnsafeEntry):
         files.open_socket_nofollow(sockets / "vnc.sock", os.getuid() + 1)
+
+
+BROWSER_WALL = """
+import json, os, sys, types
+
+# A stand-in playwright (the real one lives in the browser image only).
+fake = types.ModuleType("playwright")
+api = types.ModuleType("playwright.async_api")
+for name in ("Browser", "BrowserContext", "Dialog", "Error", "Locator", "Page", "Playwright",
+             "TimeoutError", "async_playwright"):
+    setattr(api, name, type(name, (Exception,), {}))
+sys.modules["playwright"] = fake
+sys.modules["playwright.async_api"] = api
+
+import browser_container.__main__, browser_container.service, browser_container.driver
+
+forbidden = ["legion.host", "legion.config", "legion.store", "legion.gateway", "legion.mesh",
+             "legion.browser", "legion.api", "agent_container", "httpx", "docker", "apsw"]
+print(json.dumps(sorted(m for m in forbidden if m in sys.modules)))
+"""
+
+
+def test_the_browser_container_imports_only_the_wire_models() -> None:
+    """issue 13: the browser container's code pulls in nothing of the host."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", BROWSER_WALL], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

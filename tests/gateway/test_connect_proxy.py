@@ -28,7 +28,8 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        body = f"path={self.path} host={self.headers.get('Host')} conn={self.headers.get('Connection')}".encode()
+        conn = self.headers.get("Connection")
+        body = f"path={self.path} host={self.headers.get('Host')} conn={conn}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -107,14 +108,18 @@ async def test_connect_to_an_allowed_pair_tunnels_and_is_audited(
     port = int(web.server_address[1])
     async with running_host(config(port)) as host, proxy_for(host, "alice") as path:
         reader, writer = await asyncio.open_unix_connection(str(path))
-        writer.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        writer.write(
+            f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 200")
         writer.write(b"GET /inside HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         answer = await read_all(reader)
         writer.close()
         assert b"path=/inside" in answer
-        records = [r for r in audit.query(host.store.conn, actor="alice") if r.action == "browser.egress"]
+        records = [
+            r for r in audit.query(host.store.conn, actor="alice") if r.action == "browser.egress"
+        ]
         assert [(r.target, r.decision, r.detail["method"]) for r in records] == [
             ("127.0.0.1", "allow", "CONNECT")
         ]
@@ -167,7 +172,9 @@ async def test_a_host_outside_egress_hosts_is_refused(
             path, f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
         )
         assert answer.startswith(b"HTTP/1.1 403") and b"egress_hosts" in answer
-        (record,) = [r for r in audit.query(host.store.conn, actor="bob") if r.action == "browser.egress"]
+        (record,) = [
+            r for r in audit.query(host.store.conn, actor="bob") if r.action == "browser.egress"
+        ]
         assert record.decision == "deny" and record.detail["reason"].startswith("permission_denied")
 
 
@@ -214,7 +221,7 @@ async def test_connections_beyond_the_cap_are_refused_and_the_proxy_keeps_servin
         for _, writer in held:  # an incomplete head: each holds a slot
             writer.write(b"CONNECT 127.0.0.1")
             await writer.drain()
-        await asyncio.sleep(0)  # noqa: ASYNC - let the proxy accept them
+        await asyncio.sleep(0)  # let the proxy accept them
         deadline = asyncio.get_running_loop().time() + 5
         while True:
             answer = await exchange(path, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: a:1\r\n\r\n")
@@ -246,4 +253,8 @@ async def test_junk_and_oversized_heads_close_the_connection(
         assert answer.startswith(b"HTTP/1.1 400")
         answer = await exchange(path, b"GET ftp://127.0.0.1/ HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 400")
-        assert not [r for r in audit.query(host.store.conn, actor="alice") if r.decision == "allow" and r.action == "browser.egress"]
+        assert not [
+            r
+            for r in audit.query(host.store.conn, actor="alice")
+            if r.decision == "allow" and r.action == "browser.egress"
+        ]
