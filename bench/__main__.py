@@ -13,6 +13,7 @@ import time
 from bench import (
     agent_container,
     blackboard_store,
+    browser,
     budget_ops,
     fleet_load,
     llm_overhead,
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "fleet_load": fleet_load.run,
     "budget_ops": budget_ops.run,
     "agent_container": agent_container.run,
+    "browser": browser.run,
 }
 
 

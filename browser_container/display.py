@@ -63,6 +63,8 @@ class Display:
             "tcp",
             "-nolisten",
             "local",
+            "-extension",
+            "GLX",
             "-noreset",
         )
         await _wait_for(X_SOCKET, self._xvfb, "Xvfb", 20)

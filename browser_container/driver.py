@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,34 @@ MASK = "[masked]"
 SCREENSHOT_MAX_BYTES = 8 * 1024 * 1024
 _REF_LINE = re.compile(r"\[ref=([a-z0-9]+)\]")
 _VALUE_ROLES = ("textbox", "searchbox", "combobox", "spinbutton")
+# Actions that act within a page: its title is re-read only when the URL changed.
+IN_PAGE = frozenset({"click", "type", "select", "scroll"})
+PLAYWRIGHT_DISABLED = [
+    "AvoidUnnecessaryBeforeUnloadCheckSync",
+    "DestroyProfileOnBrowserClose",
+    "HttpsUpgrades",
+    "HttpsFirstBalancedModeAutoEnable",
+    "LensOverlay",
+    "MediaRouter",
+    "PaintHolding",
+    "ThirdPartyStoragePartitioning",
+    "AvoidCorsURLLoaderRestartOnRedirect",
+    "OptimizationHints",
+    "NetworkTimeServiceQuerying",
+    "AimEnabled",
+    "PreconnectToSearch",
+]
+PLAYWRIGHT_ENABLED = ["CDPScreenshotNewSurface", "SkipListAccountsWithoutGaiaCookies"]
+# Nothing saved that a typed credential could end up in; no spare renderer kept warm.
+DISABLED = [
+    "PasswordManagerOnboarding",
+    "AutofillServerCommunication",
+    "Translate",
+    "SpareRendererForSitePerProcess",
+    "DnsOverHttps",
+    "InterestFeedContentSuggestions",
+]
+ENABLED = ["NetworkServiceInProcess2"]
 _IS_SECRET_FIELD = "e => e instanceof HTMLInputElement && e.type === 'password'"
 
 
@@ -69,11 +98,14 @@ class Driver:
     # refs (per page) of fields a credential was typed into: masked from then on
     secret_refs: dict[int, set[str]] = field(default_factory=dict)
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
+    titles: dict[int, tuple[str, str]] = field(default_factory=dict)  # page -> (url, title)
 
     # --- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         s = self.settings
+        # The driver (node) keeps a small heap: it only relays protocol messages.
+        os.environ.setdefault("NODE_OPTIONS", "--max-semi-space-size=1")
         self._pw = await async_playwright().start()
         common: dict[str, Any] = {
             "headless": False,
@@ -98,18 +130,22 @@ class Driver:
                 # Chromium bypasses a proxy for loopback unless told not to: every request
                 # of the page must reach the host's policy, loopback ones included.
                 "--proxy-bypass-list=<-loopback>",
-                "--disable-dev-shm-usage",
+                # The last --disable-features / --enable-features wins: Playwright's own
+                # lists (1.65) are repeated here with ours.
+                "--disable-features=" + ",".join(PLAYWRIGHT_DISABLED + DISABLED),
+                "--enable-features=" + ",".join(PLAYWRIGHT_ENABLED + ENABLED),
                 "--disable-gpu",
-                "--disable-extensions",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-features=PasswordManagerOnboarding,AutofillServerCommunication,"
-                "MediaRouter,OptimizationHints,Translate",
-                "--password-store=basic",
-                "--no-first-run",
-                "--no-default-browser-check",
+                "--disable-client-side-phishing-detection",
+                "--disable-domain-reliability",
+                "--no-pings",
+                # Memory (an idle browser stays under 200 MiB, see bench/browser.py): the GPU
+                # service in the browser process, no zygotes. There is no sandbox between
+                # Chromium's processes here anyway (--no-sandbox: the container is the
+                # sandbox, see docs/browser.md).
+                "--in-process-gpu",
+                "--no-zygote",
                 "--renderer-process-limit=4",
+                "--js-flags=--max-semi-space-size=1",
                 f"--window-size={s.width},{s.height}",
                 "--window-position=0,0",
             ]
@@ -155,29 +191,53 @@ class Driver:
             self.current = len(pages) - 1
         return pages[self.current]
 
-    async def state(self) -> dict[str, Any]:
+    async def state(self, fresh: bool = True) -> dict[str, Any]:
+        """URL, title and notes. Without `fresh`, a page still at the URL its title was
+        last read on keeps that title: reading it again right after a click waits for the
+        renderer's next frame (about 10 ms), on every click."""
         page = await self.page()
-        try:
-            title = await asyncio.wait_for(page.title(), 2.0)
-        except (TimeoutError, Error):
-            title = ""
+        known = self.titles.get(id(page))
+        if not fresh and known is not None and known[0] == page.url:
+            title = known[1]
+        else:
+            try:
+                title = (await asyncio.wait_for(page.title(), 2.0))[:500]
+            except (TimeoutError, Error):
+                title = ""
+            self.titles[id(page)] = (page.url, title)
         notes, self.notes = self.notes, []
-        return {"url": page.url, "title": title[:500], "note": " ".join(notes)}
+        return {"url": page.url, "title": title, "note": " ".join(notes)}
 
     async def _locate(self, ref: str) -> Locator:
         page = await self.page()
         locator = page.locator(f"aria-ref={ref}")
-        try:
-            found = await locator.count()
-        except Error:
-            found = 0
-        if found == 0:
-            raise Fault(
-                "stale_ref",
-                f"ref {ref} is not on the page now (the page changed, or the ref is from an "
-                "older snapshot); take a new browser_snapshot and use its refs",
-            )
+        if not await self._present(locator):
+            raise _stale(ref)
         return locator.first
+
+    @staticmethod
+    async def _present(locator: Locator) -> bool:
+        try:
+            return bool(await locator.count())
+        except Error:
+            return False
+
+    async def _on_ref(self, ref: str, act: Any) -> None:
+        """Run `act(locator)` on the element of `ref`, checking in parallel that the ref
+        is on the page (a ref never appears later: waiting for it would only time out)."""
+        page = await self.page()
+        locator = page.locator(f"aria-ref={ref}").first
+        action = asyncio.ensure_future(act(locator))
+        try:
+            if not await self._present(page.locator(f"aria-ref={ref}")):
+                action.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Error):
+                    await action
+                raise _stale(ref)
+            await action
+        finally:
+            if not action.done():
+                action.cancel()
 
     async def _settle(self, page: Page) -> None:
         """Give a navigation an action started a moment to land (never fails the action)."""
@@ -200,7 +260,10 @@ class Driver:
             raise Fault("timeout", _first_line(exc) + "; the page may still be loading") from None
         except Error as exc:
             raise Fault("browser_error", _first_line(exc)) from None
-        return {**(await self.state()), **extra}
+        state = await self.state(fresh=action not in IN_PAGE)
+        if extra.get("note") and state["note"]:
+            extra["note"] = f"{state['note']} {extra['note']}"
+        return {**state, **extra}
 
     async def do_navigate(self, url: str) -> dict[str, Any]:
         if not re.match(r"^https?://", url, re.I):
@@ -248,8 +311,7 @@ class Driver:
         return "\n".join(out)
 
     async def do_click(self, ref: str) -> dict[str, Any]:
-        locator = await self._locate(ref)
-        await locator.click()
+        await self._on_ref(ref, lambda locator: locator.click())
         await self._settle(await self.page())
         return {}
 
@@ -361,6 +423,14 @@ class Driver:
                 {"index": i, "url": page.url, "title": title[:200], "active": i == self.current}
             )
         return {"tabs": tabs}
+
+
+def _stale(ref: str) -> Fault:
+    return Fault(
+        "stale_ref",
+        f"ref {ref} is not on the page now (the page changed, or the ref is from an older "
+        "snapshot); take a new browser_snapshot and use its refs",
+    )
 
 
 async def _quietly(awaitable: Any) -> None:

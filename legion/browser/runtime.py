@@ -193,7 +193,8 @@ class DockerBrowsers:
         usage = container.stats(stream=False).get("memory_stats", {})
         value = usage.get("usage")
         stats = usage.get("stats", {})
-        cache = stats.get("inactive_file", 0) or stats.get("cache", 0)
+        # as DockerBackend.memory_bytes: page cache out (cgroup v1 `cache`, v2 `inactive_file`)
+        cache = stats.get("cache", 0) or stats.get("inactive_file", 0)
         return None if value is None else int(value) - int(cache or 0)
 
     def _logs(self, agent: str, tail: int) -> str:

@@ -493,3 +493,46 @@ egress_hosts = ["127.0.0.1"]
                 "extract",
                 "screenshot",
             ]
+
+
+async def test_browsers_are_capped_evicted_when_idle_and_stopped_after_the_idle_timeout(
+    home: Path, browser_image: str, site: ThreadingHTTPServer
+) -> None:
+    """max_running = 1: a second agent's start is refused while the first waits for a
+    human (never evicted then), and evicts it once it is idle; the idle timeout stops the
+    second (the host's monotonic clock is advanced, the reaper does the rest)."""
+    port = int(site.server_address[1])
+    url = f"http://127.0.0.1:{port}/next"
+    paths = Paths.resolve(home)
+    text = config_text(browser_image, port).replace("max_running = 2", "max_running = 1")
+    text = text.replace("[browser]\n", "[browser]\nidle_timeout_s = 60\n")
+    async with Host.running(parse_config(text), paths, runtime=DockerBackend(str(home))) as host:
+        offset = [0.0]
+        host.browsers.monotonic = lambda: time.monotonic() + offset[0]
+        assert (await act(host, "alice", "navigate", {"url": url}))[0] == 200
+        assert (await act(host, "alice", "request_human", {"reason": "captcha"}))[0] == 200
+        status, body = await act(host, "bob", "navigate", {"url": url})
+        assert status == 429 and body["error"]["code"] == "browsers_busy", body
+        async with control_client(host.paths) as operator:
+            await operator.post("/v1/browsers/alice/done", json={})
+        async with host.bus.subscribe() as events:
+            assert (await act(host, "bob", "navigate", {"url": url}))[0] == 200
+            states = {b.agent: b.state for b in host.browsers.list().browsers}
+            assert states["alice"] == "stopped" and states["bob"] == "running"
+            assert "make room for bob" in host.browsers.slots["alice"].reason
+            offset[0] += 61
+            while True:
+                event = await asyncio.wait_for(events.get(), 20)
+                if (
+                    event.type == "browser_state"
+                    and event.agent == "bob"
+                    and event.state == "stopped"
+                ):
+                    break
+            assert event.reason.startswith("idle for")
+        stops = [
+            (r.target, r.detail["reason"])
+            for r in audit.query(host.store.conn, actor="host")
+            if r.action == "browser.stop"
+        ]
+        assert [t for t, _ in stops] == ["alice", "bob"]
