@@ -106,7 +106,7 @@ def pick_image(default: str) -> str:
             return own
         if image_exists(client, default):
             return default
-        raise RuntimeError(f"no browser image; run `legion images build --only browser`")
+        raise RuntimeError("no browser image; run `legion images build --only browser`")
     finally:
         client.close()
 
