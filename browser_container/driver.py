@@ -104,6 +104,12 @@ class Driver:
 
     async def start(self) -> None:
         s = self.settings
+        # A browser killed with its profile open leaves Chromium's lock behind (a link to
+        # the dead container's hostname); the host runs one browser per profile, so the
+        # lock can only be stale here.
+        for name in ("SingletonLock", "SingletonSocket", "SingletonCookie"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(s.profile, name))
         # The driver (node) keeps a small heap: it only relays protocol messages.
         os.environ.setdefault("NODE_OPTIONS", "--max-semi-space-size=1")
         self._pw = await async_playwright().start()

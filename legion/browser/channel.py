@@ -82,7 +82,11 @@ class Channel:
 
     @property
     def attached(self) -> bool:
-        return self._writer is not None and not self.closed
+        """Connected and not hung up (the stream sees the container's end close even while
+        no command is in flight, so a browser that died idle is restarted, not called)."""
+        if self._writer is None or self._reader is None or self.closed:
+            return False
+        return not self._reader.at_eof() and not self._writer.is_closing()
 
     async def call(self, action: str, args: dict[str, Any], timeout_s: float) -> Outcome:
         """Send one command and wait for its outcome; BrowserLost when the browser is gone

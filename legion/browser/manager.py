@@ -319,7 +319,7 @@ class Browsers:
                 if slot.state != "running" or slot.lock.locked() or slot.busy:
                     continue
                 try:
-                    if slot.channel is None or slot.channel.closed:
+                    if slot.channel is None or not slot.channel.attached:
                         await self.stop(slot.agent, "the browser exited")
                     elif (
                         slot.human is None
@@ -382,6 +382,7 @@ class Browsers:
         finally:
             slot.busy -= 1
             slot.last_used = self.monotonic()
+        result = self._capped(result)
         slot.url, slot.title = str(result.get("url", "")), str(result.get("title", ""))
         blocked = [m for t, m in slot.refused if t >= mark]
         landed = _refused_page(slot.url, blocked)
@@ -400,6 +401,24 @@ class Browsers:
         )
         if "tabs" in result:
             out.tabs = [TabInfo.model_validate(t) for t in result["tabs"]]
+        return out
+
+    def _capped(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The container's answer held to the host's own limits (a browser that was taken
+        over may send anything its socket carries)."""
+        out = dict(result)
+        for key, limit in (
+            ("snapshot", self.config.snapshot_max_chars),
+            ("text", self.config.extract_max_chars),
+            ("url", 8192),
+            ("title", 500),
+            ("note", 2000),
+        ):
+            value = out.get(key)
+            if isinstance(value, str) and len(value) > limit:
+                out[key] = value[:limit]
+                if key in ("snapshot", "text"):
+                    out["truncated"] = True
         return out
 
     def _acted(self, slot: Slot, action: str, *, ok: bool, error: str | None = None) -> None:

@@ -134,6 +134,11 @@ class Handoffs:
 
     async def open(self, agent: str, actor: str = "operator") -> Handoff:
         self._tools()
+        if ":" in str(self.folder):  # websockify's token files are `token: unix_socket:PATH`
+            raise NoVnc(
+                f"the VNC hand-off cannot use {self.folder}: websockify's token files do not "
+                "allow ':' in a path; use a LEGION_HOME without ':'"
+            )
         slot = await self.browsers.ensure(agent)
         await self.browsers.call(slot, "vnc_start", {})
         port = await self._ensure_websockify()

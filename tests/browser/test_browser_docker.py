@@ -536,3 +536,34 @@ async def test_browsers_are_capped_evicted_when_idle_and_stopped_after_the_idle_
             if r.action == "browser.stop"
         ]
         assert [t for t, _ in stops] == ["alice", "bob"]
+
+
+async def test_a_browser_killed_while_idle_is_noticed_and_started_again(
+    home: Path, browser_image: str, site: ThreadingHTTPServer
+) -> None:
+    """issue 13: a browser container that died (OOM, a crash, `docker kill`) between two
+    actions is noticed by the host (stopped, audited) and the next action starts a new
+    one, with the same profile."""
+    import docker
+
+    port = int(site.server_address[1])
+    async with browsing_host(home, browser_image, port) as host:
+        url = f"http://127.0.0.1:{port}/setcookie?v=kept"
+        assert (await act(host, "alice", "navigate", {"url": url}))[0] == 200
+        old = host.browsers.slots["alice"].container_id
+        async with host.bus.subscribe() as events:
+            client = docker.from_env()
+            try:
+                client.containers.get(old).kill()
+            finally:
+                client.close()
+            while True:
+                event = await asyncio.wait_for(events.get(), 20)
+                if event.type == "browser_state" and event.state == "stopped":
+                    break
+        assert event.reason == "the browser exited"
+        status, page = await act(
+            host, "alice", "navigate", {"url": f"http://127.0.0.1:{port}/showcookie"}
+        )
+        assert status == 200, page
+        assert host.browsers.slots["alice"].container_id != old
