@@ -68,8 +68,16 @@ async def main(env: dict[str, str]) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    closing = [False]
+
+    def on_signal() -> None:
+        # SIGTERM (docker stop) while the browser is already closing (the host hung up
+        # first) must not cut that short: closing is what writes cookies to the profile.
+        if not closing[0]:
+            task.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await display.start()
         await forwarder.start()
@@ -79,6 +87,7 @@ async def main(env: dict[str, str]) -> None:
         log.info("browser ready (%s %s)", config.engine, config.executable)
         await serve(str(folder / "control.sock"), driver, display, str(version))
     finally:
+        closing[0] = True
         with contextlib.suppress(Exception):
             await driver.close()
         await forwarder.close()

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("legion.browser")
 
 REFUSALS_KEPT = 50
+STOP_GRACE_S = 10.0
 RESULT_FIELDS = set(BrowserResult.model_fields) - {"action", "blocked", "tabs"}
 
 
@@ -293,7 +294,9 @@ class Browsers:
             await proxy.close()
         if self._runtime is not None and slot.container_id is not None:
             with contextlib.suppress(Exception):
-                await self._runtime.stop(slot.agent)
+                # The browser closes on its own once its control socket is gone (cookies
+                # written); SIGKILL only after STOP_GRACE_S.
+                await self._runtime.stop(slot.agent, STOP_GRACE_S)
         was = slot.state
         slot.container_id = None
         if slot.human is not None:
