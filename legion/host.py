@@ -227,6 +227,7 @@ class Host:
         self.config.egress = new.egress
         self.config.browser = new.browser
         self.egress = self._make_egress()
+        await self.browsers.reconcile()
         for name in sorted(new_agents - old_agents):
             await self.open_agent_socket(name)
             if self.fleet.backend is not None and new.agents[name].autostart:

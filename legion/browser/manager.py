@@ -313,6 +313,20 @@ class Browsers:
             await self._teardown(slot, reason)
         return slot
 
+    async def reconcile(self) -> None:
+        """After a config reload: stop the browsers of agents that were removed or lost
+        `can_use_browser` (their next actions are refused anyway)."""
+        for agent, slot in list(self.slots.items()):
+            cfg = self.host.config.agents.get(agent)
+            if cfg is not None and cfg.permissions.can_use_browser:
+                continue
+            if slot.state in ("running", "starting"):
+                reason = "the agent was removed" if cfg is None else "can_use_browser was revoked"
+                async with slot.lock:
+                    await self._teardown(slot, reason)
+            if cfg is None:
+                self.slots.pop(agent, None)
+
     async def reap_forever(self, interval_s: float = 2.0) -> None:
         """Stop idle browsers, and notice the ones that went away."""
         while True:

@@ -274,6 +274,15 @@ async def test_browsers_are_isolated_and_gated(
         listing = host.browsers.list()
         assert listing.running == 2
         assert {b.agent for b in listing.browsers if b.state == "running"} == {"alice", "bob"}
+        # a reload that revokes bob's browser stops it
+        revoked = config_text(browser_image, port).replace(
+            "[agents.bob.permissions]\ncan_use_browser = true",
+            "[agents.bob.permissions]\ncan_use_browser = false",
+        )
+        await host.apply_config(parse_config(revoked))
+        assert host.browsers.slots["bob"].state == "stopped"
+        assert host.browsers.slots["bob"].reason == "can_use_browser was revoked"
+        assert host.browsers.slots["alice"].state == "running"
 
 
 async def test_browser_containers_are_hardened(
