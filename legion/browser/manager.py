@@ -27,15 +27,16 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
-from legion.browser import files
+from legion.browser import files, human
 from legion.browser.channel import BrowserFault, BrowserLost, Channel
+from legion.browser.credentials import with_credentials
+from legion.browser.human import Human
 from legion.browser.runtime import BrowserSpec, DockerBrowsers
-from legion.errors import Forbidden, LegionError, NotFound
+from legion.errors import LegionError, NotFound
 from legion.gateway.connect_proxy import ConnectProxy, Resolver
 from legion.gateway.egress import CRED_RE
-from legion.mesh.globs import glob_match
 from legion.wire.browser import BrowserInfo, BrowserList, BrowserResult, HumanState, TabInfo
-from legion.wire.events import AgentNotification, BrowserActed, BrowserHandoff, BrowserStateChanged
+from legion.wire.events import BrowserActed, BrowserStateChanged
 
 if TYPE_CHECKING:
     from legion.browser.vnc import Handoffs
@@ -72,14 +73,6 @@ class NoBrowserRuntime(LegionError):
 class BrowsersBusy(LegionError):
     status = 429
     code = "browsers_busy"
-
-
-@dataclass
-class Human:
-    reason: str
-    requested_at: float
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    note: str = ""
 
 
 @dataclass
@@ -385,7 +378,7 @@ class Browsers:
         mark = self.monotonic()
         try:
             if action == "type" and CRED_RE.search(args["text"]):
-                args = await self._with_credentials(slot, args)
+                args = await with_credentials(self, slot, args)
             try:
                 result = await self.call(slot, action, args)
             except BrowserFault as exc:
@@ -452,116 +445,16 @@ class Browsers:
             )
         )
 
-    async def _with_credentials(self, slot: Slot, args: dict[str, Any]) -> dict[str, Any]:
-        """Substitute `$CRED{name}` for the field's frame origin, or refuse (audited)."""
-        origin = str((await self.call(slot, "origin", {"ref": args["ref"]})).get("origin", ""))
-        host = (urlsplit(origin).hostname or "") if origin.startswith(("http:", "https:")) else ""
-        agent_cfg = self.host.config.agents[slot.agent]
-        patterns = agent_cfg.permissions.allowed_credentials
-        names = sorted(set(CRED_RE.findall(args["text"])))
-        values: dict[str, str] = {}
-        for name in names:
-            allowed = [name] if any(glob_match(p, name) for p in patterns) else []
-            try:
-                if not host:
-                    raise Forbidden(
-                        f"the field is on a page of origin {origin or 'unknown'!r}, not an "
-                        "http(s) host; a credential is typed only on a host it is bound to",
-                        code="credential_denied",
-                        credential=name,
-                    )
-                values[name] = self.host.vault.resolve_for_agent(name, allowed=allowed, host=host)
-            except Forbidden as exc:
-                self.host.audit.append(
-                    slot.agent,
-                    "browser.credential",
-                    name,
-                    "deny",
-                    origin=origin,
-                    reason=exc.message,
-                )
-                raise
-        self.host.audit.append(
-            slot.agent, "browser.credential", ",".join(names), "allow", origin=origin
-        )
-        text = CRED_RE.sub(lambda m: values[m.group(1)], args["text"])
-        return {**args, "text": text, "secret": True, "origin": origin}
-
-    # --- the human hand-off ------------------------------------------------------------
+    # --- the human hand-off (legion/browser/human.py) --------------------------------
 
     async def request_human(self, agent: str, reason: str) -> HumanState:
-        slot = await self.ensure(agent)
-        if slot.human is None:
-            slot.human = Human(reason, self.host.clock())
-        self.host.audit.append(agent, "browser.human_requested", "operator", "allow", reason=reason)
-        self.host.bus.publish(
-            BrowserHandoff(
-                at=self.host.clock(), agent=agent, state="requested", reason=reason, url=slot.url
-            )
-        )
-        self.host.bus.publish(
-            AgentNotification(
-                at=self.host.clock(),
-                agent=agent,
-                level="warning",
-                text=f"{agent} asks for a human in its browser: {reason} "
-                f"(`legion browser handoff {agent}`, then `legion browser done {agent}`)",
-            )
-        )
-        return HumanState(state="waiting", reason=reason)
+        return await human.request(self, agent, reason)
 
     async def wait_human(self, agent: str, wait_s: float) -> HumanState:
-        slot = self.slot(agent)
-        human = slot.human
-        if human is None:
-            return HumanState(state="done", note="no hand-off is pending")
-        wait = min(wait_s, self.host.config.host.long_poll_max_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(human.done.wait(), wait)
-        slot.last_used = self.monotonic()
-        if human.done.is_set():
-            if slot.human is human:
-                slot.human = None
-            return HumanState(state="done", reason=human.reason, note=human.note)
-        if self.host.clock() - human.requested_at > self.config.human_timeout_s:
-            slot.human = None
-            self.host.audit.append("host", "browser.human_expired", agent, "allow")
-            self.host.bus.publish(
-                BrowserHandoff(
-                    at=self.host.clock(), agent=agent, state="expired", reason=human.reason
-                )
-            )
-            return HumanState(
-                state="expired",
-                reason=human.reason,
-                note=f"no operator answered within {self.config.human_timeout_s:g}s",
-            )
-        return HumanState(state="waiting", reason=human.reason)
+        return await human.wait(self, agent, wait_s)
 
     async def done(self, agent: str, note: str, actor: str = "operator") -> BrowserInfo:
-        slot = self.slot(agent)
-        human = slot.human
-        await self.handoffs.close_agent(agent, "done")
-        if slot.channel is not None and slot.channel.attached:
-            with contextlib.suppress(LegionError):
-                await self.call(slot, "vnc_stop", {})
-        self.host.audit.append(
-            actor, "browser.handoff_done", agent, "allow", pending=human is not None, note=note
-        )
-        if human is not None:
-            human.note = note or "the operator is done"
-            human.done.set()
-            slot.human = None
-        self.host.bus.publish(
-            BrowserHandoff(
-                at=self.host.clock(),
-                agent=agent,
-                state="done",
-                reason=human.reason if human else "",
-                url=slot.url,
-            )
-        )
-        return self.info(agent)
+        return await human.done(self, agent, note, actor)
 
     # --- what the operator sees --------------------------------------------------------
 
