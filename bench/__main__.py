@@ -14,6 +14,7 @@ from bench import (
     agent_container,
     automation,
     blackboard_store,
+    browser,
     budget_ops,
     fleet_load,
     llm_overhead,
@@ -39,6 +40,7 @@ BENCHMARKS = {
     "memory_bootstrap": memory_bootstrap.run,
     "tui": tui.run,
     "automation": automation.run,
+    "browser": browser.run,
 }
 
 

@@ -114,6 +114,51 @@ class PermissionsConfig(_Section):
     can_manage_cron: bool = False
     can_spawn: bool = False
     can_steer: list[str] = Field(default_factory=list)
+    can_use_browser: bool = False
+    # Empty: every browser action; else only these (see legion.wire.browser.ACTIONS).
+    browser_actions: list[BrowserAction] = Field(default_factory=list)
+
+
+BrowserAction = Literal[
+    "navigate",
+    "snapshot",
+    "click",
+    "type",
+    "select",
+    "scroll",
+    "back",
+    "screenshot",
+    "extract",
+    "tabs",
+    "request_human",
+]
+
+
+class BrowserConfig(_Section):
+    """`[browser]`: one browser container per agent with `can_use_browser`, on demand."""
+
+    engine: Literal["chromium", "camoufox"] = "chromium"
+    image: str = "legion-browser:latest"
+    base_image: str | None = None
+    # Inside the image; empty: /usr/bin/chromium, or /opt/camoufox/camoufox for camoufox.
+    executable: str | None = None
+    idle_timeout_s: float = Field(default=300.0, ge=5, le=86400)
+    max_running: int = Field(default=4, ge=1, le=256)
+    start_timeout_s: float = Field(default=60.0, ge=5, le=600)
+    action_timeout_s: float = Field(default=30.0, ge=1, le=600)
+    memory_mb: int = Field(default=1024, ge=256, le=64 * 1024)
+    cpus: float = Field(default=1.0, gt=0, le=64)
+    pids: int = Field(default=1024, ge=64, le=100_000)
+    shm_mb: int = Field(default=256, ge=64, le=8192)
+    viewport_width: int = Field(default=1280, ge=320, le=3840)
+    viewport_height: int = Field(default=800, ge=240, le=2160)
+    snapshot_max_chars: int = Field(default=20000, ge=1000, le=1_000_000)
+    extract_max_chars: int = Field(default=20000, ge=1000, le=1_000_000)
+    max_tunnels: int = Field(default=64, ge=4, le=4096)
+    vnc_port: int = Field(default=6080, ge=0, le=65535)
+    novnc_dir: str = "/usr/share/novnc"
+    handoff_ttl_s: float = Field(default=900.0, ge=1, le=86400)
+    human_timeout_s: float = Field(default=1800.0, ge=10, le=86400)
 
 
 class ResourcesConfig(_Section):
@@ -247,6 +292,7 @@ class Config(_Section):
     egress: EgressConfig = Field(default_factory=EgressConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
+    browser: BrowserConfig = Field(default_factory=BrowserConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     teams: dict[TeamName, TeamConfig] = Field(default_factory=dict)
     tui: TuiConfig = Field(default_factory=TuiConfig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -23,6 +24,7 @@ from legion.api.control import build_control_router, host_status
 from legion.api.http import Call, HttpServer, Listener, Route, Router
 from legion.api.masking import mask_routes
 from legion.automation.scheduler import Automation
+from legion.browser.manager import Browsers
 from legion.config import Config
 from legion.errors import InboxFull
 from legion.events import EventBus
@@ -126,6 +128,7 @@ class Host:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.fleet = Fleet(self, None)
+        self.browsers = Browsers(self)
         self.stop_reason = ""
         self.automation = Automation(self)
 
@@ -183,6 +186,10 @@ class Host:
                 host.litellm.start()
             await host.fleet.start_all()
             host._tasks.add(asyncio.create_task(host.fleet.supervise_forever(), name="fleet"))
+            host._tasks.add(asyncio.create_task(host.browsers.reap_forever(), name="browsers"))
+            host._tasks.add(
+                asyncio.create_task(host.browsers.handoffs.expire_forever(), name="vnc-expiry")
+            )
             host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
             # Everything built at start-up lives as long as the host: keep it out of the
             # cyclic GC's scans, whose full passes would otherwise add milliseconds to tails.
@@ -195,6 +202,7 @@ class Host:
                 task.cancel()
             await asyncio.gather(*host._tasks, return_exceptions=True)
             host._tasks.clear()
+            await host.browsers.close()
             await host.fleet.close()
             await host.automation.close()
             await host.http.close()
@@ -234,6 +242,11 @@ class Host:
         names = {m.credential for m in self.config.llm.models.values() if m.credential}
         return self.vault.values(names=names) if names else []
 
+    def _granted_values(self, agent: str) -> list[str]:
+        """The credentials `agent` may substitute (what its egress and browser mask)."""
+        cfg = self.config.agents.get(agent)
+        return self.vault.granted_values(cfg.permissions.allowed_credentials) if cfg else []
+
     def _control_router(self) -> Router:
         """The operator's socket: every response masked, and every request body, so a vault
         value the operator pastes never becomes state an agent can read."""
@@ -243,6 +256,12 @@ class Host:
         """An agent's socket: the LLM routes mask provider keys; the routes that show
         operator-authored config mask every vault value; the rest return what was written."""
         router = build_agent_router(self, name)
+        # The browser types the agent's credentials into pages: like egress, it masks them
+        # (and only them) in what it hands back (a bound site may echo one in its text).
+        browser = {
+            (r.method, r.template) for r in router.routes if r.template.startswith("/v1/browser/")
+        }
+        mask_routes(router, Redactor(functools.partial(self._granted_values, name)), only=browser)
         mask_routes(router, self.provider_redactor, only=LLM_ROUTES)
         mask_routes(router, self.redactor, only=CONFIG_ROUTES)
         return router
@@ -262,7 +281,9 @@ class Host:
         self.config.llm = new.llm
         self.config.runtime = new.runtime
         self.config.egress = new.egress
+        self.config.browser = new.browser
         self.egress = self._make_egress()
+        await self.browsers.reconcile()
         for name in sorted(new_agents - old_agents):
             await self.open_agent_socket(name)
             if self.fleet.backend is not None and new.agents[name].autostart:

@@ -35,6 +35,7 @@ from legion.wire.automation import (
     WebhookList,
     WebhookRemoved,
 )
+from legion.wire.browser import BrowserInfo, BrowserList, Handoff
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
 
@@ -307,6 +308,28 @@ class ControlClient:
     def steer(self, to: str, text: str) -> SteerQueued:
         result: SteerQueued = self._request(
             "POST", "/v1/steer", SteerQueued, json={"to": to, "text": text}
+        )
+        return result
+
+    def browsers(self) -> BrowserList:
+        result: BrowserList = self._request("GET", "/v1/browsers", BrowserList)
+        return result
+
+    def browser_handoff(self, name: str) -> Handoff:
+        result: Handoff = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/handoff", Handoff, timeout=120
+        )
+        return result
+
+    def browser_done(self, name: str, note: str = "") -> BrowserInfo:
+        result: BrowserInfo = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/done", BrowserInfo, json={"note": note}
+        )
+        return result
+
+    def browser_stop(self, name: str) -> BrowserInfo:
+        result: BrowserInfo = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/stop", BrowserInfo, timeout=60
         )
         return result
 

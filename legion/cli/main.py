@@ -11,6 +11,7 @@ from legion.cli import (
     agents_cmd,
     audit_cmd,
     bb,
+    browser_cmd,
     chat_cmd,
     config_cmd,
     costs_cmd,
@@ -40,6 +41,7 @@ app.add_typer(images_cmd.app, name="images")
 app.add_typer(agents_cmd.app, name="agents")
 app.add_typer(cron_cmd.app, name="cron")
 app.add_typer(webhooks_cmd.app, name="webhooks")
+app.add_typer(browser_cmd.app, name="browser")
 app.command("chat")(chat_cmd.chat)
 app.command("audit")(audit_cmd.audit)
 app.command("costs")(costs_cmd.costs)
