@@ -63,7 +63,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
     """Routes both kinds of socket serve: OpenAPI, blackboard, direct messages."""
     bb = host.blackboard
 
-    @router.route("GET", "/v1/openapi.json")
+    @router.route("GET", "/v1/openapi.json", rate="read")
     async def openapi(call: Call) -> Response:
         """This socket's OpenAPI document."""
         return Response(200, json.dumps(router.openapi()).encode())
@@ -74,6 +74,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
         body=MessageRequest,
         response=MessageQueued,
         policy=Policy(Perm.MESSAGE.value, "to", "message"),
+        rate="write",
     )
     async def send_message(call: Call) -> MessageQueued:
         """Put a message in an agent's inbox (the sender is the socket's owner)."""
@@ -85,6 +86,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
         "/v1/blackboard/entries/{key:path}",
         response=BlackboardEntry,
         policy=Policy(READ, "key", "bb.get"),
+        rate="read",
     )
     async def bb_get(call: Call) -> BlackboardEntry:
         """Read one key (404 when absent or expired)."""
@@ -96,6 +98,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
         body=BlackboardPut,
         response=BlackboardEntry,
         policy=Policy(WRITE, "key", "bb.put"),
+        rate="write",
     )
     async def bb_put(call: Call) -> BlackboardEntry:
         """Write one key; bumps its version."""
@@ -107,13 +110,14 @@ def build_shared_routes(router: Router, host: Host) -> None:
         "/v1/blackboard/entries/{key:path}",
         response=BlackboardDeleted,
         policy=Policy(WRITE, "key", "bb.delete"),
+        rate="write",
     )
     async def bb_delete(call: Call) -> BlackboardDeleted:
         """Delete one key."""
         key = call.params["key"]
         return BlackboardDeleted(key=key, deleted=bb.delete(key, call.principal))
 
-    @router.route("GET", "/v1/blackboard/entries", response=BlackboardList)
+    @router.route("GET", "/v1/blackboard/entries", response=BlackboardList, rate="read")
     async def bb_list(call: Call) -> BlackboardList:
         """List live keys under `?prefix=` that the caller may read."""
         prefix = call.request.query.get("prefix", "")
@@ -127,6 +131,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
         body=BlackboardCas,
         response=BlackboardEntry,
         policy=Policy(WRITE, "key", "bb.cas"),
+        rate="write",
     )
     async def bb_cas(call: Call) -> BlackboardEntry:
         """Compare-and-swap: write only if the key is at `expected_version` (0: absent)."""
@@ -145,6 +150,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
         body=ClaimRequest,
         response=Claim,
         policy=Policy(WRITE, "key", "bb.claim"),
+        rate="write",
     )
     async def bb_claim(call: Call) -> Claim:
         """Claim a key (423 while another holder's claim is live)."""
@@ -157,13 +163,21 @@ def build_shared_routes(router: Router, host: Host) -> None:
         body=ReleaseRequest,
         response=Released,
         policy=Policy(WRITE, "key", "bb.release"),
+        rate="write",
     )
     async def bb_release(call: Call) -> Released:
         """Release the caller's claim on a key."""
         body: ReleaseRequest = call.body
         return Released(key=body.key, released=bb.release(body.key, call.principal))
 
-    @router.route("POST", "/v1/blackboard/watch", body=WatchRequest, response=WatchResponse)
+    @router.route(
+        "POST",
+        "/v1/blackboard/watch",
+        body=WatchRequest,
+        response=WatchResponse,
+        rate="poll",
+        cancel_on_disconnect=True,
+    )
     async def bb_watch(call: Call) -> WatchResponse:
         """Long-poll for changes to keys matching a glob, after a cursor."""
         body: WatchRequest = call.body
@@ -182,7 +196,7 @@ def build_agent_router(host: Host, agent: str) -> Router:
     build_shared_routes(router, host)
     inboxes = host.inboxes
 
-    @router.route("GET", "/v1/whoami", response=Identity)
+    @router.route("GET", "/v1/whoami", response=Identity, rate="read")
     async def whoami(call: Call) -> Identity:
         """Who the host believes the caller is (from the socket alone)."""
         cfg = host.config.agents.get(call.principal)
@@ -196,6 +210,7 @@ def build_agent_router(host: Host, agent: str) -> Router:
         body=PublishRequest,
         response=Published,
         policy=Policy(Perm.PUBLISH.value, "topic", "publish"),
+        rate="write",
     )
     async def publish(call: Call) -> Published:
         """Publish to a topic: one inbox item per permitted subscriber, or none."""
@@ -229,24 +244,34 @@ def build_agent_router(host: Host, agent: str) -> Router:
         body=SubscribeRequest,
         response=Subscriptions,
         policy=Policy(Perm.SUBSCRIBE.value, "topic", "subscribe"),
+        rate="write",
     )
     async def subscribe(call: Call) -> Subscriptions:
         """Subscribe the caller to a topic or topic glob."""
         body: SubscribeRequest = call.body
         return Subscriptions(topics=inboxes.subscribe(call.principal, body.topic))
 
-    @router.route("DELETE", "/v1/subscriptions", body=SubscribeRequest, response=Subscriptions)
+    @router.route(
+        "DELETE", "/v1/subscriptions", body=SubscribeRequest, response=Subscriptions, rate="write"
+    )
     async def unsubscribe(call: Call) -> Subscriptions:
         """Remove one of the caller's subscriptions."""
         body: SubscribeRequest = call.body
         return Subscriptions(topics=inboxes.unsubscribe(call.principal, body.topic))
 
-    @router.route("GET", "/v1/subscriptions", response=Subscriptions)
+    @router.route("GET", "/v1/subscriptions", response=Subscriptions, rate="read")
     async def subscriptions(call: Call) -> Subscriptions:
         """The caller's subscriptions."""
         return Subscriptions(topics=inboxes.subscriptions(call.principal))
 
-    @router.route("POST", "/v1/inbox/poll", body=PollRequest, response=PollResponse)
+    @router.route(
+        "POST",
+        "/v1/inbox/poll",
+        body=PollRequest,
+        response=PollResponse,
+        rate="poll",
+        cancel_on_disconnect=True,
+    )
     async def inbox_poll(call: Call) -> PollResponse:
         """Receive inbox items, long-polling up to `wait_s`; ack them when handled."""
         body: PollRequest = call.body
@@ -254,41 +279,46 @@ def build_agent_router(host: Host, agent: str) -> Router:
         if body.ack:
             inboxes.ack(call.principal, body.ack)
         wait = min(body.wait_s, host.config.host.long_poll_max_s)
-        return PollResponse(items=await inboxes.poll(call.principal, body.max_items, wait))
+        items = await inboxes.poll(call.principal, body.max_items, wait)
+        if items:  # a client gone before the answer could be written gets nothing
+            call.if_undelivered(lambda: inboxes.requeue(call.principal, items))
+        return PollResponse(items=items)
 
-    @router.route("POST", "/v1/inbox/ack", body=AckRequest, response=AckResponse)
+    @router.route("POST", "/v1/inbox/ack", body=AckRequest, response=AckResponse, rate="write")
     async def inbox_ack(call: Call) -> AckResponse:
         """Acknowledge handled items; unacked items are delivered again."""
         body: AckRequest = call.body
         return AckResponse(acked=inboxes.ack(call.principal, body.ids))
 
-    @router.route("POST", "/v1/chat/completions", body=ChatRequest)
+    @router.route("POST", "/v1/chat/completions", body=ChatRequest, rate="llm")
     async def chat_completions(call: Call) -> Response | StreamResponse:
         """OpenAI-compatible chat completions (streaming or not), budgeted and audited."""
         return await host.gateway.chat(call.principal, call.body)
 
-    @router.route("POST", "/v1/embeddings", body=EmbeddingRequest)
+    @router.route("POST", "/v1/embeddings", body=EmbeddingRequest, rate="llm")
     async def embeddings(call: Call) -> Response:
         """OpenAI-compatible embeddings, budgeted and audited."""
         return await host.gateway.embeddings(call.principal, call.body)
 
-    @router.route("POST", "/egress/http", body=EgressRequest, response=EgressResponse)
+    @router.route(
+        "POST", "/egress/http", body=EgressRequest, response=EgressResponse, rate="egress"
+    )
     async def egress_http(call: Call) -> EgressResponse:
         """An HTTP request made by the host for the agent: address checks, $CRED{} handles
         substituted toward bound hosts only, response scrubbed of secrets, audited."""
         return await host.egress.request(call.principal, call.body)
 
-    @router.route("GET", "/v1/self", response=SelfStatus)
+    @router.route("GET", "/v1/self", response=SelfStatus, rate="read")
     async def self_status(call: Call) -> SelfStatus:
         """The caller's own configuration, permissions, budget left and reachable fleet."""
         return host.self_status(call.principal)
 
-    @router.route("POST", "/v1/replies", body=ReplyRequest, response=ReplyAccepted)
+    @router.route("POST", "/v1/replies", body=ReplyRequest, response=ReplyAccepted, rate="write")
     async def reply(call: Call) -> ReplyAccepted:
         """Answer an inbox item; an agent that asked gets the answer in its inbox."""
         return host.reply(call.principal, call.body)
 
-    @router.route("POST", "/v1/notify", body=NotifyRequest, response=NotifyAccepted)
+    @router.route("POST", "/v1/notify", body=NotifyRequest, response=NotifyAccepted, rate="write")
     async def notify(call: Call) -> NotifyAccepted:
         """Tell the operator something (an event the TUI and `legion events` show)."""
         body: NotifyRequest = call.body
@@ -300,7 +330,9 @@ def build_agent_router(host: Host, agent: str) -> Router:
         )
         return NotifyAccepted()
 
-    @router.route("POST", "/v1/heartbeat", body=HeartbeatRequest, response=HeartbeatResponse)
+    @router.route(
+        "POST", "/v1/heartbeat", body=HeartbeatRequest, response=HeartbeatResponse, rate="read"
+    )
     async def heartbeat(call: Call) -> HeartbeatResponse:
         """Tell the host the agent is alive."""
         body: HeartbeatRequest = call.body

@@ -1,0 +1,575 @@
+"""One HTTP/1.1 connection on a socket: framing by h11, limits and timing by us.
+
+h11 parses each request (request line, header syntax, `Content-Length` digits only,
+conflicting lengths, `Host`, chunked framing); on top of it this module refuses what
+h11 would tolerate (obs-fold, bare LF line ends, a repeated `Content-Length`, both
+`Content-Length` and `Transfer-Encoding`). Responses are written here, byte for byte
+as clients already know them.
+
+The timeouts are for reading a request, never for answering it: a new connection has
+`header_timeout_s` to send a head, a started head must be complete within it, a body
+within `body_timeout_s`, and a connection idle between requests is closed after
+`idle_timeout_s`. While a handler runs (a long poll, a streamed reply) no read timer
+runs; the connection still watches its reader, and a client that is gone (EOF with the
+socket hung up, not a mere half-close) cancels a handler whose route says it only
+waits (`cancel_on_disconnect`) and any streamed response at once. A response that
+stalls (the client stops reading) for `send_timeout_s` aborts the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import select
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+
+import h11
+
+from legion.api.httptypes import Request, Response, StreamResponse
+from legion.errors import LegionError
+
+if TYPE_CHECKING:
+    from legion.api.http import Serving
+
+log = logging.getLogger("legion.http")
+
+MAX_HEAD_BYTES = 32 * 1024
+# Bytes of a next (pipelined) request kept while one is being answered; beyond, the
+# connection stops reading until the answer is out.
+PIPELINE_BYTES = MAX_HEAD_BYTES
+
+IDLE, HEAD, BODY, QUEUED, HANDLING, CLOSED = range(6)
+
+
+def reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def error_response(exc: LegionError) -> Response:
+    headers = getattr(exc, "http_headers", None)
+    return Response(
+        exc.status,
+        exc.body().model_dump_json().encode(),
+        headers=headers() if callable(headers) else [],
+    )
+
+
+def strict_head_problem(head: bytes) -> str | None:
+    """What h11 would tolerate in a request head and we refuse (None: nothing)."""
+    if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
+        return "line ends must be CRLF"
+    if b"\n " in head or b"\n\t" in head:
+        return "obs-fold (a header line that starts with whitespace) is not accepted"
+    low = head.lower()
+    lengths = low.count(b"\ncontent-length:")
+    if lengths > 1:
+        return "more than one Content-Length header"
+    if lengths:
+        start = low.index(b"\ncontent-length:") + 16
+        if b"," in low[start : low.index(b"\r\n", start)]:
+            return "Content-Length must be one number"
+        if b"\ntransfer-encoding:" in low:
+            return "both Content-Length and Transfer-Encoding are set; send one"
+    return None
+
+
+def _hung_up(transport: asyncio.BaseTransport) -> bool:
+    """Whether the peer closed its end entirely (POLLHUP), not just its writing half."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLHUP)
+        return any(ev & select.POLLHUP for _, ev in poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
+class Connection(asyncio.Protocol):
+    """Serves the requests of one accepted connection, one at a time, in order."""
+
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+        self.limits = serving.limits
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.state = IDLE
+        self.buf = bytearray()
+        self.scanned = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_kind = ""
+        self.parser: h11.Connection | None = None
+        self.request: Request | None = None
+        self.body: list[bytes] = []
+        self.body_len = 0
+        self.chunked = False
+        self.reserved = 0
+        self.keep_alive = True
+        self.http10 = False
+        self.task: asyncio.Task[None] | None = None
+        self.cancellable = False  # the current phase stops when the client goes
+        self.gone = False
+        self.half_closed = False
+        self.reading_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.fresh = True  # no request yet on this connection
+
+    # --- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.serving.opened(self)
+        self._arm(self.limits.header_timeout_s, "header")
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state >= QUEUED:
+            if state == CLOSED:
+                return
+            self.buf += data
+            if len(self.buf) > PIPELINE_BYTES and not self.reading_paused:
+                self.reading_paused = True
+                self._transport().pause_reading()
+            return
+        if state == BODY:
+            self._feed_body(data)
+        else:
+            if state == IDLE:
+                self.state = HEAD
+            self.buf += data
+            self._try_head()
+        self._arm_for_state()
+
+    def _arm_for_state(self) -> None:
+        if self.state == HEAD:
+            if self.timer_kind != "header":
+                self._arm(self.limits.header_timeout_s, "header")
+        elif self.state == BODY and self.timer_kind != "body":
+            self._arm(self.limits.body_timeout_s, "body")
+
+    def eof_received(self) -> bool:
+        if self.state in (QUEUED, HANDLING) and not _hung_up(self._transport()):
+            # Half-closed: the client will read the answer; no keep-alive after it.
+            self.half_closed = True
+            self.keep_alive = False
+            return True
+        self._peer_gone()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._peer_gone()
+        if self.state != HANDLING:
+            self._release()
+        self.state = CLOSED if self.state != HANDLING else self.state
+        self._disarm()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("the client went away"))
+        self.serving.closed(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def abort(self) -> None:
+        """Drop the connection from the host's side (its socket is being closed)."""
+        self._peer_gone()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- reading a request ------------------------------------------------------------
+
+    def _transport(self) -> asyncio.Transport:
+        assert self.transport is not None
+        return self.transport
+
+    def _try_head(self) -> None:
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n", max(0, self.scanned - 3))
+        if end < 0:
+            if buf.find(b"\n\n", max(0, self.scanned - 1)) >= 0:
+                self._refuse(
+                    400, "malformed_request", "malformed HTTP request: line ends must be CRLF"
+                )
+            elif len(buf) > MAX_HEAD_BYTES:
+                self._refuse(431, "head_too_large", "request head too large")
+            else:
+                self.scanned = len(buf)
+            return
+        if end + 4 > MAX_HEAD_BYTES:
+            self._refuse(431, "head_too_large", "request head too large")
+            return
+        head = bytes(buf[: end + 4])
+        rest = bytes(buf[end + 4 :])
+        buf.clear()
+        self.scanned = 0
+        problem = strict_head_problem(head)
+        if problem is not None:
+            self._refuse(400, "malformed_request", f"malformed HTTP request: {problem}")
+            return
+        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        parser.receive_data(head)
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        if not isinstance(event, h11.Request):  # pragma: no cover - a full head is a Request
+            self._refuse(400, "malformed_request", "malformed HTTP request")
+            return
+        self._start_request(parser, event, rest)
+
+    def _start_request(self, parser: h11.Connection, event: h11.Request, rest: bytes) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+        target = event.target.decode("latin-1")
+        split = urlsplit(target)
+        self.http10 = event.http_version != b"1.1"
+        tokens = {t.strip() for t in headers.get("connection", "").lower().split(",")}
+        self.keep_alive = not self.http10 and "close" not in tokens and not self.half_closed
+        self.request = Request(
+            event.method.decode("latin-1").upper(),
+            split.path,
+            dict(parse_qsl(split.query)),
+            headers,
+            b"",
+        )
+        self.chunked = headers.get("transfer-encoding") == "chunked"
+        declared = 0 if self.chunked else int(headers.get("content-length", "0"))
+        server = self.serving.server
+        if declared > server.max_body_bytes:
+            self._refuse(
+                413,
+                "body_too_large",
+                f"body is {declared} bytes; the limit is {server.max_body_bytes}",
+                limit=server.max_body_bytes,
+            )
+            return
+        if declared and not self.serving.reserve(declared):
+            self._refuse_busy()
+            return
+        self.reserved = declared
+        self.parser = parser
+        self.body = []
+        self.body_len = 0
+        self.state = BODY
+        if parser.they_are_waiting_for_100_continue and not rest and (declared or self.chunked):
+            self._transport().write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._feed_body(rest)
+
+    def _feed_body(self, data: bytes) -> None:
+        parser = self.parser
+        assert parser is not None
+        if data:
+            parser.receive_data(data)
+        server = self.serving.server
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                chunk = event.data  # type: ignore[union-attr]
+                self.body_len += len(chunk)
+                if self.chunked:
+                    if self.body_len > server.max_body_bytes:
+                        self._refuse(
+                            413,
+                            "body_too_large",
+                            f"body is over {server.max_body_bytes} bytes, the limit",
+                            limit=server.max_body_bytes,
+                        )
+                        return
+                    if not self.serving.reserve(len(chunk)):
+                        self._refuse_busy()
+                        return
+                    self.reserved += len(chunk)
+                self.body.append(chunk)
+            elif kind is h11.EndOfMessage:
+                leftover, _ = parser.trailing_data
+                self.parser = None
+                self.buf = bytearray(leftover)
+                self.scanned = 0
+                self._disarm()
+                self.state = QUEUED
+                assert self.request is not None
+                self.request.body = b"".join(self.body)
+                self.body = []
+                self.serving.admit(self._start)
+                return
+            else:  # NEED_DATA
+                return
+
+    def _start(self) -> None:
+        if self.state != QUEUED:
+            return  # the client went away while it waited for its turn
+        self.state = HANDLING
+        self.fresh = False
+        self.task = self.loop.create_task(self._run())
+        self.serving.server.tasks.add(self.task)
+
+    def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        status = exc.error_status_hint
+        if status == 431:
+            self._refuse(431, "head_too_large", "request head too large")
+        elif status == 501:
+            self._refuse(501, "not_implemented", f"malformed HTTP request: {exc}")
+        else:
+            self._refuse(400, "malformed_request", f"malformed HTTP request: {exc}")
+
+    def _refuse(self, status: int, code: str, message: str, **detail: Any) -> None:
+        """Answer an unreadable or unacceptable request and close the connection."""
+        self.serving.note("protocol_error", status=status, code=code)
+        refusal = LegionError(message, code=code, status=status, **detail)
+        self._answer_and_close(error_response(refusal))
+
+    def _refuse_busy(self) -> None:
+        from legion.api.limits import Busy
+
+        cap = self.serving.inflight_cap
+        self.serving.note("body_in_flight", cap=cap)
+        self._answer_and_close(
+            error_response(
+                Busy(
+                    f"{self.serving.listener.principal} has {cap} bytes of request bodies in "
+                    "flight, its limit; retry when some are answered, or the operator can "
+                    "raise [limits] max_body_bytes_in_flight",
+                    limit=cap,
+                )
+            )
+        )
+
+    def _answer_and_close(self, response: Response) -> None:
+        self.keep_alive = False
+        self.state = CLOSED
+        self._release()
+        self._disarm()
+        transport = self._transport()
+        if not transport.is_closing():
+            head = self._head_bytes(response, len(response.body))
+            head_only = self.request is not None and self.request.method == "HEAD"
+            transport.write(head if head_only else head + response.body)
+            transport.close()
+
+    # --- timers -----------------------------------------------------------------------
+
+    def _arm(self, delay: float, kind: str) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(delay, self._timed_out, kind)
+        self.timer_kind = kind
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.timer_kind = ""
+
+    def _timed_out(self, kind: str) -> None:
+        self.timer = None
+        self.timer_kind = ""
+        transport = self._transport()
+        if self.state in (QUEUED, HANDLING, CLOSED) or transport.is_closing():
+            return
+        if kind == "idle" or (self.state == IDLE and not self.buf):
+            if kind != "idle" and self.fresh:
+                self.serving.note("header_timeout", sent=0)
+            self.state = CLOSED
+            self._release()
+            transport.close()
+            return
+        limit = self.limits.header_timeout_s if kind == "header" else self.limits.body_timeout_s
+        self.serving.note(f"{kind}_timeout", sent=len(self.buf) + self.body_len)
+        self._answer_and_close(
+            error_response(
+                LegionError(
+                    f"the request {kind} did not arrive within {limit:g} s",
+                    code="request_timeout",
+                    status=408,
+                )
+            )
+        )
+
+    # --- answering --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        request = self.request
+        assert request is not None
+        server = self.serving.server
+        undelivered: list[Callable[[], None]] = []
+        delivered = False
+        try:
+            response = await server.dispatch(
+                self.serving.listener, request, conn=self, undelivered=undelivered
+            )
+            self._release()
+            self.cancellable = False
+            delivered = await self._respond(request, response)
+        except ConnectionError:
+            self.gone = True
+        except asyncio.CancelledError:
+            if not self.gone:
+                raise  # the host is closing
+        except Exception:
+            # A stream's producer failed after its headers went out: the client sees the
+            # stream cut (no final chunk), never a clean end.
+            log.exception("a streamed response to %s failed", self.serving.listener.principal)
+            self.gone = True
+            self._transport().abort()
+        finally:
+            if not delivered:
+                for undo in undelivered:
+                    try:
+                        undo()
+                    except Exception:
+                        log.exception("taking back an undelivered response failed")
+            self._release()
+            self.cancellable = False
+            self.task = None
+            server.tasks.discard(asyncio.current_task())
+            self._next()
+
+    def _next(self) -> None:
+        """After an answer: serve the next request, wait for one, or close."""
+        transport = self._transport()
+        if self.gone or not self.keep_alive or transport.is_closing():
+            self.state = CLOSED
+            if not transport.is_closing():
+                transport.close()
+            return
+        self.state = IDLE
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        if self.buf:
+            self.state = HEAD
+            self._try_head()
+            if self.state == HEAD:
+                self._arm(self.limits.header_timeout_s, "header")
+            elif self.state == BODY:
+                self._arm(self.limits.body_timeout_s, "body")
+        else:
+            self._arm(self.limits.idle_timeout_s, "idle")
+
+    def _release(self) -> None:
+        if self.reserved:
+            self.serving.unreserve(self.reserved)
+            self.reserved = 0
+
+    def _peer_gone(self) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        task = self.task
+        if task is not None and self.cancellable and not task.done():
+            task.cancel()
+        if self.state == QUEUED:
+            self.state = CLOSED
+            self._release()
+
+    def _head_bytes(self, response: Response | StreamResponse, length: int | None) -> bytes:
+        conn = "keep-alive" if self.keep_alive else "close"
+        extra = "".join(f"{k}: {v}\r\n" for k, v in getattr(response, "headers", ()))
+        if length is None:
+            framing = "" if self.http10 else "transfer-encoding: chunked\r\n"
+        else:
+            framing = f"content-length: {length}\r\n"
+        return (
+            f"HTTP/1.1 {response.status} {reason(response.status)}\r\ncontent-type: "
+            f"{response.content_type}\r\n{framing}{extra}connection: {conn}\r\n\r\n"
+        ).encode()
+
+    async def _drain(self) -> None:
+        if self.gone:
+            raise ConnectionResetError("the client went away")
+        if not self.write_paused:
+            return
+        waiter = self.loop.create_future()
+        self.drain_waiter = waiter
+        try:
+            async with asyncio.timeout(self.limits.send_timeout_s):
+                await waiter
+        except TimeoutError:
+            self.serving.note("send_timeout", limit_s=self.limits.send_timeout_s)
+            self.gone = True
+            self._transport().abort()
+            raise ConnectionResetError("the client stopped reading") from None
+        finally:
+            self.drain_waiter = None
+
+    async def _respond(self, request: Request, response: Response | StreamResponse) -> bool:
+        """Write the answer; False when it never reached the client (it had gone)."""
+        server = self.serving.server
+        transport = self._transport()
+        head_only = request.method == "HEAD"
+        if isinstance(response, Response):
+            if server.redact is not None:
+                response.body = server.redact(response.body)
+            if self.http10 or self.half_closed:
+                self.keep_alive = False
+            if self.gone or transport.is_closing():
+                return False
+            data = self._head_bytes(response, len(response.body))
+            transport.write(data if head_only else data + response.body)
+            if transport.is_closing():
+                return False  # the write failed: the client had already gone
+            await self._drain()
+            return True
+        return await self._stream(response, head_only)
+
+    async def _stream(self, response: StreamResponse, head_only: bool) -> bool:
+        server = self.serving.server
+        transport = self._transport()
+        chunks = response.chunks
+        redact = server.redact
+        started = False
+        framed = not self.http10
+        if self.http10:
+            self.keep_alive = False  # no chunked framing in HTTP/1.0: the end is the close
+        self.cancellable = True  # our own writing: stop it the moment the client goes
+        try:
+            # Inside the try: a client gone before the headers still runs the producer's
+            # cleanup (settling an LLM reservation, closing the upstream, an event feed).
+            if self.gone or transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            transport.write(self._head_bytes(response, None))
+            await self._drain()
+            if head_only:
+                return True
+            started = True
+            async for chunk in chunks:
+                if chunk:
+                    if redact is not None:
+                        chunk = redact(chunk)
+                        redact = server.redact_again
+                    transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if framed else chunk)
+                    await self._drain()
+        finally:
+            self.cancellable = False
+            # Run the producer's cleanup now (e.g. settle an aborted LLM stream), not at GC.
+            if not started and response.on_abandon is not None:
+                await response.on_abandon()
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+        if framed:
+            transport.write(b"0\r\n\r\n")
+        await self._drain()
+        return True

@@ -1,0 +1,213 @@
+"""What one caller may take of the host's HTTP server: rates, turns, bytes, log lines.
+
+* `Rates`: a token bucket per route class (each route names its class in the route
+  table); an empty bucket is a 429 with `Retry-After`, before any parsing of the body.
+* `TurnGate`: at most `per_turn` requests of one socket start their handler in one turn
+  of the event loop; the rest wait for the next turn. A socket alone gets the whole
+  host; several busy sockets take turns, so none waits behind another's backlog.
+* `Throttle`: a limit hit a thousand times a second is one log line (and one audit
+  record) per interval with the count, never a line per hit.
+* `raise_open_files_limit`: the host holds one descriptor per connection; the soft limit
+  is raised to the hard one so the per-socket caps, not the kernel, decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import resource
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from legion.errors import LegionError
+
+# Descriptors kept for everything that is not an agent connection (databases, the
+# provider and egress pools, Docker, log files, the control socket's own cap).
+RESERVED_FDS = 256
+OPEN_FILES_CEILING = 1 << 20
+
+
+class RateLimited(LegionError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float, **detail: Any) -> None:
+        super().__init__(message, retry_after_s=round(retry_after_s, 3), **detail)
+        self.retry_after_s = retry_after_s
+
+    def http_headers(self) -> list[tuple[str, str]]:
+        # RFC 9110: delay-seconds, a whole number; round up so a client never comes early.
+        return [("retry-after", str(max(1, math.ceil(self.retry_after_s))))]
+
+
+class Busy(LegionError):
+    """Refused for now (e.g. too many request bytes in flight); retry shortly."""
+
+    status = 503
+    code = "busy"
+
+    def http_headers(self) -> list[tuple[str, str]]:
+        return [("retry-after", "1")]
+
+
+@dataclass(frozen=True)
+class Rate:
+    per_s: float
+    burst: int
+
+
+class TokenBucket:
+    __slots__ = ("burst", "per_s", "stamp", "tokens")
+
+    def __init__(self, rate: Rate, now: float) -> None:
+        self.per_s = rate.per_s
+        self.burst = float(rate.burst)
+        self.tokens = float(rate.burst)
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """Take one token: 0.0 if there was one, else the seconds until there is one."""
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_s)
+        self.stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
+        self.tokens = tokens
+        return (1.0 - tokens) / self.per_s
+
+
+class Rates:
+    """One socket's buckets, one per route class."""
+
+    def __init__(
+        self, rates: dict[str, Rate], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rates = rates
+        self.clock = clock
+        now = clock()
+        self.buckets = {name: TokenBucket(rate, now) for name, rate in rates.items()}
+
+    def check(self, principal: str, bucket: str) -> None:
+        found = self.buckets.get(bucket)
+        if found is None:
+            return
+        wait = found.take(self.clock())
+        if wait:
+            rate = self.rates[bucket]
+            raise RateLimited(
+                f"{principal} is over its {bucket!r} request rate ({rate.per_s:g}/s, bursts "
+                f"of {rate.burst}); retry in {wait:.2f} s. The operator can raise "
+                f"[limits.rates.{bucket}] in legion.toml",
+                retry_after_s=wait,
+                bucket=bucket,
+                per_s=rate.per_s,
+                burst=rate.burst,
+            )
+
+
+class TurnGate:
+    """At most `per_turn` request starts per event-loop turn for one socket."""
+
+    def __init__(self, per_turn: int) -> None:
+        self.per_turn = per_turn
+        self.started = 0
+        self.waiting: deque[Callable[[], None]] = deque()
+        self._turn_scheduled = False
+
+    def admit(self, start: Callable[[], None]) -> None:
+        if self.started < self.per_turn and not self.waiting:
+            self.started += 1
+            self._schedule()
+            start()
+            return
+        self.waiting.append(start)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_scheduled = False
+        self.started = 0
+        while self.waiting and self.started < self.per_turn:
+            self.started += 1
+            self.waiting.popleft()()
+        if self.started:
+            self._schedule()
+
+
+Emit = Callable[[str, str, int, dict[str, Any]], None]
+
+
+@dataclass
+class _Window:
+    ends: float = 0.0
+    count: int = 0
+    fields: dict[str, Any] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class Throttle:
+    """`emit(principal, kind, count, fields)` at most once per interval per (principal, kind).
+
+    The first hit is emitted at once (count 1); later hits within the interval are
+    counted and emitted together when it ends, so a flood costs one line per interval.
+    """
+
+    def __init__(
+        self, interval_s: float, emit: Emit, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval_s = interval_s
+        self.emit = emit
+        self.clock = clock
+        self._windows: dict[tuple[str, str], _Window] = {}
+
+    def note(self, principal: str, kind: str, **fields: Any) -> None:
+        key = (principal, kind)
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window()
+        now = self.clock()
+        if now >= window.ends and window.count == 0:
+            window.ends = now + self.interval_s
+            self.emit(principal, kind, 1, fields)
+            return
+        window.count += 1
+        window.fields = fields
+        if window.timer is None:
+            delay = max(0.0, window.ends - now)
+            window.timer = asyncio.get_running_loop().call_later(delay, self._flush, key)
+
+    def _flush(self, key: tuple[str, str]) -> None:
+        window = self._windows[key]
+        window.timer = None
+        if window.count:
+            count, fields = window.count, window.fields or {}
+            window.count, window.fields = 0, None
+            window.ends = self.clock() + self.interval_s
+            self.emit(key[0], key[1], count, fields)
+
+    def close(self) -> None:
+        for window in self._windows.values():
+            if window.timer is not None:
+                window.timer.cancel()
+                window.timer = None
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (capped); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = OPEN_FILES_CEILING if hard == resource.RLIM_INFINITY else hard
+    target = min(target, OPEN_FILES_CEILING)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return OPEN_FILES_CEILING if soft == resource.RLIM_INFINITY else soft
