@@ -71,6 +71,8 @@ __all__ = [
 log = logging.getLogger("legion.http")
 
 BACKLOG = 128
+# Connections one socket accepts in one turn of the event loop.
+ACCEPTS_PER_TURN = 16
 
 Handler = Callable[[Call], Awaitable[BaseModel | Response | StreamResponse]]
 
@@ -293,9 +295,11 @@ class Serving:
         self.rates = Rates(listener.rates) if listener.rates else None
         self.gate = TurnGate(listener.per_turn) if listener.per_turn else None
         self.slot = asyncio.Event()
+        self.pending = 0  # accepted, transport not yet made
         self.accepting: asyncio.Task[None] | None = None
 
     def opened(self, conn: Connection) -> None:
+        self.pending -= 1
         self.conns.add(conn)
         if self.listener.shared_budget:
             self.server.shared_conns += 1
@@ -329,7 +333,7 @@ class Serving:
         self.server.throttle.note(self.listener.principal, kind, **fields)
 
     def full(self) -> bool:
-        if len(self.conns) >= self.limits.max_connections:
+        if len(self.conns) + self.pending >= self.limits.max_connections:
             return True
         server = self.server
         return self.listener.shared_budget and server.shared_conns >= server.max_shared_conns
@@ -357,6 +361,7 @@ class HttpServer:
         self.throttle = Throttle(log_interval_s, self._report_limit)
         self._serving: dict[Path, Serving] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.adopting: set[asyncio.Task[Any]] = set()
         # Every agent connection is a descriptor: together they stay below the process's
         # limit (raised to the hard limit), with room kept for everything else.
         self.max_shared_conns = max(64, raise_open_files_limit() - RESERVED_FDS)
@@ -439,6 +444,8 @@ class HttpServer:
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.adopting:
+            await asyncio.gather(*self.adopting, return_exceptions=True)
         self.throttle.close()
 
     # --- accepting ----------------------------------------------------------------------
@@ -465,18 +472,56 @@ class HttpServer:
             try:
                 conn_sock, _ = await loop.sock_accept(serving.sock)
             except OSError as exc:
-                serving.note("accept_error", error=f"{exc.__class__.__name__}: {exc}")
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.fd_freed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.fd_freed.wait(), 1.0)
+                await self._accept_failed(serving, exc)
                 continue
-            try:
-                conn_sock.setblocking(False)
-                await loop.connect_accepted_socket(lambda: Connection(serving), conn_sock)
-            except OSError as exc:
+            self._adopt(serving, conn_sock)
+            # Take more of the backlog in the same turn (a burst of connections is served
+            # together), a bounded number, so a flood of connects is spread over turns.
+            for _ in range(ACCEPTS_PER_TURN - 1):
+                if serving.full():
+                    break
+                try:
+                    conn_sock, _ = serving.sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    await self._accept_failed(serving, exc)
+                    break
+                self._adopt(serving, conn_sock)
+
+    async def _accept_failed(self, serving: Serving, exc: OSError) -> None:
+        serving.note("accept_error", error=f"{exc.__class__.__name__}: {exc}")
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            # Out of descriptors: wait for a connection to close (or a second) first.
+            self.fd_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.fd_freed.wait(), 1.0)
+
+    def _adopt(self, serving: Serving, conn_sock: socket.socket) -> None:
+        """Make a connection of an accepted socket (its transport is set up in a task)."""
+        loop = asyncio.get_running_loop()
+        conn_sock.setblocking(False)
+        serving.pending += 1
+        made: list[Connection] = []
+
+        def factory() -> Connection:
+            made.append(Connection(serving))
+            return made[0]
+
+        task = loop.create_task(loop.connect_accepted_socket(factory, conn_sock))
+        self.adopting.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self.adopting.discard(task)
+            if task.cancelled() or task.exception() is not None:
                 conn_sock.close()
-                serving.note("accept_error", error=f"{exc.__class__.__name__}: {exc}")
+                if not made or made[0].transport is None:
+                    serving.pending -= 1  # never opened: no longer pending either
+                serving.slot.set()
+                if not task.cancelled():
+                    serving.note("accept_error", error=str(task.exception()))
+
+        task.add_done_callback(done)
 
     def _report_limit(self, principal: str, kind: str, count: int, fields: dict[str, Any]) -> None:
         log.warning(

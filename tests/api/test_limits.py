@@ -205,7 +205,8 @@ async def test_the_connection_cap_holds_new_connections_until_one_closes(home: P
             await extra.send(request("GET", "/v1/whoami"))
             with pytest.raises(TimeoutError):
                 await extra.answer(timeout_s=0.5)
-            assert len(host.http._serving[sock].conns) == 4
+            serving = host.http._serving[sock]
+            assert len(serving.conns) == 4, (len(serving.conns), serving.pending)
             bob = await exchange(host.paths.agent_socket("bob"), request("GET", "/v1/whoami"))
             assert bob.status == 200
             held.pop().close()

@@ -1,0 +1,89 @@
+"""An agent flooding its own socket, as a separate process (so its work is not the host's).
+
+`python -m tests.api.flooder SOCKET SECONDS COUNT` keeps COUNT connections to SOCKET for
+SECONDS: half of them silent, half with a request head or body sent in part and then
+trickled a byte at a time (slowloris). Every connection the host closes, and every
+connect the kernel refuses (backlog full), is tried again at once. Prints one JSON line
+with what happened: connects attempted, refused by the kernel, closed by the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import resource
+import select
+import socket
+import sys
+import time
+
+ATTEMPTS_PER_ROUND = 200
+HALF_HEAD = b"POST /v1/blackboard/cas HTTP/1.1\r\nhost: legion\r\nx-slow: "
+HALF_BODY = (
+    b"PUT /v1/blackboard/entries/flood HTTP/1.1\r\nhost: legion\r\n"
+    b"content-length: 1000000\r\n\r\n" + b"x" * 8192
+)
+
+
+def main(path: str, seconds: float, count: int) -> dict[str, int]:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
+    socks: dict[int, tuple[socket.socket, int]] = {}  # fd -> (socket, kind)
+    stats = {"attempted": 0, "refused": 0, "closed_by_host": 0, "open_at_end": 0}
+    poller = select.poll()
+    kind_next = 0
+
+    def connect() -> None:
+        nonlocal kind_next
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        stats["attempted"] += 1
+        code = sock.connect_ex(path)
+        if code != 0:
+            stats["refused"] += 1
+            sock.close()
+            return
+        kind = kind_next % 3  # 0 silent, 1 half head, 2 half body
+        kind_next += 1
+        try:
+            if kind == 1:
+                sock.send(HALF_HEAD)
+            elif kind == 2:
+                sock.send(HALF_BODY)
+        except OSError:
+            pass
+        socks[sock.fileno()] = (sock, kind)
+        poller.register(sock.fileno(), select.POLLIN | select.POLLHUP)
+
+    deadline = time.monotonic() + seconds
+    last_trickle = time.monotonic()
+    while time.monotonic() < deadline:
+        for _ in range(min(ATTEMPTS_PER_ROUND, count - len(socks))):
+            connect()  # past the backlog the kernel refuses: counted, tried again next round
+        for fd, _ in poller.poll(10):
+            sock, _kind = socks.pop(fd)
+            poller.unregister(fd)
+            with contextlib.suppress(OSError):
+                sock.recv(65536)
+            sock.close()
+            stats["closed_by_host"] += 1
+        now = time.monotonic()
+        if now - last_trickle > 0.5:
+            last_trickle = now
+            for sock, kind in list(socks.values()):
+                if kind:
+                    try:
+                        sock.send(b"a")
+                    except OSError as exc:
+                        if exc.errno not in (errno.EAGAIN, errno.EPIPE, errno.ECONNRESET):
+                            raise
+    stats["open_at_end"] = len(socks)
+    for sock, _ in socks.values():
+        sock.close()
+    return stats
+
+
+if __name__ == "__main__":
+    result = main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]))
+    print(json.dumps(result), flush=True)
