@@ -105,11 +105,13 @@ class Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.scanned = 0
         self.timer: asyncio.TimerHandle | None = None
-        self.timer_kind = ""
+        self.timer_kind = ""  # what the deadline is for ("": nothing)
+        self.deadline = 0.0
         self.parser: h11.Connection | None = None
         self.request: Request | None = None
         self.body: list[bytes] = []
         self.body_len = 0
+        self.remaining = 0
         self.chunked = False
         self.reserved = 0
         self.keep_alive = True
@@ -142,7 +144,10 @@ class Connection(asyncio.Protocol):
                 self._transport().pause_reading()
             return
         if state == BODY:
-            self._feed_body(data)
+            if self.parser is None:
+                self._feed_sized(data)
+            else:
+                self._feed_body(data)
         else:
             if state == IDLE:
                 self.state = HEAD
@@ -171,7 +176,7 @@ class Connection(asyncio.Protocol):
         if self.state != HANDLING:
             self._release()
         self.state = CLOSED if self.state != HANDLING else self.state
-        self._disarm()
+        self._cancel_timer()
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("the client went away"))
@@ -237,17 +242,17 @@ class Connection(asyncio.Protocol):
     def _start_request(self, parser: h11.Connection, event: h11.Request, rest: bytes) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
         target = event.target.decode("latin-1")
-        split = urlsplit(target)
+        if "?" in target or "#" in target:
+            split = urlsplit(target)
+            path, query = split.path, dict(parse_qsl(split.query))
+        else:
+            path, query = target, {}
         self.http10 = event.http_version != b"1.1"
-        tokens = {t.strip() for t in headers.get("connection", "").lower().split(",")}
-        self.keep_alive = not self.http10 and "close" not in tokens and not self.half_closed
-        self.request = Request(
-            event.method.decode("latin-1").upper(),
-            split.path,
-            dict(parse_qsl(split.query)),
-            headers,
-            b"",
-        )
+        self.keep_alive = not self.http10 and not self.half_closed
+        if "connection" in headers:
+            tokens = {t.strip() for t in headers["connection"].lower().split(",")}
+            self.keep_alive = self.keep_alive and "close" not in tokens
+        self.request = Request(event.method.decode("latin-1").upper(), path, query, headers, b"")
         self.chunked = headers.get("transfer-encoding") == "chunked"
         declared = 0 if self.chunked else int(headers.get("content-length", "0"))
         server = self.serving.server
@@ -263,13 +268,33 @@ class Connection(asyncio.Protocol):
             self._refuse_busy()
             return
         self.reserved = declared
-        self.parser = parser
         self.body = []
         self.body_len = 0
         self.state = BODY
         if parser.they_are_waiting_for_100_continue and not rest and (declared or self.chunked):
             self._transport().write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._feed_body(rest)
+        if self.chunked:
+            self.parser = parser  # h11 decodes the chunks
+            self._feed_body(rest)
+        else:
+            self.parser = None  # a sized body is just the next `declared` bytes
+            self.remaining = declared
+            self._feed_sized(rest)
+
+    def _feed_sized(self, data: bytes) -> None:
+        need = self.remaining
+        if len(data) < need:
+            if data:
+                self.body.append(data)
+                self.body_len += len(data)
+                self.remaining -= len(data)
+            return
+        if need:
+            self.body.append(data[:need])
+            self.body_len += need
+            data = data[need:]
+        self.remaining = 0
+        self._complete(data)
 
     def _feed_body(self, data: bytes) -> None:
         parser = self.parser
@@ -304,25 +329,31 @@ class Connection(asyncio.Protocol):
             elif kind is h11.EndOfMessage:
                 leftover, _ = parser.trailing_data
                 self.parser = None
-                self.buf = bytearray(leftover)
-                self.scanned = 0
-                self._disarm()
-                self.state = QUEUED
-                assert self.request is not None
-                self.request.body = b"".join(self.body)
-                self.body = []
-                self.serving.admit(self._start)
+                self._complete(bytes(leftover))
                 return
             else:  # NEED_DATA
                 return
 
-    def _start(self) -> None:
+    def _complete(self, leftover: bytes) -> None:
+        """The request is in: queue it for its turn; keep what follows (pipelined)."""
+        self.buf = bytearray(leftover)
+        self.scanned = 0
+        self._disarm()
+        self.state = QUEUED
+        assert self.request is not None
+        body = self.body
+        self.request.body = body[0] if len(body) == 1 and type(body[0]) is bytes else b"".join(body)
+        self.body = []
+        self.serving.admit(self._start)
+
+    def _start(self) -> bool:
         if self.state != QUEUED:
-            return  # the client went away while it waited for its turn
+            return False  # the client went away while it waited for its turn
         self.state = HANDLING
         self.fresh = False
         self.task = self.loop.create_task(self._run())
         self.serving.server.tasks.add(self.task)
+        return True
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint
@@ -369,21 +400,40 @@ class Connection(asyncio.Protocol):
 
     # --- timers -----------------------------------------------------------------------
 
+    # One deadline per connection, and at most one timer: arming is a float store (no
+    # timer per request); the timer, when it fires early, re-arms for what is left.
+
     def _arm(self, delay: float, kind: str) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(delay, self._timed_out, kind)
+        self.deadline = self.loop.time() + delay
         self.timer_kind = kind
+        timer = self.timer
+        if timer is not None and timer.when() > self.deadline:
+            timer.cancel()  # it would fire too late for this deadline
+            timer = None
+        if timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._tick)
 
     def _disarm(self) -> None:
+        self.timer_kind = ""
+
+    def _cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.timer_kind = ""
 
-    def _timed_out(self, kind: str) -> None:
+    def _tick(self) -> None:
         self.timer = None
+        kind = self.timer_kind
+        if not kind:
+            return
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._tick)
+            return
         self.timer_kind = ""
+        self._timed_out(kind)
+
+    def _timed_out(self, kind: str) -> None:
         transport = self._transport()
         if self.state in (QUEUED, HANDLING, CLOSED) or transport.is_closing():
             return
@@ -409,6 +459,7 @@ class Connection(asyncio.Protocol):
     # --- answering --------------------------------------------------------------------
 
     async def _run(self) -> None:
+        self.serving.began()  # the first step of this request: the next may start
         request = self.request
         assert request is not None
         server = self.serving.server
@@ -529,7 +580,8 @@ class Connection(asyncio.Protocol):
             transport.write(data if head_only else data + response.body)
             if transport.is_closing():
                 return False  # the write failed: the client had already gone
-            await self._drain()
+            if self.write_paused:
+                await self._drain()
             return True
         return await self._stream(response, head_only)
 

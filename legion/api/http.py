@@ -314,11 +314,15 @@ class Serving:
             self.server.shared_slot_freed()
         self.server.fd_freed.set()
 
-    def admit(self, start: Callable[[], None]) -> None:
+    def admit(self, start: Callable[[], bool]) -> None:
         if self.gate is None:
             start()
         else:
             self.gate.admit(start)
+
+    def began(self) -> None:
+        if self.gate is not None:
+            self.gate.began()
 
     def reserve(self, count: int) -> bool:
         if self.inflight + count > self.inflight_cap:
@@ -576,13 +580,13 @@ class HttpServer:
                 call.undelivered = undelivered
             if route.policy is not None and self.authorize is not None:
                 self.authorize(call, route)
-            if conn is not None:
-                conn.cancellable = route.cancel_on_disconnect
+            if conn is None or not route.cancel_on_disconnect:
+                return _encode(await route.handler(call))
+            conn.cancellable = True  # a handler that only waits: stop it if the client goes
             try:
                 return _encode(await route.handler(call))
             finally:
-                if conn is not None:
-                    conn.cancellable = False
+                conn.cancellable = False
         except LegionError as exc:
             return error_response(exc)
         except Exception:

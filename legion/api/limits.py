@@ -3,7 +3,7 @@
 * `Rates`: a token bucket per route class (each route names its class in the route
   table); an empty bucket is a 429 with `Retry-After`, before any parsing of the body.
 * `TurnGate`: at most `per_turn` requests of one socket start their handler in one turn
-  of the event loop; the rest wait for the next turn. A socket alone gets the whole
+  of the event loop; the rest wait for a later turn. A socket alone gets the whole
   host; several busy sockets take turns, so none waits behind another's backlog.
 * `Throttle`: a limit hit a thousand times a second is one log line (and one audit
   record) per interval with the count, never a line per hit.
@@ -109,36 +109,35 @@ class Rates:
 
 
 class TurnGate:
-    """At most `per_turn` request starts per event-loop turn for one socket."""
+    """At most `per_turn` of one socket's requests start their handlers per loop turn.
+
+    A started request's task runs its first step in the next turn of the event loop;
+    `began()`, called from that first step, lets the next waiting request start (its own
+    first step comes a turn later). So no more than `per_turn` first steps of one socket
+    are ever in the loop's ready queue together, without a callback of its own per request.
+    """
 
     def __init__(self, per_turn: int) -> None:
         self.per_turn = per_turn
-        self.started = 0
-        self.waiting: deque[Callable[[], None]] = deque()
-        self._turn_scheduled = False
+        self.starting = 0
+        self.waiting: deque[Callable[[], bool]] = deque()
 
-    def admit(self, start: Callable[[], None]) -> None:
-        if self.started < self.per_turn and not self.waiting:
-            self.started += 1
-            self._schedule()
-            start()
+    def admit(self, start: Callable[[], bool]) -> None:
+        """`start()` starts the request (True) or finds it gone (False)."""
+        if self.starting < self.per_turn and not self.waiting:
+            self.starting += 1
+            if not start():
+                self.starting -= 1
             return
         self.waiting.append(start)
-        self._schedule()
 
-    def _schedule(self) -> None:
-        if not self._turn_scheduled:
-            self._turn_scheduled = True
-            asyncio.get_running_loop().call_soon(self._next_turn)
-
-    def _next_turn(self) -> None:
-        self._turn_scheduled = False
-        self.started = 0
-        while self.waiting and self.started < self.per_turn:
-            self.started += 1
-            self.waiting.popleft()()
-        if self.started:
-            self._schedule()
+    def began(self) -> None:
+        self.starting -= 1
+        while self.waiting and self.starting < self.per_turn:
+            self.starting += 1
+            if self.waiting.popleft()():
+                break
+            self.starting -= 1
 
 
 Emit = Callable[[str, str, int, dict[str, Any]], None]
