@@ -1,9 +1,9 @@
 """One agent floods its socket; the other agent and the control socket keep answering.
 
 issue 7 item 3 / invariant 10. A real daemon (`legion daemon`, its own process) serves
-two agents. The `flood` agent (tests/api/flooder.py, its own process, at a lower CPU priority standing
-in for its container's CPU limit) keeps 3000
-connections at its socket for FLOOD_S seconds: a third silent, a third with half a head
+two agents. The `flood` agent (tests/api/flooder.py, its own process, at a lower CPU
+priority standing in for its container's CPU limit) keeps 3000 connections at its
+socket for FLOOD_S seconds: a third silent, a third with half a head
 trickled a byte at a time, a third with a head announcing a 1 MB body of which 8 KiB
 are sent; every connection the host drops, and every connect the kernel refuses, is
 tried again at once. Header and body timeouts are 2 s here (defaults otherwise: 128
