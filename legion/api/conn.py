@@ -41,6 +41,12 @@ MAX_HEAD_BYTES = 32 * 1024
 # Bytes of a next (pipelined) request kept while one is being answered; beyond, the
 # connection stops reading until the answer is out.
 PIPELINE_BYTES = MAX_HEAD_BYTES
+# Most bytes one read takes from a socket (into the server's one scratch buffer), so what
+# a connection holds is bounded by its head, its read-ahead and its counted body bytes.
+READ_BYTES = 64 * 1024
+# After a refusal: how long, and how many bytes, the host reads and drops before closing.
+LINGER_S = 2.0
+LINGER_BYTES = 1024 * 1024
 
 IDLE, HEAD, BODY, QUEUED, HANDLING, CLOSED = range(6)
 
@@ -93,7 +99,7 @@ def _hung_up(transport: asyncio.BaseTransport) -> bool:
         return True
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """Serves the requests of one accepted connection, one at a time, in order."""
 
     def __init__(self, serving: Serving) -> None:
@@ -102,7 +108,10 @@ class Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.state = IDLE
+        # Bytes read and not yet consumed are buf[pos:] (pipelined requests are parsed in
+        # place: no copy of the rest per request); `scanned` is how far a head was sought.
         self.buf = bytearray()
+        self.pos = 0
         self.scanned = 0
         self.timer: asyncio.TimerHandle | None = None
         self.timer_kind = ""  # what the deadline is for ("": nothing)
@@ -124,6 +133,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.fresh = True  # no request yet on this connection
+        self.lingering = 0  # bytes still to drop after a refusal, before the close
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -133,13 +143,22 @@ class Connection(asyncio.Protocol):
         self.serving.opened(self)
         self._arm(self.limits.header_timeout_s, "header")
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.serving.server.scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.serving.server.scratch[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state >= QUEUED:
             if state == CLOSED:
+                self.lingering -= len(data)
+                if self.lingering < 0 and self.transport is not None:
+                    self.transport.close()
                 return
             self.buf += data
-            if len(self.buf) > PIPELINE_BYTES and not self.reading_paused:
+            if len(self.buf) - self.pos > PIPELINE_BYTES and not self.reading_paused:
                 self.reading_paused = True
                 self._transport().pause_reading()
             return
@@ -204,25 +223,23 @@ class Connection(asyncio.Protocol):
         return self.transport
 
     def _try_head(self) -> None:
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n", max(0, self.scanned - 3))
+        buf, pos = self.buf, self.pos
+        end = buf.find(b"\r\n\r\n", max(pos, self.scanned - 3))
         if end < 0:
-            if buf.find(b"\n\n", max(0, self.scanned - 1)) >= 0:
+            if buf.find(b"\n\n", max(pos, self.scanned - 1)) >= 0:
                 self._refuse(
                     400, "malformed_request", "malformed HTTP request: line ends must be CRLF"
                 )
-            elif len(buf) > MAX_HEAD_BYTES:
+            elif len(buf) - pos > MAX_HEAD_BYTES:
                 self._refuse(431, "head_too_large", "request head too large")
             else:
                 self.scanned = len(buf)
             return
-        if end + 4 > MAX_HEAD_BYTES:
+        if end + 4 - pos > MAX_HEAD_BYTES:
             self._refuse(431, "head_too_large", "request head too large")
             return
-        head = bytes(buf[: end + 4])
-        rest = bytes(buf[end + 4 :])
-        buf.clear()
-        self.scanned = 0
+        head = bytes(buf[pos : end + 4])
+        self.pos = self.scanned = end + 4
         problem = strict_head_problem(head)
         if problem is not None:
             self._refuse(400, "malformed_request", f"malformed HTTP request: {problem}")
@@ -237,9 +254,16 @@ class Connection(asyncio.Protocol):
         if not isinstance(event, h11.Request):  # pragma: no cover - a full head is a Request
             self._refuse(400, "malformed_request", "malformed HTTP request")
             return
-        self._start_request(parser, event, rest)
+        self._start_request(parser, event)
 
-    def _start_request(self, parser: h11.Connection, event: h11.Request, rest: bytes) -> None:
+    def _take_rest(self) -> bytes:
+        """What is buffered beyond the head, handed over whole (the buffer is emptied)."""
+        data = bytes(self.buf[self.pos :])
+        self.buf.clear()
+        self.pos = self.scanned = 0
+        return data
+
+    def _start_request(self, parser: h11.Connection, event: h11.Request) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
         target = event.target.decode("latin-1")
         if "?" in target or "#" in target:
@@ -271,17 +295,27 @@ class Connection(asyncio.Protocol):
         self.body = []
         self.body_len = 0
         self.state = BODY
-        if parser.they_are_waiting_for_100_continue and not rest and (declared or self.chunked):
+        buffered = len(self.buf) - self.pos
+        if parser.they_are_waiting_for_100_continue and not buffered and (declared or self.chunked):
             self._transport().write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.chunked:
             self.parser = parser  # h11 decodes the chunks
-            self._feed_body(rest)
+            self._feed_body(self._take_rest())
+            return
+        self.parser = None  # a sized body is just the next `declared` bytes
+        if buffered >= declared:
+            if declared:
+                self.body.append(bytes(self.buf[self.pos : self.pos + declared]))
+                self.body_len = declared
+                self.pos += declared
+            self.remaining = 0
+            self._complete()
         else:
-            self.parser = None  # a sized body is just the next `declared` bytes
             self.remaining = declared
-            self._feed_sized(rest)
+            self._feed_sized(self._take_rest())
 
     def _feed_sized(self, data: bytes) -> None:
+        """More of a sized body (nothing else is buffered while one is being read)."""
         need = self.remaining
         if len(data) < need:
             if data:
@@ -292,9 +326,10 @@ class Connection(asyncio.Protocol):
         if need:
             self.body.append(data[:need])
             self.body_len += need
-            data = data[need:]
+        if len(data) > need:
+            self.buf += memoryview(data)[need:]
         self.remaining = 0
-        self._complete(data)
+        self._complete()
 
     def _feed_body(self, data: bytes) -> None:
         parser = self.parser
@@ -329,15 +364,20 @@ class Connection(asyncio.Protocol):
             elif kind is h11.EndOfMessage:
                 leftover, _ = parser.trailing_data
                 self.parser = None
-                self._complete(bytes(leftover))
+                self.buf += leftover
+                self._complete()
                 return
             else:  # NEED_DATA
                 return
 
-    def _complete(self, leftover: bytes) -> None:
-        """The request is in: queue it for its turn; keep what follows (pipelined)."""
-        self.buf = bytearray(leftover)
-        self.scanned = 0
+    def _complete(self) -> None:
+        """The request is in: queue it for its turn; what follows (pipelined) stays."""
+        if self.pos >= len(self.buf):
+            self.buf.clear()
+            self.pos = self.scanned = 0
+        elif self.pos > 65536:  # compact now and then, not per request
+            del self.buf[: self.pos]
+            self.pos = self.scanned = 0
         self._disarm()
         self.state = QUEUED
         assert self.request is not None
@@ -396,7 +436,14 @@ class Connection(asyncio.Protocol):
             head = self._head_bytes(response, len(response.body))
             head_only = self.request is not None and self.request.method == "HEAD"
             transport.write(head if head_only else head + response.body)
-            transport.close()
+            # Lingering close: stop writing, then read and drop what the client is still
+            # sending (briefly, boundedly), so it reads the refusal instead of a reset.
+            if transport.can_write_eof():
+                transport.write_eof()
+                self.lingering = LINGER_BYTES
+                self._arm(LINGER_S, "linger")
+            else:
+                transport.close()
 
     # --- timers -----------------------------------------------------------------------
 
@@ -435,9 +482,12 @@ class Connection(asyncio.Protocol):
 
     def _timed_out(self, kind: str) -> None:
         transport = self._transport()
+        if kind == "linger":
+            transport.close()
+            return
         if self.state in (QUEUED, HANDLING, CLOSED) or transport.is_closing():
             return
-        if kind == "idle" or (self.state == IDLE and not self.buf):
+        if kind == "idle" or (self.state == IDLE and len(self.buf) == self.pos):
             if kind != "idle" and self.fresh:
                 self.serving.note("header_timeout", sent=0)
             self.state = CLOSED
@@ -445,7 +495,7 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         limit = self.limits.header_timeout_s if kind == "header" else self.limits.body_timeout_s
-        self.serving.note(f"{kind}_timeout", sent=len(self.buf) + self.body_len)
+        self.serving.note(f"{kind}_timeout", sent=len(self.buf) - self.pos + self.body_len)
         self._answer_and_close(
             error_response(
                 LegionError(
@@ -508,7 +558,7 @@ class Connection(asyncio.Protocol):
         if self.reading_paused:
             self.reading_paused = False
             transport.resume_reading()
-        if self.buf:
+        if self.pos < len(self.buf):
             self.state = HEAD
             self._try_head()
             if self.state == HEAD:
@@ -516,6 +566,8 @@ class Connection(asyncio.Protocol):
             elif self.state == BODY:
                 self._arm(self.limits.body_timeout_s, "body")
         else:
+            self.buf.clear()
+            self.pos = self.scanned = 0
             self._arm(self.limits.idle_timeout_s, "idle")
 
     def _release(self) -> None:

@@ -37,7 +37,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ValidationError
 
 from legion.api import sockpath
-from legion.api.conn import MAX_HEAD_BYTES, Connection, error_response
+from legion.api.conn import MAX_HEAD_BYTES, READ_BYTES, Connection, error_response
 from legion.api.httptypes import Call, Request, Response, StreamResponse
 from legion.api.limits import (
     RESERVED_FDS,
@@ -366,6 +366,9 @@ class HttpServer:
         self._serving: dict[Path, Serving] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.adopting: set[asyncio.Task[Any]] = set()
+        # Every read of every connection lands here first (the loop reads one socket at
+        # a time), so no read is larger than READ_BYTES.
+        self.scratch = memoryview(bytearray(READ_BYTES))
         # Every agent connection is a descriptor: together they stay below the process's
         # limit (raised to the hard limit), with room kept for everything else.
         self.max_shared_conns = max(64, raise_open_files_limit() - RESERVED_FDS)

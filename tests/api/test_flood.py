@@ -10,8 +10,11 @@ tried again at once. Header and body timeouts are 2 s here (defaults otherwise: 
 connections per agent) so the host also churns: it accepts, times out and refuses
 without pause while being measured.
 
-Meanwhile the `calm` agent makes sequential requests (reads and fsynced writes, over a
+Meanwhile the `calm` agent makes sequential requests (blackboard reads and writes, over a
 keep-alive connection and over fresh ones) and the operator asks for the host status.
+The host runs at durability "normal": what is measured is what the flood does to the
+others, not how long this machine's shared disk takes to fsync (bench/socket_rtt times
+durability "full"; under other load here an fsync alone can exceed 50 ms).
 Bounds: their p99 latency under P99_MS; the daemon's RSS growth under RSS_GROWTH_MB;
 its log under LOG_BYTES for the whole flood (an unthrottled server wrote 41 MB in 40 s).
 """
@@ -41,6 +44,8 @@ RSS_GROWTH_MB = 64.0
 LOG_BYTES = 64 * 1024
 
 CONFIG = """
+[host]
+durability = "normal"
 [runtime]
 backend = "none"
 [limits.agent]
@@ -154,13 +159,21 @@ async def flood_and_measure(home: Path, proc: subprocess.Popen[bytes], log: Path
         async with asyncio.timeout(10):
             while open_fds(proc.pid) < fds_before + min(cap, FLOOD_CONNECTIONS) - 10:
                 await asyncio.sleep(0.02)
-        peak_rss = rss_before
-        samples: dict[str, list[float]] = {"calm": [], "operator": [], "fresh": []}
+        peak_rss, peak_fds = rss_before, 0
+        samples: dict[str, list[float]] = {
+            "calm": [],
+            "calm_read": [],
+            "calm_write": [],
+            "operator": [],
+            "fresh": [],
+        }
         cpu_before, wall_before = cpu_s(proc.pid), time.monotonic()
         deadline = time.monotonic() + FLOOD_S - 2.0
         n = 0
         while time.monotonic() < deadline:
-            samples["calm"].append(await timed(calm, put if n % 2 else get, 200))
+            took = await timed(calm, put if n % 2 else get, 200)
+            samples["calm"].append(took)
+            samples["calm_write" if n % 2 else "calm_read"].append(took)
             if n % 5 == 0:
                 samples["operator"].append(await timed(operator, status, 200))
             if n % 25 == 0:
@@ -170,6 +183,7 @@ async def flood_and_measure(home: Path, proc: subprocess.Popen[bytes], log: Path
                 samples["fresh"].append(time.perf_counter() - started)
                 fresh.close()
                 peak_rss = max(peak_rss, rss_mb(proc.pid))
+                peak_fds = max(peak_fds, open_fds(proc.pid) - fds_before)
             n += 1
         held_fds = open_fds(proc.pid) - fds_before
         host_cpu = (cpu_s(proc.pid) - cpu_before) / (time.monotonic() - wall_before)
@@ -191,11 +205,14 @@ async def flood_and_measure(home: Path, proc: subprocess.Popen[bytes], log: Path
         "flood": stats,
         "calm_requests": len(samples["calm"]),
         "calm_p99_ms": round(p99(samples["calm"]), 2),
+        "calm_read_p99_ms": round(p99(samples["calm_read"]), 2),
+        "calm_write_p99_ms": round(p99(samples["calm_write"]), 2),
         "operator_p99_ms": round(p99(samples["operator"]), 2),
         "fresh_connection_p99_ms": round(p99(samples["fresh"]), 2),
         "rss_before_mb": round(rss_before, 1),
         "rss_growth_mb": round(growth, 1),
         "host_fds_held_by_flood": held_fds,
+        "host_fds_held_by_flood_peak": peak_fds,
         "log_bytes": log_bytes,
         "host_cpu_fraction": round(host_cpu, 2),
         "load_average": os.getloadavg(),
@@ -203,8 +220,8 @@ async def flood_and_measure(home: Path, proc: subprocess.Popen[bytes], log: Path
     print("\nflood figures:", json.dumps(figures))
     assert stats["attempted"] >= FLOOD_CONNECTIONS
     assert stats["closed_by_host"] > 0  # timeouts fired and the flooder reconnected
-    assert held_fds <= cap + 16  # the agent's cap (plus the calm agent's fresh ones)
-    assert held_fds >= min(cap, FLOOD_CONNECTIONS) - 100  # the host did hold them
+    assert peak_fds <= cap + 16  # the agent's cap (plus the calm agent's fresh ones)
+    assert peak_fds >= min(cap, FLOOD_CONNECTIONS) * 0.8  # the host did hold them
     assert p99(samples["calm"]) < P99_MS, figures
     assert p99(samples["operator"]) < P99_MS, figures
     assert p99(samples["fresh"]) < P99_MS, figures

@@ -181,6 +181,26 @@ async def test_pipelined_requests_are_answered_in_order(home: Path) -> None:
             conn.close()
 
 
+async def test_a_long_pipeline_in_one_write_is_answered_in_order(home: Path) -> None:
+    """2000 requests in one write (past the read-ahead limit and the buffer compaction):
+    each is answered, in order, on the one connection."""
+    async with host_at(home) as (_, sock):
+        conn = await RawConn.open(sock)
+        try:
+            requests = b"".join(
+                request("GET", f"/v1/blackboard/entries/p{i % 7}") for i in range(1999)
+            )
+            requests += request("PUT", "/v1/blackboard/entries/last", b'{"value": "end"}')
+            sender = asyncio.create_task(conn.send(requests))
+            statuses = [(await conn.answer()).status for _ in range(1999)]
+            last = await conn.answer()
+            await sender
+            assert statuses == [404] * 1999
+            assert last.status == 200 and b'"end"' in last.body
+        finally:
+            conn.close()
+
+
 async def test_responses_stay_byte_compatible(home: Path) -> None:
     """Clients (httpx, the openai SDK, the agent runtime) see the same bytes as before."""
     async with host_at(home) as (_, sock):
