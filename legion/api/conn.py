@@ -509,13 +509,26 @@ class Connection(asyncio.BufferedProtocol):
     # --- answering --------------------------------------------------------------------
 
     async def _run(self) -> None:
-        self.serving.began()  # the first step of this request: the next may start
+        serving = self.serving
         request = self.request
         assert request is not None
-        server = self.serving.server
+        server = serving.server
         undelivered: list[Callable[[], None]] = []
         delivered = False
         try:
+            try:
+                if not serving.drained.is_set():
+                    # This socket's answers pile up unread: nothing more of it runs (it
+                    # keeps its turn slot meanwhile) until they drain.
+                    self.cancellable = True
+                    serving.waiting_for_drain += 1
+                    try:
+                        await serving.drained.wait()
+                    finally:
+                        serving.waiting_for_drain -= 1
+                        self.cancellable = False
+            finally:
+                serving.began()  # the first step of this request: the next may start
             response = await server.dispatch(
                 self.serving.listener, request, conn=self, undelivered=undelivered
             )
@@ -629,11 +642,18 @@ class Connection(asyncio.BufferedProtocol):
             if self.gone or transport.is_closing():
                 return False
             data = self._head_bytes(response, len(response.body))
-            transport.write(data if head_only else data + response.body)
+            out = data if head_only else data + response.body
+            transport.write(out)
             if transport.is_closing():
                 return False  # the write failed: the client had already gone
             if self.write_paused:
-                await self._drain()
+                # The answer sits in our buffer until the client reads it: it counts
+                # against the socket's bytes in flight meanwhile.
+                self.serving.sending(len(out))
+                try:
+                    await self._drain()
+                finally:
+                    self.serving.sent(len(out))
             return True
         return await self._stream(response, head_only)
 

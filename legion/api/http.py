@@ -291,6 +291,12 @@ class Serving:
         self.components = path.parent.relative_to(self.root).parts
         self.conns: set[Connection] = set()
         self.inflight = 0
+        # Bytes of answers written but not yet read by the client; past the cap, the
+        # socket's next requests wait (`drained`) before their handlers run.
+        self.outbound = 0
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.waiting_for_drain = 0
         self.inflight_cap = max(listener.limits.max_body_bytes_in_flight, server.max_body_bytes)
         self.rates = Rates(listener.rates) if listener.rates else None
         self.gate = TurnGate(listener.per_turn) if listener.per_turn else None
@@ -319,6 +325,18 @@ class Serving:
             start()
         else:
             self.gate.admit(start)
+
+    def sending(self, count: int) -> None:
+        """`count` bytes of an answer wait in a buffer for the client to read them."""
+        self.outbound += count
+        if self.outbound > self.inflight_cap and self.drained.is_set():
+            self.drained.clear()
+            self.note("answers_unread", bytes=self.outbound, cap=self.inflight_cap)
+
+    def sent(self, count: int) -> None:
+        self.outbound -= count
+        if self.outbound <= self.inflight_cap:
+            self.drained.set()
 
     def began(self) -> None:
         if self.gate is not None:

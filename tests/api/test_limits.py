@@ -334,3 +334,40 @@ async def test_a_flood_of_refusals_is_one_log_line_per_interval(
         assert sum(kinds["protocol_error"]) == 300
         assert sum(kinds["header_timeout"]) == 300
         assert len(reports) <= 12, reports
+
+
+async def test_answers_an_agent_leaves_unread_are_bounded(home: Path) -> None:
+    """issue 7: an agent asking for big answers on many connections and reading none makes
+    the host hold one answer, not one per connection: past its bytes in flight nothing
+    more of it starts until they drain (or the send timeout drops them)."""
+    text = short(conns=16).replace("send_timeout_s = 2.0", "send_timeout_s = 30")
+    async with host_with(home, text) as host:
+        for i in range(10):
+            host.blackboard.put(f"big/{i}", "x" * 60000, "alice")
+        sock = host.paths.agent_socket("alice")
+        serving = host.http._serving[sock]
+        readers = [await RawConn.open(sock) for _ in range(12)]
+        try:
+            for conn in readers:
+                await conn.send(request("GET", "/v1/blackboard/entries?prefix=big/"))
+            async with asyncio.timeout(5):
+                while serving.waiting_for_drain < 1:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            # At most one turn's worth of answers (requests_per_turn = 4) was made.
+            one_answer = 10 * 60000 + 10000
+            assert serving.outbound <= serving.inflight_cap + 4 * one_answer
+            assert serving.waiting_for_drain + len(serving.gate.waiting) >= 12 - 4 - 4
+            bob = await exchange(host.paths.agent_socket("bob"), request("GET", "/v1/whoami"))
+            assert bob.status == 200
+            # The first one read whole: the next gets its turn.
+            answer = await readers[0].answer(timeout_s=10)
+            assert answer.status == 200 and len(answer.body) > 600000
+        finally:
+            for conn in readers:
+                conn.close()
+        async with asyncio.timeout(5):
+            while serving.outbound or serving.waiting_for_drain:
+                await asyncio.sleep(0.01)
+        records = audit.query(host.store.conn, actor="alice")
+        assert any(r.action == "limit.answers_unread" for r in records)
