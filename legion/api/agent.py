@@ -63,10 +63,15 @@ def build_shared_routes(router: Router, host: Host) -> None:
     """Routes both kinds of socket serve: OpenAPI, blackboard, direct messages."""
     bb = host.blackboard
 
+    document: list[bytes] = []  # built on first use (every route is registered by then)
+
     @router.route("GET", "/v1/openapi.json", rate="read")
     async def openapi(call: Call) -> Response:
         """This socket's OpenAPI document."""
-        return Response(200, json.dumps(router.openapi()).encode())
+        # Built once: it takes milliseconds, and any agent may ask for it in a loop.
+        if not document:
+            document.append(json.dumps(router.openapi()).encode())
+        return Response(200, document[0])
 
     @router.route(
         "POST",

@@ -481,6 +481,14 @@ class HttpServer:
                 serving.slot.set()
 
     async def _accept_forever(self, serving: Serving) -> None:
+        while True:
+            try:
+                await self._accept_some(serving)
+            except Exception:  # never stop serving a socket over one bad accept
+                log.exception("accepting on %s failed; going on", serving.listener.path)
+                await asyncio.sleep(0.1)
+
+    async def _accept_some(self, serving: Serving) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if serving.full():
