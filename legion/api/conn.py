@@ -266,11 +266,13 @@ class Connection(asyncio.BufferedProtocol):
     def _start_request(self, parser: h11.Connection, event: h11.Request) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
         target = event.target.decode("latin-1")
-        if "?" in target or "#" in target:
+        if target.startswith("/"):  # origin-form: the path is all before ? or #
+            path, _, rest = target.partition("?")
+            path, query_text = path.partition("#")[0], rest.partition("#")[0]
+        else:  # absolute-form (http://legion/v1/...) or *
             split = urlsplit(target)
-            path, query = split.path, dict(parse_qsl(split.query))
-        else:
-            path, query = target, {}
+            path, query_text = split.path, split.query
+        query = dict(parse_qsl(query_text)) if query_text else {}
         self.http10 = event.http_version != b"1.1"
         self.keep_alive = not self.http10 and not self.half_closed
         if "connection" in headers:
