@@ -79,8 +79,8 @@ class RatesConfig(_Section):
     read: RateBucket = Field(default_factory=lambda: RateBucket(per_s=2000.0, burst=10000))
     write: RateBucket = Field(default_factory=lambda: RateBucket(per_s=1000.0, burst=10000))
     poll: RateBucket = Field(default_factory=lambda: RateBucket(per_s=200.0, burst=1000))
-    llm: RateBucket = Field(default_factory=lambda: RateBucket(per_s=50.0, burst=200))
-    egress: RateBucket = Field(default_factory=lambda: RateBucket(per_s=20.0, burst=100))
+    llm: RateBucket = Field(default_factory=lambda: RateBucket(per_s=100.0, burst=1000))
+    egress: RateBucket = Field(default_factory=lambda: RateBucket(per_s=50.0, burst=500))
 
 
 class LimitsConfig(_Section):
