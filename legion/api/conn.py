@@ -21,82 +21,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import select
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
+from legion.api.framing import (
+    LINGER_BYTES,
+    LINGER_S,
+    MAX_HEAD_BYTES,
+    PIPELINE_BYTES,
+    error_response,
+    hung_up,
+    reason,
+    strict_head_problem,
+)
 from legion.api.httptypes import Request, Response, StreamResponse
 from legion.errors import LegionError
 
 if TYPE_CHECKING:
-    from legion.api.http import Serving
+    from legion.api.serving import Serving
 
 log = logging.getLogger("legion.http")
 
-MAX_HEAD_BYTES = 32 * 1024
-# Bytes of a next (pipelined) request kept while one is being answered; beyond, the
-# connection stops reading until the answer is out.
-PIPELINE_BYTES = MAX_HEAD_BYTES
-# Most bytes one read takes from a socket (into the server's one scratch buffer), so what
-# a connection holds is bounded by its head, its read-ahead and its counted body bytes.
-READ_BYTES = 64 * 1024
-# After a refusal: how long, and how many bytes, the host reads and drops before closing.
-LINGER_S = 2.0
-LINGER_BYTES = 1024 * 1024
-
 IDLE, HEAD, BODY, QUEUED, HANDLING, CLOSED = range(6)
-
-
-def reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
-def error_response(exc: LegionError) -> Response:
-    headers = getattr(exc, "http_headers", None)
-    return Response(
-        exc.status,
-        exc.body().model_dump_json().encode(),
-        headers=headers() if callable(headers) else [],
-    )
-
-
-def strict_head_problem(head: bytes) -> str | None:
-    """What h11 would tolerate in a request head and we refuse (None: nothing)."""
-    if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
-        return "line ends must be CRLF"
-    if b"\n " in head or b"\n\t" in head:
-        return "obs-fold (a header line that starts with whitespace) is not accepted"
-    low = head.lower()
-    lengths = low.count(b"\ncontent-length:")
-    if lengths > 1:
-        return "more than one Content-Length header"
-    if lengths:
-        start = low.index(b"\ncontent-length:") + 16
-        if b"," in low[start : low.index(b"\r\n", start)]:
-            return "Content-Length must be one number"
-        if b"\ntransfer-encoding:" in low:
-            return "both Content-Length and Transfer-Encoding are set; send one"
-    return None
-
-
-def _hung_up(transport: asyncio.BaseTransport) -> bool:
-    """Whether the peer closed its end entirely (POLLHUP), not just its writing half."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return True
-    try:
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLHUP)
-        return any(ev & select.POLLHUP for _, ev in poller.poll(0))
-    except (OSError, ValueError):
-        return True
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -182,7 +131,7 @@ class Connection(asyncio.BufferedProtocol):
             self._arm(self.limits.body_timeout_s, "body")
 
     def eof_received(self) -> bool:
-        if self.state in (QUEUED, HANDLING) and not _hung_up(self._transport()):
+        if self.state in (QUEUED, HANDLING) and not hung_up(self._transport()):
             # Half-closed: the client will read the answer; no keep-alive after it.
             self.half_closed = True
             self.keep_alive = False
