@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ CONFIG = "[host]\nvisibility_timeout_s = 60\n[agents.alice]\n"
 POLL = request("POST", "/v1/inbox/poll", b'{"wait_s": 30}')
 
 
-async def until(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not predicate():
             await asyncio.sleep(0.005)

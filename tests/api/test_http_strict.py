@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -241,4 +242,42 @@ async def test_httpx_streaming_upload_is_accepted(home: Path) -> None:
             pass  # the host refused and closed while the body was still being sent
         else:
             assert response.status_code == 413
-        assert host.blackboard.get("s").value == "streamed"  # type: ignore[union-attr]
+        entry = host.blackboard.get("s")
+        assert entry is not None and entry.value == "streamed"
+
+
+async def test_the_openai_sdk_works_unmodified_over_the_agent_socket(home: Path) -> None:
+    """The official `openai` client (httpx inside) parses our answers, streamed and not."""
+    from openai import AsyncOpenAI
+
+    from legion.gateway.vault import Vault
+    from tests.fakes.provider import FakeProvider
+
+    paths = Paths.resolve(home)
+    paths.home.mkdir(parents=True, exist_ok=True)
+    vault = Vault(paths.vault_db, paths.vault_key)
+    vault.set("provider", "sk-openai-sdk-test-provider-key", tier="system")
+    vault.close()
+    with FakeProvider() as fake:
+        text = f"""
+[llm.models.m]
+model = "openai/fake"
+api_base = "{fake.base_url}"
+credential = "provider"
+input_cost_per_mtok = 1.0
+output_cost_per_mtok = 1.0
+[agents.alice]
+model = "m"
+"""
+        transport = httpx.AsyncHTTPTransport(uds=str(paths.agent_socket("alice")))
+        async with (
+            Host.running(parse_config(text), paths),
+            httpx.AsyncClient(transport=transport) as http,
+        ):
+            client = AsyncOpenAI(base_url="http://legion/v1", api_key="unused", http_client=http)
+            said: Any = [{"role": "user", "content": "hello sdk"}]
+            done = await client.chat.completions.create(model="m", messages=said)
+            assert done.choices[0].message.content == "echo: hello sdk"
+            stream = await client.chat.completions.create(model="m", messages=said, stream=True)
+            parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+            assert "".join(parts) == "echo: hello sdk"
