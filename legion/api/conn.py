@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -31,6 +32,7 @@ from legion.api.framing import (
     LINGER_BYTES,
     LINGER_S,
     MAX_HEAD_BYTES,
+    MAX_HEADERS,
     PIPELINE_BYTES,
     error_response,
     hung_up,
@@ -79,6 +81,7 @@ class Connection(asyncio.BufferedProtocol):
         self.gone = False
         self.half_closed = False
         self.reading_paused = False
+        self.deferred = False  # a complete head waits for the socket's parse budget
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.fresh = True  # no request yet on this connection
@@ -107,9 +110,7 @@ class Connection(asyncio.BufferedProtocol):
                     self.transport.close()
                 return
             self.buf += data
-            if len(self.buf) - self.pos > PIPELINE_BYTES and not self.reading_paused:
-                self.reading_paused = True
-                self._transport().pause_reading()
+            self._maybe_pause()
             return
         if state == BODY:
             if self.parser is None:
@@ -121,7 +122,20 @@ class Connection(asyncio.BufferedProtocol):
                 self.state = HEAD
             self.buf += data
             self._try_head()
+            self._maybe_pause()
         self._arm_for_state()
+
+    def _maybe_pause(self) -> None:
+        """Stop reading while more than a head and a read-ahead wait unparsed."""
+        if not self.reading_paused and len(self.buf) - self.pos > PIPELINE_BYTES:
+            self.reading_paused = True
+            self._transport().pause_reading()
+
+    def _maybe_resume(self) -> None:
+        """Read again once what waits unparsed is below the read-ahead limit."""
+        if self.reading_paused and len(self.buf) - self.pos <= PIPELINE_BYTES:
+            self.reading_paused = False
+            self._transport().resume_reading()
 
     def _arm_for_state(self) -> None:
         if self.state == HEAD:
@@ -187,6 +201,19 @@ class Connection(asyncio.BufferedProtocol):
         if end + 4 - pos > MAX_HEAD_BYTES:
             self._refuse(431, "head_too_large", "request head too large")
             return
+        if buf.count(b"\r\n", pos, end) > MAX_HEADERS:
+            self._refuse(431, "head_too_large", f"more than {MAX_HEADERS} header lines")
+            return
+        wait = self.serving.parse_wait()
+        if wait:
+            # This socket has used its share of parsing time: read nothing more from
+            # this connection and parse its head a little later.
+            if not self.reading_paused:
+                self.reading_paused = True
+                self._transport().pause_reading()
+            self.deferred = True
+            self.loop.call_later(wait, self._parse_later)
+            return
         head = bytes(buf[pos : end + 4])
         self.pos = self.scanned = end + 4
         problem = strict_head_problem(head)
@@ -194,16 +221,28 @@ class Connection(asyncio.BufferedProtocol):
             self._refuse(400, "malformed_request", f"malformed HTTP request: {problem}")
             return
         parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        started = perf_counter()
         parser.receive_data(head)
         try:
             event = parser.next_event()
         except h11.RemoteProtocolError as exc:
             self._protocol_error(exc)
             return
+        finally:
+            self.serving.parsed(perf_counter() - started)
         if not isinstance(event, h11.Request):  # pragma: no cover - a full head is a Request
             self._refuse(400, "malformed_request", "malformed HTTP request")
             return
         self._start_request(parser, event)
+
+    def _parse_later(self) -> None:
+        self.deferred = False
+        if self.state != HEAD or self.gone:
+            return
+        self._try_head()
+        if not self.deferred:
+            self._maybe_resume()
+        self._arm_for_state()
 
     def _take_rest(self) -> bytes:
         """What is buffered beyond the head, handed over whole (the buffer is emptied)."""
@@ -519,12 +558,11 @@ class Connection(asyncio.BufferedProtocol):
                 transport.close()
             return
         self.state = IDLE
-        if self.reading_paused:
-            self.reading_paused = False
-            transport.resume_reading()
         if self.pos < len(self.buf):
             self.state = HEAD
             self._try_head()
+            if not self.deferred:
+                self._maybe_resume()
             if self.state == HEAD:
                 self._arm(self.limits.header_timeout_s, "header")
             elif self.state == BODY:
@@ -532,6 +570,7 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self.buf.clear()
             self.pos = self.scanned = 0
+            self._maybe_resume()
             self._arm(self.limits.idle_timeout_s, "idle")
 
     def _release(self) -> None:

@@ -14,6 +14,8 @@ from legion.api.httptypes import Response
 from legion.errors import LegionError
 
 MAX_HEAD_BYTES = 32 * 1024
+# Header lines a request may have (h11 parses each; thousands would cost milliseconds).
+MAX_HEADERS = 100
 # Bytes of a next (pipelined) request kept while one is being answered; beyond, the
 # connection stops reading until the answer is out.
 PIPELINE_BYTES = MAX_HEAD_BYTES

@@ -140,6 +140,30 @@ class TurnGate:
             self.starting -= 1
 
 
+class ParseBudget:
+    """Time one socket may spend in the HTTP parser: `share` of the wall clock, in bursts
+    of up to `burst_s`. Past it, its next head is parsed a little later (its connection
+    reads nothing meanwhile), so no agent's request heads take the loop from the others."""
+
+    __slots__ = ("burst_s", "share", "stamp", "tokens")
+
+    def __init__(self, share: float = 0.25, burst_s: float = 0.02) -> None:
+        self.share = share
+        self.burst_s = burst_s
+        self.tokens = burst_s
+        self.stamp = time.monotonic()
+
+    def wait(self) -> float:
+        """0.0 when a head may be parsed now, else the seconds until it may."""
+        now = time.monotonic()
+        self.tokens = min(self.burst_s, self.tokens + (now - self.stamp) * self.share)
+        self.stamp = now
+        return 0.0 if self.tokens > 0 else -self.tokens / self.share + 0.001
+
+    def spent(self, seconds: float) -> None:
+        self.tokens -= seconds
+
+
 Emit = Callable[[str, str, int, dict[str, Any]], None]
 
 

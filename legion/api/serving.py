@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from legion.api.limits import Rate, Rates, TurnGate
+from legion.api.limits import ParseBudget, Rate, Rates, TurnGate
 from legion.config import SocketLimits
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class Serving:
         self.inflight_cap = max(listener.limits.max_body_bytes_in_flight, server.max_body_bytes)
         self.rates = Rates(listener.rates) if listener.rates else None
         self.gate = TurnGate(listener.per_turn) if listener.per_turn else None
+        self.parsing = ParseBudget() if listener.per_turn else None
         self.slot = asyncio.Event()
         self.pending = 0  # accepted, transport not yet made
         self.accepting: asyncio.Task[None] | None = None
@@ -88,6 +89,13 @@ class Serving:
             self.server.shared_conns -= 1
             self.server.shared_slot_freed()
         self.server.fd_freed.set()
+
+    def parse_wait(self) -> float:
+        return self.parsing.wait() if self.parsing is not None else 0.0
+
+    def parsed(self, seconds: float) -> None:
+        if self.parsing is not None:
+            self.parsing.spent(seconds)
 
     def admit(self, start: Callable[[], bool]) -> None:
         if self.gate is None:
