@@ -73,6 +73,16 @@ async def test_lenient_framing_is_refused(home: Path, head: bytes, why: str) -> 
         assert ok.status == 200
 
 
+async def test_a_head_of_more_than_100_header_lines_is_refused(home: Path) -> None:
+    """Each header line costs h11 parsing time: 100 is the most a head may have."""
+    async with host_at(home) as (_, sock):
+        many = [(f"x-h{i}", "v") for i in range(99)]
+        assert (await exchange(sock, request("GET", "/v1/whoami", headers=many))).status == 200
+        many.append(("x-h99", "v"))
+        refused = await exchange(sock, request("GET", "/v1/whoami", headers=many))
+        assert refused.status == 431
+
+
 async def test_bare_lf_and_missing_host_are_refused(home: Path) -> None:
     async with host_at(home) as (_, sock):
         bare = await exchange(sock, b"GET /v1/whoami HTTP/1.1\nhost: x\n\n")
