@@ -142,12 +142,13 @@ class TurnGate:
 
 class ParseBudget:
     """Time one socket may spend in the HTTP parser: `share` of the wall clock, in bursts
-    of up to `burst_s`. Past it, its next head is parsed a little later (its connection
-    reads nothing meanwhile), so no agent's request heads take the loop from the others."""
+    of up to `burst_s` (2 ms: what one turn of the loop may spend on one socket's heads).
+    Past it, its next head is parsed a little later (its connection reads nothing
+    meanwhile), so no agent's request heads take the loop from the others."""
 
     __slots__ = ("burst_s", "share", "stamp", "tokens")
 
-    def __init__(self, share: float = 0.25, burst_s: float = 0.02) -> None:
+    def __init__(self, share: float = 0.25, burst_s: float = 0.002) -> None:
         self.share = share
         self.burst_s = burst_s
         self.tokens = burst_s
