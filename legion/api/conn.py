@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from random import random
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -185,7 +186,8 @@ class Connection(asyncio.BufferedProtocol):
         assert self.transport is not None
         return self.transport
 
-    def _try_head(self) -> None:
+    def _try_head(self, admitted: bool = False) -> None:
+        """Parse the next head if it is complete (`admitted`: the parse budget said yes)."""
         buf, pos = self.buf, self.pos
         end = buf.find(b"\r\n\r\n", max(pos, self.scanned - 3))
         if end < 0:
@@ -204,15 +206,13 @@ class Connection(asyncio.BufferedProtocol):
         if buf.count(b"\r\n", pos, end) > MAX_HEADERS:
             self._refuse(431, "head_too_large", f"more than {MAX_HEADERS} header lines")
             return
-        wait = self.serving.parse_wait()
-        if wait:
+        if not admitted and not self.serving.may_parse(self):
             # This socket has used its share of parsing time: read nothing more from
-            # this connection and parse its head a little later.
+            # this connection; the socket parses its waiting heads in turn, later.
             if not self.reading_paused:
                 self.reading_paused = True
                 self._transport().pause_reading()
             self.deferred = True
-            self.loop.call_later(wait, self._parse_later)
             return
         head = bytes(buf[pos : end + 4])
         self.pos = self.scanned = end + 4
@@ -235,13 +235,13 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._start_request(parser, event)
 
-    def _parse_later(self) -> None:
+    def parse_now(self) -> None:
+        """The socket's parse budget admits this connection's waiting head."""
         self.deferred = False
         if self.state != HEAD or self.gone:
             return
-        self._try_head()
-        if not self.deferred:
-            self._maybe_resume()
+        self._try_head(admitted=True)
+        self._maybe_resume()
         self._arm_for_state()
 
     def _take_rest(self) -> bytes:
@@ -441,7 +441,9 @@ class Connection(asyncio.BufferedProtocol):
     # timer per request); the timer, when it fires early, re-arms for what is left.
 
     def _arm(self, delay: float, kind: str) -> None:
-        self.deadline = self.loop.time() + delay
+        # Up to a quarter more, at random: connections a flood opened together then time
+        # out spread over time, not all in one turn of the loop.
+        self.deadline = self.loop.time() + delay * (1.0 + 0.25 * random())
         self.timer_kind = kind
         timer = self.timer
         if timer is not None and timer.when() > self.deadline:

@@ -342,6 +342,8 @@ class HttpServer:
             serving.accepting.cancel()
             await asyncio.gather(serving.accepting, return_exceptions=True)
         serving.sock.close()
+        if serving.parse_timer is not None:
+            serving.parse_timer.cancel()
         path = serving.listener.path
         sockpath.unlink_if_ours(serving.root, serving.components, path.name, serving.inode)
         if drop:

@@ -141,10 +141,12 @@ class TurnGate:
 
 
 class ParseBudget:
-    """Time one socket may spend in the HTTP parser: `share` of the wall clock, in bursts
-    of up to `burst_s` (2 ms: what one turn of the loop may spend on one socket's heads).
-    Past it, its next head is parsed a little later (its connection reads nothing
-    meanwhile), so no agent's request heads take the loop from the others."""
+    """Time one socket may spend in the HTTP parser: `share` of the host's CPU time, in
+    bursts of up to `burst_s` (2 ms: what one turn of the loop may spend on one socket's
+    heads). Past it, its next head is parsed a little later (its connection reads nothing
+    meanwhile), so no agent's request heads take the loop from the others. The budget
+    refills with the process's CPU time, not the wall clock: a host short of CPU (a busy
+    machine) gives a flood less, not the same wall-clock share of less."""
 
     __slots__ = ("burst_s", "share", "stamp", "tokens")
 
@@ -152,11 +154,11 @@ class ParseBudget:
         self.share = share
         self.burst_s = burst_s
         self.tokens = burst_s
-        self.stamp = time.monotonic()
+        self.stamp = time.process_time()
 
     def wait(self) -> float:
-        """0.0 when a head may be parsed now, else the seconds until it may."""
-        now = time.monotonic()
+        """0.0 when a head may be parsed now, else (about) the seconds until it may."""
+        now = time.process_time()
         self.tokens = min(self.burst_s, self.tokens + (now - self.stamp) * self.share)
         self.stamp = now
         return 0.0 if self.tokens > 0 else -self.tokens / self.share + 0.001

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,8 @@ class Serving:
         self.rates = Rates(listener.rates) if listener.rates else None
         self.gate = TurnGate(listener.per_turn) if listener.per_turn else None
         self.parsing = ParseBudget() if listener.per_turn else None
+        self.parse_queue: deque[Connection] = deque()
+        self.parse_timer: asyncio.TimerHandle | None = None
         self.slot = asyncio.Event()
         self.pending = 0  # accepted, transport not yet made
         self.accepting: asyncio.Task[None] | None = None
@@ -90,12 +93,33 @@ class Serving:
             self.server.shared_slot_freed()
         self.server.fd_freed.set()
 
-    def parse_wait(self) -> float:
-        return self.parsing.wait() if self.parsing is not None else 0.0
+    def may_parse(self, conn: Connection) -> bool:
+        """Whether `conn` may parse a head now; if not it waits its turn (`parse_now`)."""
+        if self.parsing is None:
+            return True
+        if not self.parse_queue:
+            wait = self.parsing.wait()
+            if not wait:
+                return True
+            self.parse_timer = asyncio.get_running_loop().call_later(wait, self._parse_next)
+        self.parse_queue.append(conn)
+        return False
 
     def parsed(self, seconds: float) -> None:
         if self.parsing is not None:
             self.parsing.spent(seconds)
+
+    def _parse_next(self) -> None:
+        """Let waiting heads be parsed, oldest first, while the budget allows."""
+        self.parse_timer = None
+        assert self.parsing is not None
+        while self.parse_queue:
+            wait = self.parsing.wait()
+            if wait:
+                loop = asyncio.get_running_loop()
+                self.parse_timer = loop.call_later(wait, self._parse_next)
+                return
+            self.parse_queue.popleft().parse_now()
 
     def admit(self, start: Callable[[], bool]) -> None:
         if self.gate is None:

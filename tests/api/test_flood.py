@@ -6,9 +6,10 @@ priority standing in for its container's CPU limit) keeps 3000 connections at it
 socket for FLOOD_S seconds: a third silent, a third with half a head
 trickled a byte at a time, a third with a head announcing a 1 MB body of which 8 KiB
 are sent; every connection the host drops, and every connect the kernel refuses, is
-tried again at once. Header and body timeouts are 2 s here (defaults otherwise: 128
-connections per agent) so the host also churns: it accepts, times out and refuses
-without pause while being measured.
+tried again at once. At the default cap (128 connections per agent) the header and
+body timeouts are 2 s here, so the host also churns: it accepts, times out and refuses
+without pause while being measured; with the cap raised to 4000 the timeouts are the
+default 10 s, so the host holds all 3000 connections for the whole flood.
 
 Meanwhile the `calm` agent makes sequential requests (blackboard reads and writes, over a
 keep-alive connection and over fresh ones) and the operator asks for the host status.
@@ -48,8 +49,8 @@ durability = "normal"
 [runtime]
 backend = "none"
 [limits.agent]
-header_timeout_s = 2.0
-body_timeout_s = 2.0
+header_timeout_s = {timeout}
+body_timeout_s = {timeout}
 max_connections = {cap}
 [agents.flood]
 [agents.calm]
@@ -122,7 +123,10 @@ async def test_one_agent_flooding_its_socket_starves_nobody(
     requests pipelined as fast as the host takes them (heads of 100 header lines, denied
     writes, OpenAPI documents). Each time, the other agent and the operator are answered
     within P99_MS and the host's memory stays within RSS_GROWTH_MB."""
-    (home / "legion.toml").write_text(CONFIG.format(cap=cap))
+    # Timeouts of 2 s make the host churn (accept, time out, refuse) all along; where it
+    # holds thousands, the default 10 s: they are all held for the whole flood.
+    timeout = 10.0 if cap > 128 else 2.0
+    (home / "legion.toml").write_text(CONFIG.format(cap=cap, timeout=timeout))
     log = tmp_path / "daemon.log"
     proc = start_daemon(home, log)
     try:
@@ -147,6 +151,10 @@ async def flood_and_measure(
         await timed(calm, put, 200)
         await timed(calm, get, 200)
         await timed(operator, status, 200)
+    baseline: list[float] = []
+    quiet_until = time.monotonic() + 2.0
+    while time.monotonic() < quiet_until:  # the same requests, no flood: for comparison
+        baseline.append(await timed(calm, put if len(baseline) % 2 else get, 200))
     rss_before, fds_before = rss_mb(proc.pid), open_fds(proc.pid)
 
     flooder = subprocess.Popen(
@@ -184,7 +192,7 @@ async def flood_and_measure(
             samples["calm_write" if n % 2 else "calm_read"].append(took)
             if n % 5 == 0:
                 samples["operator"].append(await timed(operator, status, 200))
-            if n % 25 == 0:
+            if n % 5 == 0:
                 started = time.perf_counter()
                 fresh = await RawConn.open(calm_sock)
                 await timed(fresh, request("GET", "/v1/whoami"), 200)
@@ -212,12 +220,17 @@ async def flood_and_measure(
         "cap": cap,
         "mode": mode,
         "flood": stats,
+        "baseline_p99_ms": round(p99(baseline), 2),
         "calm_requests": len(samples["calm"]),
         "calm_p99_ms": round(p99(samples["calm"]), 2),
         "calm_read_p99_ms": round(p99(samples["calm_read"]), 2),
         "calm_write_p99_ms": round(p99(samples["calm_write"]), 2),
         "operator_p99_ms": round(p99(samples["operator"]), 2),
         "fresh_connection_p99_ms": round(p99(samples["fresh"]), 2),
+        "fresh_connection_p50_ms": round(
+            sorted(samples["fresh"])[len(samples["fresh"]) // 2] * 1000, 2
+        ),
+        "fresh_connections": len(samples["fresh"]),
         "rss_before_mb": round(rss_before, 1),
         "rss_growth_mb": round(growth, 1),
         "host_fds_held_by_flood": held_fds,
@@ -229,7 +242,8 @@ async def flood_and_measure(
     print("\nflood figures:", json.dumps(figures))
     if mode == "connections":
         assert stats["attempted"] >= count
-        assert stats["closed_by_host"] > 0  # timeouts fired and the flooder reconnected
+        if cap == 128:
+            assert stats["closed_by_host"] > 0  # timeouts fired and the flooder reconnected
     else:
         assert stats["batches"] > 100 and stats["bytes_received"] > 1_000_000
     assert peak_fds <= cap + 16  # the agent's cap (plus the calm agent's fresh ones)
