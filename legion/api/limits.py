@@ -28,6 +28,8 @@ from legion.errors import LegionError
 # provider and egress pools, Docker, log files, the control socket's own cap).
 RESERVED_FDS = 256
 OPEN_FILES_CEILING = 1 << 20
+# The parse budget refills at least at this fraction of the wall clock (see ParseBudget).
+IDLE_FLOOR = 0.2
 
 
 class RateLimited(LegionError):
@@ -144,23 +146,28 @@ class ParseBudget:
     """Time one socket may spend in the HTTP parser: `share` of the host's CPU time, in
     bursts of up to `burst_s` (2 ms: what one turn of the loop may spend on one socket's
     heads). Past it, its next head is parsed a little later (its connection reads nothing
-    meanwhile), so no agent's request heads take the loop from the others. The budget
-    refills with the process's CPU time, not the wall clock: a host short of CPU (a busy
-    machine) gives a flood less, not the same wall-clock share of less."""
+    meanwhile), so no agent's request heads take the loop from the others.
 
-    __slots__ = ("burst_s", "share", "stamp", "tokens")
+    The budget refills with the process's CPU time, not the wall clock: a host short of
+    CPU (a busy machine) gives a flood a share of what it gets, not of the wall clock. A
+    fifth of the wall clock is the floor, so a head waiting while the host idles is not
+    kept waiting for CPU time nobody spends."""
+
+    __slots__ = ("burst_s", "cpu", "share", "tokens", "wall")
 
     def __init__(self, share: float = 0.25, burst_s: float = 0.002) -> None:
         self.share = share
         self.burst_s = burst_s
         self.tokens = burst_s
-        self.stamp = time.process_time()
+        self.cpu = time.process_time()
+        self.wall = time.monotonic()
 
     def wait(self) -> float:
         """0.0 when a head may be parsed now, else (about) the seconds until it may."""
-        now = time.process_time()
-        self.tokens = min(self.burst_s, self.tokens + (now - self.stamp) * self.share)
-        self.stamp = now
+        cpu, wall = time.process_time(), time.monotonic()
+        earned = max(cpu - self.cpu, (wall - self.wall) * IDLE_FLOOR) * self.share
+        self.tokens = min(self.burst_s, self.tokens + earned)
+        self.cpu, self.wall = cpu, wall
         return 0.0 if self.tokens > 0 else -self.tokens / self.share + 0.001
 
     def spent(self, seconds: float) -> None:
