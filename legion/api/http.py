@@ -40,7 +40,7 @@ from legion.api import sockpath
 from legion.api.conn import Connection
 from legion.api.framing import MAX_HEAD_BYTES, READ_BYTES, error_response
 from legion.api.httptypes import Call, Request, Response, StreamResponse
-from legion.api.limits import RESERVED_FDS, Throttle, raise_open_files_limit
+from legion.api.limits import RESERVED_FDS, GateBoard, Throttle, raise_open_files_limit
 from legion.api.serving import Listener, Serving
 from legion.errors import LegionError
 from legion.paths import MAX_SOCKET_PATH
@@ -270,6 +270,7 @@ class HttpServer:
         self._serving: dict[Path, Serving] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.adopting: set[asyncio.Task[Any]] = set()
+        self.gates = GateBoard()  # which sockets compete for turns right now
         # Every read of every connection lands here first (the loop reads one socket at
         # a time), so no read is larger than READ_BYTES.
         self.scratch = memoryview(bytearray(READ_BYTES))

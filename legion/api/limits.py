@@ -28,6 +28,8 @@ from legion.errors import LegionError
 # provider and egress pools, Docker, log files, the control socket's own cap).
 RESERVED_FDS = 256
 OPEN_FILES_CEILING = 1 << 20
+# A socket is alone (its requests are not gated) once no other has started one for this.
+ALONE_AFTER_S = 0.1
 # The parse budget refills at least at this fraction of the wall clock (see ParseBudget).
 IDLE_FLOOR = 0.2
 
@@ -110,36 +112,77 @@ class Rates:
             )
 
 
+class GateBoard:
+    """Which sockets started requests lately (shared by the gates of one server): the two
+    most recent distinct starters and when, enough to tell whether a socket is alone."""
+
+    __slots__ = ("last", "last_at", "prev", "prev_at")
+
+    def __init__(self) -> None:
+        self.last: object = None
+        self.last_at = -1e9
+        self.prev: object = None
+        self.prev_at = -1e9
+
+    def started(self, gate: object, now: float) -> None:
+        if self.last is not gate:
+            self.prev, self.prev_at = self.last, self.last_at
+            self.last = gate
+        self.last_at = now
+
+    def others_since(self, gate: object, since: float) -> bool:
+        """Whether a socket other than `gate` started a request since `since`."""
+        if self.last is not gate:
+            return self.last is not None and self.last_at >= since
+        return self.prev is not None and self.prev_at >= since
+
+
 class TurnGate:
-    """At most `per_turn` of one socket's requests start their handlers per loop turn.
+    """At most `per_turn` of one socket's requests start their handlers per loop turn
+    while other sockets are active (another one started a request in the last
+    `ALONE_AFTER_S`); a socket alone on the host starts all of its requests at once.
 
     A started request's task runs its first step in the next turn of the event loop;
     `began()`, called from that first step, lets the next waiting request start (its own
     first step comes a turn later). So no more than `per_turn` first steps of one socket
-    are ever in the loop's ready queue together, without a callback of its own per request.
+    are in the loop's ready queue together when sockets compete, without a callback of
+    its own per request; a burst from one agent on an otherwise quiet host goes at once.
     """
 
-    def __init__(self, per_turn: int) -> None:
+    def __init__(self, per_turn: int, board: GateBoard | None = None) -> None:
         self.per_turn = per_turn
+        self.board = board or GateBoard()
         self.starting = 0
         self.waiting: deque[Callable[[], bool]] = deque()
 
+    def _alone(self, now: float) -> bool:
+        return not self.board.others_since(self, now - ALONE_AFTER_S)
+
+    def _start(self, start: Callable[[], bool], now: float) -> bool:
+        self.starting += 1
+        if start():
+            self.board.started(self, now)
+            return True
+        self.starting -= 1
+        return False
+
     def admit(self, start: Callable[[], bool]) -> None:
         """`start()` starts the request (True) or finds it gone (False)."""
-        if self.starting < self.per_turn and not self.waiting:
-            self.starting += 1
-            if not start():
-                self.starting -= 1
+        now = time.monotonic()
+        if not self.waiting and (self.starting < self.per_turn or self._alone(now)):
+            self._start(start, now)
             return
         self.waiting.append(start)
 
     def began(self) -> None:
         self.starting -= 1
-        while self.waiting and self.starting < self.per_turn:
-            self.starting += 1
-            if self.waiting.popleft()():
-                break
-            self.starting -= 1
+        if not self.waiting:
+            return
+        now = time.monotonic()
+        alone = self._alone(now)
+        while self.waiting and (self.starting < self.per_turn or alone):
+            if self._start(self.waiting.popleft(), now) and not alone:
+                return
 
 
 class ParseBudget:

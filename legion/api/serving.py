@@ -69,7 +69,7 @@ class Serving:
         self.waiting_for_drain = 0
         self.inflight_cap = max(listener.limits.max_body_bytes_in_flight, server.max_body_bytes)
         self.rates = Rates(listener.rates) if listener.rates else None
-        self.gate = TurnGate(listener.per_turn) if listener.per_turn else None
+        self.gate = TurnGate(listener.per_turn, server.gates) if listener.per_turn else None
         self.parsing = ParseBudget() if listener.per_turn else None
         self.parse_queue: deque[Connection] = deque()
         self.parse_timer: asyncio.TimerHandle | None = None
