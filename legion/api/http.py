@@ -65,7 +65,7 @@ __all__ = [
 log = logging.getLogger("legion.http")
 
 BACKLOG = 128
-# Connections one socket accepts in one turn of the event loop.
+# Connections one socket accepts in one turn of the event loop while others are active.
 ACCEPTS_PER_TURN = 16
 
 Handler = Callable[[Call], Awaitable[BaseModel | Response | StreamResponse]]
@@ -398,8 +398,11 @@ class HttpServer:
                 continue
             self._adopt(serving, conn_sock)
             # Take more of the backlog in the same turn (a burst of connections is served
-            # together), a bounded number, so a flood of connects is spread over turns.
-            for _ in range(ACCEPTS_PER_TURN - 1):
+            # together); while other sockets are active, a bounded number, so a flood of
+            # connects is spread over turns.
+            gate = serving.gate
+            batch = ACCEPTS_PER_TURN if gate is not None and not gate.alone() else BACKLOG
+            for _ in range(batch - 1):
                 if serving.full():
                     break
                 try:

@@ -158,6 +158,10 @@ class TurnGate:
     def _alone(self, now: float) -> bool:
         return not self.board.others_since(self, now - ALONE_AFTER_S)
 
+    def alone(self) -> bool:
+        """Whether no other socket has started a request lately."""
+        return self._alone(time.monotonic())
+
     def _start(self, start: Callable[[], bool], now: float) -> bool:
         self.starting += 1
         if start():
