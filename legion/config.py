@@ -97,6 +97,53 @@ class HostConfig(_Section):
     blackboard: BlackboardConfig = Field(default_factory=BlackboardConfig)
 
 
+class SocketLimits(_Section):
+    """Limits of one socket's connections (each agent socket has its own set)."""
+
+    max_connections: int = Field(default=128, ge=1, le=100_000)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=86400)
+    send_timeout_s: float = Field(default=60.0, gt=0, le=86400)
+    max_body_bytes_in_flight: int = Field(default=16 * 1024 * 1024, ge=1024, le=2**34)
+
+
+def _control_limits() -> SocketLimits:
+    return SocketLimits(
+        max_connections=256,
+        header_timeout_s=30.0,
+        body_timeout_s=120.0,
+        idle_timeout_s=300.0,
+        send_timeout_s=300.0,
+        max_body_bytes_in_flight=64 * 1024 * 1024,
+    )
+
+
+class RateBucket(_Section):
+    """A token bucket: `burst` requests at once, refilled at `per_s` a second."""
+
+    per_s: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(ge=1, le=10_000_000)
+
+
+class RatesConfig(_Section):
+    """Per agent, per route class (each agent route names its class in the route table)."""
+
+    read: RateBucket = Field(default_factory=lambda: RateBucket(per_s=2000.0, burst=10000))
+    write: RateBucket = Field(default_factory=lambda: RateBucket(per_s=1000.0, burst=10000))
+    poll: RateBucket = Field(default_factory=lambda: RateBucket(per_s=200.0, burst=1000))
+    llm: RateBucket = Field(default_factory=lambda: RateBucket(per_s=100.0, burst=1000))
+    egress: RateBucket = Field(default_factory=lambda: RateBucket(per_s=50.0, burst=500))
+
+
+class LimitsConfig(_Section):
+    requests_per_turn: int = Field(default=4, ge=1, le=10_000)
+    log_interval_s: float = Field(default=10.0, gt=0, le=86400)
+    agent: SocketLimits = Field(default_factory=SocketLimits)
+    control: SocketLimits = Field(default_factory=_control_limits)
+    rates: RatesConfig = Field(default_factory=RatesConfig)
+
+
 class BudgetConfig(_Section):
     daily_usd: Usd | None = None
     monthly_usd: Usd | None = None
@@ -288,6 +335,7 @@ class AutomationConfig(_Section):
 
 class Config(_Section):
     host: HostConfig = Field(default_factory=HostConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     egress: EgressConfig = Field(default_factory=EgressConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

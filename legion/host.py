@@ -17,16 +17,17 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from legion.api.agent import build_agent_router, require_agent
 from legion.api.control import build_control_router, host_status
 from legion.api.http import Call, HttpServer, Listener, Route, Router
+from legion.api.limits import Rate
 from legion.api.masking import mask_routes
 from legion.automation.scheduler import Automation
 from legion.browser.manager import Browsers
 from legion.config import Config
-from legion.errors import InboxFull
+from legion.errors import InboxFull, LegionError
 from legion.events import EventBus
 from legion.fleet.backend import RuntimeBackend
 from legion.fleet.supervisor import Fleet
@@ -52,6 +53,9 @@ from legion.wire.agent import (
 )
 from legion.wire.api import HostStatus
 from legion.wire.events import AgentReply, AuditAppended, HostStarted, HostStopping
+
+if TYPE_CHECKING:
+    from legion.api.sockpath import Moved
 
 log = logging.getLogger("legion.host")
 
@@ -122,7 +126,12 @@ class Host:
         self.egress = self._make_egress()
         # No server-wide redaction hook: masking is per route (`_control_router`,
         # `_agent_router`), so an agent's own input is never matched against the vault.
-        self.http = HttpServer(max_body_bytes=config.host.max_body_bytes, authorize=self._authorize)
+        self.http = HttpServer(
+            max_body_bytes=config.host.max_body_bytes,
+            authorize=self._authorize,
+            on_limit=self._limit_reached,
+            log_interval_s=config.limits.log_interval_s,
+        )
         self.last_seen: dict[str, float] = {}
         self.last_poll: dict[str, float] = {}  # when each agent last polled its inbox
         self._stop = asyncio.Event()
@@ -173,9 +182,14 @@ class Host:
                     "inbox items made visible again after restart",
                     extra={"fields": {"count": recovered}},
                 )
-            await host.http.listen(
-                Listener(paths.control_socket, "operator", host._control_router())
+            control = Listener(
+                paths.control_socket,
+                "operator",
+                host._control_router(),
+                limits=config.limits.control,
+                shared_budget=False,
             )
+            host._moved_aside("operator", await host.http.listen(control))
             for name in config.agents:
                 await host.open_agent_socket(name)
             # The host owns its background tasks: created here, cancelled and awaited below.
@@ -221,10 +235,59 @@ class Host:
                 handler.removeFilter(log_filter)
 
     async def open_agent_socket(self, name: str) -> None:
+        """Serve `name`'s socket, whatever its folder holds: what an agent left at the
+        socket path is moved aside (logged, audited), never followed, and never stops the
+        host from starting; a socket that cannot be served is logged and audited."""
         owner = self.fleet.owner() if self.fleet.backend is not None else None
-        await self.http.listen(
-            Listener(self.paths.agent_socket(name), name, self._agent_router(name), owner=owner)
+        limits = self.config.limits
+        rates = limits.rates
+        listener = Listener(
+            self.paths.agent_socket(name),
+            name,
+            self._agent_router(name),
+            # Root: the folder (the agent's, 0700) is the fence, the socket needs no chown.
+            mode=0o666 if owner is not None else 0o600,
+            owner=owner,
+            limits=limits.agent,
+            rates={
+                bucket: Rate(getattr(rates, bucket).per_s, getattr(rates, bucket).burst)
+                for bucket in type(rates).model_fields
+            },
+            per_turn=limits.requests_per_turn,
+            trusted_root=self.paths.run,
         )
+        try:
+            self._moved_aside(name, await self.http.listen(listener))
+        except (LegionError, OSError) as exc:
+            log.error(
+                "cannot serve an agent socket; the agent cannot reach the host",
+                extra={"fields": {"agent": name, "error": str(exc)}},
+            )
+            self.audit.append("host", "socket.unavailable", name, "deny", error=str(exc))
+
+    async def ensure_agent_socket(self, name: str) -> None:
+        """Before an agent (re)starts: its socket is still the one the host bound, or it
+        is bound afresh (an agent may have removed or replaced it before it exited)."""
+        if not self.http.is_serving(self.paths.agent_socket(name)):
+            await self.open_agent_socket(name)
+
+    def _moved_aside(self, principal: str, moved: list[Moved]) -> None:
+        for item in moved:
+            self.audit.append(
+                "host",
+                "socket.moved_aside",
+                principal,
+                "deny",
+                path=item.path,
+                kind=item.kind,
+                moved_to=item.moved_to,
+            )
+
+    def _limit_reached(self, principal: str, kind: str, count: int, fields: dict[str, Any]) -> None:
+        """A socket limit was hit (reported at most once per interval, with the count)."""
+        if kind == "protocol_error":
+            return  # malformed requests are logged (throttled), not audited
+        self.audit.append(principal, f"limit.{kind}", principal, "deny", count=count, **fields)
 
     async def reopen_control_socket(self) -> None:
         """Serve run/control.sock afresh (it was deleted or replaced under the running host);
@@ -271,7 +334,9 @@ class Host:
         now; [host] settings need a restart (reported, not applied)."""
         old_agents = set(self.config.agents)
         new_agents = set(new.agents)
-        restart_needed = [] if new.host == self.config.host else ["host"]
+        restart_needed = [
+            s for s in ("host", "limits") if getattr(new, s) != getattr(self.config, s)
+        ]
         for name in sorted(old_agents - new_agents):
             await self.fleet.forget(name)
             await self.http.unlisten(self.paths.agent_socket(name))
