@@ -477,7 +477,7 @@ def build_agent_router(host: Host, agent: str) -> Router:
         host.bus.publish(AgentHeartbeat(at=at, agent=call.principal, status=body.status))
         return HeartbeatResponse(agent=call.principal, at=at)
 
-    @router.route("GET", "/v1/models", response=ModelList)
+    @router.route("GET", "/v1/models", response=ModelList, rate="read")
     async def list_models(call: Call) -> ModelList:
         """OpenAI-compatible: the models the caller may use, with their context window and
         output limit under `legion` (its own models only: nothing to authorize)."""
@@ -514,12 +514,23 @@ def build_browser_routes(router: Router, host: Host) -> None:
 
         act.__name__ = f"browser_{name}"
         act.__doc__ = f"Browser: {name} (see legion.wire.browser.{model.__name__})."
+        # Browser actions make web traffic: the egress bucket.
         router.route(
-            "POST", f"/v1/browser/{name}", body=model, response=BrowserResult, policy=browser
+            "POST",
+            f"/v1/browser/{name}",
+            body=model,
+            response=BrowserResult,
+            policy=browser,
+            rate="egress",
         )(act)
 
     @router.route(
-        "POST", "/v1/browser/request_human", body=HumanRequest, response=HumanState, policy=browser
+        "POST",
+        "/v1/browser/request_human",
+        body=HumanRequest,
+        response=HumanState,
+        policy=browser,
+        rate="write",
     )
     async def browser_request_human(call: Call) -> HumanState:
         """Ask the operator to take over the browser; then wait with /v1/browser/wait_human."""
@@ -527,7 +538,13 @@ def build_browser_routes(router: Router, host: Host) -> None:
         return await host.browsers.request_human(call.principal, body.reason)
 
     @router.route(
-        "POST", "/v1/browser/wait_human", body=HumanWaitRequest, response=HumanState, policy=browser
+        "POST",
+        "/v1/browser/wait_human",
+        body=HumanWaitRequest,
+        response=HumanState,
+        policy=browser,
+        rate="poll",
+        cancel_on_disconnect=True,
     )
     async def browser_wait_human(call: Call) -> HumanState:
         """Long-poll until the operator ends the hand-off (`legion browser done`)."""
