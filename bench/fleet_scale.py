@@ -283,6 +283,7 @@ async def _host(stack: contextlib.AsyncExitStack, kwargs: dict[str, Any]) -> dic
         model=PROVIDER_MODEL,
         api_base=kwargs["base"],
     )
+    text += kwargs.get("extra", "")  # more config (e.g. a [host] section), for experiments
     text += "".join(CONFIG_AGENT.format(name=agent_name(i)) for i in range(count))
     config = parse_config(text)
     runtime = DockerBackend.for_starts(home, config.runtime.start_concurrency) if docker else None
