@@ -35,10 +35,13 @@ from agent_container.client import HostUnavailable, MeshClient, MeshError, MeshT
 from agent_container.completion import collect
 from agent_container.context import ContextManager, Tokens, Window, window_for
 from agent_container.learnings import is_correction
+from agent_container.mcp_client import McpHub
 from agent_container.mind import Mind
 from agent_container.prompt import Incoming, parse_item
 from agent_container.registry import Hooks
 from agent_container.tools import builtin_tools
+from agent_container.tools_skills import DEFAULT_SKILLS, Skills
+from agent_container.tools_spawn import SPAWN, spawn_tool
 from agent_container.turns import Brain, TurnState
 from agent_container.workspace import Workspace
 
@@ -77,6 +80,7 @@ class AgentRuntime:
         *,
         data_dir: str | None = None,
         identity_dir: str = DEFAULT_IDENTITY,
+        skills_dir: str = DEFAULT_SKILLS,
         window: Window | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         poll_wait_s: float = POLL_WAIT_S,
@@ -91,11 +95,16 @@ class AgentRuntime:
         self.identity_dir = Path(identity_dir)
         data = Path(data_dir) if data_dir else Path(f"{Path(workspace).absolute()}.data")
         self.mind = Mind(self.mesh, data, self.workspace)
-        self.tools = builtin_tools(
-            self.mesh, self.workspace, Hooks(self._written, self._message_sent)
-        )
+        self.hooks = Hooks(self._written, self._message_sent)
+        self.tools = builtin_tools(self.mesh, self.workspace, self.hooks)
         for tool in self.mind.tools():
             self.tools.add(tool)
+        self.skills = Skills(skills_dir, self.workspace)
+        for tool in self.skills.tools():
+            self.tools.add(tool)
+        # Local MCP servers get the egress proxy socket beside the mesh socket, when served.
+        proxy = str(Path(socket_path).parent / "egress.sock")
+        self.mcp = McpHub(self.mesh, self.workspace.real_root, proxy_socket=proxy)
         self.me: SelfStatus | None = None
         self.window = window or Window()
         self.tokens = Tokens()  # its calibration carries over from turn to turn
@@ -148,6 +157,7 @@ class AgentRuntime:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            await self.mcp.close()
             self.mind.close()
             await self.mesh.close()
 
@@ -182,6 +192,12 @@ class AgentRuntime:
             log.info("started as %s (mode %s, model %s)", me.agent, me.mode, me.model)
         self.me = me
         self.mind.configure(me)
+        await self.mcp.configure(me)
+        self.mcp.sync(self.tools)
+        if me.permissions.get("can_spawn") is True:
+            self.tools.add(spawn_tool(self.mesh, self.hooks))
+        else:
+            self.tools.tools.pop(SPAWN, None)
         if self._window_of != (me.model or "") and not self._pinned_window:
             await self._refresh_window(me.model)
 
@@ -281,7 +297,7 @@ class AgentRuntime:
         """The session's system prompt: built at its first turn, rebuilt only when one of
         the bootstrap files changed (so the provider's prompt cache keeps hitting)."""
         assert self.me is not None
-        sig = signature(self.identity_dir)
+        sig = (signature(self.identity_dir), self.skills.signature(), tuple(tools))
         cached = session.prompts.get(task)
         if cached is not None and cached[0] == sig:
             return cached[1]
@@ -294,6 +310,7 @@ class AgentRuntime:
             conversation=conversation,
             task=task,
             cap=min(48 * 1024, int(0.3 * self.window.input_budget * 4)),
+            skills=self.skills.prompt(),
         ).render()
         session.prompts[task] = (sig, prompt)
         return prompt

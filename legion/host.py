@@ -26,12 +26,14 @@ from legion.config import Config
 from legion.errors import InboxFull
 from legion.events import EventBus
 from legion.fleet.backend import RuntimeBackend
+from legion.fleet.spawn import Spawner
 from legion.fleet.supervisor import Fleet
 from legion.gateway.egress import EgressProxy
 from legion.gateway.llm.budget import Budgets
 from legion.gateway.llm.gateway import Gateway
 from legion.gateway.llm.health import ModelHealth
 from legion.gateway.llm.runtime import LiteLLM
+from legion.gateway.mcp_remote import RemoteMcp
 from legion.gateway.redact import RedactingFilter, Redactor
 from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog, AuditRecord
@@ -49,6 +51,7 @@ from legion.wire.agent import (
 )
 from legion.wire.api import HostStatus
 from legion.wire.events import AgentReply, AuditAppended, HostStarted, HostStopping
+from legion.wire.mcp import McpStatusReport, McpStdioSpec
 
 log = logging.getLogger("legion.host")
 
@@ -115,6 +118,8 @@ class Host:
             clock=clock,
         )
         self.egress = self._make_egress()
+        self.mcp = RemoteMcp(config, self.vault, self.audit, clock=clock)
+        self.mcp_reports: dict[str, McpStatusReport] = {}  # what each runtime says of its servers
         # No server-wide redaction hook: masking is per route (`_control_router`,
         # `_agent_router`), so an agent's own input is never matched against the vault.
         self.http = HttpServer(max_body_bytes=config.host.max_body_bytes, authorize=self._authorize)
@@ -123,6 +128,7 @@ class Host:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.fleet = Fleet(self, None)
+        self.spawner = Spawner(self)
         self.stop_reason = ""
 
     # --- lifespan ---------------------------------------------------------------
@@ -171,6 +177,8 @@ class Host:
             )
             for name in config.agents:
                 await host.open_agent_socket(name)
+            await host.mcp.apply()
+            await host.spawner.recover()
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
             host._tasks.add(asyncio.create_task(host.audit.anchor_forever(), name="audit-anchor"))
@@ -178,6 +186,7 @@ class Host:
                 host.litellm.start()
             await host.fleet.start_all()
             host._tasks.add(asyncio.create_task(host.fleet.supervise_forever(), name="fleet"))
+            host._tasks.add(asyncio.create_task(host.spawner.watch_forever(), name="spawner"))
             host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
             # Everything built at start-up lives as long as the host: keep it out of the
             # cyclic GC's scans, whose full passes would otherwise add milliseconds to tails.
@@ -191,6 +200,7 @@ class Host:
             await asyncio.gather(*host._tasks, return_exceptions=True)
             host._tasks.clear()
             await host.fleet.close()
+            await host.mcp.close()
             await host.http.close()
             await host.litellm.close()
             await host.gateway.close()
@@ -244,19 +254,27 @@ class Host:
     async def apply_config(self, new: Config) -> dict[str, list[str]]:
         """Apply a changed legion.toml: agents, teams, models, egress and runtime take effect
         now; [host] settings need a restart (reported, not applied)."""
-        old_agents = set(self.config.agents)
+        # Sub-agents are not in legion.toml: they stay (a configured agent of the same name
+        # ends the sub-agent first).
+        for name in sorted(set(self.spawner.children) & set(new.agents)):
+            await self.spawner.reap(name, "a configured agent took its name")
+        spawned = {n: c for n, c in self.config.agents.items() if n in self.spawner.children}
+        old_agents = set(self.config.agents) - set(spawned)
         new_agents = set(new.agents)
         restart_needed = [] if new.host == self.config.host else ["host"]
         for name in sorted(old_agents - new_agents):
             await self.fleet.forget(name)
             await self.http.unlisten(self.paths.agent_socket(name))
         # Components share this Config object: swapping its sections updates them all.
-        self.config.agents = new.agents
+        self.config.agents = {**new.agents, **spawned}
         self.config.teams = new.teams
         self.config.llm = new.llm
         self.config.runtime = new.runtime
         self.config.egress = new.egress
+        self.config.images = new.images
+        self.config.mcp = new.mcp
         self.egress = self._make_egress()
+        await self.mcp.apply()
         for name in sorted(new_agents - old_agents):
             await self.open_agent_socket(name)
             if self.fleet.backend is not None and new.agents[name].autostart:
@@ -362,6 +380,16 @@ class Host:
             fleet=fleet,
             embedding_model=cfg.embedding_model or self.config.llm.embedding_model,
             loop_detection=LoopDetection(**cfg.loop_detection.model_dump()),
+            parent=self.spawner.parent_of(agent),
+            expires_at=child.expires_at if (child := self.spawner.children.get(agent)) else None,
+            mcp_stdio=[
+                McpStdioSpec(name=name, **server.model_dump()) for name, server in cfg.mcp.items()
+            ],
+            mcp_remote=[
+                name
+                for name in sorted(self.config.mcp)
+                if self.permissions.allows(agent, Perm.MCP, name)
+            ],
         )
 
     def reply(self, agent: str, body: ReplyRequest) -> ReplyAccepted:

@@ -60,6 +60,7 @@ def build(
             cache=paths.home / "cache" / "wheels",
             progress=progress,
             rebuild_base=rebuild_base,
+            mcp_packages=config.images.mcp_packages,
         )
     except ImageBuildError as exc:
         fail(str(exc), 1)

@@ -32,6 +32,9 @@ class AgentSpec:
     identity_dir: Path | None = None
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    # The operator's skills (legion.fleet.skills): the fleet's and this agent's, read-only.
+    fleet_skills_dir: Path | None = None
+    skills_dir: Path | None = None
 
 
 @dataclass(frozen=True)

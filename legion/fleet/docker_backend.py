@@ -37,6 +37,7 @@ LOG_BUFFER_CHUNKS = 64
 # What one chunk sent to the client gathers from the chunks waiting (Docker frames are lines).
 LOG_COALESCE_BYTES = 64 * 1024
 IDENTITY_MOUNT = "/etc/legion/identity"
+SKILLS_MOUNT = "/etc/legion/skills"
 
 
 def container_name(home_label: str, agent: str) -> str:
@@ -82,6 +83,11 @@ def container_config(spec: AgentSpec, name: str) -> dict[str, Any]:
         # shadow what the runtime reads its identity from.
         config["volumes"][str(spec.identity_dir)] = {"bind": IDENTITY_MOUNT, "mode": "ro"}
         config["environment"]["LEGION_IDENTITY"] = IDENTITY_MOUNT
+    # Skills the same way: the operator's, read-only (the agent's own are in /data).
+    for where, folder in (("fleet", spec.fleet_skills_dir), ("agent", spec.skills_dir)):
+        if folder is not None:
+            config["volumes"][str(folder)] = {"bind": f"{SKILLS_MOUNT}/{where}", "mode": "ro"}
+            config["environment"]["LEGION_SKILLS"] = SKILLS_MOUNT
     if spec.runtime:
         config["runtime"] = spec.runtime
     return config

@@ -32,6 +32,7 @@ class Perm(StrEnum):
     SPAWN = "can_spawn"
     LLM = "llm"  # target: a model alias; the agent's own model or one of allowed_models
     EGRESS = "egress_hosts"
+    MCP = "allowed_mcp"  # target: a remote MCP server's name ([mcp.NAME])
 
 
 _FLAGS = {Perm.CRON, Perm.SPAWN}
@@ -43,11 +44,33 @@ class Decision:
     reason: str
 
 
+def _literal(pattern: str) -> bool:
+    return "*" not in pattern and "?" not in pattern
+
+
+def intersect(own: list[str], bound: list[str]) -> list[str]:
+    """Patterns matching only names both lists match: the patterns they share, and each
+    literal name of one that the other matches. A subset of the true intersection (two
+    different globs are not intersected), so it never grants what either list denies."""
+    out = [p for p in own if p in bound]
+    out += [p for p in own if _literal(p) and any_match(bound, p)]
+    out += [p for p in bound if _literal(p) and any_match(own, p)]
+    return list(dict.fromkeys(out))
+
+
 class Permissions:
     def __init__(self, config: Config) -> None:
         self.config = config
+        # A spawned agent -> its parent: it may do only what its own matrix and its
+        # parent's both allow (legion.fleet.spawn).
+        self.bounds: dict[str, str] = {}
 
     def patterns(self, agent: str, perm: Perm) -> list[str]:
+        own = self._patterns(agent, perm)
+        parent = self.bounds.get(agent)
+        return own if parent is None else intersect(own, self._patterns(parent, perm))
+
+    def _patterns(self, agent: str, perm: Perm) -> list[str]:
         agent_cfg = self.config.agents.get(agent)
         if agent_cfg is None or perm in _FLAGS or perm is Perm.LLM:
             return []
@@ -57,6 +80,16 @@ class Permissions:
         return patterns
 
     def decide(self, agent: str, perm: Perm, target: str = "") -> Decision:
+        decision = self._decide(agent, perm, target)
+        parent = self.bounds.get(agent)
+        if parent is None or not decision.allowed or perm is Perm.LLM:
+            return decision  # a sub-agent's model was checked against its parent at spawn
+        bound = self._decide(parent, perm, target)
+        if bound.allowed:
+            return decision
+        return Decision(False, f"{agent} was spawned by {parent}, which may not: {bound.reason}")
+
+    def _decide(self, agent: str, perm: Perm, target: str = "") -> Decision:
         if agent == OPERATOR:
             return Decision(True, "operator")
         agent_cfg = self.config.agents.get(agent)
@@ -74,7 +107,7 @@ class Permissions:
         if perm in _FLAGS:
             allowed = bool(getattr(agent_cfg.permissions, perm.value))
             return Decision(allowed, f"{perm.value} = {str(allowed).lower()}")
-        patterns = self.patterns(agent, perm)
+        patterns = self._patterns(agent, perm)
         for pattern in patterns:
             if any_match((pattern,), target):
                 return Decision(True, f"{perm.value} matches {pattern!r}")
