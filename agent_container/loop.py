@@ -60,6 +60,7 @@ BACKOFF_MAX_S = 5.0
 MAX_DELIVERIES = 5
 REMEMBERED = 1000  # message ids (to route replies) and answered items (to not redo them)
 SESSIONS = 100  # conversations kept in memory; the least recently used goes first
+WARM_UP_S = 0.5  # after start, when /v1/self is read without waiting for an item
 
 
 @dataclass
@@ -121,6 +122,7 @@ class AgentRuntime:
         self._backlog: deque[InboxItem] = deque()
         self._unacked: list[int] = []  # handled, but the ack did not reach the host
         self._stopping = asyncio.Event()
+        self._refresh_lock = asyncio.Lock()
 
     def stop(self) -> None:
         """Stop after the item in hand (an idle long-poll is abandoned at once)."""
@@ -134,6 +136,7 @@ class AgentRuntime:
 
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat_forever(), name="heartbeat")
+        warm = asyncio.create_task(self._warm_up(), name="warm-up")
         backoff = BACKOFF_MIN_S
         try:
             while not self._stopping.is_set():
@@ -154,9 +157,10 @@ class AgentRuntime:
                     await self._sleep(backoff)
                     backoff = min(self.max_backoff_s, backoff * 2)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (heartbeat, warm):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.mcp.close()
             self.mind.close()
             await self.mesh.close()
@@ -179,8 +183,21 @@ class AgentRuntime:
         self._unacked = [i for i in self._unacked if i not in owed]
         return items
 
+    async def _warm_up(self) -> None:
+        """Read /v1/self soon after start even when no item comes, so the agent's MCP
+        servers start before the first message; after the first poll went out, so a cold
+        start is still seen by the host at once."""
+        await asyncio.sleep(WARM_UP_S)
+        if self.me is None:
+            with contextlib.suppress(HostUnavailable, MeshTimeout, MeshError):
+                await self._refresh_self()
+
     async def _refresh_self(self) -> None:
         """Fetch /v1/self (mode, prompt, limits may change with a config reload)."""
+        async with self._refresh_lock:
+            await self._refresh_self_locked()
+
+    async def _refresh_self_locked(self) -> None:
         try:
             me = await self.mesh.self_status()
         except MeshError:

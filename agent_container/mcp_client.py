@@ -256,6 +256,7 @@ class McpHub:
                         self._set(server, "ready", f"{len(server.tools)} tools")
                         await ended.wait()
                         server.session = None
+                        self._set(server, "restarting", "the server process exited")
                 finally:
                     relay_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -513,7 +513,9 @@ def _fields_at(path: tuple[str | int, ...]) -> list[str]:
             args = getattr(ann, "__args__", ())
             origin = getattr(ann, "__origin__", None)
             if origin is None and args:  # `Model | None`: the model
-                ann = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+                ann = next(
+                    (a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann
+                )
             model = ("dict", args[1]) if origin is dict and len(args) == 2 else ann
         elif isinstance(model, tuple) and model[0] == "dict":
             model = model[1]

@@ -17,6 +17,8 @@ from legion.cli import (
     host_cmd,
     images_cmd,
     logs_cmd,
+    mcp_cmd,
+    skills_cmd,
     vault_cmd,
 )
 from legion.cli.common import State, echo, emit_json, fmt_time, host_errors, json_line
@@ -34,6 +36,8 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(vault_cmd.app, name="vault")
 app.add_typer(images_cmd.app, name="images")
 app.add_typer(agents_cmd.app, name="agents")
+app.add_typer(mcp_cmd.app, name="mcp")
+app.add_typer(skills_cmd.app, name="skills")
 app.command("chat")(chat_cmd.chat)
 app.command("audit")(audit_cmd.audit)
 app.command("costs")(costs_cmd.costs)

@@ -218,6 +218,7 @@ class RemoteMcp:
         self.clock = clock
         self.servers: dict[str, RemoteServer] = {}
         self._calls: dict[str, asyncio.Semaphore] = {}
+        self.ping_every_s = PING_EVERY_S  # an idle session is pinged this often
         self._allow: tuple[Any, AllowList] | None = None
 
     def allow(self) -> AllowList:
@@ -287,18 +288,23 @@ class RemoteMcp:
             return {}
         from legion.gateway.vault import CredentialDenied
 
+        value = ""
         try:
             value = self.vault.resolve_for_agent(
                 cfg.credential, allowed=[cfg.credential], host=host, scheme=scheme
             )
         except CredentialDenied as exc:
-            raise McpUnavailable(
-                f"credential {cfg.credential!r} cannot be sent to {host}: "
-                f"{exc.operator_reason}; store it as an agent-tier credential bound to that "
-                f"host (`legion vault set {cfg.credential} --bind {host}`)"
-            ) from None
+            why = exc.operator_reason
         except LegionError as exc:
-            raise McpUnavailable(f"credential {cfg.credential!r}: {exc.message}") from None
+            why = exc.message
+        else:
+            why = ""
+        if why:
+            raise McpUnavailable(
+                f"credential {cfg.credential!r} cannot be sent to {host}: {why}; it must be "
+                f"an agent-tier credential bound to that host (`legion vault set "
+                f"{cfg.credential} --bind {host}`, with --allow-http for an http:// URL)"
+            )
         server.secret = value
         return {cfg.auth_header: f"{cfg.auth_scheme} {value}" if cfg.auth_scheme else value}
 
@@ -343,7 +349,7 @@ class RemoteMcp:
             self._set(server, "ready", f"{len(server.tools)} tools")
             while not server.broken.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(server.broken.wait(), PING_EVERY_S)
+                    await asyncio.wait_for(server.broken.wait(), self.ping_every_s)
                     break
                 await asyncio.wait_for(session.send_ping(), cfg.timeout_s)
             raise McpFailed(server.broken_reason or "a call failed")

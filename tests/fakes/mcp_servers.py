@@ -65,14 +65,15 @@ def build_server(state: HttpMcp | None = None) -> MCPServer[Any]:
 
 
 @contextmanager
-def http_mcp(token: str | None) -> Iterator[HttpMcp]:
-    """A streamable-HTTP MCP server on 127.0.0.1 (an ephemeral port) until the block ends."""
+def http_mcp(token: str | None, port: int = 0) -> Iterator[HttpMcp]:
+    """A streamable-HTTP MCP server on 127.0.0.1 (`port`, or an ephemeral one) until the
+    block ends."""
     import uvicorn
     from starlette.responses import PlainTextResponse
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = int(sock.getsockname()[1])
     state = HttpMcp(url=f"http://127.0.0.1:{port}/mcp", port=port)
     app = build_server(state).streamable_http_app(host="127.0.0.1")
