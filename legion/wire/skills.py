@@ -50,7 +50,14 @@ PROMPT_DESCRIPTION_MAX = 300
 PROMPT_LIST_MAX = 4096
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _KEY = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]*):(?:[ ]+(.*))?$")
-_PLAIN_BAD_START = tuple("[]{}&*!|>%@`\"'")
+_PLAIN_BAD_START = tuple("[]{}&*!|>%@`,\"'")
+_WS = " \t"  # YAML's white space; Python's str.strip() takes far more
+# What YAML does not accept as text (outside its printable set), the characters YAML 1.1
+# readers take for line breaks (NEL, LS, PS), and tabs (which readers accept in some
+# places only): refused in front matter.
+_NOT_YAML_TEXT = re.compile(
+    "[^\n\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]|[\u2028\u2029]"
+)
 
 
 class SkillProblem(ValueError):
@@ -96,8 +103,21 @@ def _unquote_double(text: str, line: int) -> tuple[str, str]:
                 i += 2
                 continue
             if nxt == "u" and re.fullmatch(r"[0-9A-Fa-f]{4}", text[i + 2 : i + 6]):
-                out.append(chr(int(text[i + 2 : i + 6], 16)))
+                code = int(text[i + 2 : i + 6], 16)
+                if 0xD800 <= code < 0xE000:  # YAML readers disagree on pairs: refused
+                    raise SkillProblem(
+                        f"line {line}: \\u{text[i + 2 : i + 6]} is a surrogate escape; write "
+                        "the character itself"
+                    )
+                out.append(chr(code))
                 i += 6
+                continue
+            if nxt == "U" and re.fullmatch(r"[0-9A-Fa-f]{8}", text[i + 2 : i + 10]):
+                code = int(text[i + 2 : i + 10], 16)
+                if code > 0x10FFFF or 0xD800 <= code < 0xE000:
+                    raise SkillProblem(f"line {line}: \\U{text[i + 2 : i + 10]} is not a character")
+                out.append(chr(code))
+                i += 10
                 continue
             raise SkillProblem(f"line {line}: unsupported escape \\{nxt} in a quoted value")
         out.append(ch)
@@ -121,15 +141,16 @@ def _unquote_single(text: str, line: int) -> tuple[str, str]:
 
 
 def _after_quote(rest: str, line: int) -> None:
-    rest = rest.strip()
+    rest = rest.strip(_WS)
     if rest and not rest.startswith("#"):
         raise SkillProblem(f"line {line}: unexpected text after the closing quote: {rest[:40]!r}")
 
 
 def _plain(text: str, line: int) -> str:
     """A plain scalar on one line, its trailing comment removed."""
-    value = re.split(r"\s#", text, maxsplit=1)[0].strip()
-    if value.startswith(_PLAIN_BAD_START) or value.startswith(("- ", "? ", "---")):
+    value = re.split(r"[ \t]#", text, maxsplit=1)[0].strip(_WS)
+    indicator = value[:1] in ("-", "?", ":") and value[1:2] in ("", " ")
+    if value.startswith(_PLAIN_BAD_START) or indicator or value.startswith("---"):
         raise SkillProblem(
             f"line {line}: {value[:40]!r} starts with a character YAML reads specially; "
             'quote the value ("...")'
@@ -163,22 +184,29 @@ def _indent(raw: str, line: int) -> int:
 def _block(style: str, lines: list[tuple[int, str]]) -> str:
     """A `|` (literal) or `>` (folded) block scalar from its indented lines."""
     chomp = style[1:2]
-    if style[1:].strip() not in ("", "-", "+"):
+    if style[1:].strip(_WS) not in ("", "-"):
         raise SkillProblem(f"block scalar {style!r}: use |, |-, >, or >- (no indent digits)")
     body = [text for _, text in lines]
-    while body and not body[-1].strip():
+    while body and not body[-1].strip(_WS):
         body.pop()
-    indents = [len(t) - len(t.lstrip(" ")) for t in body if t.strip()]
+    if not body:
+        return ""
+    indents = [len(t) - len(t.lstrip(" ")) for t in body if t.strip(_WS)]
     cut = min(indents) if indents else 0
-    rows = [t[cut:] if t.strip() else "" for t in body]
+    rows = [t[cut:] if t.strip(_WS) else "" for t in body]
     if style[0] == "|":
         text = "\n".join(rows)
     else:
         paragraphs: list[str] = []
         current: list[str] = []
         for row in rows:
+            if row.startswith(" "):
+                raise SkillProblem(
+                    "a > (folded) value has a more-indented line, which YAML folds "
+                    "differently; use | or indent all its lines alike"
+                )
             if row:
-                current.append(row.strip())
+                current.append(row)
             else:
                 paragraphs.append(" ".join(current))
                 current = []
@@ -187,16 +215,53 @@ def _block(style: str, lines: list[tuple[int, str]]) -> str:
     return text if chomp == "-" else text + "\n"
 
 
+def _continued(value: str, number: int, nested: list[tuple[int, str]]) -> str:
+    """A scalar and the indented lines that continue it (YAML folding: one line break is a
+    space, each blank line a line break)."""
+    scalar = _scalar(value, number)
+    rows = list(nested)
+    while rows and not rows[-1][1].strip(_WS):
+        rows.pop()
+    if not rows:
+        return scalar
+    if value[:1] in ("'", '"'):
+        raise SkillProblem(f"line {rows[0][0]}: a quoted value must stay on one line")
+    if re.search(r"[ \t]#", value):
+        raise SkillProblem(f"line {number}: a comment cannot end a line that continues below")
+    blanks = 0
+    for n, row in rows:
+        stripped = row.strip(_WS)
+        if not stripped:
+            blanks += 1
+            continue
+        if stripped.startswith("#") or re.search(r"[ \t]#", stripped):
+            raise SkillProblem(f"line {n}: no comments inside a value that spans lines")
+        scalar += ("\n" * blanks if blanks else " ") + _plain(stripped, n)
+        blanks = 0
+    return scalar
+
+
 def parse_front_matter(text: str) -> tuple[dict[str, Any], str]:
     """(front matter, body) of a SKILL.md; SkillProblem when it has none or it is outside
     the supported subset."""
     if text.startswith("\ufeff"):
         text = text[1:]
     lines = text.replace("\r\n", "\n").split("\n")
-    if not lines or lines[0].rstrip() != "---":
+    head = "\n".join(
+        lines[: next((i for i in range(1, len(lines)) if lines[i] in ("---", "...")), len(lines))]
+    )
+    bad = _NOT_YAML_TEXT.search(head)
+    if bad is not None:
+        where = head[: bad.start()].count("\n") + 1
+        raise SkillProblem(
+            f"line {where}: the front matter holds a tab, control or line-separator "
+            f"character (U+{ord(bad.group()):04X}); remove it (indent with spaces; write a tab "
+            'as \\t inside "...")'
+        )
+    if not lines or lines[0].rstrip(_WS) != "---":
         raise SkillProblem("SKILL.md must start with a '---' line, then the front matter")
     try:
-        end = next(i for i in range(1, len(lines)) if lines[i].rstrip() in ("---", "..."))
+        end = next(i for i in range(1, len(lines)) if lines[i].rstrip(_WS) in ("---", "..."))
     except StopIteration:
         raise SkillProblem("the front matter is not closed: add a '---' line after it") from None
     body = "\n".join(lines[end + 1 :]).lstrip("\n")
@@ -205,49 +270,47 @@ def parse_front_matter(text: str) -> tuple[dict[str, Any], str]:
     i = 0
     while i < len(rows):
         number, raw = rows[i]
-        if not raw.strip() or raw.lstrip().startswith("#"):
+        if not raw.strip(_WS) or raw.lstrip(_WS).startswith("#"):
             i += 1
             continue
         if _indent(raw, number) != 0:
             raise SkillProblem(f"line {number}: unexpected indentation; keys start at column 0")
-        match = _KEY.match(raw.rstrip())
+        match = _KEY.match(raw.rstrip(_WS))
         if match is None:
             raise SkillProblem(
-                f"line {number}: {raw.strip()[:60]!r} is not `key: value` (the front matter "
+                f"line {number}: {raw.strip(_WS)[:60]!r} is not `key: value` (the front matter "
                 "is YAML key: value lines)"
             )
-        key, value = match.group(1), (match.group(2) or "").strip()
+        key, value = match.group(1), (match.group(2) or "").strip(_WS)
         if key in data:
             raise SkillProblem(f"line {number}: {key!r} is set twice")
         i += 1
         nested: list[tuple[int, str]] = []
-        while i < len(rows) and (not rows[i][1].strip() or _indent(rows[i][1], rows[i][0]) > 0):
+        while i < len(rows) and (not rows[i][1].strip(_WS) or _indent(rows[i][1], rows[i][0]) > 0):
             nested.append(rows[i])
             i += 1
         if value[:1] in ("|", ">"):
-            data[key] = _block(value.split("#")[0].strip(), nested)
+            header = re.fullmatch(r"([|>]-?)(?:[ \t]+#.*)?", value)
+            if header is None:
+                raise SkillProblem(
+                    f"line {number}: a block value starts with |, |-, > or >- alone on its line"
+                )
+            data[key] = _block(header.group(1), nested)
             continue
-        content = [(n, t) for n, t in nested if t.strip() and not t.lstrip().startswith("#")]
+        content = [(n, t) for n, t in nested if t.strip(_WS) and not t.lstrip(_WS).startswith("#")]
         if value and not value.startswith("#"):
-            scalar = _scalar(value, number)
-            if content:
-                if value[:1] in ("'", '"'):
-                    raise SkillProblem(
-                        f"line {content[0][0]}: a quoted value must stay on one line"
-                    )
-                scalar = " ".join([scalar, *(_plain(t.strip(), n) for n, t in content)])
-            data[key] = scalar
+            data[key] = _continued(value, number, nested)
             continue
         if not content:
             data[key] = ""
             continue
-        if content[0][1].lstrip().startswith("- ") or content[0][1].strip() == "-":
+        if content[0][1].lstrip(_WS).startswith("- ") or content[0][1].strip(_WS) == "-":
             items = []
             for n, t in content:
-                item = t.strip()
+                item = t.strip(_WS)
                 if not (item.startswith("- ") or item == "-"):
                     raise SkillProblem(f"line {n}: a list item starts with '- '")
-                items.append(_scalar(item[2:].strip(), n) if item != "-" else "")
+                items.append(_scalar(item[2:].strip(_WS), n) if item != "-" else "")
             data[key] = items
             continue
         mapping: dict[str, str] = {}
@@ -257,12 +320,12 @@ def parse_front_matter(text: str) -> tuple[dict[str, Any], str]:
                 raise SkillProblem(
                     f"line {n}: nested values go one level deep, all at the same indentation"
                 )
-            sub = _KEY.match(t.strip())
+            sub = _KEY.match(t.strip(_WS))
             if sub is None:
-                raise SkillProblem(f"line {n}: {t.strip()[:60]!r} is not `key: value`")
+                raise SkillProblem(f"line {n}: {t.strip(_WS)[:60]!r} is not `key: value`")
             if sub.group(1) in mapping:
                 raise SkillProblem(f"line {n}: {sub.group(1)!r} is set twice")
-            mapping[sub.group(1)] = _scalar((sub.group(2) or "").strip(), n)
+            mapping[sub.group(1)] = _scalar((sub.group(2) or "").strip(_WS), n)
         data[key] = mapping
     return data, body
 
@@ -381,14 +444,18 @@ def check_skill(
 
 def render_skill_md(meta: SkillMeta, body: str) -> str:
     """A SKILL.md for `meta` and `body` (values double-quoted: always inside the subset)."""
-    lines = ["---", f"name: {meta.name}", f"description: {json.dumps(meta.description)}"]
+
+    def quoted(value: str) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    lines = ["---", f"name: {meta.name}", f"description: {quoted(meta.description)}"]
     if meta.license:
-        lines.append(f"license: {json.dumps(meta.license)}")
+        lines.append(f"license: {quoted(meta.license)}")
     if meta.compatibility:
-        lines.append(f"compatibility: {json.dumps(meta.compatibility)}")
+        lines.append(f"compatibility: {quoted(meta.compatibility)}")
     if meta.metadata:
         lines.append("metadata:")
-        lines += [f"  {k}: {json.dumps(v)}" for k, v in meta.metadata.items()]
+        lines += [f"  {k}: {quoted(v)}" for k, v in meta.metadata.items()]
     lines += ["---", "", body.strip("\n"), ""]
     return "\n".join(lines)
 
