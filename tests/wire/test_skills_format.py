@@ -89,7 +89,9 @@ def test_a_skill_md_without_front_matter_is_refused() -> None:
 
 
 _safe_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\u2028\u2029\x85"),
+    alphabet=st.characters(
+        blacklist_categories=("Cs", "Cc"), blacklist_characters="\u2028\u2029\x85"
+    ),
     max_size=40,
 )
 
