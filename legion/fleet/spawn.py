@@ -253,8 +253,6 @@ class Spawner:
             await host.fleet.forget(name)
         with contextlib.suppress(Exception):
             await host.http.unlisten(host.paths.agent_socket(name))
-        host.config.agents.pop(name, None)
-        host.permissions.bounds.pop(name, None)
         spent = host.budgets.carve.close(name, reason)
         if notify and child.item_id:
             self._tell_parent(child.name, child.parent, child.item_id, reason)
@@ -268,6 +266,9 @@ class Spawner:
                 (host.clock(), reason[:500], name),
             )
         await asyncio.to_thread(self._remove_files, name)
+        # Last: until here the name stays reserved (no configured agent or new child takes it).
+        host.config.agents.pop(name, None)
+        host.permissions.bounds.pop(name, None)
         host.audit.append(
             "host",
             "agent.reaped",

@@ -48,11 +48,27 @@ def _literal(pattern: str) -> bool:
     return "*" not in pattern and "?" not in pattern
 
 
+def _covers(wide: str, narrow: str) -> bool:
+    """Whether every name `narrow` matches, `wide` matches too (a sufficient test: `**`,
+    or `PREFIX**` with a literal prefix that `narrow` starts with and goes beyond)."""
+    if wide == "**":
+        return True
+    prefix = wide[:-2]
+    return (
+        wide.endswith("**")
+        and _literal(prefix)
+        and narrow.startswith(prefix)
+        and len(narrow) > len(prefix)
+    )
+
+
 def intersect(own: list[str], bound: list[str]) -> list[str]:
-    """Patterns matching only names both lists match: the patterns they share, and each
-    literal name of one that the other matches. A subset of the true intersection (two
-    different globs are not intersected), so it never grants what either list denies."""
-    out = [p for p in own if p in bound]
+    """Patterns matching only names both lists match: each pattern of one list that a
+    pattern of the other covers (the same pattern, a literal name it matches, or a
+    narrower glob under its `PREFIX**`). A subset of the true intersection (globs that
+    merely overlap are not intersected), so it never grants what either list denies."""
+    out = [p for p in own if p in bound or any(_covers(q, p) for q in bound)]
+    out += [p for p in bound if any(_covers(q, p) for q in own)]
     out += [p for p in own if _literal(p) and any_match(bound, p)]
     out += [p for p in bound if _literal(p) and any_match(own, p)]
     return list(dict.fromkeys(out))
