@@ -48,6 +48,7 @@ INIT_TIMEOUT_S = 30.0
 REPORT_EVERY_S = 60.0
 STDERR_LINES = 20
 REMOTE_CALL_SLACK_S = 15.0
+INHERITED_ENV = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "LANG", "TZ")
 
 
 def _describe(exc: BaseException) -> str:
@@ -191,7 +192,10 @@ class McpHub:
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
     async def _environment(self, spec: McpStdioSpec) -> dict[str, str]:
-        env = dict(spec.env)
+        # The SDK passes HOME, PATH and a few more; the image's Python packages (where
+        # [images] mcp_packages are) need PYTHONPATH. Nothing of legion's (LEGION_*).
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.update(spec.env)
         if spec.egress:
             url = await self._proxy_url()
             if url is not None:
@@ -221,6 +225,7 @@ class McpHub:
         from legion.wire.mcp import tools_of
 
         spec = server.spec
+        server.stderr.clear()  # this life's output only
         params = StdioServerParameters(
             command=spec.command,
             args=list(spec.args),
