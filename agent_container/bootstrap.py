@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_container.mind import quote
+from agent_container.prompt import partner as describe_partner
 
 if TYPE_CHECKING:
     from legion.wire.agent import SelfStatus
@@ -178,9 +179,7 @@ class Bootstrap:
 
     def _context(self) -> str:
         me = self.me
-        partner = (
-            "the operator" if self.conversation == "operator" else f"agent {self.conversation}"
-        )
+        partner = describe_partner(self.conversation)
         lines = [
             f"You are running a task for {partner}."
             if self.task

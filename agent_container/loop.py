@@ -34,6 +34,7 @@ from agent_container.bootstrap import DEFAULT_IDENTITY, Bootstrap, load_files, s
 from agent_container.client import HostUnavailable, MeshClient, MeshError, MeshTimeout
 from agent_container.completion import collect
 from agent_container.context import ContextManager, Tokens, Window, window_for
+from agent_container.lanes import SteerLane
 from agent_container.learnings import is_correction
 from agent_container.mcp_client import McpHub
 from agent_container.mind import Mind
@@ -121,6 +122,7 @@ class AgentRuntime:
         self._answered: OrderedDict[tuple[int, float], None] = OrderedDict()
         self._backlog: deque[InboxItem] = deque()
         self._unacked: list[int] = []  # handled, but the ack did not reach the host
+        self.lane = SteerLane(self.mesh, self._backlog)  # steers reach turns between rounds
         self._stopping = asyncio.Event()
         self._refresh_lock = asyncio.Lock()
 
@@ -149,6 +151,7 @@ class AgentRuntime:
                     while self._backlog and not self._stopping.is_set():
                         await self._handle_and_ack(self._backlog[0])
                         self._backlog.popleft()
+                        await self.lane.promote()  # steers go ahead of the rest
                     backoff = BACKOFF_MIN_S
                 except (HostUnavailable, MeshTimeout, MeshError) as exc:
                     if not isinstance(exc, MeshError):
@@ -264,16 +267,18 @@ class AgentRuntime:
                     self._answered.popitem(last=False)
         except (HostUnavailable, MeshTimeout):
             log.warning("lost the host during item %s; it will be handed out again", item.id)
+            self.lane.taken()  # its steers come back with it: not acked
             raise
         except Exception as exc:
             log.exception("item %s failed", item.id)
             await self._answer_error(item, f"{exc.__class__.__name__}: {exc}")
         finally:
             self._turn = None
+        done = [item.id, *self.lane.taken()]
         try:
-            await self.mesh.ack([item.id])
+            await self.mesh.ack(done)
         except (HostUnavailable, MeshTimeout):
-            self._unacked.append(item.id)  # sent with the next poll, before it takes items
+            self._unacked.extend(done)  # sent with the next poll, before it takes items
         except MeshError as exc:
             log.warning("ack of item %s refused: %s", item.id, exc)
 
@@ -327,6 +332,7 @@ class AgentRuntime:
             conversation=conversation,
             task=task,
             cap=min(48 * 1024, int(0.3 * self.window.input_budget * 4)),
+            schedules=self.me.schedules,
             skills=self.skills.prompt(),
         ).render()
         session.prompts[task] = (sig, prompt)
@@ -347,7 +353,9 @@ class AgentRuntime:
         context = ContextManager(
             complete, self.mind.save_facts, save_text, self.window, tokens=self.tokens
         )
-        return Brain(self.mesh, self.me, self.tools, context, self.mind.learnings, pin)
+        return Brain(
+            self.mesh, self.me, self.tools, context, self.mind.learnings, pin, steer=self.lane.take
+        )
 
     async def _chat(self, incoming: Incoming) -> str:
         session = self._session(incoming.conversation)

@@ -12,7 +12,9 @@ import time
 
 from bench import (
     agent_container,
+    automation,
     blackboard_store,
+    browser,
     budget_ops,
     fleet_load,
     llm_overhead,
@@ -21,6 +23,7 @@ from bench import (
     pubsub_fanout,
     socket_rtt,
     stream_redaction,
+    tui,
 )
 from bench._common import Report, base_args
 
@@ -35,6 +38,9 @@ BENCHMARKS = {
     "agent_container": agent_container.run,
     "memory_search": memory_search.run,
     "memory_bootstrap": memory_bootstrap.run,
+    "tui": tui.run,
+    "automation": automation.run,
+    "browser": browser.run,
 }
 
 

@@ -157,7 +157,86 @@ def _m3_audit_checkpoints(conn: apsw.Connection) -> None:
     conn.execute(AUDIT_CHECKPOINTS_DDL)
 
 
-MIGRATIONS: list[Migration] = [_m1_core, _m2_ledger, _m3_audit_checkpoints]
+def _m4_automation(conn: apsw.Connection) -> None:
+    """Cron jobs and their runs, webhooks, their replay ids and jobs (legion/automation).
+
+    A run's row is inserted in the same transaction as the inbox item it dispatches, and
+    (job_id, slot) is unique for scheduled runs: a slot can never run twice."""
+    conn.execute(
+        """
+        CREATE TABLE cron_jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent TEXT NOT NULL,
+            name TEXT NOT NULL,
+            schedule TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            action TEXT NOT NULL,
+            missed TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            created_by TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            anchor INTEGER NOT NULL,
+            next_run_at INTEGER,
+            last_run_at REAL,
+            runs INTEGER NOT NULL DEFAULT 0,
+            overlaps INTEGER NOT NULL DEFAULT 0,
+            missed_runs INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (agent, name)
+        );
+        CREATE TABLE cron_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL,
+            agent TEXT NOT NULL,
+            slot INTEGER NOT NULL,
+            trigger TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            status TEXT NOT NULL,
+            item_id INTEGER,
+            detail TEXT NOT NULL DEFAULT '',
+            finished_at REAL
+        );
+        CREATE UNIQUE INDEX cron_runs_slot ON cron_runs(job_id, slot) WHERE trigger != 'manual';
+        CREATE INDEX cron_runs_job ON cron_runs(job_id, id);
+        CREATE INDEX cron_runs_item ON cron_runs(agent, item_id) WHERE item_id IS NOT NULL;
+        CREATE TABLE webhooks (
+            name TEXT PRIMARY KEY,
+            agent TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            rate_per_min REAL,
+            burst INTEGER,
+            created_at REAL NOT NULL,
+            rotated_at REAL,
+            deliveries INTEGER NOT NULL DEFAULT 0,
+            refused INTEGER NOT NULL DEFAULT 0,
+            last_delivery_at REAL
+        );
+        CREATE TABLE webhook_replays (
+            hook TEXT NOT NULL,
+            key TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (hook, key)
+        );
+        CREATE INDEX webhook_replays_seen ON webhook_replays(seen_at);
+        CREATE TABLE webhook_jobs (
+            id TEXT PRIMARY KEY,
+            hook TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            item_id INTEGER,
+            delivery TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            status TEXT NOT NULL,
+            result TEXT,
+            finished_at REAL
+        );
+        CREATE INDEX webhook_jobs_item ON webhook_jobs(agent, item_id);
+        CREATE INDEX webhook_jobs_received ON webhook_jobs(received_at);
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [_m1_core, _m2_ledger, _m3_audit_checkpoints, _m4_automation]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -172,6 +172,10 @@ class Fleet:
         self._set(agent, "starting", reason)
         if not await self.prepare_volume(agent):
             return
+        await self.host.ensure_agent_socket(agent)
+        # Polls parked by the container being replaced get nothing more; what it had
+        # taken is visible to the new one at once.
+        self.host.inboxes.drop_parked(agent)
         self.host.inboxes.release(agent)
         self.host.last_seen.pop(agent, None)
         try:
@@ -213,6 +217,7 @@ class Fleet:
             run = self.run_of(agent)
             run.desired = False
             await self.backend.stop(agent)
+            self.host.inboxes.drop_parked(agent)  # no item for a poll of a stopped container
             self._set(agent, "stopped", "stopped by the operator")
             return run
 

@@ -8,6 +8,7 @@ allowed everything, and its actions are audited all the same.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -30,9 +31,11 @@ class Perm(StrEnum):
     CREDENTIAL = "allowed_credentials"
     CRON = "can_manage_cron"
     SPAWN = "can_spawn"
+    STEER = "can_steer"  # target: the agent to steer
     LLM = "llm"  # target: a model alias; the agent's own model or one of allowed_models
     EGRESS = "egress_hosts"
     MCP = "allowed_mcp"  # target: a remote MCP server's name ([mcp.NAME])
+    BROWSER = "can_use_browser"  # target: a browser action; browser_actions may narrow it
 
 
 _FLAGS = {Perm.CRON, Perm.SPAWN}
@@ -74,6 +77,14 @@ def intersect(own: list[str], bound: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _browser_decision(enabled: bool, actions: Sequence[str], action: str) -> Decision:
+    if not enabled:
+        return Decision(False, "can_use_browser = false")
+    if actions and action not in actions:
+        return Decision(False, f"browser_actions ({', '.join(actions)}) does not list {action!r}")
+    return Decision(True, "can_use_browser = true" + (" (browser_actions)" if actions else ""))
+
+
 class Permissions:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -88,7 +99,7 @@ class Permissions:
 
     def _patterns(self, agent: str, perm: Perm) -> list[str]:
         agent_cfg = self.config.agents.get(agent)
-        if agent_cfg is None or perm in _FLAGS or perm is Perm.LLM:
+        if agent_cfg is None or perm in _FLAGS or perm in (Perm.LLM, Perm.BROWSER):
             return []
         patterns = list(getattr(agent_cfg.permissions, perm.value))
         if agent_cfg.team and perm in (Perm.BB_READ, Perm.BB_WRITE):
@@ -119,6 +130,10 @@ class Permissions:
             return Decision(
                 False,
                 f"model {target!r} is neither {agent}'s model ({own!r}) nor in its allowed_models",
+            )
+        if perm is Perm.BROWSER:
+            return _browser_decision(
+                agent_cfg.permissions.can_use_browser, agent_cfg.permissions.browser_actions, target
             )
         if perm in _FLAGS:
             allowed = bool(getattr(agent_cfg.permissions, perm.value))

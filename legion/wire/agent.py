@@ -71,6 +71,9 @@ class SelfStatus(BaseModel):
     permissions: dict[str, Any]
     budget_left: BudgetLeft
     fleet: list[str] = Field(description="Agents this agent may message.")
+    schedules: list[str] = Field(
+        default_factory=list, description="The agent's active cron jobs, one line each."
+    )
     embedding_model: str | None = Field(
         default=None, description="Model alias for memory embeddings; none: keyword-only memory."
     )

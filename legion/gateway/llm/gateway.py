@@ -36,6 +36,7 @@ from legion.gateway.llm.passthrough import Passthrough
 from legion.gateway.llm.pricing import price_for
 from legion.gateway.llm.runtime import LiteLLM
 from legion.gateway.llm.stream import DeltaRedactor
+from legion.gateway.llm.toolcalls import StreamedCalls, ToolCalls
 from legion.gateway.redact import Redactor
 from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog
@@ -99,6 +100,7 @@ class Gateway:
         self.clock = clock
         self.passthrough = Passthrough()
         self.booker = Booker(budgets, audit, bus, clock)
+        self.tool_calls = ToolCalls(bus, clock)
 
     # --- resolution -----------------------------------------------------------------
 
@@ -234,6 +236,7 @@ class Gateway:
     async def _chat(
         self, agent: str, alias: str, request: ChatRequest, litellm: Any
     ) -> Response | StreamResponse:
+        self.tool_calls.request(agent, request.messages)
         raw = request.model_dump(exclude_none=True)
         body = {k: v for k, v in raw.items() if k in CHAT_PARAMS}
         # One output limit, the one reserved for, is what the provider gets.
@@ -414,6 +417,10 @@ class Gateway:
             (choice.get("message") or {}).get("content") or "" for choice in data.get("choices", [])
         )
         usage = usage_of(litellm, hop, request.messages, data.get("usage"), text)
+        for choice in data.get("choices", []):
+            self.tool_calls.reply(
+                agent, request_id, (choice.get("message") or {}).get("tool_calls")
+            )
         elapsed = (time.monotonic() - started) * 1000
         self.booker.book(hop, reservation, usage, status="ok", latency_ms=elapsed, ttft_ms=elapsed)
         self._settled(agent, request_id, hop.alias, usage.cost_usd)
@@ -443,6 +450,7 @@ class Gateway:
         """Relay the stream; every streamed text goes through a redactor that holds back a
         possible start of a secret until the next delta shows it is none (stream.py)."""
         produced: list[str] = []  # the provider's raw text, for a local count of usage
+        calls = StreamedCalls()
         usage_seen: Any = None
         ttft: float | None = None
         status = "aborted"
@@ -464,6 +472,8 @@ class Gateway:
                         text = delta.get("content")
                         if isinstance(text, str):
                             produced.append(text)
+                        if delta.get("tool_calls"):
+                            calls.add(delta["tool_calls"])
                         for call in delta.get("tool_calls") or ():
                             args = ((call or {}).get("function") or {}).get("arguments")
                             if isinstance(args, str):
@@ -479,6 +489,7 @@ class Gateway:
             if tail is not None:
                 self._shown(agent, request_id, shown)
                 yield b"data: " + json.dumps(tail).encode() + b"\n\n"
+            self.tool_calls.reply(agent, request_id, calls.finished())
             yield b"data: [DONE]\n\n"
         except Exception as exc:
             status = "failed_mid_stream"
