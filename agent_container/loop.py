@@ -83,6 +83,7 @@ class AgentRuntime:
         data_dir: str | None = None,
         identity_dir: str = DEFAULT_IDENTITY,
         skills_dir: str = DEFAULT_SKILLS,
+        egress_proxy: str | None = None,
         window: Window | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         poll_wait_s: float = POLL_WAIT_S,
@@ -104,9 +105,9 @@ class AgentRuntime:
         self.skills = Skills(skills_dir, self.workspace)
         for tool in self.skills.tools():
             self.tools.add(tool)
-        # Local MCP servers get the egress proxy socket beside the mesh socket, when served.
-        proxy = str(Path(socket_path).parent / "egress.sock")
-        self.mcp = McpHub(self.mesh, self.workspace.real_root, proxy_socket=proxy)
+        # Local MCP servers with egress reach the host's proxy through this socket, when the
+        # host serves one for the agent (LEGION_EGRESS_PROXY, mounted read-only).
+        self.mcp = McpHub(self.mesh, self.workspace.real_root, proxy_socket=egress_proxy)
         self.me: SelfStatus | None = None
         self.window = window or Window()
         self.tokens = Tokens()  # its calibration carries over from turn to turn

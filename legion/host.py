@@ -37,6 +37,7 @@ from legion.gateway.llm.budget import Budgets
 from legion.gateway.llm.gateway import Gateway
 from legion.gateway.llm.health import ModelHealth
 from legion.gateway.llm.runtime import LiteLLM
+from legion.gateway.mcp_proxy import McpProxies
 from legion.gateway.mcp_remote import RemoteMcp
 from legion.gateway.redact import RedactingFilter, Redactor
 from legion.gateway.vault import Vault
@@ -128,6 +129,7 @@ class Host:
         )
         self.egress = self._make_egress()
         self.mcp = RemoteMcp(config, self.vault, self.audit, clock=clock)
+        self.mcp_proxies = McpProxies(self)
         self.mcp_reports: dict[str, McpStatusReport] = {}  # what each runtime says of its servers
         # No server-wide redaction hook: masking is per route (`_control_router`,
         # `_agent_router`), so an agent's own input is never matched against the vault.
@@ -229,6 +231,7 @@ class Host:
             await host.fleet.close()
             await host.automation.close()
             await host.mcp.close()
+            await host.mcp_proxies.close_all()
             await host.http.close()
             await host.litellm.close()
             await host.gateway.close()
@@ -274,6 +277,7 @@ class Host:
                 extra={"fields": {"agent": name, "error": str(exc)}},
             )
             self.audit.append("host", "socket.unavailable", name, "deny", error=str(exc))
+        await self.mcp_proxies.open(name)  # its local MCP servers' egress, if any
 
     async def ensure_agent_socket(self, name: str) -> None:
         """Before an agent (re)starts: its socket is still the one the host bound, or it
@@ -366,6 +370,7 @@ class Host:
         self.config.browser = new.browser
         self.egress = self._make_egress()
         await self.mcp.apply()
+        await self.mcp_proxies.sync()
         await self.browsers.reconcile()
         for name in sorted(new_agents - old_agents):
             await self.open_agent_socket(name)

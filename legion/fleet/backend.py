@@ -35,6 +35,8 @@ class AgentSpec:
     # The operator's skills (legion.fleet.skills): the fleet's and this agent's, read-only.
     fleet_skills_dir: Path | None = None
     skills_dir: Path | None = None
+    # The host's folder of this agent's MCP egress proxy socket (legion.gateway.mcp_proxy).
+    egress_dir: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ LOG_BUFFER_CHUNKS = 64
 LOG_COALESCE_BYTES = 64 * 1024
 IDENTITY_MOUNT = "/etc/legion/identity"
 SKILLS_MOUNT = "/etc/legion/skills"
+EGRESS_MOUNT = "/run/legion-egress"
 
 
 def container_name(home_label: str, agent: str) -> str:
@@ -88,6 +89,10 @@ def container_config(spec: AgentSpec, name: str) -> dict[str, Any]:
         if folder is not None:
             config["volumes"][str(folder)] = {"bind": f"{SKILLS_MOUNT}/{where}", "mode": "ro"}
             config["environment"]["LEGION_SKILLS"] = SKILLS_MOUNT
+    if spec.egress_dir is not None:
+        # The host's folder, read-only: the agent connects to the socket, never replaces it.
+        config["volumes"][str(spec.egress_dir)] = {"bind": EGRESS_MOUNT, "mode": "ro"}
+        config["environment"]["LEGION_EGRESS_PROXY"] = f"{EGRESS_MOUNT}/proxy.sock"
     if spec.runtime:
         config["runtime"] = spec.runtime
     return config

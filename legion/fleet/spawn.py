@@ -89,6 +89,10 @@ class Spawner:
         self.children: dict[str, Child] = {}
         with host.store.tx() as conn:
             conn.execute(DDL)
+            conn.execute(  # the history of ended sub-agents: kept 70 days
+                "DELETE FROM spawns WHERE ended_at IS NOT NULL AND ended_at < ?",
+                (host.clock() - 70 * 86400,),
+            )
 
     def parent_of(self, agent: str) -> str | None:
         child = self.children.get(agent)
@@ -253,6 +257,8 @@ class Spawner:
             await host.fleet.forget(name)
         with contextlib.suppress(Exception):
             await host.http.unlisten(host.paths.agent_socket(name))
+        with contextlib.suppress(Exception):
+            await host.mcp_proxies.close(name)
         spent = host.budgets.carve.close(name, reason)
         if notify and child.item_id:
             self._tell_parent(child.name, child.parent, child.item_id, reason)

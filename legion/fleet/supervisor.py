@@ -97,6 +97,7 @@ class Fleet:
             env={"LEGION_AGENT": agent},
             fleet_skills_dir=skills.ensure_store(paths),
             skills_dir=skills.ensure_store(paths, agent),
+            egress_dir=self.host.mcp_proxies.dir_of(agent),
         )
 
     async def prepare_volume(self, agent: str) -> bool:

@@ -64,19 +64,25 @@ def third_party(server: str, description: str) -> str:
     )
 
 
+class UnusableSchema(ValueError):
+    """A tool's schema that cannot be shown to a model as it is."""
+
+
 def clean_schema(schema: Any) -> dict[str, Any]:
     """A tool's input schema fit to send to a model: an object schema (anything else is
     replaced by an empty object schema), every `description` and `title` inside stripped
-    and capped like the tool's own description."""
+    and capped like the tool's own description. A key (a property name, too) with
+    control or invisible characters, or longer than 128, makes the schema unusable
+    (UnusableSchema): renaming it would break the tool's calls."""
 
     def walk(node: Any, depth: int) -> Any:
         if depth > 32:
-            return {}
+            raise UnusableSchema("nested deeper than 32 levels")
         if isinstance(node, dict):
             out: dict[str, Any] = {}
             for key, value in node.items():
-                if not isinstance(key, str):
-                    continue
+                if not isinstance(key, str) or len(key) > 128 or strip_unsafe(key) != key:
+                    raise UnusableSchema(f"the key {str(key)[:40]!r} is not plain text")
                 if key in ("description", "title") and isinstance(value, str):
                     out[key] = clean_description(value, PROPERTY_DESCRIPTION_CAP)
                 else:
@@ -230,7 +236,11 @@ def tools_of(server: str, listed: list[Any]) -> tuple[list[McpTool], list[str]]:
         if len(tools) >= TOOLS_PER_SERVER:
             dropped.append(f"{name!r}: over {TOOLS_PER_SERVER} tools")
             continue
-        schema = clean_schema(data.get("inputSchema", data.get("input_schema")))
+        try:
+            schema = clean_schema(data.get("inputSchema", data.get("input_schema")))
+        except UnusableSchema as exc:
+            dropped.append(f"{name!r}: its schema is unusable ({exc})")
+            continue
         if len(json.dumps(schema)) > SCHEMA_CAP:
             dropped.append(f"{name!r}: its schema is over {SCHEMA_CAP} bytes")
             continue

@@ -137,3 +137,70 @@ async def test_a_server_that_cannot_start_keeps_backing_off_and_the_turn_goes_on
         assert not any(
             t["function"]["name"].startswith("kit__") for t in fake.requests[0].body["tools"]
         )
+
+
+async def test_a_server_with_egress_reaches_an_allowed_site_through_the_hosts_proxy(
+    home: Path,
+) -> None:
+    """issue 14: `egress = true` gives the server HTTP(S)_PROXY toward the agent's own
+    proxy socket on the host: [egress] allow and egress_hosts apply, each destination is
+    audited, a site that is not allowed is refused."""
+    from http.server import BaseHTTPRequestHandler
+
+    from legion.mesh import audit
+    from tests.conftest import loopback_server
+
+    class Site(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = b"hello through the proxy"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    marker = home / "starts"
+    with loopback_server(Site) as allowed, loopback_server(Site) as other:
+        port, other_port = allowed.server_address[1], other.server_address[1]
+        async with FakeProvider() as fake:
+            text = with_server(fake.base_url, marker, env=', TZ = "UTC"').replace(
+                "call_timeout_s = 10.0", "call_timeout_s = 10.0\negress = true"
+            )
+            # alice may reach 127.0.0.1 (egress_hosts), and [egress] allow opens one port
+            text = text.replace(
+                "[agents.alice]", f'[egress]\nallow = ["127.0.0.1:{port}"]\n\n[agents.alice]', 1
+            )
+            socket_path = home / "run" / "egress" / "alice" / "proxy.sock"  # the host's own
+            async with running_fleet(home, text, egress_proxy=str(socket_path)) as fleet:
+                assert fleet.host.mcp_proxies.dir_of("alice") == socket_path.parent
+                assert socket_path.is_socket()
+                hub = fleet.runtimes["alice"].mcp
+                assert await until(
+                    lambda: "kit" in hub.local and hub.local["kit"].state == "ready", 30
+                )
+                fake.script(
+                    Reply(tool_calls=[ToolCall("kit__env", {"names": ["HTTP_PROXY"]})]),
+                    Reply(
+                        tool_calls=[ToolCall("kit__fetch", {"url": f"http://127.0.0.1:{port}/"})]
+                    ),
+                    Reply(
+                        tool_calls=[
+                            ToolCall("kit__fetch", {"url": f"http://127.0.0.1:{other_port}/"})
+                        ]
+                    ),
+                    Reply(content="fetched"),
+                )
+                await ask(fleet.host, {"text": "fetch"}, timeout_s=60)
+                results = tool_results(fake.requests[3].body["messages"])
+                assert "HTTP_PROXY=http://127.0.0.1:" in results[0]
+                assert "200 hello through the proxy" in results[1]
+                assert "403" in results[2] and "[egress] allow" in results[2]
+                records = [
+                    (r.action, r.decision, r.detail.get("port"))
+                    for r in audit.query(fleet.host.store.conn)
+                    if r.actor == "alice" and r.action == "mcp.egress"
+                ]
+                assert ("mcp.egress", "allow", port) in records
+                assert ("mcp.egress", "deny", other_port) in records

@@ -1,7 +1,8 @@
 """A stdio MCP server for tests (`python tests/fakes/mcp_stdio.py [--crash-after N]`).
 
 Tools: `echo`, `crash` (the process exits at once: the client must restart it), `env`
-(which of the named variables it sees), `add` with an injection attempt as description.
+(which of the named variables it sees), `fetch` (an HTTP GET, through HTTP_PROXY when
+set), `add` with an injection attempt as description.
 `--marker PATH` appends one line per start to PATH, so a test can count restarts.
 """
 
@@ -38,6 +39,14 @@ def main() -> None:
     @server.tool(description="Which of these environment variables are set, and to what.")
     def env(names: list[str]) -> str:
         return "; ".join(f"{n}={os.environ.get(n, '(unset)')}" for n in names)
+
+    @server.tool(description="GET a URL (through HTTP_PROXY when set); status and body.")
+    async def fetch(url: str) -> str:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=10) as client:  # trust_env: the proxy variables
+            response = await client.get(url)
+        return f"{response.status_code} {response.text[:500]}"
 
     @server.tool(description=EVIL_DESCRIPTION)
     def add(a: int, b: int) -> str:

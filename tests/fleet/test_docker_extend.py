@@ -243,3 +243,76 @@ async def test_a_sub_agent_runs_in_a_container_of_its_own(home: Path, agent_imag
                 f"\nspawn to first poll: {spawn_to_poll:.2f}s; a configured agent's cold start "
                 f"(start to first poll): {cold:.2f}s"
             )
+
+
+async def test_mcp_server_fetch_goes_through_the_hosts_proxy_and_its_policy(
+    home: Path, mcp_image: str
+) -> None:
+    """issue 14: `mcp-server-fetch` (stdio, in the container, `egress = true`) reaches a
+    loopback test site allowed in [egress] allow through the host's proxy, and is refused
+    one that is not; the container itself still has no network."""
+    from http.server import BaseHTTPRequestHandler
+
+    from legion.mesh import audit
+    from tests.conftest import loopback_server
+
+    class Site(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = b"<html><body><h1>Allowed page</h1><p>fetched through legion</p></body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with loopback_server(Site) as allowed, loopback_server(Site) as other:
+        port, other_port = allowed.server_address[1], other.server_address[1]
+        extra = f"""egress_hosts = ["127.0.0.1"]
+
+[egress]
+allow = ["127.0.0.1:{port}"]
+
+[agents.alice.mcp.fetch]
+command = "python3"
+args = ["-m", "mcp_server_fetch", "--ignore-robots-txt", "--allow-private-ips"]
+egress = true
+"""
+        async with (
+            FakeProvider() as fake,
+            docker_host(home, config_text(mcp_image, fake.base_url, extra)) as host,
+        ):
+            await until_polling(host, "alice")
+            await wait_for(
+                lambda: (
+                    "alice" in host.mcp_reports
+                    and any(s.state == "ready" for s in host.mcp_reports["alice"].servers)
+                ),
+                90,
+                host,
+            )
+            fake.script(
+                Reply(tool_calls=[ToolCall("fetch__fetch", {"url": f"http://127.0.0.1:{port}/"})]),
+                Reply(
+                    tool_calls=[
+                        ToolCall("fetch__fetch", {"url": f"http://127.0.0.1:{other_port}/"})
+                    ]
+                ),
+                Reply(content="fetched"),
+                model="fake",
+            )
+            reply = await reply_to(host, "alice", "fetch both")
+            assert reply.text == "fetched"
+            results = [
+                m["content"] for m in fake.requests[-1].body["messages"] if m["role"] == "tool"
+            ]
+            assert "Allowed page" in results[0] and "fetched through legion" in results[0]
+            assert "Allowed page" not in results[1] and "403" in results[1]
+            records = [
+                (r.decision, r.detail.get("port"))
+                for r in audit.query(host.store.conn)
+                if r.actor == "alice" and r.action == "mcp.egress"
+            ]
+            assert ("allow", port) in records and ("deny", other_port) in records

@@ -250,3 +250,47 @@ async def test_legion_mcp_ls_shows_remote_servers_with_their_agents(home: Path) 
                 missing = await operator.get("/v1/mcp", params={"agent": "carol"})
                 assert missing.status_code == 404
             assert TOKEN not in json.dumps(listing)
+
+
+def test_tool_listings_are_cleaned_and_bounded() -> None:
+    """issue 14: what a server lists is third-party input: names that cannot be
+    namespaced, duplicates, unusable schemas and floods are dropped, with why."""
+    from legion.wire.mcp import TOOLS_PER_SERVER, tools_of
+
+    listed: list[object] = [
+        {"name": "ok", "description": "fine", "inputSchema": {"type": "object"}},
+        {"name": "ok", "description": "again", "inputSchema": {"type": "object"}},
+        {"name": "has space", "inputSchema": {"type": "object"}},
+        {"name": "x" * 70, "inputSchema": {"type": "object"}},
+        {
+            "name": "sneaky",
+            "inputSchema": {"type": "object", "properties": {"a\u202eb": {"type": "string"}}},
+        },
+        {"name": "deep", "inputSchema": {"type": "object", "properties": _deep(40)}},
+        {"name": "huge", "inputSchema": {"type": "object", "enum": ["x" * 100] * 300}},
+        {"name": "notobject", "inputSchema": {"type": "string"}},
+        "not a dict",
+    ]
+    listed += [{"name": f"t{i}", "inputSchema": {"type": "object"}} for i in range(100)]
+    tools, dropped = tools_of("srv", listed)
+    names = [t.name for t in tools]
+    assert names[0] == "srv__ok" and names.count("srv__ok") == 1
+    assert "srv__notobject" in names  # its schema replaced by an empty object schema
+    assert len(tools) == TOOLS_PER_SERVER
+    text = " | ".join(dropped)
+    for why in (
+        "listed twice",
+        "not a usable tool name",
+        "not plain text",
+        "deeper than 32",
+        "over 16384 bytes",
+        f"over {TOOLS_PER_SERVER} tools",
+    ):
+        assert why in text, why
+
+
+def _deep(levels: int) -> dict[str, object]:
+    node: dict[str, object] = {"type": "string"}
+    for _ in range(levels):
+        node = {"p": {"type": "object", "properties": node}}
+    return node

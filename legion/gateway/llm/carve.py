@@ -37,6 +37,7 @@ from legion.store import Store
 if TYPE_CHECKING:
     from legion.gateway.llm.budget import Budgets
 
+KEEP_ENDED_S = 70 * 86400
 DDL = """
 CREATE TABLE IF NOT EXISTS carves (
     child TEXT PRIMARY KEY,
@@ -75,6 +76,11 @@ class Carves:
         self.clock = clock
         with store.tx() as conn:
             conn.execute(DDL)
+            # Ended more than two months ago: no ledger window the budgets load holds it.
+            conn.execute(
+                "DELETE FROM carves WHERE ended_at IS NOT NULL AND ended_at < ?",
+                (clock() - KEEP_ENDED_S,),
+            )
         self.parent_of: dict[str, str] = {}
         self.open: dict[str, Carve] = {}
         for child, parent, budget, created, ended in store.execute(
