@@ -34,6 +34,11 @@ class AgentSpec:
     identity_dir: Path | None = None
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    # The operator's skills (legion.fleet.skills): the fleet's and this agent's, read-only.
+    fleet_skills_dir: Path | None = None
+    skills_dir: Path | None = None
+    # The host's folder of this agent's MCP egress proxy socket (legion.gateway.mcp_proxy).
+    egress_dir: Path | None = None
 
 
 @dataclass(frozen=True)

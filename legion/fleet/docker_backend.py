@@ -59,6 +59,8 @@ WATCHED_EVENTS = ("start", "die", "oom", "health_status", "destroy")
 # Containers whose `oom` event is remembered until their `die` event names the cause.
 OOM_MEMORY = 256
 _EXITED = re.compile(r"Exited \((-?\d+)\)")
+SKILLS_MOUNT = "/etc/legion/skills"
+EGRESS_MOUNT = "/run/legion-egress"
 
 
 def container_name(home_label: str, agent: str) -> str:
@@ -104,6 +106,15 @@ def container_config(spec: AgentSpec, name: str) -> dict[str, Any]:
         # shadow what the runtime reads its identity from.
         config["volumes"][str(spec.identity_dir)] = {"bind": IDENTITY_MOUNT, "mode": "ro"}
         config["environment"]["LEGION_IDENTITY"] = IDENTITY_MOUNT
+    # Skills the same way: the operator's, read-only (the agent's own are in /data).
+    for where, folder in (("fleet", spec.fleet_skills_dir), ("agent", spec.skills_dir)):
+        if folder is not None:
+            config["volumes"][str(folder)] = {"bind": f"{SKILLS_MOUNT}/{where}", "mode": "ro"}
+            config["environment"]["LEGION_SKILLS"] = SKILLS_MOUNT
+    if spec.egress_dir is not None:
+        # The host's folder, read-only: the agent connects to the socket, never replaces it.
+        config["volumes"][str(spec.egress_dir)] = {"bind": EGRESS_MOUNT, "mode": "ro"}
+        config["environment"]["LEGION_EGRESS_PROXY"] = f"{EGRESS_MOUNT}/proxy.sock"
     if spec.runtime:
         config["runtime"] = spec.runtime
     return config

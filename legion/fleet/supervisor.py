@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from legion.errors import LegionError, NotFound
-from legion.fleet import volume
+from legion.fleet import skills, volume
 from legion.fleet.backend import (
     AgentSpec,
     BackendUnavailable,
@@ -142,6 +142,9 @@ class Fleet:
             runtime=runtime.container_runtime or None,
             identity_dir=AgentFiles.of(paths, agent).ensure(),
             env={"LEGION_AGENT": agent},
+            fleet_skills_dir=skills.ensure_store(paths),
+            skills_dir=skills.ensure_store(paths, agent),
+            egress_dir=self.host.mcp_proxies.dir_of(agent),
         )
 
     async def prepare_volume(self, agent: str) -> bool:
@@ -257,6 +260,16 @@ class Fleet:
             run.failures = 0
             run.restarts.clear()
             await self._launch(agent, "started by the operator")
+            return run
+
+    async def start_ephemeral(self, agent: str, reason: str) -> AgentRun:
+        """Start a sub-agent's container (legion.fleet.spawn): like `start`, with its reason;
+        supervised like any agent until the spawner ends it with `forget`."""
+        self._require(agent)
+        async with self._lock_of(agent):
+            run = self.run_of(agent)
+            run.desired = True
+            await self._launch(agent, reason)
             return run
 
     async def stop(self, agent: str) -> AgentRun:
