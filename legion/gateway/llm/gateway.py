@@ -85,6 +85,7 @@ class Gateway:
         bus: EventBus,
         redactor: Redactor,
         litellm: LiteLLM,
+        shown_redactor: Redactor | None = None,
         health: ModelHealth,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -94,7 +95,9 @@ class Gateway:
         self.guard = guard
         self.audit = audit
         self.bus = bus
-        self.redactor = redactor
+        self.redactor = redactor  # what the agent gets back: the provider keys masked
+        # the operator's TokenDelta events: every vault value masked (default: `redactor`)
+        self.shown_redactor = shown_redactor or redactor
         self.litellm = litellm
         self.health = health
         self.clock = clock
@@ -448,13 +451,14 @@ class Gateway:
         litellm: Any,
     ) -> AsyncIterator[bytes]:
         """Relay the stream; every streamed text goes through a redactor that holds back a
-        possible start of a secret until the next delta shows it is none (stream.py)."""
+        fixed window for the agent, and a possible start of a secret for the operator's
+        token events (stream.py)."""
         produced: list[str] = []  # the provider's raw text, for a local count of usage
         calls = StreamedCalls()
         usage_seen: Any = None
         ttft: float | None = None
         status = "aborted"
-        redactor = DeltaRedactor(self.redactor)
+        redactor = DeltaRedactor(self.redactor, self.shown_redactor)
         last: dict[str, Any] = {}
         try:
             chunk = first
@@ -486,8 +490,8 @@ class Gateway:
                     chunk = None
             status = "ok"
             tail, shown = redactor.flush(last)
+            self._shown(agent, request_id, shown)
             if tail is not None:
-                self._shown(agent, request_id, shown)
                 yield b"data: " + json.dumps(tail).encode() + b"\n\n"
             self.tool_calls.reply(agent, request_id, calls.finished())
             yield b"data: [DONE]\n\n"
@@ -496,8 +500,8 @@ class Gateway:
             kind, _, _ = classify(exc)
             self.health.failure(hop.alias, kind)
             tail, shown = redactor.flush(last)
+            self._shown(agent, request_id, shown)
             if tail is not None:
-                self._shown(agent, request_id, shown)
                 yield b"data: " + json.dumps(tail).encode() + b"\n\n"
             error = ProviderFailure(
                 f"model {hop.alias!r} failed mid-stream: {self._safe(exc)}",
