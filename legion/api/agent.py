@@ -75,6 +75,8 @@ from legion.wire.browser import (
 from legion.wire.egress import EgressRequest, EgressResponse
 from legion.wire.events import AgentHeartbeat, AgentNotification, InboxRefused
 from legion.wire.fields import BlackboardKey
+from legion.wire.mcp import McpCallRequest, McpCallResult, McpList, McpStatusReport
+from legion.wire.spawn import SpawnRequest, SpawnResult
 
 if TYPE_CHECKING:
     from legion.host import Host
@@ -482,6 +484,53 @@ def build_agent_router(host: Host, agent: str) -> Router:
         """OpenAI-compatible: the models the caller may use, with their context window and
         output limit under `legion` (its own models only: nothing to authorize)."""
         return await host.gateway.models(call.principal)
+
+    # --- MCP (docs/mcp.md) --------------------------------------------------------------
+
+    @router.route("GET", "/v1/mcp/servers", response=McpList, rate="read")
+    async def mcp_servers(call: Call) -> McpList:
+        """The remote MCP servers the caller may use (`allowed_mcp`), their state and tools
+        (descriptions cleaned and capped: third-party text)."""
+        allowed = lambda name: host.permissions.allows(call.principal, Perm.MCP, name)  # noqa: E731
+        return McpList(servers=host.mcp.for_agent(allowed))
+
+    @router.route(
+        "POST",
+        "/v1/mcp/call",
+        body=McpCallRequest,
+        response=McpCallResult,
+        policy=Policy(Perm.MCP.value, "server", "mcp.call"),
+        rate="egress",
+    )
+    async def mcp_call(call: Call) -> McpCallResult:
+        """Call a tool of a remote MCP server; the host connects to it and sends its
+        credential, never the agent. The outcome is audited (`mcp.result`)."""
+        body: McpCallRequest = call.body
+        return await host.mcp.call(call.principal, body.server, body.tool, body.arguments)
+
+    @router.route(
+        "POST",
+        "/v1/agents/spawn",
+        body=SpawnRequest,
+        response=SpawnResult,
+        policy=Policy(Perm.SPAWN.value, "role", "agent.spawn"),
+        rate="write",
+    )
+    async def spawn_agent(call: Call) -> SpawnResult:
+        """Start an ephemeral sub-agent for one task (`can_spawn`): the parent's team,
+        permissions within the parent's, a budget carved out of the parent's, a TTL; its
+        result comes back to the caller's inbox as a `task_result`."""
+        return await host.spawner.spawn(call.principal, call.body)
+
+    @router.route("POST", "/v1/mcp/status", body=McpStatusReport, response=McpList, rate="write")
+    async def mcp_status(call: Call) -> McpList:
+        """The runtime's report of the local (stdio) MCP servers it runs, for `legion mcp
+        ls`; stored as the agent's own account (nothing is decided from it)."""
+        body: McpStatusReport = call.body
+        for server in body.servers:
+            server.kind, server.agent = "stdio", call.principal
+        host.mcp_reports[call.principal] = body
+        return McpList(servers=body.servers)
 
     add_automation_routes(router, host)  # cron_*, steer (legion/automation/routes.py)
     build_browser_routes(router, host)
