@@ -124,7 +124,6 @@ class Host:
             audit=self.audit,
             bus=self.bus,
             redactor=self.provider_redactor,
-            shown_redactor=self.redactor,
             litellm=self.litellm,
             health=self.health,
             clock=clock,

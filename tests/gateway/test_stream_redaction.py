@@ -339,27 +339,3 @@ async def test_text_held_back_when_the_agent_leaves_reaches_the_bus_redacted(
         status = host.store.execute("SELECT status FROM ledger").fetchone()[0]
         assert status == "aborted"
         assert host.budgets.open == {}
-
-
-async def test_a_vault_value_split_across_deltas_is_masked_on_the_bus_not_in_the_agents_stream(
-    home: Path, direct: bool
-) -> None:
-    """issue 7 (adversarial pass): the operator's TokenDelta feed masks every vault value,
-    also one split across deltas (the control socket masks each event on its own, so it
-    cannot join the pieces); the agent's stream masks only provider keys, so an agent-tier
-    value a model writes reaches the agent as written (masking it there would be an oracle)."""
-    agent_value = "agent-7Zq4Kr9Xw2Lm5Tn"
-    vault = Vault(Paths.resolve(home).vault_db, Paths.resolve(home).vault_key)
-    vault.set("bobs", agent_value)
-    vault.close()
-    async with (
-        FakeProvider() as fake,
-        host_for(home, fake, direct) as host,
-        agent_client(host.paths, "alice") as alice,
-        host.bus.subscribe() as sub,
-    ):
-        fake.script(Reply(content=f"it is {agent_value}, done", chunk_chars=3))
-        text, _ = stream_text(await stream_once(alice))
-        assert text == f"it is {agent_value}, done"
-        shown = "".join(e.text for e in drain(sub) if e.type == "token_delta")
-        assert shown == f"it is {MASK}, done"

@@ -112,7 +112,6 @@ class Gateway:
         bus: EventBus,
         redactor: Redactor,
         litellm: LiteLLM,
-        shown_redactor: Redactor | None = None,
         health: ModelHealth,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -122,9 +121,7 @@ class Gateway:
         self.guard = guard
         self.audit = audit
         self.bus = bus
-        self.redactor = redactor  # what the agent gets back: the provider keys masked
-        # the operator's TokenDelta events: every vault value masked (default: `redactor`)
-        self.shown_redactor = shown_redactor or redactor
+        self.redactor = redactor
         self.litellm = litellm
         self.health = health
         self.clock = clock
@@ -565,7 +562,7 @@ class Gateway:
         usage_seen: Any = None
         ttft: float | None = None
         status = "aborted"
-        redactor = DeltaRedactor(self.redactor, self.shown_redactor)
+        redactor = DeltaRedactor(self.redactor)
         last: dict[str, Any] = {}
         try:
             chunk = first

@@ -111,19 +111,19 @@ def _refuse_redirects() -> None:
         inner = build(*args, **kwargs)
         return _NoRedirects(inner if inner is not None else httpx.AsyncHTTPTransport())
 
-    mounts = AsyncHTTPHandler.create_httpx_proxy_mounts
+    mounts: Any = AsyncHTTPHandler.create_httpx_proxy_mounts
 
     def create_httpx_proxy_mounts(transport: Any, *args: Any, **kwargs: Any) -> Any:
         # the proxies from the environment (HTTPS_PROXY) are mounted as before, wrapped too
-        inner = transport._inner if isinstance(transport, _NoRedirects) else transport
-        found = mounts(inner, *args, **kwargs)
+        unwrapped = transport._inner if isinstance(transport, _NoRedirects) else transport
+        found = mounts(unwrapped, *args, **kwargs)
         if not found:
             return found
         return {k: (_NoRedirects(v) if v is not None else v) for k, v in found.items()}
 
     create_async_transport.legion_no_redirects = True  # type: ignore[attr-defined]
     AsyncHTTPHandler.create_async_transport = staticmethod(create_async_transport)  # type: ignore[method-assign,assignment]
-    AsyncHTTPHandler.create_httpx_proxy_mounts = staticmethod(create_httpx_proxy_mounts)  # type: ignore[method-assign,assignment]
+    AsyncHTTPHandler.create_httpx_proxy_mounts = staticmethod(create_httpx_proxy_mounts)  # type: ignore[method-assign]
 
 
 class LiteLLM:
