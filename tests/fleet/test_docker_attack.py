@@ -142,5 +142,5 @@ async def test_issue_7_a_flood_from_inside_a_container_leaves_the_others_answeri
             f"\nflood from the container: {stats}; {len(latencies)} calls, p50 "
             f"{latencies[len(latencies) // 2]:.1f} ms, p99 {p99:.1f} ms, max {latencies[-1]:.1f} ms"
         )
-        assert stats.get("connected", 1) > 0
+        assert stats["attempted"] >= 2000  # the flood ran: at least every connection once
         assert p99 < 50.0, latencies[-20:]
