@@ -147,6 +147,11 @@ class Redactor:
         self._longest = len(ordered[0]) if ordered else 0
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
+    def pattern(self) -> re.Pattern[str] | None:
+        """The compiled pattern of every masked form (None: nothing to mask), as of the
+        last refresh."""
+        return self._pattern
+
     def max_secret_len(self) -> int:
         """The length in characters of the longest form masked (0: nothing to mask), as of
         the last refresh. A stream redactor holds back this many characters minus one."""
@@ -483,3 +488,60 @@ class StreamRedactor:
         """What is held back, redacted; the stream starts afresh after it."""
         text, self._held = self._held, ""
         return self._mask(text) if text else ""
+
+
+class WindowRedactor:
+    """Redacts one text that arrives in pieces, holding back a window of fixed size: the
+    last `longest form - 1` characters, whatever they are. For text an agent can steer (a
+    model's reply echoes its prompt), where `StreamRedactor` would be an oracle: holding
+    back exactly when the end of the text could begin a secret tells the agent, one
+    character at a time, which of its guesses begin one (a provider key in a few thousand
+    calls). Here when text is released depends only on how much has arrived; only a whole
+    secret changes what the agent sees (masked), as in a reply that came whole.
+
+    The cost is latency: a stream reaches its reader that many characters late (the end
+    comes with `flush()`). What the pieces add up to equals `Redactor.redact` of the whole
+    text: a match starting before the window has all its characters, so it is final.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._pattern = redactor.pattern()
+        self._window = max(0, redactor.max_secret_len() - 1)
+        self._held = ""
+
+    @property
+    def held(self) -> int:
+        """Characters held back right now."""
+        return len(self._held)
+
+    def feed(self, piece: str) -> str:
+        if not piece:
+            return ""
+        text = self._held + piece
+        pattern = self._pattern
+        if pattern is None:
+            self._held = ""
+            return text
+        cut = len(text) - self._window
+        if cut <= 0:
+            self._held = text
+            return ""
+        out: list[str] = []
+        last = 0
+        for match in pattern.finditer(text):
+            if match.start() >= cut:
+                break
+            out.append(text[last : match.start()])
+            out.append(MASK)
+            last = match.end()
+        cut = max(cut, last)  # a secret that starts before the window is released masked
+        out.append(text[last:cut])
+        self._held = text[cut:]
+        return "".join(out)
+
+    def flush(self) -> str:
+        """What is held back, redacted; the stream starts afresh after it."""
+        text, self._held = self._held, ""
+        if not text or self._pattern is None:
+            return text
+        return self._pattern.sub(MASK, text)

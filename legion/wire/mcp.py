@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from legion.wire.textrule import capped, strip_unsafe
 
@@ -29,6 +29,10 @@ PROPERTY_DESCRIPTION_CAP = 300  # of each argument's description in its schema
 SCHEMA_CAP = 16 * 1024  # bytes of one tool's JSON schema
 TOOLS_PER_SERVER = 64
 RESULT_CAP = 64 * 1024  # characters of one call's result
+# Bytes of one call's arguments (compact JSON). A server answers over SSE, and the client
+# drops the whole session when one event passes 1 MiB: arguments a tool echoes back must
+# stay well under it, or one agent's call would cut every agent off that server.
+ARGUMENTS_CAP = 256 * 1024
 
 
 def server_problem(name: str) -> str | None:
@@ -156,7 +160,24 @@ class McpCallRequest(_Strict):
 
     server: str = Field(min_length=1, max_length=24, pattern=SERVER_PATTERN)
     tool: str = Field(min_length=1, max_length=TOOL_NAME_MAX, pattern=r"^[A-Za-z0-9_-]+$")
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: dict[str, Any] = Field(
+        default_factory=dict, description=f"At most {ARGUMENTS_CAP} bytes as compact JSON."
+    )
+
+    @field_validator("arguments")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(
+            json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+                errors="surrogatepass"
+            )
+        )
+        if size > ARGUMENTS_CAP:
+            raise ValueError(
+                f"the arguments are {size} bytes as JSON; at most {ARGUMENTS_CAP} are sent to "
+                "a remote MCP server: send less per call"
+            )
+        return value
 
 
 class McpCallResult(BaseModel):

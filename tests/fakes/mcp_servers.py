@@ -57,6 +57,10 @@ def build_server(state: HttpMcp | None = None) -> MCPServer[Any]:
         await asyncio.sleep(seconds)
         return "done"
 
+    @server.tool(description="Answer with `size` bytes (a tool that amplifies its input).")
+    def big(size: int) -> str:
+        return "x" * size
+
     @server.tool(description="Always fails.")
     def fail() -> str:
         raise ValueError("the tool failed on purpose")

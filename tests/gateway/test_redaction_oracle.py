@@ -387,3 +387,49 @@ def test_masking_a_route_that_does_not_exist_is_an_error() -> None:
 
     with pytest.raises(ValueError, match="no such routes"):
         mask_routes(Router("t"), Redactor(), only={("GET", "/v1/gone")})
+
+
+def stream_deltas(raw: bytes) -> list[str]:
+    """The content of every delta the agent received, in order (None as '')."""
+    out = []
+    for line in raw.decode().split("\n"):
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:]).get("choices") or []:
+                out.append((choice.get("delta") or {}).get("content") or "")
+    return out
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "litellm"])
+async def test_a_streamed_echo_never_tells_which_guesses_begin_a_provider_key(
+    home: Path, direct: bool
+) -> None:
+    """issue 7 (redaction oracle, found by the adversarial pass): a model streams back what
+    the agent wrote. The stream redactor held back the end of the text exactly when it
+    could begin a provider key, so an empty delta where the agent expected text told it
+    that its guess was a prefix of the key: the key came out one character at a time
+    (27 characters in under 700 calls). Every prefix of the key, and a wrong guess of the
+    same length, must stream in deltas of the same sizes."""
+    async with FakeProvider(chunk_chars=3) as fake:
+        paths = seed(home)
+        passthrough = f"passthrough = {str(direct).lower()}"
+        text = config(fake.base_url, 1).replace(
+            'credential = "provider"', f'credential = "provider"\n{passthrough}'
+        )
+        async with (
+            Host.running(parse_config(text), paths) as host,
+            agent_client(paths, "alice") as alice,
+        ):
+
+            async def shape(guess: str) -> list[int]:
+                body = {"messages": [{"role": "user", "content": guess}], "stream": True}
+                async with alice.stream("POST", "/v1/chat/completions", json=body) as response:
+                    assert response.status_code == 200
+                    deltas = stream_deltas(await response.aread())
+                assert "".join(deltas) == f"echo: {guess}"  # a prefix alone is no secret
+                return [len(d) for d in deltas]
+
+            for size in range(1, len(PROVIDER_KEY)):
+                prefix = PROVIDER_KEY[:size]
+                other = prefix[:-1] + ("#" if prefix[-1] != "#" else "%")
+                assert await shape(prefix) == await shape(other), size
+            assert host.budgets.open == {}

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from legion.config import parse_config
-from legion.gateway.redact import MASK, Redactor, StreamRedactor
+from legion.gateway.redact import MASK, Redactor, StreamRedactor, WindowRedactor
 from legion.gateway.vault import Vault
 from legion.host import Host
 from legion.paths import Paths
@@ -49,8 +49,8 @@ def pieces_of(text: str, cuts: list[int]) -> list[str]:
     return [text[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def streamed(r: Redactor, pieces: list[str]) -> list[str]:
-    stream = StreamRedactor(r)
+def streamed(r: Redactor, pieces: list[str], kind: type = StreamRedactor) -> list[str]:
+    stream = kind(r)
     return [stream.feed(p) for p in pieces] + [stream.flush()]
 
 
@@ -111,6 +111,31 @@ def test_streamed_redaction_equals_redaction_of_the_whole_text(
     text = "".join(p if isinstance(p, str) else values[p % len(values)] for p in parts)
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=20))
     assert "".join(streamed(r, pieces_of(text, cuts))) == r.redact(text)
+    assert "".join(streamed(r, pieces_of(text, cuts), WindowRedactor)) == r.redact(text)
+
+
+@settings(max_examples=300, suppress_health_check=list(HealthCheck), deadline=None)
+@given(
+    values=st.lists(st.text(alphabet="ab]\\c", min_size=4, max_size=9), min_size=1, max_size=3),
+    text=st.text(alphabet="abc]\\ ", max_size=40),
+    data=st.data(),
+)
+def test_the_window_redactor_releases_text_by_its_length_only(
+    values: list[str], text: str, data: st.DataObject
+) -> None:
+    """issue 7 (redaction oracle, found by the adversarial pass): what the agent's stream
+    releases after each piece depends on how many characters came, not on what they are
+    (unless a whole secret is among them): the text with every character swapped for one
+    that begins no secret comes out in pieces of the same sizes."""
+    r = redactor(*values)
+    if r.redact(text) != text:
+        return  # a whole secret: masking it may change sizes, as a whole reply would
+    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=20))
+    plain = "z" * len(text)
+    sizes = [len(p) for p in streamed(r, pieces_of(text, cuts), WindowRedactor)]
+    assert sizes == [len(p) for p in streamed(r, pieces_of(plain, cuts), WindowRedactor)]
+    window = max(map(len, r.forms())) - 1
+    assert sum(sizes[:-1]) == max(0, len(text) - window)  # held back: the window, no more
 
 
 # --- through the gateway, both upstream paths ---------------------------------------------
@@ -281,8 +306,12 @@ async def test_text_held_back_when_the_provider_cuts_the_stream_is_flushed_and_s
 async def test_text_held_back_when_the_agent_leaves_reaches_the_bus_redacted(
     home: Path, direct: bool
 ) -> None:
-    """issue 7: the agent disconnects while SHORT is held: the operator's TokenDelta feed
-    gets it, masked, and the call is settled as aborted."""
+    """issue 7: the agent disconnects while the operator's redactor holds SHORT (it may
+    begin LONG): the TokenDelta feed gets it, masked, and the call is settled as aborted.
+
+    The agent leaves on the event that carries SHORT's delta (the third: role, lead,
+    SHORT), so the host has read SHORT and is waiting for the provider's next delta when
+    the agent goes; the socket server notices at once and cancels that wait."""
     async with (
         FakeProvider() as fake,
         host_for(home, fake, direct) as host,
@@ -291,13 +320,15 @@ async def test_text_held_back_when_the_agent_leaves_reaches_the_bus_redacted(
         lead = "b" * len(SHORT)
         # deltas: lead, SHORT (held: it may begin LONG), then more after a pause
         fake.script(Reply(content=lead + SHORT + " tail" * 20, chunk_chars=len(SHORT)))
-        fake.chunk_delay_s = 0.3
+        fake.chunk_delay_s = 0.4
         async with agent_client(host.paths, "alice") as alice:
             body = {"messages": [{"role": "user", "content": "go"}], "stream": True}
             async with alice.stream("POST", "/v1/chat/completions", json=body) as response:
+                events = 0
                 async for line in response.aiter_lines():
-                    if lead in line:
-                        break  # gone: the host finds out writing the delta that holds SHORT
+                    events += line.startswith("data: {")
+                    if events == 3:
+                        break  # gone while the host holds SHORT and waits for more
         for _ in range(250):
             booked = host.store.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
             if booked and not host.budgets.open:

@@ -39,10 +39,40 @@ def _reported(value: Any) -> int | None:
     return min(value, MAX_TOKENS) if value >= 0 else None
 
 
+class Produced:
+    """The text a reply generated (content, reasoning, refusal, tool arguments), kept for a
+    local count of its usage, up to `cap` bytes (`bound.reply_text_cap`): past the cap the
+    reply is longer than its max_tokens by any tokenizer, so no more of it is kept (the
+    host's memory and the count's CPU time stay bounded whatever a provider sends)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.size = 0
+        self._parts: list[str] = []
+
+    def add(self, text: str) -> None:
+        self.size += len(text.encode("utf-8", errors="surrogatepass"))
+        if self.size <= self.cap:
+            self._parts.append(text)
+
+    @property
+    def over(self) -> bool:
+        return self.size > self.cap
+
+    def text(self) -> str:
+        return "".join(self._parts)
+
+
 def usage_of(
-    litellm: Any, hop: Hop, messages: list[dict[str, Any]], reported: Any, produced: str
+    litellm: Any,
+    hop: Hop,
+    messages: list[dict[str, Any]],
+    reported: Any,
+    produced: str,
+    over: bool = False,
 ) -> Usage:
-    """The usage to book: the provider's figures, or a local count for what it left out."""
+    """The usage to book: the provider's figures, or a local count for what it left out
+    (`over`: the text passed its cap, so it holds more than max_tokens tokens)."""
     if isinstance(reported, dict):
         prompt = _reported(reported.get("prompt_tokens"))
         completion = _reported(reported.get("completion_tokens"))
@@ -55,6 +85,8 @@ def usage_of(
         except Exception:
             counted = hop.prompt_bound
         prompt = min(counted, hop.prompt_bound)
+    if completion is None and over:
+        completion = hop.max_tokens
     if completion is None:
         try:
             counted = int(litellm.token_counter(model=hop.model.model, text=produced))

@@ -34,6 +34,17 @@ PREAMBLE_TOKENS = 1024
 # The document bound when the model's context window is known neither from the config
 # (`context_window`) nor from LiteLLM's model table.
 DOCUMENT_TOKENS_UNKNOWN = 2_000_000
+# The longest token, in bytes, of any tokenizer LiteLLM ships (Anthropic's: 1024; OpenAI's
+# cl100k and o200k: 128). A reply whose text is longer than max_tokens times this holds
+# more than max_tokens tokens by any of them: the provider ignored the limit the host sent.
+MAX_TOKEN_BYTES = 1024
+
+
+def reply_text_cap(max_tokens: int) -> int:
+    """The most text (UTF-8 bytes: content, reasoning, refusal, tool arguments) a reply
+    limited to `max_tokens` can hold; a provider sending more is cut off (docs/llm.md)."""
+    return max_tokens * MAX_TOKEN_BYTES
+
 
 # Content part types whose tokens are the bytes of their text; every other part type
 # (image_url, input_audio, file, and any type a provider adds later) is non-text.

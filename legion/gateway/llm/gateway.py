@@ -27,15 +27,15 @@ from legion.config import Config, ModelConfig
 from legion.errors import LegionError
 from legion.events import EventBus
 from legion.gateway.llm import models, passthrough
-from legion.gateway.llm.booking import Booker, usage_of
-from legion.gateway.llm.bound import REQUEST_OVERHEAD_TOKENS, UpstreamBody
+from legion.gateway.llm.booking import Booker, Produced, usage_of
+from legion.gateway.llm.bound import REQUEST_OVERHEAD_TOKENS, UpstreamBody, reply_text_cap
 from legion.gateway.llm.budget import Budgets, Reservation, Usage
 from legion.gateway.llm.chain import Hop, ProviderFailure, chain_error, classify, outcome
 from legion.gateway.llm.health import ModelHealth
 from legion.gateway.llm.passthrough import Passthrough
 from legion.gateway.llm.pricing import needs_table, price_for
 from legion.gateway.llm.runtime import LiteLLM
-from legion.gateway.llm.stream import DeltaRedactor
+from legion.gateway.llm.stream import TEXT_FIELDS, DeltaRedactor
 from legion.gateway.llm.toolcalls import StreamedCalls, ToolCalls
 from legion.gateway.redact import Redactor
 from legion.gateway.vault import Vault
@@ -71,6 +71,33 @@ CHAT_PARAMS = frozenset(
     }
 )
 EMBEDDING_PARAMS = frozenset({"input", "dimensions", "encoding_format", "user"})
+
+
+class ReplyTooLong(Exception):
+    """The provider sent more text than the max_tokens the host sent it allows."""
+
+    def __init__(self, cap: int, max_tokens: int) -> None:
+        super().__init__(
+            f"the provider sent more than {cap} bytes of text for max_tokens {max_tokens} "
+            "(more tokens than it was allowed by any tokenizer); the reply was cut off"
+        )
+
+
+def generated(message: dict[str, Any]) -> list[str]:
+    """The texts a reply's message or delta carries (what its completion tokens count)."""
+    out = [t for f in TEXT_FIELDS if isinstance(t := message.get(f), str)]
+    for call in message.get("tool_calls") or ():
+        args = (
+            ((call or {}).get("function") or {}).get("arguments")
+            if isinstance(call, dict)
+            else None
+        )
+        if isinstance(args, str):
+            out.append(args)
+    legacy = message.get("function_call")
+    if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+        out.append(legacy["arguments"])
+    return out
 
 
 class Gateway:
@@ -322,10 +349,12 @@ class Gateway:
                     content = upstream.direct(name, max_tokens, request.stream)
                     key = self._api_key(model_cfg)
                     if request.stream:
-                        stream = self.passthrough.stream(agent, model_cfg, key, content)
+                        stream = self.passthrough.stream(agent, model_cfg, key, content, max_tokens)
                         first = await stream.__anext__()
                     else:
-                        result = await self.passthrough.complete(agent, model_cfg, key, content)
+                        result = await self.passthrough.complete(
+                            agent, model_cfg, key, content, max_tokens
+                        )
                 elif request.stream:
                     kwargs = self._kwargs(hop, body)
                     kwargs["max_tokens"] = max_tokens
@@ -395,6 +424,8 @@ class Gateway:
                 return self._finish(
                     agent, request_id, hop, reservation, request, result, started, litellm
                 )
+            except ProviderFailure:  # booked and refused by `_finish` (a reply too long)
+                raise
             except Exception as exc:  # a malformed 200: book the worst case, then refuse
                 self.booker.book(
                     hop, reservation, Usage(0, 0, reservation.amount), status="failed_bad_response"
@@ -473,10 +504,24 @@ class Gateway:
     ) -> Response:
         data = result if isinstance(result, dict) else result.model_dump(exclude_none=True)
         data["model"] = hop.alias
-        text = "".join(
-            (choice.get("message") or {}).get("content") or "" for choice in data.get("choices", [])
+        produced = Produced(reply_text_cap(hop.max_tokens))
+        for choice in data.get("choices") or ():
+            message = choice.get("message") if isinstance(choice, dict) else None
+            for text in generated(message) if isinstance(message, dict) else ():
+                produced.add(text)
+        usage = usage_of(
+            litellm, hop, request.messages, data.get("usage"), produced.text(), produced.over
         )
-        usage = usage_of(litellm, hop, request.messages, data.get("usage"), text)
+        if produced.over:  # the provider ignored max_tokens: book it, hand nothing on
+            elapsed = (time.monotonic() - started) * 1000
+            self.booker.book(hop, reservation, usage, status="failed_server", latency_ms=elapsed)
+            self._settled(agent, request_id, hop.alias, usage.cost_usd)
+            self.health.failure(hop.alias, "server")
+            raise ProviderFailure(
+                f"model {hop.alias!r} failed: {ReplyTooLong(produced.cap, hop.max_tokens)}",
+                model=hop.alias,
+                kind="server",
+            )
         for choice in data.get("choices", []):
             self.tool_calls.reply(
                 agent, request_id, (choice.get("message") or {}).get("tool_calls")
@@ -509,8 +554,10 @@ class Gateway:
         attempt: float,
     ) -> AsyncIterator[bytes]:
         """Relay the stream; every streamed text goes through a redactor that holds back a
-        possible start of a secret until the next delta shows it is none (stream.py)."""
-        produced: list[str] = []  # the provider's raw text, for a local count of usage
+        fixed window for the agent, and a possible start of a secret for the operator's
+        token events (stream.py)."""
+        # the provider's raw text, for a local count of usage, and the bound on its length
+        produced = Produced(reply_text_cap(hop.max_tokens))
         calls = StreamedCalls()
         usage_seen: Any = None
         ttft: float | None = None
@@ -530,15 +577,12 @@ class Gateway:
                 for choice in data.get("choices") or ():
                     delta = choice.get("delta") if isinstance(choice, dict) else None
                     if isinstance(delta, dict):
-                        text = delta.get("content")
-                        if isinstance(text, str):
-                            produced.append(text)
+                        for text in generated(delta):
+                            produced.add(text)
                         if delta.get("tool_calls"):
                             calls.add(delta["tool_calls"])
-                        for call in delta.get("tool_calls") or ():
-                            args = ((call or {}).get("function") or {}).get("arguments")
-                            if isinstance(args, str):
-                                produced.append(args)
+                if produced.over:  # ignoring max_tokens: nothing more of it goes on
+                    raise ReplyTooLong(produced.cap, hop.max_tokens)
                 self._shown(agent, request_id, redactor.chunk(data))
                 yield b"data: " + json.dumps(data).encode() + b"\n\n"
                 try:
@@ -547,8 +591,8 @@ class Gateway:
                     chunk = None
             status = "ok"
             tail, shown = redactor.flush(last)
+            self._shown(agent, request_id, shown)
             if tail is not None:
-                self._shown(agent, request_id, shown)
                 yield b"data: " + json.dumps(tail).encode() + b"\n\n"
             self.tool_calls.reply(agent, request_id, calls.finished())
             yield b"data: [DONE]\n\n"
@@ -557,8 +601,8 @@ class Gateway:
             kind, _, _ = classify(exc)
             self.health.failure(hop.alias, kind, attempt_started=attempt)
             tail, shown = redactor.flush(last)
+            self._shown(agent, request_id, shown)
             if tail is not None:
-                self._shown(agent, request_id, shown)
                 yield b"data: " + json.dumps(tail).encode() + b"\n\n"
             error = ProviderFailure(
                 f"model {hop.alias!r} failed mid-stream: {self._safe(exc)}",
@@ -570,7 +614,9 @@ class Gateway:
             if redactor.held():  # the agent left while text was held back: the TUI sees it
                 _, shown = redactor.flush(last)
                 self._shown(agent, request_id, shown)
-            usage = usage_of(litellm, hop, request.messages, usage_seen, "".join(produced))
+            usage = usage_of(
+                litellm, hop, request.messages, usage_seen, produced.text(), produced.over
+            )
             self.booker.book(
                 hop,
                 reservation,

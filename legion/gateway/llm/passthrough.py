@@ -10,15 +10,52 @@ bench/fleet_load.py: LiteLLM alone reaches ~0.1x of a direct client's streaming 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import httpx
 
 from legion.config import ModelConfig
-from legion.gateway.llm.bound import encode
+from legion.gateway.llm.bound import MAX_TOKEN_BYTES, encode
+
+ERROR_BODY_MAX = 64 * 1024  # of an error answer, only a message is read
+AFTER_DONE_S = 1.0  # what an upstream sends after [DONE] is read this long at most
+AFTER_DONE_MAX = 64 * 1024  # ... and this much, so the connection can go back to the pool
+
+
+def reply_bytes_cap(max_tokens: int) -> int:
+    """The longest body (or stream event) a reply limited to `max_tokens` can need: its
+    text at most (`bound.reply_text_cap`), each byte JSON-escaped at most 6 bytes (\\u00XX),
+    plus 1 MiB of framing. An upstream sending more is refused, never buffered."""
+    return (1 << 20) + 6 * MAX_TOKEN_BYTES * max_tokens
+
+
+async def _read_capped(response: httpx.Response, cap: int, what: str) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for piece in response.aiter_bytes():
+        size += len(piece)
+        if size > cap:
+            raise UpstreamError(502, f"the upstream sent {what} over {cap} bytes; refused")
+        parts.append(piece)
+    return b"".join(parts)
+
+
+async def _lines(response: httpx.Response, cap: int) -> AsyncGenerator[bytes, None]:
+    """The body's lines (without their end), none longer than `cap` bytes."""
+    pending = b""
+    async for piece in response.aiter_bytes():
+        pending += piece
+        *whole, pending = pending.split(b"\n")
+        for line in whole:
+            yield line.removesuffix(b"\r")
+        if len(pending) > cap:
+            raise UpstreamError(502, f"the upstream sent a stream line over {cap} bytes; refused")
+    if pending:
+        yield pending.removesuffix(b"\r")
 
 
 class UpstreamError(Exception):
@@ -55,6 +92,17 @@ def _error_message(status: int, raw: bytes) -> str:
     except (ValueError, AttributeError):
         pass
     return raw[:500].decode(errors="replace") or f"HTTP {status}"
+
+
+async def _drain(lines: AsyncIterator[bytes]) -> None:
+    """Read what follows [DONE], within AFTER_DONE_S and AFTER_DONE_MAX; then give up."""
+    size = 0
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(AFTER_DONE_S):
+            async for line in lines:
+                size += len(line) + 1
+                if size > AFTER_DONE_MAX:
+                    break
 
 
 class Passthrough:
@@ -125,22 +173,38 @@ class Passthrough:
         except httpx.HTTPError as exc:
             raise UpstreamError(None, f"connection failed: {exc}") from None
         if response.status_code >= 400:
-            raw = await response.aread()
-            await response.aclose()
+            try:
+                raw = await _read_capped(response, ERROR_BODY_MAX, "an error body")
+            except UpstreamError:
+                raw = b""
+            except httpx.HTTPError as exc:
+                raw = f"(the error body could not be read: {exc})".encode()
+            finally:
+                await response.aclose()
             raise UpstreamError(
                 response.status_code, _error_message(response.status_code, raw), response.headers
             )
         return response
 
     async def complete(
-        self, agent: str, model: ModelConfig, key: str, content: bytes
+        self, agent: str, model: ModelConfig, key: str, content: bytes, max_tokens: int
     ) -> dict[str, Any]:
         client, request = await self._request(agent, model, key, "/chat/completions", content)
-        response = await self._send(client, request, stream=False)
+        response = await self._send(client, request, stream=True)
         try:
-            data: dict[str, Any] = response.json()
+            raw = await _read_capped(response, reply_bytes_cap(max_tokens), "a body")
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(None, f"timed out: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(None, f"the body was cut: {exc}") from None
+        finally:
+            await response.aclose()
+        try:
+            data: dict[str, Any] = json.loads(raw)
         except ValueError:
             raise UpstreamError(502, "the upstream sent a body that is not JSON") from None
+        if not isinstance(data, dict):
+            raise UpstreamError(502, "the upstream sent a body that is not a JSON object")
         return data
 
     async def embeddings(
@@ -153,31 +217,37 @@ class Passthrough:
         return data
 
     async def stream(
-        self, agent: str, model: ModelConfig, key: str, content: bytes
+        self, agent: str, model: ModelConfig, key: str, content: bytes, max_tokens: int
     ) -> AsyncIterator[dict[str, Any]]:
-        """Parsed stream events. The HTTP error, if any, raises at the first `__anext__`."""
+        """Parsed stream events. The HTTP error, if any, raises at the first `__anext__`.
+        An event longer than a reply of `max_tokens` can need is refused; after [DONE] the
+        rest of the body is read for at most AFTER_DONE_S and AFTER_DONE_MAX (so an honest
+        connection goes back to the pool, and a trickling one cannot hold the call open)."""
         client, request = await self._request(agent, model, key, "/chat/completions", content)
         response = await self._send(client, request, stream=True)
         done = False
+        lines = _lines(response, reply_bytes_cap(max_tokens))
         try:
-            async for line in response.aiter_lines():
-                if done or not line.startswith("data:"):
-                    continue  # read to the end, so the connection goes back to the pool
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    done = True
+            async for line in lines:
+                if not line.startswith(b"data:"):
                     continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                    break
                 event = json.loads(payload)
                 if isinstance(event, dict) and "error" in event and not event.get("choices"):
-                    raise UpstreamError(502, _error_message(502, payload.encode()))
+                    raise UpstreamError(502, _error_message(502, payload))
                 yield event
             if not done:
                 raise UpstreamError(None, "the stream ended without [DONE]")
+            await _drain(lines)
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(None, f"timed out mid-stream: {exc}") from None
         except httpx.HTTPError as exc:
             raise UpstreamError(None, f"the stream was cut: {exc}") from None
         finally:
+            await lines.aclose()
             await response.aclose()
 
     async def close(self) -> None:

@@ -25,8 +25,11 @@ import sys
 from types import ModuleType
 from typing import Any
 
+import httpx
+
 from legion.gateway.llm.pricing import ModelTable, load_table
 
+log = logging.getLogger(__name__)
 _module: ModuleType | None = None
 
 
@@ -62,12 +65,65 @@ def load_blocking() -> ModuleType:
         logger.handlers.clear()
         logger.propagate = True
         logger.setLevel(logging.WARNING)
+    _refuse_redirects()
     # LiteLLM leaves ~400k long-lived objects; without this every full GC pass walks them
     # (pauses of ~200 ms on the host's event loop).
     gc.collect()
     gc.freeze()
     _module = litellm
     return litellm
+
+
+class _NoRedirects(httpx.AsyncBaseTransport):
+    """A transport that hands a redirect back as the answer it is: the Location header of a
+    3xx is dropped, so the client above it (LiteLLM's, the OpenAI SDK's, both created with
+    follow_redirects=True) cannot follow it. A provider, or whoever sits on a plain-http
+    path to it, must not steer the host's request (the agent's prompt) to another address,
+    past the egress policy; the direct path never follows redirects either."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if 300 <= response.status_code < 400 and "location" in response.headers:
+            log.warning(
+                "a provider answered with a redirect; not followed",
+                extra={"fields": {"url": str(request.url), "status": response.status_code}},
+            )
+            del response.headers["location"]
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _refuse_redirects() -> None:
+    """Every async transport LiteLLM builds (for the OpenAI SDK's clients and its own
+    handler) is wrapped in `_NoRedirects`."""
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+
+    build = AsyncHTTPHandler.create_async_transport
+    if getattr(build, "legion_no_redirects", False):
+        return
+
+    def create_async_transport(*args: Any, **kwargs: Any) -> httpx.AsyncBaseTransport:
+        inner = build(*args, **kwargs)
+        return _NoRedirects(inner if inner is not None else httpx.AsyncHTTPTransport())
+
+    mounts: Any = AsyncHTTPHandler.create_httpx_proxy_mounts
+
+    def create_httpx_proxy_mounts(transport: Any, *args: Any, **kwargs: Any) -> Any:
+        # the proxies from the environment (HTTPS_PROXY) are mounted as before, wrapped too
+        unwrapped = transport._inner if isinstance(transport, _NoRedirects) else transport
+        found = mounts(unwrapped, *args, **kwargs)
+        if not found:
+            return found
+        return {k: (_NoRedirects(v) if v is not None else v) for k, v in found.items()}
+
+    create_async_transport.legion_no_redirects = True  # type: ignore[attr-defined]
+    AsyncHTTPHandler.create_async_transport = staticmethod(create_async_transport)  # type: ignore[method-assign,assignment]
+    AsyncHTTPHandler.create_httpx_proxy_mounts = staticmethod(create_httpx_proxy_mounts)  # type: ignore[method-assign]
 
 
 class LiteLLM:
