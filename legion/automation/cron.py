@@ -19,6 +19,7 @@ from legion.errors import Conflict, Forbidden, LegionError, NotFound, TooLarge
 from legion.wire.automation import (
     MAX_ACTION_BYTES,
     AnyJob,
+    BlackboardWriteJob,
     CronJob,
     CronRun,
     CronSet,
@@ -184,6 +185,8 @@ class CronJobs(Firing):
         schedule = self.schedule_of(job.schedule)
         tz_name = job.timezone or self.config.timezone or self.host_tz
         zone(tz_name)
+        if isinstance(job, BlackboardWriteJob):
+            self.host.blackboard.check_key(job.args.key)  # [host.blackboard] max_key_length
         action = job_action(job)
         text = json.dumps(action, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         if len(text.encode()) > MAX_ACTION_BYTES:

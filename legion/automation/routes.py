@@ -37,7 +37,7 @@ from legion.wire.automation import (
     WebhookRotate,
     WebhookSecret,
 )
-from legion.wire.fields import AgentName, HookName, JobId, JobName, WebhookJobId
+from legion.wire.fields import AgentFilter, HookName, JobId, JobName, WebhookJobId
 
 if TYPE_CHECKING:
     from legion.host import Host
@@ -171,15 +171,15 @@ def add_control_routes(router: Router, host: Host) -> None:
         "GET",
         "/v1/cron/jobs",
         response=CronJobList,
-        query={"agent": AgentName},
+        query={"agent": AgentFilter},
         links=_job_links("$response.body#/jobs/0/id"),
     )
     async def cron_jobs(call: Call) -> CronJobList:
         """Every cron job (`?agent=` for one agent's, also one that was removed)."""
-        agent = call.request.query.get("agent")
-        if agent is not None:
+        agent = call.request.query.get("agent", "")
+        if agent:
             _checked(rules.name_problem(agent), "invalid_name")
-        return CronJobList(jobs=cron.list_jobs(agent))
+        return CronJobList(jobs=cron.list_jobs(agent or None))
 
     @router.route(
         "POST",

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag
 from legion.wire.fields import (
     AgentName,
     BlackboardKey,
+    BurstSize,
     CronSchedule,
     HookName,
     JobName,
@@ -265,8 +266,8 @@ class _Hook(_Strict):
     rate_per_min: float | None = Field(
         default=None, gt=0, le=100_000, description="Default [automation.webhooks] rate_per_min."
     )
-    burst: int | None = Field(
-        default=None, ge=1, le=10_000, description="Default [automation.webhooks] burst."
+    burst: BurstSize | None = Field(
+        default=None, description="Default [automation.webhooks] burst."
     )
 
 

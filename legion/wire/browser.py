@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag
 
-from legion.wire.fields import BrowserRef, PageUrl, WaitSeconds
+from legion.wire.fields import BrowserRef, PageUrl, TabIndex, WaitSeconds
 
 # Every action an agent may use (`browser_actions` in its permissions names a subset).
 ACTIONS = (
@@ -104,9 +104,6 @@ class ExtractRequest(_Action):
     ref: BrowserRef | None = Field(default=None, description="An element (default: the page).")
 
 
-MAX_TABS = 100
-
-
 class TabsList(_Action):
     action: Literal["tabs"] = "tabs"
     op: Literal["list"] = "list"
@@ -121,7 +118,7 @@ class TabsNew(_Action):
 class TabsPick(_Action):
     action: Literal["tabs"] = "tabs"
     op: Literal["switch", "close"]
-    index: int = Field(ge=0, le=MAX_TABS, description="The tab (from op=list).")
+    index: TabIndex = Field(description="The tab (from op=list).")
 
 
 def _tabs_op(value: Any) -> str:

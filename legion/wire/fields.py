@@ -55,6 +55,8 @@ Version = Annotated[int, Field(ge=0, le=rules.SQLITE_MAX), BeforeValidator(_inte
 Cursor = Annotated[int, Field(ge=0, le=rules.SQLITE_MAX), BeforeValidator(_integral)]
 TokenCount = Annotated[int, Field(ge=1, le=rules.SQLITE_MAX), BeforeValidator(_integral)]
 ItemCount = Annotated[int, Field(ge=1, le=100), BeforeValidator(_integral)]
+BurstSize = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_integral)]
+TabIndex = Annotated[int, Field(ge=0, le=100), BeforeValidator(_integral)]
 # Seconds. Finite (models refuse inf and nan) and bounded, so `1e400` is refused rather than
 # becoming "never expires".
 TTL_MAX_S = 366 * 86400
@@ -62,6 +64,18 @@ TtlSeconds = Annotated[float, Field(gt=0, le=TTL_MAX_S, allow_inf_nan=False)]
 WaitSeconds = Annotated[float, Field(ge=0, le=30, allow_inf_nan=False)]
 
 # --- names, keys, topics, globs ---------------------------------------------------------
+
+# `?agent=` on a listing: an agent name, or empty for every agent.
+AgentFilter = Annotated[
+    str,
+    _checked(lambda text: None if text == "" else rules.name_problem(text)),
+    _schema(
+        rules.schema_string(
+            pattern=f"^(?:{rules.NAME_PATTERN[1:-1]})?$", max_length=rules.NAME_MAX
+        ),
+        description=f"An agent name ({rules.NAME_RULE}), or empty for every agent.",
+    ),
+]
 
 AgentName = Annotated[
     str,

@@ -70,6 +70,11 @@ visibility_timeout_s = 2.0
 [runtime]
 backend = "none"
 
+[automation]
+# Above an hour: the schedule pattern in the document is the one for one minute and one
+# hour (or */N hours) a day; the control host below carries the one for 5 minutes.
+min_interval_s = 7200
+
 [llm]
 default_model = "fake"
 
@@ -90,6 +95,11 @@ blackboard_write = ["**"]
 can_message = ["*"]
 can_publish = ["**"]
 can_subscribe = ["**"]
+# The automation and browser routes answer past their policy: cron jobs (up to the cap,
+# then 409), steering bob, and the browser (409 no_browser_runtime: no containers here).
+can_manage_cron = true
+can_steer = ["bob"]
+can_use_browser = true
 
 [agents.bob]
 """
@@ -100,6 +110,9 @@ long_poll_max_s = 0.05
 
 [runtime]
 backend = "none"
+
+[automation]
+min_interval_s = 300
 
 [teams.red]
 
