@@ -38,6 +38,8 @@ from legion.wire.automation import (
 from legion.wire.browser import BrowserInfo, BrowserList, Handoff
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
+from legion.wire.mcp import McpList
+from legion.wire.skills import SkillInfo, SkillList, SkillText
 
 
 class HostNotRunning(Exception):
@@ -203,6 +205,44 @@ class ControlClient:
     def purge(self, name: str) -> PurgeResult:
         result: PurgeResult = self._request(
             "DELETE", f"/v1/agents/{quote(name, safe='')}/state", PurgeResult
+        )
+        return result
+
+    def mcp(self, agent: str | None = None) -> McpList:
+        params = {"agent": agent} if agent else {}
+        result: McpList = self._request("GET", "/v1/mcp", McpList, params=params)
+        return result
+
+    def skills(self, agent: str | None = None) -> SkillList:
+        params = {"agent": agent} if agent else {}
+        result: SkillList = self._request("GET", "/v1/skills", SkillList, params=params)
+        return result
+
+    def skill_add(
+        self, name: str, files: dict[str, str], agent: str | None, replace: bool
+    ) -> SkillInfo:
+        body = {"name": name, "agent": agent, "files": files, "replace": replace}
+        result: SkillInfo = self._request("POST", "/v1/skills", SkillInfo, json=body, timeout=120)
+        return result
+
+    def skill_remove(self, name: str, agent: str | None) -> SkillList:
+        params = {"agent": agent} if agent else {}
+        result: SkillList = self._request(
+            "DELETE", f"/v1/skills/{quote(name, safe='')}", SkillList, params=params
+        )
+        return result
+
+    def skill_show(self, name: str, agent: str | None, source: str | None) -> SkillText:
+        params = {k: v for k, v in (("agent", agent), ("source", source)) if v}
+        result: SkillText = self._request(
+            "GET", f"/v1/skills/{quote(name, safe='')}", SkillText, params=params
+        )
+        return result
+
+    def skill_promote(self, name: str, agent: str, to: str | None, replace: bool) -> SkillInfo:
+        body = {"agent": agent, "to": to, "replace": replace}
+        result: SkillInfo = self._request(
+            "POST", f"/v1/skills/{quote(name, safe='')}/promote", SkillInfo, json=body
         )
         return result
 

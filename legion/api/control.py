@@ -173,6 +173,9 @@ def build_control_router(host: Host) -> Router:
 
     add_automation_routes(router, host)  # cron, webhooks, steer (legion/automation/routes.py)
     add_browser_routes(router, host)  # /v1/browsers/... (legion/browser/routes.py)
+    from legion.api.control_extend import build_extend_routes
+
+    build_extend_routes(router, host)  # MCP, skills (issue 14)
     return router
 
 
@@ -196,6 +199,7 @@ def host_agents(host: Host) -> AgentList:
                 restarts_last_hour=sum(1 for t in run.restarts if now - t < 3600) if run else 0,
                 last_seen=host.last_seen.get(name),
                 inbox_depth=host.inboxes.depth(name),
+                parent=host.spawner.parent_of(name),
             )
         )
     backend = host.fleet.backend
@@ -301,7 +305,12 @@ async def reload_config(host: Host, actor: str = "operator") -> ReloadResult:
         ]
         if too_long:
             _refused(host, actor, path, too_long)
-        changed = config_changes(host.config, new)
+        children = set(host.spawner.children)  # sub-agents are not in legion.toml
+        changed = [
+            key
+            for key in config_changes(host.config, new)
+            if not any(_under(key, f"agents.{name}") for name in children)
+        ]
         running = {
             name
             for name, run in host.fleet.runs.items()

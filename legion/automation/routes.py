@@ -90,6 +90,7 @@ def _steer_route(router: Router, host: Host) -> None:
         body=SteerRequest,
         response=SteerQueued,
         policy=Policy(STEER, "to", "steer"),
+        rate="write",
     )
     async def steer(call: Call) -> SteerQueued:
         """Steer an agent: the text reaches its running turn between two tool rounds
@@ -103,7 +104,11 @@ def add_agent_routes(router: Router, host: Host) -> None:
     cron = host.automation.cron
 
     @router.route(
-        "GET", "/v1/cron", response=CronJobList, policy=Policy(CRON, "agent", "cron.list")
+        "GET",
+        "/v1/cron",
+        response=CronJobList,
+        policy=Policy(CRON, "agent", "cron.list"),
+        rate="read",
     )
     async def cron_list(call: Call) -> CronJobList:
         """The caller's cron jobs (`cron_list`)."""
@@ -122,6 +127,7 @@ def add_agent_routes(router: Router, host: Host) -> None:
                 "parameters": {"name": "$request.path.name"},
             }
         },
+        rate="write",
     )
     async def cron_set(call: Call) -> CronJob:
         """Create or change one of the caller's cron jobs (`cron_set`), within
@@ -136,6 +142,7 @@ def add_agent_routes(router: Router, host: Host) -> None:
         response=CronRemoved,
         policy=Policy(CRON, "name", "cron.remove"),
         params={"name": JobName},
+        rate="write",
     )
     async def cron_remove(call: Call) -> CronRemoved:
         """Remove one of the caller's cron jobs (`cron_remove`)."""
@@ -154,6 +161,7 @@ def add_agent_routes(router: Router, host: Host) -> None:
                 "requestBody": {"ids": ["$response.body#/items/0/id"]},
             }
         },
+        rate="read",
     )
     async def steer_take(call: Call) -> PollResponse:
         """Take the steer items waiting in the caller's own inbox (between tool rounds);

@@ -68,12 +68,23 @@ def add_agent_routes(router: Router, host: Host) -> None:
 
         act.__name__ = f"browser_{name}"
         act.__doc__ = f"Browser: {name} (see legion.wire.browser.{model.__name__})."
+        # Browser actions make web traffic: the egress bucket.
         router.route(
-            "POST", f"/v1/browser/{name}", body=model, response=BrowserResult, policy=browser
+            "POST",
+            f"/v1/browser/{name}",
+            body=model,
+            response=BrowserResult,
+            policy=browser,
+            rate="egress",
         )(act)
 
     @router.route(
-        "POST", "/v1/browser/request_human", body=HumanRequest, response=HumanState, policy=browser
+        "POST",
+        "/v1/browser/request_human",
+        body=HumanRequest,
+        response=HumanState,
+        policy=browser,
+        rate="write",
     )
     async def browser_request_human(call: Call) -> HumanState:
         """Ask the operator to take over the browser; then wait with /v1/browser/wait_human."""
@@ -81,7 +92,13 @@ def add_agent_routes(router: Router, host: Host) -> None:
         return await host.browsers.request_human(call.principal, body.reason)
 
     @router.route(
-        "POST", "/v1/browser/wait_human", body=HumanWaitRequest, response=HumanState, policy=browser
+        "POST",
+        "/v1/browser/wait_human",
+        body=HumanWaitRequest,
+        response=HumanState,
+        policy=browser,
+        rate="poll",
+        cancel_on_disconnect=True,
     )
     async def browser_wait_human(call: Call) -> HumanState:
         """Long-poll until the operator ends the hand-off (`legion browser done`)."""

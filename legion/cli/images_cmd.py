@@ -111,6 +111,7 @@ def _build_agent(
             cache=paths.home / "cache" / "wheels",
             progress=progress,
             rebuild_base=rebuild_base,
+            mcp_packages=config.images.mcp_packages,
         )
     except ImageBuildError as exc:
         fail(str(exc), 1)

@@ -21,6 +21,10 @@ from legion.store import Store
 from tests.conftest import HostFactory, agent_client
 
 CONFIG = """
+# never connected: loopback is refused by the address policy ([egress] allow is empty)
+[mcp.github]
+url = "http://127.0.0.1:9/mcp"
+
 [teams.red]
 [teams.blue]
 
@@ -40,6 +44,7 @@ egress_hosts = ["api.github.com", "*.example.org"]
 allowed_credentials = ["github-*"]
 can_manage_cron = true
 can_spawn = true
+allowed_mcp = ["github", "team-*"]
 can_steer = ["bob"]
 can_use_browser = true
 browser_actions = ["navigate", "snapshot"]
@@ -96,6 +101,9 @@ TABLE: list[tuple[Perm, str, bool]] = [
     (Perm.CREDENTIAL, "github-token", True),
     (Perm.CREDENTIAL, "gitlab-token", False),
     (Perm.CREDENTIAL, "github-a/b", False),
+    (Perm.MCP, "github", True),
+    (Perm.MCP, "team-tools", True),
+    (Perm.MCP, "githubx", False),
     (Perm.CRON, "", True),
     (Perm.CRON, "nightly", True),
     (Perm.SPAWN, "", True),
