@@ -516,10 +516,9 @@ def build_agent_router(host: Host, agent: str) -> Router:
         """The runtime's report of the local (stdio) MCP servers it runs, for `legion mcp
         ls`; stored as the agent's own account (nothing is decided from it)."""
         body: McpStatusReport = call.body
-        for server in body.servers:
-            server.kind, server.agent = "stdio", call.principal
-        host.mcp_reports[call.principal] = body
-        return McpList(servers=body.servers)
+        servers = [server.info(call.principal) for server in body.servers]
+        host.mcp_reports[call.principal] = McpList(servers=servers)
+        return McpList(servers=servers)
 
     add_automation_routes(router, host)  # cron_*, steer (legion/automation/routes.py)
     add_browser_routes(router, host)  # /v1/browser/<action> (legion/browser/routes.py)

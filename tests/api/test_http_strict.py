@@ -151,6 +151,13 @@ async def test_head_answers_like_get_without_a_body(home: Path) -> None:
 async def test_head_on_the_event_stream_holds_nothing(home: Path) -> None:
     async with host_at(home) as (host, _):
         paths = host.paths
+        # The host's own subscriber (the sub-agent reaper, a task of the host) is there
+        # before and after: wait for it to subscribe.
+        deadline = asyncio.get_running_loop().time() + 10
+        while host.bus.subscriber_count < 1:
+            assert asyncio.get_running_loop().time() < deadline, "the reaper never subscribed"
+            await asyncio.sleep(0.01)
+        before = host.bus.subscriber_count
         conn = await RawConn.open(paths.control_socket)
         try:
             await conn.send(request("HEAD", "/v1/events"))
@@ -159,7 +166,7 @@ async def test_head_on_the_event_stream_holds_nothing(home: Path) -> None:
         finally:
             conn.close()
         # The stream's producer never started: its subscription was closed (on_abandon).
-        assert host.bus.subscriber_count == 0
+        assert host.bus.subscriber_count == before
 
 
 async def test_405_carries_allow(home: Path) -> None:
