@@ -224,7 +224,8 @@ class Webhooks:
         if mode == "stripe" and stripe_secret is None:
             raise Conflict(
                 f"webhook {name} is a stripe hook: its secret is the endpoint's signing "
-                f"secret Stripe shows; `legion webhooks rotate {name} --stripe-secret -`",
+                f"secret Stripe shows; `legion webhooks rotate {name}` reads the new one on "
+                "a prompt or stdin",
                 code="stripe_secret_required",
             )
         if mode != "stripe" and stripe_secret is not None:

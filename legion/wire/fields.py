@@ -55,6 +55,7 @@ Version = Annotated[int, Field(ge=0, le=rules.SQLITE_MAX), BeforeValidator(_inte
 Cursor = Annotated[int, Field(ge=0, le=rules.SQLITE_MAX), BeforeValidator(_integral)]
 TokenCount = Annotated[int, Field(ge=1, le=rules.SQLITE_MAX), BeforeValidator(_integral)]
 ItemCount = Annotated[int, Field(ge=1, le=100), BeforeValidator(_integral)]
+Count = Annotated[int, Field(ge=0, le=rules.SQLITE_MAX), BeforeValidator(_integral)]
 BurstSize = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_integral)]
 TabIndex = Annotated[int, Field(ge=0, le=100), BeforeValidator(_integral)]
 # Seconds. Finite (models refuse inf and nan) and bounded, so `1e400` is refused rather than

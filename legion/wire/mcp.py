@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from legion.wire.fields import Count
 from legion.wire.textrule import capped, strip_unsafe
 
 SEPARATOR = "__"
@@ -172,7 +173,7 @@ class McpServerReport(_Strict):
     agent: None = Field(default=None, description="Always null: the host knows who reports.")
     state: McpState
     reason: str = Field(default="", max_length=REASON_MAX)
-    restarts: int = Field(default=0, ge=0, le=2**63 - 1)
+    restarts: Count = 0
     since: float | None = Field(default=None, ge=0, description="When the state last changed.")
     tools: list[McpToolReport] = Field(default_factory=list, max_length=TOOLS_PER_SERVER)
     agents: list[str] = Field(default_factory=list, max_length=0, description="Always empty.")

@@ -52,12 +52,15 @@ SEED = int(os.environ.get("LEGION_CONTRACT_SEED", "20150"))
 EXCLUDED_CHECKS: dict[str, str] = {}
 # Operations where a schema-valid request may still be refused, each with the status, the
 # reason and where the document says so. Nothing else is allowed.
-POSITIVE_ALLOWANCES = {
-    # A skill folder's SKILL.md is a document in a format of its own (UTF-8, front matter by
-    # the Agent Skills rules, whose name matches the folder), and the folder has a total
-    # size in bytes: the schema states the folder's shape (name, paths, padded base64, one
-    # file's size, the count), and the route answers 422 invalid_skill for what is inside.
-    "POST /v1/skills": ["422"],
+POSITIVE_ALLOWANCES: dict[str, dict[str, list[str]]] = {
+    "agent": {},
+    "control": {
+        # A skill folder's SKILL.md is a document in a format of its own (UTF-8, front matter by
+        # the Agent Skills rules, whose name matches the folder), and the folder has a total
+        # size in bytes: the schema states the folder's shape (name, paths, padded base64, one
+        # file's size, the count), and the route answers 422 invalid_skill for what is inside.
+        "POST /v1/skills": ["422"],
+    },
 }
 # Operations left out: the ones that stop the host or stream forever.
 EXCLUDED_PATHS = {
@@ -249,8 +252,8 @@ def daemon_on(config: str) -> Iterator[Paths]:
 POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 
 
-def schemathesis_config(directory: Path) -> Path:
-    path = directory / "schemathesis.toml"
+def schemathesis_config(socket: str, directory: Path) -> Path:
+    path = directory / f"schemathesis-{socket}.toml"
 
     def statuses(values: list[str]) -> str:
         return ", ".join(json.dumps(s) for s in values)
@@ -258,7 +261,7 @@ def schemathesis_config(directory: Path) -> Path:
     text = (
         f"[checks.negative_data_rejection]\nexpected-statuses = [{statuses(NEGATIVE_STATUSES)}]\n"
     )
-    for operation, extra in POSITIVE_ALLOWANCES.items():
+    for operation, extra in POSITIVE_ALLOWANCES[socket].items():
         text += (
             f"\n[[operations]]\ninclude-name = {json.dumps(operation)}\n"
             "[operations.checks.positive_data_acceptance]\n"
@@ -278,7 +281,7 @@ def run_schemathesis(socket: str, bridge: UnixBridge, directory: Path) -> dict[s
         "schemathesis.cli",
         "--no-color",
         "--config-file",
-        str(schemathesis_config(directory)),
+        str(schemathesis_config(socket, directory)),
         "run",
         f"{bridge.url}/v1/openapi.json",
         "--checks",

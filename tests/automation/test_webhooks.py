@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -213,3 +214,72 @@ async def test_secrets_are_kept_in_the_vault_and_rotation_cuts_the_old_one(home:
         async with control_client(host.paths) as operator:
             assert (await operator.delete("/v1/webhooks/deploy")).json()["removed"] is True
         assert "webhook.deploy" not in host.vault.names()
+
+
+async def test_a_generated_secret_is_only_in_the_answer_that_made_it(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """issue 15: a legion or github hook's secret is the host's, shown once. A client cannot
+    give one (the schema has no `secret` for these modes, and the host refuses it, changing
+    nothing); the secret made on add and on rotate appears in no audit record, no event on
+    the bus, no log line and nowhere in host.db (the vault holds it, encrypted)."""
+    caplog.set_level(logging.DEBUG)
+    async with host_at(home, config(extra=HOOKS)) as host, host.bus.subscribe() as events:
+        async with control_client(host.paths) as operator:
+            given = await operator.post(
+                "/v1/webhooks",
+                json={"name": "mine", "agent": "alice", "secret": "lgwh_" + "a" * 43},
+            )
+            assert given.status_code == 422, given.text
+            assert given.json()["error"]["code"] == "invalid_body"
+            assert "webhook.mine" not in host.vault.names()
+            gh = await operator.post(
+                "/v1/webhooks",
+                json={"name": "gh", "agent": "alice", "mode": "github", "secret": "x" * 40},
+            )
+            assert gh.status_code == 422, gh.text
+            listed = (await operator.get("/v1/webhooks")).json()
+            assert listed["hooks"] == []
+        url, first = await add_hook(host)
+        async with control_client(host.paths) as operator:
+            rotated = await operator.post("/v1/webhooks/deploy/rotate", json={})
+            assert rotated.status_code == 200, rotated.text
+            second = rotated.json()["secret"]
+            refused = await operator.post(
+                "/v1/webhooks/deploy/rotate", json={"secret": "lgwh_" + "b" * 43}
+            )
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["error"]["code"] == "invalid_body"
+            stripe_like = await operator.post(
+                "/v1/webhooks/deploy/rotate", json={"secret": STRIPE_SECRET}
+            )
+            assert stripe_like.status_code == 409, stripe_like.text
+            assert stripe_like.json()["error"]["code"] == "secret_generated"
+            listed = json.dumps((await operator.get("/v1/webhooks")).json())
+        body = b'{"ref": "main"}'
+        async with httpx.AsyncClient() as web:
+            good = await web.post(url, content=body, headers=signed(second, body, "s-1"))
+            assert good.status_code == 202, good.text
+            bad = await web.post(url, content=body, headers=signed(first, body, "s-2"))
+            assert bad.status_code == 401
+        seen: list[str] = []
+        while not events.queue.empty():
+            seen.append(repr(events.queue.get_nowait()))
+        assert any("webhook" in line for line in seen), seen
+        audit_rows = [
+            " ".join(str(v) for v in row) for row in host.store.execute("SELECT * FROM audit")
+        ]
+        assert any("webhook" in row for row in audit_rows), audit_rows
+        logged = caplog.text
+        assert any(r.name.startswith("legion") for r in caplog.records), "no host log captured"
+        for secret in (first, second):
+            assert secret not in listed
+            assert not [row for row in audit_rows if secret in row]
+            assert not [event for event in seen if secret in event]
+            assert secret not in logged
+        host.store.execute("PRAGMA wal_checkpoint(FULL)")
+    stored = b"".join(
+        p.read_bytes() for p in home.iterdir() if p.name.startswith(("host.db", "vault.db"))
+    )
+    for secret in (first, second):
+        assert secret.encode() not in stored
