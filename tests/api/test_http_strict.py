@@ -182,6 +182,31 @@ async def test_405_carries_allow(home: Path) -> None:
         assert sock.exists()
 
 
+async def test_methods_are_case_sensitive(home: Path) -> None:
+    """issue 15 (attack pass): RFC 9110 makes methods case-sensitive, so `get` is not GET
+    (a proxy in front that lets an unknown `get` through must not reach the GET route);
+    and a route whose parameter is a fixed set of words (`{action}`) does not swallow
+    other paths, so Allow names only the routes that serve the path."""
+    async with host_at(home) as (host, sock):
+        conn = await RawConn.open(sock)
+        try:
+            await conn.send(request("get", "/v1/whoami"))
+            lower = await conn.answer()
+            assert lower.status == 405, lower.body
+            assert lower.headers["allow"] == "GET, HEAD"
+        finally:
+            conn.close()
+        control = await RawConn.open(host.paths.control_socket)
+        try:
+            await control.send(request("OPTIONS", "/v1/agents/alice/state"))
+            state = await control.answer()
+            assert state.status == 405 and state.headers["allow"] == "DELETE"
+            await control.send(request("POST", "/v1/agents/alice/explode"))
+            assert (await control.answer()).status == 404
+        finally:
+            control.close()
+
+
 async def test_pipelined_requests_are_answered_in_order(home: Path) -> None:
     async with host_at(home) as (_, sock):
         conn = await RawConn.open(sock)
