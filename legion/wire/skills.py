@@ -518,7 +518,13 @@ SkillName = Annotated[
         }
     ),
 ]
-_AGENT = {"type": "string", "minLength": 1, "maxLength": 32, "pattern": "^[a-z][a-z0-9-]{0,31}$"}
+_AGENT_PATTERN = "^[a-z][a-z0-9-]{0,31}$"
+_AGENT: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 32,
+    "pattern": _AGENT_PATTERN,
+}
 UploadAgent = Annotated[
     str | None,
     WithJsonSchema({"anyOf": [_AGENT, {"type": "null"}]}),
@@ -565,7 +571,7 @@ class SkillUpload(BaseModel):
     @field_validator("agent")
     @classmethod
     def _agent_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(_AGENT["pattern"][1:-1], value):
+        if value is not None and not re.fullmatch(_AGENT_PATTERN[1:-1], value):
             raise ValueError(f"{value[:80]!r} is not an agent name")
         return value
 
@@ -605,7 +611,7 @@ class SkillPromote(BaseModel):
     @field_validator("agent", "to")
     @classmethod
     def _agent_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(_AGENT["pattern"][1:-1], value):
+        if value is not None and not re.fullmatch(_AGENT_PATTERN[1:-1], value):
             raise ValueError(f"{value[:80]!r} is not an agent name")
         return value
 
