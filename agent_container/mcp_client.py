@@ -84,13 +84,14 @@ class LocalServer:
     task: asyncio.Task[None] | None = None
 
     def info(self) -> McpServerInfo:
-        from legion.wire.mcp import McpServerInfo
+        from legion.wire.mcp import REASON_MAX, McpServerInfo
+        from legion.wire.textrule import capped
 
         return McpServerInfo(
             name=self.spec.name,
             kind="stdio",
             state=self.state,
-            reason=self.reason,
+            reason=capped(self.reason, REASON_MAX),
             since=self.since,
             restarts=self.restarts,
             tools=list(self.tools),

@@ -57,7 +57,7 @@ from legion.wire.agent import (
 )
 from legion.wire.api import HostStatus
 from legion.wire.events import AgentReply, AuditAppended, HostStarted, HostStopping
-from legion.wire.mcp import McpStatusReport, McpStdioSpec
+from legion.wire.mcp import McpList, McpStdioSpec
 
 if TYPE_CHECKING:
     from legion.api.sockpath import Moved
@@ -131,7 +131,7 @@ class Host:
         self.egress = self._make_egress()
         self.mcp = RemoteMcp(config, self.vault, self.audit, clock=clock)
         self.mcp_proxies = McpProxies(self)
-        self.mcp_reports: dict[str, McpStatusReport] = {}  # what each runtime says of its servers
+        self.mcp_reports: dict[str, McpList] = {}  # what each runtime says of its servers
         # No server-wide redaction hook: masking is per route (`_control_router`,
         # `_agent_router`), so an agent's own input is never matched against the vault.
         self.http = HttpServer(

@@ -11,12 +11,12 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
 from legion.api.http import Call, Policy, Response, Router, StreamResponse
 from legion.automation.routes import add_agent_routes as add_automation_routes
+from legion.browser.routes import add_agent_routes as add_browser_routes
 from legion.errors import InboxFull, NotFound
 from legion.mesh.permissions import Perm
+from legion.wire import rules
 from legion.wire.agent import (
     WORKSPACE_FILE_CAPS,
     NotifyAccepted,
@@ -55,22 +55,6 @@ from legion.wire.api import (
     Subscriptions,
     WatchRequest,
     WatchResponse,
-)
-from legion.wire.browser import (
-    BackRequest,
-    BrowserResult,
-    ClickRequest,
-    ExtractRequest,
-    HumanRequest,
-    HumanState,
-    HumanWaitRequest,
-    NavigateRequest,
-    ScreenshotRequest,
-    ScrollRequest,
-    SelectRequest,
-    SnapshotRequest,
-    TabsRequest,
-    TypeRequest,
 )
 from legion.wire.egress import EgressRequest, EgressResponse
 from legion.wire.events import AgentHeartbeat, AgentNotification, InboxRefused
@@ -135,7 +119,12 @@ def build_shared_routes(router: Router, host: Host) -> None:
             if name != call.principal
             and host.permissions.allows(call.principal, Perm.MESSAGE, name)
         ]
-        configured: dict[str, Any] = {"max_key_length": bb.config.max_key_length}
+        configured: dict[str, Any] = {
+            "max_key_length": bb.config.max_key_length,
+            # the automation rules that depend on the host (legion.wire.rules)
+            "schedule_pattern": rules.schedule_pattern(host.config.automation.min_interval_s),
+            "timezones": sorted(await asyncio.to_thread(rules.timezones)),
+        }
         if names:
             configured["agent_names"] = names
         # Built once per configuration: it takes milliseconds, and any agent may ask for it
@@ -527,78 +516,13 @@ def build_agent_router(host: Host, agent: str) -> Router:
         """The runtime's report of the local (stdio) MCP servers it runs, for `legion mcp
         ls`; stored as the agent's own account (nothing is decided from it)."""
         body: McpStatusReport = call.body
-        for server in body.servers:
-            server.kind, server.agent = "stdio", call.principal
-        host.mcp_reports[call.principal] = body
-        return McpList(servers=body.servers)
+        servers = [server.info(call.principal) for server in body.servers]
+        host.mcp_reports[call.principal] = McpList(servers=servers)
+        return McpList(servers=servers)
 
     add_automation_routes(router, host)  # cron_*, steer (legion/automation/routes.py)
-    build_browser_routes(router, host)
+    add_browser_routes(router, host)  # /v1/browser/<action> (legion/browser/routes.py)
     return router
-
-
-BROWSER_ACTIONS: list[tuple[str, type[BaseModel]]] = [
-    ("navigate", NavigateRequest),
-    ("snapshot", SnapshotRequest),
-    ("click", ClickRequest),
-    ("type", TypeRequest),
-    ("select", SelectRequest),
-    ("scroll", ScrollRequest),
-    ("back", BackRequest),
-    ("screenshot", ScreenshotRequest),
-    ("extract", ExtractRequest),
-    ("tabs", TabsRequest),
-]
-
-
-def build_browser_routes(router: Router, host: Host) -> None:
-    """`/v1/browser/<action>`: the caller's own browser (started on first use). Policy:
-    `can_use_browser`, narrowed by `browser_actions`; the target is the action."""
-    browser = Policy(Perm.BROWSER.value, "action", "browser")
-
-    for name, model in BROWSER_ACTIONS:
-
-        async def act(call: Call) -> BrowserResult:
-            return await host.browsers.act(call.principal, call.body)
-
-        act.__name__ = f"browser_{name}"
-        act.__doc__ = f"Browser: {name} (see legion.wire.browser.{model.__name__})."
-        # Browser actions make web traffic: the egress bucket.
-        router.route(
-            "POST",
-            f"/v1/browser/{name}",
-            body=model,
-            response=BrowserResult,
-            policy=browser,
-            rate="egress",
-        )(act)
-
-    @router.route(
-        "POST",
-        "/v1/browser/request_human",
-        body=HumanRequest,
-        response=HumanState,
-        policy=browser,
-        rate="write",
-    )
-    async def browser_request_human(call: Call) -> HumanState:
-        """Ask the operator to take over the browser; then wait with /v1/browser/wait_human."""
-        body: HumanRequest = call.body
-        return await host.browsers.request_human(call.principal, body.reason)
-
-    @router.route(
-        "POST",
-        "/v1/browser/wait_human",
-        body=HumanWaitRequest,
-        response=HumanState,
-        policy=browser,
-        rate="poll",
-        cancel_on_disconnect=True,
-    )
-    async def browser_wait_human(call: Call) -> HumanState:
-        """Long-poll until the operator ends the hand-off (`legion browser done`)."""
-        body: HumanWaitRequest = call.body
-        return await host.browsers.wait_human(call.principal, body.wait_s)
 
 
 def require_agent(host: Host, name: str) -> None:

@@ -30,10 +30,10 @@ from legion.wire.automation import (
     CronRun,
     CronRunList,
     SteerQueued,
-    WebhookInfo,
     WebhookJob,
     WebhookList,
     WebhookRemoved,
+    WebhookSecret,
 )
 from legion.wire.browser import BrowserInfo, BrowserList, Handoff
 from legion.wire.errors import ErrorBody
@@ -320,8 +320,8 @@ class ControlClient:
         result: WebhookList = self._request("GET", "/v1/webhooks", WebhookList)
         return result
 
-    def webhook_add(self, spec: dict[str, Any]) -> WebhookInfo:
-        result: WebhookInfo = self._request("POST", "/v1/webhooks", WebhookInfo, json=spec)
+    def webhook_add(self, spec: dict[str, Any]) -> WebhookSecret:
+        result: WebhookSecret = self._request("POST", "/v1/webhooks", WebhookSecret, json=spec)
         return result
 
     def webhook_remove(self, name: str) -> WebhookRemoved:
@@ -330,12 +330,13 @@ class ControlClient:
         )
         return result
 
-    def webhook_rotate(self, name: str, secret: str) -> WebhookInfo:
-        result: WebhookInfo = self._request(
+    def webhook_rotate(self, name: str, stripe_secret: str | None = None) -> WebhookSecret:
+        """A new secret: generated (in the answer, once), or Stripe's for a stripe hook."""
+        result: WebhookSecret = self._request(
             "POST",
             f"/v1/webhooks/{quote(name, safe='')}/rotate",
-            WebhookInfo,
-            json={"secret": secret},
+            WebhookSecret,
+            json={"secret": stripe_secret} if stripe_secret is not None else {},
         )
         return result
 

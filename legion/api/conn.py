@@ -266,7 +266,8 @@ class Connection(asyncio.BufferedProtocol):
         if "connection" in headers:
             tokens = {t.strip() for t in headers["connection"].lower().split(",")}
             self.keep_alive = self.keep_alive and "close" not in tokens
-        self.request = Request(event.method.decode("latin-1").upper(), path, query, headers, b"")
+        # Methods are case-sensitive (RFC 9110 9.1): `get` is not GET, so it gets 405.
+        self.request = Request(event.method.decode("latin-1"), path, query, headers, b"")
         self.chunked = headers.get("transfer-encoding") == "chunked"
         declared = 0 if self.chunked else int(headers.get("content-length", "0"))
         server = self.serving.server

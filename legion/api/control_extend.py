@@ -9,21 +9,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from legion.api.http import Call, Router
-from legion.errors import NotFound
+from legion.errors import BadRequest, NotFound
 from legion.mesh.permissions import Perm
-from legion.wire.fields import AgentName
+from legion.wire.fields import AgentFilter
 from legion.wire.mcp import McpList, McpServerInfo
+from legion.wire.rules import name_problem
 
 if TYPE_CHECKING:
     from legion.host import Host
 
 
 def build_extend_routes(router: Router, host: Host) -> None:
-    @router.route("GET", "/v1/mcp", response=McpList, query={"agent": AgentName})
+    @router.route("GET", "/v1/mcp", response=McpList, query={"agent": AgentFilter})
     async def mcp_list(call: Call) -> McpList:
         """Every MCP server: remote ones (connected by the host) with the agents allowed to
-        use them, and each agent's local ones as its runtime last reported them."""
-        return mcp_overview(host, call.request.query.get("agent") or None)
+        use them, and each agent's local ones as its runtime last reported them (`?agent=`
+        for one agent's)."""
+        agent = call.request.query.get("agent", "")
+        problem = name_problem(agent) if agent else None
+        if problem is not None:
+            raise BadRequest(problem, code="invalid_name")
+        return mcp_overview(host, agent or None)
 
     from legion.api.skills_routes import build_skill_routes
 

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 from urllib.parse import unquote
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -105,8 +105,18 @@ class Route:
     regex: re.Pattern[str] = field(init=False)
 
     def __post_init__(self) -> None:
+        def segment(match: re.Match[str]) -> str:
+            # A parameter typed as a fixed set of words (`Literal`) matches only those, so
+            # `/v1/agents/x/logs` is not the `{action}` route: method lookups and `Allow`
+            # name the routes that serve that path, as the document does.
+            name = match.group(1)
+            kind = self.params.get(name)
+            if get_origin(kind) is Literal:
+                return f"(?P<{name}>" + "|".join(re.escape(str(v)) for v in get_args(kind)) + ")"
+            return f"(?P<{name}>[^/]+)"
+
         pattern = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", self.template)
-        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
+        pattern = re.sub(r"\{(\w+)\}", segment, pattern)
         self.regex = re.compile(f"^{pattern}$")
 
     def target_of(self, call: Call) -> str:

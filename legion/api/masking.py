@@ -15,6 +15,15 @@ rule in docs/vault.md:
 
 The egress route is not wrapped: the proxy scrubs the agent's own credentials itself
 (`legion.gateway.egress`).
+
+One field is exempt, explicitly and narrowly (`UNMASKED`): the `secret` of the answer to
+`POST /v1/webhooks` and `POST /v1/webhooks/{name}/rotate`, which is the secret the host
+has just generated for that hook (shown this once: the operator must copy it into the
+sender). It is left as is only in those two answers, only in a `WebhookSecret`, and only
+when it has the form of a generated secret (`lgwh_...`); everything else in them (the
+name, the URL, an error) is masked as always. In the request bodies of those two routes
+the `secret` field (Stripe's signing secret, bound for the vault) is not masked on the
+way in either: the operator may give a value the vault already holds.
 """
 
 from __future__ import annotations
@@ -24,13 +33,27 @@ import json
 import time
 from collections.abc import AsyncIterator, Collection
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from legion.api.http import Call, Handler, Response, Route, Router, StreamResponse
 from legion.errors import LegionError
 from legion.gateway.redact import Redactor
+from legion.wire.automation import WebhookSecret
+from legion.wire.rules import is_generated_secret
 
 REFRESH_S = 1.0  # how stale the set of values masking a stream may be
+
+# (method, template) -> (the field left unmasked, the response model it must be in). The
+# same field of the request body is not masked on the way in.
+UNMASKED: dict[tuple[str, str], tuple[str, type[BaseModel]]] = {
+    ("POST", "/v1/webhooks"): ("secret", WebhookSecret),
+    ("POST", "/v1/webhooks/{name}/rotate"): ("secret", WebhookSecret),
+}
+
+
+class VaultValueInBody(LegionError):
+    status = 422
+    code = "vault_value_in_body"
 
 
 def mask_routes(
@@ -54,10 +77,12 @@ def mask_routes(
 
 
 def _masked(route: Route, inner: Handler, redactor: Redactor, inbound: bool) -> Handler:
+    exempt = UNMASKED.get((route.method, route.template))
+
     @functools.wraps(inner)
     async def handler(call: Call) -> BaseModel | Response | StreamResponse:
         if inbound and route.body is not None and call.request.body:
-            _mask_body(call, route.body, redactor)
+            _mask_body(call, route.body, redactor, keep=exempt[0] if exempt else None)
         try:
             result = await inner(call)
         except LegionError as exc:
@@ -71,24 +96,55 @@ def _masked(route: Route, inner: Handler, redactor: Redactor, inbound: bool) -> 
         if isinstance(result, Response):
             result.body = redactor.redact_bytes(result.body)
             return result
+        if exempt is not None and isinstance(result, exempt[1]):
+            return Response(200, _masked_but(result, exempt[0], redactor))
         return Response(200, redactor.redact_bytes(result.model_dump_json().encode()))
 
     return handler
 
 
-def _mask_body(call: Call, model: type[BaseModel], redactor: Redactor) -> None:
+def _masked_but(result: BaseModel, field: str, redactor: Redactor) -> bytes:
+    """`result` masked as any answer, but for `field` when it holds a generated secret."""
+    kept = getattr(result, field)
+    if not isinstance(kept, str) or not is_generated_secret(kept):
+        return redactor.redact_bytes(result.model_dump_json().encode())
+    data = json.loads(
+        redactor.redact_bytes(result.model_copy(update={field: None}).model_dump_json().encode())
+    )
+    data[field] = kept
+    return json.dumps(data).encode()
+
+
+def _mask_body(
+    call: Call, model: type[BaseModel], redactor: Redactor, *, keep: str | None = None
+) -> None:
     """Mask vault values inside the JSON strings of a request body (never across JSON
-    structure), and validate the masked body the way the server validated the original."""
+    structure; the top-level field `keep` is left as is), and validate the masked body the
+    way the server validated the original. A body whose masked form breaks a field's rule
+    (a vault value given as an agent name) is refused, and nothing is done."""
     try:
         data = json.loads(call.request.body)
     except ValueError:
         return  # the server already validated it; nothing a string could hide in
+    kept = data.pop(keep, None) if keep is not None and isinstance(data, dict) else None
     masked = redactor.redact_obj(data)
     if masked == data:
         return
+    if kept is not None:
+        masked[keep] = kept
     text = json.dumps(masked).encode()
+    try:
+        body = model.model_validate_json(text)
+    except ValidationError as exc:
+        fields = sorted({".".join(map(str, e["loc"])) or "body" for e in exc.errors()})
+        raise VaultValueInBody(
+            f"the body holds a value stored in the vault where it cannot be masked "
+            f"({', '.join(fields)}); nothing was done. A vault value never enters the host's "
+            "state through the control socket: send the field without it",
+            fields=fields,
+        ) from None
     call.request.body = text
-    call.body = model.model_validate_json(text)
+    call.body = body
 
 
 async def _masked_chunks(chunks: AsyncIterator[bytes], redactor: Redactor) -> AsyncIterator[bytes]:

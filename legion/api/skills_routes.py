@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from legion.api.http import Call, Router
-from legion.errors import NotFound
+from legion.errors import BadRequest, NotFound
 from legion.fleet import skills as store
 from legion.fsutil import UnsafeEntry
 from legion.wire import skills as rules
-from legion.wire.fields import AgentName
+from legion.wire.fields import AgentFilter
+from legion.wire.rules import name_problem
 from legion.wire.skills import (
     SkillInfo,
     SkillList,
+    SkillName,
     SkillProblem,
     SkillPromote,
     SkillText,
@@ -22,6 +24,10 @@ from legion.wire.skills import (
 
 if TYPE_CHECKING:
     from legion.host import Host
+
+NAME_PARAM = {"name": SkillName}
+SOURCES = ("fleet", "agent", "own")
+SkillSourceQuery = Literal["fleet", "agent", "own"]
 
 # One skill write at a time (a flood of uploads holds one worker thread, not the pool).
 _lock = asyncio.Lock()
@@ -36,15 +42,32 @@ def build_skill_routes(router: Router, host: Host) -> None:
                 agent=agent,
             )
 
+    def agent_query(call: Call) -> str | None:
+        """`?agent=`: an agent name (a configured one: 404 otherwise), or empty for all."""
+        agent = call.request.query.get("agent", "")
+        if not agent:
+            return None
+        problem = name_problem(agent)
+        if problem is not None:
+            raise BadRequest(problem, code="invalid_name")
+        known(agent)
+        return agent
+
+    def skill_name(call: Call) -> str:
+        name = call.params["name"]
+        problem = rules.name_problem(name)
+        if problem is not None:
+            raise store.BadSkill(problem)
+        return name
+
     def refused(action: str, target: str, exc: Exception) -> None:
         host.audit.append("operator", action, target, "deny", reason=str(exc)[:500])
 
-    @router.route("GET", "/v1/skills", response=SkillList, query={"agent": AgentName})
+    @router.route("GET", "/v1/skills", response=SkillList, query={"agent": AgentFilter})
     async def skills_list(call: Call) -> SkillList:
         """The fleet's skills and each agent's (installed for it, and its own), or one
         agent's with `?agent=`; an agent-written skill that breaks a rule shows why."""
-        agent = call.request.query.get("agent") or None
-        known(agent)
+        agent = agent_query(call)
         agents = [agent] if agent else sorted(host.config.agents)
         found = await asyncio.to_thread(store.list_skills, host.paths, agents)
         return SkillList(skills=found)
@@ -80,11 +103,16 @@ def build_skill_routes(router: Router, host: Host) -> None:
             bytes=skill.size,
         )
 
-    @router.route("DELETE", "/v1/skills/{name}", response=SkillList, query={"agent": AgentName})
+    @router.route(
+        "DELETE",
+        "/v1/skills/{name}",
+        response=SkillList,
+        params=NAME_PARAM,
+        query={"agent": AgentFilter},
+    )
     async def skills_remove(call: Call) -> SkillList:
         """Remove an installed skill (the fleet's, or `?agent=`'s)."""
-        name, agent = call.params["name"], call.request.query.get("agent") or None
-        known(agent)
+        name, agent = skill_name(call), agent_query(call)
         async with _lock:
             await asyncio.to_thread(store.uninstall, host.paths, name, agent)
         host.audit.append("operator", "skill.remove", f"{agent or store.FLEET}/{name}", "allow")
@@ -95,16 +123,24 @@ def build_skill_routes(router: Router, host: Host) -> None:
         "GET",
         "/v1/skills/{name}",
         response=SkillText,
-        query={"agent": AgentName, "source": str},
+        params=NAME_PARAM,
+        query={"agent": AgentFilter, "source": SkillSourceQuery},
     )
     async def skills_show(call: Call) -> SkillText:
-        """One skill's SKILL.md and file list, for review (`source`: fleet, agent or own)."""
-        name = call.params["name"]
-        agent = call.request.query.get("agent") or None
+        """One skill's SKILL.md and file list, for review (`source`: fleet, agent or own;
+        agent and own look in the skills of the agent `?agent=` names)."""
+        name, agent = skill_name(call), agent_query(call)
         source = call.request.query.get("source") or ("own" if agent else store.FLEET)
-        if source not in ("fleet", "agent", "own") or (source != "fleet" and agent is None):
-            raise store.BadSkill("source is fleet, or agent or own with ?agent=NAME")
-        known(agent)
+        if source not in SOURCES:
+            raise BadRequest(
+                f"{source[:40]!r} is not a source: use fleet, agent or own", code="invalid_source"
+            )
+        if source != store.FLEET and agent is None:
+            # Not a malformed request: there is no such skill (the agent's, of no agent).
+            raise NotFound(
+                f"source={source} looks in one agent's skills: name it with ?agent=NAME",
+                code="unknown_skill",
+            )
         try:
             skill = await asyncio.to_thread(store.read_skill, host.paths, name, source, agent)
         except UnsafeEntry as exc:
@@ -118,10 +154,16 @@ def build_skill_routes(router: Router, host: Host) -> None:
             files=sorted(skill.files),
         )
 
-    @router.route("POST", "/v1/skills/{name}/promote", body=SkillPromote, response=SkillInfo)
+    @router.route(
+        "POST",
+        "/v1/skills/{name}/promote",
+        body=SkillPromote,
+        response=SkillInfo,
+        params=NAME_PARAM,
+    )
     async def skills_promote(call: Call) -> SkillInfo:
         """Install an agent-written skill (after review) for the fleet, or for `to`."""
-        name, body = call.params["name"], call.body
+        name, body = skill_name(call), call.body
         assert isinstance(body, SkillPromote)
         known(body.agent)
         known(body.to)

@@ -10,12 +10,21 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from legion.automation import tools
+from pydantic import ValidationError
+
 from legion.automation.firing import COLUMNS as _COLUMNS
 from legion.automation.firing import Firing, Job, Planned
 from legion.automation.schedule import BadSchedule, Schedule, host_timezone, parse_schedule, zone
-from legion.errors import Conflict, Forbidden, LegionError, NotFound
-from legion.wire.automation import CronJob, CronRun, CronSet
+from legion.errors import Conflict, Forbidden, LegionError, NotFound, TooLarge
+from legion.wire.automation import (
+    MAX_ACTION_BYTES,
+    AnyJob,
+    BlackboardWriteJob,
+    CronJob,
+    CronRun,
+    CronSet,
+    job_action,
+)
 
 if TYPE_CHECKING:
     from legion.host import Host
@@ -165,41 +174,36 @@ class CronJobs(Firing):
 
     # --- changes ----------------------------------------------------------------------
 
-    def _validate(self, agent: str, body: CronSet) -> tuple[Schedule, str, dict[str, Any]]:
+    def _validate(self, agent: str, job: AnyJob) -> tuple[Schedule, str, dict[str, Any]]:
+        """The job's schedule, zone and action. The body's model checked the grammar; here
+        the rules that depend on the host: the agent, [automation] min_interval_s (the
+        document carries the pattern for it), the action's size."""
         if agent not in self.host.config.agents:
             raise NotFound(
                 f"no agent named {agent!r}; `legion agents ls` lists them", code="unknown_agent"
             )
-        schedule = self.schedule_of(body.schedule)
-        tz_name = body.timezone or self.config.timezone or self.host_tz
+        schedule = self.schedule_of(job.schedule)
+        tz_name = job.timezone or self.config.timezone or self.host_tz
         zone(tz_name)
-        if body.tool is not None:
-            if body.message is not None:
-                raise BadSchedule(
-                    "a job has a message or a tool, not both", code="invalid_job"
-                ) from None
-            tools.check_tool(body.tool, body.args)
-            action: dict[str, Any] = {"tool": body.tool, "args": body.args}
-        else:
-            if body.message is None:
-                raise BadSchedule(
-                    "a job needs a message (sent to the agent at each run) or a tool",
-                    code="invalid_job",
-                )
-            if body.args:
-                raise BadSchedule("args go with tool; a message job has none", code="invalid_job")
-            action = {"message": body.message}
+        if isinstance(job, BlackboardWriteJob):
+            self.host.blackboard.check_key(job.args.key)  # [host.blackboard] max_key_length
+        action = job_action(job)
         text = json.dumps(action, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        if len(text.encode()) > 64 * 1024:
-            raise BadSchedule("a job's message or args are at most 64 KiB of JSON")
+        if len(text.encode()) > MAX_ACTION_BYTES:
+            raise TooLarge(
+                f"a job's message or args are at most {MAX_ACTION_BYTES // 1024} KiB of JSON",
+                code="value_too_large",
+                limit=MAX_ACTION_BYTES,
+            )
         return schedule, tz_name, action
 
     def upsert(
-        self, agent: str, name: str, body: CronSet, created_by: str, *, paused: bool = False
+        self, agent: str, name: str, job: AnyJob, created_by: str, *, paused: bool = False
     ) -> CronJob:
         """Create the job `name` of `agent`, or replace what it runs and when (its counters
-        stay). An agent (not the operator) is held to `max_jobs_per_agent`."""
-        schedule, tz_name, action = self._validate(agent, body)
+        stay). An agent (not the operator) is held to `max_jobs_per_agent`. A schedule that
+        can never run (February 30th) is kept, failed, with the reason."""
+        schedule, tz_name, action = self._validate(agent, job)
         now = self.clock()
         existing = self._by_name(agent, name)
         if existing is not None and created_by != "operator":
@@ -216,22 +220,26 @@ class CronJobs(Firing):
                     limit=cap,
                 )
         anchor = int(now)
-        state = "paused" if paused else "active"
-        next_at = None if paused else schedule.next_after(now, zone(tz_name), anchor)
+        state, reason = ("paused" if paused else "active"), ""
+        if schedule.never:
+            state, reason = "failed", f"{schedule.text!r} never runs: {schedule.never}"
+        next_at = None if state != "active" else schedule.next_after(now, zone(tz_name), anchor)
         action_text = json.dumps(action, separators=(",", ":"), ensure_ascii=False)
         with self.store.tx() as conn:
             if existing is None:
                 conn.execute(
                     "INSERT INTO cron_jobs(agent, name, schedule, timezone, action, missed, state,"
-                    " created_by, created_at, anchor, next_run_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " reason, created_by, created_at, anchor, next_run_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         agent,
                         name,
                         schedule.text,
                         tz_name,
                         action_text,
-                        body.missed,
+                        job.missed,
                         state,
+                        reason,
                         created_by,
                         now,
                         anchor,
@@ -243,13 +251,14 @@ class CronJobs(Firing):
                 job_id = existing.id
                 conn.execute(
                     "UPDATE cron_jobs SET schedule = ?, timezone = ?, action = ?, missed = ?,"
-                    " state = ?, reason = '', anchor = ?, next_run_at = ? WHERE id = ?",
+                    " state = ?, reason = ?, anchor = ?, next_run_at = ? WHERE id = ?",
                     (
                         schedule.text,
                         tz_name,
                         action_text,
-                        body.missed,
+                        job.missed,
                         state,
+                        reason,
                         anchor,
                         next_at,
                         job_id,
@@ -304,17 +313,19 @@ class CronJobs(Firing):
         """Active again from now (no catch-up of what it missed while paused); a failed job
         is checked again first and stays failed, with the reason, if still broken."""
         job = self._get(job_id)
-        body = CronSet(
-            schedule=job.schedule,
-            timezone=job.timezone,
-            message=job.action.get("message"),
-            tool=job.action.get("tool"),
-            args=job.action.get("args") or {},
-            missed=job.missed,
-        )
         self._schedules.pop(job.schedule, None)
         try:
-            schedule, tz_name, _ = self._validate(job.agent, body)
+            stored = CronSet.model_validate(
+                {"schedule": job.schedule, "timezone": job.timezone, "missed": job.missed}
+                | job.action
+            )
+            schedule, tz_name, _ = self._validate(job.agent, stored.root)
+            if schedule.never:
+                raise BadSchedule(f"{schedule.text!r} never runs: {schedule.never}")
+        except ValidationError as exc:
+            problem = "; ".join(e["msg"] for e in exc.errors(include_url=False))
+            self._fail(job, f"the stored job no longer validates: {problem}")
+            raise Conflict(f"job {job_id} cannot resume: {problem}", code="job_broken") from None
         except LegionError as exc:
             self._fail(job, exc.message)
             raise Conflict(

@@ -188,11 +188,11 @@ class Firing:
         if job.agent not in self.host.config.agents:
             return f"agent {job.agent} is no longer configured"
         try:
-            self.schedule_of(job.schedule)
+            schedule = self.schedule_of(job.schedule)
             zone(job.timezone)
         except LegionError as exc:
             return exc.message
-        return ""
+        return f"{schedule.text!r} never runs: {schedule.never}" if schedule.never else ""
 
     def _count_slots(self, job: Job, first: int, now: float) -> int:
         schedule = self.schedule_of(job.schedule)

@@ -4,19 +4,23 @@ Each declares its policy in the route table like every other route: the server c
 and audits it before the handler runs. On an agent socket the caller is always the
 socket's agent: an agent manages its own jobs only, and steers only the agents its
 `can_steer` names.
+
+Path and query parameters are typed in the table (`legion.wire.fields`), so the OpenAPI
+document states their rules; each handler checks them with the same functions of
+`legion.wire.rules`. Links say what feeds what: a created job's id feeds its get, runs,
+run, pause, resume and delete; a hook's name feeds its rotate and delete.
 """
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from legion.api.http import Call, Policy, Router
-from legion.errors import BadRequest, LegionError
+from legion.errors import BadRequest
 from legion.mesh.permissions import Perm
+from legion.wire import rules
 from legion.wire.api import PollResponse
 from legion.wire.automation import (
-    JOB_NAME,
     CronJob,
     CronJobList,
     CronJobSpec,
@@ -27,35 +31,56 @@ from legion.wire.automation import (
     SteerQueued,
     SteerRequest,
     WebhookCreate,
-    WebhookInfo,
     WebhookJob,
     WebhookList,
     WebhookRemoved,
     WebhookRotate,
+    WebhookSecret,
 )
+from legion.wire.fields import AgentFilter, HookName, JobId, JobName, WebhookJobId
 
 if TYPE_CHECKING:
     from legion.host import Host
 
 CRON = Perm.CRON.value
 STEER = Perm.STEER.value
-_JOB_NAME = re.compile(JOB_NAME)
+
+_JOB_OPERATIONS = ("cron_job", "cron_runs", "cron_run", "cron_pause", "cron_resume", "cron_rm")
+
+
+def _job_links(source: str) -> dict[str, dict[str, Any]]:
+    """Links from a response holding a job id (at `source`) to every operation on it."""
+    return {
+        f"{op.title().replace('_', '')}": {"operationId": op, "parameters": {"id": source}}
+        for op in _JOB_OPERATIONS
+    }
+
+
+def _hook_links(source: str) -> dict[str, dict[str, Any]]:
+    return {
+        "RotateHook": {"operationId": "webhook_rotate", "parameters": {"name": source}},
+        "RemoveHook": {"operationId": "webhook_rm", "parameters": {"name": source}},
+    }
+
+
+def _checked(problem: str | None, code: str) -> None:
+    if problem is not None:
+        raise BadRequest(problem, code=code)
 
 
 def _job_name(name: str) -> str:
-    if not _JOB_NAME.match(name):
-        raise BadRequest(
-            f"{name[:80]!r} is not a job name: lowercase letters, digits and ._- "
-            "(starting with a letter or digit), at most 64",
-            code="invalid_job_name",
-        )
+    _checked(rules.job_name_problem(name), "invalid_job_name")
     return name
 
 
 def _job_id(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
-        raise LegionError(f"{raw[:40]!r} is not a job id", code="invalid_job_id", status=404)
+    _checked(rules.id_problem(raw), "invalid_job_id")
     return int(raw)
+
+
+def _hook_name(name: str) -> str:
+    _checked(rules.hook_name_problem(name), "invalid_name")
+    return name
 
 
 def _steer_route(router: Router, host: Host) -> None:
@@ -95,19 +120,28 @@ def add_agent_routes(router: Router, host: Host) -> None:
         body=CronSet,
         response=CronJob,
         policy=Policy(CRON, "name", "cron.set"),
+        params={"name": JobName},
+        links={
+            "RemoveSet": {
+                "operationId": "cron_remove",
+                "parameters": {"name": "$request.path.name"},
+            }
+        },
         rate="write",
     )
     async def cron_set(call: Call) -> CronJob:
         """Create or change one of the caller's cron jobs (`cron_set`), within
         `[automation] max_jobs_per_agent`."""
         name = _job_name(call.params["name"])
-        return cron.upsert(call.principal, name, call.body, call.principal)
+        body: CronSet = call.body
+        return cron.upsert(call.principal, name, body.root, call.principal)
 
     @router.route(
         "DELETE",
         "/v1/cron/{name}",
         response=CronRemoved,
         policy=Policy(CRON, "name", "cron.remove"),
+        params={"name": JobName},
         rate="write",
     )
     async def cron_remove(call: Call) -> CronRemoved:
@@ -117,7 +151,18 @@ def add_agent_routes(router: Router, host: Host) -> None:
 
     _steer_route(router, host)
 
-    @router.route("POST", "/v1/steer/take", response=PollResponse, rate="read")
+    @router.route(
+        "POST",
+        "/v1/steer/take",
+        response=PollResponse,
+        links={
+            "AckTaken": {
+                "operationId": "inbox_ack",
+                "requestBody": {"ids": ["$response.body#/items/0/id"]},
+            }
+        },
+        rate="read",
+    )
     async def steer_take(call: Call) -> PollResponse:
         """Take the steer items waiting in the caller's own inbox (between tool rounds);
         ack them with the item of the turn they went into."""
@@ -130,27 +175,42 @@ def add_control_routes(router: Router, host: Host) -> None:
     hooks = automation.webhooks
     _steer_route(router, host)
 
-    @router.route("GET", "/v1/cron/jobs", response=CronJobList)
+    @router.route(
+        "GET",
+        "/v1/cron/jobs",
+        response=CronJobList,
+        query={"agent": AgentFilter},
+        links=_job_links("$response.body#/jobs/0/id"),
+    )
     async def cron_jobs(call: Call) -> CronJobList:
-        """Every cron job (`?agent=` for one agent's)."""
-        return CronJobList(jobs=cron.list_jobs(call.request.query.get("agent") or None))
+        """Every cron job (`?agent=` for one agent's, also one that was removed)."""
+        agent = call.request.query.get("agent", "")
+        if agent:
+            _checked(rules.name_problem(agent), "invalid_name")
+        return CronJobList(jobs=cron.list_jobs(agent or None))
 
-    @router.route("POST", "/v1/cron/jobs", body=CronJobSpec, response=CronJob)
+    @router.route(
+        "POST",
+        "/v1/cron/jobs",
+        body=CronJobSpec,
+        response=CronJob,
+        links=_job_links("$response.body#/id"),
+    )
     async def cron_add(call: Call) -> CronJob:
         """Create (or change) a cron job for an agent."""
-        body: CronJobSpec = call.body
+        body = call.body.root
         job = cron.upsert(body.agent, body.name, body, "operator", paused=body.paused)
         host.audit.append(
             call.principal, "cron.set", f"{body.agent}/{body.name}", "allow", job=job.id
         )
         return job
 
-    @router.route("GET", "/v1/cron/jobs/{id}", response=CronJob)
+    @router.route("GET", "/v1/cron/jobs/{id}", response=CronJob, params={"id": JobId})
     async def cron_job(call: Call) -> CronJob:
         """One cron job."""
         return cron.get(_job_id(call.params["id"]))
 
-    @router.route("DELETE", "/v1/cron/jobs/{id}", response=CronRemoved)
+    @router.route("DELETE", "/v1/cron/jobs/{id}", response=CronRemoved, params={"id": JobId})
     async def cron_rm(call: Call) -> CronRemoved:
         """Remove a cron job and its runs."""
         job_id = _job_id(call.params["id"])
@@ -159,65 +219,102 @@ def add_control_routes(router: Router, host: Host) -> None:
         host.audit.append(call.principal, "cron.remove", str(job_id), "allow")
         return CronRemoved(id=job_id, removed=removed)
 
-    @router.route("GET", "/v1/cron/jobs/{id}/runs", response=CronRunList)
+    @router.route("GET", "/v1/cron/jobs/{id}/runs", response=CronRunList, params={"id": JobId})
     async def cron_runs(call: Call) -> CronRunList:
         """A job's recent runs, newest first."""
         return CronRunList(runs=cron.runs(_job_id(call.params["id"])))
 
-    @router.route("POST", "/v1/cron/jobs/{id}/run", response=CronRun)
+    @router.route(
+        "POST",
+        "/v1/cron/jobs/{id}/run",
+        response=CronRun,
+        params={"id": JobId},
+        links={
+            "RunsOfJob": {
+                "operationId": "cron_runs",
+                "parameters": {"id": "$response.body#/job_id"},
+            }
+        },
+    )
     async def cron_run(call: Call) -> CronRun:
         """Run a job once now (409 while its previous run is still going)."""
         job_id = _job_id(call.params["id"])
         host.audit.append(call.principal, "cron.run_now", str(job_id), "allow")
         return cron.run_now(job_id, call.principal)
 
-    @router.route("POST", "/v1/cron/jobs/{id}/pause", response=CronJob)
+    @router.route("POST", "/v1/cron/jobs/{id}/pause", response=CronJob, params={"id": JobId})
     async def cron_pause(call: Call) -> CronJob:
         """Pause a job (no runs until resumed)."""
         job_id = _job_id(call.params["id"])
         host.audit.append(call.principal, "cron.pause", str(job_id), "allow")
         return cron.pause(job_id)
 
-    @router.route("POST", "/v1/cron/jobs/{id}/resume", response=CronJob)
+    @router.route("POST", "/v1/cron/jobs/{id}/resume", response=CronJob, params={"id": JobId})
     async def cron_resume(call: Call) -> CronJob:
         """Resume a paused or failed job from now (a failed one is checked again)."""
         job_id = _job_id(call.params["id"])
         host.audit.append(call.principal, "cron.resume", str(job_id), "allow")
         return cron.resume(job_id)
 
-    @router.route("GET", "/v1/webhooks", response=WebhookList)
+    @router.route(
+        "GET",
+        "/v1/webhooks",
+        response=WebhookList,
+        links=_hook_links("$response.body#/hooks/0/name"),
+    )
     async def webhooks(call: Call) -> WebhookList:
         """The webhooks and the listener's URL."""
         return WebhookList(listener=hooks.base_url(), hooks=hooks.list_hooks())
 
-    @router.route("POST", "/v1/webhooks", body=WebhookCreate, response=WebhookInfo)
-    async def webhook_add(call: Call) -> WebhookInfo:
-        """Add a webhook; its secret goes to the vault (the caller shows it once)."""
-        body: WebhookCreate = call.body
+    @router.route(
+        "POST",
+        "/v1/webhooks",
+        body=WebhookCreate,
+        response=WebhookSecret,
+        links=_hook_links("$response.body#/name"),
+    )
+    async def webhook_add(call: Call) -> WebhookSecret:
+        """Add a webhook. For `legion` and `github` the host generates the secret and
+        returns it this once (`secret`); for `stripe` the body carries Stripe's."""
+        body = call.body.root
         info = hooks.add(body)
         host.audit.append(
             call.principal, "webhook.add", body.name, "allow", agent=body.agent, mode=body.mode
         )
         return info
 
-    @router.route("DELETE", "/v1/webhooks/{name}", response=WebhookRemoved)
+    @router.route(
+        "DELETE", "/v1/webhooks/{name}", response=WebhookRemoved, params={"name": HookName}
+    )
     async def webhook_rm(call: Call) -> WebhookRemoved:
         """Remove a webhook and its secret."""
-        name = call.params["name"]
+        name = _hook_name(call.params["name"])
         hooks.info(name)
         removed = hooks.remove(name)
         host.audit.append(call.principal, "webhook.remove", name, "allow")
         return WebhookRemoved(name=name, removed=removed)
 
-    @router.route("POST", "/v1/webhooks/{name}/rotate", body=WebhookRotate, response=WebhookInfo)
-    async def webhook_rotate(call: Call) -> WebhookInfo:
-        """Replace a webhook's secret (the old one stops working at once)."""
-        name = call.params["name"]
-        info = hooks.rotate(name, call.body.secret)
+    @router.route(
+        "POST",
+        "/v1/webhooks/{name}/rotate",
+        body=WebhookRotate,
+        response=WebhookSecret,
+        params={"name": HookName},
+    )
+    async def webhook_rotate(call: Call) -> WebhookSecret:
+        """Replace a webhook's secret (the old one stops working at once): a new generated
+        one, returned this once; or, for `stripe`, the new secret Stripe shows."""
+        name = _hook_name(call.params["name"])
+        body: WebhookRotate = call.body
+        info = hooks.rotate(name, body.secret)
         host.audit.append(call.principal, "webhook.rotate", name, "allow")
         return info
 
-    @router.route("GET", "/v1/webhooks/jobs/{job}", response=WebhookJob)
+    @router.route(
+        "GET", "/v1/webhooks/jobs/{job}", response=WebhookJob, params={"job": WebhookJobId}
+    )
     async def webhook_job(call: Call) -> WebhookJob:
         """A webhook delivery's job and the agent's answer."""
-        return hooks.job(call.params["job"])
+        job = call.params["job"]
+        _checked(rules.webhook_job_problem(job), "invalid_job_id")
+        return hooks.job(job)

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,23 +28,11 @@ from croniter import croniter
 from croniter.croniter import CroniterError
 
 from legion.errors import LegionError
+from legion.wire import rules
 
-ALIASES = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
-_EVERY = re.compile(r"^every\s+((?:\d+\s*[smhd]\s*)+)$", re.IGNORECASE)
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_SCHEDULE = 120
-# Looking further than this for the next match means the expression (almost) never
-# matches: `0 0 30 2 *` (February 30th) is refused rather than scheduled for never.
-HORIZON_S = 5 * 366 * 86400
+# Looking further than this for the next match means the expression never matches (the
+# grammar check finds those first; this is the safety net of the search).
+HORIZON_S = rules.SCHEDULE_HORIZON_S
 
 
 class BadSchedule(LegionError):
@@ -54,15 +41,15 @@ class BadSchedule(LegionError):
 
 
 def zone(name: str) -> ZoneInfo:
-    """The IANA time zone `name`, or BadSchedule saying how to fix it."""
+    """The IANA time zone `name` (one of the host's, `legion.wire.rules.timezones`), or
+    BadSchedule saying how to fix it."""
+    problem = rules.timezone_problem(name)
+    if problem is not None:
+        raise BadSchedule(problem, code="invalid_timezone")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise BadSchedule(
-            f"{name!r} is not a time zone this host knows; use an IANA name such as "
-            '"UTC" or "Europe/Paris"',
-            code="invalid_timezone",
-        ) from None
+        raise BadSchedule(f"time zone {name!r} cannot be read", code="invalid_timezone") from None
 
 
 def host_timezone() -> str:
@@ -88,11 +75,13 @@ def host_timezone() -> str:
 
 @dataclass(frozen=True)
 class Schedule:
-    """A parsed schedule: `expr` (5-field cron) or `every_s` (an interval), never both."""
+    """A parsed schedule: `expr` (5-field cron, as croniter reads it) or `every_s` (an
+    interval), never both; `never` says why a cron expression can never run, else empty."""
 
     text: str
     expr: str | None = None
     every_s: int | None = None
+    never: str = ""
 
     @property
     def kind(self) -> str:
@@ -106,59 +95,33 @@ class Schedule:
             steps = int((after - anchor) // self.every_s) + 1
             return anchor + steps * self.every_s
         assert self.expr is not None
+        if self.never:
+            raise BadSchedule(f"{self.text!r} never runs: {self.never}", code="never_runs")
         return next_cron(self.expr, after, tz)
 
 
+def _croniter_field(values: frozenset[int], field: int) -> str:
+    """One field as croniter reads it: `*` when it covers its whole range, else the values.
+    (croniter 7 reads a range `5-5` as `*`, so legion hands it values, never ranges.)"""
+    spec = rules.CRON_FIELDS[field]
+    whole = set(range(spec.low, 7 if field == 4 else spec.high + 1))
+    return "*" if values == whole else ",".join(str(v) for v in sorted(values))
+
+
 def parse_schedule(text: str, *, min_interval_s: float = 1.0) -> Schedule:
-    """`0 9 * * 1-5`, `@daily`, `every 30m`, `every 1h30m`: a Schedule, or BadSchedule."""
-    raw = " ".join(text.split())
-    if not raw or len(raw) > MAX_SCHEDULE:
-        raise BadSchedule(
-            f"a schedule is a 5-field cron expression or `every N[s|m|h|d]`, at most "
-            f"{MAX_SCHEDULE} characters; got {text[:MAX_SCHEDULE]!r}"
-        )
-    every = _EVERY.match(raw)
-    if every:
-        seconds = sum(
-            int(n) * _UNIT[u.lower()] for n, u in re.findall(r"(\d+)\s*([smhdSMHD])", every[1])
-        )
-        if seconds < min_interval_s:
-            raise BadSchedule(
-                f"{raw!r} is every {seconds}s; the shortest interval allowed is "
-                f"{min_interval_s:g}s ([automation] min_interval_s)"
-            )
-        if seconds > HORIZON_S:
-            raise BadSchedule(f"{raw!r} is longer than five years; use a cron expression")
-        return Schedule(raw, every_s=seconds)
-    expr = ALIASES.get(raw.lower(), raw)
-    fields = expr.split(" ")
-    if len(fields) != 5 or not all(_FIELD.match(f) for f in fields):
-        raise BadSchedule(
-            f"{raw!r} is not a schedule: use 5 cron fields (minute hour day-of-month month "
-            "day-of-week, e.g. `0 9 * * 1-5`), an alias like @daily, or `every 30m`"
-        )
-    if "H" in expr.upper().replace("THU", "").replace("SUN", "").replace("SAT", ""):
-        raise BadSchedule(f"{raw!r}: hashed fields (H) are not supported; write the minute")
-    # Check it parses and matches some day within the horizon (from a fixed origin, so
-    # the answer does not depend on when it is asked).
-    next_cron(expr, datetime(2000, 1, 1, tzinfo=UTC).timestamp(), ZoneInfo("UTC"))
-    if min_interval_s > 60 and _gap_s(expr) < min_interval_s:
-        raise BadSchedule(
-            f"{raw!r} runs more often than every {min_interval_s:g}s ([automation] min_interval_s)"
-        )
-    return Schedule(raw, expr=expr)
-
-
-def _gap_s(expr: str) -> float:
-    """The shortest gap between two consecutive matches over a sample day (UTC)."""
-    it = croniter(expr, datetime(2001, 1, 1), day_or=True)
-    previous = it.get_next(datetime)
-    shortest = float("inf")
-    for _ in range(60):
-        current = it.get_next(datetime)
-        shortest = min(shortest, (current - previous).total_seconds())
-        previous = current
-    return shortest
+    """`0 9 * * 1-5`, `@daily`, `every 30m`: a Schedule, or BadSchedule saying what is
+    wrong. The grammar, and the rule of `min_interval_s`, are `legion.wire.rules`' (the
+    OpenAPI document states the same pattern). An expression that never runs (February
+    30th) parses, with `never` saying why."""
+    try:
+        parsed = rules.parse_schedule_text(text, min_interval_s)
+    except ValueError as exc:
+        raise BadSchedule(str(exc)) from None
+    if parsed.every_s is not None:
+        return Schedule(parsed.text, every_s=parsed.every_s)
+    assert parsed.fields is not None
+    expr = " ".join(_croniter_field(values, i) for i, values in enumerate(parsed.fields))
+    return Schedule(parsed.text, expr=expr, never=parsed.never)
 
 
 def _wall(ts: float, tz: ZoneInfo) -> datetime:

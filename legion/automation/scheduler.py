@@ -24,6 +24,7 @@ from legion.automation.lanes import Lanes
 from legion.automation.wake import WakeChecks
 from legion.automation.webhooks import SENDER_PREFIX as WEBHOOK_SENDER
 from legion.automation.webhooks import Webhooks
+from legion.wire import rules
 
 if TYPE_CHECKING:
     from legion.host import Host
@@ -49,6 +50,7 @@ class Automation:
     async def start(self, tasks: set[asyncio.Task[None]]) -> None:
         """Load the jobs, fire what is due (missed runs follow their policy), open the
         webhook listener, and start the loops in `tasks` (the host's)."""
+        await asyncio.to_thread(rules.timezones)  # read the zone database off the loop, once
         self.cron.load()
         self.fire()
         await self.webhooks.start()

@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from legion.errors import BadRequest, Forbidden
 from legion.mesh.permissions import Perm
-from legion.wire.automation import HOST_TOOLS
+from legion.wire.automation import HOST_TOOLS, TOOL_ARGS
 from legion.wire.events import AgentNotification
 
 if TYPE_CHECKING:
@@ -30,7 +32,6 @@ _SPEC: dict[str, tuple[tuple[str, ...], Perm | None, str, str]] = {
     "send_message": (("to", "payload"), Perm.MESSAGE, "to", "message"),
     "notify_user": (("text",), None, "", "notify"),
 }
-_STRING_ARGS = {"key", "topic", "to", "text", "level"}
 
 
 @dataclass(frozen=True)
@@ -45,28 +46,23 @@ class AuditNote:
 
 
 def check_tool(tool: str, args: dict[str, Any]) -> None:
-    """Refuse (BadRequest) a tool the host cannot run or arguments it does not take."""
-    if tool not in _SPEC:
+    """Refuse (BadRequest) a tool the host cannot run or arguments it does not take: the
+    rule of the job's body (`legion.wire.automation.TOOL_ARGS`), checked again at each run
+    because the job was stored earlier."""
+    model = TOOL_ARGS.get(tool)
+    if model is None:
         raise BadRequest(
             f"tool mode runs one of {', '.join(HOST_TOOLS)} (the tools the host serves); "
             f"{tool!r} runs in the agent's container: send it a message instead",
             code="invalid_tool",
         )
-    required, _, _, _ = _SPEC[tool]
-    missing = [k for k in required if args.get(k) is None]
-    if missing:
-        raise BadRequest(f"{tool} needs {', '.join(missing)} in args", code="invalid_args")
-    for key in _STRING_ARGS & set(args):
-        if not isinstance(args[key], str):
-            raise BadRequest(f"{tool}: args.{key} must be a string", code="invalid_args")
-    ttl = args.get("ttl_s")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
-        raise BadRequest(f"{tool}: args.ttl_s must be a positive number", code="invalid_args")
-    if tool == "notify_user" and args.get("level", "info") not in ("info", "warning", "error"):
-        raise BadRequest("notify_user: args.level is info, warning or error", code="invalid_args")
-    extra = set(args) - {*required, "ttl_s", "level"}
-    if extra:
-        raise BadRequest(f"{tool} does not take {', '.join(sorted(extra))}", code="invalid_args")
+    try:
+        model.model_validate(args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"args.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )
+        raise BadRequest(f"{tool}: {problems}", code="invalid_args") from None
 
 
 def target_of(tool: str, args: dict[str, Any]) -> tuple[Perm | None, str]:

@@ -22,7 +22,11 @@ Modes (docs/automation.md has senders for each):
   the matching signature.
 
 Secrets live in the vault as system-tier secrets named `webhook.NAME` (never resolvable
-by an agent, masked in every output like any vault value).
+by an agent, masked in every output like any vault value). For `legion` and `github` the
+host generates the secret (`generate_secret`) and the answer that made it shows it once
+(the one field the control socket leaves unmasked: `legion.api.masking`); for `stripe` the
+operator gives the endpoint's signing secret Stripe shows (`whsec_...`, checked by its
+format, `legion.wire.rules.stripe_secret_problem`).
 """
 
 from __future__ import annotations
@@ -42,12 +46,15 @@ from legion.api.http import Call, HttpServer, Response, Router
 from legion.automation.signatures import Bucket, RateLimited, WebhookRefused, verify
 from legion.errors import Conflict, InboxFull, LegionError, NotFound
 from legion.wire.automation import (
+    GeneratedHook,
+    StripeHook,
     WebhookAccepted,
-    WebhookCreate,
     WebhookInfo,
     WebhookJob,
+    WebhookSecret,
 )
 from legion.wire.events import WebhookReceived
+from legion.wire.fields import HookName, WebhookJobId
 
 if TYPE_CHECKING:
     from legion.host import Host
@@ -64,6 +71,11 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 def secret_name(hook: str) -> str:
     return f"{SECRET_PREFIX}{hook}"
+
+
+def generate_secret() -> str:
+    """A new hook secret (`legion.wire.rules.GENERATED_SECRET_PATTERN`): 256 random bits."""
+    return "lgwh_" + secrets.token_urlsafe(32)
 
 
 @dataclass
@@ -165,7 +177,18 @@ class Webhooks:
     def list_hooks(self) -> list[WebhookInfo]:
         return [self.info(name) for name in sorted(self.hooks)]
 
-    def add(self, body: WebhookCreate) -> WebhookInfo:
+    def _store_secret(self, name: str, given: str | None) -> str | None:
+        """Store `given` (Stripe's) or a new generated secret as the hook's; returns the
+        generated one (None when `given`)."""
+        generated = None if given is not None else generate_secret()
+        secret = given if given is not None else generated
+        assert secret is not None
+        self.host.vault.set(secret_name(name), secret, tier="system")
+        return generated
+
+    def add(self, body: GeneratedHook | StripeHook) -> WebhookSecret:
+        """Add a hook: its secret generated (`legion`, `github`; returned this once) or
+        Stripe's signing secret (`stripe`; its format is the rule, and makes it maskable)."""
         from legion.api.agent import require_agent
 
         require_agent(self.host, body.agent)
@@ -175,7 +198,9 @@ class Webhooks:
                 "secret, `rm` removes it",
                 code="hook_exists",
             )
-        self.host.vault.set(secret_name(body.name), body.secret, tier="system")
+        generated = self._store_secret(
+            body.name, body.secret if isinstance(body, StripeHook) else None
+        )
         with self.host.store.tx() as conn:
             conn.execute(
                 "INSERT INTO webhooks(name, agent, mode, rate_per_min, burst, created_at)"
@@ -190,16 +215,31 @@ class Webhooks:
                 ),
             )
         self._cache(body.name, body.agent, body.mode, body.rate_per_min, body.burst)
-        return self.info(body.name)
+        return WebhookSecret(**self.info(body.name).model_dump(), secret=generated)
 
-    def rotate(self, name: str, secret: str) -> WebhookInfo:
-        self.info(name)
-        self.host.vault.set(secret_name(name), secret, tier="system")
+    def rotate(self, name: str, stripe_secret: str | None) -> WebhookSecret:
+        """A new secret for `name`: generated (returned this once), or for a `stripe` hook
+        the one Stripe shows after "Roll secret". The old one stops working at once."""
+        mode = self.info(name).mode
+        if mode == "stripe" and stripe_secret is None:
+            raise Conflict(
+                f"webhook {name} is a stripe hook: its secret is the endpoint's signing "
+                f"secret Stripe shows; `legion webhooks rotate {name}` reads the new one on "
+                "a prompt or stdin",
+                code="stripe_secret_required",
+            )
+        if mode != "stripe" and stripe_secret is not None:
+            raise Conflict(
+                f"webhook {name} ({mode}) has a secret the host generates; rotate it without "
+                "one (`legion webhooks rotate NAME`)",
+                code="secret_generated",
+            )
+        generated = self._store_secret(name, stripe_secret)
         with self.host.store.tx() as conn:
             conn.execute(
                 "UPDATE webhooks SET rotated_at = ? WHERE name = ?", (self.host.clock(), name)
             )
-        return self.info(name)
+        return WebhookSecret(**self.info(name).model_dump(), secret=generated)
 
     def remove(self, name: str) -> bool:
         with self.host.store.tx() as conn:
@@ -263,13 +303,29 @@ class Webhooks:
     def router(self) -> Router:
         router = Router("legion webhooks")
 
-        @router.route("POST", "/hooks/{name}", response=WebhookAccepted)
+        @router.route(
+            "POST",
+            "/hooks/{name}",
+            response=WebhookAccepted,
+            params={"name": HookName},
+            links={
+                "DeliveryResult": {
+                    "operationId": "result",
+                    "parameters": {"name": "$request.path.name", "job": "$response.body#/job"},
+                }
+            },
+        )
         async def deliver(call: Call) -> WebhookAccepted | Response:
             """Queue a signed delivery for the hook's agent (202 with the job id)."""
             accepted = self.receive(call.params["name"], call.request.headers, call.request.body)
             return Response(202, accepted.model_dump_json().encode())
 
-        @router.route("GET", "/hooks/{name}/jobs/{job}", response=WebhookJob)
+        @router.route(
+            "GET",
+            "/hooks/{name}/jobs/{job}",
+            response=WebhookJob,
+            params={"name": HookName, "job": WebhookJobId},
+        )
         async def result(call: Call) -> WebhookJob:
             """A delivery's job: queued, running, done (with the agent's answer)."""
             return self.job(call.params["job"], call.params["name"])

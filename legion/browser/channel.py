@@ -27,9 +27,10 @@ class BrowserLost(LegionError):
 
 
 class BrowserFault(LegionError):
-    """The browser answered with an error (a stale ref, a failed navigation...)."""
+    """The browser answered with an error (a stale ref, a failed navigation...); its status
+    by code is `legion.browser.manager.FAULT_STATUS`."""
 
-    status = 422
+    status = 502
     code = "browser_error"
 
 

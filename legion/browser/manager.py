@@ -47,6 +47,20 @@ log = logging.getLogger("legion.browser")
 REFUSALS_KEPT = 50
 STOP_GRACE_S = 10.0
 RESULT_FIELDS = set(BrowserResult.model_fields) - {"action", "blocked", "tabs"}
+# The status of each error a browser answers with. A well-formed request the page cannot
+# take now is a conflict with the page's state (409: take a new snapshot); a page that did
+# not load, or a browser that failed, is a bad gateway (502); a timeout is 504. None of
+# them is 4xx-malformed: the request's schema allowed it.
+FAULT_STATUS = {
+    "stale_ref": 409,
+    "origin_changed": 409,
+    "no_such_tab": 409,
+    "navigation_failed": 502,
+    "browser_error": 502,
+    "timeout": 504,
+    "invalid_url": 400,
+    "unknown_action": 400,
+}
 
 
 def _refused_page(url: str, blocked: list[str]) -> str | None:
@@ -363,16 +377,16 @@ class Browsers:
             raise
         if not outcome.ok:
             assert outcome.error is not None
-            raise BrowserFault(outcome.error.message, code=outcome.error.code)
+            raise BrowserFault(
+                outcome.error.message,
+                code=outcome.error.code,
+                status=FAULT_STATUS.get(outcome.error.code, BrowserFault.status),
+            )
         return outcome.result or {}
 
     async def act(self, agent: str, request: BaseModel) -> BrowserResult:
-        args = request.model_dump()
+        args = request.model_dump()  # the model checked it (legion.wire.browser)
         action = str(args.pop("action"))
-        if action == "navigate" and urlsplit(args["url"]).scheme.lower() not in ("http", "https"):
-            raise LegionError(
-                "only http:// and https:// URLs can be opened", code="invalid_url", status=400
-            )
         slot = await self.ensure(agent)
         slot.busy += 1
         mark = self.monotonic()
@@ -401,6 +415,7 @@ class Browsers:
             raise BrowserFault(
                 f"{slot.url} was not loaded: the host refused: {landed}",
                 code="navigation_failed",
+                status=FAULT_STATUS["navigation_failed"],
                 blocked=blocked,
             )
         self._acted(slot, action, ok=True)

@@ -1,18 +1,39 @@
 """Bodies of the automation routes: cron jobs, webhooks, steering, wake checks.
 
+Request bodies are strict (`legion.wire.api._Strict`) and state every rule the host
+enforces, from `legion.wire.rules`: a job is a message job or one of the host's tools with
+that tool's own arguments (a `oneOf`, so a body with both, or neither, is refused by the
+schema as by the host); a webhook is generated (`legion`, `github`: the host makes the
+secret) or `stripe` (Stripe's signing secret, in Stripe's format).
+
 See docs/automation.md for what each field means to an operator.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag, WithJsonSchema
+
+from legion.wire.fields import (
+    AgentName,
+    BlackboardKey,
+    BurstSize,
+    CronSchedule,
+    HookName,
+    JobName,
+    JSONNotNull,
+    StripeSecret,
+    TimeZoneName,
+    Topic,
+    TtlSeconds,
+)
 
 JSONValue = Any
-JOB_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-HOOK_NAME = r"^[a-z][a-z0-9-]{0,31}$"
 HOST_TOOLS = ("blackboard_write", "publish", "send_message", "notify_user")
+# A job's message or tool arguments, as stored: at most this many bytes of JSON (413
+# `value_too_large` above: no schema states a size in bytes).
+MAX_ACTION_BYTES = 64 * 1024
 
 MissedPolicy = Literal["skip", "run_once"]
 JobState = Literal["active", "paused", "failed"]
@@ -22,40 +43,168 @@ HookMode = Literal["legion", "github", "stripe"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, strict types, finite numbers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # --- cron -----------------------------------------------------------------------------
 
 
-class CronSet(_Strict):
-    """A job for the caller (an agent's `cron_set`): what it runs and when."""
-
-    schedule: str = Field(
-        max_length=120,
-        description="5 cron fields (`0 9 * * 1-5`), an alias (`@daily`), or `every 30m`.",
+class _When(_Strict):
+    schedule: CronSchedule
+    timezone: TimeZoneName | None = Field(
+        default=None, description="IANA zone; default [automation] timezone, else the host's."
     )
-    timezone: str | None = Field(
-        default=None, max_length=64, description="IANA zone; default the host's."
-    )
-    message: JSONValue = Field(
-        default=None, description="Sent to the agent's inbox at each run (message mode)."
-    )
-    tool: Literal["blackboard_write", "publish", "send_message", "notify_user"] | None = Field(
-        default=None, description="Tool mode: the host runs this tool, no model call."
-    )
-    args: dict[str, JSONValue] = Field(default_factory=dict, description="The tool's arguments.")
     missed: MissedPolicy = Field(
         default="skip", description="A run missed while the host was down: skip, or run once."
     )
 
 
-class CronJobSpec(CronSet):
+class MessageJob(_When):
+    """At each run, `message` goes to the agent's inbox (a turn of the agent)."""
+
+    message: JSONNotNull = Field(description="Sent to the agent at each run (text or JSON).")
+    args: Annotated[
+        dict[str, Any],
+        Field(max_length=0),
+        WithJsonSchema({"type": "object", "properties": {}, "additionalProperties": False}),
+    ] = Field(default_factory=dict, description="Always empty: args go with a tool.")
+
+
+class BlackboardWriteArgs(_Strict):
+    key: BlackboardKey
+    value: JSONNotNull
+    ttl_s: TtlSeconds | None = Field(default=None, description="Expire after this many seconds.")
+
+
+class PublishArgs(_Strict):
+    topic: Topic
+    payload: JSONNotNull
+
+
+class SendMessageArgs(_Strict):
+    to: AgentName
+    payload: JSONNotNull
+
+
+class NotifyUserArgs(_Strict):
+    text: str = Field(min_length=1, max_length=10_000)
+    level: Literal["info", "warning", "error"] = "info"
+
+
+TOOL_ARGS: dict[str, type[_Strict]] = {
+    "blackboard_write": BlackboardWriteArgs,
+    "publish": PublishArgs,
+    "send_message": SendMessageArgs,
+    "notify_user": NotifyUserArgs,
+}
+
+
+class BlackboardWriteJob(_When):
+    """Tool mode: the host writes a blackboard key as the agent, with no model call."""
+
+    tool: Literal["blackboard_write"]
+    args: BlackboardWriteArgs
+
+
+class PublishJob(_When):
+    """Tool mode: the host publishes on a topic as the agent."""
+
+    tool: Literal["publish"]
+    args: PublishArgs
+
+
+class SendMessageJob(_When):
+    """Tool mode: the host sends a message as the agent."""
+
+    tool: Literal["send_message"]
+    args: SendMessageArgs
+
+
+class NotifyUserJob(_When):
+    """Tool mode: the host notifies the operator for the agent."""
+
+    tool: Literal["notify_user"]
+    args: NotifyUserArgs
+
+
+def _job_kind(value: Any) -> str:
+    """Which job a body is: its `tool` (any string, so a wrong one is named), or message."""
+    tool = value.get("tool") if isinstance(value, dict) else getattr(value, "tool", None)
+    return "message" if tool is None else str(tool)[:64]
+
+
+AnyJob = MessageJob | BlackboardWriteJob | PublishJob | SendMessageJob | NotifyUserJob
+
+
+class CronSet(RootModel[Any]):
+    """A job for the caller (an agent's `cron_set`): what it runs and when."""
+
+    root: Annotated[
+        Annotated[MessageJob, Tag("message")]
+        | Annotated[BlackboardWriteJob, Tag("blackboard_write")]
+        | Annotated[PublishJob, Tag("publish")]
+        | Annotated[SendMessageJob, Tag("send_message")]
+        | Annotated[NotifyUserJob, Tag("notify_user")],
+        Discriminator(_job_kind),
+    ]
+
+
+class _Operator(_Strict):
+    agent: AgentName
+    name: JobName
+    paused: bool = Field(default=False, description="Create it paused.")
+
+
+class MessageJobSpec(MessageJob, _Operator):
+    pass
+
+
+class BlackboardWriteJobSpec(BlackboardWriteJob, _Operator):
+    pass
+
+
+class PublishJobSpec(PublishJob, _Operator):
+    pass
+
+
+class SendMessageJobSpec(SendMessageJob, _Operator):
+    pass
+
+
+class NotifyUserJobSpec(NotifyUserJob, _Operator):
+    pass
+
+
+AnyJobSpec = (
+    MessageJobSpec
+    | BlackboardWriteJobSpec
+    | PublishJobSpec
+    | SendMessageJobSpec
+    | NotifyUserJobSpec
+)
+
+
+class CronJobSpec(RootModel[Any]):
     """A job the operator creates for an agent."""
 
-    agent: str = Field(max_length=32)
-    name: str = Field(pattern=JOB_NAME)
-    paused: bool = False
+    root: Annotated[
+        Annotated[MessageJobSpec, Tag("message")]
+        | Annotated[BlackboardWriteJobSpec, Tag("blackboard_write")]
+        | Annotated[PublishJobSpec, Tag("publish")]
+        | Annotated[SendMessageJobSpec, Tag("send_message")]
+        | Annotated[NotifyUserJobSpec, Tag("notify_user")],
+        Discriminator(_job_kind),
+    ]
+
+
+def job_action(job: AnyJob) -> dict[str, Any]:
+    """What a job runs, as stored: `{"message": ...}` or `{"tool": ..., "args": {...}}`."""
+    if isinstance(job, MessageJob):
+        return {"message": job.message}
+    args = job.args.model_dump(mode="json", exclude_none=True)
+    return {"tool": job.tool, "args": args}
 
 
 class CronJob(BaseModel):
@@ -111,17 +260,47 @@ class CronRemoved(BaseModel):
 # --- webhooks -------------------------------------------------------------------------
 
 
-class WebhookCreate(_Strict):
-    name: str = Field(pattern=HOOK_NAME)
-    agent: str = Field(max_length=32)
-    mode: HookMode = "legion"
-    secret: str = Field(min_length=16, max_length=256)
-    rate_per_min: float | None = Field(default=None, gt=0, le=100_000)
-    burst: int | None = Field(default=None, ge=1, le=10_000)
+class _Hook(_Strict):
+    name: HookName
+    agent: AgentName
+    rate_per_min: float | None = Field(
+        default=None, gt=0, le=100_000, description="Default [automation.webhooks] rate_per_min."
+    )
+    burst: BurstSize | None = Field(
+        default=None, description="Default [automation.webhooks] burst."
+    )
+
+
+class GeneratedHook(_Hook):
+    """A hook whose secret the host generates (returned once, in the answer)."""
+
+    mode: Literal["legion", "github"] = "legion"
+
+
+class StripeHook(_Hook):
+    """A hook Stripe calls: its secret is the endpoint's signing secret Stripe shows."""
+
+    mode: Literal["stripe"]
+    secret: StripeSecret
+
+
+def _hook_kind(value: Any) -> str:
+    mode = value.get("mode") if isinstance(value, dict) else getattr(value, "mode", None)
+    return "stripe" if mode == "stripe" else "generated"
+
+
+class WebhookCreate(RootModel[Any]):
+    root: Annotated[
+        Annotated[GeneratedHook, Tag("generated")] | Annotated[StripeHook, Tag("stripe")],
+        Discriminator(_hook_kind),
+    ]
 
 
 class WebhookRotate(_Strict):
-    secret: str = Field(min_length=16, max_length=256)
+    """A `stripe` hook takes Stripe's new signing secret; a generated one takes nothing
+    (the host makes a new secret)."""
+
+    secret: StripeSecret | None = None
 
 
 class WebhookInfo(BaseModel):
@@ -136,6 +315,14 @@ class WebhookInfo(BaseModel):
     deliveries: int
     refused: int
     last_delivery_at: float | None
+
+
+class WebhookSecret(WebhookInfo):
+    """A hook just added or rotated. `secret` is the one the host generated (`legion`,
+    `github`), shown this once and never again (the vault keeps it; every other answer of
+    the control socket masks it); null for `stripe`, whose secret the operator gave."""
+
+    secret: str | None
 
 
 class WebhookList(BaseModel):
@@ -170,7 +357,7 @@ class WebhookJob(BaseModel):
 
 
 class SteerRequest(_Strict):
-    to: str = Field(max_length=32)
+    to: AgentName
     text: str = Field(min_length=1, max_length=16 * 1024)
 
 

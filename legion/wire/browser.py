@@ -10,9 +10,11 @@ credential's bound hosts), and no snapshot, text or screenshot it hands back hol
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag
+
+from legion.wire.fields import BrowserRef, PageUrl, TabIndex, WaitSeconds
 
 # Every action an agent may use (`browser_actions` in its permissions names a subset).
 ACTIONS = (
@@ -41,17 +43,18 @@ ActionName = Literal[
     "tabs",
     "request_human",
 ]
-REF_PATTERN = r"^[a-z]{1,2}[0-9a-z]{0,14}$"  # e5, f1e3 (a frame's), as snapshots print them
-Ref = Field(pattern=REF_PATTERN, max_length=16, description="A ref from the last snapshot.")
 
 
 class _Action(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A browser request: unknown fields refused, strict types, finite numbers. `action`
+    is the route's own name (the policy's target for `browser_actions`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class NavigateRequest(_Action):
     action: Literal["navigate"] = "navigate"
-    url: str = Field(min_length=1, max_length=8192, description="An http:// or https:// URL.")
+    url: PageUrl
 
 
 class SnapshotRequest(_Action):
@@ -60,12 +63,12 @@ class SnapshotRequest(_Action):
 
 class ClickRequest(_Action):
     action: Literal["click"] = "click"
-    ref: str = Ref
+    ref: BrowserRef
 
 
 class TypeRequest(_Action):
     action: Literal["type"] = "type"
-    ref: str = Ref
+    ref: BrowserRef
     text: str = Field(
         max_length=10_000,
         description="What to type (replaces the field's content); `$CRED{name}` handles are "
@@ -76,7 +79,7 @@ class TypeRequest(_Action):
 
 class SelectRequest(_Action):
     action: Literal["select"] = "select"
-    ref: str = Ref
+    ref: BrowserRef
     value: str = Field(max_length=1000, description="The option's value or label.")
 
 
@@ -84,9 +87,7 @@ class ScrollRequest(_Action):
     action: Literal["scroll"] = "scroll"
     direction: Literal["down", "up"] = "down"
     pages: float = Field(default=1.0, gt=0, le=20, description="Viewport heights to scroll.")
-    ref: str | None = Field(
-        default=None, pattern=REF_PATTERN, description="Scroll this element into view instead."
-    )
+    ref: BrowserRef | None = Field(default=None, description="Scroll this element into view.")
 
 
 class BackRequest(_Action):
@@ -100,16 +101,44 @@ class ScreenshotRequest(_Action):
 
 class ExtractRequest(_Action):
     action: Literal["extract"] = "extract"
-    ref: str | None = Field(
-        default=None, pattern=REF_PATTERN, description="An element (default: the whole page)."
-    )
+    ref: BrowserRef | None = Field(default=None, description="An element (default: the page).")
 
 
-class TabsRequest(_Action):
+class TabsList(_Action):
     action: Literal["tabs"] = "tabs"
-    op: Literal["list", "switch", "new", "close"] = "list"
-    index: int | None = Field(default=None, ge=0, le=100)
-    url: str | None = Field(default=None, max_length=8192, description="For op=new.")
+    op: Literal["list"] = "list"
+
+
+class TabsNew(_Action):
+    action: Literal["tabs"] = "tabs"
+    op: Literal["new"]
+    url: PageUrl | None = Field(default=None, description="Open this page in the new tab.")
+
+
+class TabsPick(_Action):
+    action: Literal["tabs"] = "tabs"
+    op: Literal["switch", "close"]
+    index: TabIndex = Field(description="The tab (from op=list).")
+
+
+def _tabs_op(value: Any) -> str:
+    op = value.get("op", "list") if isinstance(value, dict) else getattr(value, "op", "list")
+    return "pick" if op in ("switch", "close") else str(op)[:16]
+
+
+class TabsRequest(RootModel[Any]):
+    """`list` (the default), `new` (optionally with a URL), or `switch`/`close` a tab."""
+
+    root: Annotated[
+        Annotated[TabsList, Tag("list")]
+        | Annotated[TabsNew, Tag("new")]
+        | Annotated[TabsPick, Tag("pick")],
+        Discriminator(_tabs_op),
+    ]
+
+    @property
+    def action(self) -> str:
+        return "tabs"
 
 
 class HumanRequest(_Action):
@@ -123,7 +152,7 @@ class HumanWaitRequest(_Action):
     """Wait (long-poll) until the operator says the hand-off is done."""
 
     action: Literal["request_human"] = "request_human"
-    wait_s: float = Field(default=25.0, ge=0, le=30)
+    wait_s: WaitSeconds = 25.0
 
 
 class TabInfo(BaseModel):
@@ -225,5 +254,5 @@ class Handoff(BaseModel):
 
 
 class DoneRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     note: str = Field(default="", max_length=2000, description="Told to the agent.")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
+from typing_extensions import TypeAliasType
 
 from legion.wire import rules
 
@@ -54,6 +55,9 @@ Version = Annotated[int, Field(ge=0, le=rules.SQLITE_MAX), BeforeValidator(_inte
 Cursor = Annotated[int, Field(ge=0, le=rules.SQLITE_MAX), BeforeValidator(_integral)]
 TokenCount = Annotated[int, Field(ge=1, le=rules.SQLITE_MAX), BeforeValidator(_integral)]
 ItemCount = Annotated[int, Field(ge=1, le=100), BeforeValidator(_integral)]
+Count = Annotated[int, Field(ge=0, le=rules.SQLITE_MAX), BeforeValidator(_integral)]
+BurstSize = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_integral)]
+TabIndex = Annotated[int, Field(ge=0, le=100), BeforeValidator(_integral)]
 # Seconds. Finite (models refuse inf and nan) and bounded, so `1e400` is refused rather than
 # becoming "never expires".
 TTL_MAX_S = 366 * 86400
@@ -61,6 +65,18 @@ TtlSeconds = Annotated[float, Field(gt=0, le=TTL_MAX_S, allow_inf_nan=False)]
 WaitSeconds = Annotated[float, Field(ge=0, le=30, allow_inf_nan=False)]
 
 # --- names, keys, topics, globs ---------------------------------------------------------
+
+# `?agent=` on a listing: an agent name, or empty for every agent.
+AgentFilter = Annotated[
+    str,
+    _checked(lambda text: None if text == "" else rules.name_problem(text)),
+    _schema(
+        rules.schema_string(
+            pattern=f"^(?:{rules.NAME_PATTERN[1:-1]})?$", max_length=rules.NAME_MAX
+        ),
+        description=f"An agent name ({rules.NAME_RULE}), or empty for every agent.",
+    ),
+]
 
 AgentName = Annotated[
     str,
@@ -126,4 +142,112 @@ Base64Text = Annotated[
     str,
     _checked(rules.base64_problem),
     _schema(rules.schema_string(pattern=rules.BASE64_PATTERN), contentEncoding="base64"),
+]
+
+# --- automation ---------------------------------------------------------------------------
+
+# Named aliases (`TypeAliasType`): the document states each once, as a component that every
+# body using it refers to (the schedule pattern and the zone list are long).
+CronSchedule = TypeAliasType(
+    "CronSchedule",
+    Annotated[
+        str,
+        _checked(rules.schedule_problem),
+        _schema(
+            rules.schema_string(
+                pattern=rules.schedule_pattern(), min_length=1, max_length=rules.SCHEDULE_MAX
+            ),
+            description=f"A schedule: {rules.SCHEDULE_RULE}. Runs at most as often as [automation] "
+            "min_interval_s allows (the document carries the pattern for this host's value).",
+            **{CONFIGURED: {"pattern": "schedule_pattern"}},
+        ),
+    ],
+)
+TimeZoneName = TypeAliasType(
+    "TimeZoneName",
+    Annotated[
+        str,
+        _checked(rules.timezone_problem),
+        _schema(
+            rules.schema_string(min_length=1, max_length=rules.TIMEZONE_MAX),
+            description=f"{rules.TIMEZONE_RULE} (the document lists this host's).",
+            **{CONFIGURED: {"enum": "timezones"}},
+        ),
+    ],
+)
+JobName = Annotated[
+    str,
+    _checked(rules.job_name_problem),
+    _schema(
+        rules.schema_string(
+            pattern=rules.JOB_NAME_PATTERN, min_length=1, max_length=rules.JOB_NAME_MAX
+        ),
+        description=f"A cron job's name: {rules.JOB_NAME_RULE}.",
+    ),
+]
+JobId = Annotated[
+    int,
+    Field(ge=rules.ID_MIN, le=rules.SQLITE_MAX, description="A cron job's id."),
+    BeforeValidator(_integral),
+]
+HookName = Annotated[
+    str,
+    _checked(rules.hook_name_problem),
+    _schema(
+        rules.schema_string(
+            pattern=rules.HOOK_NAME_PATTERN, min_length=1, max_length=rules.HOOK_NAME_MAX
+        ),
+        description=f"A webhook's name: {rules.HOOK_NAME_RULE}.",
+    ),
+]
+WebhookJobId = Annotated[
+    str,
+    _checked(rules.webhook_job_problem),
+    _schema(
+        rules.schema_string(pattern=rules.WEBHOOK_JOB_PATTERN, min_length=27, max_length=27),
+        description="A webhook delivery's job id (from the listener's 202 answer).",
+    ),
+]
+StripeSecret = Annotated[
+    str,
+    _checked(rules.stripe_secret_problem),
+    _schema(
+        rules.schema_string(
+            pattern=rules.STRIPE_SECRET_PATTERN,
+            min_length=6 + rules.STRIPE_SECRET_MIN,
+            max_length=6 + rules.STRIPE_SECRET_MAX,
+        ),
+        description=rules.STRIPE_SECRET_RULE + ".",
+    ),
+]
+
+
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("must not be null")
+    return value
+
+
+# Any JSON value but null (a message or payload that says nothing is refused).
+JSONNotNull = Annotated[Any, AfterValidator(_not_null), WithJsonSchema({"not": {"type": "null"}})]
+
+# --- browser ------------------------------------------------------------------------------
+
+BrowserRef = Annotated[
+    str,
+    _checked(rules.ref_problem),
+    _schema(
+        rules.schema_string(pattern=rules.REF_PATTERN, min_length=1, max_length=rules.REF_MAX),
+        description=f"{rules.REF_RULE}.",
+    ),
+]
+# A page to open: the egress URL rule (the browser's traffic goes through the same proxy);
+# checked by the model, as a page's URL is not audited before the browser asks for it.
+PageUrl = Annotated[
+    str,
+    _checked(rules.url_problem),
+    _schema(
+        rules.schema_string(pattern=rules.URL_PATTERN, min_length=1, max_length=rules.URL_MAX),
+        description=f"The page to open: {rules.URL_RULE}.",
+    ),
 ]

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from legion.wire.fields import Count
 from legion.wire.textrule import capped, strip_unsafe
 
 SEPARATOR = "__"
@@ -148,11 +149,53 @@ class McpList(BaseModel):
     servers: list[McpServerInfo]
 
 
+REASON_MAX = 4000  # characters of a reported state's reason (the runtime caps its own)
+DROPPED_MAX = 300  # characters of one "tool not offered" line
+REPORT_DESCRIPTION_MAX = DESCRIPTION_CAP + 200  # a cleaned description, marked third-party
+
+
+class McpToolReport(_Strict):
+    """A tool as an agent's runtime reports it (its own account: nothing is decided from it)."""
+
+    name: str = Field(
+        min_length=4,
+        max_length=TOOL_NAME_MAX,
+        pattern=f"^{SERVER_PATTERN[1:-1]}{SEPARATOR}[A-Za-z0-9_-]+$",
+        description="The namespaced name the model calls: `<server>__<tool>`.",
+    )
+    tool: str = Field(min_length=1, max_length=TOOL_NAME_MAX, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str = Field(default="", max_length=REPORT_DESCRIPTION_MAX)
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+
+
+class McpServerReport(_Strict):
+    """One stdio server as the runtime reports it: the fields of `McpServerInfo` an agent
+    can know (`kind` is stdio; `agent` and `agents` are the host's to fill in)."""
+
+    name: str = Field(min_length=1, max_length=24, pattern=SERVER_PATTERN)
+    kind: Literal["stdio"] = "stdio"
+    agent: None = Field(default=None, description="Always null: the host knows who reports.")
+    state: McpState
+    reason: str = Field(default="", max_length=REASON_MAX)
+    restarts: Count = 0
+    since: float | None = Field(default=None, ge=0, description="When the state last changed.")
+    tools: list[McpToolReport] = Field(default_factory=list, max_length=TOOLS_PER_SERVER)
+    agents: list[str] = Field(default_factory=list, max_length=0, description="Always empty.")
+    dropped: list[Annotated[str, Field(max_length=DROPPED_MAX)]] = Field(
+        default_factory=list, max_length=256
+    )
+
+    def info(self, agent: str) -> McpServerInfo:
+        data = self.model_dump()
+        data.update(kind="stdio", agent=agent, agents=[])
+        return McpServerInfo.model_validate(data)
+
+
 class McpStatusReport(_Strict):
     """What an agent's runtime reports about the stdio servers it runs (the host keeps it
     for `legion mcp ls`; it is the agent's own account, shown as such)."""
 
-    servers: list[McpServerInfo] = Field(default_factory=list, max_length=32)
+    servers: list[McpServerReport] = Field(default_factory=list, max_length=32)
 
 
 class McpCallRequest(_Strict):

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from legion.wire.textrule import capped, strip_unsafe
 
@@ -484,23 +484,136 @@ class SkillList(BaseModel):
     skills: list[SkillInfo]
 
 
+# The rules above as JSON Schema, for the control socket's document: the name, a file's
+# path inside the folder, and a file's content (standard base64, padded, as
+# `base64.b64decode(validate=True)` takes it) at most its size cap once decoded.
+NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+_PATH_SEGMENT = _SEGMENT.pattern
+PATH_PATTERN = f"^{_PATH_SEGMENT}(?:/{_PATH_SEGMENT}){{0,{DEPTH_MAX - 1}}}$"
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+def _base64_max(size: int) -> int:
+    """The longest padded base64 text whose decoded bytes never exceed `size`."""
+    return 4 * (size // 3)
+
+
+def _skill_name_problem(name: str) -> str:
+    problem = name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+SkillName = Annotated[
+    str,
+    AfterValidator(_skill_name_problem),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": NAME_MAX,
+            "pattern": NAME_PATTERN,
+            "description": f"A skill name: {NAME_RULE}.",
+        }
+    ),
+]
+_AGENT_PATTERN = "^[a-z][a-z0-9-]{0,31}$"
+_AGENT: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 32,
+    "pattern": _AGENT_PATTERN,
+}
+UploadAgent = Annotated[
+    str | None,
+    WithJsonSchema({"anyOf": [_AGENT, {"type": "null"}]}),
+]
+UPLOAD_FILES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        f"The folder: relative path -> base64 content; a {SKILL_FILE} (UTF-8, front matter "
+        f"by the Agent Skills rules) and at most {FILES_MAX - 1} more files, at most "
+        f"{TOTAL_MAX} bytes in all (422 invalid_skill says which rule a folder breaks)."
+    ),
+    "required": [SKILL_FILE],
+    "minProperties": 1,
+    "maxProperties": FILES_MAX,
+    "propertyNames": {"pattern": PATH_PATTERN, "maxLength": DEPTH_MAX * 65},
+    "properties": {
+        SKILL_FILE: {
+            "type": "string",
+            "minLength": 4,
+            "maxLength": _base64_max(SKILL_MD_MAX),
+            "pattern": BASE64_PATTERN,
+        }
+    },
+    "additionalProperties": {
+        "type": "string",
+        "maxLength": _base64_max(FILE_MAX),
+        "pattern": BASE64_PATTERN,
+    },
+}
+
+
 class SkillUpload(BaseModel):
-    """`POST /v1/skills` (control socket): a skill folder, each file base64-encoded."""
+    """`POST /v1/skills` (control socket): a skill folder, each file base64-encoded. The
+    folder's shape is stated here; what is inside SKILL.md (its front matter) and the
+    folder's total size are checked by `check_skill` (422 invalid_skill)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=NAME_MAX)
-    agent: str | None = Field(default=None, description="Install for this agent only.")
-    files: dict[str, str] = Field(description="Relative path -> base64 content.")
+    name: SkillName = Field(description="The skill's name (its SKILL.md says the same).")
+    agent: UploadAgent = Field(default=None, description="Install for this agent only.")
+    files: Annotated[dict[str, str], WithJsonSchema(UPLOAD_FILES_SCHEMA)]
     replace: bool = False
+
+    @field_validator("agent")
+    @classmethod
+    def _agent_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(_AGENT_PATTERN[1:-1], value):
+            raise ValueError(f"{value[:80]!r} is not an agent name")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _folder_shape(cls, files: dict[str, str]) -> dict[str, str]:
+        if SKILL_FILE not in files:
+            raise ValueError(f"a skill is a folder with a {SKILL_FILE}; there is none")
+        if len(files) > FILES_MAX:
+            raise ValueError(f"the skill has {len(files)} files; at most {FILES_MAX}")
+        for path, content in files.items():
+            problem = path_problem(path)
+            if problem is not None:
+                raise ValueError(problem)
+            limit = SKILL_MD_MAX if path == SKILL_FILE else FILE_MAX
+            if not _BASE64.fullmatch(content) or len(content) > _base64_max(limit):
+                raise ValueError(
+                    f"{path[:120]!r}: its content is not padded base64 of at most {limit} bytes"
+                )
+            if path == SKILL_FILE and len(content) < 4:
+                raise ValueError(f"{SKILL_FILE} is empty")
+        return files
+
+
+_BASE64 = re.compile(BASE64_PATTERN[1:-1])
 
 
 class SkillPromote(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    agent: str = Field(description="The agent that wrote the skill.")
-    to: str | None = Field(default=None, description="An agent to install it for; none: fleet.")
+    agent: Annotated[str, WithJsonSchema(_AGENT)] = Field(
+        description="The agent that wrote the skill."
+    )
+    to: UploadAgent = Field(default=None, description="An agent to install it for; none: fleet.")
     replace: bool = False
+
+    @field_validator("agent", "to")
+    @classmethod
+    def _agent_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(_AGENT_PATTERN[1:-1], value):
+            raise ValueError(f"{value[:80]!r} is not an agent name")
+        return value
 
 
 class SkillText(BaseModel):

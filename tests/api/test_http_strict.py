@@ -151,6 +151,13 @@ async def test_head_answers_like_get_without_a_body(home: Path) -> None:
 async def test_head_on_the_event_stream_holds_nothing(home: Path) -> None:
     async with host_at(home) as (host, _):
         paths = host.paths
+        # The host's own subscriber (the sub-agent reaper, a task of the host) is there
+        # before and after: wait for it to subscribe.
+        deadline = asyncio.get_running_loop().time() + 10
+        while host.bus.subscriber_count < 1:
+            assert asyncio.get_running_loop().time() < deadline, "the reaper never subscribed"
+            await asyncio.sleep(0.01)
+        before = host.bus.subscriber_count
         conn = await RawConn.open(paths.control_socket)
         try:
             await conn.send(request("HEAD", "/v1/events"))
@@ -159,7 +166,7 @@ async def test_head_on_the_event_stream_holds_nothing(home: Path) -> None:
         finally:
             conn.close()
         # The stream's producer never started: its subscription was closed (on_abandon).
-        assert host.bus.subscriber_count == 0
+        assert host.bus.subscriber_count == before
 
 
 async def test_405_carries_allow(home: Path) -> None:
@@ -173,6 +180,31 @@ async def test_405_carries_allow(home: Path) -> None:
         key = await alice.post("/v1/blackboard/entries/k")
         assert set(key.headers["allow"].split(", ")) == {"GET", "HEAD", "PUT", "DELETE"}
         assert sock.exists()
+
+
+async def test_methods_are_case_sensitive(home: Path) -> None:
+    """issue 15 (attack pass): RFC 9110 makes methods case-sensitive, so `get` is not GET
+    (a proxy in front that lets an unknown `get` through must not reach the GET route);
+    and a route whose parameter is a fixed set of words (`{action}`) does not swallow
+    other paths, so Allow names only the routes that serve the path."""
+    async with host_at(home) as (host, sock):
+        conn = await RawConn.open(sock)
+        try:
+            await conn.send(request("get", "/v1/whoami"))
+            lower = await conn.answer()
+            assert lower.status == 405, lower.body
+            assert lower.headers["allow"] == "GET, HEAD"
+        finally:
+            conn.close()
+        control = await RawConn.open(host.paths.control_socket)
+        try:
+            await control.send(request("OPTIONS", "/v1/agents/alice/state"))
+            state = await control.answer()
+            assert state.status == 405 and state.headers["allow"] == "DELETE"
+            await control.send(request("POST", "/v1/agents/alice/explode"))
+            assert (await control.answer()).status == 404
+        finally:
+            control.close()
 
 
 async def test_pipelined_requests_are_answered_in_order(home: Path) -> None:

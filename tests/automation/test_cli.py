@@ -42,9 +42,15 @@ def test_the_commands(home: Path, daemon: Callable[[], Daemon]) -> None:
         assert added.returncode == 0, added.stderr
         job = json.loads(added.stdout)
         assert job["agent"] == "alice" and job["kind"] == "every" and job["timezone"] == "UTC"
-        bad = legion(home, "cron", "add", "alice", "x", "-s", "0 0 30 2 *", "-m", "x")
-        assert bad.returncode == 1 and "not a valid cron expression" in bad.stderr
+        bad = legion(home, "cron", "add", "alice", "x", "-s", "0 0 30 2-1 *", "-m", "x")
+        assert bad.returncode == 1 and "runs backwards" in bad.stderr
         assert "Traceback" not in bad.stderr
+        # well formed but never runs: kept, failed, with the reason (docs/automation.md)
+        never = legion(home, "cron", "add", "alice", "x", "-s", "0 0 30 2 *", "-m", "x", "--json")
+        assert never.returncode == 0, never.stderr
+        assert json.loads(never.stdout)["state"] == "failed"
+        assert "never runs" in json.loads(never.stdout)["reason"]
+        assert legion(home, "cron", "rm", "alice/x").returncode == 0
         assert (
             legion(home, "cron", "add", "alice", "y", "-s", "@daily", "--args", "[1]").returncode
             == 2
@@ -70,7 +76,7 @@ def test_the_commands(home: Path, daemon: Callable[[], Daemon]) -> None:
         assert hook.returncode == 0, hook.stderr
         info = json.loads(hook.stdout)
         secret, url = info["secret"], info["url"]
-        assert secret.startswith("whk_") and url.endswith("/hooks/deploy")
+        assert secret.startswith("lgwh_") and url.endswith("/hooks/deploy")
         assert secret not in legion(home, "webhooks", "ls", "--json").stdout
         body, ts = b'{"ok": 1}', int(time.time())
         r = httpx.post(
@@ -85,15 +91,23 @@ def test_the_commands(home: Path, daemon: Callable[[], Daemon]) -> None:
         assert r.status_code == 202, r.text
         result = legion(home, "webhooks", "result", r.json()["job"], "--json")
         assert json.loads(result.stdout)["status"] == "queued"
-        rotated = legion(
-            home,
-            "webhooks",
-            "rotate",
-            "deploy",
-            "--secret-stdin",
-            stdin="whsec_from-stripe-0123456789\n",
+        rotated = legion(home, "webhooks", "rotate", "deploy")
+        assert rotated.returncode == 0, rotated.stderr
+        [new_secret] = [w for w in rotated.stdout.split() if w.startswith("lgwh_")]
+        assert new_secret != secret
+        # a stripe hook takes Stripe's signing secret on stdin, checked by its format
+        weak = legion(
+            home, "webhooks", "add", "pay", "-a", "alice", "--mode", "stripe", stdin="x\n"
         )
-        assert rotated.returncode == 0 and "whsec_" not in rotated.stdout
+        assert weak.returncode == 2 and "whsec_" in weak.stderr, weak.stderr
+        stripe = "whsec_5FqK3nB8dX2rT9wLmZ4vC7yH1jPs6aEo"
+        pay = legion(
+            home, "webhooks", "add", "pay", "-a", "alice", "--mode", "stripe", stdin=stripe + "\n"
+        )
+        assert pay.returncode == 0 and stripe not in pay.stdout, pay.stdout + pay.stderr
+        again = legion(home, "webhooks", "rotate", "pay", stdin=stripe[:-1] + "X\n")
+        assert again.returncode == 0 and "whsec_" not in again.stdout, again.stderr
+        assert legion(home, "webhooks", "rm", "pay").returncode == 0
         assert legion(home, "webhooks", "rm", "deploy").returncode == 0
         steer = legion(home, "chat", "alice", "--steer", "hurry", "--timeout", "1")
         assert steer.returncode == 1 and "steer queued for alice" in steer.stderr

@@ -105,7 +105,7 @@ async def test_a_bad_job_fails_with_its_reason_and_the_others_keep_running(home:
         host.automation.cron._schedules.clear()
         clock.advance(60)
         assert host.automation.cron.fire_due() == 0
-        assert "not a valid cron expression" in host.automation.cron.get(a["id"]).reason
+        assert "'99' is not a minute: use 0-59" in host.automation.cron.get(a["id"]).reason
 
 
 async def test_tool_mode_writes_the_blackboard_with_no_model_call(home: Path) -> None:
@@ -152,15 +152,21 @@ async def test_tool_mode_writes_the_blackboard_with_no_model_call(home: Path) ->
 
 
 async def test_job_specs_are_checked_before_anything_is_stored(home: Path) -> None:
+    """issue 15 with issue 12: a job is a message job or one host tool with that tool's
+    arguments, as the schema says (a oneOf); what the schema cannot say (the agent exists,
+    the size of the action) is a typed error; nothing is stored either way."""
     async with host_at(home, config()) as host, control_client(host.paths) as operator:
         cases = [
             ({"schedule": "every 1s", "message": "x", "agent": "zed"}, "unknown_agent"),
-            ({"schedule": "0 0 30 2 *", "message": "x"}, "invalid_schedule"),
-            ({"schedule": "@daily", "message": "x", "timezone": "Mars/Base"}, "invalid_timezone"),
-            ({"schedule": "@daily"}, "invalid_job"),
+            ({"schedule": "0 0 30 3-2 *", "message": "x"}, "invalid_body"),  # backwards
+            ({"schedule": "@daily", "message": "x", "timezone": "Mars/Base"}, "invalid_body"),
+            ({"schedule": "@daily"}, "invalid_body"),
+            ({"schedule": "@daily", "message": None}, "invalid_body"),
             ({"schedule": "@daily", "tool": "run_command", "args": {}}, "invalid_body"),
-            ({"schedule": "@daily", "tool": "publish", "args": {"topic": "t"}}, "invalid_args"),
-            ({"schedule": "@daily", "message": "x", "tool": "notify_user"}, "invalid_job"),
+            ({"schedule": "@daily", "tool": "publish", "args": {"topic": "t"}}, "invalid_body"),
+            ({"schedule": "@daily", "message": "x", "tool": "notify_user"}, "invalid_body"),
+            ({"schedule": "@daily", "message": "x", "args": {"a": 1}}, "invalid_body"),
+            ({"schedule": "@daily", "message": "x" * 70_000}, "value_too_large"),
         ]
         for spec, code in cases:
             body = {"agent": "alice", "name": "j", **spec}
@@ -258,7 +264,10 @@ async def test_pause_resume_and_run_now(home: Path) -> None:
         assert again.status_code == 409 and again.json()["error"]["code"] == "job_running"
         assert (await operator.delete(f"/v1/cron/jobs/{jid}")).json()["removed"] is True
         assert (await operator.get(f"/v1/cron/jobs/{jid}")).status_code == 404
-        assert (await operator.get("/v1/cron/jobs/abc")).status_code == 404
+        for bad in ("abc", "0", "01", str(2**63)):
+            r = await operator.get(f"/v1/cron/jobs/{bad}")
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_job_id", bad
+        assert (await operator.get(f"/v1/cron/jobs/{2**63 - 1}")).status_code == 404
 
 
 async def test_self_shows_the_agents_own_job_names_as_written_and_masks_the_operators(
