@@ -38,7 +38,7 @@ SCHEMA_KEYWORDS = {
     "oneOf", "allOf", "not", "enum", "const", "default", "title", "description",
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength",
     "maxLength", "pattern", "minItems", "maxItems", "propertyNames", "patternProperties",
-    "examples", "contentEncoding", "format",
+    "examples", "contentEncoding", "format", "minProperties", "maxProperties",
 }  # fmt: skip
 
 
