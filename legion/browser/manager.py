@@ -415,7 +415,8 @@ class Browsers:
             raise BrowserFault(
                 f"{slot.url} was not loaded: the host refused: {landed}",
                 code="navigation_failed",
-                status=FAULT_STATUS["navigation_failed"],
+                # the host's egress policy refused the page: a denial, as for any egress
+                status=403,
                 blocked=blocked,
             )
         self._acted(slot, action, ok=True)

@@ -131,7 +131,8 @@ async def test_navigate_snapshot_click_type_and_read_the_result(
         assert posted and f"pw={SITE_PASSWORD}" in posted[-1][2]  # the host typed the value
         # a stale ref: the form is gone
         status, stale = await act(host, "alice", "click", {"ref": name})
-        assert status == 422 and stale["error"]["code"] == "stale_ref", stale
+        # issue 15: a ref the page no longer has is a conflict with the page's state
+        assert status == 409 and stale["error"]["code"] == "stale_ref", stale
         assert "new browser_snapshot" in stale["error"]["message"]
         status, back = await act(host, "alice", "back")
         assert status == 200 and back["title"] == "Order form"
@@ -179,7 +180,7 @@ async def test_the_browser_cannot_reach_what_the_policy_refuses(
             ]
             for url, expected in cases:
                 status, body = await act(host, "alice", "navigate", {"url": url})
-                assert status == 422, body
+                assert status == 403, body  # the host's egress policy refused it
                 assert body["error"]["code"] == "navigation_failed"
                 assert "the host refused" in body["error"]["message"], body
                 assert expected in await denied_egress(host, "alice")
@@ -188,7 +189,7 @@ async def test_the_browser_cannot_reach_what_the_policy_refuses(
             status, body = await act(
                 host, "alice", "navigate", {"url": f"{base}/redirect?to={target}"}
             )
-            assert status == 422 and "the host refused" in body["error"]["message"], body
+            assert status == 403 and "the host refused" in body["error"]["message"], body
             # a JavaScript redirect from the allowed site to a refused loopback port
             before = len(await denied_egress(host, "alice"))
             status, body = await act(
