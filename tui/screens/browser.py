@@ -63,11 +63,14 @@ class BrowserScreen(Screen[None]):
     # --- showing the board --------------------------------------------------------------
 
     def _style(self, variable: str, bold: bool = False) -> Style:
+        """A theme colour for Rich text (`muted` is dim text: the theme's is not a colour)."""
+        if variable == "muted":
+            return Style(dim=True, bold=bold)
         return Style(color=self.app.theme_variables.get(variable), bold=bold)
 
     def _cells(self, view: BrowserView) -> list[Text]:
         if not view.enabled:
-            state = Text("off", style=self._style("text-muted"))
+            state = Text("off", style=self._style("muted"))
         elif view.state == "failed":
             state = Text("failed", style=self._style("error", bold=True))
         else:
@@ -144,7 +147,7 @@ class BrowserScreen(Screen[None]):
             return
         self.legion.browser.board.drop_expired(view)
         out = Text()
-        label = self._style("text-muted")
+        label = self._style("muted")
 
         def row(name: str, value: str | Text) -> None:
             out.append(f"\n{name:<7}", style=label)
