@@ -62,6 +62,7 @@ class BrowserView:
     human_since: float | None = None
     handoff_expires_at: float | None = None  # a VNC link is open (maybe made elsewhere)
     link: Handoff | None = None  # the link this TUI asked for (it holds a token)
+    link_seq: int = 0  # when it came (BrowserBoard.seq), so an older read cannot drop it
 
 
 @dataclass
@@ -80,6 +81,7 @@ class BrowserBoard:
         self.running = 0
         self.max_running: int | None = None
         self.loaded = False
+        self.seq = 0  # counts the links taken
 
     def view(self, agent: str) -> BrowserView:
         if agent not in self.views:
@@ -89,8 +91,9 @@ class BrowserBoard:
     def waiting(self) -> list[BrowserView]:
         return [v for v in self.views.values() if v.waiting]
 
-    def load(self, listing: BrowserList) -> BoardChange:
-        """Take the host's list. The first one also reports who already waits."""
+    def load(self, listing: BrowserList, since: int | None = None) -> BoardChange:
+        """Take the host's list, read when `seq` was `since`. The first one also reports
+        who already waits."""
         change = BoardChange()
         first = not self.loaded
         self.loaded = True
@@ -109,7 +112,10 @@ class BrowserBoard:
             if not view.waiting:
                 view.human_since = None
             view.handoff_expires_at = info.handoff_expires_at
-            if view.handoff_expires_at is None:
+            if view.link is not None and view.link_seq > (self.seq if since is None else since):
+                # a link that came while this list was being read: the list is older
+                view.handoff_expires_at = view.link.expires_at
+            elif view.handoff_expires_at is None:
                 view.link = None  # every session of this agent has ended
             self.drop_expired(view)
             if view.waiting and first and not was_waiting:
@@ -123,7 +129,8 @@ class BrowserBoard:
 
     def took_link(self, handoff: Handoff) -> None:
         view = self.view(handoff.agent)
-        view.link = handoff
+        self.seq += 1
+        view.link, view.link_seq = handoff, self.seq
         view.handoff_expires_at = max(view.handoff_expires_at or 0.0, handoff.expires_at)
 
     def apply(self, events: list[Any]) -> BoardChange:
@@ -195,17 +202,19 @@ class BrowserDesk:
         if not self.app.is_running:
             return
 
+        since = self.board.seq
+
         async def run() -> None:
             client = await self.app.client_ready()
             listing = await client.browsers()
-            self.app.call_later(self._loaded, listing)
+            self.app.call_later(self._loaded, listing, since)
 
         self.app.run_worker(
             run(), name="browser: List", group="load-browsers", exclusive=True, exit_on_error=False
         )
 
-    def _loaded(self, listing: BrowserList) -> None:
-        self._show(self.board.load(listing))
+    def _loaded(self, listing: BrowserList, since: int) -> None:
+        self._show(self.board.load(listing, since))
 
     def apply(self, events: list[Any]) -> None:
         """A batch of host events (from the app's bridge)."""

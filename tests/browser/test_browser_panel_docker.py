@@ -100,6 +100,6 @@ vnc_port = 0
             resumed = await asyncio.wait_for(waiter, 30)
             assert resumed == {"state": "done", "reason": "please log in", "note": "logged in"}
             await run.until(lambda: run.app.browser.board.views["alice"].link is None)
-            await run.until(lambda: "VNC" not in detail(screen))
+            await run.until(lambda: link.link[:40] not in detail(screen))
         finally:
             waiter.cancel()

@@ -25,7 +25,7 @@ from legion.wire.events import BrowserActed, BrowserHandoff
 from tests.fakes.provider import FakeProvider
 from tests.fleetproc import fleet_config, prepare_home
 from tui.app import LegionApp
-from tui.screens.browser import PAGE_CELL, BrowserScreen
+from tui.screens.browser import OTHER_COLUMNS, BrowserScreen
 from tui.screens.dialogs import ConfirmScreen, FormScreen
 
 from .conftest import Run
@@ -109,6 +109,17 @@ async def select(run: Run, screen: BrowserScreen, agent: str) -> None:
     await run.until(lambda: screen.selected() == agent)
 
 
+def start_browser(host: Host, agent: str, reason: str) -> Any:
+    """The host's browser service marks `agent`'s browser running, as after a start (the
+    `browser_state` event comes from its own code). There is no container here, so the slot
+    is held busy, as during an action: the host's reaper, which stops a running browser whose
+    container went away, leaves it alone for the test."""
+    slot = host.browsers.slot(agent)
+    slot.busy += 1
+    host.browsers._set(slot, "running", reason)
+    return slot
+
+
 def ask_for_a_human(host: Host, agent: str, reason: str) -> Any:
     """What `browser_request_human` does once the agent's browser runs: the slot waits for
     the operator and the host publishes the request (legion/browser/human.py)."""
@@ -136,8 +147,7 @@ async def test_the_panel_follows_the_host_and_the_keys_act_on_it(
         assert cell(screen, "carol", "browser") == "off"
         assert cell(screen, "alice", "browser") == "stopped"
         # the host's browser service starts alice's browser and she acts in it
-        slot = host.browsers.slot("alice")
-        host.browsers._set(slot, "running", "started in 1.2s")
+        slot = start_browser(host, "alice", "started in 1.2s")
         slot.url, slot.title = "http://127.0.0.1:8123/login", "Shop login"
         host.browsers._acted(slot, "navigate", ok=True)
         await run.until(lambda: cell(screen, "alice", "last") == "navigate ✓")
@@ -185,8 +195,7 @@ async def test_palette_commands_act_on_the_host(home: Path, fake: FakeProvider) 
     the panel shows it stopped); `browser: Resume NAME` ends a hand-off from any screen;
     `browser: Show` opens the panel; agents without can_use_browser have no commands."""
     async with panel(home, browser_config(fake.base_url)) as (run, host):
-        slot = host.browsers.slot("bob")
-        host.browsers._set(slot, "running", "started in 0.8s")
+        start_browser(host, "bob", "started in 0.8s")
         human = ask_for_a_human(host, "bob", "a CAPTCHA")
         await run.until(lambda: run.app.browser.board.views["bob"].waiting)
         await run.command("browser: Resume bob")
@@ -259,7 +268,7 @@ async def test_hostile_page_text_renders_as_text(home: Path, fake: FakeProvider)
         for text in shown:
             for raw in ("\x1b", "\x07", "\u202e", "\r"):
                 assert raw not in text, (raw, text[:200])
-        assert len(cell(screen, "alice", "page")) <= PAGE_CELL
+        assert len(cell(screen, "alice", "page")) <= 80 - OTHER_COLUMNS
         assert "[bold red]fake[/]" in detail(screen) and "\\x1b]0;pwned\\x07" in detail(screen)
         assert "\\u202e" in detail(screen)
         assert len(detail(screen)) < 3000 and len(notice.message) < 500

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from tui.app import LegionApp
 
 COLUMNS = (("agent", "agent"), ("browser", "browser"), ("human", "human"), ("last", "last action"))
-PAGE_CELL = 48  # characters of a page's title (or URL) in its row
+PAGE_CELL = 120  # at most this many characters of a page's title (or URL) in its row
+OTHER_COLUMNS = 48  # what the other columns of a row take, about: the page gets the rest
 TITLE_SHOWN = 300
 URL_SHOWN = 600
 REASON_SHOWN = 600
@@ -88,7 +89,8 @@ class BrowserScreen(Screen[None]):
             last = Text(line(view.last_action, 12) + mark)
             if view.last_ok is False:
                 last.stylize(self._style("error"))
-        page = line(view.title or view.url or "-", PAGE_CELL)
+        width = max(16, min(PAGE_CELL, self.size.width - OTHER_COLUMNS))
+        page = line(view.title or view.url or "-", width)
         return [Text(line(view.agent, 32)), state, human, last, Text(page)]
 
     def show(self, agents: set[str] | None = None) -> None:
@@ -174,14 +176,15 @@ class BrowserScreen(Screen[None]):
             asks = Text(f"WAITING{since}: ", style=self._style("warning", bold=True))
             asks.append(line(view.human_reason, REASON_SHOWN) or "(no reason given)")
             row("human", asks)
-        if view.link is not None:
-            row("VNC", Text(view.link.link, style=self._style("accent")))
+        if view.link is not None:  # on lines of their own: the operator copies them
             row(
-                "",
-                f"valid until {stamp(view.link.expires_at)} · "
-                f"{key_of(self.legion, 'browser-copy')} copies it",
+                "VNC",
+                f"a link valid until {stamp(view.link.expires_at)} "
+                f"({key_of(self.legion, 'browser-copy')} copies it); from a laptop, first:",
             )
-            row("ssh", view.link.ssh_hint)
+            out.append("\n" + view.link.ssh_hint)
+            out.append("\n")
+            out.append(view.link.link, style=self._style("accent"))
         elif view.handoff_expires_at:
             row(
                 "VNC",
@@ -198,6 +201,10 @@ class BrowserScreen(Screen[None]):
             out.append("\n\n")
             out.append(hint, style=label)
         detail.update(out)
+
+    def on_resize(self) -> None:
+        if self.is_mounted:
+            self.show()  # the page column takes what the width leaves
 
     @on(DataTable.RowHighlighted, "#browsers")
     def highlighted(self) -> None:
