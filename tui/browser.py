@@ -62,7 +62,7 @@ class BrowserView:
     human_since: float | None = None
     handoff_expires_at: float | None = None  # a VNC link is open (maybe made elsewhere)
     link: Handoff | None = None  # the link this TUI asked for (it holds a token)
-    link_seq: int = 0  # when it came (BrowserBoard.seq), so an older read cannot drop it
+    seq: int = 0  # BrowserBoard.seq when an event or a link last changed this view
 
 
 @dataclass
@@ -81,7 +81,7 @@ class BrowserBoard:
         self.running = 0
         self.max_running: int | None = None
         self.loaded = False
-        self.seq = 0  # counts the links taken
+        self.seq = 0  # counts what changed a view (events, links): a list read before loses
 
     def view(self, agent: str) -> BrowserView:
         if agent not in self.views:
@@ -91,9 +91,15 @@ class BrowserBoard:
     def waiting(self) -> list[BrowserView]:
         return [v for v in self.views.values() if v.waiting]
 
+    def touch(self, view: BrowserView) -> BrowserView:
+        self.seq += 1
+        view.seq = self.seq
+        return view
+
     def load(self, listing: BrowserList, since: int | None = None) -> BoardChange:
-        """Take the host's list, read when `seq` was `since`. The first one also reports
-        who already waits."""
+        """Take the host's list, asked for when `seq` was `since`. A view that an event or a
+        link changed meanwhile keeps what it knows (the list is older; another read is
+        asked for). The first list also reports who already waits."""
         change = BoardChange()
         first = not self.loaded
         self.loaded = True
@@ -104,18 +110,19 @@ class BrowserBoard:
             change.agents.add(gone)
         for info in listing.browsers:
             view = self.view(info.agent)
+            view.enabled = info.enabled
+            if since is not None and view.seq > since:
+                change.reload = True
+                continue
             was_waiting = view.waiting
-            view.enabled, view.state, view.reason = info.enabled, info.state, info.reason
+            view.state, view.reason = info.state, info.reason
             view.url, view.title = info.url, info.title
             view.last_action, view.last_action_at = info.last_action, info.last_action_at
             view.waiting, view.human_reason = info.waiting_for_human, info.human_reason
             if not view.waiting:
                 view.human_since = None
             view.handoff_expires_at = info.handoff_expires_at
-            if view.link is not None and view.link_seq > (self.seq if since is None else since):
-                # a link that came while this list was being read: the list is older
-                view.handoff_expires_at = view.link.expires_at
-            elif view.handoff_expires_at is None:
+            if view.handoff_expires_at is None:
                 view.link = None  # every session of this agent has ended
             self.drop_expired(view)
             if view.waiting and first and not was_waiting:
@@ -128,9 +135,8 @@ class BrowserBoard:
             view.link = None
 
     def took_link(self, handoff: Handoff) -> None:
-        view = self.view(handoff.agent)
-        self.seq += 1
-        view.link, view.link_seq = handoff, self.seq
+        view = self.touch(self.view(handoff.agent))
+        view.link = handoff
         view.handoff_expires_at = max(view.handoff_expires_at or 0.0, handoff.expires_at)
 
     def apply(self, events: list[Any]) -> BoardChange:
@@ -140,7 +146,7 @@ class BrowserBoard:
             if kind == "browser_state":
                 self._on_state(event, change)
             elif kind == "browser_action":
-                view = self.view(event.agent)
+                view = self.touch(self.view(event.agent))
                 view.last_action, view.last_action_at = event.action, event.at
                 view.last_ok, view.last_error = event.ok, event.error
                 view.url, view.title = event.url, event.title
@@ -150,7 +156,7 @@ class BrowserBoard:
         return change
 
     def _on_state(self, e: Any, change: BoardChange) -> None:
-        view = self.view(e.agent)
+        view = self.touch(self.view(e.agent))
         view.state, view.reason = e.state, e.reason
         if e.state in ("stopped", "failed"):  # a teardown ends the hand-off and the links
             view.waiting, view.human_since = False, None
@@ -161,7 +167,7 @@ class BrowserBoard:
         change.agents.add(e.agent)
 
     def _on_handoff(self, e: Any, change: BoardChange) -> None:
-        view = self.view(e.agent)
+        view = self.touch(self.view(e.agent))
         change.agents.add(e.agent)
         change.reload = True
         if e.url:
@@ -214,13 +220,18 @@ class BrowserDesk:
         )
 
     def _loaded(self, listing: BrowserList, since: int) -> None:
-        self._show(self.board.load(listing, since))
+        change = self.board.load(listing, since)
+        self._show(change)
+        self._reload_later(change)
 
     def apply(self, events: list[Any]) -> None:
         """A batch of host events (from the app's bridge)."""
         change = self.board.apply(events)
         if change.agents:
             self._show(change)
+        self._reload_later(change)
+
+    def _reload_later(self, change: BoardChange) -> None:
         if change.reload and not self._reload_pending:
             self._reload_pending = True
 

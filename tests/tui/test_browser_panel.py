@@ -275,3 +275,47 @@ async def test_hostile_page_text_renders_as_text(home: Path, fake: FakeProvider)
         # still answering keys
         await run.pilot.press("f1")
         await run.until(lambda: run.app.screen.__class__.__name__ == "HelpScreen")
+
+
+def test_a_list_read_before_an_event_or_a_link_does_not_undo_it() -> None:
+    """issue 13: the panel reads the host's list after hand-off events, and events keep
+    coming meanwhile; a list that was asked for before an event (or before the operator's
+    link came) must not undo what the event said, nor drop the link: the view keeps it and
+    another read is asked for."""
+    from legion.wire.browser import BrowserInfo, BrowserList, Handoff
+    from tui.browser import BrowserBoard
+
+    now = 1767268800.0
+    board = BrowserBoard(lambda: now)
+
+    def listing(waiting: bool, expires: float | None) -> BrowserList:
+        info = BrowserInfo(
+            agent="alice",
+            enabled=True,
+            state="running",
+            waiting_for_human=waiting,
+            human_reason="log in" if waiting else "",
+            handoff_expires_at=expires,
+        )
+        return BrowserList(browsers=[info], running=1, max_running=4)
+
+    first = board.load(listing(False, None), since=board.seq)
+    assert not first.asked and not board.views["alice"].waiting
+    since = board.seq  # a read starts...
+    asked = board.apply([BrowserHandoff(at=now, agent="alice", state="requested", reason="log in")])
+    assert [v.agent for v in asked.asked] == ["alice"] and asked.reload
+    board.took_link(
+        Handoff(
+            agent="alice", link="http://127.0.0.1:1/x", ssh_hint="ssh", port=1, expires_at=now + 60
+        )
+    )
+    stale = board.load(listing(False, None), since=since)  # ...and answers from before
+    view = board.views["alice"]
+    assert view.waiting and view.link is not None and stale.reload
+    fresh = board.load(listing(True, now + 60), since=board.seq)
+    assert view.waiting and view.link is not None and not fresh.reload and not fresh.asked
+    board.apply([BrowserHandoff(at=now, agent="alice", state="done")])
+    assert not view.waiting and view.link is None
+    # a first list that finds an agent already waiting reports it (the TUI started late)
+    late = BrowserBoard(lambda: now)
+    assert [v.agent for v in late.load(listing(True, None), since=0).asked] == ["alice"]
