@@ -28,7 +28,7 @@ from tui.app import LegionApp
 from tui.screens.browser import OTHER_COLUMNS, BrowserScreen
 from tui.screens.dialogs import ConfirmScreen, FormScreen
 
-from .conftest import Run
+from .conftest import Run, Starter
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -319,3 +319,26 @@ def test_a_list_read_before_an_event_or_a_link_does_not_undo_it() -> None:
     # a first list that finds an agent already waiting reports it (the TUI started late)
     late = BrowserBoard(lambda: now)
     assert [v.agent for v in late.load(listing(True, None), since=0).asked] == ["alice"]
+
+
+async def test_attached_to_a_daemon_the_panel_lists_and_resumes(
+    tui: Starter, fake: FakeProvider
+) -> None:
+    """issue 13: attached to a real daemon over its control socket, the panel reads the same
+    list (carol has no browser) and `d` ends a hand-off through the daemon (audited there)."""
+    async with tui("attached", config_text=browser_config(fake.base_url), runtimes=()) as run:
+        assert run.app.client is not None and run.app.client.mode == "attached"
+        screen = await open_panel(run)
+        assert cell(screen, "carol", "browser") == "off"
+        assert cell(screen, "bob", "browser") == "stopped"
+        await select(run, screen, "bob")
+        await run.pilot.press("d")
+        await run.until(lambda: isinstance(run.app.screen, FormScreen))
+        await run.pilot.press(*"nothing to do", "enter")
+        await run.until(lambda: toast(run.app, "browser: Resume bob") is not None)
+        assert "bob resumes" in toast(run.app, "browser: Resume bob").message
+        page = await run.app.client.audit(actor="operator")
+        done = [r for r in page.records if r.action == "browser.handoff_done"]
+        assert [(r.target, r.detail["note"]) for r in done] == [("bob", "nothing to do")]
+        await run.until(lambda: run.events("browser_handoff", "bob") != [])
+        assert run.events("browser_handoff", "bob")[-1].state == "done"

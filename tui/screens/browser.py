@@ -182,9 +182,9 @@ class BrowserScreen(Screen[None]):
                 f"a link valid until {stamp(view.link.expires_at)} "
                 f"({key_of(self.legion, 'browser-copy')} copies it); from a laptop, first:",
             )
-            out.append("\n" + view.link.ssh_hint)
+            out.append("\n" + line(view.link.ssh_hint, 500))  # the host's, shown safe anyway
             out.append("\n")
-            out.append(view.link.link, style=self._style("accent"))
+            out.append(line(view.link.link, 2000), style=self._style("accent"))
         elif view.handoff_expires_at:
             row(
                 "VNC",
