@@ -145,7 +145,7 @@ class BrowserScreen(Screen[None]):
         agent = self.selected()
         view = self.legion.browser.board.views.get(agent) if agent else None
         if view is None:
-            detail.update(Text("No agent uses a browser here (can_use_browser in legion.toml)."))
+            detail.update(Text("No agents in legion.toml yet."))
             return
         self.legion.browser.board.drop_expired(view)
         out = Text()
