@@ -19,7 +19,7 @@ class KeySpec:
     action: str
     description: str  # short, for the footer and the help screen
     tooltip: str  # one sentence, for the help screen and the footer's tooltip
-    scope: str  # where it applies: app, fleet, sidebar, pane, blackboard, audit
+    scope: str  # where it applies: app, fleet, sidebar, pane, blackboard, audit, browser
     show: bool = True  # in the footer (every binding is on the help screen)
 
 
@@ -75,6 +75,15 @@ BINDINGS: tuple[KeySpec, ...] = (
         "show('costs')",
         "Costs",
         "Spend today and this month against the caps, fleet-wide and per agent.",
+        "app",
+        show=False,
+    ),
+    KeySpec(
+        "show-browser",
+        "f10",
+        "show('browser')",
+        "Browsers",
+        "The agents' browsers: page, last action, who waits for a human, the VNC hand-off.",
         "app",
         show=False,
     ),
@@ -157,6 +166,49 @@ BINDINGS: tuple[KeySpec, ...] = (
         "Verify",
         "Check the audit log's hash chain now.",
         "audit",
+    ),
+    KeySpec(
+        "browser-handoff",
+        "h",
+        "handoff",
+        "Hand off",
+        "Open a VNC link to the selected agent's browser (shown here, with its ssh -L hint).",
+        "browser",
+    ),
+    KeySpec(
+        "browser-done",
+        "d",
+        "done",
+        "Resume",
+        "End the hand-off: the link stops working and the waiting agent resumes (a note).",
+        "browser",
+    ),
+    KeySpec(
+        "browser-copy",
+        "c",
+        "copy_link",
+        "Copy link",
+        "Copy the hand-off link to the clipboard (OSC 52: the terminal must allow it).",
+        "browser",
+        show=False,
+    ),
+    KeySpec(
+        "browser-stop",
+        "s",
+        "stop",
+        "Stop",
+        "Stop the selected agent's browser container (asks first; its next action restarts it).",
+        "browser",
+        show=False,
+    ),
+    KeySpec(
+        "browser-refresh",
+        "ctrl+r",
+        "refresh",
+        "Refresh",
+        "Read every browser's state again.",
+        "browser",
+        show=False,
     ),
     KeySpec(
         "dialog-cancel",

@@ -21,11 +21,13 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from legion.api.hostclient import ApiError, HostClient, HostNotRunning
+from tui.browser import BrowserDesk
 from tui.commands import PROVIDERS, agent_fields, draft_of, parse_value
 from tui.keys import bindings, keymap
 from tui.messages import ActionDone, Connected, ConnectFailed, HostEvents, HostGone, Loaded
 from tui.screens.audit import AuditScreen
 from tui.screens.blackboard import BlackboardScreen
+from tui.screens.browser import BrowserScreen
 from tui.screens.costs import CostsScreen
 from tui.screens.dialogs import ConfirmScreen, Field, FormScreen, TextScreen
 from tui.screens.fleet import FleetScreen
@@ -45,6 +47,7 @@ SCREENS_BY_NAME: dict[str, type[Screen[None]]] = {
     "blackboard": BlackboardScreen,
     "audit": AuditScreen,
     "costs": CostsScreen,
+    "browser": BrowserScreen,
 }
 
 
@@ -74,6 +77,7 @@ class LegionApp(App[int]):
         self.clock = clock
         self.refresh_s = refresh_s
         self.state = FleetState()
+        self.browser = BrowserDesk(self)  # the agents' browsers (tui/browser.py)
         self.client: HostClient | None = None
         self.connected = asyncio.Event()
         self.subscribed = asyncio.Event()  # the event stream is open: nothing later is missed
@@ -155,6 +159,7 @@ class LegionApp(App[int]):
         self._bridge()
         self.load_agents()
         self.load_costs()
+        self.browser.load()
 
     @on(ConnectFailed)
     def on_connect_failed(self, message: ConnectFailed) -> None:
@@ -194,6 +199,7 @@ class LegionApp(App[int]):
     @on(HostEvents)
     async def on_host_events(self, message: HostEvents) -> None:
         change = self.state.apply(message.events)
+        self.browser.apply(message.events)
         fleet = self._live_fleet()
         if fleet is None:
             return  # the state is kept; the widgets are going away

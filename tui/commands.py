@@ -136,7 +136,51 @@ class VaultCommands(_Domain):
         ]
 
 
+class BrowserCommands(_Domain):
+    """The agents' browsers and the VNC hand-off (tui/browser.py does the work)."""
+
+    def commands(self) -> list[Command]:
+        app = self.legion
+        desk = app.browser
+        out: list[Command] = [
+            (
+                "browser: Show",
+                "every agent's browser: page, last action, who waits for a human",
+                lambda: app.action_show("browser"),
+            )
+        ]
+        waiting = {v.agent for v in desk.board.waiting()}
+        for name in sorted(set(desk.board.views) | set(app.state.agents)):
+            view = desk.board.views.get(name)
+            if view is not None and not view.enabled:
+                continue
+            asks = " (it waits for you)" if name in waiting else ""
+
+            def bind(act: Callable[[str], None], agent: str = name) -> Callable[[], None]:
+                return lambda: act(agent)
+
+            out += [
+                (
+                    f"browser: Hand off {name}",
+                    f"a VNC link to its browser, with the ssh -L hint{asks}",
+                    bind(desk.handoff),
+                ),
+                (
+                    f"browser: Resume {name}",
+                    f"end the hand-off; the agent goes on (with your note){asks}",
+                    bind(desk.resume),
+                ),
+                (
+                    f"browser: Stop {name}",
+                    "stop its browser container (asks first)",
+                    bind(desk.stop),
+                ),
+            ]
+        return out
+
+
 PROVIDERS = {
+    BrowserCommands,
     AgentCommands,
     BlackboardCommands,
     AuditCommands,

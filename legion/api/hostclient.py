@@ -45,6 +45,7 @@ from legion.wire.api import (
     MessageQueued,
     ReloadResult,
 )
+from legion.wire.browser import BrowserInfo, BrowserList, Handoff
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
 from legion.wire.ops import (
@@ -353,6 +354,33 @@ class HostClient:
 
     async def claims(self) -> ClaimList:
         result: ClaimList = await self._request("GET", "/v1/blackboard/claims", ClaimList)
+        return result
+
+    # --- browsers (issue 13: the TUI's browser panel) ----------------------------------
+
+    async def browsers(self) -> BrowserList:
+        """Every agent's browser: state, page, last action, waiting for a human."""
+        result: BrowserList = await self._request("GET", "/v1/browsers", BrowserList)
+        return result
+
+    async def browser_handoff(self, name: str) -> Handoff:
+        """A VNC link (with its `ssh -L` hint) to `name`'s browser; starts it if needed."""
+        result: Handoff = await self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/handoff", Handoff, timeout=120
+        )
+        return result
+
+    async def browser_done(self, name: str, note: str = "") -> BrowserInfo:
+        """End the hand-off: the links stop working, the waiting agent resumes with `note`."""
+        result: BrowserInfo = await self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/done", BrowserInfo, json={"note": note}
+        )
+        return result
+
+    async def browser_stop(self, name: str) -> BrowserInfo:
+        result: BrowserInfo = await self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/stop", BrowserInfo, timeout=60
+        )
         return result
 
 

@@ -13,6 +13,7 @@ from legion.tuikeys import BINDINGS, BY_ID, key_problem
 from tui.app import LegionApp
 from tui.screens.audit import AuditScreen
 from tui.screens.blackboard import BlackboardScreen
+from tui.screens.browser import BrowserScreen
 from tui.screens.dialogs import ConfirmScreen, FormScreen, TextScreen
 from tui.screens.fleet import FleetScreen
 from tui.screens.help import HelpScreen
@@ -24,6 +25,7 @@ OURS = [
     FleetSidebar,
     BlackboardScreen,
     AuditScreen,
+    BrowserScreen,
     FormScreen,
     ConfirmScreen,
     TextScreen,

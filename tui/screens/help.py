@@ -22,6 +22,7 @@ SCOPES = {
     "sidebar": "fleet sidebar",
     "blackboard": "blackboard",
     "audit": "audit log",
+    "browser": "browser panel",
     "form": "forms",
     "confirm": "questions",
     "readout": "read-outs",
