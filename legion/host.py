@@ -20,6 +20,7 @@ from typing import Any
 
 from legion.api.agent import build_agent_router, require_agent
 from legion.api.control import build_control_router, host_status
+from legion.api.durable import durable_routes
 from legion.api.http import Call, HttpServer, Listener, Route, Router
 from legion.api.masking import mask_routes
 from legion.config import Config
@@ -79,11 +80,10 @@ class Host:
         self.provider_redactor = Redactor(self._provider_keys)
         audit_key, audit_key_created = self.vault.audit_key()
         self.audit = AuditLog(
-            self.store.conn,
+            self.store,
             clock=clock,
             on_append=self._audit_event,
             redact=self.redactor.redact,
-            full_sync=config.host.durability == "full",
             key=audit_key,
             anchor_path=paths.audit_anchor,
             # an anchor must be there unless this is a new log (new key or new host.db)
@@ -231,12 +231,13 @@ class Host:
     def _control_router(self) -> Router:
         """The operator's socket: every response masked, and every request body, so a vault
         value the operator pastes never becomes state an agent can read."""
-        return mask_routes(build_control_router(self), self.redactor, inbound=True)
+        router = durable_routes(build_control_router(self), self.store)
+        return mask_routes(router, self.redactor, inbound=True)
 
     def _agent_router(self, name: str) -> Router:
         """An agent's socket: the LLM routes mask provider keys; the routes that show
         operator-authored config mask every vault value; the rest return what was written."""
-        router = build_agent_router(self, name)
+        router = durable_routes(build_agent_router(self, name), self.store)
         mask_routes(router, self.provider_redactor, only=LLM_ROUTES)
         mask_routes(router, self.redactor, only=CONFIG_ROUTES)
         return router

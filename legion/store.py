@@ -18,6 +18,8 @@ import apsw
 import sqlite_vec
 from playhouse.apsw_ext import APSWDatabase
 
+from legion.groupcommit import GroupCommit
+
 
 class LegionDatabase(APSWDatabase):
     """A peewee database whose every connection can load sqlite-vec."""
@@ -190,47 +192,74 @@ def migrate(db: LegionDatabase) -> int:
 
 @contextmanager
 def committed(conn: apsw.Connection, *, fsync: bool = True) -> Iterator[apsw.Connection]:
-    """A transaction on `conn`; `fsync=False` commits it at synchronous=NORMAL (on a
-    connection that runs FULL): durable against a crash of the process, not a power cut,
-    until the next fsynced commit, which makes every earlier one durable too."""
-    if not fsync:
-        conn.execute("PRAGMA synchronous=NORMAL")
+    """A transaction on a bare connection (one not owned by a `Store`), at the `synchronous`
+    level its durability needs for this one commit: FULL with `fsync`, NORMAL without.
+    A `Store` commits through `Store.tx` instead (group commit)."""
+    row = conn.execute("PRAGMA synchronous").fetchone()
+    level = int(row[0]) if row else 2
+    wanted = 2 if fsync else 1
+    if level != wanted:
+        conn.execute(f"PRAGMA synchronous={wanted}")
     try:
         with conn:
             yield conn
     finally:
-        if not fsync:
-            conn.execute("PRAGMA synchronous=FULL")
+        if level != wanted:
+            conn.execute(f"PRAGMA synchronous={level}")
 
 
 class Store:
     """The open `host.db`: a peewee database plus the raw apsw connection for hot paths.
 
     All calls happen on the host's event-loop thread; each is a short statement or a
-    short transaction, so the loop never waits long (invariant 7).
+    short transaction, so the loop never waits long (invariant 7). Commits are made at
+    `synchronous=NORMAL` and made durable by group commit (`legion.groupcommit`): at
+    durability "full", a durable commit starts an fsync of the WAL in another thread,
+    and whoever acknowledges it first awaits `flush()`.
     """
 
     def __init__(self, path: Path, *, durability: str = "full") -> None:
         self.path = path
         self.durability = durability
-        self.db = connect(path, durability=durability)
+        self.db = connect(path, durability="normal")
         self.created = migrate(self.db) == 0  # a new, empty database
         self.conn: apsw.Connection = self.db.connection()  # type: ignore[no-untyped-call]
+        self.group = GroupCommit(Path(f"{path}-wal"))
 
     @contextmanager
     def tx(self, *, durable: bool = True) -> Iterator[apsw.Connection]:
-        """A write transaction, committed on exit (durable before the caller acknowledges).
+        """A write transaction, committed on exit: it survives a crash of the host once this
+        returns, and a power cut once `flush()` returns (at durability "full").
 
-        `durable=False` skips the fsync for this one commit even at durability "full": for
-        writes whose loss after a power cut is harmless (an ack lost means a redelivery,
-        which at-least-once delivery allows).
+        `durable=False`: no fsync round is started for this commit, and replies do not wait
+        for one (the next round covers it anyway): for writes whose loss after a power cut
+        is harmless (an ack lost means a redelivery, which at-least-once delivery allows).
+        Nested in another transaction, it is a savepoint and the outer commit counts.
         """
-        with committed(self.conn, fsync=durable or self.durability != "full"):
+        nested = self.conn.in_transaction
+        with self.conn:
             yield self.conn
+        if not nested:
+            self.group.committed(durable and self.durability == "full")
+
+    async def flush(self) -> None:
+        """Return once every durable commit made so far is on disk (group commit). Every
+        reply awaits this before it is sent (`legion.api.durable`)."""
+        await self.group.flush()
+
+    async def sync_all(self) -> None:
+        """Every commit so far on disk, durable or not, whatever the durability (the audit
+        anchor names only what a power cut cannot undo)."""
+        await self.group.flush(self.group.seq)
+
+    def sync_all_now(self) -> None:
+        """`sync_all`, blocking (start and stop only)."""
+        self.group.flush_sync()
 
     def execute(self, sql: str, args: tuple[Any, ...] | dict[str, Any] = ()) -> apsw.Cursor:
         return self.conn.execute(sql, args)
 
     def close(self) -> None:
+        self.group.close()
         if not self.db.is_closed():
             self.db.close()

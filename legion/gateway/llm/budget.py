@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from legion.config import Config
 from legion.errors import LegionError
+from legion.groupcommit import StorageFailed
 from legion.store import Store
 
 
@@ -145,7 +146,10 @@ class Budgets:
     def reserve(
         self, agent: str, model: str, provider_model: str, request_id: str, amount: float
     ) -> Reservation:
-        """Hold `amount` USD against every cap of `agent`, or raise BudgetExceeded (402)."""
+        """Hold `amount` USD against every cap of `agent`, or raise BudgetExceeded (402).
+
+        The reservation is committed when this returns; the caller awaits `durable()` before
+        it dispatches the call, so the reservation is on disk before money can be spent."""
         now = self.clock()
         d, m = day_key(now), month_key(now)
         keys = {"day": d, "month": m}
@@ -188,6 +192,19 @@ class Budgets:
         self.open[reservation.id] = reservation
         return reservation
 
+    async def durable(self, reservation: Reservation) -> None:
+        """Return once `reservation` (and every commit before it: the call's allow record)
+        is on disk. Should the disk fail, the call is not made: its hold is released and
+        the error raised (503 storage_failed)."""
+        try:
+            await self.store.flush()
+        except StorageFailed:
+            if self.open.pop(reservation.id, None) is not None:
+                self._hold(reservation, -reservation.amount)
+                with self.store.tx(durable=False) as conn:
+                    conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
+            raise
+
     def _hold(self, r: Reservation, amount: float) -> None:
         self.reserved[(r.agent, r.day)] += amount
         self.reserved[(r.agent, r.month)] += amount
@@ -208,8 +225,9 @@ class Budgets:
         if reservation.id not in self.open:
             return  # already settled
         now = self.clock()
-        # Not fsynced: the reservation it replaces was. If a power cut drops this commit, the
-        # next start books the reservation in full: spend is over-counted, never under.
+        # No fsync of its own: the reservation it replaces is on disk. If a power cut drops
+        # this commit, the next start books the reservation in full: spend is over-counted,
+        # never under.
         with self.store.tx(durable=False) as conn:
             conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
             conn.execute(
