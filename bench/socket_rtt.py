@@ -20,7 +20,10 @@ both (legion/groupcommit.py).
 Group commit (issue 10): at "full", blocks of one writer alternate with blocks of
 `WRITERS` concurrent writers (each on its own keep-alive connection, one request in flight
 each) on the same host. Target: concurrent write p99 <= 3x the single writer's p50. The
-host's own counters (commits, fsync rounds) show how many commits each fsync covered.
+host's own counters (commits, fsync rounds) show how many commits each fsync covered. The
+same blocks run, interleaved, against a host at durability "normal" (no fsync at all):
+with 32 requests in flight the host's CPU alone sets a floor under the latency, and the
+"full"/"normal" ratio at 32 writers is what durability itself costs.
 With `BENCH_BASELINE_REV=<git rev>` in the environment, the same blocks also run against a
 second host built from that revision (`git archive`), interleaved, for a before/after.
 """
@@ -58,6 +61,7 @@ from bench._common import (
 WRITE_P99_MS = 2.0
 GROUP_P99_RATIO = 3.0
 WRITERS = 32
+FLOOR = "this tree at durability 'normal' (no fsync: the CPU floor)"
 AGENT = "bench"
 KEYS = 100
 
@@ -273,6 +277,8 @@ async def _run_group(quick: bool, profile: str | None) -> dict[str, dict[str, An
             hosts["this tree"] = await stack.enter_async_context(
                 server_process(_servers, kwargs, prof)
             )
+            kwargs = {"home": str(home / "floor"), "durability": "normal"}
+            hosts[FLOOR] = await stack.enter_async_context(server_process(_servers, kwargs))
             if rev:
                 src = _baseline_src(rev, home / "src")
                 kwargs = {"home": str(home / "old"), "durability": "full", "src": str(src)}
@@ -325,6 +331,12 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
                 f"blocks: {res['commits'] / rounds:.1f} commits per fsync"
             )
         line(f"    {WRITERS}-writer p99 / 1-writer p50 = {ratio:.2f}x")
+        if name != FLOOR and FLOOR in groups:
+            floor = summary_ms(groups[FLOOR]["group"])
+            line(
+                f"    {WRITERS}-writer p99 vs the same at durability 'normal': "
+                f"{group['p99'] / floor['p99']:.2f}x (p50 {group['p50'] / floor['p50']:.2f}x)"
+            )
         if name == "this tree":
             report.check(
                 f"write p99 at {WRITERS} concurrent writers vs 1-writer p50, durability=full",
