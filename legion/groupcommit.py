@@ -28,6 +28,7 @@ SQLite recovers the WAL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -224,10 +225,8 @@ class GroupCommit:
             self._executor.shutdown(wait=True)
             self._executor = None
         if self._failed is None and self.wanted > self.flushed:
-            try:
+            with contextlib.suppress(StorageFailed):  # logged by _fail
                 self.flush_sync()
-            except StorageFailed:
-                pass  # logged by _fail
         with self._io_lock:
             if self._fd is not None:
                 os.close(self._fd)

@@ -30,6 +30,7 @@ from typing import Any
 
 import apsw
 
+from legion.groupcommit import StorageFailed
 from legion.mesh.audit_chain import (
     CHECKPOINT_EVERY,
     CHECKPOINT_EVERY_S,
@@ -44,7 +45,6 @@ from legion.mesh.audit_chain import (
     when,
     write_anchor,
 )
-from legion.groupcommit import StorageFailed
 from legion.mesh.audit_verify import Signing, VerifyResult, verify
 from legion.store import AUDIT_CHECKPOINTS_DDL, AUDIT_DDL, Store, committed
 
