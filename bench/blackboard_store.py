@@ -9,6 +9,12 @@ Run at durability "full" and "normal". Target: in-host >= 0.5x raw throughput.
 Reads: `Blackboard.get` (the write-through cache) vs a raw primary-key SELECT plus
 json.loads. Target: in-host >= 100k reads/s.
 
+Prefix listing (issue 10): `Blackboard.entries(prefix)` with exactly one match, on boards
+of 1k and 100k keys, against the scan-and-sort it replaced (every key tested against the
+prefix, the matches sorted), run on the same keys in the same rounds. Target: one match at
+100k keys <= 2x one match at 1k keys. Also shown: opening a board of 100k keys (the host
+loaded every entry at start before; now none).
+
 Rounds of baseline and legion alternate; each figure is the median of the rounds.
 """
 
@@ -28,6 +34,8 @@ from bench._common import Report, heading, line, run_alone, short_home
 
 WRITE_TARGET = 0.5
 READ_TARGET = 100_000.0
+LIST_RATIO_TARGET = 2.0
+BOARD_SIZES = (1_000, 100_000)
 KEYS = 1000
 WRITER = "bench"
 
@@ -143,6 +151,76 @@ def _open_legion(home: Path, durability: str) -> tuple[object, object]:
     return store, bb
 
 
+def _fill(path: Path, size: int) -> None:
+    """A host.db holding `size` blackboard keys, written straight to the table."""
+    from legion.store import Store
+
+    store = Store(path, durability="normal")
+    value = json.dumps(_value(0), separators=(",", ":"))
+    with store.tx() as conn:
+        conn.executemany(
+            "INSERT INTO blackboard(key, value, version, writer, updated_at, expires_at)"
+            " VALUES (?,?,?,?,?,?)",
+            (
+                (f"bench/agents/a{i % 50}/k{i:06d}", value, 1, WRITER, 0.0, None)
+                for i in range(size)
+            ),
+        )
+    store.close()
+
+
+def _timed(fn: object, count: int) -> float:
+    """Seconds per call of `fn()`, over `count` calls."""
+    call = fn  # type: ignore[assignment]
+    t0 = time.perf_counter()
+    for _ in range(count):
+        call()  # type: ignore[operator]
+    return (time.perf_counter() - t0) / count
+
+
+def _listing(home: Path, rounds: int, calls: int) -> dict[int, dict[str, list[float]]]:
+    from legion.config import BlackboardConfig
+    from legion.events import EventBus
+    from legion.mesh.blackboard import Blackboard
+    from legion.store import Store
+
+    out: dict[int, dict[str, list[float]]] = {}
+    boards = {}
+    for size in BOARD_SIZES:
+        path = home / f"list-{size}.db"
+        _fill(path, size)
+        store = Store(path, durability="normal")
+        t0 = time.perf_counter()
+        bb = Blackboard(store, BlackboardConfig(), EventBus())
+        opened = time.perf_counter() - t0
+        # What the host did before at start, and kept: every row, parsed, in a dict.
+        t0 = time.perf_counter()
+        rows = {
+            key: json.loads(value)
+            for key, value in store.execute("SELECT key, value FROM blackboard")
+        }
+        loaded = time.perf_counter() - t0
+        boards[size] = (store, bb, rows)
+        out[size] = {"legion": [], "scan": [], "open": [opened], "load_all": [loaded]}
+    for _ in range(rounds):
+        for size, (_, bb, rows) in boards.items():
+            one = f"bench/agents/a7/k{(size // 2) // 50 * 50 + 7:06d}"
+
+            def listed(bb: object = bb, one: str = one) -> None:
+                if len(bb.entries(one)) != 1:  # type: ignore[attr-defined]
+                    raise RuntimeError(f"expected one match for {one}")
+
+            def scanned(rows: dict[str, object] = rows, one: str = one) -> None:
+                if len(sorted(k for k in rows if k.startswith(one))) != 1:
+                    raise RuntimeError(f"expected one match for {one}")
+
+            out[size]["legion"].append(_timed(listed, calls))
+            out[size]["scan"].append(_timed(scanned, max(1, calls // (size // 1000))))
+    for store, _, _ in boards.values():
+        store.close()
+    return out
+
+
 def run(quick: bool = False, profile: str | None = None) -> Report:
     report = Report("blackboard_store")
     heading("blackboard_store: Blackboard.put/get in-host vs raw SQLite (apsw)")
@@ -212,6 +290,29 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
             leg_r >= READ_TARGET,
             f"{leg_r:,.0f} reads/s (target >= {READ_TARGET:,.0f}/s; {leg_r / raw_r:.2f}x raw)",
         )
+        listing = _listing(home, rounds, 200 if quick else 2000)
+    line(f"prefix listing, one match (median of {rounds} rounds):")
+    med: dict[int, dict[str, float]] = {
+        size: {k: statistics.median(v) for k, v in res.items()} for size, res in listing.items()
+    }
+    for size, m in med.items():
+        line(
+            f"  {size:>7,} keys: entries() {m['legion'] * 1e6:8.1f} us   "
+            f"scan+sort (before) {m['scan'] * 1e6:8.1f} us   "
+            f"open board {m['open'] * 1e3:6.1f} ms   load every row (before) "
+            f"{m['load_all'] * 1e3:7.1f} ms"
+        )
+    small, large = med[BOARD_SIZES[0]], med[BOARD_SIZES[-1]]
+    ratio = large["legion"] / small["legion"]
+    line(
+        f"  one match at {BOARD_SIZES[-1]:,} / at {BOARD_SIZES[0]:,} keys: {ratio:.2f}x "
+        f"(scan+sort: {large['scan'] / small['scan']:.1f}x)"
+    )
+    report.check(
+        f"prefix listing at {BOARD_SIZES[-1]:,} keys vs {BOARD_SIZES[0]:,}",
+        ratio <= LIST_RATIO_TARGET,
+        f"{ratio:.2f}x (target <= {LIST_RATIO_TARGET}x)",
+    )
     return report
 
 

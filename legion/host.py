@@ -36,7 +36,7 @@ from legion.gateway.llm.runtime import LiteLLM
 from legion.gateway.redact import RedactingFilter, Redactor
 from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog, AuditRecord
-from legion.mesh.blackboard import Blackboard
+from legion.mesh.blackboard import COLLECT_BATCH, Blackboard
 from legion.mesh.inbox import Inboxes
 from legion.mesh.permissions import Guard, Perm, Permissions
 from legion.paths import Paths
@@ -56,6 +56,7 @@ log = logging.getLogger("legion.host")
 # Agent routes whose responses are masked, and against what (see `Host._agent_router`).
 LLM_ROUTES = frozenset({("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings")})
 CONFIG_ROUTES = frozenset({("GET", "/v1/self"), ("GET", "/v1/whoami")})
+MAX_COLLECT_BATCHES = 100  # per interval; what is left waits for the next one
 
 
 class Host:
@@ -296,7 +297,11 @@ class Host:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.blackboard.collect()
+                # Batches in short transactions, the loop free between them.
+                for _ in range(MAX_COLLECT_BATCHES):
+                    if self.blackboard.collect() < COLLECT_BATCH:
+                        break
+                    await asyncio.sleep(0)
             except Exception:
                 log.exception("blackboard collection failed; retrying next interval")
 

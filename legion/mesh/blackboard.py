@@ -1,17 +1,22 @@
 """The blackboard: shared key-value state with versions, TTLs, CAS, claims and watches.
 
-The host is the only writer of host.db, so every entry is also kept in memory
-(write-through): reads never touch SQLite, writes commit before they return.
-Expired entries are invisible to every read path (get, list, watch) the moment
-they expire, and are collected from the database in the background.
+SQLite is the index: a prefix listing is a range scan of the primary key (`key >= prefix
+AND key < the prefix's successor`), so it costs the same with a thousand keys or a
+million, and the host loads no entry at start. The host is the only writer of host.db,
+so the rows it reads or writes stay in a bounded in-memory cache (write-through,
+least-recently-used out): a hot key's read never touches SQLite, and a cold one is one
+primary-key lookup. Writes commit before they return. Expired entries are invisible to
+every read path (get, list, watch) the moment they expire, and are collected from the
+database in the background, in batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +30,23 @@ from legion.wire import rules
 from legion.wire.api import BlackboardChange, BlackboardEntry, Claim, WatchResponse
 from legion.wire.events import BlackboardChanged, ClaimChanged
 
+# The row cache holds at most this many entries and this many bytes of their JSON.
+CACHE_ROWS = 20_000
+CACHE_BYTES = 32 * 1024 * 1024
+ROW_OVERHEAD = 200  # bytes counted per cached row besides its JSON
+COLLECT_BATCH = 1000  # expired entries deleted per transaction
+# Keys are ASCII letters, digits, ._:@+=- and '/': a prefix with anything else matches none.
+_PREFIX_RE = re.compile(r"[A-Za-z0-9._:@+=/-]*")
+_SELECT = "SELECT key, value, version, writer, updated_at, expires_at FROM blackboard"
+
+
+def prefix_range(prefix: str) -> tuple[str, str] | None:
+    """The half-open key range [low, high) holding every key that starts with `prefix`
+    (keys are ASCII, compared bytewise by SQLite and by Python alike); None for ""."""
+    if not prefix:
+        return None
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
 
 @dataclass(slots=True)
 class _Row:
@@ -33,6 +55,7 @@ class _Row:
     writer: str
     updated_at: float
     expires_at: float | None
+    size: int = 0  # bytes of JSON, for the cache's bound
 
     def entry(self, key: str) -> BlackboardEntry:
         return BlackboardEntry.model_construct(
@@ -65,17 +88,18 @@ class Blackboard:
         bus: EventBus,
         *,
         clock: Callable[[], float] = time.time,
+        cache_rows: int = CACHE_ROWS,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.store = store
+        self.cache_rows = cache_rows
+        self.cache_bytes = cache_bytes
         self.config = config
         self.bus = bus
         self.clock = clock
-        self._rows: dict[str, _Row] = {}
+        self._cache: OrderedDict[str, _Row] = OrderedDict()
+        self._cache_bytes = 0
         self._claims: dict[str, tuple[str, float]] = {}
-        for key, value, version, writer, updated_at, expires_at in store.execute(
-            "SELECT key, value, version, writer, updated_at, expires_at FROM blackboard"
-        ):
-            self._rows[key] = _Row(json.loads(value), version, writer, updated_at, expires_at)
         for key, owner, expires_at in store.execute("SELECT key, owner, expires_at FROM claims"):
             self._claims[key] = (owner, expires_at)
         # Watch cursors start from the clock so a cursor from before a restart is
@@ -115,8 +139,45 @@ class Blackboard:
 
     # --- reads ----------------------------------------------------------------
 
+    def _cached(self, key: str, row: _Row) -> None:
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cache_bytes -= old.size + ROW_OVERHEAD
+        self._cache[key] = row
+        self._cache_bytes += row.size + ROW_OVERHEAD
+        while len(self._cache) > self.cache_rows or self._cache_bytes > self.cache_bytes:
+            _, out = self._cache.popitem(last=False)
+            self._cache_bytes -= out.size + ROW_OVERHEAD
+
+    @property
+    def cached(self) -> tuple[int, int]:
+        """(rows, bytes) in the row cache."""
+        return len(self._cache), self._cache_bytes
+
+    def _uncache(self, key: str) -> None:
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cache_bytes -= old.size + ROW_OVERHEAD
+
+    def _row(self, key: str) -> _Row | None:
+        """The stored row of `key` (expired or not): from the cache, else one lookup."""
+        row = self._cache.get(key)
+        if row is not None:
+            self._cache.move_to_end(key)
+            return row
+        found: list[tuple[Any, ...]] = self.store.execute(
+            "SELECT value, version, writer, updated_at, expires_at FROM blackboard WHERE key = ?",
+            (key,),
+        ).fetchall()
+        if not found:
+            return None
+        value, version, writer, updated_at, expires_at = found[0]
+        row = _Row(json.loads(value), version, writer, updated_at, expires_at, len(value))
+        self._cached(key, row)
+        return row
+
     def _live(self, key: str, now: float) -> _Row | None:
-        row = self._rows.get(key)
+        row = self._row(key)
         if row is None or (row.expires_at is not None and row.expires_at <= now):
             return None
         return row
@@ -131,15 +192,30 @@ class Blackboard:
         readable: Callable[[str], bool] | None = None,
         limit: int = 10000,
     ) -> list[BlackboardEntry]:
+        """Live entries under `prefix`, in key order: a range scan of the primary key."""
+        if not _PREFIX_RE.fullmatch(prefix):
+            return []
         now = self.clock()
+        span = prefix_range(prefix)
+        sql = _SELECT + " WHERE (expires_at IS NULL OR expires_at > ?)"
+        args: tuple[Any, ...] = (now,)
+        if span is not None:
+            sql += " AND key >= ? AND key < ?"
+            args += span
         out: list[BlackboardEntry] = []
-        for key in sorted(k for k in self._rows if k.startswith(prefix)):
-            row = self._live(key, now)
-            if row is None or (readable is not None and not readable(key)):
-                continue
-            out.append(row.entry(key))
-            if len(out) >= limit:
-                break
+        cursor = self.store.execute(sql + " ORDER BY key", args)
+        try:
+            for key, value, version, writer, updated_at, expires_at in cursor:
+                if readable is not None and not readable(key):
+                    continue
+                row = self._cache.get(key)
+                if row is None:
+                    row = _Row(json.loads(value), version, writer, updated_at, expires_at)
+                out.append(row.entry(key))
+                if len(out) >= limit:
+                    break
+        finally:
+            cursor.close()
         return out
 
     # --- writes ---------------------------------------------------------------
@@ -187,8 +263,8 @@ class Blackboard:
                 " expires_at) VALUES (?,?,?,?,?,?)",
                 (key, text, version, writer, now, expires_at),
             )
-        row = _Row(json.loads(text), version, writer, now, expires_at)
-        self._rows[key] = row
+        row = _Row(json.loads(text), version, writer, now, expires_at, len(text))
+        self._cached(key, row)
         self._record("put", key, version, writer, row.value, now, expires_at)
         return row.entry(key)
 
@@ -199,7 +275,7 @@ class Blackboard:
         current = self._live(key, now)
         with self.store.tx() as conn:
             conn.execute("DELETE FROM blackboard WHERE key = ?", (key,))
-        self._rows.pop(key, None)
+        self._uncache(key)
         if current is None:
             return False
         self._record("delete", key, current.version, writer, None, now, None)
@@ -249,23 +325,28 @@ class Blackboard:
 
     # --- expiry ---------------------------------------------------------------
 
-    def collect(self) -> int:
-        """Delete expired entries and claims; returns how many entries were collected."""
+    def collect(self, batch: int = COLLECT_BATCH) -> int:
+        """Delete up to `batch` expired entries, and lapsed claims, in one short transaction
+        (the index on expires_at finds them); returns how many entries were collected. The
+        host calls it again at once while it returns a full batch."""
         now = self.clock()
-        expired = [
-            k for k, r in self._rows.items() if r.expires_at is not None and r.expires_at <= now
-        ]
+        expired: list[tuple[Any, ...]] = self.store.execute(
+            "SELECT key, version, writer FROM blackboard "
+            "WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?",
+            (now, batch),
+        ).fetchall()
         lapsed = [k for k, (_, exp) in self._claims.items() if exp <= now]
         if not expired and not lapsed:
             return 0
         with self.store.tx() as conn:
-            conn.execute(
-                "DELETE FROM blackboard WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+            conn.executemany(
+                "DELETE FROM blackboard WHERE key = ? AND expires_at <= ?",
+                [(key, now) for key, _, _ in expired],
             )
             conn.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
-        for key in expired:
-            row = self._rows.pop(key)
-            self._record("expired", key, row.version, row.writer, None, now, None)
+        for key, version, writer in expired:
+            self._uncache(key)
+            self._record("expired", key, version, writer, None, now, None)
         for key in lapsed:
             owner, _ = self._claims.pop(key)
             self.bus.publish(ClaimChanged(at=now, key=key, owner=owner, op="expired"))

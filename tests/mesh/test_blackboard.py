@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from legion.config import BlackboardConfig, parse_config
 from legion.errors import BadRequest, Conflict, Locked, TooLarge
@@ -279,3 +283,93 @@ async def test_a_key_with_a_trailing_newline_is_refused(home: Path) -> None:
     bb = make_board(home, Clock())
     with pytest.raises(BadRequest):
         bb.put("notes/a\n", 1, "alice")
+
+
+# --- the ordered index (issue 10 item 9) ------------------------------------------------
+
+KEY_PARTS = ["a", "a-b", "a.b", "a/b", "a0", "b", "ab", "a/b/c", "a:x", "a@", "Z", "a="]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    keys=st.lists(
+        st.lists(st.sampled_from(KEY_PARTS), min_size=1, max_size=3).map("/".join),
+        max_size=25,
+        unique=True,
+    ),
+    prefix=st.text(alphabet="ab/.-:0Z@=\u00e9%", max_size=4),
+    limit=st.integers(min_value=1, max_value=30),
+    ttl_every=st.integers(min_value=2, max_value=5),
+)
+def test_issue_10_prefix_listing_matches_a_scan_and_sort(
+    keys: list[str], prefix: str, limit: int, ttl_every: int
+) -> None:
+    """issue 10: the range scan returns exactly what scanning and sorting every key did
+    (live, readable, in key order, up to the limit), for prefixes at the edges of the key
+    alphabet ('-', '.', '/' sort next to each other), and none for a prefix no key has."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        clock = Clock()
+        bb = make_board(Path(tmp), clock)
+        expiring = set()
+        for i, key in enumerate(keys):
+            ttl = 5.0 if i % ttl_every == 0 else None
+            bb.put(key, {"i": i}, "alice", ttl_s=ttl)
+            if ttl is not None:
+                expiring.add(key)
+        clock.now += 10
+        readable = lambda key: not key.endswith("b")  # noqa: E731
+        expected = sorted(k for k in keys if k.startswith(prefix) and k not in expiring)
+        assert [e.key for e in bb.entries(prefix)] == expected
+        listed = bb.entries(prefix, readable=readable, limit=limit)
+        assert [e.key for e in listed] == [k for k in expected if readable(k)][:limit]
+        for entry in listed:
+            assert entry.value == {"i": keys.index(entry.key)}
+        bb.store.close()
+
+
+async def test_issue_10_start_loads_no_entry_and_the_cache_is_bounded(home: Path) -> None:
+    """issue 10: a host with many keys starts without reading them; the rows it touches
+    stay in a bounded cache; every key still reads right (cold ones from SQLite)."""
+    clock = Clock()
+    store = Store(home / "host.db")
+    with store.tx() as conn:  # 5000 keys written straight to the table
+        conn.executemany(
+            "INSERT INTO blackboard(key, value, version, writer, updated_at, expires_at)"
+            " VALUES (?,?,?,?,?,?)",
+            [
+                (f"k/{i:05d}", json.dumps({"n": i}), 1, "alice", clock.now, None)
+                for i in range(5000)
+            ],
+        )
+    bb = Blackboard(store, BlackboardConfig(), EventBus(), clock=clock, cache_rows=100)
+    assert bb.cached == (0, 0)
+    for i in range(0, 5000, 7):
+        entry = bb.get(f"k/{i:05d}")
+        assert entry is not None and entry.value == {"n": i} and entry.version == 1
+    assert bb.cached[0] == 100
+    assert bb.put("k/00007", {"n": "new"}, "bob").version == 2  # version from the old row
+    assert [e.key for e in bb.entries("k/0499")] == [f"k/0499{d}" for d in range(10)]
+    small = Blackboard(store, BlackboardConfig(), EventBus(), clock=clock, cache_bytes=4096)
+    for i in range(300):
+        assert small.get(f"k/{i:05d}") is not None
+    assert small.cached[1] <= 4096
+    store.close()
+
+
+async def test_issue_10_collect_works_in_batches(home: Path) -> None:
+    """issue 10: expired entries are deleted in short batches, each reported to watchers."""
+    clock = Clock()
+    bb = make_board(home, clock)
+    with bb.store.tx() as conn:
+        conn.executemany(
+            "INSERT INTO blackboard(key, value, version, writer, updated_at, expires_at)"
+            " VALUES (?,?,?,?,?,?)",
+            [(f"t/{i:04d}", "1", 1, "alice", clock.now, clock.now + 1) for i in range(2500)],
+        )
+    bb.put("t/stays", 1, "alice")
+    start = await bb.watch("t/*", None, 0)
+    clock.now += 2
+    assert [bb.collect(batch=1000) for _ in range(4)] == [1000, 1000, 500, 0]
+    assert bb.store.execute("SELECT COUNT(*) FROM blackboard").fetchone()[0] == 1
+    changes = (await bb.watch("t/*", start.cursor, 0)).changes
+    assert len(changes) == 2500 and {c.op for c in changes} == {"expired"}
