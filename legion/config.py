@@ -196,6 +196,18 @@ class EgressConfig(_Section):
     max_redirects: int = Field(default=5, ge=0, le=20)
 
 
+class RetentionConfig(_Section):
+    """What host.db keeps (legion/retention.py): audit records by age and size (older ones
+    are archived, sealed, then pruned), ledger rows by age (older days rolled up)."""
+
+    enabled: bool = True
+    audit_keep_days: float = Field(default=30.0, ge=1, le=36500)
+    audit_keep_mb: float = Field(default=200.0, ge=1, le=1_000_000)
+    ledger_keep_days: int = Field(default=2, ge=1, le=3650)
+    interval_s: float = Field(default=3600.0, ge=1, le=86400)
+    batch_rows: int = Field(default=2000, ge=100, le=100_000)
+
+
 class Config(_Section):
     host: HostConfig = Field(default_factory=HostConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
@@ -203,6 +215,7 @@ class Config(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     teams: dict[TeamName, TeamConfig] = Field(default_factory=dict)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
 def _table(data: Any, *path: str) -> dict[str, Any]:

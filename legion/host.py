@@ -40,6 +40,7 @@ from legion.mesh.blackboard import COLLECT_BATCH, Blackboard
 from legion.mesh.inbox import Inboxes
 from legion.mesh.permissions import Guard, Perm, Permissions
 from legion.paths import Paths
+from legion.retention import Retention, archive_dir
 from legion.store import Store
 from legion.wire.agent import (
     BudgetLeft,
@@ -101,6 +102,9 @@ class Host:
             clock=clock,
         )
         self.budgets = Budgets(self.store, config, clock=clock)
+        self.retention = Retention(
+            self.store, self.audit, config, archive_dir(paths.home), clock=clock
+        )
         self.health = ModelHealth()
         self.litellm = LiteLLM()
         self.gateway = Gateway(
@@ -175,6 +179,7 @@ class Host:
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
             host._tasks.add(asyncio.create_task(host.audit.anchor_forever(), name="audit-anchor"))
+            host._tasks.add(asyncio.create_task(host.retention.run_forever(), name="retention"))
             if preload_llm and config.llm.models:
                 host.litellm.start()
             await host.fleet.start_all()
@@ -258,6 +263,7 @@ class Host:
         self.config.llm = new.llm
         self.config.runtime = new.runtime
         self.config.egress = new.egress
+        self.config.retention = new.retention
         self.egress = self._make_egress()
         for name in sorted(new_agents - old_agents):
             await self.open_agent_socket(name)

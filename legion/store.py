@@ -8,6 +8,7 @@ a newer legion is refused rather than damaged.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ import sqlite_vec
 from playhouse.apsw_ext import APSWDatabase
 
 from legion.groupcommit import GroupCommit
+
+log = logging.getLogger("legion.store")
 
 
 class LegionDatabase(APSWDatabase):
@@ -43,7 +46,14 @@ def connect(
     )
     pragmas: list[tuple[str, Any]] = [("busy_timeout", 5000), ("foreign_keys", 1)]
     if not readonly:
-        pragmas = [("journal_mode", "wal"), ("synchronous", sync), *pragmas]
+        # auto_vacuum first: it takes effect on a new file only before WAL mode writes the
+        # header (an existing file switches by VACUUM, migration 5); elsewhere a no-op.
+        pragmas = [
+            ("auto_vacuum", "incremental"),
+            ("journal_mode", "wal"),
+            ("synchronous", sync),
+            *pragmas,
+        ]
     db = LegionDatabase(str(path), pragmas=pragmas, flags=flags, timeout=5)  # type: ignore[no-untyped-call]
     db.connect()
     return db
@@ -159,7 +169,87 @@ def _m3_audit_checkpoints(conn: apsw.Connection) -> None:
     conn.execute(AUDIT_CHECKPOINTS_DDL)
 
 
-MIGRATIONS: list[Migration] = [_m1_core, _m2_ledger, _m3_audit_checkpoints]
+# Seals of archived audit segments (legion/mesh/audit_archive.py): records first..last
+# were archived to `file`; the record before `first` had hash `prev_hash`, record `last`
+# had `hash`; `sha256` of the archived lines; `mac` signs it all under the audit key.
+AUDIT_SEALS_DDL = """
+        CREATE TABLE IF NOT EXISTS audit_seals (
+            last INTEGER PRIMARY KEY,
+            first INTEGER NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            file TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            mac TEXT NOT NULL
+        );
+"""
+
+
+def _m4_retention(conn: apsw.Connection) -> None:
+    """Audit seals, and the ledger's daily rollups (legion/retention.py): one row per UTC
+    day, agent, model, provider model and kind holds what the ledger rows it replaced
+    summed to, so costs and budget windows stay exact per day."""
+    conn.execute(
+        AUDIT_SEALS_DDL
+        + """
+        CREATE TABLE ledger_daily (
+            day TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            model TEXT NOT NULL,
+            provider_model TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            calls INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            reserved_usd REAL NOT NULL,
+            first_ts REAL NOT NULL,
+            last_ts REAL NOT NULL,
+            PRIMARY KEY (day, agent, model, provider_model, kind)
+        );
+        """
+    )
+
+
+def _m5_incremental_vacuum(conn: apsw.Connection) -> None:
+    """auto_vacuum=INCREMENTAL, so pruned pages go back to the file system a few at a time
+    (`PRAGMA incremental_vacuum`). An existing database needs one VACUUM to switch: it
+    rewrites the whole file (through the WAL), once, at this start. A new one was created
+    with the setting (`connect`)."""
+    if _pragma(conn, "auto_vacuum") == 2:
+        return
+    pages = _pragma(conn, "page_count") * _pragma(conn, "page_size")
+    log.warning(
+        "converting host.db to incremental vacuum (once; it rewrites the %.0f MB file)",
+        pages / 1e6,
+    )
+    started = time.monotonic()
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    log.info("host.db converted in %.1f s", time.monotonic() - started)
+
+
+_m5_incremental_vacuum.outside_transaction = True  # type: ignore[attr-defined]
+
+
+def _pragma(conn: apsw.Connection, name: str) -> int:
+    rows: list[tuple[Any, ...]] = conn.execute(f"PRAGMA {name}").fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+# Numbered by position. (Branches that add migrations in parallel renumber on merge: each
+# migration touches its own tables, so their order does not matter.)
+MIGRATIONS: list[Migration] = [
+    _m1_core,
+    _m2_ledger,
+    _m3_audit_checkpoints,
+    _m4_retention,
+    _m5_incremental_vacuum,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -181,8 +271,12 @@ def migrate(db: LegionDatabase) -> int:
             f"{SCHEMA_VERSION}; upgrade legion (downgrades are not supported)"
         )
     for version in range(found + 1, SCHEMA_VERSION + 1):
+        step = MIGRATIONS[version - 1]
+        if getattr(step, "outside_transaction", False):
+            step(conn)  # e.g. VACUUM, which no transaction may hold; it is idempotent
         with conn:  # one transaction per migration
-            MIGRATIONS[version - 1](conn)
+            if not getattr(step, "outside_transaction", False):
+                step(conn)
             conn.execute(
                 "INSERT INTO schema_version(version, applied_at) VALUES (?, ?)",
                 (version, time.time()),
@@ -258,6 +352,10 @@ class Store:
 
     def execute(self, sql: str, args: tuple[Any, ...] | dict[str, Any] = ()) -> apsw.Cursor:
         return self.conn.execute(sql, args)
+
+    def db_bytes(self) -> int:
+        """Pages in use times the page size (the file follows at the next checkpoint)."""
+        return _pragma(self.conn, "page_count") * _pragma(self.conn, "page_size")
 
     def close(self) -> None:
         self.group.close()

@@ -14,6 +14,7 @@ from legion.cli import (
     chat_cmd,
     config_cmd,
     costs_cmd,
+    db_cmd,
     host_cmd,
     images_cmd,
     logs_cmd,
@@ -34,6 +35,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(vault_cmd.app, name="vault")
 app.add_typer(images_cmd.app, name="images")
 app.add_typer(agents_cmd.app, name="agents")
+app.add_typer(db_cmd.app, name="db")
 app.command("chat")(chat_cmd.chat)
 app.command("audit")(audit_cmd.audit)
 app.command("costs")(costs_cmd.costs)

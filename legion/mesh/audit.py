@@ -147,6 +147,11 @@ class AuditLog:
     def head(self) -> tuple[int, str]:
         return self._seq, self._head
 
+    @property
+    def anchored_seq(self) -> int | None:
+        """The record the anchor file names now (None before the first anchor)."""
+        return self._anchored.seq if self._anchored is not None else None
+
     def append(
         self,
         actor: str,

@@ -59,6 +59,11 @@ def month_key(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
 
 
+def day_start(day: str) -> float:
+    """The UTC midnight that starts `day` (YYYY-MM-DD)."""
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+
+
 def window_start(ts: float, window: str) -> float:
     moment = datetime.fromtimestamp(ts, UTC)
     if window == "day":
@@ -103,12 +108,19 @@ class Budgets:
                 conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
 
     def _load(self) -> None:
+        """This month's spend: live ledger rows, plus the daily rollups of older rows
+        (legion/retention.py), which keep each day's sum exact."""
         now = self.clock()
         since = window_start(now, "month")
         for agent, ts, cost in self.store.execute(
             "SELECT agent, ts, cost_usd FROM ledger WHERE ts >= ?", (since,)
         ):
             self._add(self.spent, agent, ts, cost)
+        for agent, day, cost in self.store.execute(
+            "SELECT agent, day, SUM(cost_usd) FROM ledger_daily WHERE day >= ? GROUP BY 1, 2",
+            (day_key(since),),
+        ):
+            self._add(self.spent, agent, day_start(day), cost)
 
     def _add(
         self, table: dict[tuple[str, str], float], agent: str, ts: float, amount: float
