@@ -268,3 +268,69 @@ async def test_acks_stay_ordered_across_wal_checkpoints(home: Path) -> None:
     again = Store(home / "host.db")
     assert again.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 16 * 60
     again.close()
+
+
+LLM_CONFIG = """
+[llm]
+default_max_tokens = 50
+
+[llm.models.fast]
+model = "openai/fake-fast"
+api_base = "{base_url}"
+credential = "provider"
+passthrough = true
+input_cost_per_mtok = 10.0
+output_cost_per_mtok = 20.0
+
+[agents.alice]
+model = "fast"
+
+[agents.alice.budget]
+daily_usd = 10.0
+"""
+
+
+async def test_the_reservation_is_on_disk_before_the_provider_is_called(home: Path) -> None:
+    """issue 10 (invariant 5 with group commit): with the WAL fsync held, a chat call is
+    reserved and committed, but the provider sees nothing until the fsync covering the
+    reservation (and the call's allow record) has completed. One call makes three commits
+    (allow record, reservation, settle) and waits for one fsync round, which they share."""
+    from legion.config import parse_config
+    from legion.gateway.vault import Vault
+    from legion.host import Host
+    from legion.paths import Paths
+    from tests.fakes.provider import FakeProvider
+
+    paths = Paths.resolve(home)
+    vault = Vault(paths.vault_db, paths.vault_key)
+    vault.set("provider", "sk-fake-provider-key-0123456789", tier="system")
+    vault.close()
+    async with FakeProvider() as fake:
+        config = parse_config(LLM_CONFIG.format(base_url=fake.base_url))
+        async with Host.running(config, paths) as host, agent_client(paths, "alice") as alice:
+            group = host.store.group
+            hello = {"messages": [{"role": "user", "content": "hello"}]}
+            first = await alice.post("/v1/chat/completions", json=hello)  # warm-up (imports)
+            assert first.status_code == 200, first.text
+            fake.reset()
+            await host.store.flush()
+            gated = GatedSync(group.sync, lambda: group.seq)
+            group.sync = gated
+            gated.gate.clear()
+            seq_before, rounds_before = group.seq, group.rounds
+            call = asyncio.create_task(alice.post("/v1/chat/completions", json=hello))
+            try:
+                await wait_for(lambda: bool(host.budgets.open) and gated.entered.is_set())
+                (held,) = host.store.execute("SELECT COUNT(*) FROM reservations").fetchone()
+                assert held == 1  # committed (survives kill -9) ...
+                await asyncio.sleep(0.2)
+                assert fake.requests == []  # ... but the provider waits for the fsync
+            finally:
+                gated.gate.set()
+            response = await call
+            assert response.status_code == 200, response.text
+            assert len(fake.requests) == 1
+            await host.store.flush()
+            commits = group.seq - seq_before
+            assert commits == 3, commits  # allow record, reservation, settle
+            assert group.rounds - rounds_before <= 2  # the held round, and the settle's
