@@ -36,7 +36,7 @@ from legion.gateway.llm.runtime import LiteLLM
 from legion.gateway.redact import RedactingFilter, Redactor
 from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog, AuditRecord
-from legion.mesh.blackboard import COLLECT_BATCH, Blackboard
+from legion.mesh.blackboard import COLLECT_BATCH, Blackboard, literal_prefix
 from legion.mesh.inbox import Inboxes
 from legion.mesh.permissions import Guard, Perm, Permissions
 from legion.paths import Paths
@@ -329,6 +329,13 @@ class Host:
         from legion.mesh.globs import any_match
 
         return lambda key: any_match(patterns, key)
+
+    def readable_prefixes(self, principal: str) -> list[str] | None:
+        """What every key `principal` may read starts with (None: anything), so a listing
+        scans only those ranges."""
+        if principal == "operator":
+            return None
+        return [literal_prefix(p) for p in self.permissions.patterns(principal, Perm.BB_READ)]
 
     def _audit_event(self, record: AuditRecord) -> None:
         self.bus.emit(

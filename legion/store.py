@@ -228,7 +228,16 @@ def _m5_incremental_vacuum(conn: apsw.Connection) -> None:
     )
     started = time.monotonic()
     conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    conn.execute("VACUUM")
+    try:
+        conn.execute("VACUUM")
+    except (apsw.FullError, apsw.IOError) as exc:  # VACUUM needs room for a second copy
+        log.error(
+            "could not convert host.db to incremental vacuum (%s): the host starts anyway, and "
+            "retention prunes, but the file will not shrink; free disk space, stop the host "
+            "and run `sqlite3 host.db 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM'`",
+            exc,
+        )
+        return
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     log.info("host.db converted in %.1f s", time.monotonic() - started)
 

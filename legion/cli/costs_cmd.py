@@ -18,6 +18,16 @@ from legion.cli.common import (
 )
 
 
+def _is_day(value: object) -> bool:
+    from legion.gateway.llm.budget import day_start
+
+    try:
+        day_start(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def costs(
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
     since: Annotated[
@@ -69,13 +79,15 @@ def costs(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger_daily'"
         ).fetchall()
         rolled = (
-            list(
-                conn.execute(
+            [
+                row
+                for row in conn.execute(
                     "SELECT agent, model, day, cost_usd, calls, prompt_tokens, completion_tokens"
                     " FROM ledger_daily WHERE day >= ?" + where,
                     (day_key(low), *args),
                 )
-            )
+                if _is_day(row[2])  # a damaged row is skipped, not a traceback
+            ]
             if has_rollups
             else []
         )

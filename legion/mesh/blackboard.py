@@ -30,14 +30,24 @@ from legion.wire import rules
 from legion.wire.api import BlackboardChange, BlackboardEntry, Claim, WatchResponse
 from legion.wire.events import BlackboardChanged, ClaimChanged
 
-# The row cache holds at most this many entries and this many bytes of their JSON.
+# The row cache holds at most this many entries and this many bytes (estimated, `weight`).
 CACHE_ROWS = 20_000
 CACHE_BYTES = 32 * 1024 * 1024
-ROW_OVERHEAD = 200  # bytes counted per cached row besides its JSON
+ROW_OVERHEAD = 200  # bytes counted per cached row besides its value
+# The watch history keeps at most [host.blackboard] watch_history changes and this many
+# bytes of their values; a watcher further behind gets `reset: true`.
+HISTORY_BYTES = 64 * 1024 * 1024
 COLLECT_BATCH = 1000  # expired entries deleted per transaction
 # Keys are ASCII letters, digits, ._:@+=- and '/': a prefix with anything else matches none.
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._:@+=/-]*")
 _SELECT = "SELECT key, value, version, writer, updated_at, expires_at FROM blackboard"
+
+
+def weight(text: str) -> int:
+    """Bytes a parsed JSON value may take in memory, from its text: its length plus a
+    Python object's worth per element and container (`[[],[],...]` parses to 20 times its
+    text; this estimate stays above that), so caches are bounded by memory, not by text."""
+    return len(text) + 64 * (text.count(",") + text.count("[") + text.count("{"))
 
 
 def prefix_range(prefix: str) -> tuple[str, str] | None:
@@ -48,6 +58,32 @@ def prefix_range(prefix: str) -> tuple[str, str] | None:
     return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
+def literal_prefix(pattern: str) -> str:
+    """What every key a glob matches starts with: the pattern up to its first wildcard."""
+    cuts = [i for i in (pattern.find("*"), pattern.find("?")) if i >= 0]
+    return pattern[: min(cuts)] if cuts else pattern
+
+
+def scan_bases(prefix: str, within: list[str] | None) -> list[str]:
+    """The prefixes to scan, in key order and disjoint, for keys under `prefix` that start
+    with one of `within` (None: any key): a listing reads only the ranges an agent may read."""
+    if within is None:
+        bases = [prefix]
+    else:
+        bases = sorted(
+            {
+                lit if lit.startswith(prefix) else prefix
+                for lit in within
+                if lit.startswith(prefix) or prefix.startswith(lit)
+            }
+        )
+    out: list[str] = []
+    for base in bases:
+        if _PREFIX_RE.fullmatch(base) and not (out and base.startswith(out[-1])):
+            out.append(base)
+    return out
+
+
 @dataclass(slots=True)
 class _Row:
     value: Any
@@ -55,7 +91,7 @@ class _Row:
     writer: str
     updated_at: float
     expires_at: float | None
-    size: int = 0  # bytes of JSON, for the cache's bound
+    size: int = 0  # estimated bytes in memory (`weight`), for the cache's bound
 
     def entry(self, key: str) -> BlackboardEntry:
         return BlackboardEntry.model_construct(
@@ -78,6 +114,7 @@ class _Change:
     value: Any
     at: float
     expires_at: float | None
+    size: int = 0  # the value's weight
 
 
 class Blackboard:
@@ -90,10 +127,12 @@ class Blackboard:
         clock: Callable[[], float] = time.time,
         cache_rows: int = CACHE_ROWS,
         cache_bytes: int = CACHE_BYTES,
+        history_bytes: int = HISTORY_BYTES,
     ) -> None:
         self.store = store
         self.cache_rows = cache_rows
         self.cache_bytes = cache_bytes
+        self.history_bytes = history_bytes
         self.config = config
         self.bus = bus
         self.clock = clock
@@ -105,7 +144,8 @@ class Blackboard:
         # Watch cursors start from the clock so a cursor from before a restart is
         # recognised as stale (it falls outside the retained window) and resets.
         self._seq = int(clock() * 1_000_000)
-        self._history: deque[_Change] = deque(maxlen=config.watch_history)
+        self._history: deque[_Change] = deque()
+        self._history_bytes = 0
         self._changed = asyncio.Event()
 
     # --- validation -----------------------------------------------------------
@@ -172,7 +212,7 @@ class Blackboard:
         if not found:
             return None
         value, version, writer, updated_at, expires_at = found[0]
-        row = _Row(json.loads(value), version, writer, updated_at, expires_at, len(value))
+        row = _Row(json.loads(value), version, writer, updated_at, expires_at, weight(value))
         self._cached(key, row)
         return row
 
@@ -191,31 +231,33 @@ class Blackboard:
         prefix: str = "",
         readable: Callable[[str], bool] | None = None,
         limit: int = 10000,
+        within: list[str] | None = None,
     ) -> list[BlackboardEntry]:
-        """Live entries under `prefix`, in key order: a range scan of the primary key."""
-        if not _PREFIX_RE.fullmatch(prefix):
-            return []
+        """Live entries under `prefix`, in key order: range scans of the primary key, only
+        of the ranges that start with one of `within` (the literal prefixes of the caller's
+        read patterns; None: everything), so a listing costs what the caller may see."""
         now = self.clock()
-        span = prefix_range(prefix)
-        sql = _SELECT + " WHERE (expires_at IS NULL OR expires_at > ?)"
-        args: tuple[Any, ...] = (now,)
-        if span is not None:
-            sql += " AND key >= ? AND key < ?"
-            args += span
         out: list[BlackboardEntry] = []
-        cursor = self.store.execute(sql + " ORDER BY key", args)
-        try:
-            for key, value, version, writer, updated_at, expires_at in cursor:
-                if readable is not None and not readable(key):
-                    continue
-                row = self._cache.get(key)
-                if row is None:
-                    row = _Row(json.loads(value), version, writer, updated_at, expires_at)
-                out.append(row.entry(key))
-                if len(out) >= limit:
-                    break
-        finally:
-            cursor.close()
+        for base in scan_bases(prefix, within):
+            span = prefix_range(base)
+            sql = _SELECT + " WHERE (expires_at IS NULL OR expires_at > ?)"
+            args: tuple[Any, ...] = (now,)
+            if span is not None:
+                sql += " AND key >= ? AND key < ?"
+                args += span
+            cursor = self.store.execute(sql + " ORDER BY key", args)
+            try:
+                for key, value, version, writer, updated_at, expires_at in cursor:
+                    if readable is not None and not readable(key):
+                        continue
+                    row = self._cache.get(key)
+                    if row is None:
+                        row = _Row(json.loads(value), version, writer, updated_at, expires_at)
+                    out.append(row.entry(key))
+                    if len(out) >= limit:
+                        return out
+            finally:
+                cursor.close()
         return out
 
     # --- writes ---------------------------------------------------------------
@@ -263,9 +305,9 @@ class Blackboard:
                 " expires_at) VALUES (?,?,?,?,?,?)",
                 (key, text, version, writer, now, expires_at),
             )
-        row = _Row(json.loads(text), version, writer, now, expires_at, len(text))
+        row = _Row(json.loads(text), version, writer, now, expires_at, weight(text))
         self._cached(key, row)
-        self._record("put", key, version, writer, row.value, now, expires_at)
+        self._record("put", key, version, writer, row.value, now, expires_at, row.size)
         return row.entry(key)
 
     def delete(self, key: str, writer: str) -> bool:
@@ -363,9 +405,17 @@ class Blackboard:
         value: Any,
         at: float,
         expires_at: float | None,
+        size: int = 0,
     ) -> None:
         self._seq += 1
-        self._history.append(_Change(self._seq, op, key, version, writer, value, at, expires_at))
+        change = _Change(self._seq, op, key, version, writer, value, at, expires_at, size)
+        self._history.append(change)
+        self._history_bytes += size + ROW_OVERHEAD
+        history = self._history
+        while len(history) > self.config.watch_history or (
+            self._history_bytes > self.history_bytes and len(history) > 1
+        ):
+            self._history_bytes -= history.popleft().size + ROW_OVERHEAD
         self.bus.publish(
             BlackboardChanged(
                 at=at,

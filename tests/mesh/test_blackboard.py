@@ -373,3 +373,65 @@ async def test_issue_10_collect_works_in_batches(home: Path) -> None:
     assert bb.store.execute("SELECT COUNT(*) FROM blackboard").fetchone()[0] == 1
     changes = (await bb.watch("t/*", start.cursor, 0)).changes
     assert len(changes) == 2500 and {c.op for c in changes} == {"expired"}
+
+
+PATTERNS = ["a/**", "a-b", "Z*", "**", "a?", "a.b/*", "b", "ab/**", "a:*"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    keys=st.lists(
+        st.lists(st.sampled_from(KEY_PARTS), min_size=1, max_size=3).map("/".join),
+        max_size=25,
+        unique=True,
+    ),
+    prefix=st.text(alphabet="ab/.-:0Z", max_size=3),
+    patterns=st.lists(st.sampled_from(PATTERNS), max_size=3, unique=True),
+)
+def test_issue_10_listing_scans_only_what_the_reader_may_read(
+    keys: list[str], prefix: str, patterns: list[str]
+) -> None:
+    """issue 10: a listing scans only the ranges the caller's read patterns start with, and
+    still returns exactly the readable keys under the prefix, in order."""
+    from legion.mesh.blackboard import literal_prefix
+    from legion.mesh.globs import any_match
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        bb = make_board(Path(tmp), Clock())
+        for key in keys:
+            bb.put(key, 1, "alice")
+        readable = lambda key: any_match(patterns, key)  # noqa: E731
+        within = [literal_prefix(p) for p in patterns]
+        expected = sorted(k for k in keys if k.startswith(prefix) and readable(k))
+        assert [e.key for e in bb.entries(prefix, readable=readable, within=within)] == expected
+        bb.store.close()
+
+
+async def test_issue_10_memory_stays_bounded_under_values_built_to_blow_up(home: Path) -> None:
+    """issue 10 (attack): 60 KB values of `[[],[],...]` parse to twenty times their text.
+    The row cache and the watch history count what values take in memory, not their text,
+    so 150 such writes keep a few of them, not all (unbounded: about 180 MB)."""
+    import tracemalloc
+
+    clock = Clock()
+    bb = Blackboard(
+        Store(home / "host.db", durability="normal"),
+        BlackboardConfig(max_value_bytes=64 * 1024),
+        EventBus(),
+        clock=clock,
+        cache_bytes=8 * 1024 * 1024,
+        history_bytes=16 * 1024 * 1024,
+    )
+    blown = [[] for _ in range(20_000)]  # 60 KB of JSON
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(150):
+            bb.put(f"agents/x/k{i}", blown, "mallory")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 40 * 1024 * 1024, f"{held / 1e6:.0f} MB held"
+    assert bb.cached[1] <= 8 * 1024 * 1024
+    assert bb.get("agents/x/k0") is not None  # evicted, read back from SQLite
+    bb.store.close()

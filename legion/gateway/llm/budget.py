@@ -13,6 +13,7 @@ with respect to every other call: concurrent calls can never take spend past a c
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -24,6 +25,8 @@ from legion.config import Config
 from legion.errors import LegionError
 from legion.groupcommit import StorageFailed
 from legion.store import Store
+
+log = logging.getLogger("legion.gateway")
 
 
 class BudgetExceeded(LegionError):
@@ -120,7 +123,12 @@ class Budgets:
             "SELECT agent, day, SUM(cost_usd) FROM ledger_daily WHERE day >= ? GROUP BY 1, 2",
             (day_key(since),),
         ):
-            self._add(self.spent, agent, day_start(day), cost)
+            try:
+                start = day_start(day)
+            except (TypeError, ValueError):  # a damaged row must not stop the host
+                log.error("ignoring a ledger rollup with a damaged day %r", day)
+                continue
+            self._add(self.spent, agent, start, float(cost or 0.0))
 
     def _add(
         self, table: dict[tuple[str, str], float], agent: str, ts: float, amount: float
