@@ -430,3 +430,24 @@ async def test_issue_10_soak_the_database_levels_off(home: Path) -> None:
     result = verify_home(home)
     assert result.ok, result.reason
     assert result.sealed_seq > written * 0.8 and result.archives_checked >= 10
+
+
+async def test_issue_10_a_damaged_rollup_never_stops_the_host_or_the_cli(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 10 (attack: whoever can edit host.db): a rollup row with a day that is not a
+    date is skipped by the budgets at start and by `legion costs`, never a traceback."""
+    clock = Clock()
+    async with host_at(home, clock) as host:
+        with host.store.tx() as conn:
+            conn.execute(
+                "INSERT INTO ledger_daily VALUES ('2026-03-02', 'alpha', 'fast', 'p', 'chat',"
+                " 1, 1, 1, 0.5, 0.5, 0, 0), ('not-a-day', 'alpha', 'fast', 'p', 'chat',"
+                " 1, 1, 1, 99.0, 99.0, 0, 0), ('2026-03-03', 'alpha', 'fast', 'p', 'chat',"
+                " 1, 1, 1, X'00', 1.0, 0, 0)"
+            )
+    async with host_at(home, clock) as host:
+        assert host.budgets.spent_month("alpha") == pytest.approx(0.5)
+    costs = run_costs(home, monkeypatch)
+    (alpha,) = [a for a in costs["agents"] if a["agent"] == "alpha"]  # type: ignore[union-attr,index]
+    assert alpha["month_usd"] == pytest.approx(0.5)

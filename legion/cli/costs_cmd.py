@@ -82,7 +82,8 @@ def costs(
             [
                 row
                 for row in conn.execute(
-                    "SELECT agent, model, day, cost_usd, calls, prompt_tokens, completion_tokens"
+                    "SELECT agent, model, day, CAST(cost_usd AS REAL), CAST(calls AS INTEGER),"
+                    " CAST(prompt_tokens AS INTEGER), CAST(completion_tokens AS INTEGER)"
                     " FROM ledger_daily WHERE day >= ?" + where,
                     (day_key(low), *args),
                 )
