@@ -19,7 +19,7 @@ import apsw
 import sqlite_vec
 from playhouse.apsw_ext import APSWDatabase
 
-from legion.groupcommit import GroupCommit
+from legion.groupcommit import Checkpointer, GroupCommit
 
 log = logging.getLogger("legion.store")
 
@@ -328,6 +328,7 @@ class Store:
         self.created = migrate(self.db) == 0  # a new, empty database
         self.conn: apsw.Connection = self.db.connection()  # type: ignore[no-untyped-call]
         self.group = GroupCommit(Path(f"{path}-wal"))
+        self.checkpoints = Checkpointer(self.conn, path) if Checkpointer.supported() else None
 
     @contextmanager
     def tx(self, *, durable: bool = True) -> Iterator[apsw.Connection]:
@@ -344,6 +345,8 @@ class Store:
             yield self.conn
         if not nested:
             self.group.committed(durable and self.durability == "full")
+            if self.checkpoints is not None:
+                self.checkpoints.after_commit()
 
     async def flush(self) -> None:
         """Return once every durable commit made so far is on disk (group commit). Every
@@ -368,5 +371,7 @@ class Store:
 
     def close(self) -> None:
         self.group.close()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
         if not self.db.is_closed():
             self.db.close()

@@ -243,9 +243,10 @@ def wal_restarts(path: Path) -> int:
 
 
 async def test_acks_stay_ordered_across_wal_checkpoints(home: Path) -> None:
-    """issue 10: enough concurrent writes for SQLite to checkpoint and restart the WAL
-    several times: every flush still covers its commit, the -wal keeps its inode (so our
-    descriptor syncs the file SQLite writes), and every row is there after a reopen."""
+    """issue 10: enough concurrent writes to checkpoint and restart the WAL several times
+    (checkpoints in their own thread): every flush still covers its commit, the -wal keeps
+    its inode (so our descriptor syncs the file SQLite writes), and every row is there after
+    a reopen."""
     store = Store(home / "host.db")
     with store.tx() as conn:
         conn.execute("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
@@ -264,6 +265,9 @@ async def test_acks_stay_ordered_across_wal_checkpoints(home: Path) -> None:
     await asyncio.gather(*(writer(w) for w in range(16)))
     assert wal_restarts(wal) >= restarts + 2
     assert wal.stat().st_ino == inode
+    # Checkpoints ran beside the event loop, on the checkpointer's own connection.
+    assert store.checkpoints is not None
+    assert store.checkpoints.done - store.checkpoints.inline >= 2
     store.close()
     again = Store(home / "host.db")
     assert again.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 16 * 60
