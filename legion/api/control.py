@@ -64,6 +64,9 @@ def build_control_router(host: Host) -> Router:
     async def stop(call: Call) -> StopResponse:
         """Stop the host cleanly (the daemon exits 0)."""
         host.audit.append(call.principal, "host.stop", "host", "allow")
+        # On disk before the host starts stopping: the reply then needs no further wait,
+        # and goes out before the shutdown closes this connection.
+        await host.store.flush()
         host.request_stop("stop requested over the control socket")
         return StopResponse(stopping=True)
 
