@@ -205,7 +205,7 @@ class RetentionConfig(_Section):
     audit_keep_mb: float = Field(default=200.0, ge=1, le=1_000_000)
     ledger_keep_days: int = Field(default=2, ge=1, le=3650)
     interval_s: float = Field(default=3600.0, ge=1, le=86400)
-    batch_rows: int = Field(default=2000, ge=100, le=100_000)
+    batch_rows: int = Field(default=500, ge=100, le=100_000)
 
 
 class Config(_Section):
