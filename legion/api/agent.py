@@ -176,7 +176,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
     async def bb_list(call: Call) -> BlackboardList:
         """List live keys under `?prefix=` that the caller may read."""
         prefix = call.request.query.get("prefix", "")
-        entries = bb.entries(
+        entries = await bb.list_entries(
             prefix,
             readable=host.readable_by(call.principal),
             within=host.readable_prefixes(call.principal),

@@ -11,7 +11,7 @@ import typer
 from legion.cli.common import State, console, echo, emit_json, fail, fmt_time, host_errors
 
 app = typer.Typer(
-    help="host.db: sizes, retention (`[retention]` in legion.toml) and audit archives.",
+    help="host.db: sizes, retention (the retention section of legion.toml) and audit archives.",
     no_args_is_help=True,
 )
 
@@ -24,8 +24,11 @@ def _mb(n: int | float) -> str:
 
 @app.command("stats")
 def stats(as_json: JsonOpt = False) -> None:
-    """Sizes per table, the audit log and the ledger, and what the next retention pass will
-    do. Asks the running host; with the host stopped, reads host.db itself (read-only)."""
+    """Sizes of host.db, and what the next retention pass will do.
+
+    Per table and index; the audit log (records kept, sealed, archived) and the ledger (rows,
+    daily rollups). Asks the running host; with the host stopped, reads host.db itself
+    (read-only)."""
     from legion.api.client import ControlClient
 
     with ControlClient(State.paths()) as client:
@@ -102,8 +105,10 @@ def prune(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a retention pass now (needs the running host): roll up old ledger rows, archive
-    and delete old audit records, give free pages back to the file system."""
+    """Run a retention pass now (needs the running host).
+
+    Rolls up old ledger rows, archives and deletes old audit records, gives free pages back
+    to the file system; --dry-run only shows what it would do."""
     from legion.api.client import ControlClient
 
     with host_errors(), ControlClient(State.paths()) as client:
@@ -146,9 +151,11 @@ def verify_archive_cmd(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check audit archives on their own, wherever they are: each file's hash chain, its
-    line hash and its seal (signed with the vault's audit key; without the key, the chain
-    only). Exit 0 all ok, 1 one is broken, 2 a seal could not be checked."""
+    """Check audit archives on their own, wherever they are.
+
+    Each file's hash chain, its line hash and its seal (signed with the vault's audit key;
+    without the key, the chain only). Exit 0 all ok, 1 one is broken, 2 a seal could not be
+    checked."""
     from legion.gateway.vault import read_audit_key
     from legion.mesh.audit_archive import verify_archive
     from legion.retention import archive_dir

@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ ROW_OVERHEAD = 200  # bytes counted per cached row besides its value
 # bytes of their values; a watcher further behind gets `reset: true`.
 HISTORY_BYTES = 64 * 1024 * 1024
 COLLECT_BATCH = 1000  # expired entries deleted per transaction
+SCAN_CHUNK = 1000  # rows a listing reads per query
 # Keys are ASCII letters, digits, ._:@+=- and '/': a prefix with anything else matches none.
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._:@+=/-]*")
 _SELECT = "SELECT key, value, version, writer, updated_at, expires_at FROM blackboard"
@@ -236,29 +237,64 @@ class Blackboard:
         """Live entries under `prefix`, in key order: range scans of the primary key, only
         of the ranges that start with one of `within` (the literal prefixes of the caller's
         read patterns; None: everything), so a listing costs what the caller may see."""
-        now = self.clock()
+        return [e for part in self._scan(prefix, readable, limit, within) for e in part]
+
+    async def list_entries(
+        self,
+        prefix: str = "",
+        readable: Callable[[str], bool] | None = None,
+        limit: int = 10000,
+        within: list[str] | None = None,
+    ) -> list[BlackboardEntry]:
+        """`entries`, letting the event loop run between chunks of `SCAN_CHUNK` rows read (a
+        reader whose patterns start with a wildcard scans every key)."""
         out: list[BlackboardEntry] = []
+        for part in self._scan(prefix, readable, limit, within):
+            out += part
+            await asyncio.sleep(0)
+        return out
+
+    def _scan(
+        self,
+        prefix: str,
+        readable: Callable[[str], bool] | None,
+        limit: int,
+        within: list[str] | None,
+    ) -> Iterator[list[BlackboardEntry]]:
+        """Chunks of the listing, each one short query (keyset pagination: no cursor stays
+        open between chunks, so the caller may yield to other writers in between)."""
+        now = self.clock()
+        found = 0
         for base in scan_bases(prefix, within):
             span = prefix_range(base)
-            sql = _SELECT + " WHERE (expires_at IS NULL OR expires_at > ?)"
-            args: tuple[Any, ...] = (now,)
-            if span is not None:
-                sql += " AND key >= ? AND key < ?"
-                args += span
-            cursor = self.store.execute(sql + " ORDER BY key", args)
-            try:
-                for key, value, version, writer, updated_at, expires_at in cursor:
+            low, high = span if span is not None else ("", None)
+            first = True
+            while True:
+                sql = _SELECT + " WHERE (expires_at IS NULL OR expires_at > ?)"
+                sql += " AND key >= ?" if first else " AND key > ?"
+                args: tuple[Any, ...] = (now, low)
+                if high is not None:
+                    sql += " AND key < ?"
+                    args += (high,)
+                rows: list[tuple[Any, ...]] = self.store.execute(
+                    sql + " ORDER BY key LIMIT ?", (*args, SCAN_CHUNK)
+                ).fetchall()
+                part: list[BlackboardEntry] = []
+                for key, value, version, writer, updated_at, expires_at in rows:
                     if readable is not None and not readable(key):
                         continue
                     row = self._cache.get(key)
                     if row is None:
                         row = _Row(json.loads(value), version, writer, updated_at, expires_at)
-                    out.append(row.entry(key))
-                    if len(out) >= limit:
-                        return out
-            finally:
-                cursor.close()
-        return out
+                    part.append(row.entry(key))
+                    if found + len(part) >= limit:
+                        yield part
+                        return
+                found += len(part)
+                yield part
+                if len(rows) < SCAN_CHUNK:
+                    break
+                low, first = str(rows[-1][0]), False
 
     # --- writes ---------------------------------------------------------------
 

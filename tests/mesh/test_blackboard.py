@@ -435,3 +435,39 @@ async def test_issue_10_memory_stays_bounded_under_values_built_to_blow_up(home:
     assert bb.cached[1] <= 8 * 1024 * 1024
     assert bb.get("agents/x/k0") is not None  # evicted, read back from SQLite
     bb.store.close()
+
+
+async def test_issue_10_a_long_listing_lets_the_loop_run_and_misses_nothing(home: Path) -> None:
+    """issue 10: a listing that must read many rows (a reader whose pattern starts with a
+    wildcard reads every key) reads them in chunks, the event loop running in between, and
+    still returns every match once, in order, across chunk boundaries and concurrent
+    writes."""
+    from legion.mesh.blackboard import SCAN_CHUNK
+
+    clock = Clock()
+    bb = make_board(home, clock)
+    with bb.store.tx() as conn:
+        conn.executemany(
+            "INSERT INTO blackboard(key, value, version, writer, updated_at, expires_at)"
+            " VALUES (?,?,?,?,?,?)",
+            [(f"x/k{i:05d}", "1", 1, "alice", clock.now, None) for i in range(3 * SCAN_CHUNK + 7)],
+        )
+    ticks = 0
+
+    async def meanwhile() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            bb.put(f"y/{ticks}", ticks, "bob")  # writes between chunks, elsewhere
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(meanwhile())
+    try:
+        listed = await bb.list_entries("", readable=lambda k: k.endswith("3"), within=[""])
+    finally:
+        task.cancel()
+    expected = [f"x/k{i:05d}" for i in range(3 * SCAN_CHUNK + 7) if str(i).endswith("3")]
+    assert [e.key for e in listed if e.key.startswith("x/")] == expected
+    assert ticks >= 3  # the loop ran between the chunks
+    limited = await bb.list_entries("x/", limit=SCAN_CHUNK + 5)
+    assert [e.key for e in limited] == [f"x/k{i:05d}" for i in range(SCAN_CHUNK + 5)]
