@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from agent_container.client import MeshClient
 from agent_container.registry import Hooks, Registry, Tool
+from agent_container.tools_browser import browser_tools
+from agent_container.tools_cron import cron_tools
 from agent_container.tools_mesh import mesh_tools
 from agent_container.tools_workspace import (
     COMMAND_TIMEOUT_MAX_S,
@@ -34,6 +36,11 @@ __all__ = [
 def builtin_tools(mesh: MeshClient, workspace: Workspace, hooks: Hooks | None = None) -> Registry:
     """Every built-in tool, bound to this agent's socket and workspace."""
     registry = Registry()
-    for tool in [*workspace_tools(workspace), *mesh_tools(mesh, hooks or Hooks())]:
+    for tool in [
+        *workspace_tools(workspace),
+        *mesh_tools(mesh, hooks or Hooks()),
+        *cron_tools(mesh),
+        *browser_tools(mesh, workspace),
+    ]:
         registry.add(tool)
     return registry

@@ -19,7 +19,7 @@ socket (`HostUnavailable`) is not caught here: the caller must not ack the item.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,8 @@ class Brain:
     context: ContextManager | None = None
     learnings: Learnings | None = None
     pin: dict[str, Any] | None = None  # the user message compaction must keep
+    # Steer messages waiting now (agent_container.lanes), read between two tool rounds.
+    steer: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
     guard: LoopGuard = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,6 +107,8 @@ class Brain:
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
             if stop():
                 return
+        if self.steer is not None:  # between this round and the next model call
+            messages.extend(await self.steer())
 
     async def chat(self, messages: list[dict[str, Any]]) -> str:
         """Model and tool rounds until the model answers in text; returns the answer."""

@@ -12,15 +12,19 @@ import time
 
 from bench import (
     agent_container,
+    automation,
     blackboard_store,
+    browser,
     budget_ops,
     fleet_load,
+    fleet_scale,
     llm_overhead,
     memory_bootstrap,
     memory_search,
     pubsub_fanout,
     socket_rtt,
     stream_redaction,
+    tui,
 )
 from bench._common import Report, base_args
 
@@ -30,11 +34,15 @@ BENCHMARKS = {
     "pubsub_fanout": pubsub_fanout.run,
     "llm_overhead": llm_overhead.run,
     "fleet_load": fleet_load.run,
+    "fleet_scale": fleet_scale.run,
     "budget_ops": budget_ops.run,
     "stream_redaction": stream_redaction.run,
     "agent_container": agent_container.run,
     "memory_search": memory_search.run,
     "memory_bootstrap": memory_bootstrap.run,
+    "tui": tui.run,
+    "automation": automation.run,
+    "browser": browser.run,
 }
 
 

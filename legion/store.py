@@ -8,6 +8,7 @@ a newer legion is refused rather than damaged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import apsw
 import sqlite_vec
 from playhouse.apsw_ext import APSWDatabase
 
-from legion.groupcommit import Checkpointer, GroupCommit
+from legion.groupcommit import Checkpointer, GroupCommit, StorageFailed
 
 log = logging.getLogger("legion.store")
 
@@ -47,7 +48,7 @@ def connect(
     pragmas: list[tuple[str, Any]] = [("busy_timeout", 5000), ("foreign_keys", 1)]
     if not readonly:
         # auto_vacuum first: it takes effect on a new file only before WAL mode writes the
-        # header (an existing file switches by VACUUM, migration 5); elsewhere a no-op.
+        # header (an existing file switches by VACUUM, migration 6); elsewhere a no-op.
         pragmas = [
             ("auto_vacuum", "incremental"),
             ("journal_mode", "wal"),
@@ -169,6 +170,85 @@ def _m3_audit_checkpoints(conn: apsw.Connection) -> None:
     conn.execute(AUDIT_CHECKPOINTS_DDL)
 
 
+def _m4_automation(conn: apsw.Connection) -> None:
+    """Cron jobs and their runs, webhooks, their replay ids and jobs (legion/automation).
+
+    A run's row is inserted in the same transaction as the inbox item it dispatches, and
+    (job_id, slot) is unique for scheduled runs: a slot can never run twice."""
+    conn.execute(
+        """
+        CREATE TABLE cron_jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent TEXT NOT NULL,
+            name TEXT NOT NULL,
+            schedule TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            action TEXT NOT NULL,
+            missed TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            created_by TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            anchor INTEGER NOT NULL,
+            next_run_at INTEGER,
+            last_run_at REAL,
+            runs INTEGER NOT NULL DEFAULT 0,
+            overlaps INTEGER NOT NULL DEFAULT 0,
+            missed_runs INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (agent, name)
+        );
+        CREATE TABLE cron_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL,
+            agent TEXT NOT NULL,
+            slot INTEGER NOT NULL,
+            trigger TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            status TEXT NOT NULL,
+            item_id INTEGER,
+            detail TEXT NOT NULL DEFAULT '',
+            finished_at REAL
+        );
+        CREATE UNIQUE INDEX cron_runs_slot ON cron_runs(job_id, slot) WHERE trigger != 'manual';
+        CREATE INDEX cron_runs_job ON cron_runs(job_id, id);
+        CREATE INDEX cron_runs_item ON cron_runs(agent, item_id) WHERE item_id IS NOT NULL;
+        CREATE TABLE webhooks (
+            name TEXT PRIMARY KEY,
+            agent TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            rate_per_min REAL,
+            burst INTEGER,
+            created_at REAL NOT NULL,
+            rotated_at REAL,
+            deliveries INTEGER NOT NULL DEFAULT 0,
+            refused INTEGER NOT NULL DEFAULT 0,
+            last_delivery_at REAL
+        );
+        CREATE TABLE webhook_replays (
+            hook TEXT NOT NULL,
+            key TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (hook, key)
+        );
+        CREATE INDEX webhook_replays_seen ON webhook_replays(seen_at);
+        CREATE TABLE webhook_jobs (
+            id TEXT PRIMARY KEY,
+            hook TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            item_id INTEGER,
+            delivery TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            status TEXT NOT NULL,
+            result TEXT,
+            finished_at REAL
+        );
+        CREATE INDEX webhook_jobs_item ON webhook_jobs(agent, item_id);
+        CREATE INDEX webhook_jobs_received ON webhook_jobs(received_at);
+        """
+    )
+
+
 # Seals of archived audit segments (legion/mesh/audit_archive.py): records first..last
 # were archived to `file`; the record before `first` had hash `prev_hash`, record `last`
 # had `hash`; `sha256` of the archived lines; `mac` signs it all under the audit key.
@@ -188,7 +268,7 @@ AUDIT_SEALS_DDL = """
 """
 
 
-def _m4_retention(conn: apsw.Connection) -> None:
+def _m5_retention(conn: apsw.Connection) -> None:
     """Audit seals, and the ledger's daily rollups (legion/retention.py): one row per UTC
     day, agent, model, provider model and kind holds what the ledger rows it replaced
     summed to, so costs and budget windows stay exact per day."""
@@ -214,7 +294,7 @@ def _m4_retention(conn: apsw.Connection) -> None:
     )
 
 
-def _m5_incremental_vacuum(conn: apsw.Connection) -> None:
+def _m6_incremental_vacuum(conn: apsw.Connection) -> None:
     """auto_vacuum=INCREMENTAL, so pruned pages go back to the file system a few at a time
     (`PRAGMA incremental_vacuum`). An existing database needs one VACUUM to switch: it
     rewrites the whole file (through the WAL), once, at this start. A new one was created
@@ -242,7 +322,7 @@ def _m5_incremental_vacuum(conn: apsw.Connection) -> None:
     log.info("host.db converted in %.1f s", time.monotonic() - started)
 
 
-_m5_incremental_vacuum.outside_transaction = True  # type: ignore[attr-defined]
+_m6_incremental_vacuum.outside_transaction = True  # type: ignore[attr-defined]
 
 
 def _pragma(conn: apsw.Connection, name: str) -> int:
@@ -256,8 +336,9 @@ MIGRATIONS: list[Migration] = [
     _m1_core,
     _m2_ledger,
     _m3_audit_checkpoints,
-    _m4_retention,
-    _m5_incremental_vacuum,
+    _m4_automation,
+    _m5_retention,
+    _m6_incremental_vacuum,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -329,6 +410,13 @@ class Store:
         self.conn: apsw.Connection = self.db.connection()  # type: ignore[no-untyped-call]
         self.group = GroupCommit(Path(f"{path}-wal"))
         self.checkpoints = Checkpointer(self.conn, path) if Checkpointer.supported() else None
+        # A commit made outside `tx` (a bare statement in autocommit, a peewee transaction)
+        # is still covered: the commit hook notes it, and the next flush counts it as a
+        # durable commit, so the reply that follows it waits for its fsync like any other.
+        self.stray_commits = 0
+        self._stray_pending = False
+        self._in_tx = False
+        self.conn.set_commit_hook(self._on_commit)
 
     @contextmanager
     def tx(self, *, durable: bool = True) -> Iterator[apsw.Connection]:
@@ -341,25 +429,47 @@ class Store:
         Nested in another transaction, it is a savepoint and the outer commit counts.
         """
         nested = self.conn.in_transaction
-        with self.conn:
-            yield self.conn
         if not nested:
+            self._in_tx = True
+        try:
+            with self.conn:
+                yield self.conn
+        finally:
+            if not nested:
+                self._in_tx = False
+        if not nested:
+            self._count_stray()
             self.group.committed(durable and self.durability == "full")
             if self.checkpoints is not None:
                 self.checkpoints.after_commit()
 
+    def _on_commit(self) -> bool:
+        if not self._in_tx:
+            self.stray_commits += 1
+            self._stray_pending = True
+        return False  # commit (a true value would turn it into a rollback)
+
+    def _count_stray(self) -> None:
+        if self._stray_pending:
+            self._stray_pending = False
+            self.group.committed(self.durability == "full")
+
     async def flush(self) -> None:
         """Return once every durable commit made so far is on disk (group commit). Every
-        reply awaits this before it is sent (`legion.api.durable`)."""
+        answer of the host's HTTP server awaits this before it is sent
+        (`HttpServer.durable`)."""
+        self._count_stray()
         await self.group.flush()
 
     async def sync_all(self) -> None:
         """Every commit so far on disk, durable or not, whatever the durability (the audit
         anchor names only what a power cut cannot undo)."""
+        self._count_stray()
         await self.group.flush(self.group.seq)
 
     def sync_all_now(self) -> None:
         """`sync_all`, blocking (start and stop only)."""
+        self._count_stray()
         self.group.flush_sync()
 
     def execute(self, sql: str, args: tuple[Any, ...] | dict[str, Any] = ()) -> apsw.Cursor:
@@ -370,6 +480,8 @@ class Store:
         return _pragma(self.conn, "page_count") * _pragma(self.conn, "page_size")
 
     def close(self) -> None:
+        with contextlib.suppress(StorageFailed):  # logged where it failed
+            self._count_stray()
         self.group.close()
         if self.checkpoints is not None:
             self.checkpoints.close()

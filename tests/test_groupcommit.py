@@ -17,6 +17,7 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -338,3 +339,82 @@ async def test_the_reservation_is_on_disk_before_the_provider_is_called(home: Pa
             commits = group.seq - seq_before
             assert commits == 3, commits  # allow record, reservation, settle
             assert group.rounds - rounds_before <= 2  # the held round, and the settle's
+
+
+async def held_until_fsync(
+    host_store: Store, request: Callable[[], Any], committed: Callable[[], bool]
+) -> Any:
+    """Run `request` with the WAL fsync held: once `committed()` says its commit is written,
+    it must still be unanswered; then release the fsync and return its answer."""
+    group = host_store.group
+    gated = GatedSync(group.sync, lambda: group.seq)
+    group.sync = gated
+    gated.gate.clear()
+    task = asyncio.ensure_future(request())
+    try:
+        await wait_for(lambda: committed() and gated.entered.is_set())
+        await asyncio.sleep(0.05)  # time to answer, were it not held
+        assert not task.done(), "answered before the fsync covering its commit"
+    finally:
+        gated.gate.set()
+    return await task
+
+
+async def test_a_policy_refusal_waits_for_its_audit_record(running_host: HostFactory) -> None:
+    """issue 10 (invariant 4 with group commit): a request the route policy refuses never
+    reaches a handler; its deny record is committed and the 403 goes out only after the
+    fsync covering that record (the server waits, not each handler)."""
+    async with running_host(CONFIG.format(durability="full")) as host:
+        async with agent_client(host.paths, "alpha") as client:
+            await client.put("/v1/blackboard/entries/shared/warm", json={"value": 0})
+            await host.store.flush()
+            seq = host.audit.head[0]
+            r = await held_until_fsync(
+                host.store,
+                lambda: client.put("/v1/blackboard/entries/private/x", json={"value": 1}),
+                lambda: host.audit.head[0] > seq,
+            )
+        assert r.status_code == 403, r.text
+        (decision,) = host.store.execute(
+            "SELECT decision FROM audit WHERE seq = ?", (seq + 1,)
+        ).fetchone()
+        assert decision == "deny"
+
+
+async def test_a_commit_outside_tx_is_covered_by_the_next_flush(home: Path) -> None:
+    """issue 10: a writer that commits outside `Store.tx` (a bare statement in autocommit,
+    as a module added later might) is caught by the store's commit hook: the next flush
+    waits for an fsync covering it, like a durable commit made through `tx`."""
+    store = Store(home / "host.db")
+    with store.tx() as conn:
+        conn.execute("CREATE TABLE t(k INTEGER PRIMARY KEY)")
+    await store.flush()
+    assert store.stray_commits == 0  # commits through tx are not stray
+    store.execute("INSERT INTO t(k) VALUES (1)")  # autocommit
+    assert store.stray_commits == 1
+    store.execute("SELECT COUNT(*) FROM t").fetchall()  # a read commits nothing
+    assert store.stray_commits == 1
+    flushed = await held_until_fsync(store, store.flush, lambda: True)
+    assert flushed is None
+    assert store.group.flushed == store.group.seq >= 2
+    store.close()
+
+
+async def test_a_webhook_delivery_is_answered_after_its_fsync(home: Path) -> None:
+    """issue 10: the webhook listener's 202 acknowledges a queued inbox item; it is sent
+    only after the fsync covering the item (the listener waits like the sockets do)."""
+    import httpx
+
+    from tests.automation.conftest import config, host_at
+    from tests.automation.test_webhooks import HOOKS, add_hook, signed
+
+    async with host_at(home, config(extra=HOOKS)) as host:
+        url = await add_hook(host)
+        body = b'{"ref": "main"}'
+        async with httpx.AsyncClient() as web:
+            r = await held_until_fsync(
+                host.store,
+                lambda: web.post(url, content=body, headers=signed(body, "d-gc")),
+                lambda: host.inboxes.depth("alice") == 1,
+            )
+        assert r.status_code == 202, r.text

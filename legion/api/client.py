@@ -23,9 +23,24 @@ from legion.wire.api import (
     ReloadResult,
     StopResponse,
 )
+from legion.wire.automation import (
+    CronJob,
+    CronJobList,
+    CronRemoved,
+    CronRun,
+    CronRunList,
+    SteerQueued,
+    WebhookInfo,
+    WebhookJob,
+    WebhookList,
+    WebhookRemoved,
+)
+from legion.wire.browser import BrowserInfo, BrowserList, Handoff
 from legion.wire.db import DbStats, PruneResult
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
+from legion.wire.mcp import McpList
+from legion.wire.skills import SkillInfo, SkillList, SkillText
 
 
 class HostNotRunning(Exception):
@@ -204,6 +219,44 @@ class ControlClient:
         )
         return result
 
+    def mcp(self, agent: str | None = None) -> McpList:
+        params = {"agent": agent} if agent else {}
+        result: McpList = self._request("GET", "/v1/mcp", McpList, params=params)
+        return result
+
+    def skills(self, agent: str | None = None) -> SkillList:
+        params = {"agent": agent} if agent else {}
+        result: SkillList = self._request("GET", "/v1/skills", SkillList, params=params)
+        return result
+
+    def skill_add(
+        self, name: str, files: dict[str, str], agent: str | None, replace: bool
+    ) -> SkillInfo:
+        body = {"name": name, "agent": agent, "files": files, "replace": replace}
+        result: SkillInfo = self._request("POST", "/v1/skills", SkillInfo, json=body, timeout=120)
+        return result
+
+    def skill_remove(self, name: str, agent: str | None) -> SkillList:
+        params = {"agent": agent} if agent else {}
+        result: SkillList = self._request(
+            "DELETE", f"/v1/skills/{quote(name, safe='')}", SkillList, params=params
+        )
+        return result
+
+    def skill_show(self, name: str, agent: str | None, source: str | None) -> SkillText:
+        params = {k: v for k, v in (("agent", agent), ("source", source)) if v}
+        result: SkillText = self._request(
+            "GET", f"/v1/skills/{quote(name, safe='')}", SkillText, params=params
+        )
+        return result
+
+    def skill_promote(self, name: str, agent: str, to: str | None, replace: bool) -> SkillInfo:
+        body = {"agent": agent, "to": to, "replace": replace}
+        result: SkillInfo = self._request(
+            "POST", f"/v1/skills/{quote(name, safe='')}/promote", SkillInfo, json=body
+        )
+        return result
+
     def reload(self) -> ReloadResult:
         result: ReloadResult = self._request("POST", "/v1/config/reload", ReloadResult, timeout=120)
         return result
@@ -246,6 +299,90 @@ class ControlClient:
             raise not_running(self.paths) from exc
         except FileNotFoundError as exc:
             raise not_running(self.paths) from exc
+
+    # --- automation (legion/automation) ---------------------------------------------
+
+    def call(self, method: str, url: str, model: type[BaseModel] | None = None, **kw: Any) -> Any:
+        """Any control route: the parsed `model`, or the decoded JSON."""
+        return self._request(method, url, model, **kw)
+
+    def cron_jobs(self, agent: str | None = None) -> CronJobList:
+        params = {"agent": agent} if agent else {}
+        result: CronJobList = self._request("GET", "/v1/cron/jobs", CronJobList, params=params)
+        return result
+
+    def cron_add(self, spec: dict[str, Any]) -> CronJob:
+        result: CronJob = self._request("POST", "/v1/cron/jobs", CronJob, json=spec)
+        return result
+
+    def cron_remove(self, job_id: int) -> CronRemoved:
+        result: CronRemoved = self._request("DELETE", f"/v1/cron/jobs/{job_id}", CronRemoved)
+        return result
+
+    def cron_action(self, job_id: int, action: str) -> Any:
+        model: type[BaseModel] = CronRun if action == "run" else CronJob
+        return self._request("POST", f"/v1/cron/jobs/{job_id}/{action}", model)
+
+    def cron_runs(self, job_id: int) -> CronRunList:
+        result: CronRunList = self._request("GET", f"/v1/cron/jobs/{job_id}/runs", CronRunList)
+        return result
+
+    def webhooks(self) -> WebhookList:
+        result: WebhookList = self._request("GET", "/v1/webhooks", WebhookList)
+        return result
+
+    def webhook_add(self, spec: dict[str, Any]) -> WebhookInfo:
+        result: WebhookInfo = self._request("POST", "/v1/webhooks", WebhookInfo, json=spec)
+        return result
+
+    def webhook_remove(self, name: str) -> WebhookRemoved:
+        result: WebhookRemoved = self._request(
+            "DELETE", f"/v1/webhooks/{quote(name, safe='')}", WebhookRemoved
+        )
+        return result
+
+    def webhook_rotate(self, name: str, secret: str) -> WebhookInfo:
+        result: WebhookInfo = self._request(
+            "POST",
+            f"/v1/webhooks/{quote(name, safe='')}/rotate",
+            WebhookInfo,
+            json={"secret": secret},
+        )
+        return result
+
+    def webhook_job(self, job: str) -> WebhookJob:
+        result: WebhookJob = self._request(
+            "GET", f"/v1/webhooks/jobs/{quote(job, safe='')}", WebhookJob
+        )
+        return result
+
+    def steer(self, to: str, text: str) -> SteerQueued:
+        result: SteerQueued = self._request(
+            "POST", "/v1/steer", SteerQueued, json={"to": to, "text": text}
+        )
+        return result
+
+    def browsers(self) -> BrowserList:
+        result: BrowserList = self._request("GET", "/v1/browsers", BrowserList)
+        return result
+
+    def browser_handoff(self, name: str) -> Handoff:
+        result: Handoff = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/handoff", Handoff, timeout=120
+        )
+        return result
+
+    def browser_done(self, name: str, note: str = "") -> BrowserInfo:
+        result: BrowserInfo = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/done", BrowserInfo, json={"note": note}
+        )
+        return result
+
+    def browser_stop(self, name: str) -> BrowserInfo:
+        result: BrowserInfo = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/stop", BrowserInfo, timeout=60
+        )
+        return result
 
     def running(self) -> bool:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import typer
@@ -18,6 +17,7 @@ from legion.cli.common import (
     host_errors,
     usd_parser,
 )
+from legion.config_edit import agent_section, remove_sections
 
 app = typer.Typer(
     help="Manage the fleet: add, list, start, stop, restart, remove agents.", no_args_is_help=True
@@ -35,49 +35,6 @@ def require_valid_name(name: str) -> None:
     problem = check_name(name)
     if problem is not None:
         fail(problem, 2)
-
-
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def agent_section(
-    name: str,
-    model: str | None,
-    role: str | None,
-    team: str | None,
-    budget_daily: float | None,
-    budget_monthly: float | None,
-) -> str:
-    lines = ["", f"[agents.{name}]"]
-    if role:
-        lines.append(f"role = {_toml_str(role)}")
-    if model:
-        lines.append(f"model = {_toml_str(model)}")
-    if team:
-        lines.append(f"team = {_toml_str(team)}")
-    if budget_daily is not None or budget_monthly is not None:
-        lines += ["", f"[agents.{name}.budget]"]
-        if budget_daily is not None:
-            lines.append(f"daily_usd = {budget_daily}")
-        if budget_monthly is not None:
-            lines.append(f"monthly_usd = {budget_monthly}")
-    return "\n".join(lines) + "\n"
-
-
-def remove_sections(text: str, name: str) -> str:
-    """Drop the `[agents.NAME]` and `[agents.NAME.*]` tables, keeping everything else."""
-    header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-    out: list[str] = []
-    skipping = False
-    for line in text.splitlines(keepends=True):
-        m = header.match(line)
-        if m:
-            parts = [p.strip().strip("\"'") for p in m.group(1).split(".")]
-            skipping = len(parts) >= 2 and parts[0] == "agents" and parts[1] == name
-        if not skipping:
-            out.append(line)
-    return "".join(out)
 
 
 def _reload_if_running() -> str:
@@ -240,7 +197,16 @@ def ls(as_json: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(
-        "agent", "state", "model", "team", "restarts/h", "inbox", "last seen", "reason", box=None
+        "agent",
+        "state",
+        "model",
+        "team",
+        "parent",
+        "restarts/h",
+        "inbox",
+        "last seen",
+        "reason",
+        box=None,
     )
     for a in listing.agents:
         style = {"running": "green", "failed": "red", "restarting": "yellow"}.get(a.state, "")
@@ -249,6 +215,7 @@ def ls(as_json: JsonOpt = False) -> None:
             cell(a.state),
             cell(a.model or "-"),
             cell(a.team or "-"),
+            cell(a.parent or "-"),
             str(a.restarts_last_hour),
             str(a.inbox_depth),
             fmt_time(a.last_seen),

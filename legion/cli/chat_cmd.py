@@ -83,6 +83,53 @@ def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) ->
     return 0
 
 
+def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
+    """Steer the agent's running turn (or its next one); print the answer of that turn."""
+    from legion.api.client import ControlClient
+
+    ready, done = threading.Event(), threading.Event()
+    steer_id: list[int] = []
+    outcome: dict[str, Any] = {}
+
+    def follow() -> None:
+        taken = False
+        try:
+            with ControlClient(paths, timeout=timeout_s) as events:
+                for event in events.events(on_open=ready.set):
+                    if getattr(event, "agent", None) != agent or not steer_id:
+                        continue
+                    if event.type == "steer_taken" and event.item_id == steer_id[0]:
+                        taken = True
+                        outcome["into"] = "running turn"
+                    elif event.type == "agent_reply" and (
+                        taken or event.in_reply_to == steer_id[0]
+                    ):
+                        outcome["reply"] = event
+                        return
+        except Exception as exc:
+            outcome["error"] = str(exc)
+        finally:
+            ready.set()
+            done.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    with host_errors(), ControlClient(paths) as client:
+        client.status()
+        if not ready.wait(timeout=30) or "error" in outcome:
+            fail(f"could not follow the host's events: {outcome.get('error', 'timeout')}", 1)
+        steer_id.append(client.steer(agent, text).item_id)
+    if not as_json:
+        sys.stderr.write(f"[steer queued for {agent}: item {steer_id[0]}]\n")
+    if not done.wait(timeout_s) or "reply" not in outcome:
+        fail(outcome.get("error") or f"no answer from {agent} within {timeout_s:.0f}s", 1)
+    reply = outcome["reply"]
+    if as_json:
+        emit_json({"steer_item": steer_id[0], "reply": reply.model_dump()})
+    else:
+        sys.stdout.write(reply.text + "\n")
+    return 0
+
+
 def chat(
     agent: Annotated[str, typer.Argument(help="The agent to talk to.")],
     message: Annotated[
@@ -99,9 +146,21 @@ def chat(
         ),
     ] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply event as JSON.")] = False,
+    steer: Annotated[
+        str | None,
+        typer.Option(
+            "--steer",
+            help="Steer the agent: the text reaches its running turn between two tool rounds "
+            "(or is its next turn when idle), ahead of its queue; prints that turn's answer.",
+        ),
+    ] = None,
 ) -> None:
     """Chat with an agent: its reply streams to stdout as it is generated."""
     paths = State.paths()
+    if steer is not None:
+        if message is not None:
+            fail("--steer takes the text itself; give no MESSAGE with it", 2)
+        raise typer.Exit(_steer(paths, agent, steer, timeout, as_json))
     if message is not None:
         raise typer.Exit(_turn(paths, agent, message, timeout, as_json))
     interactive = sys.stdin.isatty()

@@ -96,8 +96,15 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     if not st.agents:
         typer.echo("no agents configured (add [agents.<name>] to legion.toml)")
     for a in st.agents:
+        wake = (
+            f" wake={a.wake.dispatched}/{a.wake.checks} (skipped {a.wake.skipped})"
+            if a.wake
+            else ""
+        )
+        cron = f" cron={a.cron_jobs}" + (f" ({a.cron_failed} failed)" if a.cron_failed else "")
         echo(
             f"  {a.name:<20} team={a.team or '-':<10} inbox={a.inbox_depth:<6} "
+            f"queue={a.queue_depth} busy={a.in_progress} steers={a.steers_waiting}{cron}{wake} "
             f"last seen {fmt_time(a.last_heartbeat)}"
         )
 

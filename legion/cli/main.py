@@ -11,22 +11,29 @@ from legion.cli import (
     agents_cmd,
     audit_cmd,
     bb,
+    browser_cmd,
     chat_cmd,
     config_cmd,
     costs_cmd,
+    cron_cmd,
     db_cmd,
     host_cmd,
     images_cmd,
     logs_cmd,
+    mcp_cmd,
+    skills_cmd,
     vault_cmd,
+    webhooks_cmd,
 )
 from legion.cli.common import State, echo, emit_json, fmt_time, host_errors, json_line
 
 app = typer.Typer(
     name="legion",
     help="A secure, self-hosted runtime for fleets of LLM agents.\n\n"
-    "Start the host with `legion daemon`, then use the other commands against it.",
-    no_args_is_help=True,
+    "`legion` alone opens the operator's TUI: attached to the daemon of this home when one "
+    "runs, else embedding the host. `legion daemon` runs the host headless; the other "
+    "commands work against it.",
+    invoke_without_command=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -36,6 +43,11 @@ app.add_typer(vault_cmd.app, name="vault")
 app.add_typer(images_cmd.app, name="images")
 app.add_typer(agents_cmd.app, name="agents")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(mcp_cmd.app, name="mcp")
+app.add_typer(skills_cmd.app, name="skills")
+app.add_typer(cron_cmd.app, name="cron")
+app.add_typer(webhooks_cmd.app, name="webhooks")
+app.add_typer(browser_cmd.app, name="browser")
 app.command("chat")(chat_cmd.chat)
 app.command("audit")(audit_cmd.audit)
 app.command("costs")(costs_cmd.costs)
@@ -53,6 +65,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     home: Annotated[
         str | None,
         typer.Option(
@@ -70,6 +83,11 @@ def root(
     ] = False,
 ) -> None:
     State.home = home
+    if ctx.invoked_subcommand is None:
+        # The only import of the TUI (and so of textual) in the CLI: lazy, here.
+        from tui.launch import run
+
+        raise typer.Exit(run(State.paths()))
 
 
 @app.command()

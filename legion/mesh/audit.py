@@ -361,6 +361,7 @@ def query(
     actor: str | None = None,
     since: float | None = None,
     limit: int | None = None,
+    decision: str | None = None,
 ) -> list[AuditRecord]:
     """Records in order, optionally filtered; `limit` keeps the newest ones."""
     where: list[str] = []
@@ -368,6 +369,9 @@ def query(
     if actor is not None:
         where.append("actor = ?")
         args.append(actor)
+    if decision is not None:
+        where.append("decision = ?")
+        args.append(decision)
     if since is not None:
         where.append("ts >= ?")
         args.append(since)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from legion.wire.automation import WakeStatus
 from legion.wire.fields import (
     AgentName,
     BlackboardKey,
@@ -151,7 +152,7 @@ class MessageQueued(BaseModel):
 
 class InboxItem(BaseModel):
     id: int
-    kind: Literal["message", "topic"]
+    kind: Literal["message", "topic", "steer"]
     topic: str | None
     sender: str
     payload: JSONValue
@@ -209,6 +210,12 @@ class AgentStatus(BaseModel):
     socket: str
     inbox_depth: int
     last_heartbeat: float | None
+    queue_depth: int = Field(default=0, description="Items waiting in its lane (not taken).")
+    in_progress: int = Field(default=0, description="Items taken by its runtime, not acked.")
+    steers_waiting: int = Field(default=0, description="Steer messages not taken yet.")
+    cron_jobs: int = 0
+    cron_failed: int = 0
+    wake: WakeStatus | None = Field(default=None, description="Wake checks, when enabled.")
 
 
 class HostStatus(BaseModel):
@@ -262,6 +269,9 @@ class AgentInfo(BaseModel):
     restarts_last_hour: int
     last_seen: float | None
     inbox_depth: int
+    parent: str | None = Field(
+        default=None, description="The agent that spawned it, for a sub-agent; else null."
+    )
 
 
 class AgentList(BaseModel):

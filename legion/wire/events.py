@@ -31,7 +31,7 @@ class InboxQueued(_Event):
     type: Literal["inbox_queued"] = "inbox_queued"
     agent: str
     item_id: int
-    kind: Literal["message", "topic"]
+    kind: Literal["message", "topic", "steer"]
     topic: str | None
     sender: str
 
@@ -65,6 +65,27 @@ class TokenDelta(_Event):
     agent: str
     request_id: str
     text: str
+
+
+class ToolCallStarted(_Event):
+    """A model's reply asked for a tool: its name and arguments (bounded), as the agent got them."""
+
+    type: Literal["tool_call_started"] = "tool_call_started"
+    agent: str
+    request_id: str
+    call_id: str
+    name: str
+    arguments: str = Field(description="The arguments as JSON text, cut at 4000 characters.")
+
+
+class ToolCallFinished(_Event):
+    """The agent sent the tool's result back to the model (seen in its next request)."""
+
+    type: Literal["tool_call_finished"] = "tool_call_finished"
+    agent: str
+    call_id: str
+    name: str
+    result: str = Field(description="The result as the agent sent it, cut at 4000 characters.")
 
 
 class CostUpdated(_Event):
@@ -150,6 +171,89 @@ class EventsLagged(_Event):
     missed: int
 
 
+class CronRunEvent(_Event):
+    """A cron job ran (dispatched), finished, was skipped (overlap, missed) or failed."""
+
+    type: Literal["cron_run"] = "cron_run"
+    job_id: int
+    agent: str
+    name: str
+    run_id: int | None
+    status: Literal["dispatched", "done", "overlap", "missed", "failed"]
+    lateness_s: float = 0.0
+    detail: str = ""
+
+
+class WakeChecked(_Event):
+    """A wake check ran: it started a turn (`dispatched`) or cost nothing."""
+
+    type: Literal["wake_checked"] = "wake_checked"
+    agent: str
+    outcome: Literal["dispatched", "nothing", "busy", "pending"]
+    findings: int
+    skipped_total: int
+
+
+class QueueDepth(_Event):
+    """An agent's lane changed: items waiting, items in progress, steers waiting."""
+
+    type: Literal["queue_depth"] = "queue_depth"
+    agent: str
+    waiting: int
+    in_progress: int
+    steers: int
+
+
+class SteerTaken(_Event):
+    """A steer message reached a running turn (between two tool rounds)."""
+
+    type: Literal["steer_taken"] = "steer_taken"
+    agent: str
+    item_id: int
+    sender: str
+
+
+class WebhookReceived(_Event):
+    type: Literal["webhook_received"] = "webhook_received"
+    hook: str
+    agent: str
+    job: str | None
+    status: Literal["accepted", "refused"]
+    reason: str = ""
+
+
+class BrowserStateChanged(_Event):
+    """An agent's browser container started, stopped (idle, evicted, by the operator) or failed."""
+
+    type: Literal["browser_state"] = "browser_state"
+    agent: str
+    state: Literal["starting", "running", "stopped", "failed"]
+    reason: str = ""
+
+
+class BrowserActed(_Event):
+    """An agent's browser action finished (the TUI's browser panel shows the last one)."""
+
+    type: Literal["browser_action"] = "browser_action"
+    agent: str
+    action: str
+    url: str
+    title: str
+    ok: bool
+    error: str | None = None
+
+
+class BrowserHandoff(_Event):
+    """A human hand-off: the agent asked for one, the operator opened or ended it, or its
+    VNC link expired. The link itself (with its token) is never in an event."""
+
+    type: Literal["browser_handoff"] = "browser_handoff"
+    agent: str
+    state: Literal["requested", "opened", "done", "expired"]
+    reason: str = ""
+    url: str = ""
+
+
 HostEvent = Annotated[
     BlackboardChanged
     | ClaimChanged
@@ -158,6 +262,8 @@ HostEvent = Annotated[
     | AgentHeartbeat
     | AuditAppended
     | TokenDelta
+    | ToolCallStarted
+    | ToolCallFinished
     | CostUpdated
     | ModelFailover
     | OverReservation
@@ -166,7 +272,15 @@ HostEvent = Annotated[
     | AgentStateChanged
     | HostStarted
     | HostStopping
-    | EventsLagged,
+    | EventsLagged
+    | CronRunEvent
+    | WakeChecked
+    | QueueDepth
+    | SteerTaken
+    | WebhookReceived
+    | BrowserStateChanged
+    | BrowserActed
+    | BrowserHandoff,
     Field(discriminator="type"),
 ]
 

@@ -295,9 +295,13 @@ async def test_text_held_back_when_the_agent_leaves_reaches_the_bus_redacted(
         async with agent_client(host.paths, "alice") as alice:
             body = {"messages": [{"role": "user", "content": "go"}], "stream": True}
             async with alice.stream("POST", "/v1/chat/completions", json=body) as response:
+                seen_lead = False
                 async for line in response.aiter_lines():
-                    if lead in line:
-                        break  # gone: the host finds out writing the delta that holds SHORT
+                    if seen_lead and line.startswith("data: "):
+                        # the delta after lead: SHORT, held (its text not sent). Gone now,
+                        # while the host waits for the next one: it cancels the stream then.
+                        break
+                    seen_lead = seen_lead or lead in line
         for _ in range(250):
             booked = host.store.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
             if booked and not host.budgets.open:

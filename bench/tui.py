@@ -1,0 +1,454 @@
+"""The operator's TUI: display lag while 16 agents stream, keypress to paint, first frame.
+
+* Streaming: a host (a child process, as `legion daemon` would be) publishes a token event
+  for each of 16 agents 50 times a second (800 tokens/s); the TUI, attached over the control
+  socket and running in a real pseudo-terminal at 200x60 with all 16 panes open, paints them.
+  Display lag = the wall time a frame with the token is written to the terminal minus the
+  time the host emitted the token (the token's text carries it). A token counts as painted in
+  the first frame written after its pane's Markdown took it in. Target: p99 <= 100 ms.
+* Keypress to paint, while that stream runs: a key typed into the focused pane's input, from
+  the moment the terminal driver reads it to the first frame written after the input shows
+  it. Target: p99 <= 50 ms.
+* First frame: `legion` launched in a pseudo-terminal until its first frame (the header) is
+  on the terminal, attached to a running host and embedding one, against `python3 -c pass`
+  in the same run. Target: <= 1.0 s.
+* Other commands: `legion --help` and `legion status` start as before the TUI arrived: the
+  time of each, and whether textual was imported (it must not be).
+
+All traffic is on Unix sockets and a local pty; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import Report, heading, line, percentile, run_alone, short_home
+
+AGENTS = 16
+RATE = 50.0  # tokens per second per agent
+LAG_TARGET_MS = 100.0
+KEY_TARGET_MS = 50.0
+FIRST_FRAME_TARGET_S = 1.0
+SIZE = (200, 60)
+PARAGRAPH = 60  # tokens per paragraph of the streamed text (a model's prose has paragraphs)
+
+
+def config_text(agents: int) -> str:
+    sections = "\n".join(f'[agents.a{i:02d}]\nrole = "bench"\n' for i in range(agents))
+    return f'[runtime]\nbackend = "none"\n\n{sections}'
+
+
+# --- the host: emits the tokens ---------------------------------------------------------------
+
+
+def host_main(home: str, agents: int, rate: float, seconds: float) -> None:
+    """`python -m bench.tui --host`: a host that streams tokens once the TUI subscribes."""
+
+    async def main() -> None:
+        from legion.config import parse_config
+        from legion.host import Host
+        from legion.paths import Paths
+        from legion.wire.events import TokenDelta
+
+        paths = Paths.resolve(home)
+        async with Host.running(parse_config(config_text(agents)), paths) as host:
+            print("ready", flush=True)
+            while host.blackboard.get("bench/start") is None:  # the TUI opened its panes
+                await asyncio.sleep(0.05)
+            names = [f"a{i:02d}" for i in range(agents)]
+            interval = 1.0 / rate
+            start = time.monotonic()
+            tick = 0
+            while time.monotonic() - start < seconds:
+                tick += 1
+                # prose-like: a word per token, a paragraph every PARAGRAPH tokens
+                end = "\n\n" if tick % PARAGRAPH == 0 else " "
+                for name in names:
+                    stamp = int(time.time() * 1e6)
+                    host.bus.publish(
+                        TokenDelta(
+                            at=time.time(), agent=name, request_id="r", text=f"t{stamp}{end}"
+                        )
+                    )
+                delay = start + tick * interval - time.monotonic()
+                await asyncio.sleep(max(0.0, delay))
+            print("done", flush=True)
+            await host.wait_stopped()
+
+    asyncio.run(main())
+
+
+# --- the TUI, instrumented -----------------------------------------------------------------------
+
+
+def probe_main(home: str, out: str, agents: int, keys: int) -> None:
+    """`python -m bench.tui --probe`: the TUI with timing hooks; writes its samples to `out`."""
+    from textual import events
+    from textual.app import App
+    from textual.driver import Driver
+    from textual.widgets import Input
+
+    from legion.api.hostclient import open_host
+    from legion.paths import Paths
+    from tui.app import LegionApp
+    from tui.widgets.agent_pane import AgentPane, Reply
+
+    token_lag_ms: list[float] = []
+    key_ms: list[float] = []
+    key_arrivals: list[float] = []  # perf_counter when the driver read each key
+    typed: list[int] = [0]  # characters the focused input shows
+    painted_keys: list[int] = [0]
+    in_document: list[int] = []  # token stamps (µs) taken in by a Markdown, not painted yet
+    backlog_max = [0]
+    cpu_start: list[float] = []  # process time and wall time when the stream started
+
+    display = App._display
+
+    def timed_display(self: App[Any], screen: Any, renderable: Any) -> None:
+        display(self, screen, renderable)
+        if renderable is None:
+            return
+        now_wall, now = time.time(), time.perf_counter()
+        for stamp in in_document:
+            token_lag_ms.append((now_wall - stamp / 1e6) * 1e3)
+        in_document.clear()
+        while painted_keys[0] < typed[0] and painted_keys[0] < len(key_arrivals):
+            key_ms.append((now - key_arrivals[painted_keys[0]]) * 1e3)
+            painted_keys[0] += 1
+
+    App._display = timed_display  # type: ignore[method-assign]
+
+    process = Driver.process_message
+
+    def timed_process(self: Driver, message: Any) -> None:
+        if isinstance(message, events.Key) and message.character == "x":
+            key_arrivals.append(time.perf_counter())
+        process(self, message)
+
+    Driver.process_message = timed_process  # type: ignore[method-assign]
+
+    append = Reply.append
+
+    async def timed_append(self: Reply, markdown: str) -> Any:
+        stamps = [int(w[1:]) for w in markdown.split() if w.startswith("t") and w[1:].isdigit()]
+        result = await append(self, markdown)
+        in_document.extend(stamps)
+        stream = self.stream
+        if stream is not None:
+            backlog_max[0] = max(backlog_max[0], len(stream._pending))
+        return result
+
+    Reply.append = timed_append  # type: ignore[method-assign]
+
+    on_changed = Input._watch_value
+
+    def timed_changed(self: Input, value: str) -> None:
+        on_changed(self, value)
+        typed[0] = max(typed[0], value.count("x"))
+
+    Input._watch_value = timed_changed  # type: ignore[method-assign]
+
+    paths = Paths.resolve(home)
+    profiler = None
+    if os.environ.get("BENCH_TUI_PROFILE"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+
+    class ProbeApp(LegionApp):
+        CSS_PATH = str(Path(sys.modules[LegionApp.__module__].__file__ or "").parent / "app.tcss")
+
+        def on_ready(self) -> None:
+            self.run_worker(driver(), exit_on_error=False)
+
+    app = ProbeApp(lambda: open_host(paths), home=home, refresh_s=2.0)
+
+    async def driver() -> None:
+        async with asyncio.timeout(60):
+            while not (app.loaded.is_set() and app.subscribed.is_set()):
+                await asyncio.sleep(0.05)
+        for name in sorted(app.state.agents):
+            await app.fleet.open_agent(name)
+        panes = list(app.fleet.query(AgentPane))
+        panes[0].focus_input()
+        assert app.client is not None
+        await app.client.bb_put("bench/start", True)  # the host starts streaming
+        Path(out + ".ready").write_text(str(len(panes)))  # the parent starts typing
+        cpu_start[:] = [time.process_time(), time.monotonic()]
+        while True:  # the samples so far, in case the TUI cannot quit in time
+            await asyncio.sleep(1.0)
+            dump()
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(os.environ["BENCH_TUI_PROFILE"])
+                profiler.enable()
+
+    def dump() -> None:
+        Path(out).write_text(
+            json.dumps(
+                {
+                    "token_lag_ms": token_lag_ms,
+                    "key_ms": key_ms,
+                    "keys_sent": len(key_arrivals),
+                    "backlog_max": backlog_max[0],
+                    "quit": False,
+                    "cpu_share": (time.process_time() - cpu_start[0])
+                    / max(1e-9, time.monotonic() - cpu_start[1])
+                    if cpu_start
+                    else None,
+                }
+            )
+        )
+
+    if profiler is not None:
+        profiler.enable()
+    asyncio.run(app.run_async())
+    dump()
+
+
+# --- running things in a pseudo-terminal ----------------------------------------------------------
+
+
+class Pty:
+    """A child process on a pseudo-terminal of `size`; the parent drains and writes it."""
+
+    def __init__(self, argv: list[str], size: tuple[int, int], env: dict[str, str]) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+        os.close(slave)
+        self.seen = b""
+
+    def read(self, timeout: float) -> bytes:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return b""
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:
+            return b""
+        self.seen = (self.seen + data)[-200_000:]
+        return data
+
+    def wait_for(self, needle: bytes, timeout: float) -> float | None:
+        """perf_counter when `needle` appeared, or None."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            self.read(0.02)
+            if needle in self.seen:
+                return time.perf_counter()
+        return None
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        os.close(self.master)
+
+
+def tui_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    env["TERM"] = "xterm-256color"
+    return env
+
+
+# --- the measurements --------------------------------------------------------------------------
+
+
+def streaming(report: Report, quick: bool) -> None:
+    seconds = 8.0 if quick else 20.0
+    keys = 40 if quick else 120
+    heading(f"tui: {AGENTS} agents x {RATE:.0f} tokens/s into 16 panes at {SIZE[0]}x{SIZE[1]}")
+    with short_home("lgt-") as home:
+        (home / "legion.toml").write_text(config_text(AGENTS))
+        host = subprocess.Popen(
+            [sys.executable, "-m", "bench.tui", "--host", str(home), str(AGENTS), str(RATE),
+             str(seconds)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert host.stdout is not None
+        assert host.stdout.readline().strip() == "ready"
+        out = home / "probe.json"
+        probe = Pty(
+            [sys.executable, "-m", "bench.tui", "--probe", str(home), str(out), str(AGENTS),
+             str(keys)],
+            SIZE, tui_env(),
+        )  # fmt: skip
+        try:
+            ready = Path(str(out) + ".ready")
+            deadline = time.monotonic() + 90
+            while not ready.exists() and time.monotonic() < deadline:
+                probe.read(0.05)
+            assert ready.exists() and ready.read_text() == str(AGENTS), probe.seen[-2000:]
+            # type while the host streams: one key every 100 ms
+            time.sleep(4.0)
+            for _ in range(keys):
+                probe.write(b"x")
+                probe.read(0.1)
+            while host.poll() is None and not _done(host):
+                probe.read(0.1)
+            probe.write(b"\x11")  # ctrl+q
+            deadline = time.monotonic() + 20
+            while probe.proc.poll() is None and time.monotonic() < deadline:
+                probe.read(0.1)
+            if probe.proc.poll() is None:
+                line("the TUI did not quit; its last output: " + repr(probe.seen[-600:]))
+        finally:
+            probe.close()
+            host.send_signal(signal.SIGTERM)
+            host.wait(20)
+        result = json.loads(out.read_text())
+    lags, key_ms = result["token_lag_ms"], result["key_ms"]
+    if not lags:
+        report.check("display lag", False, "no token was painted")
+        return
+    if not key_ms:
+        key_ms = [float("inf")]  # no key was painted before the TUI was stopped
+    expected = int(AGENTS * RATE * seconds)
+    line(f"tokens painted: {len(lags)} of {expected} emitted; Markdown backlog max "
+         f"{result['backlog_max']} fragments; the TUI used {result['cpu_share']:.2f} of a core "
+         f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")  # fmt: skip
+    line(f"display lag: p50 {percentile(lags, 50):.1f} ms  p90 {percentile(lags, 90):.1f} ms  "
+         f"p99 {percentile(lags, 99):.1f} ms  max {max(lags):.1f} ms")  # fmt: skip
+    k50, k99 = percentile(key_ms, 50), percentile(key_ms, 99)
+    line(f"keypress to paint: p50 {k50:.1f} ms  p99 {k99:.1f} ms  "
+         f"(n={len(key_ms)} of {result['keys_sent']} typed)")  # fmt: skip
+    p99 = percentile(lags, 99)
+    report.check(
+        "display lag p99", p99 <= LAG_TARGET_MS, f"{p99:.1f} ms (target <= {LAG_TARGET_MS:.0f} ms)"
+    )
+    k99 = percentile(key_ms, 99)
+    report.check(
+        "keypress to paint p99 while streaming",
+        k99 <= KEY_TARGET_MS,
+        f"{k99:.1f} ms (target <= {KEY_TARGET_MS:.0f} ms)",
+    )
+
+
+def _done(host: subprocess.Popen[str]) -> bool:
+    assert host.stdout is not None
+    ready, _, _ = select.select([host.stdout], [], [], 0)
+    return bool(ready) and host.stdout.readline().strip() == "done"
+
+
+def first_frame(report: Report, quick: bool) -> None:
+    runs = 3 if quick else 7
+    heading("tui: first frame from launch")
+    legion = [sys.executable, "-m", "legion"]
+    base = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(["python3", "-c", "pass"], check=True)
+        base.append(time.perf_counter() - started)
+    results: dict[str, list[float]] = {"attached": [], "embedded": []}
+    for mode in ("attached", "embedded"):
+        with short_home("lgf-") as home:
+            (home / "legion.toml").write_text(config_text(4))
+            daemon = None
+            if mode == "attached":
+                daemon = subprocess.Popen(
+                    [*legion, "--home", str(home), "daemon"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                deadline = time.monotonic() + 30
+                while not (home / "run" / "control.sock").exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            try:
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    term = Pty([*legion, "--home", str(home)], (120, 40), tui_env())
+                    try:
+                        # the header is the first thing painted
+                        seen = term.wait_for(b"legion \xc2\xb7", 20)
+                        if seen is not None:
+                            results[mode].append(seen - started)
+                        term.wait_for(b"a03", 20)  # fully up before quitting
+                        term.write(b"\x11")
+                        deadline = time.monotonic() + 20
+                        while term.proc.poll() is None and time.monotonic() < deadline:
+                            term.read(0.05)
+                    finally:
+                        term.close()
+            finally:
+                if daemon is not None:
+                    daemon.send_signal(signal.SIGTERM)
+                    daemon.wait(20)
+    b50 = statistics.median(base)
+    line(f"python3 -c pass: median {b50 * 1e3:.0f} ms (n={runs})")
+    for mode, samples in results.items():
+        if not samples:
+            report.check(f"first frame, {mode}", False, "never painted")
+            continue
+        med = statistics.median(samples)
+        line(f"first frame, {mode}: median {med * 1e3:.0f} ms, max {max(samples) * 1e3:.0f} ms "
+             f"({med / b50:.1f}x python3 -c pass)")  # fmt: skip
+        report.check(
+            f"first frame, {mode}",
+            med <= FIRST_FRAME_TARGET_S,
+            f"{med:.2f} s (target <= {FIRST_FRAME_TARGET_S:.1f} s)",
+        )
+
+
+def other_commands(report: Report, quick: bool) -> None:
+    runs = 3 if quick else 7
+    heading("tui: other commands start without textual")
+    probe = (
+        "import sys, runpy; sys.argv = ['legion'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('legion', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('TEXTUAL' if 'textual' in sys.modules else 'HEADLESS', file=sys.stderr)"
+    )
+    with short_home("lgc-") as home:
+        for argv in (["--help"], ["--home", str(home), "status"]):
+            samples, imported = [], set()
+            for _ in range(runs):
+                started = time.perf_counter()
+                run = subprocess.run(
+                    [sys.executable, "-c", probe, *argv], capture_output=True, text=True
+                )
+                samples.append(time.perf_counter() - started)
+                imported.add(run.stderr.strip().splitlines()[-1])
+            med = statistics.median(samples)
+            name = "legion " + " ".join(a for a in argv if not a.startswith("/"))
+            line(f"{name}: median {med * 1e3:.0f} ms; {', '.join(sorted(imported))}")
+            report.check(f"{name} never imports textual", imported == {"HEADLESS"}, str(imported))
+
+
+def run(quick: bool = False, profile: str | None = None) -> Report:
+    report = Report("tui")
+    streaming(report, quick)
+    first_frame(report, quick)
+    other_commands(report, quick)
+    return report
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--host":
+        host_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--probe":
+        probe_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        sys.exit(run_alone(run, __doc__, "tui"))

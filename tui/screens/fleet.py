@@ -1,0 +1,201 @@
+"""The fleet screen: sidebar of agents, their panes in a grid, the events ticker."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.events import Resize
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from tui.keys import bindings
+from tui.state import Change, Item
+from tui.widgets.agent_pane import AgentPane
+from tui.widgets.pane_grid import PaneGrid
+from tui.widgets.sidebar import FleetSidebar
+from tui.widgets.ticker import EventsTicker
+
+if TYPE_CHECKING:
+    from tui.app import LegionApp
+
+PAINT_S = 1 / 20  # streamed tokens reach their panes' Markdown at most this often
+NARROW = 100  # below this many columns the sidebar collapses and panes stack
+
+
+def coalesce(items: list[tuple[str, str, Item]]) -> list[tuple[str, str, Item]]:
+    """Join the tokens a batch brought for one reply into one write (one Markdown append)."""
+    out: list[tuple[str, str, Item]] = []
+    for agent, op, item in items:
+        if op.startswith("token:") and out:
+            _, last_op, last_item = out[-1]
+            if last_item is item and last_op.startswith("token:"):
+                out[-1] = (agent, last_op + op[6:], item)
+                continue
+        out.append((agent, op, item))
+    return out
+
+
+class FleetScreen(Screen[None]):
+    CSS_PATH = "fleet.tcss"
+    BINDINGS = bindings("fleet")
+
+    @property
+    def legion(self) -> LegionApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield self.legion.make_header()
+        with Horizontal(id="body"):
+            yield FleetSidebar(id="sidebar")
+            with Vertical(id="main"):
+                with PaneGrid(id="grid"):
+                    yield Static(
+                        "No pane open. Pick an agent in the sidebar and press Enter, "
+                        "or Ctrl+P for every command.",
+                        id="empty",
+                    )
+                yield EventsTicker()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sync_all()
+        self.query_one(FleetSidebar).focus()
+        self.set_interval(PAINT_S, self._flush_tokens)
+
+    async def _flush_tokens(self) -> None:
+        for pane in self.query(AgentPane):
+            if pane.has_tokens:
+                await pane.flush()
+
+    # --- what the app tells us ------------------------------------------------------
+
+    def sync_all(self) -> None:
+        self.query_one(FleetSidebar).sync(self.legion.state.agents)
+        self.query_one(EventsTicker).add(list(self.legion.state.ticker))
+        for pane in self.query(AgentPane):
+            pane.show_title()
+
+    async def apply(self, change: Change) -> None:
+        sidebar = self.query_one(FleetSidebar)
+        sidebar.sync(self.legion.state.agents, change.agents)
+        panes = {p.agent: p for p in self.query(AgentPane)}
+        for name in change.agents:
+            if name in panes:
+                panes[name].show_title()
+        for agent, op, item in coalesce(change.items):
+            pane = panes.get(agent)
+            if pane is not None:
+                await pane.show_item(op, item)
+        self.query_one(EventsTicker).add(change.ticks)
+
+    # --- layout ----------------------------------------------------------------------
+
+    def on_resize(self, event: Resize) -> None:
+        self._layout(event.size.width)
+
+    def _layout(self, width: int) -> None:
+        narrow = width < NARROW
+        self.set_class(narrow, "-narrow")
+        grid = self.query_one(PaneGrid)
+        grid.layout_for(width)
+        if narrow and not grid.panes():
+            self.add_class("-sidebar-shown")  # nothing else to show: the fleet, full width
+
+    # --- panes -------------------------------------------------------------------------
+
+    @on(FleetSidebar.OpenPane)
+    async def open_pane(self, message: FleetSidebar.OpenPane) -> None:
+        await self.open_agent(message.agent)
+
+    async def open_agent(self, agent: str) -> AgentPane | None:
+        if agent not in self.legion.state.agents:
+            return None
+        grid = self.query_one(PaneGrid)
+        existing = grid.query(f"#pane-{agent}")
+        if existing:
+            pane = existing.first(AgentPane)
+        else:
+            for empty in grid.query("#empty"):
+                await empty.remove()
+            pane = AgentPane(self.legion.state.agents[agent])
+            await grid.mount(pane)
+            self.remove_class("-sidebar-shown")
+            self._layout(self.size.width)
+        if grid.has_class("-zoomed"):
+            self._zoom_to(pane)
+        pane.focus_input()
+        self.call_after_refresh(pane.focus_input)  # a pane mounted just now: after its compose
+        return pane
+
+    def _focused_pane(self) -> AgentPane | None:
+        node = self.focused
+        while node is not None and not isinstance(node, AgentPane):
+            node = node.parent  # type: ignore[assignment]
+        return node
+
+    def _step(self, delta: int) -> None:
+        panes = self.query_one(PaneGrid).panes()
+        if not panes:
+            return
+        current = self._focused_pane()
+        index = panes.index(current) if current in panes else -1
+        target = panes[(index + delta) % len(panes)]
+        if self.query_one(PaneGrid).has_class("-zoomed"):
+            self._zoom_to(target)
+        target.focus_input()
+
+    def action_next_pane(self) -> None:
+        self._step(1)
+
+    def action_prev_pane(self) -> None:
+        self._step(-1)
+
+    def _zoom_to(self, pane: AgentPane) -> None:
+        for other in self.query_one(PaneGrid).panes():
+            other.set_class(other is pane, "-zoom")
+
+    def action_zoom(self) -> None:
+        grid = self.query_one(PaneGrid)
+        pane = self._focused_pane() or next(iter(grid.panes()), None)
+        if grid.has_class("-zoomed") or pane is None:
+            grid.remove_class("-zoomed")
+            return
+        self._zoom_to(pane)
+        grid.add_class("-zoomed")
+        pane.focus_input()
+
+    async def action_close_pane(self) -> None:
+        pane = self._focused_pane()
+        if pane is None:
+            return
+        await pane.remove()
+        grid = self.query_one(PaneGrid)
+        if not grid.panes():
+            grid.remove_class("-zoomed")
+            self.query_one(FleetSidebar).focus()
+        else:
+            grid.panes()[0].focus_input()
+        self._layout(self.size.width)
+
+    def action_toggle_sidebar(self) -> None:
+        self.toggle_class("-sidebar-hidden" if not self.has_class("-narrow") else "-sidebar-shown")
+
+    def action_focus_sidebar(self) -> None:
+        if self.has_class("-narrow"):
+            self.add_class("-sidebar-shown")
+        self.query_one(FleetSidebar).focus()
+
+    @on(AgentPane.Send)
+    def send(self, message: AgentPane.Send) -> None:
+        self.legion.chat(message.agent, message.text)
+
+    @on(FleetSidebar.Selected)
+    async def selected(self, message: FleetSidebar.Selected) -> None:
+        agent = getattr(message.item, "agent", None)
+        if agent:
+            if self.has_class("-narrow"):
+                self.remove_class("-sidebar-shown")
+            await self.open_agent(agent)

@@ -1,0 +1,71 @@
+"""One agent in the fleet sidebar: state, what it is doing, queue depth, spend gauge."""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.widget import Widget
+from textual.widgets import ListItem
+
+from tui.state import AgentView
+from tui.text import safe
+from tui.widgets.gauge import bar, level, money
+
+STATE_STYLE = {
+    "idle": "$success",
+    "queued": "$accent",
+    "thinking": "$primary",
+    "tool": "$secondary",
+    "starting": "$warning",
+    "paused": "$warning",
+    "failed": "$error",
+    "stopped": "$text-muted",
+}
+LABEL = {"tool": "running a tool", "queued": "queued"}
+GAUGE_STYLE = {"ok": "$success", "warn": "$warning", "over": "$error", "none": "$text-muted"}
+
+
+def row_content(view: AgentView, width: int = 26) -> Content:
+    activity = view.activity
+    label = LABEL.get(activity, activity)
+    doing = view.refused or view.doing or (view.reason if activity == "failed" else "")
+    share = view.budget_share
+    gauge_width = max(4, width - 18)
+    return Content.assemble(
+        ("● ", STATE_STYLE.get(activity, "")),
+        (safe(view.name), "bold"),
+        "  ",
+        (label, STATE_STYLE.get(activity, "")),
+        "\n  ",
+        (safe(doing)[: width - 2] or "-", "$text-muted" if not view.refused else "$error"),
+        "\n  ",
+        (bar(share, gauge_width), GAUGE_STYLE[level(share)]),
+        f" {money(view.today_usd)} q{view.queue}",
+    )
+
+
+class RowBody(Widget):
+    """Renders its agent's view as it is now (the view is the state's, updated in place)."""
+
+    DEFAULT_CSS = "RowBody { height: 3; width: 1fr; }"
+
+    def __init__(self, view: AgentView) -> None:
+        super().__init__()
+        self.view = view
+
+    def render(self) -> Content:
+        return row_content(self.view, max(20, self.size.width))
+
+
+class AgentRow(ListItem):
+    DEFAULT_CSS = """
+    AgentRow { height: 3; padding: 0 0 0 1; }
+    """
+
+    def __init__(self, view: AgentView) -> None:
+        super().__init__(RowBody(view), id=f"agent-{view.name}", name=view.name)
+        self.agent = view.name
+
+    def show(self, view: AgentView) -> None:
+        body = self.query_one(RowBody)
+        body.view = view
+        body.refresh()
