@@ -451,3 +451,41 @@ async def test_issue_10_a_damaged_rollup_never_stops_the_host_or_the_cli(
     costs = run_costs(home, monkeypatch)
     (alpha,) = [a for a in costs["agents"] if a["agent"] == "alpha"]  # type: ignore[union-attr,index]
     assert alpha["month_usd"] == pytest.approx(0.5)
+
+
+def test_issue_10_damaged_and_hostile_archive_files_are_named_never_a_hang(home: Path) -> None:
+    """issue 10 (attack: a damaged or hostile file given to `legion db verify-archive`): junk,
+    a gzip cut short, a corrupt deflate stream, a FIFO (never waited on) and a gzip bomb
+    (one endless line, refused at 16 MiB, not read into memory) are each broken with a
+    reason; the CLI exits 1 with no traceback."""
+    good_line = json.dumps({"seq": 1}).encode() + b"\n"
+    whole = gzip.compress(good_line * 200)
+    bomb = home / "bomb.jsonl.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as f:
+        chunk = b"a" * (1024 * 1024)
+        for _ in range(40):  # 40 MiB without a newline, about 40 KB on disk
+            f.write(chunk)
+    corrupt = bytearray(gzip.compress(os.urandom(4096)))
+    corrupt[20:40] = b"\xff" * 20
+    cases = {
+        "junk": b"this is not gzip at all\n",
+        "cut": whole[: len(whole) // 2],
+        "corrupt": bytes(corrupt),
+    }
+    files = []
+    for name, data in cases.items():
+        path = home / f"{name}.jsonl.gz"
+        path.write_bytes(data)
+        files.append(path)
+    fifo = home / "fifo.jsonl.gz"
+    os.mkfifo(fifo)
+    files += [fifo, bomb]
+    for path in files:
+        result = verify_archive(path, None)
+        assert result.status == "broken" and result.reason, (path.name, result)
+    assert "regular file" in (verify_archive(fifo, None).reason or "")
+    assert "longer than" in (verify_archive(bomb, None).reason or "")
+    run = cli(home, "db", "verify-archive", *map(str, files), "--json")
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert [r["status"] for r in json.loads(run.stdout)] == ["broken"] * len(files)

@@ -22,13 +22,17 @@ def _mb(n: int | float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-@app.command("stats")
-def stats(as_json: JsonOpt = False) -> None:
-    """Sizes of host.db, and what the next retention pass will do.
+STATS_HELP = (
+    "Sizes of host.db, and what the next retention pass will do.\n\n"
+    "Per table and index; the audit log (records kept, sealed, archived) and the ledger "
+    "(rows, daily rollups). Asks the running host; with the host stopped, reads host.db "
+    "itself (read-only)."
+)
 
-    Per table and index; the audit log (records kept, sealed, archived) and the ledger (rows,
-    daily rollups). Asks the running host; with the host stopped, reads host.db itself
-    (read-only)."""
+
+@app.command("stats", help=STATS_HELP)
+def stats(as_json: JsonOpt = False) -> None:
+    """Sizes of host.db, and what the next retention pass will do (`STATS_HELP`)."""
     from legion.api.client import ControlClient
 
     with ControlClient(State.paths()) as client:
@@ -98,17 +102,21 @@ def _print_stats(s: Any) -> None:
     typer.echo(f"  give back {p.free_pages:,} free pages ({_mb(p.free_pages * s.page_size)})")
 
 
-@app.command("prune")
+PRUNE_HELP = (
+    "Run a retention pass now (needs the running host).\n\n"
+    "Rolls up old ledger rows, archives and deletes old audit records, gives free pages "
+    "back to the file system; --dry-run only shows what it would do."
+)
+
+
+@app.command("prune", help=PRUNE_HELP)
 def prune(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only show what a pass would do.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a retention pass now (needs the running host).
-
-    Rolls up old ledger rows, archives and deletes old audit records, gives free pages back
-    to the file system; --dry-run only shows what it would do."""
+    """Run a retention pass now (`PRUNE_HELP`)."""
     from legion.api.client import ControlClient
 
     with host_errors(), ControlClient(State.paths()) as client:
@@ -141,7 +149,15 @@ def prune(
     )
 
 
-@app.command("verify-archive")
+VERIFY_HELP = (
+    "Check audit archives on their own, wherever they are.\n\n"
+    "Each file's hash chain, its line hash and its seal (signed with the vault's audit key; "
+    "without the key, the chain only). Exit 0 all ok, 1 one is broken, 2 a seal could not "
+    "be checked."
+)
+
+
+@app.command("verify-archive", help=VERIFY_HELP)
 def verify_archive_cmd(
     files: Annotated[
         list[Path] | None,
@@ -151,11 +167,7 @@ def verify_archive_cmd(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check audit archives on their own, wherever they are.
-
-    Each file's hash chain, its line hash and its seal (signed with the vault's audit key;
-    without the key, the chain only). Exit 0 all ok, 1 one is broken, 2 a seal could not be
-    checked."""
+    """Check audit archives on their own (`VERIFY_HELP`)."""
     from legion.gateway.vault import read_audit_key
     from legion.mesh.audit_archive import verify_archive
     from legion.retention import archive_dir

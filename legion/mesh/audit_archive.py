@@ -25,7 +25,9 @@ import hashlib
 import hmac
 import json
 import os
+import stat
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,9 +229,25 @@ class ArchiveResult:
         return out
 
 
+MAX_LINE_BYTES = 16 * 1024 * 1024  # far above any record; a gzip bomb is refused, not read
+
+
 def _lines(path: Path) -> Iterator[bytes]:
-    with gzip.open(path, "rb") as f:
-        yield from f
+    """The file's lines, decompressed. Only a regular file is read (a FIFO or a device is
+    refused, never waited on), and no line may exceed MAX_LINE_BYTES once decompressed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        raw = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with raw, gzip.GzipFile(fileobj=raw, mode="rb") as f:
+        while line := f.readline(MAX_LINE_BYTES + 1):
+            if len(line) > MAX_LINE_BYTES:
+                raise ValueError(f"a line longer than {MAX_LINE_BYTES} bytes (not an archive)")
+            yield line
 
 
 def verify_archive(path: Path, key: bytes | None, *, keep_hashes: bool = False) -> ArchiveResult:
@@ -273,7 +291,7 @@ def verify_archive(path: Path, key: bytes | None, *, keep_hashes: bool = False) 
             result.last = seq
             result.count += 1
             expected = seq + 1
-    except (OSError, EOFError, ValueError, KeyError, TypeError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zlib.error) as exc:
         result.reason = f"cannot read it: {exc}"
         return result
     result.hash = prev

@@ -39,6 +39,8 @@ ROW_OVERHEAD = 200  # bytes counted per cached row besides its value
 HISTORY_BYTES = 64 * 1024 * 1024
 COLLECT_BATCH = 1000  # expired entries deleted per transaction
 SCAN_CHUNK = 1000  # rows a listing reads per query
+LIST_MAX_ENTRIES = 10_000  # one listing returns at most this many entries ...
+LIST_MAX_BYTES = 8 * 1024 * 1024  # ... and about this many bytes of values (`truncated`)
 # Keys are ASCII letters, digits, ._:@+=- and '/': a prefix with anything else matches none.
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._:@+=/-]*")
 _SELECT = "SELECT key, value, version, writer, updated_at, expires_at FROM blackboard"
@@ -103,6 +105,14 @@ class _Row:
             updated_at=self.updated_at,
             expires_at=self.expires_at,
         )
+
+
+@dataclass(slots=True)
+class _Scan:
+    """What one listing has read so far."""
+
+    bytes: int = 0  # of value text
+    truncated: bool = False  # stopped with readable entries left
 
 
 @dataclass(slots=True)
@@ -231,28 +241,33 @@ class Blackboard:
         self,
         prefix: str = "",
         readable: Callable[[str], bool] | None = None,
-        limit: int = 10000,
+        limit: int = LIST_MAX_ENTRIES,
         within: list[str] | None = None,
+        max_bytes: int = LIST_MAX_BYTES,
     ) -> list[BlackboardEntry]:
         """Live entries under `prefix`, in key order: range scans of the primary key, only
         of the ranges that start with one of `within` (the literal prefixes of the caller's
         read patterns; None: everything), so a listing costs what the caller may see."""
-        return [e for part in self._scan(prefix, readable, limit, within) for e in part]
+        parts = self._scan(prefix, readable, limit, within, max_bytes, _Scan())
+        return [e for part in parts for e in part]
 
     async def list_entries(
         self,
         prefix: str = "",
         readable: Callable[[str], bool] | None = None,
-        limit: int = 10000,
+        limit: int = LIST_MAX_ENTRIES,
         within: list[str] | None = None,
-    ) -> list[BlackboardEntry]:
+        max_bytes: int = LIST_MAX_BYTES,
+    ) -> tuple[list[BlackboardEntry], bool]:
         """`entries`, letting the event loop run between chunks of `SCAN_CHUNK` rows read (a
-        reader whose patterns start with a wildcard scans every key)."""
+        reader whose patterns start with a wildcard scans every key), and whether the
+        listing stopped at `limit` entries or `max_bytes` of values with more left."""
         out: list[BlackboardEntry] = []
-        for part in self._scan(prefix, readable, limit, within):
+        scan = _Scan()
+        for part in self._scan(prefix, readable, limit, within, max_bytes, scan):
             out += part
             await asyncio.sleep(0)
-        return out
+        return out, scan.truncated
 
     def _scan(
         self,
@@ -260,9 +275,13 @@ class Blackboard:
         readable: Callable[[str], bool] | None,
         limit: int,
         within: list[str] | None,
+        max_bytes: int,
+        scan: _Scan,
     ) -> Iterator[list[BlackboardEntry]]:
         """Chunks of the listing, each one short query (keyset pagination: no cursor stays
-        open between chunks, so the caller may yield to other writers in between)."""
+        open between chunks, so the caller may yield to other writers in between). Stops
+        (`scan.truncated`) at `limit` entries or once their values pass `max_bytes`: a
+        listing's memory and the time to encode it stay bounded however big the values."""
         now = self.clock()
         found = 0
         for base in scan_bases(prefix, within):
@@ -283,13 +302,16 @@ class Blackboard:
                 for key, value, version, writer, updated_at, expires_at in rows:
                     if readable is not None and not readable(key):
                         continue
+                    full = scan.bytes + len(value) > max_bytes and (found or part)
+                    if found + len(part) >= limit or full:
+                        scan.truncated = True
+                        yield part
+                        return
+                    scan.bytes += len(value)
                     row = self._cache.get(key)
                     if row is None:
                         row = _Row(json.loads(value), version, writer, updated_at, expires_at)
                     part.append(row.entry(key))
-                    if found + len(part) >= limit:
-                        yield part
-                        return
                 found += len(part)
                 yield part
                 if len(rows) < SCAN_CHUNK:

@@ -463,11 +463,48 @@ async def test_issue_10_a_long_listing_lets_the_loop_run_and_misses_nothing(home
 
     task = asyncio.create_task(meanwhile())
     try:
-        listed = await bb.list_entries("", readable=lambda k: k.endswith("3"), within=[""])
+        listed, _ = await bb.list_entries("", readable=lambda k: k.endswith("3"), within=[""])
     finally:
         task.cancel()
     expected = [f"x/k{i:05d}" for i in range(3 * SCAN_CHUNK + 7) if str(i).endswith("3")]
     assert [e.key for e in listed if e.key.startswith("x/")] == expected
     assert ticks >= 3  # the loop ran between the chunks
-    limited = await bb.list_entries("x/", limit=SCAN_CHUNK + 5)
+    limited, truncated = await bb.list_entries("x/", limit=SCAN_CHUNK + 5)
     assert [e.key for e in limited] == [f"x/k{i:05d}" for i in range(SCAN_CHUNK + 5)]
+    assert truncated
+    assert (await bb.list_entries("x/", limit=3 * SCAN_CHUNK + 7))[1] is False  # all of them
+
+
+async def test_issue_10_a_listing_of_giant_values_is_bounded_and_says_so(tmp_path: Path) -> None:
+    """issue 10 (attack: an agent fills a prefix with values at the size cap, then lists it
+    over and over): one listing returns about 8 MiB of values at most, with `truncated:
+    true`, instead of building every value of 10,000 entries (640 MB) in the host's memory
+    and encoding it on the loop; a longer prefix lists the rest."""
+    from legion.mesh.blackboard import LIST_MAX_BYTES
+
+    home = Path(tempfile.mkdtemp(prefix="lg-", dir="/tmp"))
+    text = """
+[host]
+durability = "normal"
+
+[agents.alpha.permissions]
+blackboard_read = ["big/**"]
+blackboard_write = ["big/**"]
+"""
+    pad = "x" * 60_000
+    async with (
+        Host.running(parse_config(text), Paths.resolve(home)) as host,
+        agent_client(host.paths, "alpha") as alpha,
+    ):
+        for i in range(200):  # 12 MB of values
+            r = await alpha.put(f"/v1/blackboard/entries/big/{i:03d}", json={"value": pad})
+            assert r.status_code == 200, r.text
+        r = await alpha.get("/v1/blackboard/entries", params={"prefix": "big/"})
+        assert r.status_code == 200, r.text
+        listing = r.json()
+        assert listing["truncated"] is True
+        shown = len(listing["entries"])
+        assert shown == LIST_MAX_BYTES // (len(pad) + 2)  # whole entries up to the bound
+        assert len(r.content) < LIST_MAX_BYTES * 1.05
+        rest = await alpha.get("/v1/blackboard/entries", params={"prefix": "big/19"})
+        assert rest.json()["truncated"] is False and len(rest.json()["entries"]) == 10
