@@ -34,6 +34,8 @@ from bench._common import Report, heading, line, run_alone, short_home
 
 WRITE_TARGET = 0.5
 READ_TARGET = 100_000.0
+START_RATIO_TARGET = 1.5  # host start with 100k keys vs with none
+START_MIB_TARGET = 8.0  # and the memory they may add
 LIST_RATIO_TARGET = 2.0
 BOARD_SIZES = (1_000, 100_000)
 KEYS = 1000
@@ -221,6 +223,54 @@ def _listing(home: Path, rounds: int, calls: int) -> dict[int, dict[str, list[fl
     return out
 
 
+HOST_START = """
+import asyncio, sys, time
+from pathlib import Path
+from legion.config import parse_config
+from legion.host import Host
+from legion.paths import Paths
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+async def main() -> None:
+    before = rss_kib()
+    t0 = time.perf_counter()
+    config = parse_config('[runtime]\\nbackend = "none"\\n')
+    async with Host.running(config, Paths.resolve(Path(sys.argv[1]))):
+        print(time.perf_counter() - t0, rss_kib() - before, rss_kib())
+
+asyncio.run(main())
+"""
+
+
+def _host_start(home: Path, size: int, runs: int) -> tuple[float, float, float]:
+    """Median seconds for `Host.running` to start on a host.db holding `size` keys, and the
+    process's RSS growth over that start and its RSS after, MiB (a fresh process each,
+    after one start that is not counted)."""
+    import subprocess
+
+    where = home / f"start-{size}"
+    where.mkdir(mode=0o700)
+    _fill(where / "host.db", size)
+    took, grew, rss = [], [], []
+    for i in range(runs + 1):  # the first start makes the vault and the anchor: not counted
+        out = subprocess.run(
+            [sys.executable, "-c", HOST_START, str(where)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout.split()
+        if i == 0:
+            continue
+        took.append(float(out[0]))
+        grew.append(int(out[1]) / 1024)
+        rss.append(int(out[2]) / 1024)
+    return statistics.median(took), statistics.median(grew), statistics.median(rss)
+
+
 def run(quick: bool = False, profile: str | None = None) -> Report:
     report = Report("blackboard_store")
     heading("blackboard_store: Blackboard.put/get in-host vs raw SQLite (apsw)")
@@ -312,6 +362,26 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
         f"prefix listing at {BOARD_SIZES[-1]:,} keys vs {BOARD_SIZES[0]:,}",
         ratio <= LIST_RATIO_TARGET,
         f"{ratio:.2f}x (target <= {LIST_RATIO_TARGET}x)",
+    )
+    with short_home() as home:
+        runs = 3 if quick else 5
+        line(f"host start (Host.running, no agents), median of {runs} fresh processes:")
+        starts = {size: _host_start(home, size, runs) for size in (0, BOARD_SIZES[-1])}
+    for size, (took, grew, rss) in starts.items():
+        line(
+            f"  {size:>7,} keys: {took * 1e3:7.1f} ms to start, RSS +{grew:5.1f} MiB over "
+            f"the start ({rss:5.1f} MiB after)"
+        )
+    empty, full = starts[0], starts[BOARD_SIZES[-1]]
+    line(
+        f"  {BOARD_SIZES[-1]:,} keys vs none: start {full[0] / empty[0]:.2f}x, "
+        f"memory +{full[1] - empty[1]:.1f} MiB"
+    )
+    report.check(
+        f"host start at {BOARD_SIZES[-1]:,} keys vs none",
+        full[0] <= START_RATIO_TARGET * empty[0] and full[1] - empty[1] <= START_MIB_TARGET,
+        f"{full[0] / empty[0]:.2f}x the time (target <= {START_RATIO_TARGET}x), "
+        f"+{full[1] - empty[1]:.1f} MiB (target <= {START_MIB_TARGET} MiB)",
     )
     return report
 

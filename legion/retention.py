@@ -61,6 +61,9 @@ SEGMENT_MAX = 100_000  # records per archive file, at most
 SIZE_HEADROOM = 0.9  # pruning for size goes down to this fraction of audit_keep_mb
 VACUUM_STEP = 256  # pages per incremental-vacuum transaction
 FIRST_PASS_S = 60.0
+SIZE_CHECK_S = 60.0  # how often the audit log's size is estimated between passes
+EARLY_BACKOFF_S = 600.0  # after an early pass that could not get under the size
+RECORD_BYTES_GUESS = 600.0  # bytes per audit record in host.db until a pass measures it
 DAYS_SHOWN = 62
 
 ROLLUP_SQL = """
@@ -274,6 +277,8 @@ class Retention:
         self.clock = clock
         self._lock = asyncio.Lock()
         self.passes = 0
+        # Bytes one audit record takes in host.db (table and indexes), as last measured.
+        self.bytes_per_record = RECORD_BYTES_GUESS
 
     async def stats(self) -> DbStats:
         return await asyncio.to_thread(
@@ -286,10 +291,27 @@ class Retention:
         )
 
     async def run_forever(self) -> None:
-        """The host's task: a pass every `interval_s` (the first one a minute in)."""
-        await asyncio.sleep(min(FIRST_PASS_S, self.config.retention.interval_s))
+        """The host's task: a pass every `interval_s` (the first one a minute in), and one
+        sooner whenever the audit records in host.db pass `audit_keep_mb` (checked every
+        `SIZE_CHECK_S` from the head's sequence number: one primary-key lookup), so a burst
+        of traffic cannot grow host.db far past the limit between two passes. An early pass
+        that could not get under the limit is not repeated for `EARLY_BACKOFF_S`."""
+        loop = asyncio.get_running_loop()
+        check_s, backoff_s = SIZE_CHECK_S, EARLY_BACKOFF_S
+        quiet_until = 0.0  # no early pass before this (the last one could not get under)
+        next_pass = loop.time() + min(FIRST_PASS_S, self.config.retention.interval_s)
         while True:
-            if self.config.retention.enabled:
+            await asyncio.sleep(max(0.0, min(check_s, next_pass - loop.time())))
+            config = self.config.retention
+            due = loop.time() >= next_pass
+            early = (
+                not due and config.enabled and loop.time() >= quiet_until and self.audit_over_size()
+            )
+            if early:
+                log.info("the audit log is past audit_keep_mb: a retention pass now")
+            if not (due or early):
+                continue
+            if config.enabled:
                 try:
                     result = await self.prune()
                     if result.archived or result.ledger_rows_rolled_up or result.pages_vacuumed:
@@ -299,13 +321,29 @@ class Retention:
                         )
                 except Exception:
                     log.exception("retention pass failed; retrying at the next interval")
-            await asyncio.sleep(self.config.retention.interval_s)
+            # Still over after an early pass (what is over may not go yet: the newest records
+            # and the one the anchor names stay): the next early one waits `backoff_s`.
+            if early and self.audit_over_size():
+                quiet_until = loop.time() + backoff_s
+            if due:
+                next_pass = loop.time() + config.interval_s
+
+    def audit_over_size(self) -> bool:
+        """Whether the audit records in host.db are likely over `audit_keep_mb`: their count
+        (head minus the first kept) times the bytes per record the last pass measured."""
+        first = _one(self.store.conn, "SELECT MIN(seq) FROM audit")
+        if first is None:
+            return False
+        records = self.audit.head[0] - int(first) + 1
+        return records * self.bytes_per_record > self.config.retention.audit_keep_mb * 1e6
 
     async def prune(self, *, dry_run: bool = False) -> PruneResult:
         """One pass now (or, with `dry_run`, only what it would do)."""
         async with self._lock:
             started = time.monotonic()
             stats = await self.stats()
+            if stats.audit.records >= 100:
+                self.bytes_per_record = stats.audit.bytes / stats.audit.records
             result = PruneResult(dry_run=dry_run, plan=stats.plan, bytes_before=stats.bytes)
             if dry_run:
                 return result

@@ -489,3 +489,68 @@ def test_issue_10_damaged_and_hostile_archive_files_are_named_never_a_hang(home:
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
     assert [r["status"] for r in json.loads(run.stdout)] == ["broken"] * len(files)
+
+
+async def test_issue_10_a_burst_past_audit_keep_mb_prunes_before_the_interval(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 10 (attack: an agent floods requests, each audited): with an hour between
+    passes, host.db could grow by gigabytes past `audit_keep_mb` before the next one. The
+    size is estimated every SIZE_CHECK_S; past the limit a pass runs at once and brings
+    the audit log back under it. A pass that cannot (every record too new to go) is not
+    repeated until the regular one."""
+    import legion.retention
+
+    monkeypatch.setattr(legion.retention, "SIZE_CHECK_S", 0.05)
+    clock = Clock()
+    text = CONFIG.format(keep_days=30, keep_mb=1)  # interval_s: the default hour
+    async with Host.running(parse_config(text), Paths.resolve(home), clock=clock) as host:
+        for i in range(4000):  # about 2.5 MB with indexes
+            clock.now += 0.01
+            host.audit.append("alpha", "bb.put", f"shared/{i}", "allow", pad="x" * 300)
+        await host.audit.anchor_now()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while host.retention.passes < 1:
+            assert loop.time() < deadline, "no early pass within 30 s"
+            await asyncio.sleep(0.05)
+        stats = await host.retention.stats()
+        assert stats.audit.bytes < 1e6, stats.audit
+        assert stats.audit.sealed_seq > 2000
+        passes = host.retention.passes
+        for _ in range(20):  # under the limit now: no pass at each check
+            await asyncio.sleep(0.05)
+        assert host.retention.passes == passes
+    assert verify_home(home).ok
+
+
+async def test_issue_10_an_early_pass_that_cannot_get_under_is_not_repeated_at_once(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 10: past `audit_keep_mb` with every record newer than the anchor (none may
+    go yet), one early pass runs, then none until EARLY_BACKOFF_S has passed: a big
+    host.db is not measured (a full scan) every SIZE_CHECK_S."""
+    import legion.retention
+
+    monkeypatch.setattr(legion.retention, "SIZE_CHECK_S", 0.05)
+    monkeypatch.setattr(legion.retention, "EARLY_BACKOFF_S", 1.0)
+    monkeypatch.setattr(audit, "CHECKPOINT_EVERY_S", 3600.0)  # the anchor stays behind
+    clock = Clock()
+    text = CONFIG.format(keep_days=30, keep_mb=1)
+    async with Host.running(parse_config(text), Paths.resolve(home), clock=clock) as host:
+        for i in range(4000):
+            clock.now += 0.01
+            host.audit.append("alpha", "bb.put", f"shared/{i}", "allow", pad="x" * 300)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while host.retention.passes < 1:
+            assert loop.time() < deadline, "no early pass within 30 s"
+            await asyncio.sleep(0.02)
+        assert (await host.retention.stats()).audit.sealed_seq == 0  # nothing could go
+        quiet = loop.time() + 0.6
+        while loop.time() < quiet:
+            await asyncio.sleep(0.05)
+        assert host.retention.passes == 1  # not one per check
+        while host.retention.passes < 2:  # and again after the backoff
+            assert loop.time() < deadline, "no early pass after the backoff"
+            await asyncio.sleep(0.05)

@@ -250,8 +250,10 @@ class AuditLog:
         await asyncio.to_thread(write_anchor, self.anchor_path, cp)
         self._anchored = cp
 
-    async def anchor_forever(self, every_s: float = CHECKPOINT_EVERY_S) -> None:
-        """The host's task: sign and anchor every `every_s` seconds while records arrive."""
+    async def anchor_forever(self, every_s: float | None = None) -> None:
+        """The host's task: sign and anchor every `every_s` seconds (CHECKPOINT_EVERY_S)
+        while records arrive."""
+        every_s = CHECKPOINT_EVERY_S if every_s is None else every_s
         while True:
             await asyncio.sleep(every_s)
             try:
