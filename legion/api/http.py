@@ -583,15 +583,23 @@ class HttpServer:
         *,
         conn: Connection | None = None,
         undelivered: list[Callable[[], None]] | None = None,
+        wait_durable: bool = True,
     ) -> Response | StreamResponse:
         """Serve one request; the answer (success or error) is returned only once every
-        durable commit made before it is on disk (`durable`). A handler cancelled because
-        its client left raises CancelledError and waits for nothing: nothing is sent."""
+        durable commit made before it is on disk (`durable`), unless `wait_durable` is
+        False: then the caller must pass it through `made_durable` before sending it. A
+        handler cancelled because its client left raises CancelledError and waits for
+        nothing: nothing is sent."""
         response = await self._serve(listener, request, conn=conn, undelivered=undelivered)
+        return await self.made_durable(response) if wait_durable else response
+
+    async def made_durable(self, response: Response | StreamResponse) -> Response | StreamResponse:
+        """`response` once every durable commit made so far is on disk, or the error saying
+        the disk failed (then this answer may not hold)."""
         if self.durable is not None:
             try:
                 await self.durable()
-            except LegionError as exc:  # the disk failed: this answer may not hold
+            except LegionError as exc:
                 return error_response(exc)
         return response
 

@@ -113,6 +113,7 @@ class _Scan:
 
     bytes: int = 0  # of value text
     truncated: bool = False  # stopped with readable entries left
+    more: bool = False  # another query follows the chunk just yielded
 
 
 @dataclass(slots=True)
@@ -266,7 +267,8 @@ class Blackboard:
         scan = _Scan()
         for part in self._scan(prefix, readable, limit, within, max_bytes, scan):
             out += part
-            await asyncio.sleep(0)
+            if scan.more:  # a query follows: let the loop run first (not after the last)
+                await asyncio.sleep(0)
         return out, scan.truncated
 
     def _scan(
@@ -284,7 +286,8 @@ class Blackboard:
         listing's memory and the time to encode it stay bounded however big the values."""
         now = self.clock()
         found = 0
-        for base in scan_bases(prefix, within):
+        bases = scan_bases(prefix, within)
+        for n, base in enumerate(bases, start=1):
             span = prefix_range(base)
             low, high = span if span is not None else ("", None)
             first = True
@@ -304,7 +307,7 @@ class Blackboard:
                         continue
                     full = scan.bytes + len(value) > max_bytes and (found or part)
                     if found + len(part) >= limit or full:
-                        scan.truncated = True
+                        scan.truncated, scan.more = True, False
                         yield part
                         return
                     scan.bytes += len(value)
@@ -313,6 +316,7 @@ class Blackboard:
                         row = _Row(json.loads(value), version, writer, updated_at, expires_at)
                     part.append(row.entry(key))
                 found += len(part)
+                scan.more = len(rows) == SCAN_CHUNK or n < len(bases)
                 yield part
                 if len(rows) < SCAN_CHUNK:
                     break
