@@ -43,7 +43,7 @@ from legion.gateway.mcp_remote import RemoteMcp
 from legion.gateway.redact import RedactingFilter, Redactor
 from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog, AuditRecord
-from legion.mesh.blackboard import COLLECT_BATCH, Blackboard, literal_prefix
+from legion.mesh.blackboard import COLLECT_BATCH, Blackboard, literal_prefix, sql_glob
 from legion.mesh.inbox import Inboxes
 from legion.mesh.permissions import Guard, Perm, Permissions
 from legion.paths import Paths
@@ -449,6 +449,14 @@ class Host:
         from legion.mesh.globs import any_match
 
         return lambda key: any_match(patterns, key)
+
+    def readable_globs(self, principal: str) -> list[str] | None:
+        """SQLite GLOBs covering every key `principal` may read (None: anything), so a
+        listing filters inside SQLite first."""
+        if principal == "operator":
+            return None
+        patterns = self.permissions.patterns(principal, Perm.BB_READ)
+        return [g for g in map(sql_glob, patterns) if g is not None]
 
     def readable_prefixes(self, principal: str) -> list[str] | None:
         """What every key `principal` may read starts with (None: anything), so a listing

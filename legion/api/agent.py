@@ -218,6 +218,7 @@ def build_shared_routes(router: Router, host: Host) -> None:
             prefix,
             readable=host.readable_by(call.principal),
             within=host.readable_prefixes(call.principal),
+            globs=host.readable_globs(call.principal),
         )
         host.audit.append(call.principal, "bb.list", prefix, "allow", returned=len(entries))
         return BlackboardList(entries=entries, truncated=truncated)

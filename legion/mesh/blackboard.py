@@ -67,6 +67,17 @@ def literal_prefix(pattern: str) -> str:
     return pattern[: min(cuts)] if cuts else pattern
 
 
+def sql_glob(pattern: str) -> str | None:
+    """A SQLite GLOB matching every key `pattern` matches, and maybe more (its `*` and `?`
+    cross `/`): a filter SQLite applies in C before a row reaches Python, so a reader whose
+    pattern starts with a wildcard (`**/pub`) does not turn every key into a Python row.
+    None when the pattern can match no key (`[`, `]`: no key has them; GLOB would read a
+    character class)."""
+    if "[" in pattern or "]" in pattern:
+        return None
+    return pattern.replace("**", "*")
+
+
 def scan_bases(prefix: str, within: list[str] | None) -> list[str]:
     """The prefixes to scan, in key order and disjoint, for keys under `prefix` that start
     with one of `within` (None: any key): a listing reads only the ranges an agent may read."""
@@ -245,11 +256,12 @@ class Blackboard:
         limit: int = LIST_MAX_ENTRIES,
         within: list[str] | None = None,
         max_bytes: int = LIST_MAX_BYTES,
+        globs: list[str] | None = None,
     ) -> list[BlackboardEntry]:
         """Live entries under `prefix`, in key order: range scans of the primary key, only
         of the ranges that start with one of `within` (the literal prefixes of the caller's
         read patterns; None: everything), so a listing costs what the caller may see."""
-        parts = self._scan(prefix, readable, limit, within, max_bytes, _Scan())
+        parts = self._scan(prefix, readable, limit, within, max_bytes, _Scan(), globs)
         return [e for part in parts for e in part]
 
     async def list_entries(
@@ -259,13 +271,14 @@ class Blackboard:
         limit: int = LIST_MAX_ENTRIES,
         within: list[str] | None = None,
         max_bytes: int = LIST_MAX_BYTES,
+        globs: list[str] | None = None,
     ) -> tuple[list[BlackboardEntry], bool]:
         """`entries`, letting the event loop run between chunks of `SCAN_CHUNK` rows read (a
         reader whose patterns start with a wildcard scans every key), and whether the
         listing stopped at `limit` entries or `max_bytes` of values with more left."""
         out: list[BlackboardEntry] = []
         scan = _Scan()
-        for part in self._scan(prefix, readable, limit, within, max_bytes, scan):
+        for part in self._scan(prefix, readable, limit, within, max_bytes, scan, globs):
             out += part
             if scan.more:  # a query follows: let the loop run first (not after the last)
                 await asyncio.sleep(0)
@@ -279,11 +292,21 @@ class Blackboard:
         within: list[str] | None,
         max_bytes: int,
         scan: _Scan,
+        globs: list[str] | None = None,
     ) -> Iterator[list[BlackboardEntry]]:
         """Chunks of the listing, each one short query (keyset pagination: no cursor stays
         open between chunks, so the caller may yield to other writers in between). Stops
         (`scan.truncated`) at `limit` entries or once their values pass `max_bytes`: a
-        listing's memory and the time to encode it stay bounded however big the values."""
+        listing's memory and the time to encode it stay bounded however big the values.
+        `globs` (`sql_glob` of the caller's read patterns) filter rows inside SQLite."""
+        if globs is not None and not globs:
+            return  # nothing is readable
+        # A window of SCAN_CHUNK keys of the range at a time (keyset pagination: the
+        # window's last key, found in the primary key alone), then the rows of that window
+        # that match, filtered inside SQLite: no query reads more than one window, however
+        # few of its keys the caller may read, and only matches become Python rows.
+        match = " AND (" + " OR ".join(["key GLOB ?"] * len(globs)) + ")" if globs else ""
+        glob_args = tuple(globs or ())
         now = self.clock()
         found = 0
         bases = scan_bases(prefix, within)
@@ -292,35 +315,45 @@ class Blackboard:
             low, high = span if span is not None else ("", None)
             first = True
             while True:
-                sql = _SELECT + " WHERE (expires_at IS NULL OR expires_at > ?)"
-                sql += " AND key >= ?" if first else " AND key > ?"
-                args: tuple[Any, ...] = (now, low)
-                if high is not None:
-                    sql += " AND key < ?"
-                    args += (high,)
-                rows: list[tuple[Any, ...]] = self.store.execute(
-                    sql + " ORDER BY key LIMIT ?", (*args, SCAN_CHUNK)
+                after = " key >= ?" if first else " key > ?"
+                upto = " AND key < ?" if high is not None else ""
+                bound: tuple[Any, ...] = (low, high) if high is not None else (low,)
+                window: list[tuple[Any, ...]] = self.store.execute(
+                    f"SELECT MAX(key), COUNT(*) FROM (SELECT key FROM blackboard WHERE{after}"
+                    f"{upto} ORDER BY key LIMIT ?)",
+                    (*bound, SCAN_CHUNK),
                 ).fetchall()
-                part: list[BlackboardEntry] = []
-                for key, value, version, writer, updated_at, expires_at in rows:
-                    if readable is not None and not readable(key):
-                        continue
-                    full = scan.bytes + len(value) > max_bytes and (found or part)
-                    if found + len(part) >= limit or full:
-                        scan.truncated, scan.more = True, False
-                        yield part
-                        return
-                    scan.bytes += len(value)
-                    row = self._cache.get(key)
-                    if row is None:
-                        row = _Row(json.loads(value), version, writer, updated_at, expires_at)
-                    part.append(row.entry(key))
-                found += len(part)
-                scan.more = len(rows) == SCAN_CHUNK or n < len(bases)
-                yield part
-                if len(rows) < SCAN_CHUNK:
+                edge, scanned = window[0] if window else (None, 0)
+                if edge is None:
                     break
-                low, first = str(rows[-1][0]), False
+                cursor = self.store.execute(
+                    f"{_SELECT} WHERE{after} AND key <= ? AND (expires_at IS NULL OR"
+                    f" expires_at > ?){match} ORDER BY key",
+                    (low, edge, now, *glob_args),
+                )
+                part: list[BlackboardEntry] = []
+                try:
+                    for key, value, version, writer, updated_at, expires_at in cursor:
+                        if readable is not None and not readable(key):
+                            continue
+                        full = scan.bytes + len(value) > max_bytes and (found or part)
+                        if found + len(part) >= limit or full:
+                            scan.truncated, scan.more = True, False
+                            yield part
+                            return
+                        scan.bytes += len(value)
+                        row = self._cache.get(key)
+                        if row is None:
+                            row = _Row(json.loads(value), version, writer, updated_at, expires_at)
+                        part.append(row.entry(key))
+                finally:
+                    cursor.close()
+                found += len(part)
+                scan.more = scanned == SCAN_CHUNK or n < len(bases)
+                yield part
+                if scanned < SCAN_CHUNK:
+                    break
+                low, first = str(edge), False
 
     # --- writes ---------------------------------------------------------------
 

@@ -375,7 +375,7 @@ async def test_issue_10_collect_works_in_batches(home: Path) -> None:
     assert len(changes) == 2500 and {c.op for c in changes} == {"expired"}
 
 
-PATTERNS = ["a/**", "a-b", "Z*", "**", "a?", "a.b/*", "b", "ab/**", "a:*"]
+PATTERNS = ["a/**", "a-b", "Z*", "**", "a?", "a.b/*", "b", "ab/**", "a:*", "**/b", "*?/a", "[a]"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -391,9 +391,12 @@ PATTERNS = ["a/**", "a-b", "Z*", "**", "a?", "a.b/*", "b", "ab/**", "a:*"]
 def test_issue_10_listing_scans_only_what_the_reader_may_read(
     keys: list[str], prefix: str, patterns: list[str]
 ) -> None:
-    """issue 10: a listing scans only the ranges the caller's read patterns start with, and
-    still returns exactly the readable keys under the prefix, in order."""
-    from legion.mesh.blackboard import literal_prefix
+    """issue 10: a listing scans only the ranges the caller's read patterns start with,
+    filtered inside SQLite by GLOBs covering them (patterns that start with a wildcard, a
+    `[` that no key has), and still returns exactly the readable keys under the prefix, in
+    order, with windows of SCAN_CHUNK keys small enough here to be crossed."""
+    from legion.mesh import blackboard
+    from legion.mesh.blackboard import literal_prefix, sql_glob
     from legion.mesh.globs import any_match
 
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
@@ -402,8 +405,16 @@ def test_issue_10_listing_scans_only_what_the_reader_may_read(
             bb.put(key, 1, "alice")
         readable = lambda key: any_match(patterns, key)  # noqa: E731
         within = [literal_prefix(p) for p in patterns]
+        globs = [g for g in map(sql_glob, patterns) if g is not None]
         expected = sorted(k for k in keys if k.startswith(prefix) and readable(k))
         assert [e.key for e in bb.entries(prefix, readable=readable, within=within)] == expected
+        saved = blackboard.SCAN_CHUNK
+        blackboard.SCAN_CHUNK = 3  # windows of three keys: every listing crosses several
+        try:
+            listed = bb.entries(prefix, readable=readable, within=within, globs=globs)
+        finally:
+            blackboard.SCAN_CHUNK = saved
+        assert [e.key for e in listed] == expected
         bb.store.close()
 
 
