@@ -31,7 +31,7 @@ from legion.mesh import audit
 from legion.mesh.audit_archive import export_segment, verify_archive
 from legion.paths import Paths
 from legion.retention import archive_dir
-from tests.conftest import control_client
+from tests.conftest import agent_client, control_client
 
 pytestmark = pytest.mark.anyio
 
@@ -554,3 +554,67 @@ async def test_issue_10_an_early_pass_that_cannot_get_under_is_not_repeated_at_o
         while host.retention.passes < 2:  # and again after the backoff
             assert loop.time() < deadline, "no early pass after the backoff"
             await asyncio.sleep(0.05)
+
+
+async def test_issue_10_retention_racing_writers_loses_nothing_and_still_verifies(
+    home: Path,
+) -> None:
+    """issue 10 (attack: retention racing writers): eight agents' worth of writers PUT over
+    the socket (each PUT and its audit record committed and fsynced before the 200) while
+    passes archive, roll up and vacuum in a loop with the smallest limits. Every
+    acknowledged write is there, the ledger's total is exact, and the whole chain, archives
+    included, verifies."""
+    clock = Clock()
+    text = CONFIG.format(keep_days=1, keep_mb=1).replace(
+        "[agents.beta]", '[agents.beta]\n[agents.alpha.permissions]\nblackboard_write = ["w/**"]'
+    )
+    async with Host.running(parse_config(text), Paths.resolve(home), clock=clock) as host:
+        budgets: Budgets = host.budgets
+        for i in range(3000):  # old records and ledger rows for the passes to take
+            clock.now += 60
+            host.audit.append("alpha", "bb.put", f"old/{i}", "allow", pad="y" * 300)
+            if i % 10 == 0:
+                r = budgets.reserve("alpha", "fast", "openai/m", f"old-{i}", 0.01)
+                budgets.settle(r, Usage(10, 10, 0.001), status="ok")
+        clock.now += 3 * DAY
+        await host.audit.anchor_now()
+        acked: dict[str, int] = {}
+        stop = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            async with agent_client(host.paths, "alpha") as alpha:
+                n = 0
+                while not stop.is_set():
+                    key = f"w/{w}/{n % 20}"
+                    r = await alpha.put(f"/v1/blackboard/entries/{key}", json={"value": n})
+                    assert r.status_code == 200, r.text
+                    acked[key] = n
+                    n += 1
+
+        async def passes() -> int:
+            done = 0
+            while not stop.is_set():
+                await host.audit.anchor_now()
+                await host.retention.prune()
+                done += 1
+            return done
+
+        tasks = [asyncio.create_task(writer(w)) for w in range(8)]
+        pruner = asyncio.create_task(passes())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while (host.retention.passes < 4 or len(acked) < 160) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert await pruner >= 4
+        for key, n in acked.items():
+            entry = host.blackboard.get(key)
+            assert entry is not None and entry.value == n, (key, entry)
+        stats = await host.retention.stats()
+        assert stats.audit.sealed_seq >= 3000 and stats.ledger.rows == 0
+        (total,) = host.store.execute("SELECT SUM(cost_usd) FROM ledger_daily").fetchone()
+        assert total == pytest.approx(300 * 0.001)
+    result = verify_home(home)
+    assert result.ok, result.reason
+    assert result.archives_checked >= 1
