@@ -62,7 +62,7 @@ SIZE_HEADROOM = 0.9  # pruning for size goes down to this fraction of audit_keep
 VACUUM_STEP = 256  # pages per incremental-vacuum transaction
 FIRST_PASS_S = 60.0
 SIZE_CHECK_S = 60.0  # how often the audit log's size is estimated between passes
-EARLY_BACKOFF_S = 600.0  # after an early pass that could not get under the size
+EARLY_BACKOFF_S = 600.0  # after two early passes in a row that could not get under it
 RECORD_BYTES_GUESS = 600.0  # bytes per audit record in host.db until a pass measures it
 DAYS_SHOWN = 62
 
@@ -294,18 +294,25 @@ class Retention:
         """The host's task: a pass every `interval_s` (the first one a minute in), and one
         sooner whenever the audit records in host.db pass `audit_keep_mb` (checked every
         `SIZE_CHECK_S` from the head's sequence number: one primary-key lookup), so a burst
-        of traffic cannot grow host.db far past the limit between two passes. An early pass
-        that could not get under the limit is not repeated for `EARLY_BACKOFF_S`."""
+        of traffic cannot grow host.db far past the limit between two passes. After an early
+        pass that could not get under the limit, the next waits for the anchor to move past
+        the records that were too new; after two, for `EARLY_BACKOFF_S` too."""
         loop = asyncio.get_running_loop()
         check_s, backoff_s = SIZE_CHECK_S, EARLY_BACKOFF_S
-        quiet_until = 0.0  # no early pass before this (the last one could not get under)
+        quiet_until = 0.0  # no early pass before this
+        wait_anchor = 0  # ... nor before the anchor reaches this record
+        futile = 0  # early passes in a row that left the log over the limit
         next_pass = loop.time() + min(FIRST_PASS_S, self.config.retention.interval_s)
         while True:
             await asyncio.sleep(max(0.0, min(check_s, next_pass - loop.time())))
             config = self.config.retention
             due = loop.time() >= next_pass
             early = (
-                not due and config.enabled and loop.time() >= quiet_until and self.audit_over_size()
+                not due
+                and config.enabled
+                and loop.time() >= quiet_until
+                and (self.audit.anchored_seq or 0) >= wait_anchor
+                and self.audit_over_size()
             )
             if early:
                 log.info("the audit log is past audit_keep_mb: a retention pass now")
@@ -321,10 +328,16 @@ class Retention:
                         )
                 except Exception:
                     log.exception("retention pass failed; retrying at the next interval")
-            # Still over after an early pass (what is over may not go yet: the newest records
-            # and the one the anchor names stay): the next early one waits `backoff_s`.
             if early and self.audit_over_size():
-                quiet_until = loop.time() + backoff_s
+                # What is over may not go yet (the record the anchor names, and every one
+                # after it, stays): the next early pass waits for the anchor to pass the
+                # head of now; a second one in a row that gets nowhere waits `backoff_s`.
+                futile += 1
+                wait_anchor = self.audit.head[0]
+                if futile >= 2:
+                    quiet_until = loop.time() + backoff_s
+            else:
+                futile, wait_anchor = 0, 0
             if due:
                 next_pass = loop.time() + config.interval_s
 
