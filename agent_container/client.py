@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from legion.wire.api import (
         BlackboardDeleted,
         BlackboardEntry,
+        BlackboardList,
         Claim,
         InboxItem,
         MessageQueued,
@@ -298,11 +299,12 @@ class MeshClient:
 
         return BlackboardDeleted.model_validate(await self.call("DELETE", self._key(key)))
 
-    async def bb_list(self, prefix: str = "") -> list[BlackboardEntry]:
+    async def bb_list(self, prefix: str = "") -> BlackboardList:
+        """Entries under `prefix` (`truncated`: more follow; list a longer prefix)."""
         from legion.wire.api import BlackboardList
 
         data = await self.call("GET", "/v1/blackboard/entries", params={"prefix": prefix})
-        return BlackboardList.model_validate(data).entries
+        return BlackboardList.model_validate(data)
 
     async def bb_cas(
         self, key: str, expected_version: int, value: Any, ttl_s: float | None = None

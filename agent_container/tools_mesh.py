@@ -75,12 +75,15 @@ def mesh_tools(mesh: MeshClient, hooks: Hooks) -> list[Tool]:
         return f"wrote {entry.key} (version {entry.version})"
 
     async def bb_list(a: dict[str, Any]) -> str:
-        entries = await mesh.bb_list(str(a.get("prefix") or ""))
-        if not entries:
+        listing = await mesh.bb_list(str(a.get("prefix") or ""))
+        if not listing.entries:
             return "no entries"
-        return "\n".join(
-            f"{e.key} v{e.version} by {e.writer}: {_preview(e.value)}" for e in entries
-        )
+        lines = [
+            f"{e.key} v{e.version} by {e.writer}: {_preview(e.value)}" for e in listing.entries
+        ]
+        if listing.truncated:
+            lines.append("(more entries follow: list a longer prefix to see them)")
+        return "\n".join(lines)
 
     async def bb_claim(a: dict[str, Any]) -> str:
         claim = await mesh.bb_claim(str(a["key"]), float(a.get("ttl_s") or 300.0))

@@ -13,8 +13,19 @@ baseline, write and read requests alternate so noise falls on all three alike.
 Target: write p99 <= 2 ms (checked at durability "full", the default; "normal" shown).
 
 For context, the same run also times single raw SQLite commits (WAL, same `synchronous`)
-on the same disk: at "full" every commit waits for an fsync, and a host PUT makes two
-(its audit record and the write), a GET one (its audit record).
+on the same disk: at "full" a raw commit waits for its own fsync; the host commits its
+audit record and the write without one, and the reply waits for a group fsync covering
+both (legion/groupcommit.py).
+
+Group commit (issue 10): at "full", blocks of one writer alternate with blocks of
+`WRITERS` concurrent writers (each on its own keep-alive connection, one request in flight
+each) on the same host. Target: concurrent write p99 <= 3x the single writer's p50. The
+host's own counters (commits, fsync rounds) show how many commits each fsync covered. The
+same blocks run, interleaved, against a host at durability "normal" (no fsync at all):
+with 32 requests in flight the host's CPU alone sets a floor under the latency, and the
+"full"/"normal" ratio at 32 writers is what durability itself costs.
+With `BENCH_BASELINE_REV=<git rev>` in the environment, the same blocks also run against a
+second host built from that revision (`git archive`), interleaved, for a before/after.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +59,9 @@ from bench._common import (
 )
 
 WRITE_P99_MS = 2.0
+GROUP_P99_RATIO = 3.0
+WRITERS = 32
+FLOOR = "this tree at durability 'normal' (no fsync: the CPU floor)"
 AGENT = "bench"
 KEYS = 100
 
@@ -66,19 +81,33 @@ FIXED = b'{"key":"bench/k0","value":{"n":0},"version":1,"writer":"bench","update
 
 
 async def _servers(stack: contextlib.AsyncExitStack, kwargs: dict[str, Any]) -> dict[str, str]:
+    if kwargs.get("src"):  # a host built from another revision (the before/after baseline)
+        sys.path.insert(0, kwargs["src"])
     from legion.paths import Paths
 
     home = kwargs["home"]
     os.environ["LEGION_HOME"] = home
-    await start_host(stack, CONFIG.format(durability=kwargs["durability"]))
+    host = await start_host(stack, CONFIG.format(durability=kwargs["durability"]))
     paths = Paths.resolve(home)
 
     async def fixed(method: str, target: str, body: bytes) -> bytes:
         return FIXED
 
+    async def counters(method: str, target: str, body: bytes) -> bytes:
+        group = getattr(host.store, "group", None)
+        if group is None:
+            return b"{}"
+        return json.dumps({"commits": group.seq, "rounds": group.rounds}).encode()
+
     base_path = paths.run / "base.sock"
     close_server(stack, await serve_minimal(base_path, fixed))
-    return {"agent": str(paths.agent_socket(AGENT)), "base": str(base_path)}
+    stats_path = paths.run / "stats.sock"
+    close_server(stack, await serve_minimal(stats_path, counters))
+    return {
+        "agent": str(paths.agent_socket(AGENT)),
+        "base": str(base_path),
+        "stats": str(stats_path),
+    }
 
 
 def _body(i: int) -> bytes:
@@ -166,6 +195,99 @@ async def _run_one(durability: str, quick: bool, profile: str | None) -> dict[st
             floor.close()
 
 
+async def _put(conn: RawHttp, key: str, n: int) -> float:
+    status, data, t0, t1 = await conn.request("PUT", f"/v1/blackboard/entries/{key}", _body(n))
+    if status != 200:
+        raise RuntimeError(f"PUT failed: {status} {data[:300]!r}")
+    return t1 - t0
+
+
+async def _stats(path: str) -> dict[str, int]:
+    conn = await RawHttp.connect(path)
+    try:
+        _, data, _, _ = await conn.request("GET", "/")
+    finally:
+        conn.close()
+    return dict(json.loads(data))
+
+
+async def _group_blocks(
+    hosts: dict[str, dict[str, str]], blocks: int, per_writer: int, single: int
+) -> dict[str, dict[str, Any]]:
+    """Per host: single-writer latencies, concurrent-writer latencies, and the counters."""
+    out: dict[str, dict[str, Any]] = {
+        name: {"single": [], "group": [], "commits": 0, "rounds": 0} for name in hosts
+    }
+    conns: dict[str, list[RawHttp]] = {}
+    try:
+        for name, info in hosts.items():
+            conns[name] = [await RawHttp.connect(info["agent"]) for _ in range(WRITERS)]
+            for w, conn in enumerate(conns[name]):  # warm-up: every writer's key exists
+                await _put(conn, f"bench/w{w}", 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 180.0
+        n = 1
+        for _ in range(blocks):
+            if loop.time() > deadline:
+                break
+            for name in hosts:
+                first = conns[name][0]
+                for i in range(single):
+                    out[name]["single"].append(await _put(first, "bench/w0", n + i))
+
+                async def writer(conn: RawHttp, w: int, start: int) -> list[float]:
+                    return [await _put(conn, f"bench/w{w}", start + i) for i in range(per_writer)]
+
+                before = await _stats(hosts[name]["stats"])
+                results = await asyncio.gather(
+                    *(writer(c, w, n) for w, c in enumerate(conns[name]))
+                )
+                after = await _stats(hosts[name]["stats"])
+                for r in results:
+                    out[name]["group"] += r
+                for k in ("commits", "rounds"):
+                    out[name][k] += after.get(k, 0) - before.get(k, 0)
+            n += max(single, per_writer)
+    finally:
+        for group in conns.values():
+            for conn in group:
+                conn.close()
+    return out
+
+
+def _baseline_src(rev: str, into: Path) -> Path:
+    """`git archive` of the `legion` package at `rev` into `into` (a before/after baseline)."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", rev, "legion"], capture_output=True, check=True
+    ).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+async def _run_group(quick: bool, profile: str | None) -> dict[str, dict[str, Any]]:
+    blocks, per_writer, single = (3, 10, 40) if quick else (8, 25, 100)
+    rev = os.environ.get("BENCH_BASELINE_REV", "")
+    with short_home() as home:
+        async with contextlib.AsyncExitStack() as stack:
+            hosts: dict[str, dict[str, str]] = {}
+            kwargs = {"home": str(home / "new"), "durability": "full"}
+            prof = profile_path(profile, "socket_rtt_host_group")
+            hosts["this tree"] = await stack.enter_async_context(
+                server_process(_servers, kwargs, prof)
+            )
+            kwargs = {"home": str(home / "floor"), "durability": "normal"}
+            hosts[FLOOR] = await stack.enter_async_context(server_process(_servers, kwargs))
+            if rev:
+                src = _baseline_src(rev, home / "src")
+                kwargs = {"home": str(home / "old"), "durability": "full", "src": str(src)}
+                hosts[f"baseline {rev}"] = await stack.enter_async_context(
+                    server_process(_servers, kwargs)
+                )
+            return await _group_blocks(hosts, blocks, per_writer, single)
+
+
 def run(quick: bool = False, profile: str | None = None) -> Report:
     report = Report("socket_rtt")
     heading("socket_rtt: blackboard PUT/GET via an agent socket vs a bare HTTP hop")
@@ -192,6 +314,36 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
             write["p99"] <= WRITE_P99_MS,
             f"{write['p99']:.3f} ms (target <= {WRITE_P99_MS} ms)",
         )
+    line(f"group commit, durability='full': 1 writer vs {WRITERS} concurrent writers (PUT)")
+    load = os.getloadavg()
+    line(f"  (load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs)")
+    groups = asyncio.run(_run_group(quick, profile))
+    for name, res in groups.items():
+        single, group = summary_ms(res["single"]), summary_ms(res["group"])
+        ratio = group["p99"] / single["p50"]
+        line(f"  {name}:")
+        line(f"    1 writer      {fmt_ms(single)}")
+        line(f"    {WRITERS} writers    {fmt_ms(group)}")
+        rounds = res["rounds"]
+        if rounds:
+            line(
+                f"    {res['commits']} commits, {rounds} fsync rounds during the concurrent "
+                f"blocks: {res['commits'] / rounds:.1f} commits per fsync"
+            )
+        line(f"    {WRITERS}-writer p99 / 1-writer p50 = {ratio:.2f}x")
+        if name != FLOOR and FLOOR in groups:
+            floor = summary_ms(groups[FLOOR]["group"])
+            line(
+                f"    {WRITERS}-writer p99 vs the same at durability 'normal': "
+                f"{group['p99'] / floor['p99']:.2f}x (p50 {group['p50'] / floor['p50']:.2f}x)"
+            )
+        if name == "this tree":
+            report.check(
+                f"write p99 at {WRITERS} concurrent writers vs 1-writer p50, durability=full",
+                ratio <= GROUP_P99_RATIO,
+                f"{ratio:.2f}x ({group['p99']:.3f} ms vs {single['p50']:.3f} ms; "
+                f"target <= {GROUP_P99_RATIO}x)",
+            )
     return report
 
 

@@ -372,6 +372,18 @@ class EgressConfig(_Section):
     max_redirects: int = Field(default=5, ge=0, le=20)
 
 
+class RetentionConfig(_Section):
+    """What host.db keeps (legion/retention.py): audit records by age and size (older ones
+    are archived, sealed, then pruned), ledger rows by age (older days rolled up)."""
+
+    enabled: bool = True
+    audit_keep_days: float = Field(default=30.0, ge=1, le=36500)
+    audit_keep_mb: float = Field(default=200.0, ge=1, le=1_000_000)
+    ledger_keep_days: int = Field(default=2, ge=1, le=3650)
+    interval_s: float = Field(default=3600.0, ge=1, le=86400)
+    batch_rows: int = Field(default=500, ge=100, le=100_000)
+
+
 def _remote_url(url: str) -> str:
     from urllib.parse import urlsplit
 
@@ -473,6 +485,7 @@ class Config(_Section):
     browser: BrowserConfig = Field(default_factory=BrowserConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     teams: dict[TeamName, TeamConfig] = Field(default_factory=dict)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     tui: TuiConfig = Field(default_factory=TuiConfig)
 
 

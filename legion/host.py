@@ -43,10 +43,11 @@ from legion.gateway.mcp_remote import RemoteMcp
 from legion.gateway.redact import RedactingFilter, Redactor
 from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog, AuditRecord
-from legion.mesh.blackboard import Blackboard
+from legion.mesh.blackboard import COLLECT_BATCH, Blackboard, literal_prefix, sql_glob
 from legion.mesh.inbox import Inboxes
 from legion.mesh.permissions import Guard, Perm, Permissions
 from legion.paths import Paths
+from legion.retention import Retention, archive_dir
 from legion.store import Store
 from legion.wire.agent import (
     BudgetLeft,
@@ -69,6 +70,7 @@ LLM_ROUTES = frozenset({("POST", "/v1/chat/completions"), ("POST", "/v1/embeddin
 # /v1/self masks its operator-authored part itself (`self_status`): it also carries what the
 # agent wrote (its cron job names), which must come back as written (no oracle).
 CONFIG_ROUTES = frozenset({("GET", "/v1/whoami")})
+MAX_COLLECT_BATCHES = 100  # per interval; what is left waits for the next one
 
 
 class Host:
@@ -93,11 +95,10 @@ class Host:
         self.provider_redactor = Redactor(self._provider_keys)
         audit_key, audit_key_created = self.vault.audit_key()
         self.audit = AuditLog(
-            self.store.conn,
+            self.store,
             clock=clock,
             on_append=self._audit_event,
             redact=self.redactor.redact,
-            full_sync=config.host.durability == "full",
             key=audit_key,
             anchor_path=paths.audit_anchor,
             # an anchor must be there unless this is a new log (new key or new host.db)
@@ -114,6 +115,9 @@ class Host:
             clock=clock,
         )
         self.budgets = Budgets(self.store, config, clock=clock)
+        self.retention = Retention(
+            self.store, self.audit, config, archive_dir(paths.home), clock=clock
+        )
         self.health = ModelHealth()
         self.litellm = LiteLLM()
         self.gateway = Gateway(
@@ -139,6 +143,7 @@ class Host:
             authorize=self._authorize,
             on_limit=self._limit_reached,
             log_interval_s=config.limits.log_interval_s,
+            durable=self.store.flush,  # every answer waits for the fsync covering it
         )
         self.last_seen: dict[str, float] = {}
         self.last_poll: dict[str, float] = {}  # when each agent last polled its inbox
@@ -208,6 +213,7 @@ class Host:
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
             host._tasks.add(asyncio.create_task(host.audit.anchor_forever(), name="audit-anchor"))
+            host._tasks.add(asyncio.create_task(host.retention.run_forever(), name="retention"))
             await host.automation.start(host._tasks)  # cron, wake checks, webhooks, lanes
             models = config.llm.models.values()
             if preload_llm and any(not passthrough.applies(m) for m in models):
@@ -371,6 +377,7 @@ class Host:
         self.config.llm = new.llm
         self.config.runtime = new.runtime
         self.config.egress = new.egress
+        self.config.retention = new.retention
         self.config.images = new.images
         self.config.mcp = new.mcp
         self.config.browser = new.browser
@@ -416,7 +423,11 @@ class Host:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.blackboard.collect()
+                # Batches in short transactions, the loop free between them.
+                for _ in range(MAX_COLLECT_BATCHES):
+                    if self.blackboard.collect() < COLLECT_BATCH:
+                        break
+                    await asyncio.sleep(0)
             except Exception:
                 log.exception("blackboard collection failed; retrying next interval")
 
@@ -438,6 +449,21 @@ class Host:
         from legion.mesh.globs import any_match
 
         return lambda key: any_match(patterns, key)
+
+    def readable_globs(self, principal: str) -> list[str] | None:
+        """SQLite GLOBs covering every key `principal` may read (None: anything), so a
+        listing filters inside SQLite first."""
+        if principal == "operator":
+            return None
+        patterns = self.permissions.patterns(principal, Perm.BB_READ)
+        return [g for g in map(sql_glob, patterns) if g is not None]
+
+    def readable_prefixes(self, principal: str) -> list[str] | None:
+        """What every key `principal` may read starts with (None: anything), so a listing
+        scans only those ranges."""
+        if principal == "operator":
+            return None
+        return [literal_prefix(p) for p in self.permissions.patterns(principal, Perm.BB_READ)]
 
     def _audit_event(self, record: AuditRecord) -> None:
         self.bus.emit(

@@ -8,6 +8,8 @@ a newer legion is refused rather than damaged.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +19,10 @@ from typing import Any
 import apsw
 import sqlite_vec
 from playhouse.apsw_ext import APSWDatabase
+
+from legion.groupcommit import Checkpointer, GroupCommit, StorageFailed
+
+log = logging.getLogger("legion.store")
 
 
 class LegionDatabase(APSWDatabase):
@@ -41,7 +47,14 @@ def connect(
     )
     pragmas: list[tuple[str, Any]] = [("busy_timeout", 5000), ("foreign_keys", 1)]
     if not readonly:
-        pragmas = [("journal_mode", "wal"), ("synchronous", sync), *pragmas]
+        # auto_vacuum first: it takes effect on a new file only before WAL mode writes the
+        # header (an existing file switches by VACUUM, migration 6); elsewhere a no-op.
+        pragmas = [
+            ("auto_vacuum", "incremental"),
+            ("journal_mode", "wal"),
+            ("synchronous", sync),
+            *pragmas,
+        ]
     db = LegionDatabase(str(path), pragmas=pragmas, flags=flags, timeout=5)  # type: ignore[no-untyped-call]
     db.connect()
     return db
@@ -236,7 +249,97 @@ def _m4_automation(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_m1_core, _m2_ledger, _m3_audit_checkpoints, _m4_automation]
+# Seals of archived audit segments (legion/mesh/audit_archive.py): records first..last
+# were archived to `file`; the record before `first` had hash `prev_hash`, record `last`
+# had `hash`; `sha256` of the archived lines; `mac` signs it all under the audit key.
+AUDIT_SEALS_DDL = """
+        CREATE TABLE IF NOT EXISTS audit_seals (
+            last INTEGER PRIMARY KEY,
+            first INTEGER NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            file TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            mac TEXT NOT NULL
+        );
+"""
+
+
+def _m5_retention(conn: apsw.Connection) -> None:
+    """Audit seals, and the ledger's daily rollups (legion/retention.py): one row per UTC
+    day, agent, model, provider model and kind holds what the ledger rows it replaced
+    summed to, so costs and budget windows stay exact per day."""
+    conn.execute(
+        AUDIT_SEALS_DDL
+        + """
+        CREATE TABLE ledger_daily (
+            day TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            model TEXT NOT NULL,
+            provider_model TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            calls INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            reserved_usd REAL NOT NULL,
+            first_ts REAL NOT NULL,
+            last_ts REAL NOT NULL,
+            PRIMARY KEY (day, agent, model, provider_model, kind)
+        );
+        """
+    )
+
+
+def _m6_incremental_vacuum(conn: apsw.Connection) -> None:
+    """auto_vacuum=INCREMENTAL, so pruned pages go back to the file system a few at a time
+    (`PRAGMA incremental_vacuum`). An existing database needs one VACUUM to switch: it
+    rewrites the whole file (through the WAL), once, at this start. A new one was created
+    with the setting (`connect`)."""
+    if _pragma(conn, "auto_vacuum") == 2:
+        return
+    pages = _pragma(conn, "page_count") * _pragma(conn, "page_size")
+    log.warning(
+        "converting host.db to incremental vacuum (once; it rewrites the %.0f MB file)",
+        pages / 1e6,
+    )
+    started = time.monotonic()
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    try:
+        conn.execute("VACUUM")
+    except (apsw.FullError, apsw.IOError) as exc:  # VACUUM needs room for a second copy
+        log.error(
+            "could not convert host.db to incremental vacuum (%s): the host starts anyway, and "
+            "retention prunes, but the file will not shrink; free disk space, stop the host "
+            "and run `sqlite3 host.db 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM'`",
+            exc,
+        )
+        return
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    log.info("host.db converted in %.1f s", time.monotonic() - started)
+
+
+_m6_incremental_vacuum.outside_transaction = True  # type: ignore[attr-defined]
+
+
+def _pragma(conn: apsw.Connection, name: str) -> int:
+    rows: list[tuple[Any, ...]] = conn.execute(f"PRAGMA {name}").fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+# Numbered by position. (Branches that add migrations in parallel renumber on merge: each
+# migration touches its own tables, so their order does not matter.)
+MIGRATIONS: list[Migration] = [
+    _m1_core,
+    _m2_ledger,
+    _m3_audit_checkpoints,
+    _m4_automation,
+    _m5_retention,
+    _m6_incremental_vacuum,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -258,8 +361,12 @@ def migrate(db: LegionDatabase) -> int:
             f"{SCHEMA_VERSION}; upgrade legion (downgrades are not supported)"
         )
     for version in range(found + 1, SCHEMA_VERSION + 1):
+        step = MIGRATIONS[version - 1]
+        if getattr(step, "outside_transaction", False):
+            step(conn)  # e.g. VACUUM, which no transaction may hold; it is idempotent
         with conn:  # one transaction per migration
-            MIGRATIONS[version - 1](conn)
+            if not getattr(step, "outside_transaction", False):
+                step(conn)
             conn.execute(
                 "INSERT INTO schema_version(version, applied_at) VALUES (?, ?)",
                 (version, time.time()),
@@ -269,47 +376,114 @@ def migrate(db: LegionDatabase) -> int:
 
 @contextmanager
 def committed(conn: apsw.Connection, *, fsync: bool = True) -> Iterator[apsw.Connection]:
-    """A transaction on `conn`; `fsync=False` commits it at synchronous=NORMAL (on a
-    connection that runs FULL): durable against a crash of the process, not a power cut,
-    until the next fsynced commit, which makes every earlier one durable too."""
-    if not fsync:
-        conn.execute("PRAGMA synchronous=NORMAL")
+    """A transaction on a bare connection (one not owned by a `Store`), at the `synchronous`
+    level its durability needs for this one commit: FULL with `fsync`, NORMAL without.
+    A `Store` commits through `Store.tx` instead (group commit)."""
+    row = conn.execute("PRAGMA synchronous").fetchone()
+    level = int(row[0]) if row else 2
+    wanted = 2 if fsync else 1
+    if level != wanted:
+        conn.execute(f"PRAGMA synchronous={wanted}")
     try:
         with conn:
             yield conn
     finally:
-        if not fsync:
-            conn.execute("PRAGMA synchronous=FULL")
+        if level != wanted:
+            conn.execute(f"PRAGMA synchronous={level}")
 
 
 class Store:
     """The open `host.db`: a peewee database plus the raw apsw connection for hot paths.
 
     All calls happen on the host's event-loop thread; each is a short statement or a
-    short transaction, so the loop never waits long (invariant 7).
+    short transaction, so the loop never waits long (invariant 7). Commits are made at
+    `synchronous=NORMAL` and made durable by group commit (`legion.groupcommit`): at
+    durability "full", a durable commit starts an fsync of the WAL in another thread,
+    and whoever acknowledges it first awaits `flush()`.
     """
 
     def __init__(self, path: Path, *, durability: str = "full") -> None:
         self.path = path
         self.durability = durability
-        self.db = connect(path, durability=durability)
+        self.db = connect(path, durability="normal")
         self.created = migrate(self.db) == 0  # a new, empty database
         self.conn: apsw.Connection = self.db.connection()  # type: ignore[no-untyped-call]
+        self.group = GroupCommit(Path(f"{path}-wal"))
+        self.checkpoints = Checkpointer(self.conn, path) if Checkpointer.supported() else None
+        # A commit made outside `tx` (a bare statement in autocommit, a peewee transaction)
+        # is still covered: the commit hook notes it, and the next flush counts it as a
+        # durable commit, so the reply that follows it waits for its fsync like any other.
+        self.stray_commits = 0
+        self._stray_pending = False
+        self._in_tx = False
+        self.conn.set_commit_hook(self._on_commit)
 
     @contextmanager
     def tx(self, *, durable: bool = True) -> Iterator[apsw.Connection]:
-        """A write transaction, committed on exit (durable before the caller acknowledges).
+        """A write transaction, committed on exit: it survives a crash of the host once this
+        returns, and a power cut once `flush()` returns (at durability "full").
 
-        `durable=False` skips the fsync for this one commit even at durability "full": for
-        writes whose loss after a power cut is harmless (an ack lost means a redelivery,
-        which at-least-once delivery allows).
+        `durable=False`: no fsync round is started for this commit, and replies do not wait
+        for one (the next round covers it anyway): for writes whose loss after a power cut
+        is harmless (an ack lost means a redelivery, which at-least-once delivery allows).
+        Nested in another transaction, it is a savepoint and the outer commit counts.
         """
-        with committed(self.conn, fsync=durable or self.durability != "full"):
-            yield self.conn
+        nested = self.conn.in_transaction
+        if not nested:
+            self._in_tx = True
+        try:
+            with self.conn:
+                yield self.conn
+        finally:
+            if not nested:
+                self._in_tx = False
+        if not nested:
+            self._count_stray()
+            self.group.committed(durable and self.durability == "full")
+            if self.checkpoints is not None:
+                self.checkpoints.after_commit()
+
+    def _on_commit(self) -> bool:
+        if not self._in_tx:
+            self.stray_commits += 1
+            self._stray_pending = True
+        return False  # commit (a true value would turn it into a rollback)
+
+    def _count_stray(self) -> None:
+        if self._stray_pending:
+            self._stray_pending = False
+            self.group.committed(self.durability == "full")
+
+    async def flush(self) -> None:
+        """Return once every durable commit made so far is on disk (group commit). Every
+        answer of the host's HTTP server awaits this before it is sent
+        (`HttpServer.durable`)."""
+        self._count_stray()
+        await self.group.flush()
+
+    async def sync_all(self) -> None:
+        """Every commit so far on disk, durable or not, whatever the durability (the audit
+        anchor names only what a power cut cannot undo)."""
+        self._count_stray()
+        await self.group.flush(self.group.seq)
+
+    def sync_all_now(self) -> None:
+        """`sync_all`, blocking (start and stop only)."""
+        self._count_stray()
+        self.group.flush_sync()
 
     def execute(self, sql: str, args: tuple[Any, ...] | dict[str, Any] = ()) -> apsw.Cursor:
         return self.conn.execute(sql, args)
 
+    def db_bytes(self) -> int:
+        """Pages in use times the page size (the file follows at the next checkpoint)."""
+        return _pragma(self.conn, "page_count") * _pragma(self.conn, "page_size")
+
     def close(self) -> None:
+        with contextlib.suppress(StorageFailed):  # logged where it failed
+            self._count_stray()
+        self.group.close()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
         if not self.db.is_closed():
             self.db.close()

@@ -455,3 +455,101 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(
     assert final.returncode == 0, final.stdout + final.stderr
     result = json.loads(final.stdout)
     assert result["ok"] is True and result["checked"] >= counts["bb"]
+
+
+# --- group commit: many writers at once (issue 10) -------------------------------------------
+
+CONCURRENT_CONFIG = """
+[host]
+durability = "full"
+
+[agents.alpha.permissions]
+blackboard_read = ["shared/**"]
+blackboard_write = ["shared/**"]
+
+[runtime]
+backend = "none"
+"""
+CONCURRENT_WRITERS = 32
+CONCURRENT_TARGET = 1500  # acknowledged writes before the kill (or the deadline)
+
+
+def test_issue_10_concurrent_acknowledged_writes_survive_sigkill(
+    home: Path, daemon: Callable[[], Daemon]
+) -> None:
+    """issue 10: 32 writers at once share fsyncs (group commit); the daemon is SIGKILLed
+    mid-stream, with values big enough that SQLite checkpoints and restarts the WAL during
+    the stream. Every write that got a 200 is there after a restart, at its version."""
+    (home / "legion.toml").write_text(CONCURRENT_CONFIG)
+    first = daemon()
+    first_log = DaemonLog(first.start())
+    assert first.proc is not None
+    paths = first.paths
+    lock = threading.Lock()
+    acked: dict[str, tuple[int, int]] = {}  # key -> (version, n) of its last 200
+    attempted: dict[str, int] = {}  # key -> n of the last write sent
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        n = 0
+        try:
+            with uds_client(paths.agent_socket("alpha")) as client:
+                while not stop.is_set():
+                    key = f"shared/w{w:02d}/k{n % 8}"
+                    with lock:
+                        attempted[key] = n
+                    r = client.put(
+                        f"/v1/blackboard/entries/{key}",
+                        json={"value": {"n": n, "pad": "x" * 2000}},
+                    )
+                    if r.status_code != 200:
+                        raise AssertionError(f"PUT {key}: {r.status_code} {r.text}")
+                    with lock:
+                        acked[key] = (r.json()["version"], n)
+                    n += 1
+        except httpx.TransportError:
+            pass  # the host was killed under us
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(f"writer {w}: {exc!r}")
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(CONCURRENT_WRITERS)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # httpcore's leak, see above
+        try:
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + STREAM_DEADLINE_S
+            while time.monotonic() < deadline and not errors:
+                with lock:
+                    done = sum(v for v, _ in acked.values())
+                if done >= CONCURRENT_TARGET:
+                    break
+                time.sleep(0.02)
+            os.kill(first.proc.pid, signal.SIGKILL)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(15)
+        gc.collect()
+    assert first_log.finish(first) == -signal.SIGKILL
+    assert not errors, errors
+    total = sum(v for v, _ in acked.values())
+    assert total >= 300, f"only {total} writes acknowledged before the kill"
+    assert len(acked) == CONCURRENT_WRITERS * 8
+
+    second = daemon()
+    second_log = DaemonLog(second.start())
+    with uds_client(paths.control_socket) as control:
+        for key, (version, n) in sorted(acked.items()):
+            r = control.get(f"/v1/blackboard/entries/{key}")
+            assert r.status_code == 200, f"acknowledged key {key} lost: {r.text}"
+            entry = r.json()
+            if entry["version"] == version:
+                assert entry["value"]["n"] == n, (key, entry["version"], version)
+            else:  # only the write in flight at the kill may have landed on top
+                assert entry["version"] == version + 1, (key, entry["version"], version)
+                assert entry["value"]["n"] == attempted[key]
+    assert second_log.finish(second, signal.SIGTERM) == 0
+    verified = legion(home, "audit", "--verify", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr

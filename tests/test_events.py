@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from legion.events import EventBus
-from legion.store import Store, committed
+from legion.store import Store, committed, connect
 
 pytestmark = pytest.mark.anyio
 
@@ -40,10 +40,15 @@ async def test_a_slow_subscriber_is_told_how_much_it_missed() -> None:
 
 
 def test_a_commit_without_fsync_restores_full_sync(home: Path) -> None:
-    store = Store(home / "host.db", durability="full")
-    with committed(store.conn, fsync=False) as conn:
+    """On a bare connection (a Store commits by group commit instead, issue 10)."""
+    Store(home / "host.db").close()
+    db = connect(home / "host.db", durability="full")
+    conn = db.connection()
+    with committed(conn, fsync=False):
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
         conn.execute("INSERT INTO claims(key, owner, expires_at) VALUES ('k', 'a', 1)")
-    assert store.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
-    assert store.execute("SELECT owner FROM claims").fetchone()[0] == "a"
-    store.close()
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    with committed(conn, fsync=True):
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert conn.execute("SELECT owner FROM claims").fetchone()[0] == "a"
+    db.close()

@@ -203,9 +203,14 @@ def build_shared_routes(router: Router, host: Host) -> None:
     async def bb_list(call: Call) -> BlackboardList:
         """List live keys under `?prefix=` that the caller may read."""
         prefix = call.request.query.get("prefix", "")
-        entries = bb.entries(prefix, readable=host.readable_by(call.principal))
+        entries, truncated = await bb.list_entries(
+            prefix,
+            readable=host.readable_by(call.principal),
+            within=host.readable_prefixes(call.principal),
+            globs=host.readable_globs(call.principal),
+        )
         host.audit.append(call.principal, "bb.list", prefix, "allow", returned=len(entries))
-        return BlackboardList(entries=entries)
+        return BlackboardList(entries=entries, truncated=truncated)
 
     @router.route(
         "POST",

@@ -36,6 +36,7 @@ from legion.wire.automation import (
     WebhookSecret,
 )
 from legion.wire.browser import BrowserInfo, BrowserList, Handoff
+from legion.wire.db import DbStats, PruneResult
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
 from legion.wire.mcp import McpList
@@ -205,6 +206,16 @@ class ControlClient:
     def purge(self, name: str) -> PurgeResult:
         result: PurgeResult = self._request(
             "DELETE", f"/v1/agents/{quote(name, safe='')}/state", PurgeResult
+        )
+        return result
+
+    def db_stats(self) -> DbStats:
+        result: DbStats = self._request("GET", "/v1/db/stats", DbStats, timeout=300)
+        return result
+
+    def db_prune(self, dry_run: bool = False) -> PruneResult:
+        result: PruneResult = self._request(
+            "POST", "/v1/db/prune", PruneResult, json={"dry_run": dry_run}, timeout=3600
         )
         return result
 

@@ -79,6 +79,7 @@ class Connection(asyncio.BufferedProtocol):
         self.http10 = False
         self.task: asyncio.Task[None] | None = None
         self.cancellable = False  # the current phase stops when the client goes
+        self.held = 0  # bytes of a made answer waiting for its fsync (`_run`)
         self.gone = False
         self.half_closed = False
         self.reading_paused = False
@@ -523,8 +524,19 @@ class Connection(asyncio.BufferedProtocol):
             finally:
                 serving.began()  # the first step of this request: the next may start
             response = await server.dispatch(
-                self.serving.listener, request, conn=self, undelivered=undelivered
+                self.serving.listener,
+                request,
+                conn=self,
+                undelivered=undelivered,
+                wait_durable=False,
             )
+            # While it waits for the fsync covering it, a made answer is held here: it counts
+            # against the socket's bytes in flight, so more requests do not pile up answers.
+            # It stays counted until its write has been handed to the transport (`_respond`).
+            self.held = len(response.body) if isinstance(response, Response) else 0
+            if self.held:
+                serving.sending(self.held, unread=False)
+            response = await server.made_durable(response)
             self._release()
             self.cancellable = False
             delivered = await self._respond(request, response)
@@ -540,6 +552,7 @@ class Connection(asyncio.BufferedProtocol):
             self.gone = True
             self._transport().abort()
         finally:
+            self._unhold()
             if not delivered:
                 for undo in undelivered:
                     try:
@@ -551,6 +564,12 @@ class Connection(asyncio.BufferedProtocol):
             self.task = None
             server.tasks.discard(asyncio.current_task())
             self._next()
+
+    def _unhold(self) -> None:
+        """The made answer no longer waits here (written, or dropped)."""
+        if self.held:
+            self.serving.sent(self.held)
+            self.held = 0
 
     def _next(self) -> None:
         """After an answer: serve the next request, wait for one, or close."""
@@ -643,6 +662,7 @@ class Connection(asyncio.BufferedProtocol):
                 # The answer sits in our buffer until the client reads it: it counts
                 # against the socket's bytes in flight meanwhile.
                 self.serving.sending(len(out))
+                self._unhold()
                 try:
                     await self._drain()
                 finally:

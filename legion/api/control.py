@@ -35,6 +35,7 @@ from legion.wire.api import (
     ReloadResult,
     StopResponse,
 )
+from legion.wire.db import DbStats, PruneRequest, PruneResult
 from legion.wire.fields import AgentAction, AgentName
 from legion.wire.rules import name_problem
 
@@ -68,6 +69,9 @@ def build_control_router(host: Host) -> Router:
     async def stop(call: Call) -> StopResponse:
         """Stop the host cleanly (the daemon exits 0)."""
         host.audit.append(call.principal, "host.stop", "host", "allow")
+        # On disk before the host starts stopping: the reply then needs no further wait,
+        # and goes out before the shutdown closes this connection.
+        await host.store.flush()
         host.request_stop("stop requested over the control socket")
         return StopResponse(stopping=True)
 
@@ -144,6 +148,31 @@ def build_control_router(host: Host) -> Router:
     async def reload(call: Call) -> ReloadResult:
         """Re-read legion.toml and apply it; a file that fails validation changes nothing."""
         return await reload_config(host, call.principal)
+
+    @router.route("GET", "/v1/db/stats", response=DbStats)
+    async def db_stats(call: Call) -> DbStats:
+        """host.db: sizes per table, the audit log and the ledger, and what the next
+        retention pass will do (`legion db stats`)."""
+        return await host.retention.stats()
+
+    @router.route("POST", "/v1/db/prune", body=PruneRequest, response=PruneResult)
+    async def db_prune(call: Call) -> PruneResult:
+        """Run a retention pass now: roll up old ledger rows, archive and prune old audit
+        records, give free pages back (`legion db prune`; `dry_run`: only the plan)."""
+        body: PruneRequest = call.body
+        result = await host.retention.prune(dry_run=body.dry_run)
+        if not body.dry_run:
+            host.audit.append(
+                call.principal,
+                "db.prune",
+                "host.db",
+                "allow",
+                archived=[a.file for a in result.archived],
+                audit_records_deleted=result.audit_records_deleted,
+                ledger_rows_rolled_up=result.ledger_rows_rolled_up,
+                pages_vacuumed=result.pages_vacuumed,
+            )
+        return result
 
     @router.route("GET", "/v1/agents/{name}/logs")
     async def agent_logs(call: Call) -> StreamResponse:

@@ -8,7 +8,10 @@ and keeps a request hop to a few tens of microseconds.
 
 Each route declares its body model, response model, policy (permission and
 target) and rate class in one place; the server rate-limits, validates,
-authorizes and audits before the handler runs, so no handler can forget to.
+authorizes and audits before the handler runs, so no handler can forget to. Every
+answer (an error too) waits for `durable` first: the fsync covering every commit made
+before it (group commit, `legion.groupcommit`), so no route can acknowledge what a
+power cut could undo.
 
 Request framing is h11's (`legion.api.conn`); the accept loop is ours: each socket
 has its own connection cap (the accept loop stops accepting at the cap, so a flood
@@ -344,9 +347,12 @@ class HttpServer:
         redact_again: Callable[[bytes], bytes] | None = None,
         on_limit: LimitReport | None = None,
         log_interval_s: float = 10.0,
+        durable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.authorize = authorize
+        # Awaited before any answer is sent (the host's `Store.flush`).
+        self.durable = durable
         self.redact = redact
         # For the 2nd..nth chunk of one streamed response: no re-reading of the secrets.
         self.redact_again = redact_again or redact
@@ -587,6 +593,33 @@ class HttpServer:
         *,
         conn: Connection | None = None,
         undelivered: list[Callable[[], None]] | None = None,
+        wait_durable: bool = True,
+    ) -> Response | StreamResponse:
+        """Serve one request; the answer (success or error) is returned only once every
+        durable commit made before it is on disk (`durable`), unless `wait_durable` is
+        False: then the caller must pass it through `made_durable` before sending it. A
+        handler cancelled because its client left raises CancelledError and waits for
+        nothing: nothing is sent."""
+        response = await self._serve(listener, request, conn=conn, undelivered=undelivered)
+        return await self.made_durable(response) if wait_durable else response
+
+    async def made_durable(self, response: Response | StreamResponse) -> Response | StreamResponse:
+        """`response` once every durable commit made so far is on disk, or the error saying
+        the disk failed (then this answer may not hold)."""
+        if self.durable is not None:
+            try:
+                await self.durable()
+            except LegionError as exc:
+                return error_response(exc)
+        return response
+
+    async def _serve(
+        self,
+        listener: Listener,
+        request: Request,
+        *,
+        conn: Connection | None,
+        undelivered: list[Callable[[], None]] | None,
     ) -> Response | StreamResponse:
         try:
             route, params = listener.router.match(request.method, request.path)

@@ -67,6 +67,7 @@ class Serving:
         self.drained = asyncio.Event()
         self.drained.set()
         self.waiting_for_drain = 0
+        self.unread_noted = False  # this pile-up of unread answers was reported
         self.inflight_cap = max(listener.limits.max_body_bytes_in_flight, server.max_body_bytes)
         self.rates = Rates(listener.rates) if listener.rates else None
         self.gate = TurnGate(listener.per_turn, server.gates) if listener.per_turn else None
@@ -127,17 +128,21 @@ class Serving:
         else:
             self.gate.admit(start)
 
-    def sending(self, count: int) -> None:
-        """`count` bytes of an answer wait in a buffer for the client to read them."""
+    def sending(self, count: int, *, unread: bool = True) -> None:
+        """`count` bytes of an answer wait in a buffer for the client to read them (or,
+        not `unread`, for the fsync that lets it go out: held, not a client's doing)."""
         self.outbound += count
-        if self.outbound > self.inflight_cap and self.drained.is_set():
+        if self.outbound > self.inflight_cap:
             self.drained.clear()
-            self.note("answers_unread", bytes=self.outbound, cap=self.inflight_cap)
+            if unread and not self.unread_noted:  # once per pile-up
+                self.unread_noted = True
+                self.note("answers_unread", bytes=self.outbound, cap=self.inflight_cap)
 
     def sent(self, count: int) -> None:
         self.outbound -= count
         if self.outbound <= self.inflight_cap:
             self.drained.set()
+            self.unread_noted = False
 
     def began(self) -> None:
         if self.gate is not None:

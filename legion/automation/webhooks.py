@@ -130,7 +130,10 @@ class Webhooks:
         self.load()
         if not self.config.enabled:
             return
-        self.server = HttpServer(max_body_bytes=self.config.max_body_bytes)
+        # A 202 is sent once the delivery is on disk (group commit).
+        self.server = HttpServer(
+            max_body_bytes=self.config.max_body_bytes, durable=self.host.store.flush
+        )
         self.address = await self.server.listen_tcp(
             self.config.bind, self.config.port, "webhook", self.router()
         )

@@ -103,12 +103,17 @@ def _verify(conn: Any, expect_head: str | None, as_json: bool) -> None:
     """`legion audit --verify`: exit 0 intact and signed, 1 broken, 2 not verifiable."""
     from legion.gateway.vault import read_audit_key
     from legion.mesh import audit as audit_log
+    from legion.retention import archive_dir
 
     paths = State.paths()
     lookup = read_audit_key(paths.vault_db, paths.vault_key)
     signing = audit_log.Signing(lookup.key, lookup.present, lookup.problem)
     result = audit_log.verify(
-        conn, signing=signing, anchor_path=paths.audit_anchor, expect_head=expect_head
+        conn,
+        signing=signing,
+        anchor_path=paths.audit_anchor,
+        expect_head=expect_head,
+        archive_dir=archive_dir(paths.home),
     )
     if as_json:
         emit_json(result.as_dict())
@@ -123,6 +128,16 @@ def _verify(conn: Any, expect_head: str | None, as_json: bool) -> None:
             f"audit log ok: {result.checked} records, head {result.head_hash}; {signed}; "
             f"anchored at seq {result.anchor_seq}"
         )
+        if result.sealed_seq:
+            missing = (
+                f"; {len(result.archives_missing)} removed ({', '.join(result.archives_missing)})"
+                if result.archives_missing
+                else ""
+            )
+            typer.echo(
+                f"records 1..{result.sealed_seq} were archived: every seal verifies; "
+                f"{result.archives_checked} archive files checked against them{missing}"
+            )
         if result.expect_head_seq is not None:
             typer.echo(f"the head you expected is record {result.expect_head_seq}: still there")
     elif result.status == "unverified":

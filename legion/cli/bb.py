@@ -82,7 +82,14 @@ def ls(
 ) -> None:
     """List live keys (with version, writer and expiry)."""
     with host_errors(), _client() as client:
-        entries = client.bb_list(prefix).entries
+        listing = client.bb_list(prefix)
+    entries = listing.entries
+    if listing.truncated:  # on stderr, so --json stays the list it always was
+        echo(
+            f"only the first {len(entries):,} keys are shown (a listing is capped); "
+            "list a longer prefix to see the rest",
+            err=True,
+        )
     if as_json:
         emit_json([e.model_dump() for e in entries])
         return

@@ -18,6 +18,16 @@ from legion.cli.common import (
 )
 
 
+def _is_day(value: object) -> bool:
+    from legion.gateway.llm.budget import day_start
+
+    try:
+        day_start(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def costs(
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
     since: Annotated[
@@ -34,7 +44,7 @@ def costs(
     """Spend per agent and model (UTC day and month), with each agent's caps."""
     from legion.config import load_config
     from legion.errors import ConfigError
-    from legion.gateway.llm.budget import window_start
+    from legion.gateway.llm.budget import day_key, day_start, window_start
     from legion.store import connect
 
     paths = State.paths()
@@ -64,11 +74,39 @@ def costs(
         open_rows = list(
             conn.execute("SELECT agent, SUM(amount_usd) FROM reservations GROUP BY agent")
         )
+        # Older days are rolled up (legion/retention.py): one row per day, exact per day.
+        has_rollups = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger_daily'"
+        ).fetchall()
+        rolled = (
+            [
+                row
+                for row in conn.execute(
+                    "SELECT agent, model, day, CAST(cost_usd AS REAL), CAST(calls AS INTEGER),"
+                    " CAST(prompt_tokens AS INTEGER), CAST(completion_tokens AS INTEGER)"
+                    " FROM ledger_daily WHERE day >= ?" + where,
+                    (day_key(low), *args),
+                )
+                if _is_day(row[2])  # a damaged row is skipped, not a traceback
+            ]
+            if has_rollups
+            else []
+        )
     finally:
         db.close()
+    # A --since inside a rolled-up day counts that whole day: say so.
+    since_from = since_ts
+    for *_, rolled_day, _cost, _calls, _p, _c in rolled:
+        start = day_start(rolled_day)
+        if since_ts is not None and start < since_ts < start + 86400:
+            since_from = min(since_from or start, start)
+    rows += [
+        (name, model, day_start(rolled_day), cost, p, c, calls)
+        for name, model, rolled_day, cost, calls, p, c in rolled
+    ]
     reserved = {a: float(v) for a, v in open_rows}
     table: dict[tuple[str, str], dict[str, Any]] = {}
-    for name, model, ts, cost, p, c in rows:
+    for name, model, ts, cost, p, c, *calls in rows:
         row = table.setdefault(
             (name, model),
             {
@@ -85,9 +123,9 @@ def costs(
             row["month_usd"] += cost
         if ts >= day:
             row["today_usd"] += cost
-            row["calls_today"] += 1
+            row["calls_today"] += calls[0] if calls else 1
             row["tokens_today"] += p + c
-        if since_ts is not None and ts >= since_ts:
+        if since_from is not None and ts >= since_from:
             row["since_usd"] += cost
     agents_out = []
     names = sorted({a for a, _ in table} | ({agent} if agent else set(config.agents)))
@@ -108,6 +146,7 @@ def costs(
     fleet_today = sum(a["today_usd"] for a in agents_out)
     result = {
         "fleet_today_usd": fleet_today,
+        "since_from": since_from,
         "fleet_daily_cap_usd": config.llm.fleet_daily_usd,
         "agents": agents_out,
     }

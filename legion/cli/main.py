@@ -16,6 +16,7 @@ from legion.cli import (
     config_cmd,
     costs_cmd,
     cron_cmd,
+    db_cmd,
     host_cmd,
     images_cmd,
     logs_cmd,
@@ -41,6 +42,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(vault_cmd.app, name="vault")
 app.add_typer(images_cmd.app, name="images")
 app.add_typer(agents_cmd.app, name="agents")
+app.add_typer(db_cmd.app, name="db")
 app.add_typer(mcp_cmd.app, name="mcp")
 app.add_typer(skills_cmd.app, name="skills")
 app.add_typer(cron_cmd.app, name="cron")

@@ -391,6 +391,11 @@ class Spawner:
                     if isinstance(event, AgentReply):
                         child = self.children.get(event.agent)
                         if child is not None and event.in_reply_to == child.item_id:
+                            # The reply's answer goes out once its fsync is done (group
+                            # commit); wait for the same fsync, so the answer is written
+                            # before the reap closes the child's socket.
+                            with contextlib.suppress(LegionError):
+                                await self.host.store.flush()
                             await self.reap(child.name, "it reported its result", notify=False)
                     continue
                 try:

@@ -30,6 +30,7 @@ from typing import Any
 
 import apsw
 
+from legion.groupcommit import StorageFailed
 from legion.mesh.audit_chain import (
     CHECKPOINT_EVERY,
     CHECKPOINT_EVERY_S,
@@ -45,7 +46,7 @@ from legion.mesh.audit_chain import (
     write_anchor,
 )
 from legion.mesh.audit_verify import Signing, VerifyResult, verify
-from legion.store import AUDIT_CHECKPOINTS_DDL, AUDIT_DDL, committed
+from legion.store import AUDIT_CHECKPOINTS_DDL, AUDIT_DDL, Store, committed
 
 __all__ = [
     "CHECKPOINT_EVERY",
@@ -91,23 +92,6 @@ class AuditRecord:
         }
 
 
-@contextmanager
-def _synced(conn: apsw.Connection) -> Iterator[apsw.Connection]:
-    """A transaction whose commit is fsynced even on a connection at synchronous=NORMAL
-    (durability "normal"), so an anchor never names a record a power cut could undo; the
-    fsync makes every earlier commit durable too."""
-    row = conn.execute("PRAGMA synchronous").fetchone()
-    level = int(row[0]) if row else 2
-    if level < 2:
-        conn.execute("PRAGMA synchronous=FULL")
-    try:
-        with conn:
-            yield conn
-    finally:
-        if level < 2:
-            conn.execute(f"PRAGMA synchronous={level}")
-
-
 class AuditLog:
     """Appends records to the `audit` table of host.db. Owned by the host process.
 
@@ -116,11 +100,15 @@ class AuditLog:
     `expect_anchor=False` says this is a new log (the vault made the key just now, or
     host.db is new), so a missing anchor is no finding. Without a key (tests of other
     components), records are only hash-chained.
+
+    Given the host's `Store`, records are committed through it (group commit: a reply
+    that reports an action waits for the fsync covering its record); given a bare
+    connection, each durable record is committed at synchronous=FULL.
     """
 
     def __init__(
         self,
-        conn: apsw.Connection,
+        store: Store | apsw.Connection,
         *,
         clock: Callable[[], float] = time.time,
         on_append: Callable[[AuditRecord], None] | None = None,
@@ -130,6 +118,8 @@ class AuditLog:
         anchor_path: Path | None = None,
         expect_anchor: bool = True,
     ) -> None:
+        self.store = store if isinstance(store, Store) else None
+        conn = store.conn if isinstance(store, Store) else store
         self.conn = conn
         self.full_sync = full_sync
         self.redact = redact
@@ -141,7 +131,7 @@ class AuditLog:
         if key is not None:  # a dropped table must not stop the host: recreate, record
             missing = sorted({"audit", "audit_checkpoints"} - tables(conn))
             if missing:
-                with conn:
+                with self._tx(True):
                     conn.execute(AUDIT_DDL + AUDIT_CHECKPOINTS_DDL)
         row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         self._seq, self._head = (int(row[0]), str(row[1])) if row else (0, GENESIS)
@@ -157,6 +147,11 @@ class AuditLog:
     def head(self) -> tuple[int, str]:
         return self._seq, self._head
 
+    @property
+    def anchored_seq(self) -> int | None:
+        """The record the anchor file names now (None before the first anchor)."""
+        return self._anchored.seq if self._anchored is not None else None
+
     def append(
         self,
         actor: str,
@@ -169,8 +164,8 @@ class AuditLog:
     ) -> AuditRecord:
         """Append and commit one record (committed before the caller goes on).
 
-        `durable=False` skips the fsync of this commit; the caller then owes a durable
-        commit right after (any later fsynced commit makes every earlier one durable).
+        `durable=False`: this commit starts no fsync of its own; the caller then owes a
+        durable commit right after (any later fsync makes every earlier commit durable).
         """
         seq = self._seq + 1
         ts = self.clock()
@@ -183,7 +178,7 @@ class AuditLog:
                 detail = json.loads(detail_text)
         digest = record_hash(self._head, seq, ts, actor, action, target, decision, detail_text)
         sign = self.key is not None and seq - self._signed_seq >= CHECKPOINT_EVERY
-        with committed(self.conn, fsync=durable or not self.full_sync) as conn:
+        with self._tx(durable) as conn:
             conn.execute(
                 "INSERT INTO audit(seq, ts, actor, action, target, decision, detail, prev_hash,"
                 " hash) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -205,21 +200,37 @@ class AuditLog:
 
     # --- signing and anchoring ----------------------------------------------------------
 
+    @contextmanager
+    def _tx(self, durable: bool) -> Iterator[apsw.Connection]:
+        if self.store is not None:
+            with self.store.tx(durable=durable) as conn:
+                yield conn
+        else:
+            with committed(self.conn, fsync=durable or not self.full_sync) as conn:
+                yield conn
+
     def checkpoint(self) -> Checkpoint:
-        """Sign the head now, in an fsynced commit (the anchor may name it)."""
+        """Sign the head now (committed at FULL on a bare connection; through the store, the
+        caller syncs it, `_synced_now` or `anchor_now`, before an anchor may name it)."""
         assert self.key is not None
         ts = self.clock()
         cp = Checkpoint(
             self._seq, self._head, ts, checkpoint_mac(self.key, self._seq, self._head, ts)
         )
         if cp.seq > 0:
-            with _synced(self.conn) as conn:
+            with self._tx(True) as conn:
                 conn.execute(
                     "INSERT OR REPLACE INTO audit_checkpoints(seq, hash, ts, mac) VALUES (?,?,?,?)",
                     (cp.seq, cp.hash, cp.ts, cp.mac),
                 )
         self._signed_seq = cp.seq
         return cp
+
+    def _synced_now(self) -> None:
+        """Every commit so far on disk, blocking (start and stop): whatever the durability,
+        an anchor never names a record a power cut could undo."""
+        if self.store is not None:
+            self.store.sync_all_now()
 
     def _due(self) -> bool:
         return (
@@ -234,11 +245,15 @@ class AuditLog:
             return
         assert self.anchor_path is not None
         cp = self.checkpoint()
+        if self.store is not None:
+            await self.store.sync_all()
         await asyncio.to_thread(write_anchor, self.anchor_path, cp)
         self._anchored = cp
 
-    async def anchor_forever(self, every_s: float = CHECKPOINT_EVERY_S) -> None:
-        """The host's task: sign and anchor every `every_s` seconds while records arrive."""
+    async def anchor_forever(self, every_s: float | None = None) -> None:
+        """The host's task: sign and anchor every `every_s` seconds (CHECKPOINT_EVERY_S)
+        while records arrive."""
+        every_s = CHECKPOINT_EVERY_S if every_s is None else every_s
         while True:
             await asyncio.sleep(every_s)
             try:
@@ -253,9 +268,10 @@ class AuditLog:
         assert self.anchor_path is not None
         try:
             cp = self.checkpoint()
+            self._synced_now()
             write_anchor(self.anchor_path, cp)
             self._anchored = cp
-        except (OSError, apsw.Error):
+        except (OSError, apsw.Error, StorageFailed):
             log.exception("could not anchor the audit log at shutdown")
 
     def _check_anchor(
@@ -302,7 +318,7 @@ class AuditLog:
                 "SELECT COUNT(*), MIN(seq), MAX(seq) FROM audit_checkpoints WHERE seq > ?",
                 (self._seq,),
             ).fetchone()
-            with self.conn:  # checkpoints of records that are gone would name the new ones
+            with self._tx(True):  # checkpoints of records that are gone would name the new ones
                 self.conn.execute("DELETE FROM audit_checkpoints WHERE seq > ?", (self._seq,))
             row = self.conn.execute("SELECT MAX(seq) FROM audit_checkpoints").fetchone()
             self._signed_seq = int(row[0]) if row and row[0] is not None else 0
@@ -325,6 +341,7 @@ class AuditLog:
                 stale_checkpoints=int(stale[0]) if stale else 0,
             )
         cp = self.checkpoint()
+        self._synced_now()
         write_anchor(path, cp)
         self._anchored = cp
 

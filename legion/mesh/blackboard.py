@@ -1,18 +1,23 @@
 """The blackboard: shared key-value state with versions, TTLs, CAS, claims and watches.
 
-The host is the only writer of host.db, so every entry is also kept in memory
-(write-through): reads never touch SQLite, writes commit before they return.
-Expired entries are invisible to every read path (get, list, watch) the moment
-they expire, and are collected from the database in the background.
+SQLite is the index: a prefix listing is a range scan of the primary key (`key >= prefix
+AND key < the prefix's successor`), so it costs the same with a thousand keys or a
+million, and the host loads no entry at start. The host is the only writer of host.db,
+so the rows it reads or writes stay in a bounded in-memory cache (write-through,
+least-recently-used out): a hot key's read never touches SQLite, and a cold one is one
+primary-key lookup. Writes commit before they return. Expired entries are invisible to
+every read path (get, list, watch) the moment they expire, and are collected from the
+database in the background, in batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +30,73 @@ from legion.wire import rules
 from legion.wire.api import BlackboardChange, BlackboardEntry, Claim, WatchResponse
 from legion.wire.events import BlackboardChanged, ClaimChanged
 
+# The row cache holds at most this many entries and this many bytes (estimated, `weight`).
+CACHE_ROWS = 20_000
+CACHE_BYTES = 32 * 1024 * 1024
+ROW_OVERHEAD = 200  # bytes counted per cached row besides its value
+# The watch history keeps at most [host.blackboard] watch_history changes and this many
+# bytes of their values; a watcher further behind gets `reset: true`.
+HISTORY_BYTES = 64 * 1024 * 1024
+COLLECT_BATCH = 1000  # expired entries deleted per transaction
+SCAN_CHUNK = 1000  # rows a listing reads per query
+LIST_MAX_ENTRIES = 10_000  # one listing returns at most this many entries ...
+LIST_MAX_BYTES = 8 * 1024 * 1024  # ... and about this many bytes of values (`truncated`)
+# Keys are ASCII letters, digits, ._:@+=- and '/': a prefix with anything else matches none.
+_PREFIX_RE = re.compile(r"[A-Za-z0-9._:@+=/-]*")
+_SELECT = "SELECT key, value, version, writer, updated_at, expires_at FROM blackboard"
+
+
+def weight(text: str) -> int:
+    """Bytes a parsed JSON value may take in memory, from its text: its length plus a
+    Python object's worth per element and container (`[[],[],...]` parses to 20 times its
+    text; this estimate stays above that), so caches are bounded by memory, not by text."""
+    return len(text) + 64 * (text.count(",") + text.count("[") + text.count("{"))
+
+
+def prefix_range(prefix: str) -> tuple[str, str] | None:
+    """The half-open key range [low, high) holding every key that starts with `prefix`
+    (keys are ASCII, compared bytewise by SQLite and by Python alike); None for ""."""
+    if not prefix:
+        return None
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def literal_prefix(pattern: str) -> str:
+    """What every key a glob matches starts with: the pattern up to its first wildcard."""
+    cuts = [i for i in (pattern.find("*"), pattern.find("?")) if i >= 0]
+    return pattern[: min(cuts)] if cuts else pattern
+
+
+def sql_glob(pattern: str) -> str | None:
+    """A SQLite GLOB matching every key `pattern` matches, and maybe more (its `*` and `?`
+    cross `/`): a filter SQLite applies in C before a row reaches Python, so a reader whose
+    pattern starts with a wildcard (`**/pub`) does not turn every key into a Python row.
+    None when the pattern can match no key (`[`, `]`: no key has them; GLOB would read a
+    character class)."""
+    if "[" in pattern or "]" in pattern:
+        return None
+    return pattern.replace("**", "*")
+
+
+def scan_bases(prefix: str, within: list[str] | None) -> list[str]:
+    """The prefixes to scan, in key order and disjoint, for keys under `prefix` that start
+    with one of `within` (None: any key): a listing reads only the ranges an agent may read."""
+    if within is None:
+        bases = [prefix]
+    else:
+        bases = sorted(
+            {
+                lit if lit.startswith(prefix) else prefix
+                for lit in within
+                if lit.startswith(prefix) or prefix.startswith(lit)
+            }
+        )
+    out: list[str] = []
+    for base in bases:
+        if _PREFIX_RE.fullmatch(base) and not (out and base.startswith(out[-1])):
+            out.append(base)
+    return out
+
 
 @dataclass(slots=True)
 class _Row:
@@ -33,6 +105,7 @@ class _Row:
     writer: str
     updated_at: float
     expires_at: float | None
+    size: int = 0  # estimated bytes in memory (`weight`), for the cache's bound
 
     def entry(self, key: str) -> BlackboardEntry:
         return BlackboardEntry.model_construct(
@@ -46,6 +119,15 @@ class _Row:
 
 
 @dataclass(slots=True)
+class _Scan:
+    """What one listing has read so far."""
+
+    bytes: int = 0  # of value text
+    truncated: bool = False  # stopped with readable entries left
+    more: bool = False  # another query follows the chunk just yielded
+
+
+@dataclass(slots=True)
 class _Change:
     seq: int
     op: str
@@ -55,6 +137,7 @@ class _Change:
     value: Any
     at: float
     expires_at: float | None
+    size: int = 0  # the value's weight
 
 
 class Blackboard:
@@ -65,23 +148,27 @@ class Blackboard:
         bus: EventBus,
         *,
         clock: Callable[[], float] = time.time,
+        cache_rows: int = CACHE_ROWS,
+        cache_bytes: int = CACHE_BYTES,
+        history_bytes: int = HISTORY_BYTES,
     ) -> None:
         self.store = store
+        self.cache_rows = cache_rows
+        self.cache_bytes = cache_bytes
+        self.history_bytes = history_bytes
         self.config = config
         self.bus = bus
         self.clock = clock
-        self._rows: dict[str, _Row] = {}
+        self._cache: OrderedDict[str, _Row] = OrderedDict()
+        self._cache_bytes = 0
         self._claims: dict[str, tuple[str, float]] = {}
-        for key, value, version, writer, updated_at, expires_at in store.execute(
-            "SELECT key, value, version, writer, updated_at, expires_at FROM blackboard"
-        ):
-            self._rows[key] = _Row(json.loads(value), version, writer, updated_at, expires_at)
         for key, owner, expires_at in store.execute("SELECT key, owner, expires_at FROM claims"):
             self._claims[key] = (owner, expires_at)
         # Watch cursors start from the clock so a cursor from before a restart is
         # recognised as stale (it falls outside the retained window) and resets.
         self._seq = int(clock() * 1_000_000)
-        self._history: deque[_Change] = deque(maxlen=config.watch_history)
+        self._history: deque[_Change] = deque()
+        self._history_bytes = 0
         self._changed = asyncio.Event()
 
     # --- validation -----------------------------------------------------------
@@ -115,8 +202,45 @@ class Blackboard:
 
     # --- reads ----------------------------------------------------------------
 
+    def _cached(self, key: str, row: _Row) -> None:
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cache_bytes -= old.size + ROW_OVERHEAD
+        self._cache[key] = row
+        self._cache_bytes += row.size + ROW_OVERHEAD
+        while len(self._cache) > self.cache_rows or self._cache_bytes > self.cache_bytes:
+            _, out = self._cache.popitem(last=False)
+            self._cache_bytes -= out.size + ROW_OVERHEAD
+
+    @property
+    def cached(self) -> tuple[int, int]:
+        """(rows, bytes) in the row cache."""
+        return len(self._cache), self._cache_bytes
+
+    def _uncache(self, key: str) -> None:
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cache_bytes -= old.size + ROW_OVERHEAD
+
+    def _row(self, key: str) -> _Row | None:
+        """The stored row of `key` (expired or not): from the cache, else one lookup."""
+        row = self._cache.get(key)
+        if row is not None:
+            self._cache.move_to_end(key)
+            return row
+        found: list[tuple[Any, ...]] = self.store.execute(
+            "SELECT value, version, writer, updated_at, expires_at FROM blackboard WHERE key = ?",
+            (key,),
+        ).fetchall()
+        if not found:
+            return None
+        value, version, writer, updated_at, expires_at = found[0]
+        row = _Row(json.loads(value), version, writer, updated_at, expires_at, weight(value))
+        self._cached(key, row)
+        return row
+
     def _live(self, key: str, now: float) -> _Row | None:
-        row = self._rows.get(key)
+        row = self._row(key)
         if row is None or (row.expires_at is not None and row.expires_at <= now):
             return None
         return row
@@ -129,18 +253,107 @@ class Blackboard:
         self,
         prefix: str = "",
         readable: Callable[[str], bool] | None = None,
-        limit: int = 10000,
+        limit: int = LIST_MAX_ENTRIES,
+        within: list[str] | None = None,
+        max_bytes: int = LIST_MAX_BYTES,
+        globs: list[str] | None = None,
     ) -> list[BlackboardEntry]:
-        now = self.clock()
+        """Live entries under `prefix`, in key order: range scans of the primary key, only
+        of the ranges that start with one of `within` (the literal prefixes of the caller's
+        read patterns; None: everything), so a listing costs what the caller may see."""
+        parts = self._scan(prefix, readable, limit, within, max_bytes, _Scan(), globs)
+        return [e for part in parts for e in part]
+
+    async def list_entries(
+        self,
+        prefix: str = "",
+        readable: Callable[[str], bool] | None = None,
+        limit: int = LIST_MAX_ENTRIES,
+        within: list[str] | None = None,
+        max_bytes: int = LIST_MAX_BYTES,
+        globs: list[str] | None = None,
+    ) -> tuple[list[BlackboardEntry], bool]:
+        """`entries`, letting the event loop run between chunks of `SCAN_CHUNK` rows read (a
+        reader whose patterns start with a wildcard scans every key), and whether the
+        listing stopped at `limit` entries or `max_bytes` of values with more left."""
         out: list[BlackboardEntry] = []
-        for key in sorted(k for k in self._rows if k.startswith(prefix)):
-            row = self._live(key, now)
-            if row is None or (readable is not None and not readable(key)):
-                continue
-            out.append(row.entry(key))
-            if len(out) >= limit:
-                break
-        return out
+        scan = _Scan()
+        for part in self._scan(prefix, readable, limit, within, max_bytes, scan, globs):
+            out += part
+            if scan.more:  # a query follows: let the loop run first (not after the last)
+                await asyncio.sleep(0)
+        return out, scan.truncated
+
+    def _scan(
+        self,
+        prefix: str,
+        readable: Callable[[str], bool] | None,
+        limit: int,
+        within: list[str] | None,
+        max_bytes: int,
+        scan: _Scan,
+        globs: list[str] | None = None,
+    ) -> Iterator[list[BlackboardEntry]]:
+        """Chunks of the listing, each one short query (keyset pagination: no cursor stays
+        open between chunks, so the caller may yield to other writers in between). Stops
+        (`scan.truncated`) at `limit` entries or once their values pass `max_bytes`: a
+        listing's memory and the time to encode it stay bounded however big the values.
+        `globs` (`sql_glob` of the caller's read patterns) filter rows inside SQLite."""
+        if globs is not None and not globs:
+            return  # nothing is readable
+        # A window of SCAN_CHUNK keys of the range at a time (keyset pagination: the
+        # window's last key, found in the primary key alone), then the rows of that window
+        # that match, filtered inside SQLite: no query reads more than one window, however
+        # few of its keys the caller may read, and only matches become Python rows.
+        match = " AND (" + " OR ".join(["key GLOB ?"] * len(globs)) + ")" if globs else ""
+        glob_args = tuple(globs or ())
+        now = self.clock()
+        found = 0
+        bases = scan_bases(prefix, within)
+        for n, base in enumerate(bases, start=1):
+            span = prefix_range(base)
+            low, high = span if span is not None else ("", None)
+            first = True
+            while True:
+                after = " key >= ?" if first else " key > ?"
+                upto = " AND key < ?" if high is not None else ""
+                bound: tuple[Any, ...] = (low, high) if high is not None else (low,)
+                window: list[tuple[Any, ...]] = self.store.execute(
+                    f"SELECT MAX(key), COUNT(*) FROM (SELECT key FROM blackboard WHERE{after}"
+                    f"{upto} ORDER BY key LIMIT ?)",
+                    (*bound, SCAN_CHUNK),
+                ).fetchall()
+                edge, scanned = window[0] if window else (None, 0)
+                if edge is None:
+                    break
+                cursor = self.store.execute(
+                    f"{_SELECT} WHERE{after} AND key <= ? AND (expires_at IS NULL OR"
+                    f" expires_at > ?){match} ORDER BY key",
+                    (low, edge, now, *glob_args),
+                )
+                part: list[BlackboardEntry] = []
+                try:
+                    for key, value, version, writer, updated_at, expires_at in cursor:
+                        if readable is not None and not readable(key):
+                            continue
+                        full = scan.bytes + len(value) > max_bytes and (found or part)
+                        if found + len(part) >= limit or full:
+                            scan.truncated, scan.more = True, False
+                            yield part
+                            return
+                        scan.bytes += len(value)
+                        row = self._cache.get(key)
+                        if row is None:
+                            row = _Row(json.loads(value), version, writer, updated_at, expires_at)
+                        part.append(row.entry(key))
+                finally:
+                    cursor.close()
+                found += len(part)
+                scan.more = scanned == SCAN_CHUNK or n < len(bases)
+                yield part
+                if scanned < SCAN_CHUNK:
+                    break
+                low, first = str(edge), False
 
     # --- writes ---------------------------------------------------------------
 
@@ -187,9 +400,9 @@ class Blackboard:
                 " expires_at) VALUES (?,?,?,?,?,?)",
                 (key, text, version, writer, now, expires_at),
             )
-        row = _Row(json.loads(text), version, writer, now, expires_at)
-        self._rows[key] = row
-        self._record("put", key, version, writer, row.value, now, expires_at)
+        row = _Row(json.loads(text), version, writer, now, expires_at, weight(text))
+        self._cached(key, row)
+        self._record("put", key, version, writer, row.value, now, expires_at, row.size)
         return row.entry(key)
 
     def delete(self, key: str, writer: str) -> bool:
@@ -199,7 +412,7 @@ class Blackboard:
         current = self._live(key, now)
         with self.store.tx() as conn:
             conn.execute("DELETE FROM blackboard WHERE key = ?", (key,))
-        self._rows.pop(key, None)
+        self._uncache(key)
         if current is None:
             return False
         self._record("delete", key, current.version, writer, None, now, None)
@@ -249,23 +462,28 @@ class Blackboard:
 
     # --- expiry ---------------------------------------------------------------
 
-    def collect(self) -> int:
-        """Delete expired entries and claims; returns how many entries were collected."""
+    def collect(self, batch: int = COLLECT_BATCH) -> int:
+        """Delete up to `batch` expired entries, and lapsed claims, in one short transaction
+        (the index on expires_at finds them); returns how many entries were collected. The
+        host calls it again at once while it returns a full batch."""
         now = self.clock()
-        expired = [
-            k for k, r in self._rows.items() if r.expires_at is not None and r.expires_at <= now
-        ]
+        expired: list[tuple[Any, ...]] = self.store.execute(
+            "SELECT key, version, writer FROM blackboard "
+            "WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?",
+            (now, batch),
+        ).fetchall()
         lapsed = [k for k, (_, exp) in self._claims.items() if exp <= now]
         if not expired and not lapsed:
             return 0
         with self.store.tx() as conn:
-            conn.execute(
-                "DELETE FROM blackboard WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+            conn.executemany(
+                "DELETE FROM blackboard WHERE key = ? AND expires_at <= ?",
+                [(key, now) for key, _, _ in expired],
             )
             conn.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
-        for key in expired:
-            row = self._rows.pop(key)
-            self._record("expired", key, row.version, row.writer, None, now, None)
+        for key, version, writer in expired:
+            self._uncache(key)
+            self._record("expired", key, version, writer, None, now, None)
         for key in lapsed:
             owner, _ = self._claims.pop(key)
             self.bus.publish(ClaimChanged(at=now, key=key, owner=owner, op="expired"))
@@ -282,9 +500,17 @@ class Blackboard:
         value: Any,
         at: float,
         expires_at: float | None,
+        size: int = 0,
     ) -> None:
         self._seq += 1
-        self._history.append(_Change(self._seq, op, key, version, writer, value, at, expires_at))
+        change = _Change(self._seq, op, key, version, writer, value, at, expires_at, size)
+        self._history.append(change)
+        self._history_bytes += size + ROW_OVERHEAD
+        history = self._history
+        while len(history) > self.config.watch_history or (
+            self._history_bytes > self.history_bytes and len(history) > 1
+        ):
+            self._history_bytes -= history.popleft().size + ROW_OVERHEAD
         self.bus.publish(
             BlackboardChanged(
                 at=at,

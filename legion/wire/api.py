@@ -59,6 +59,9 @@ class BlackboardCas(_Strict):
 
 class BlackboardList(BaseModel):
     entries: list[BlackboardEntry]
+    # More readable entries follow than one listing returns (10,000 entries or about 8 MiB
+    # of values): list a longer prefix to see them.
+    truncated: bool = False
 
 
 class BlackboardDeleted(BaseModel):

@@ -121,13 +121,15 @@ class AgentPane(Vertical, can_focus=False):
         if op == "new" and widget is None:
             widget = self._make(item, fresh=True)
             history = self.query_one("#history", VerticalScroll)
-            await history.mount(widget)
-            excess = len(history.children) - MAX_WIDGETS
-            if excess > 0:  # an agent flooding notices cannot make the pane unbounded
+            # Room first, then the new one: the pane never holds more than MAX_WIDGETS, even
+            # while a removal is still being processed (an agent flooding notices).
+            excess = len(history.children) + 1 - MAX_WIDGETS
+            if excess > 0:
                 old = list(history.children)[:excess]
                 for gone in old:
                     self._widgets = {k: w for k, w in self._widgets.items() if w is not gone}
                 await history.remove_children(old)
+            await history.mount(widget)
             if isinstance(widget, Reply) and not item.done:
                 widget.add_class("-streaming")
                 widget.stream = Markdown.get_stream(widget)

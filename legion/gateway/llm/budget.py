@@ -13,6 +13,7 @@ with respect to every other call: concurrent calls can never take spend past a c
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -23,7 +24,10 @@ from datetime import UTC, datetime
 from legion.config import Config
 from legion.errors import LegionError
 from legion.gateway.llm.carve import Carves
+from legion.groupcommit import StorageFailed
 from legion.store import Store
+
+log = logging.getLogger("legion.gateway")
 
 
 class BudgetExceeded(LegionError):
@@ -57,6 +61,11 @@ def day_key(ts: float) -> str:
 
 def month_key(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
+
+
+def day_start(day: str) -> float:
+    """The UTC midnight that starts `day` (YYYY-MM-DD)."""
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
 
 
 def window_start(ts: float, window: str) -> float:
@@ -105,12 +114,24 @@ class Budgets:
                 conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
 
     def _load(self) -> None:
+        """This month's spend: live ledger rows, plus the daily rollups of older rows
+        (legion/retention.py), which keep each day's sum exact."""
         now = self.clock()
         since = window_start(now, "month")
         for agent, ts, cost in self.store.execute(
             "SELECT agent, ts, cost_usd FROM ledger WHERE ts >= ?", (since,)
         ):
             self._add(self.spent, agent, ts, cost)
+        for agent, day, cost in self.store.execute(
+            "SELECT agent, day, SUM(cost_usd) FROM ledger_daily WHERE day >= ? GROUP BY 1, 2",
+            (day_key(since),),
+        ):
+            try:
+                start = day_start(day)
+            except (TypeError, ValueError):  # a damaged row must not stop the host
+                log.error("ignoring a ledger rollup with a damaged day %r", day)
+                continue
+            self._add(self.spent, agent, start, float(cost or 0.0))
 
     def _add(
         self, table: dict[tuple[str, str], float], agent: str, ts: float, amount: float
@@ -151,7 +172,10 @@ class Budgets:
     def reserve(
         self, agent: str, model: str, provider_model: str, request_id: str, amount: float
     ) -> Reservation:
-        """Hold `amount` USD against every cap of `agent`, or raise BudgetExceeded (402)."""
+        """Hold `amount` USD against every cap of `agent`, or raise BudgetExceeded (402).
+
+        The reservation is committed when this returns; the caller awaits `durable()` before
+        it dispatches the call, so the reservation is on disk before money can be spent."""
         now = self.clock()
         d, m = day_key(now), month_key(now)
         keys = {"day": d, "month": m}
@@ -195,6 +219,19 @@ class Budgets:
         self.open[reservation.id] = reservation
         return reservation
 
+    async def durable(self, reservation: Reservation) -> None:
+        """Return once `reservation` (and every commit before it: the call's allow record)
+        is on disk. Should the disk fail, the call is not made: its hold is released and
+        the error raised (503 storage_failed)."""
+        try:
+            await self.store.flush()
+        except StorageFailed:
+            if self.open.pop(reservation.id, None) is not None:
+                self._hold(reservation, -reservation.amount)
+                with self.store.tx(durable=False) as conn:
+                    conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
+            raise
+
     def _hold(self, r: Reservation, amount: float) -> None:
         for scope in self.carve.scopes(r.agent):
             self.reserved[(scope, r.day)] += amount
@@ -216,8 +253,9 @@ class Budgets:
         if reservation.id not in self.open:
             return  # already settled
         now = self.clock()
-        # Not fsynced: the reservation it replaces was. If a power cut drops this commit, the
-        # next start books the reservation in full: spend is over-counted, never under.
+        # No fsync of its own: the reservation it replaces is on disk. If a power cut drops
+        # this commit, the next start books the reservation in full: spend is over-counted,
+        # never under.
         with self.store.tx(durable=False) as conn:
             conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
             conn.execute(

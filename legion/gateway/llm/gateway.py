@@ -339,6 +339,7 @@ class Gateway:
                 hops.append(outcome(hop_alias, exc.code, exc.message))
                 self._failover(agent, request_id, hop_alias, nxt, exc.code)
                 continue
+            await self.budgets.durable(reservation)  # on disk before the call goes out
             model_cfg = hop.model
             started = time.monotonic()
             attempt = self.health.clock()  # failures of overlapping attempts count once
@@ -644,6 +645,7 @@ class Gateway:
         except LegionError as exc:
             self._refused(agent, alias, exc, request_id=request_id)
             raise
+        await self.budgets.durable(reservation)  # on disk before the call goes out
         hop = Hop(alias, model_cfg, price, bound, 0)
         started = time.monotonic()
         attempt = self.health.clock()
