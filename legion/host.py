@@ -212,7 +212,10 @@ class Host:
             models = config.llm.models.values()
             if preload_llm and any(not passthrough.applies(m) for m in models):
                 host.litellm.start()  # a model needs LiteLLM: import it now, off the loop
-            if preload_llm and any(passthrough.applies(m) for m in models):
+            if preload_llm and any(
+                passthrough.applies(m) and (m.api_base or "").lower().startswith("https:")
+                for m in models
+            ):
                 host.gateway.passthrough.prepare()  # the direct path's TLS context, off the loop
             await host.fleet.start_all()
             host._tasks.add(asyncio.create_task(host.fleet.supervise_forever(), name="fleet"))
