@@ -426,7 +426,7 @@ class Fleet:
         if status is not None and status.health == "unhealthy":
             return "container unhealthy (its health check failed)"
         timeout = self.host.config.runtime.heartbeat_timeout_s
-        seen = self.host.last_seen.get(agent)
+        seen = self.host.seen_at(agent)
         started = run.started_at or now
         if now - started > timeout and (seen is None or self.host.clock() - seen > timeout):
             return f"no heartbeat or inbox poll for {timeout:.0f}s"
