@@ -34,7 +34,8 @@ def upstream_model(model: ModelConfig) -> str:
 
 
 MAX_ERROR_BODY = 65536  # of an upstream's error answer, read to report it
-MAX_LINE = 8 * 1024 * 1024  # one server-sent event line
+MAX_LINE = 1024 * 1024  # one server-sent event line
+MAX_BODY = 64 * 1024 * 1024  # a whole (non-streamed) answer
 
 
 def _error_message(status: int, raw: bytes) -> str:
@@ -107,7 +108,7 @@ class Passthrough:
         )
         if response.status_code >= 400:
             try:
-                raw = await response.read(limit=MAX_ERROR_BODY)
+                raw = await response.read(MAX_ERROR_BODY, cut=True)
             finally:
                 response.aclose_now()
             raise UpstreamError(
@@ -162,7 +163,7 @@ class Passthrough:
         try:
             if isinstance(response, Response):
                 try:
-                    raw = await response.read()
+                    raw = await response.read(MAX_BODY)
                 finally:
                     response.aclose_now()
             else:

@@ -32,7 +32,7 @@ PER_AGENT = 16  # connections one agent may hold upstream at once
 KEEPALIVE_S = 5.0  # an idle connection older than this is closed, not reused
 MAX_IDLE = 512  # idle connections kept per origin
 READ_AHEAD = 262144  # bytes buffered unread before the socket stops being read
-MAX_ERROR_BODY = 65536
+MAX_INFLATED = 8 * 1024 * 1024  # what one compressed read may inflate to
 
 
 class UpstreamError(Exception):
@@ -223,7 +223,9 @@ class Response:
                         raise UpstreamError(502, "the upstream sent an unexpected HTTP event")
                     break
                 if self._inflate is not None:
-                    data = self._inflate.decompress(data)
+                    data = self._inflate.decompress(data, MAX_INFLATED)
+                    if self._inflate.unconsumed_tail:
+                        raise UpstreamError(502, "the upstream's compressed body inflates too far")
                 if data:
                     yield data
             elif type(event) is h11.EndOfMessage:
@@ -231,15 +233,19 @@ class Response:
             else:
                 raise UpstreamError(502, "the upstream sent an unexpected HTTP event")
 
-    async def read(self, limit: int | None = None) -> bytes:
+    async def read(self, limit: int, *, cut: bool = False) -> bytes:
+        """The whole body, at most `limit` bytes: beyond it, the first `limit` when `cut`
+        (an error's text), else UpstreamError."""
         parts: list[bytes] = []
         size = 0
         async for piece in self.pieces():
             parts.append(piece)
             size += len(piece)
-            if limit is not None and size >= limit:
-                break
-        return b"".join(parts)
+            if size > limit:
+                if cut:
+                    break
+                raise UpstreamError(502, f"the upstream's answer is over {limit} bytes")
+        return b"".join(parts)[:limit]
 
     def _finish(self, complete: bool) -> None:
         if not self._done:
