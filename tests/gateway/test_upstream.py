@@ -96,7 +96,7 @@ async def test_issue_10_sequential_calls_of_many_agents_reuse_one_connection() -
 
     async with serving(answer) as up:
         passthrough = Passthrough()
-        passthrough.pool._tls = no_tls  # type: ignore[assignment]
+        passthrough.pool._tls = no_tls
         for agent in ("a", "b", "c", "d"):
             events = [e async for e in passthrough.stream(agent, model(up.url), "k", b"{}")]
             assert events == [{"choices": []}]
