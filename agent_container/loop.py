@@ -11,7 +11,10 @@ Two kinds of failure are told apart:
 
 An item that keeps coming back (handed out more than MAX_DELIVERIES times, e.g. because
 it crashes the container) is answered with an error and acked instead of being run again.
-A heartbeat task, owned by `run()`, tells the host every HEARTBEAT_S that the agent lives.
+A heartbeat task, owned by `run()`, tells the host every HEARTBEAT_S that the agent lives,
+except while an inbox poll is parked on the host with the status already told: the parked
+poll proves it (the host sees the connection drop), so an idle agent costs the host one
+request per long poll and nothing in between.
 
 Each conversation (one per sender) is a session: its system prompt is built at its first
 turn (`agent_container.bootstrap`) and kept byte for byte, so provider prompt caching
@@ -54,7 +57,7 @@ log = logging.getLogger("agent")
 
 NEW_SESSION = "/new"
 HEARTBEAT_S = 10.0
-POLL_WAIT_S = 30.0
+POLL_WAIT_S = 300.0  # the host caps it ([host] long_poll_max_s)
 POLL_MAX_ITEMS = 10
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
@@ -126,6 +129,8 @@ class AgentRuntime:
         self.lane = SteerLane(self.mesh, self._backlog)  # steers reach turns between rounds
         self._stopping = asyncio.Event()
         self._refresh_lock = asyncio.Lock()
+        self.polling = False  # an inbox poll is out (parked on the host)
+        self._told: str | None = None  # the status the last heartbeat carried
 
     def stop(self) -> None:
         """Stop after the item in hand (an idle long-poll is abandoned at once)."""
@@ -174,9 +179,11 @@ class AgentRuntime:
         owed = list(self._unacked)
         poll = asyncio.ensure_future(self.mesh.poll(self.poll_wait_s, POLL_MAX_ITEMS, owed))
         stopping = asyncio.ensure_future(self._stopping.wait())
+        self.polling = True
         try:
             await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.polling = False
             for task in (poll, stopping):
                 task.cancel()
             # Let a cancelled poll unwind before anything closes its connection.
@@ -242,10 +249,14 @@ class AgentRuntime:
 
     async def _heartbeat_forever(self) -> None:
         while True:
-            try:
-                await self.mesh.heartbeat(self.status)
-            except (HostUnavailable, MeshTimeout, MeshError) as exc:
-                log.debug("heartbeat failed: %s", exc)
+            status = self.status
+            if not (self.polling and status == self._told):
+                try:
+                    await self.mesh.heartbeat(status)
+                    self._told = status
+                except (HostUnavailable, MeshTimeout, MeshError) as exc:
+                    self._told = None
+                    log.debug("heartbeat failed: %s", exc)
             await asyncio.sleep(self.heartbeat_s)
 
     # --- one item ------------------------------------------------------------------------

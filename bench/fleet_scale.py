@@ -12,7 +12,8 @@ in one run, each against a baseline measured in the same run:
   before the host is involved. Bare create+start alone is shown too. Target at the
   largest N: <= 1.5x.
 * Idle: the host's CPU (every thread, from /proc schedstat) over a window with every agent
-  idle (long-polling its inbox, a heartbeat every 10 s), and the Docker engine's. Target:
+  idle (an inbox poll parked; the runtime sends no heartbeat meanwhile), and the Docker
+  engine's. Target:
   idle CPU at the largest N <= 1.5x idle CPU at the smallest.
 * First burst: every agent's first LLM call at once (a streaming chat completion on its
   own socket, the direct path to the fake provider); the host's CPU per call, against a

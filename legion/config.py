@@ -92,7 +92,7 @@ class HostConfig(_Section):
     durability: Literal["full", "normal"] = "full"
     inbox_max_items: int = Field(default=10000, ge=1, le=10_000_000)
     visibility_timeout_s: float = Field(default=60.0, gt=0, le=86400)
-    long_poll_max_s: float = Field(default=30.0, gt=0, le=30)
+    long_poll_max_s: float = Field(default=300.0, gt=0, le=3600)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     blackboard: BlackboardConfig = Field(default_factory=BlackboardConfig)
 

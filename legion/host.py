@@ -147,6 +147,10 @@ class Host:
         )
         self.last_seen: dict[str, float] = {}
         self.last_poll: dict[str, float] = {}  # when each agent last polled its inbox
+        # Inbox polls each agent has parked now: a parked poll is a live connection of
+        # the agent's that the host would see drop (polls are disconnect-aware), so it
+        # proves the agent lives as well as a heartbeat (the agent sends none meanwhile).
+        self.polls_parked: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.fleet = Fleet(self, None)
@@ -218,7 +222,10 @@ class Host:
             models = config.llm.models.values()
             if preload_llm and any(not passthrough.applies(m) for m in models):
                 host.litellm.start()  # a model needs LiteLLM: import it now, off the loop
-            if preload_llm and any(passthrough.applies(m) for m in models):
+            if preload_llm and any(
+                passthrough.applies(m) and (m.api_base or "").lower().startswith("https:")
+                for m in models
+            ):
                 host.gateway.passthrough.prepare()  # the direct path's TLS context, off the loop
             await host.fleet.start_all()
             host._tasks.add(asyncio.create_task(host.fleet.supervise_forever(), name="fleet"))
@@ -578,6 +585,13 @@ class Host:
         now = self.clock()
         self.last_seen[agent] = now
         return now
+
+    def seen_at(self, agent: str) -> float | None:
+        """When `agent` was last known alive: now while it has an inbox poll parked,
+        else its last request that counts (heartbeat, poll)."""
+        if self.polls_parked.get(agent):
+            return self.clock()
+        return self.last_seen.get(agent)
 
     def status(self) -> HostStatus:
         return host_status(self)

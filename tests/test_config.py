@@ -132,7 +132,7 @@ BAD_FILES = [
     ),
     Bad(
         "out-of-range",
-        "[host]\nlong_poll_max_s = 99\n",
+        "[host]\nlong_poll_max_s = 99999\n",
         "host.long_poll_max_s",
         "use a smaller value",
         line=2,

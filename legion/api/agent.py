@@ -385,7 +385,17 @@ def build_agent_router(host: Host, agent: str) -> Router:
         if body.ack:
             inboxes.ack(call.principal, body.ack)
         wait = min(body.wait_s, host.config.host.long_poll_max_s)
-        items = await inboxes.poll(call.principal, body.max_items, wait)
+        parked = host.polls_parked
+        parked[call.principal] = parked.get(call.principal, 0) + 1
+        try:
+            items = await inboxes.poll(call.principal, body.max_items, wait)
+        finally:
+            left = parked.get(call.principal, 1) - 1
+            if left > 0:
+                parked[call.principal] = left
+            else:
+                parked.pop(call.principal, None)
+            host.touch(call.principal)  # alive until now (or until it hung up)
         if items:  # a client gone before the answer could be written gets nothing
             call.if_undelivered(lambda: inboxes.requeue(call.principal, items))
         return PollResponse(items=items)
@@ -467,10 +477,11 @@ def build_agent_router(host: Host, agent: str) -> Router:
         "POST", "/v1/heartbeat", body=HeartbeatRequest, response=HeartbeatResponse, rate="read"
     )
     async def heartbeat(call: Call) -> HeartbeatResponse:
-        """Tell the host the agent is alive."""
+        """Tell the host the agent is alive (while it has an inbox poll parked, the poll
+        says so; the runtime then sends none unless its status changes)."""
         body: HeartbeatRequest = call.body
         at = host.touch(call.principal)
-        host.bus.publish(AgentHeartbeat(at=at, agent=call.principal, status=body.status))
+        host.bus.emit(lambda: AgentHeartbeat(at=at, agent=call.principal, status=body.status))
         return HeartbeatResponse(agent=call.principal, at=at)
 
     @router.route("GET", "/v1/models", response=ModelList, rate="read")

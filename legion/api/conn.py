@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("legion.http")
 
 IDLE, HEAD, BODY, QUEUED, HANDLING, CLOSED = range(6)
+CORK_BYTES = 65536  # a streamed response's chunks held for one write at most this long
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -680,6 +681,28 @@ class Connection(asyncio.BufferedProtocol):
         if self.http10:
             self.keep_alive = False  # no chunked framing in HTTP/1.0: the end is the close
         self.cancellable = True  # our own writing: stop it the moment the client goes
+        # Chunks the producer yields in one step of its task (an upstream read that held
+        # several deltas) go out as one HTTP chunk in one write, at the end of that step:
+        # one send and one wake-up of the client per batch instead of per delta.
+        corked: list[bytes] = []
+        corked_bytes = 0
+        flushing: asyncio.Handle | None = None
+
+        def flush(tail: bytes = b"") -> None:
+            nonlocal corked_bytes, flushing
+            flushing = None
+            if corked:
+                data = corked[0] if len(corked) == 1 else b"".join(corked)
+                corked.clear()
+                corked_bytes = 0
+                if not transport.is_closing():
+                    transport.write(
+                        b"%x\r\n%s\r\n%s" % (len(data), data, tail) if framed else data + tail
+                    )
+                    return
+            if tail and not transport.is_closing():
+                transport.write(tail)
+
         try:
             # Inside the try: a client gone before the headers still runs the producer's
             # cleanup (settling an LLM reservation, closing the upstream, an event feed).
@@ -695,9 +718,17 @@ class Connection(asyncio.BufferedProtocol):
                     if redact is not None:
                         chunk = redact(chunk)
                         redact = server.redact_again
-                    transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if framed else chunk)
+                    corked.append(chunk)
+                    corked_bytes += len(chunk)
+                    if corked_bytes >= CORK_BYTES:
+                        flush()
+                    elif flushing is None:
+                        flushing = self.loop.call_soon(flush)
                     await self._drain()
         finally:
+            if flushing is not None:
+                flushing.cancel()
+            flush()  # what the producer yielded before it failed still goes out
             self.cancellable = False
             # Run the producer's cleanup now (e.g. settle an aborted LLM stream), not at GC.
             if not started and response.on_abandon is not None:
@@ -706,7 +737,6 @@ class Connection(asyncio.BufferedProtocol):
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-        if framed:
-            transport.write(b"0\r\n\r\n")
+        flush(b"0\r\n\r\n" if framed else b"")
         await self._drain()
         return True

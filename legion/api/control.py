@@ -226,7 +226,7 @@ def host_agents(host: Host) -> AgentList:
                 mode=cfg.mode,
                 container_id=run.container_id if run else None,
                 restarts_last_hour=sum(1 for t in run.restarts if now - t < 3600) if run else 0,
-                last_seen=host.last_seen.get(name),
+                last_seen=host.seen_at(name),
                 inbox_depth=host.inboxes.depth(name),
                 parent=host.spawner.parent_of(name),
             )
@@ -246,7 +246,7 @@ def host_status(host: Host) -> HostStatus:
             model=cfg.model,
             socket=str(host.paths.agent_socket(name)),
             inbox_depth=host.inboxes.depth(name),
-            last_heartbeat=host.last_seen.get(name),
+            last_heartbeat=host.seen_at(name),
             **host.automation.status_fields(name, counts),
         )
         for name, cfg in sorted(host.config.agents.items())

@@ -426,7 +426,7 @@ class Fleet:
         if status is not None and status.health == "unhealthy":
             return "container unhealthy (its health check failed)"
         timeout = self.host.config.runtime.heartbeat_timeout_s
-        seen = self.host.last_seen.get(agent)
+        seen = self.host.seen_at(agent)
         started = run.started_at or now
         if now - started > timeout and (seen is None or self.host.clock() - seen > timeout):
             return f"no heartbeat or inbox poll for {timeout:.0f}s"
@@ -516,11 +516,22 @@ class Fleet:
         """Each interval: start the checks that are due (backoff over, heartbeat silence;
         no engine call), and list the containers every `status_resync_s`."""
         loop = asyncio.get_running_loop()
-        last_resync = loop.time()
+        last_resync = last_silence = loop.time()
         while True:
             await asyncio.sleep(self.interval_s)
             self.ticks += 1
+            # Silence of running agents is looked for ten times per heartbeat timeout (not
+            # every tick: an idle fleet's cost stays flat); backoffs are looked at each tick.
+            silence = (
+                loop.time() - last_silence >= self.host.config.runtime.heartbeat_timeout_s / 10
+            )
+            if silence:
+                last_silence = loop.time()
+            runs = self.runs
             for agent in list(self.host.config.agents):
+                run = runs.get(agent)
+                if run is not None and run.state == "running" and not silence:
+                    continue
                 if agent not in self._checks and self._due(agent):
                     self._check_soon(agent)
             if loop.time() - last_resync >= self.host.config.runtime.status_resync_s:

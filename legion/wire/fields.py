@@ -62,7 +62,7 @@ TabIndex = Annotated[int, Field(ge=0, le=100), BeforeValidator(_integral)]
 # becoming "never expires".
 TTL_MAX_S = 366 * 86400
 TtlSeconds = Annotated[float, Field(gt=0, le=TTL_MAX_S, allow_inf_nan=False)]
-WaitSeconds = Annotated[float, Field(ge=0, le=30, allow_inf_nan=False)]
+WaitSeconds = Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)]
 
 # --- names, keys, topics, globs ---------------------------------------------------------
 
