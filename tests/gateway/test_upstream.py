@@ -83,7 +83,7 @@ def model(url: str, timeout_s: float = 5.0) -> ModelConfig:
 
 
 async def collect(passthrough: Passthrough, cfg: ModelConfig) -> list[dict[str, object]]:
-    return [e async for e in passthrough.stream("alice", cfg, "k", b"{}")]
+    return [e async for e in passthrough.stream("alice", cfg, "k", b"{}", 256)]
 
 
 async def test_issue_10_sequential_calls_of_many_agents_reuse_one_connection() -> None:
@@ -98,7 +98,7 @@ async def test_issue_10_sequential_calls_of_many_agents_reuse_one_connection() -
         passthrough = Passthrough()
         passthrough.pool._tls = no_tls
         for agent in ("a", "b", "c", "d"):
-            events = [e async for e in passthrough.stream(agent, model(up.url), "k", b"{}")]
+            events = [e async for e in passthrough.stream(agent, model(up.url), "k", b"{}", 256)]
             assert events == [{"choices": []}]
         assert up.connections == 1
         assert passthrough.pool.stats() == {"idle": 1, "busy": 0, "agents_holding": 0}
@@ -135,7 +135,7 @@ async def test_issue_10_a_stalling_upstream_times_out_with_the_models_timeout() 
         seen: list[object] = []
         with pytest.raises(UpstreamTimeout):
             async with asyncio.timeout(10):
-                async for event in passthrough.stream("alice", model(up.url, 0.5), "k", b"{}"):
+                async for event in passthrough.stream("alice", model(up.url, 0.5), "k", b"{}", 256):
                     seen.append(event)
         assert seen == [{"choices": []}]
         assert passthrough.pool.stats() == {"idle": 0, "busy": 0, "agents_holding": 0}
