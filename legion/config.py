@@ -330,16 +330,17 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                     )
                 )
         allowed = agent.get("allowed_models")
+        # Each problem is reported at the key that names the alias (its own line).
         wanted = [
-            agent.get("model"),
-            agent.get("embedding_model"),
-            *(allowed if isinstance(allowed, list) else []),
+            ("model", agent.get("model")),
+            ("embedding_model", agent.get("embedding_model")),
+            *(("allowed_models", a) for a in (allowed if isinstance(allowed, list) else [])),
         ]
-        for alias in wanted:
-            if isinstance(alias, str) and models and alias not in models:
+        for key, alias in wanted:
+            if isinstance(alias, str) and alias not in models:
                 problems.append(
                     (
-                        f"agents.{name}.model",
+                        f"agents.{name}.{key}",
                         f"`{alias}` is not a model alias "
                         f"(aliases: {known_models}); fix: add "
                         f"[llm.models.{alias}] or fix the name",

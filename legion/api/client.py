@@ -1,4 +1,8 @@
-"""A client of the host's control socket, for the CLI (and the TUI's socket transport)."""
+"""A client of the host's control socket, for the CLI (and the TUI's socket transport).
+
+The errors (HostNotRunning, ControlSocketGone, NoPermission, and HostError, which ApiError
+extends) live in `legion.api.reach`, importable without httpx or pydantic; they are
+re-exported here."""
 
 from __future__ import annotations
 
@@ -10,6 +14,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from legion.api.reach import (
+    ControlSocketGone,
+    HostError,
+    HostNotRunning,
+    NoPermission,
+    not_running,
+    socket_present,
+)
 from legion.paths import Paths
 from legion.wire.api import (
     AgentInfo,
@@ -38,54 +50,26 @@ from legion.wire.automation import (
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
 
-
-class HostNotRunning(Exception):
-    def __init__(self, paths: Paths) -> None:
-        super().__init__(
-            f"no legion host is running for {paths.home} (no control socket at "
-            f"{paths.control_socket}); start one with `legion daemon` (or `make run`)"
-        )
-
-
-class ControlSocketGone(HostNotRunning):
-    """A host holds this home's lock, but its control socket is missing or dead."""
-
-    def __init__(self, paths: Paths, pid: int | None) -> None:
-        Exception.__init__(
-            self,
-            f"the host (pid {pid if pid is not None else 'unknown'}) is running for "
-            f"{paths.home} but its control socket {paths.control_socket} is gone; it serves "
-            "it again within seconds"
-            + (f" (or at once on `kill -HUP {pid}`)" if pid is not None else "")
-            + "; `legion stop` still stops it",
-        )
-        self.paths = paths
-        self.pid = pid
+__all__ = [
+    "ApiError",
+    "ControlClient",
+    "ControlSocketGone",
+    "HostError",
+    "HostNotRunning",
+    "NoPermission",
+    "not_running",
+]
 
 
-class NoPermission(HostNotRunning):
-    """This user may not use the control socket (the host runs as another user)."""
+class ApiError(HostError):
+    """A typed error the host answered with, and its parsed body."""
 
-    def __init__(self, paths: Paths) -> None:
-        Exception.__init__(
-            self,
-            f"permission denied on {paths.control_socket}: the host for {paths.home} belongs "
-            "to another user; run this as that user (e.g. with sudo)",
-        )
+    def __init__(self, body: ErrorBody) -> None:
+        super().__init__(body.error.status, body.error.code, body.error.message, body.error.detail)
+        self.body = body
 
 
-def not_running(paths: Paths) -> HostNotRunning:
-    """HostNotRunning, or ControlSocketGone when the host lock says a host is there, or
-    NoPermission when this user cannot look."""
-    from legion.hostlock import lock_holder
-
-    try:
-        holder = lock_holder(paths)
-    except PermissionError:
-        return NoPermission(paths)
-    except OSError:
-        holder = None
-    return HostNotRunning(paths) if holder is None else ControlSocketGone(paths, holder.pid)
+_socket_present = socket_present
 
 
 def _denied(exc: BaseException) -> bool:
@@ -98,21 +82,6 @@ def _denied(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _socket_present(paths: Paths) -> bool:
-    try:
-        return paths.control_socket.exists()
-    except PermissionError:
-        raise NoPermission(paths) from None
-
-
-class ApiError(Exception):
-    def __init__(self, body: ErrorBody) -> None:
-        super().__init__(body.error.message)
-        self.body = body
-        self.status = body.error.status
-        self.code = body.error.code
 
 
 class ControlClient:

@@ -125,8 +125,15 @@ def add_control_routes(router: Router, host: Host) -> None:
 
     @router.route("GET", "/v1/cron/jobs", response=CronJobList)
     async def cron_jobs(call: Call) -> CronJobList:
-        """Every cron job (`?agent=` for one agent's)."""
-        return CronJobList(jobs=cron.list_jobs(call.request.query.get("agent") or None))
+        """Every cron job (`?agent=` for one agent's: 404 `unknown_agent` for a name that
+        is neither configured nor has jobs left from before its removal)."""
+        agent = call.request.query.get("agent") or None
+        jobs = cron.list_jobs(agent)
+        if agent is not None and not jobs and agent not in host.config.agents:
+            from legion.api.agent import unknown_agent
+
+            raise unknown_agent(host, agent)
+        return CronJobList(jobs=jobs)
 
     @router.route("POST", "/v1/cron/jobs", body=CronJobSpec, response=CronJob)
     async def cron_add(call: Call) -> CronJob:

@@ -18,13 +18,12 @@ from legion.cli.common import (
     fmt_time,
     host_errors,
     seconds_parser,
+    subapp,
 )
 from legion.cli.inputs import InputError, parse_json_value
 from legion.wire.fields import TTL_MAX_S
 
-app = typer.Typer(
-    help="Read and write the blackboard (needs a running host).", no_args_is_help=True
-)
+app = subapp("Read and write the blackboard (needs a running host).")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 

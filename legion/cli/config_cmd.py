@@ -8,14 +8,12 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from legion.cli.common import State, emit_json, fail
+from legion.cli.common import State, emit_json, fail, subapp
 
 if TYPE_CHECKING:
     from legion.api.client import ApiError
 
-app = typer.Typer(
-    help="Check, create or reload the config file (legion.toml).", no_args_is_help=True
-)
+app = subapp("Check, create or reload the config file (legion.toml).")
 
 
 def example_text() -> str:
@@ -63,22 +61,40 @@ def check(
 
 
 @app.command("init")
-def init(force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False) -> None:
-    """Write the documented example config to LEGION_HOME/legion.toml."""
+def init(
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Write the documented example config to LEGION_HOME/legion.toml.
+
+    The example documents every key and defines two example agents with `autostart =
+    false`: a fresh host starts no agent that cannot run yet (no provider key stored).
+    """
     path = State.paths().config
     if path.exists() and not force:
+        if as_json:
+            emit_json({"file": str(path), "written": False, "reason": "exists"})
         fail(f"{path} exists; pass --force to overwrite it", 1)
     from legion.fsutil import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, example_text())
+    if as_json:
+        emit_json({"file": str(path), "written": True})
+        return
     typer.echo(f"wrote {path}")
 
 
 @app.command("path")
-def path_cmd() -> None:
-    """Print where the config file is."""
-    typer.echo(str(State.paths().config))
+def path_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Print where the config file is (whether or not it exists yet)."""
+    path = State.paths().config
+    if as_json:
+        emit_json({"file": str(path), "exists": path.exists(), "home": str(path.parent)})
+        return
+    typer.echo(str(path))
 
 
 @app.command("reload")

@@ -9,17 +9,26 @@ import typer
 
 from legion.cli.common import (
     SINCE_HELP,
+    WIDE_HELP,
     State,
     cell,
-    console,
     emit_json,
     fail,
+    print_table,
     since_parser,
 )
+from legion.cli.common import table as table_of
 
 
 def costs(
-    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            "--agent",
+            metavar="NAME",
+            help="Only this agent (a configured one, or a removed one with spend this month).",
+        ),
+    ] = None,
     since: Annotated[
         float | None,
         typer.Option(
@@ -30,6 +39,7 @@ def costs(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
 ) -> None:
     """Spend per agent and model (UTC day and month), with each agent's caps."""
     from legion.config import load_config
@@ -89,6 +99,13 @@ def costs(
             row["tokens_today"] += p + c
         if since_ts is not None and ts >= since_ts:
             row["since_usd"] += cost
+    if agent and agent not in config.agents and not any(a == agent for a, _ in table):
+        known = ", ".join(sorted(config.agents)) or "none"
+        fail(
+            f"no agent named {agent!r} in {paths.config} (agents: {known}), and no spend "
+            "recorded for it this month",
+            1,
+        )
     agents_out = []
     names = sorted({a for a, _ in table} | ({agent} if agent else set(config.agents)))
     for name in names:
@@ -114,14 +131,11 @@ def costs(
     if as_json:
         emit_json(result)
         return
-    from rich.table import Table
 
     def cap(value: float | None) -> str:
         return "-" if value is None else f"${value:.2f}"
 
-    out = Table(
-        "agent", "model", "today", "daily cap", "month", "monthly cap", "calls today", box=None
-    )
+    out = table_of("agent", "model", "today", "daily cap", "month", "monthly cap", "calls today")
     for a in agents_out:
         out.add_row(
             cell(a["agent"]),
@@ -143,5 +157,5 @@ def costs(
                 "",
                 str(m["calls_today"]),
             )
-    console().print(out)
+    print_table(out, wide)
     typer.echo(f"fleet today: ${fleet_today:.4f} of {cap(config.llm.fleet_daily_usd)} (UTC day)")

@@ -80,32 +80,39 @@ def daemon(
 
 
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show the running host: pid, uptime, home, agents."""
-    from legion.api.client import ControlClient, ControlSocketGone
+    """Show the running host: pid, uptime, home, agents.
+
+    Exit 0 with a host running, 3 when none runs for this home, 4 when a host holds the
+    home's lock but its control socket is gone.
+    """
+    # The standard library only (no httpx, no pydantic): `legion status` starts fast.
+    from legion.api.reach import ControlSocketGone, get_json
 
     with host_errors():
         try:
-            with ControlClient(State.paths()) as client:
-                st = client.status()
+            st = get_json(State.paths(), "/v1/status")
         except ControlSocketGone as exc:
             fail(str(exc), EXIT_UNREACHABLE)
     if as_json:
-        emit_json(st.model_dump())
+        emit_json(st)
         return
-    echo(f"legion {st.version}  pid {st.pid}  up {st.uptime_s:.0f}s  home {st.home}")
-    if not st.agents:
-        typer.echo("no agents configured (add [agents.<name>] to legion.toml)")
-    for a in st.agents:
-        wake = (
-            f" wake={a.wake.dispatched}/{a.wake.checks} (skipped {a.wake.skipped})"
-            if a.wake
+    echo(f"legion {st['version']}  pid {st['pid']}  up {st['uptime_s']:.0f}s  home {st['home']}")
+    if not st["agents"]:
+        typer.echo("no agents yet: `legion agents add NAME --model ALIAS` (or `legion setup`)")
+    for a in st["agents"]:
+        wake = a.get("wake")
+        wake_text = (
+            f" wake={wake['dispatched']}/{wake['checks']} (skipped {wake['skipped']})"
+            if wake
             else ""
         )
-        cron = f" cron={a.cron_jobs}" + (f" ({a.cron_failed} failed)" if a.cron_failed else "")
+        failed = a.get("cron_failed", 0)
+        cron = f" cron={a.get('cron_jobs', 0)}" + (f" ({failed} failed)" if failed else "")
         echo(
-            f"  {a.name:<20} team={a.team or '-':<10} inbox={a.inbox_depth:<6} "
-            f"queue={a.queue_depth} busy={a.in_progress} steers={a.steers_waiting}{cron}{wake} "
-            f"last seen {fmt_time(a.last_heartbeat)}"
+            f"  {a['name']:<20} team={a['team'] or '-':<10} inbox={a['inbox_depth']:<6} "
+            f"queue={a.get('queue_depth', 0)} busy={a.get('in_progress', 0)} "
+            f"steers={a.get('steers_waiting', 0)}{cron}{wake_text} "
+            f"last seen {fmt_time(a['last_heartbeat'])}"
         )
 
 

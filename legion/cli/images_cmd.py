@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, emit_json, fail
+from legion.cli.common import State, emit_json, fail, subapp
 
-app = typer.Typer(help="Build and list the agent container image.", no_args_is_help=True)
+app = subapp("Build and list the agent container image.")
 
 
 @app.command("build")

@@ -1,52 +1,181 @@
-"""The `legion` command: host daemon, status, blackboard, audit and config."""
+"""The `legion` command: one module per command group, each imported only when it runs.
+
+`legion --help`, `--version` and `status` must start fast (a test holds the set of modules
+`legion --help` loads; `bench/cli_startup.py` times them against `python3 -c pass`), so this
+module imports typer and nothing else of weight: the table below names each command's
+module and its one-line help, and `LazyGroup` imports a module the first time its command
+is resolved. Help is plain text (typer's rich markup off): `[llm.models]` in a help string
+prints as written.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import importlib
+from collections.abc import Iterator, MutableMapping
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from legion import __version__
-from legion.cli import (
-    agents_cmd,
-    audit_cmd,
-    bb,
-    chat_cmd,
-    config_cmd,
-    costs_cmd,
-    cron_cmd,
-    host_cmd,
-    images_cmd,
-    logs_cmd,
-    vault_cmd,
-    webhooks_cmd,
-)
-from legion.cli.common import State, echo, emit_json, fmt_time, host_errors, json_line
+from legion.cli.common import State
+
+# name -> (module, attribute, one-line help). The attribute is a `typer.Typer` (a group) or
+# a function (a command). The help is what `legion --help` lists without importing the
+# module; tests/cli/test_help.py checks it is the command's own first docstring line.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "status": (
+        "legion.cli.host_cmd",
+        "status",
+        "Show the running host: pid, uptime, home, agents.",
+    ),
+    "daemon": (
+        "legion.cli.host_cmd",
+        "daemon",
+        "Run the host in the foreground. SIGTERM stops it; SIGHUP reloads legion.toml.",
+    ),
+    "stop": (
+        "legion.cli.host_cmd",
+        "stop",
+        "Stop the running host cleanly (over its control socket; by SIGTERM if that is gone).",
+    ),
+    "agents": (
+        "legion.cli.agents_cmd",
+        "app",
+        "Manage the fleet: add, list, start, stop, restart, remove agents.",
+    ),
+    "chat": (
+        "legion.cli.chat_cmd",
+        "chat",
+        "Chat with an agent: its reply streams to stdout as it is generated.",
+    ),
+    "models": (
+        "legion.cli.models_cmd",
+        "app",
+        "The model aliases: provider, price, credential and cooldown of each.",
+    ),
+    "costs": (
+        "legion.cli.costs_cmd",
+        "costs",
+        "Spend per agent and model (UTC day and month), with each agent's caps.",
+    ),
+    "vault": (
+        "legion.cli.vault_cmd",
+        "app",
+        "Manage credentials (provider keys, and secrets agents use by handle).",
+    ),
+    "bb": ("legion.cli.bb", "app", "Read and write the blackboard (needs a running host)."),
+    "events": (
+        "legion.cli.events_cmd",
+        "events",
+        "Follow the host's event stream (Ctrl-C to stop).",
+    ),
+    "audit": (
+        "legion.cli.audit_cmd",
+        "audit",
+        "List audit records, or verify that none was edited, deleted, reordered or cut off.",
+    ),
+    "logs": (
+        "legion.cli.logs_cmd",
+        "logs",
+        "Show an agent's container logs (the runtime's JSON lines, made readable).",
+    ),
+    "cron": (
+        "legion.cli.cron_cmd",
+        "app",
+        "Cron schedules: an agent gets a message, or the host runs one tool for it.",
+    ),
+    "webhooks": (
+        "legion.cli.webhooks_cmd",
+        "app",
+        "Webhooks: signed HTTP endpoints that queue a job for an agent.",
+    ),
+    "images": ("legion.cli.images_cmd", "app", "Build and list the agent container image."),
+    "config": (
+        "legion.cli.config_cmd",
+        "app",
+        "Check, create or reload the config file (legion.toml).",
+    ),
+    "doctor": (
+        "legion.cli.doctor_cmd",
+        "doctor",
+        "Check Docker, images, models, credentials and the config; say what to fix.",
+    ),
+}
+
+
+def load_command(name: str) -> Any:
+    """The click command of `name`, importing its module now."""
+    module, attribute, _ = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attribute)
+    command: Any
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_group(target)
+    else:
+        single = typer.Typer(rich_markup_mode=None, add_completion=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class _Commands(MutableMapping[str, Any]):
+    """The root's subcommands: names known up front, commands built on first use."""
+
+    def __init__(self, eager: MutableMapping[str, Any]) -> None:
+        self.loaded: dict[str, Any] = dict(eager)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.loaded:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            self.loaded[name] = load_command(name)
+        return self.loaded[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self.loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self.loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from COMMANDS
+        yield from (n for n in self.loaded if n not in COMMANDS)
+
+    def __len__(self) -> int:
+        return len(set(COMMANDS) | set(self.loaded))
+
+
+class LazyGroup(TyperGroup):
+    """The root group: lists every command from `COMMANDS` without importing them."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _Commands(self.commands)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = [(name, spec[2]) for name, spec in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 app = typer.Typer(
     name="legion",
+    cls=LazyGroup,
     help="A secure, self-hosted runtime for fleets of LLM agents.\n\n"
     "`legion` alone opens the operator's TUI: attached to the daemon of this home when one "
     "runs, else embedding the host. `legion daemon` runs the host headless; the other "
-    "commands work against it.",
+    "commands work against it. First time here: `legion setup` (or the README's quick "
+    "start).",
     invoke_without_command=True,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(bb.app, name="bb")
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(vault_cmd.app, name="vault")
-app.add_typer(images_cmd.app, name="images")
-app.add_typer(agents_cmd.app, name="agents")
-app.add_typer(cron_cmd.app, name="cron")
-app.add_typer(webhooks_cmd.app, name="webhooks")
-app.command("chat")(chat_cmd.chat)
-app.command("audit")(audit_cmd.audit)
-app.command("costs")(costs_cmd.costs)
-app.command("daemon")(host_cmd.daemon)
-app.command("status")(host_cmd.status)
-app.command("stop")(host_cmd.stop)
-app.command("logs")(logs_cmd.logs)
 
 
 def _version(value: bool) -> None:
@@ -64,6 +193,7 @@ def root(
             "--home",
             envvar="LEGION_HOME",
             show_envvar=True,
+            metavar="DIR",
             help="State folder (default: $XDG_DATA_HOME/legion, i.e. ~/.local/share/legion).",
         ),
     ] = None,
@@ -80,52 +210,6 @@ def root(
         from tui.launch import run
 
         raise typer.Exit(run(State.paths()))
-
-
-@app.command()
-def events(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON per line.")] = False,
-) -> None:
-    """Follow the host's event stream (Ctrl-C to stop)."""
-    from legion.api.client import ControlClient
-
-    try:
-        with host_errors(), ControlClient(State.paths()) as client:
-            for event in client.events():
-                if as_json:
-                    # ASCII-escaped: no raw control or bidi character reaches the terminal.
-                    typer.echo(json_line(event.model_dump(mode="json")))
-                else:
-                    # One event per line: a newline inside agent text is shown as \x0a.
-                    fields = event.model_dump(exclude={"type", "at"})
-                    text = " ".join(f"{k}={v}" for k, v in fields.items())
-                    echo(f"{fmt_time(event.at)} {event.type:<20} {text}")
-    except KeyboardInterrupt:
-        pass
-
-
-@app.command()
-def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Check Docker, the images, the container runtime and the config; say what to fix."""
-    from legion.config import load_config
-    from legion.errors import ConfigError
-    from legion.fleet.doctor import run_checks
-
-    paths = State.paths()
-    config, error = None, None
-    try:
-        config = load_config(paths.config)
-    except ConfigError as exc:
-        error = exc.render()
-    checks = run_checks(paths, config, error)
-    if as_json:
-        emit_json([c.as_dict() for c in checks])
-    else:
-        for c in checks:
-            typer.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<18} {c.detail}")
-            if not c.ok and c.fix:
-                typer.echo(f"     {'':<18} fix: {c.fix}")
-    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
 def main() -> None:

@@ -8,14 +8,16 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, cell, console, emit_json, fail, fmt_time
+from legion.cli.common import State, cell, console, emit_json, fail, fmt_time, subapp
 from legion.gateway.redact import VALUE_RULE
 from legion.gateway.vault import Vault
 
-app = typer.Typer(
-    help="Manage credentials (encrypted in LEGION_HOME/vault.db). Agents refer to them by "
-    "handle, $CRED{name}; the host substitutes them on egress, only toward bound hosts.",
-    no_args_is_help=True,
+app = subapp(
+    "Manage credentials (provider keys, and secrets agents use by handle).\n\n"
+    "Encrypted in LEGION_HOME/vault.db. Provider keys are system tier (`legion vault set "
+    "openai --tier system`): the host uses them, nothing can read them back. Agents refer "
+    "to agent-tier credentials by handle, $CRED{name}; the host substitutes them on egress, "
+    "only toward bound hosts."
 )
 
 

@@ -9,11 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, fmt_time, host_errors
+from legion.cli.common import State, emit_json, fail, fmt_time, host_errors, subapp
 
-app = typer.Typer(
-    help="Webhooks: signed HTTP endpoints that queue a job for an agent (docs/automation.md).",
-    no_args_is_help=True,
+app = subapp(
+    "Webhooks: signed HTTP endpoints that queue a job for an agent.\n\nSee docs/automation.md."
 )
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 SECRET_STDIN = Annotated[

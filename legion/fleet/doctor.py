@@ -22,6 +22,81 @@ class Check:
         return self.__dict__.copy()
 
 
+def model_checks(paths: Paths, config: Config) -> list[Check]:
+    """Every model an agent can reach (its model, embedding model, allowed models and their
+    failover hops) has a usable credential, or needs none, and a price."""
+    from legion.gateway.llm import catalog
+
+    stored, problem = catalog.stored_credentials(paths.vault_db)
+    checks: list[Check] = []
+    if problem:
+        checks.append(Check("vault", False, problem, "run `legion doctor` as the host's user"))
+    found = catalog.problems(config, stored, problem)
+    for item in found:
+        agents = ", ".join(item.agents)
+        checks.append(
+            Check(f"model {item.alias}", False, f"{item.what} (used by {agents})", item.fix)
+        )
+    reached = sorted({a for agent in config.agents for a in catalog.reachable(config, agent)})
+    if not found and reached:
+        checks.append(
+            Check(
+                "models",
+                True,
+                f"{len(reached)} model(s) the agents can reach have a credential (or need "
+                f"none) and a price: {', '.join(reached)}",
+            )
+        )
+    elif not config.agents:
+        checks.append(
+            Check(
+                "models",
+                True,
+                "no agents yet: add one with `legion agents add NAME --model ALIAS` "
+                "(`legion models ls` lists the aliases)",
+            )
+        )
+    return checks
+
+
+def container_checks(client: Any, paths: Paths) -> list[Check]:
+    """Each of this home's running agent containers runs an image built from this legion's
+    agent code (a stale one misses fixes and may not speak the host's current API)."""
+    from legion.fleet.images import source_digest
+
+    try:
+        containers = client.containers.list(filters={"label": f"legion.home={paths.home}"})
+    except Exception as exc:
+        return [Check("running containers", False, f"could not list them: {exc}", "")]
+    want = source_digest()
+    stale = []
+    for container in containers:
+        try:
+            labels = (container.image.attrs.get("Config") or {}).get("Labels") or {}
+        except Exception:
+            labels = {}
+        if labels.get("org.legion.source") != want:
+            stale.append(container.labels.get("legion.agent", container.name))
+    if stale:
+        return [
+            Check(
+                "running containers",
+                False,
+                f"{', '.join(sorted(stale))} run(s) an image built from other legion code",
+                "`legion images build`, then `legion agents restart NAME` for each",
+            )
+        ]
+    if not containers:
+        return []
+    return [
+        Check(
+            "running containers",
+            True,
+            f"{len(containers)} running, each on an image built from this code",
+        )
+    ]
+
+
 def run_checks(paths: Paths, config: Config | None, config_error: str | None) -> list[Check]:
     checks: list[Check] = []
     checks.append(
@@ -44,6 +119,8 @@ def run_checks(paths: Paths, config: Config | None, config_error: str | None) ->
             "use a shorter LEGION_HOME",
         )
     )
+    if config is not None:
+        checks += model_checks(paths, config)
     runtime = config.runtime if config else None
     if runtime is not None and runtime.backend == "none":
         checks.append(
@@ -110,6 +187,7 @@ def run_checks(paths: Paths, config: Config | None, config_error: str | None) ->
                 checks.append(Check(what, True, f"{tag} present"))
         except Exception:
             checks.append(Check(what, False, f"{tag} missing", "run `legion images build`"))
+    checks += container_checks(client, paths)
     if not (runtime and runtime.base_image):
         have = shutil.which("debootstrap") is not None
         checks.append(
