@@ -116,7 +116,34 @@ def load_command(name: str) -> Any:
         single.command(name)(target)
         command = typer.main.get_command(single)
     command.name = name
+    plain = command.get_params
+    command.get_params = lambda ctx: _plain_text_options(plain(ctx))
     return command
+
+
+def _plain_text_options(params: list[Any]) -> list[Any]:
+    """Give text and flag options (`--home`, `--json`, `--help`) typer's pass-through
+    coercion up front.
+
+    Typer (0.29) coerces every non-flag value through a pydantic TypeAdapter it builds on
+    first use, which imports pydantic: a third of what `legion status` would cost to start.
+    A text option or a flag needs no coercion (the value is the text given, or the flag's
+    bool; some flags default to None), and typer's own
+    `PassThroughRuntimeParam` does exactly that. Typer versions without lazy runtime
+    coercion are left alone."""
+    try:
+        from typer._coercion import PassThroughRuntimeParam
+    except ImportError:
+        return params
+    for param in params:
+        descriptor = getattr(param, "type_descriptor", None)
+        if descriptor is None or descriptor.annotation not in (str, bool):
+            continue
+        if getattr(param, "_runtime_param", False) is None:
+            param._runtime_param = PassThroughRuntimeParam(
+                parameter_info=descriptor.parameter_info, annotation=descriptor.annotation
+            )
+    return params
 
 
 class _Commands(MutableMapping[str, Any]):
@@ -152,6 +179,9 @@ class LazyGroup(TyperGroup):
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
         self.commands = _Commands(self.commands)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_text_options(super().get_params(ctx))
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)
