@@ -90,7 +90,7 @@ def table(*columns: str) -> Any:
     folds onto more lines of its cell; `print_table` puts it on one line when wide."""
     from rich.table import Table
 
-    out = Table(box=None)
+    out = Table(box=None, pad_edge=False)
     for column in columns:
         out.add_column(column, overflow="fold")
     return out
@@ -102,7 +102,12 @@ def print_table(out: Any, wide: bool = False) -> None:
     if wide_output(wide):
         for column in out.columns:
             column.no_wrap = True
-        console(wide=True).print(out, soft_wrap=False)
+        wide_console = console(wide=True)
+        with wide_console.capture() as captured:
+            wide_console.print(out, soft_wrap=False)
+        # Rich pads every cell to its column's width: no trailing blanks in a script's input.
+        lines = captured.get().splitlines()
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in lines))
     else:
         console().print(out)
 

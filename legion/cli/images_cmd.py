@@ -32,9 +32,19 @@ def build(
     rebuild_base: Annotated[
         bool, typer.Option("--rebuild-base", help="Rebuild legion's Debian base even if it exists.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Build even when the image is current (built from this code)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Build the agent image (no network inside the build; progress on stderr)."""
+    """Build the agent image (no network inside the build; progress on stderr).
+
+    An image that is current (built from this legion's agent code, for the configured
+    agent uid) is kept as it is unless --force, --base, --mirror or --rebuild-base.
+    """
     import time
 
     from legion.config import load_config
@@ -46,6 +56,13 @@ def build(
         config = load_config(paths.config)
     except ConfigError as exc:
         fail(exc.render(), 2)
+    tag = config.runtime.image
+    if not (force or base or mirror or rebuild_base) and _current(tag, config.runtime.agent_uid):
+        if as_json:
+            emit_json({"image": tag, "built": False, "current": True})
+        else:
+            typer.echo(f"{tag} is current (built from this code); --force rebuilds it")
+        return
     started = time.monotonic()
 
     def progress(line: str) -> None:
@@ -64,6 +81,7 @@ def build(
     except ImageBuildError as exc:
         fail(str(exc), 1)
     result["seconds"] = round(time.monotonic() - started, 1)
+    result["built"] = True
     if as_json:
         emit_json(result)
     else:
@@ -72,6 +90,28 @@ def build(
             f"built {result['image']} on {result['base']}{built}, python "
             f"{result['python']}, in {result['seconds']}s"
         )
+
+
+def _current(tag: str, uid: int) -> bool:
+    """Whether `tag` exists, was built from this code and runs as `uid` (False when the
+    engine cannot be asked: the build then says why)."""
+    import docker
+
+    from legion.fleet.images import image_is_current
+
+    try:
+        client = docker.from_env(timeout=30)
+    except Exception:
+        return False
+    try:
+        if not image_is_current(client, tag):
+            return False
+        user = (client.images.get(tag).attrs.get("Config") or {}).get("User", "")
+        return bool(user == f"{uid}:{uid}")
+    except Exception:
+        return False
+    finally:
+        client.close()
 
 
 @app.command("ls")

@@ -31,6 +31,24 @@ def model_checks(paths: Paths, config: Config) -> list[Check]:
     checks: list[Check] = []
     if problem:
         checks.append(Check("vault", False, problem, "run `legion doctor` as the host's user"))
+    needed = sorted({m.credential for m in config.llm.models.values() if m.credential})
+    keys = sorted(n for n in needed if stored.get(n) == "system")
+    default = config.llm.models.get(config.llm.default_model or "")
+    first = default.credential if default is not None and default.credential else None
+    if needed and not keys and not problem:
+        first = first or needed[0]
+        checks.append(
+            Check(
+                "provider keys",
+                False,
+                "no provider key is stored, so no agent can call a cloud model yet (the "
+                f"models name: {', '.join(needed)})",
+                f"`legion setup` (guided), or `legion vault set {first} --tier system` "
+                "(prompted; the key never goes on the command line)",
+            )
+        )
+    elif keys:
+        checks.append(Check("provider keys", True, f"stored: {', '.join(keys)}"))
     found = catalog.problems(config, stored, problem)
     for item in found:
         agents = ", ".join(item.agents)
@@ -97,7 +115,11 @@ def container_checks(client: Any, paths: Paths) -> list[Check]:
     ]
 
 
-def run_checks(paths: Paths, config: Config | None, config_error: str | None) -> list[Check]:
+def run_checks(
+    paths: Paths, config: Config | None, config_error: str | None, *, with_docker: bool = True
+) -> list[Check]:
+    """Every check, in order; `with_docker=False` stops before the Docker engine's (the config,
+    socket paths, provider keys and models only: fast, what `make run` runs first)."""
     checks: list[Check] = []
     checks.append(
         Check(
@@ -122,6 +144,8 @@ def run_checks(paths: Paths, config: Config | None, config_error: str | None) ->
     if config is not None:
         checks += model_checks(paths, config)
     runtime = config.runtime if config else None
+    if not with_docker:
+        return checks
     if runtime is not None and runtime.backend == "none":
         checks.append(
             Check("runtime", True, "[runtime] backend = none: agents are not started by the host")
