@@ -189,7 +189,7 @@ def chat(
     message: Annotated[
         str | None,
         typer.Argument(
-            metavar="[MESSAGE]",
+            metavar="MESSAGE",
             help="Send this and print the reply; omit for a line-by-line conversation.",
         ),
     ] = None,

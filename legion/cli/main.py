@@ -116,9 +116,21 @@ def load_command(name: str) -> Any:
         single.command(name)(target)
         command = typer.main.get_command(single)
     command.name = name
+    _name_values(command)
     plain = command.get_params
     command.get_params = lambda ctx: _plain_text_options(plain(ctx))
     return command
+
+
+def _name_values(command: Any) -> None:
+    """Show what each argument and option takes by its name, in capitals (`NAME`,
+    `--agent AGENT`), where the code gave no metavar of its own: typer would show the
+    Python type (`<str>`, `<int range>`). Flags take no value and show none."""
+    for param in getattr(command, "params", []):
+        if param.metavar is None and not getattr(param, "is_flag", False) and param.name:
+            param.metavar = param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        _name_values(sub)
 
 
 def _plain_text_options(params: list[Any]) -> list[Any]:

@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, cell, console, emit_json, fail, fmt_time, subapp
+from legion.cli.common import (
+    WIDE_HELP,
+    State,
+    cell,
+    emit_json,
+    fail,
+    fmt_time,
+    print_table,
+    subapp,
+    table,
+)
 from legion.gateway.redact import VALUE_RULE
 from legion.gateway.vault import Vault
 
@@ -115,7 +125,10 @@ def set_cmd(
 
 
 @app.command("ls")
-def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def ls(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
+) -> None:
     """List credentials: name, tier, bound hosts, last use. Never values."""
     vault = _open()
     try:
@@ -129,11 +142,9 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = Fa
     if not infos:
         typer.echo("the vault is empty; add a credential with `legion vault set NAME`", err=True)
         return
-    from rich.table import Table
-
-    table = Table("name", "tier", "bound hosts", "http", "updated", "last used", box=None)
+    out = table("name", "tier", "bound hosts", "http", "updated", "last used")
     for i in infos:
-        table.add_row(
+        out.add_row(
             cell(i.name + (" (weak)" if i.name in weak else "")),
             i.tier,
             cell(", ".join(i.bound_hosts) or "-"),
@@ -141,7 +152,7 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = Fa
             fmt_time(i.updated_at),
             fmt_time(i.last_used_at),
         )
-    console().print(table)
+    print_table(out, wide)
     if weak:
         typer.echo(
             f"weak: {', '.join(sorted(weak))} fail the value rule ({VALUE_RULE}); "
@@ -151,7 +162,10 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = Fa
 
 
 @app.command("rm")
-def rm(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def rm(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The credential to remove.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Remove a credential."""
     vault = _open()
     try:
