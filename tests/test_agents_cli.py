@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from legion.config_edit import remove_sections
 from legion.config import parse_config
+from legion.config_edit import remove_sections
 
 BASE = """# my fleet
 [teams.red]
