@@ -231,12 +231,37 @@ def _purge(name: str) -> dict[str, Any]:
             }
     removed = _remove_files(name)
     kept = []
-    if paths.host_db.exists():
+    waiting = _queued(name)
+    if waiting:
         kept.append(
-            f"its inbox items and subscriptions in {paths.host_db} (the host deletes them: "
-            f"`legion agents purge {name}` while it runs)"
+            f"{waiting} inbox items or subscriptions in {paths.host_db} (the host deletes "
+            f"them: `legion agents purge {name}` while it runs)"
         )
     return {"removed": removed, "inbox_items_deleted": 0, "kept": kept}
+
+
+def _queued(name: str) -> int:
+    """Inbox items and subscriptions of `name` in host.db (read-only; 0 without one)."""
+    from legion.store import connect
+
+    path = State.paths().host_db
+    if not path.exists():
+        return 0
+    try:
+        db = connect(path, readonly=True)
+    except Exception:
+        return 0
+    try:
+        conn = db.connection()  # type: ignore[no-untyped-call]
+        count = 0
+        for table in ("inbox", "subscriptions"):
+            row = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE agent = ?", (name,)).fetchone()
+            count += int(row[0])
+        return count
+    except Exception:
+        return 0
+    finally:
+        db.close()
 
 
 def _print_purge(name: str, purged: dict[str, Any]) -> None:
@@ -326,12 +351,12 @@ def purge_cmd(
     if configured:
         fail(f"{name} is still in {paths.config}; `legion agents rm {name} --purge` removes it", 1)
     purged = _purge(name)
+    if not (purged["removed"] or purged["inbox_items_deleted"] or purged["kept"]):
+        fail(f"{name} has no state to delete (no agent of that name left anything)", 1)
     if as_json:
         emit_json({"agent": name, **purged})
         return
     _print_purge(name, purged)
-    if not (purged["removed"] or purged["inbox_items_deleted"] or purged["kept"]):
-        raise typer.Exit(1)
 
 
 @app.command("ls")
