@@ -105,7 +105,14 @@ def agent_names(text: str) -> list[str]:
 
 def add_agent(text: str, name: str, fields: AgentFields) -> str:
     """`text` with an `[agents.NAME]` table added (its budget as `[agents.NAME.budget]`);
-    AgentExists if there is one. The name must already be valid (`legion.config.check_name`)."""
+    AgentExists if there is one. The name must already be valid (`legion.config.check_name`).
+
+    The new table goes at the end of the file, where an operator looks for the newest
+    agent, when that reads back as the same configuration plus the agent; otherwise (agents
+    written as an inline table) tomlkit places it inside the existing `agents` table."""
+    at_end = _append(text, name, fields)
+    if at_end is not None:
+        return at_end
     doc = _parse(text)
     agents = doc.get("agents")
     if agents is not None and not isinstance(agents, dict):
@@ -128,6 +135,35 @@ def add_agent(text: str, name: str, fields: AgentFields) -> str:
         agents = doc["agents"]
     agents[name] = table
     return tomlkit.dumps(doc)
+
+
+def _append(text: str, name: str, fields: AgentFields) -> str | None:
+    """`text` with the agent's tables appended, or None when that would not read back as
+    exactly `text`'s configuration plus the agent (or there is an agent of that name)."""
+    import tomllib
+
+    try:
+        before = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return None
+    agents = before.get("agents", {})
+    if not isinstance(agents, dict) or name in agents:
+        return None
+    section = tomlkit.document()
+    section["agents"] = tomlkit.table(is_super_table=True)
+    table = _table(fields.values(), inline=False)
+    section["agents"][name] = table
+    body = tomlkit.dumps(section)
+    if not fields.values():
+        body = f"[agents.{name}]\n"  # a table with no keys still needs its header
+    head = text if not text or text.endswith("\n") else text + "\n"
+    result = head + ("\n" if head.strip() else "") + body
+    try:
+        after = tomllib.loads(result)
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return None
+    expected = {**before, "agents": {**agents, name: fields.values()}}
+    return result if after == expected else None
 
 
 def remove_agent(text: str, name: str) -> str:
