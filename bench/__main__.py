@@ -15,6 +15,7 @@ from bench import (
     automation,
     blackboard_store,
     budget_ops,
+    cli_startup,
     fleet_load,
     llm_overhead,
     memory_bootstrap,
@@ -39,6 +40,7 @@ BENCHMARKS = {
     "memory_bootstrap": memory_bootstrap.run,
     "tui": tui.run,
     "automation": automation.run,
+    "cli_startup": cli_startup.run,
 }
 
 
