@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Collection
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from legion.api.http import Call, Handler, Response, Route, Router, StreamResponse
 from legion.errors import LegionError
@@ -88,7 +88,17 @@ def _mask_body(call: Call, model: type[BaseModel], redactor: Redactor) -> None:
         return
     text = json.dumps(masked).encode()
     call.request.body = text
-    call.body = model.model_validate_json(text)
+    try:
+        call.body = model.model_validate_json(text)
+    except ValidationError:
+        # e.g. a webhook secret that is a stored credential's value: masked, it is too
+        # short. A typed refusal, never a 500 (and nothing of the value in the message).
+        raise LegionError(
+            "a field of this request holds the value of a stored credential, which the "
+            "host masks in everything the operator sends; send a value of its own",
+            code="credential_in_body",
+            status=409,  # it conflicts with what the vault holds: the state, not the shape
+        ) from None
 
 
 async def _masked_chunks(chunks: AsyncIterator[bytes], redactor: Redactor) -> AsyncIterator[bytes]:

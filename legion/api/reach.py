@@ -139,4 +139,12 @@ def get_json(paths: Paths, path: str, timeout: float = 35.0) -> Any:
         conn.close()
     if response.status >= 400:
         raise error_of(response.status, body)
-    return json.loads(body)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise HostError(
+            502,
+            "bad_response",
+            f"the control socket answered {path} with something that is not JSON: "
+            f"{body[:200].decode(errors='replace')!r}",
+        ) from None
