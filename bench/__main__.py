@@ -14,9 +14,11 @@ from bench import (
     agent_container,
     automation,
     blackboard_store,
+    browser,
     budget_ops,
     cli_startup,
     fleet_load,
+    fleet_scale,
     llm_overhead,
     memory_bootstrap,
     memory_search,
@@ -33,6 +35,7 @@ BENCHMARKS = {
     "pubsub_fanout": pubsub_fanout.run,
     "llm_overhead": llm_overhead.run,
     "fleet_load": fleet_load.run,
+    "fleet_scale": fleet_scale.run,
     "budget_ops": budget_ops.run,
     "stream_redaction": stream_redaction.run,
     "agent_container": agent_container.run,
@@ -41,6 +44,7 @@ BENCHMARKS = {
     "tui": tui.run,
     "automation": automation.run,
     "cli_startup": cli_startup.run,
+    "browser": browser.run,
 }
 
 

@@ -197,8 +197,8 @@ def add(
 
 
 def _remove_files(name: str) -> list[str]:
-    """Delete a removed agent's files without a host (volume, socket folder, identity),
-    following nothing planted in them."""
+    """Delete a removed agent's files without a host (volume, socket folder, identity,
+    browser profile, skills), following nothing planted in them."""
     from legion.errors import LegionError
     from legion.fleet import volume
 
@@ -284,7 +284,8 @@ def rm(
         typer.Option(
             "--purge",
             help="Also delete its state: volume (workspace, memory), socket folder, bootstrap "
-            "files and their versions, inbox and subscriptions.",
+            "files and their versions, browser profile, skills installed for it, inbox and "
+            "subscriptions.",
         ),
     ] = False,
     as_json: JsonOpt = False,
@@ -322,10 +323,11 @@ def rm(
 
 
 def _has_files(name: str) -> bool:
-    paths = State.paths()
+    from legion.fleet.volume import STATE_DIRS
+
+    home = State.paths().home
     return any(
-        p.exists() or p.is_symlink()
-        for p in (paths.agent_data(name), paths.agent_socket_dir(name), paths.agent_identity(name))
+        p.exists() or p.is_symlink() for p in (home.joinpath(*dirs, name) for dirs in STATE_DIRS)
     )
 
 
@@ -372,7 +374,9 @@ def ls(
     if as_json:
         emit_json(listing.model_dump())
         return
-    out = table("agent", "state", "model", "team", "restarts/h", "inbox", "last seen", "reason")
+    out = table(
+        "agent", "state", "model", "team", "parent", "restarts/h", "inbox", "last seen", "reason"
+    )
     for a in listing.agents:
         style = {"running": "green", "failed": "red", "restarting": "yellow"}.get(a.state, "")
         out.add_row(
@@ -380,6 +384,7 @@ def ls(
             cell(a.state),
             cell(a.model or "-"),
             cell(a.team or "-"),
+            cell(a.parent or "-"),
             str(a.restarts_last_hour),
             str(a.inbox_depth),
             fmt_time(a.last_seen),

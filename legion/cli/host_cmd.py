@@ -98,7 +98,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         return
     echo(f"legion {st['version']}  pid {st['pid']}  up {st['uptime_s']:.0f}s  home {st['home']}")
     if not st["agents"]:
-        typer.echo("no agents yet: `legion agents add NAME --model ALIAS` (or `legion setup`)")
+        typer.echo("no agents yet: `legion agents add NAME --model ALIAS`")
     for a in st["agents"]:
         wake = a.get("wake")
         wake_text = (

@@ -90,7 +90,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "app",
         "Webhooks: signed HTTP endpoints that queue a job for an agent.",
     ),
-    "images": ("legion.cli.images_cmd", "app", "Build and list the agent container image."),
+    "mcp": (
+        "legion.cli.mcp_cmd",
+        "app",
+        "MCP servers: local (in agents' containers) and remote.",
+    ),
+    "skills": (
+        "legion.cli.skills_cmd",
+        "app",
+        "Agent Skills: folders with a SKILL.md, for one agent or the whole fleet.",
+    ),
+    "browser": (
+        "legion.cli.browser_cmd",
+        "app",
+        "The agents' browsers: state, the VNC hand-off (watch, log in, solve a CAPTCHA).",
+    ),
+    "images": (
+        "legion.cli.images_cmd",
+        "app",
+        "Build and list the agent and browser container images.",
+    ),
     "config": (
         "legion.cli.config_cmd",
         "app",
@@ -200,6 +219,14 @@ class LazyGroup(TyperGroup):
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         rows = [(name, spec[2]) for name, spec in COMMANDS.items()]
+        # A command registered on `app` directly (not in the table) is listed too: it was
+        # imported already, so its own short help costs nothing.
+        extra = self.commands.loaded if isinstance(self.commands, _Commands) else {}
+        rows += [
+            (name, command.get_short_help_str(limit=formatter.width))
+            for name, command in extra.items()
+            if name not in COMMANDS and not getattr(command, "hidden", False)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -210,8 +237,8 @@ app = typer.Typer(
     help="A secure, self-hosted runtime for fleets of LLM agents.\n\n"
     "`legion` alone opens the operator's TUI: attached to the daemon of this home when one "
     "runs, else embedding the host. `legion daemon` runs the host headless; the other "
-    "commands work against it. First time here: `legion setup` (or the README's quick "
-    "start).",
+    "commands work against it. First time here: the README's quick start, and "
+    "`legion doctor` says what is missing.",
     invoke_without_command=True,
     add_completion=True,
     rich_markup_mode=None,

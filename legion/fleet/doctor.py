@@ -43,8 +43,8 @@ def model_checks(paths: Paths, config: Config) -> list[Check]:
                 False,
                 "no provider key is stored, so no agent can call a cloud model yet (the "
                 f"models name: {', '.join(needed)})",
-                f"`legion setup` (guided), or `legion vault set {first} --tier system` "
-                "(prompted; the key never goes on the command line)",
+                f"`legion vault set {first} --tier system` (prompted; the key never goes on "
+                "the command line)",
             )
         )
     elif keys:
@@ -198,12 +198,13 @@ def run_checks(
     ):
         try:
             client.images.get(tag)
-            if what == "agent image" and not image_is_current(client, tag):
+            packages = config.images.mcp_packages if config else []
+            if what == "agent image" and not image_is_current(client, tag, packages):
                 checks.append(
                     Check(
                         what,
                         False,
-                        f"{tag} was built from older legion code",
+                        f"{tag} was built from older legion code or other [images] mcp_packages",
                         "run `legion images build`",
                     )
                 )

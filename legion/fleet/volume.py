@@ -136,16 +136,23 @@ def remove(paths: Paths, agent: str) -> bool:
 def remove_state(paths: Paths, agent: str) -> list[str]:
     """Delete everything of a removed agent's that lives in files (`legion agents purge`):
     its volume (`agents/NAME`), its socket folder (`run/agents/NAME`, which its container
-    could write) and its host-owned bootstrap files and their versions (`identity/NAME`),
+    could write), its host-owned bootstrap files and their versions (`identity/NAME`), its
+    browser profile (`browsers/NAME`) and the skills installed for it (`skills/agents/NAME`),
     each without following anything (see `_remove_under`). A re-added agent of that name
     then starts from nothing. Returns the paths deleted. Raises `UnsafeEntry` at the first
     path that is not a real directory (what was deleted before it stays deleted)."""
     removed = []
-    for parents, shown in (
-        ((AGENTS_DIR,), paths.agent_data(agent)),
-        (("run", "agents"), paths.agent_socket_dir(agent)),
-        (("identity",), paths.agent_identity(agent)),
-    ):
+    for parents in STATE_DIRS:
         if _remove_under(paths, parents, agent):
-            removed.append(str(shown))
+            removed.append(str(paths.home.joinpath(*parents, agent)))
     return removed
+
+
+# Where an agent's state lives, under LEGION_HOME: <parents...>/NAME (`remove_state`).
+STATE_DIRS: tuple[tuple[str, ...], ...] = (
+    (AGENTS_DIR,),
+    ("run", "agents"),
+    ("identity",),
+    ("browsers",),
+    ("skills", "agents"),
+)

@@ -269,6 +269,9 @@ class AgentInfo(BaseModel):
     restarts_last_hour: int
     last_seen: float | None
     inbox_depth: int
+    parent: str | None = Field(
+        default=None, description="The agent that spawned it, for a sub-agent; else null."
+    )
 
 
 class AgentList(BaseModel):

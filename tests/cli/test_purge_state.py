@@ -1,6 +1,7 @@
 """issue 8: `legion agents rm --purge` (and `legion agents purge`) delete everything a
-removed agent left in files: its volume, its socket folder `run/agents/NAME` and its
-bootstrap files with their versions `identity/NAME`, each without following a planted link;
+removed agent left in files: its volume, its socket folder `run/agents/NAME`, its
+bootstrap files with their versions `identity/NAME`, its browser profile `browsers/NAME` and
+the skills installed for it `skills/agents/NAME`, each without following a planted link;
 a re-added agent starts fresh. Without a host the message says what stays (the inbox, in
 host.db) and the command that deletes it, which works once the agent is gone."""
 
@@ -40,13 +41,22 @@ def legion(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def leave_state(paths: Paths, agent: str) -> None:
-    """What a run of the agent leaves: its volume, socket folder and identity files."""
+    """What a run of the agent leaves: its volume, socket folder, identity files, browser
+    profile and skills."""
     (paths.agent_data(agent) / "workspace").mkdir(parents=True, exist_ok=True)
     (paths.agent_data(agent) / "workspace" / "notes.md").write_text("old notes")
     paths.agent_socket_dir(agent).mkdir(parents=True, exist_ok=True)
     (paths.agent_socket_dir(agent) / "left-behind").write_text("x")
     files = AgentFiles.of(paths, agent)
     files.update("MEMORY.md", "old memory", "replace", agent)
+    (paths.home / "browsers" / agent / "profile").mkdir(parents=True, exist_ok=True)
+    (paths.home / "browsers" / agent / "profile" / "Cookies").write_text("session")
+    (paths.home / "skills" / "agents" / agent / "notes").mkdir(parents=True, exist_ok=True)
+    (paths.home / "skills" / "agents" / agent / "notes" / "SKILL.md").write_text("---\n")
+
+
+def state_dirs(paths: Paths, agent: str) -> set[str]:
+    return {str(paths.home.joinpath(*dirs, agent)) for dirs in volume.STATE_DIRS}
 
 
 @pytest.fixture
@@ -65,13 +75,8 @@ def test_purge_without_a_host_deletes_every_folder_and_says_what_stays(home: Pat
     run = legion(home, "agents", "rm", "scout", "--purge", "--json")
     assert run.returncode == 0, run.stderr
     purged = json.loads(run.stdout)["purged"]
-    assert set(purged["removed"]) == {
-        str(paths.agent_data("scout")),
-        str(paths.agent_socket_dir("scout")),
-        str(paths.agent_identity("scout")),
-    }
-    for gone in (paths.agent_data, paths.agent_socket_dir, paths.agent_identity):
-        assert not gone("scout").exists()
+    assert set(purged["removed"]) == state_dirs(paths, "scout")
+    assert not any(Path(p).exists() for p in state_dirs(paths, "scout"))
     assert purged["kept"] == []  # no host.db: no inbox to keep
     # keeper's state is untouched
     leave_state(paths, "keeper")
@@ -133,16 +138,18 @@ def test_without_a_host_the_inbox_stays_and_the_host_purges_it_later(home: Path,
         d2.stop()
 
 
-@pytest.mark.parametrize("where", ["socket", "identity"])
-def test_a_planted_link_is_refused_and_not_followed(home: Path, etc: Path, where: str) -> None:
+@pytest.mark.parametrize("where", [dirs for dirs in volume.STATE_DIRS if dirs != ("agents",)])
+def test_a_planted_link_is_refused_and_not_followed(
+    home: Path, etc: Path, where: tuple[str, ...]
+) -> None:
     paths = Paths.resolve(home)
-    target = paths.agent_socket_dir("scout") if where == "socket" else paths.agent_identity("scout")
+    target = paths.home.joinpath(*where, "scout")
     target.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(etc, target)
     with pytest.raises(UnsafeEntry, match="symbolic link"):
         volume.remove_state(paths, "scout")
     assert (etc / "passwd").read_text() == "root:x:0:0\n" and os.path.islink(target)
-    # a link inside the socket folder is deleted as a link
+    # a link inside the folder is deleted as a link
     os.unlink(target)
     target.mkdir()
     os.symlink(etc, target / "etc")
@@ -162,13 +169,13 @@ async def test_the_host_purges_every_folder_and_audits_what_it_removed(home: Pat
         done = await operator.delete("/v1/agents/scout/state")
         assert done.status_code == 200, done.text
         body = done.json()
-        assert body["volume_removed"] is True and len(body["removed"]) == 3
-        assert not paths.agent_identity("scout").exists()
-        assert not paths.agent_socket_dir("scout").exists()
+        assert body["volume_removed"] is True
+        assert set(body["removed"]) == state_dirs(paths, "scout")
+        assert not any(Path(p).exists() for p in state_dirs(paths, "scout"))
         nothing = await operator.delete("/v1/agents/scout/state")
         assert nothing.status_code == 404 and nothing.json()["error"]["code"] == "nothing_to_purge"
         rows = list(
             host.store.execute("SELECT decision, detail FROM audit WHERE action = 'agent.purge'")
         )
         assert len(rows) == 1 and rows[0][0] == "allow"
-        assert len(json.loads(rows[0][1])["removed"]) == 3
+        assert set(json.loads(rows[0][1])["removed"]) == state_dirs(paths, "scout")

@@ -15,7 +15,8 @@ line of the command block runs in order against the fresh LEGION_HOME, and must 
 
 The fake provider stands in for the cloud: after `make run` wrote the example config, the
 test points the example's OpenAI models at it (`api_base`) and, with Docker, names the agent
-image built for this source (`[runtime] image`), then reloads. The whole run is written as
+and browser images built for this source (`[runtime] image`, `[browser] image`: `legion
+images build` then finds them current), then reloads. The whole run is written as
 a transcript (`README transcript` in the test output).
 """
 
@@ -150,7 +151,7 @@ class Run:
             input=stdin,
         )
 
-    def stand_in(self, fake_url: str, image: str | None) -> None:
+    def stand_in(self, fake_url: str, image: str | None, browser: str | None) -> None:
         """The test's own edit: the example's OpenAI models go to the fake provider."""
         doc = tomlkit.parse(self.paths.config.read_text(encoding="utf-8"))
         models = doc["llm"]["models"]  # type: ignore[index]
@@ -158,12 +159,15 @@ class Run:
             models[alias]["api_base"] = fake_url  # type: ignore[index]
         if image is not None:
             doc["runtime"]["image"] = image  # type: ignore[index]
+        if browser is not None:
+            doc["browser"]["image"] = browser  # type: ignore[index]
         self.paths.config.write_text(tomlkit.dumps(doc), encoding="utf-8")
         reload = self.legion("config", "reload")
         assert reload.returncode == 0, reload.stderr
         self.note(
             "# (test) the example's gpt-4o-mini and embed-small now call the fake provider"
             + (f"; [runtime] image = {image}" if image else "")
+            + (f"; [browser] image = {browser}" if browser else "")
         )
 
     def step(self, step: Step) -> None:
@@ -250,13 +254,13 @@ def fake() -> Iterator[FakeProvider]:
         yield provider
 
 
-def _run(home: Path, fake: FakeProvider, image: str | None) -> None:
+def _run(home: Path, fake: FakeProvider, image: str | None, browser: str | None = None) -> None:
     make, commands = quick_start()
     run = Run(home / "legion-home", docker=image is not None)
     try:
         assert make[0].argv == ["make", "run"]
         run.start_make()
-        run.stand_in(fake.base_url, image)
+        run.stand_in(fake.base_url, image, browser)
         run.note("$ make test    # (test) not run: it is this suite")
         for step in commands:
             if step.needs_docker and image is None:
@@ -280,7 +284,7 @@ def test_the_quick_start_runs_top_to_bottom_without_docker(home: Path, fake: Fak
 
 @pytest.mark.docker
 def test_the_quick_start_runs_top_to_bottom(
-    home: Path, fake: FakeProvider, agent_image: str
+    home: Path, fake: FakeProvider, agent_image: str, browser_image: str
 ) -> None:
     """issue 8: every line, with real containers, against a fresh home, exits 0."""
-    _run(home, fake, agent_image)
+    _run(home, fake, agent_image, browser_image)

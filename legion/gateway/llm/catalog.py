@@ -230,7 +230,7 @@ def problems(config: Config, stored: dict[str, str], problem: str = "") -> list[
                     agents,
                     f"`{alias}` needs the credential `{row.credential}`, which is not stored",
                     f"`legion vault set {row.credential} --tier system` (the provider key; "
-                    "prompted, never on the command line), or `legion setup`",
+                    "prompted, never on the command line)",
                 )
             )
         elif row.credential_state == "wrong tier":
