@@ -78,9 +78,7 @@ def loaded(home: Path, *args: str) -> set[str]:
 
 def heavy(modules: set[str]) -> list[str]:
     return sorted(
-        m
-        for m in modules - STDLIB_WIRE
-        if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)
+        m for m in modules - STDLIB_WIRE if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)
     )
 
 
