@@ -399,6 +399,9 @@ class McpRemoteConfig(_Section):
     """A remote MCP server (streamable HTTP), connected by the host, never by a container."""
 
     url: Annotated[str, Field(max_length=2048), AfterValidator(_remote_url)]
+    # False: configured but never connected (shown as stopped); the example config's server
+    # is off, so a fresh host makes no outward connection and logs no retries.
+    enabled: bool = True
     credential: str | None = None
     auth_header: Annotated[str, AfterValidator(_header_name)] = "Authorization"
     auth_scheme: str = Field(default="Bearer", max_length=32, pattern=r"^[A-Za-z0-9._~+/-]*$")

@@ -184,6 +184,17 @@ def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -
     return exit_code_of(reply.error)
 
 
+def _require_agent(paths: Any, agent: str) -> None:
+    """Exit 3 when no host runs, 1 when `agent` is not one of its agents."""
+    from legion.api.client import ControlClient
+
+    with host_errors(), ControlClient(paths) as client:
+        names = [a.name for a in client.agents().agents]
+    if agent not in names:
+        known = ", ".join(sorted(names)) or "none"
+        fail(f"no agent named {agent!r} (configured: {known}); `legion agents ls` lists them")
+
+
 def chat(
     agent: Annotated[str, typer.Argument(metavar="AGENT", help="The agent to talk to.")],
     message: Annotated[
@@ -229,6 +240,7 @@ def chat(
         raise typer.Exit(_steer(paths, agent, steer, timeout, as_json))
     if message is not None:
         raise typer.Exit(_turn(paths, agent, message, timeout, as_json))
+    _require_agent(paths, agent)  # before reading a line: a typo is said at once
     interactive = sys.stdin.isatty()
     worst = 0
     while True:

@@ -47,6 +47,10 @@ def costs(
     from legion.gateway.llm.budget import window_start
     from legion.store import connect
 
+    if agent is not None:
+        from legion.cli.agents_cmd import require_valid_name
+
+        require_valid_name(agent)  # an empty --agent '' is no filter-less listing
     paths = State.paths()
     try:
         config = load_config(paths.config)
@@ -61,7 +65,7 @@ def costs(
     try:
         conn = db.connection()  # type: ignore[no-untyped-call]
         where, args = "", []
-        if agent:
+        if agent is not None:
             where, args = " AND agent = ?", [agent]
         low = min(month, since_ts) if since_ts is not None else month
         rows = list(
@@ -107,7 +111,7 @@ def costs(
             1,
         )
     agents_out = []
-    names = sorted({a for a, _ in table} | ({agent} if agent else set(config.agents)))
+    names = sorted({a for a, _ in table} | ({agent} if agent is not None else set(config.agents)))
     for name in names:
         cfg = config.agents.get(name)
         models = [v for (a, _), v in sorted(table.items()) if a == name]

@@ -52,6 +52,10 @@ def ls(
     as_json: JSON = False,
 ) -> None:
     """List the cron jobs: schedule, next run, counts and state."""
+    if agent is not None:
+        from legion.cli.agents_cmd import require_valid_name
+
+        require_valid_name(agent)
     with host_errors(), _client() as client:
         jobs = client.cron_jobs(agent).jobs
     if as_json:

@@ -148,8 +148,16 @@ def _name_values(command: Any) -> None:
     for param in getattr(command, "params", []):
         if param.metavar is None and not getattr(param, "is_flag", False) and param.name:
             param.metavar = param.name.upper()
+        if getattr(param, "param_type_name", "") == "argument":
+            # An argument is listed by its name already; typer would add its Python type
+            # beside it (`NAME <str>`).
+            param.display_type_rich = _no_type
     for sub in getattr(command, "commands", {}).values():
         _name_values(sub)
+
+
+def _no_type(ctx: Any) -> None:
+    return None
 
 
 def _plain_text_options(params: list[Any]) -> list[Any]:

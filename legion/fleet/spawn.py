@@ -44,6 +44,7 @@ from legion.wire.events import AgentReply, AgentStateChanged
 from legion.wire.spawn import SpawnRequest, SpawnResult
 
 if TYPE_CHECKING:
+    from legion.events import Subscription
     from legion.host import Host
 
 log = logging.getLogger("legion.fleet.spawn")
@@ -87,6 +88,10 @@ class Spawner:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.children: dict[str, Child] = {}
+        # The bus is followed only while sub-agents live: a subscriber makes every hot-path
+        # event (one per streamed token) get built and queued, so an idle one costs the fleet.
+        self._events: Subscription | None = None
+        self._spawned = asyncio.Event()
         with host.store.tx() as conn:
             conn.execute(DDL)
             conn.execute(  # the history of ended sub-agents: kept 70 days
@@ -174,6 +179,7 @@ class Spawner:
         now = host.clock()
         child = Child(name, parent, body.role, 0, model, budget, ttl, now, now + ttl)
         self.children[name] = child
+        self._listen()
         try:
             host.config.agents[name] = self._config(parent, body.role, model)
             host.permissions.bounds[name] = parent
@@ -348,14 +354,36 @@ class Spawner:
         for child in list(self.host.budgets.carve.open):  # a carve without its spawn row
             self.host.budgets.carve.close(child, "the host restarted")
 
+    def _listen(self) -> None:
+        """Follow the bus from now on (before the child can answer), and wake the watcher."""
+        if self._events is None:
+            self._events = self.host.bus.open()
+        self._spawned.set()
+
+    def _unlisten(self) -> None:
+        if self._events is not None:
+            self.host.bus.close(self._events)
+            self._events = None
+
     async def watch_forever(self) -> None:
         """Reap sub-agents whose TTL ran out, that the operator stopped, that failed, or
         whose parent is gone; and those that answered their task."""
-        async with self.host.bus.subscribe() as events:
-            waiter: asyncio.Task[Any] | None = None
+        waiter: asyncio.Task[Any] | None = None
+        try:
             while True:
+                if not self.children:
+                    if waiter is not None:
+                        waiter.cancel()
+                        waiter = None
+                    self._unlisten()
+                    self._spawned.clear()
+                    await self._spawned.wait()
+                    continue
+                if self._events is None:
+                    self._listen()
+                assert self._events is not None
                 if waiter is None:
-                    waiter = asyncio.ensure_future(events.get())
+                    waiter = asyncio.ensure_future(self._events.get())
                 done, _ = await asyncio.wait({waiter}, timeout=CHECK_EVERY_S)
                 if waiter in done:
                     event = waiter.result()
@@ -369,6 +397,10 @@ class Spawner:
                     await self.check()
                 except Exception:
                     log.exception("checking sub-agents failed; retrying")
+        finally:
+            if waiter is not None:
+                waiter.cancel()
+            self._unlisten()
 
     async def check(self) -> None:
         """One round of the TTL and state checks (the watch loop calls it; tests may too)."""

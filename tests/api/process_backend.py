@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from legion.fleet.backend import AgentSpec, ContainerStatus, ExecResult
+from legion.fleet.backend import AgentSpec, ContainerStatus, ExecResult, StatusChange
 
 
 class ProcessBackend:
@@ -71,6 +71,31 @@ class ProcessBackend:
     async def remove_others(self, keep: set[str]) -> list[str]:
         return []
 
+    async def statuses(self) -> dict[str, ContainerStatus]:
+        return {agent: await self.status(agent) for agent in self.procs}
+
+    async def watch(self) -> _QuietFeed:
+        """No event stream for processes: the supervisor's periodic listing (`statuses`)
+        is what sees a process that ended."""
+        return _QuietFeed()
+
     async def close(self) -> None:
         for agent in list(self.procs):
             await self.stop(agent)
+
+
+class _QuietFeed:
+    """A status feed that reports nothing until it is closed."""
+
+    def __init__(self) -> None:
+        self._closed = asyncio.Event()
+
+    def __aiter__(self) -> _QuietFeed:
+        return self
+
+    async def __anext__(self) -> StatusChange:
+        await self._closed.wait()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._closed.set()

@@ -5,7 +5,8 @@
 * Help is plain text: each option's and argument's help string appears whole in the
   rendered help (Rich markup once ate `[llm.models]`, leaving "Model alias from .").
 * A flag shows no value (`--json`, not `--json <bool>` or `--force / --no-force`); every
-  other option shows what it takes by name, never a Python type (`<str>`).
+  other option shows what it takes by name, never a Python type (`<str>`), and an argument
+  is listed by its name alone (not `NAME <str>`).
 * `legion --install-completion` / `--show-completion` exist and the completion script
   resolves subcommands.
 """
@@ -67,8 +68,9 @@ def test_help_is_whole_and_shows_values_by_name(path: tuple[str, ...], command: 
     text = _render(path)
     flat = _flat(text)
     assert "<bool>" not in text and "/ --no-" not in text, text
-    options = text.split("Options:", 1)[1] if "Options:" in text else ""
-    assert not re.search(r"<[a-z][^>]*>", options), options  # a value by name, not `<str>`
+    for section in ("Arguments:", "Options:"):
+        listed = text.split(section, 1)[1] if section in text else ""
+        assert not re.search(r"<[a-z][^>]*>", listed), listed  # by name, not `<str>`
     for param in command.params:
         helped = getattr(param, "help", None)
         if helped:

@@ -242,7 +242,9 @@ model = "m"
             ready = json.loads(legion(home, "models", "ls", "--json").stdout)
             assert ready["host_running"] is True
             assert ready["models"][0]["cooldown_s"] == 0.0 and ready["models"][0]["failures"] == 0
-            fake.script(Reply(status=429, error="slow down"))
+            # Retry-After 120: the cooldown outlasts the CLI's start on a loaded machine (the
+            # first failure's own cooldown is 1 s).
+            fake.script(Reply(status=429, error="slow down", retry_after=120))
             with httpx.Client(
                 transport=httpx.HTTPTransport(uds=str(paths.agent_socket("alice"))),
                 base_url="http://legion",

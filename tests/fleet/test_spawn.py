@@ -128,7 +128,9 @@ def spent(host: Host, *agents: str) -> float:
 
 async def test_a_spawned_agent_runs_its_task_and_its_result_reaches_the_parent(home: Path) -> None:
     """issue 14: the task's result comes back to the parent's inbox as a `task_result`;
-    the sub-agent is listed with its parent until then, and removed after."""
+    the sub-agent is listed with its parent until then, and removed after. The spawner
+    follows the bus only while a sub-agent lives (an idle subscriber would make every
+    streamed token's event get built for nobody)."""
     async with (
         FakeProvider() as fake,
         spawning_host(home, config_text(fake.base_url)) as (
@@ -136,8 +138,10 @@ async def test_a_spawned_agent_runs_its_task_and_its_result_reaches_the_parent(h
             backend,
         ),
     ):
+        assert host.bus.subscriber_count == 0
         made = await spawn(host, {"role": "fact checker", "task": "check the date"})
         assert made.status_code == 200, made.text
+        assert host.bus.subscriber_count == 1
         child = made.json()
         name = child["agent"]
         assert name.startswith("parent-") and child["parent"] == "parent"
@@ -185,6 +189,10 @@ async def test_a_spawned_agent_runs_its_task_and_its_result_reaches_the_parent(h
         records = [(r.action, r.target, r.decision) for r in audit.query(host.store.conn)]
         assert ("agent.spawn", name, "allow") in records
         assert ("agent.reaped", name, "allow") in records
+        deadline = time.monotonic() + 5
+        while host.bus.subscriber_count and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert host.bus.subscriber_count == 0
 
 
 async def test_a_spawned_agents_permissions_are_the_intersection_and_it_cannot_spawn(
