@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +20,7 @@ from legion.api.reach import (
     HostError,
     HostNotRunning,
     NoPermission,
+    bad_response,
     not_running,
     socket_present,
 )
@@ -105,20 +107,41 @@ class ControlClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, url: str, model: type[BaseModel] | None, **kw: Any) -> Any:
-        if not _socket_present(self.paths):
-            raise not_running(self.paths)
+    @contextmanager
+    def _reaching(self, url: str) -> Iterator[None]:
+        """Every way a request to the control socket fails, as the errors `host_errors`
+        prints: no host (or a stale socket), no permission, a timeout, or an answer that is
+        not the host's (not HTTP, not the JSON of the route: another program serves the
+        socket). A typed error the host answered (`HostError`) passes through."""
         try:
-            response = self._http.request(method, url, **kw)
+            yield
         except httpx.ConnectError as exc:
             if _denied(exc):
                 raise NoPermission(self.paths) from exc
             raise not_running(self.paths) from exc
         except FileNotFoundError as exc:
             raise not_running(self.paths) from exc
-        if response.status_code >= 400:
-            raise _api_error(response)
-        return model.model_validate_json(response.content) if model else response.json()
+        except httpx.TimeoutException:
+            raise HostError(504, "timeout", f"the host did not answer {url} in time") from None
+        except httpx.RemoteProtocolError as exc:
+            if "without sending a response" in str(exc):
+                raise not_running(self.paths) from None  # it stopped mid-request
+            raise bad_response(self.paths, url, f"something that is not HTTP ({exc})") from None
+        except httpx.HTTPError as exc:
+            raise bad_response(self.paths, url, f"a broken answer ({exc})") from None
+        except ValueError as exc:  # JSON, or a pydantic ValidationError of the answer
+            raise bad_response(
+                self.paths, url, f"JSON that is not this route's answer ({str(exc)[:300]})"
+            ) from None
+
+    def _request(self, method: str, url: str, model: type[BaseModel] | None, **kw: Any) -> Any:
+        if not _socket_present(self.paths):
+            raise not_running(self.paths)
+        with self._reaching(url):
+            response = self._http.request(method, url, **kw)
+            if response.status_code >= 400:
+                raise _api_error(response)
+            return model.model_validate_json(response.content) if model else response.json()
 
     def status(self) -> HostStatus:
         result: HostStatus = self._request("GET", "/v1/status", HostStatus)
@@ -238,25 +261,24 @@ class ControlClient:
         if since is not None:
             params["since"] = repr(since)
         url = f"/v1/agents/{quote(name, safe='')}/logs"
-        try:
-            with self._http.stream(
+        with (
+            self._reaching(url),
+            self._http.stream(
                 "GET", url, params=params, timeout=httpx.Timeout(30.0, read=None)
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise _api_error(response)
-                for raw in response.iter_lines():
-                    if not raw:
-                        continue
-                    record = json.loads(raw)
-                    if isinstance(record, dict) and isinstance(record.get("line"), str):
-                        yield record["line"]  # anything else is a keep-alive
-        except httpx.ConnectError as exc:
-            if _denied(exc):
-                raise NoPermission(self.paths) from exc
-            raise not_running(self.paths) from exc
-        except FileNotFoundError as exc:
-            raise not_running(self.paths) from exc
+            ) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                raise _api_error(response)
+            for raw in response.iter_lines():
+                if not raw:
+                    continue
+                record = json.loads(raw)
+                if record == {}:
+                    continue  # a keep-alive
+                if not isinstance(record, dict) or not isinstance(record.get("line"), str):
+                    raise ValueError(f"not a log line: {raw[:100]!r}")
+                yield record["line"]
 
     # --- automation (legion/automation) ---------------------------------------------
 
@@ -354,15 +376,18 @@ class ControlClient:
         the host has subscribed this stream: every later event will be delivered."""
         if not _socket_present(self.paths):
             raise not_running(self.paths)
-        try:
-            with self._http.stream("GET", "/v1/events", timeout=None) as response:
-                if on_open is not None:
-                    on_open()
-                for line in response.iter_lines():
-                    if line:
-                        yield parse_event(line)
-        except httpx.ConnectError as exc:
-            raise not_running(self.paths) from exc
+        with (
+            self._reaching("/v1/events"),
+            self._http.stream("GET", "/v1/events", timeout=None) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                raise _api_error(response)
+            if on_open is not None:
+                on_open()
+            for line in response.iter_lines():
+                if line:
+                    yield parse_event(line)
 
 
 def _api_error(response: httpx.Response) -> ApiError:

@@ -18,10 +18,30 @@ from legion.paths import Paths
 
 class HostNotRunning(Exception):
     def __init__(self, paths: Paths) -> None:
-        super().__init__(
-            f"no legion host is running for {paths.home} (no control socket at "
-            f"{paths.control_socket}); start one with `legion daemon` (or `make run`)"
+        try:
+            stale = paths.control_socket.is_socket() or paths.control_socket.is_symlink()
+        except OSError:
+            stale = False
+        where = (
+            f"nothing answers on its control socket {paths.control_socket}, a stale one"
+            if stale
+            else f"no control socket at {paths.control_socket}"
         )
+        super().__init__(
+            f"no legion host is running for {paths.home} ({where}); start one with "
+            "`legion daemon` (or `make run`)"
+        )
+
+
+def bad_response(paths: Paths, path: str, what: str) -> HostError:
+    """The error of an answer that is not the host's HTTP or JSON: another program (or a
+    host of another version) serves the control socket, or the host stopped mid-answer."""
+    return HostError(
+        502,
+        "bad_response",
+        f"the control socket {paths.control_socket} answered {path} with {what}; is another "
+        "program serving it? (`legion stop`, then `legion daemon`, replaces a stale one)",
+    )
 
 
 class ControlSocketGone(HostNotRunning):
@@ -133,8 +153,10 @@ def get_json(paths: Paths, path: str, timeout: float = 35.0) -> Any:
         raise HostError(
             504, "timeout", f"the host did not answer {path} within {timeout:g} s"
         ) from None
-    except (ConnectionError, FileNotFoundError, http.client.HTTPException):
+    except (ConnectionError, FileNotFoundError, http.client.RemoteDisconnected):
         raise not_running(paths) from None  # gone, refusing, or stopping mid-answer
+    except http.client.HTTPException as exc:  # a status line or body that is not HTTP
+        raise bad_response(paths, path, f"something that is not HTTP ({exc!r:.200})") from None
     finally:
         conn.close()
     if response.status >= 400:
@@ -142,9 +164,6 @@ def get_json(paths: Paths, path: str, timeout: float = 35.0) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        raise HostError(
-            502,
-            "bad_response",
-            f"the control socket answered {path} with something that is not JSON: "
-            f"{body[:200].decode(errors='replace')!r}",
+        raise bad_response(
+            paths, path, f"something that is not JSON: {body[:200].decode(errors='replace')!r}"
         ) from None

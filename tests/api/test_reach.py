@@ -110,3 +110,41 @@ def test_status_prints_one_line_for_each(home: Path) -> None:
         )  # fmt: skip
     assert run.returncode == 1 and "not JSON" in run.stderr and "Traceback" not in run.stderr
     assert run.stdout == ""
+
+
+GARBAGE = {
+    "not-http": b"\x00\xffNOT HTTP AT ALL\r\n\r\n",
+    "html": http("200 OK", b"<html></html>", "Content-Type: text/html\r\n"),
+    "wrong-json": http("200 OK", b'{"pid": "x"}', "Content-Type: application/json\r\n"),
+    "cut-body": b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + b"[" * 100_000,
+}
+# Every kind of command: the stdlib client (status), the httpx client (agents ls, bb ls,
+# stop), a stream (events, logs).
+COMMANDS = [
+    ("status",),
+    ("status", "--json"),
+    ("agents", "ls"),
+    ("bb", "ls"),
+    ("stop",),
+    ("events",),
+    ("logs", "scout"),
+]
+
+
+@pytest.mark.parametrize("garbage", list(GARBAGE), ids=list(GARBAGE))
+def test_every_client_names_a_control_socket_answering_garbage(home: Path, garbage: str) -> None:
+    """issue 8 (attack pass): whatever serves run/control.sock, every command (the stdlib
+    client, the httpx one, the streams) exits 1 with one line saying the socket answered
+    something that is not the host's, and how to replace it: no traceback, nothing on
+    stdout, and no garbage printed as if it were a status."""
+    paths = Paths.resolve(home)
+    with serving(paths, GARBAGE[garbage]):
+        for args in COMMANDS:
+            run = subprocess.run(
+                [sys.executable, "-m", "legion", "--home", str(home), *args],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert run.returncode == 1, (args, run.returncode, run.stdout, run.stderr)
+            assert "Traceback" not in run.stderr, (args, run.stderr)
+            assert "is another program serving it?" in run.stderr, (args, run.stderr)
+            assert run.stdout == "", (args, run.stdout)

@@ -15,8 +15,9 @@ line of the command block runs in order against the fresh LEGION_HOME, and must 
 
 The fake provider stands in for the cloud: after `make run` wrote the example config, the
 test points the example's OpenAI models at it (`api_base`) and, with Docker, names the agent
-and browser images built for this source (`[runtime] image`, `[browser] image`: `legion
-images build` then finds them current), then reloads. The whole run is written as
+image (with the example's `[images] mcp_packages`) and the browser image built for this
+source (`[runtime] image`, `[browser] image`: `legion images build` then finds them
+current), then reloads. The whole run is written as
 a transcript (`README transcript` in the test output).
 """
 
@@ -248,6 +249,40 @@ class Run:
             self.make.stdout.close()
 
 
+@pytest.fixture(scope="session")
+def example_agent_image() -> str:
+    """The agent image the example config asks for: this source with its `[images]
+    mcp_packages`, built once (a tag named after both, as `legion images build` would
+    label it), so the README's `legion images build` finds it current."""
+    import sys
+    import tempfile
+
+    import docker
+
+    from legion.config import parse_config
+    from legion.fleet.images import build_agent_image, image_exists, source_digest
+
+    example = parse_config((REPO / "config.example.toml").read_text(encoding="utf-8"))
+    packages = list(example.images.mcp_packages)
+    tag = f"legion-agent:mcp-{source_digest(packages)}"
+    client = docker.from_env()
+    try:
+        if image_exists(client, tag):
+            return tag
+    finally:
+        client.close()
+    build_agent_image(
+        tag=tag,
+        base=None,
+        mirror=None,
+        uid=example.runtime.agent_uid,
+        cache=Path(tempfile.gettempdir()) / "legion-test-wheels",
+        progress=lambda line: print(line, file=sys.stderr),
+        mcp_packages=packages,
+    )
+    return tag
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeProvider]:
     with FakeProvider(chunk_chars=4) as provider:
@@ -284,7 +319,7 @@ def test_the_quick_start_runs_top_to_bottom_without_docker(home: Path, fake: Fak
 
 @pytest.mark.docker
 def test_the_quick_start_runs_top_to_bottom(
-    home: Path, fake: FakeProvider, agent_image: str, browser_image: str
+    home: Path, fake: FakeProvider, example_agent_image: str, browser_image: str
 ) -> None:
     """issue 8: every line, with real containers, against a fresh home, exits 0."""
-    _run(home, fake, agent_image, browser_image)
+    _run(home, fake, example_agent_image, browser_image)
