@@ -35,15 +35,19 @@ def _number(key: str, value: float) -> str:
 
 def value_text(key: str, value: Any) -> str:
     """One field's value as the operator reads it: money without float noise, words
-    unquoted, anything with spaces or quotes as JSON."""
+    unquoted, text with spaces or quotes in double quotes, anything else as JSON."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
         return _number(key, value)
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, str) and value and not any(c in value for c in ' "=\\'):
-        return value
+    if isinstance(value, str):
+        if value and not any(c in value for c in ' "=\\'):
+            return value
+        # Quoted, with its characters as they are: the line goes through the one rule for
+        # text on a terminal (`safe_text`: controls, bidi and line breaks shown escaped).
+        return '"' + value.replace('"', '\\"') + '"'
     return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
 
 

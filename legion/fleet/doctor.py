@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,23 +78,26 @@ def model_checks(paths: Paths, config: Config) -> list[Check]:
     return checks
 
 
-def container_checks(client: Any, paths: Paths) -> list[Check]:
-    """Each of this home's running agent containers runs an image built from this legion's
-    agent code (a stale one misses fixes and may not speak the host's current API)."""
+def container_checks(client: Any, paths: Paths, packages: Sequence[str] = ()) -> list[Check]:
+    """Each of this home's running containers runs an image built from this legion's code:
+    an agent's from its agent code with these `[images] mcp_packages`, a browser's from its
+    browser code (a stale one misses fixes and may not speak the host's current API)."""
+    from legion.fleet.browser_image import browser_source_digest
     from legion.fleet.images import source_digest
 
     try:
         containers = client.containers.list(filters={"label": f"legion.home={paths.home}"})
     except Exception as exc:
         return [Check("running containers", False, f"could not list them: {exc}", "")]
-    want = source_digest()
+    want = {"agent": source_digest(packages), "browser": browser_source_digest()}
     stale = []
     for container in containers:
         try:
             labels = (container.image.attrs.get("Config") or {}).get("Labels") or {}
         except Exception:
             labels = {}
-        if labels.get("org.legion.source") != want:
+        role = labels.get("org.legion.role", "agent")
+        if labels.get("org.legion.source") != want.get(role, want["agent"]):
             stale.append(container.labels.get("legion.agent", container.name))
     if stale:
         return [
@@ -212,7 +216,7 @@ def run_checks(
                 checks.append(Check(what, True, f"{tag} present"))
         except Exception:
             checks.append(Check(what, False, f"{tag} missing", "run `legion images build`"))
-    checks += container_checks(client, paths)
+    checks += container_checks(client, paths, config.images.mcp_packages if config else ())
     if not (runtime and runtime.base_image):
         have = shutil.which("debootstrap") is not None
         checks.append(

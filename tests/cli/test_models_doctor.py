@@ -182,6 +182,63 @@ def test_doctor_flags_a_running_container_on_a_stale_image(home: Path, agent_ima
         client.close()
 
 
+@pytest.mark.docker
+def test_doctor_knows_mcp_packages_and_browser_images(home: Path, agent_image: str) -> None:
+    """issue 8 (after issues 13 and 14): an agent container on an image built with the
+    configured `[images] mcp_packages`, and a browser container on an image of this browser
+    code, are current; the same agent image without the packages is not."""
+    import io
+
+    import docker
+
+    from legion.fleet.browser_image import browser_source_digest
+    from legion.fleet.images import source_digest
+
+    client = docker.from_env()
+    packages = ["mcp-server-time"]
+    made, containers = [], []
+    paths = Paths.resolve(home)
+
+    def run_on(label: str, role: str, agent: str) -> None:
+        tag = f"legion-agent:doctor-test-{role}-{label}-{os.getpid()}"
+        dockerfile = f"FROM {agent_image}\nLABEL org.legion.source={label} org.legion.role={role}\n"
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="none")
+        made.append(tag)
+        containers.append(
+            client.containers.run(
+                tag,
+                entrypoint=["sleep", "60"],
+                labels={"legion.home": str(paths.home), "legion.agent": agent},
+                network_mode="none",
+                detach=True,
+            )
+        )
+
+    def running_check(config: str) -> dict[str, object]:
+        (home / "legion.toml").write_text(config)
+        run = subprocess.run(
+            [sys.executable, "-m", "legion", "--home", str(home), "doctor", "--json"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return {c["name"]: c for c in json.loads(run.stdout)}["running containers"]  # type: ignore[no-any-return]
+
+    try:
+        run_on(source_digest(packages), "agent", "scout")
+        run_on(browser_source_digest(), "browser", "browser:scout")
+        with_packages = f"[images]\nmcp_packages = {json.dumps(packages)}\n"
+        current = running_check(with_packages)
+        assert current["ok"], current
+        without = running_check("")
+        assert not without["ok"] and "scout" in str(without["detail"])
+        assert "browser:scout" not in str(without["detail"])
+    finally:
+        for container in containers:
+            container.remove(force=True)
+        for tag in made:
+            client.images.remove(tag, force=True)
+        client.close()
+
+
 # --- models ls -------------------------------------------------------------------------------
 
 
