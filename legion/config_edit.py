@@ -17,7 +17,7 @@ from typing import Any
 import tomlkit
 from tomlkit.items import InlineTable, Table
 
-from legion.config import Config, parse_config
+from legion.config import Config, config_write_target, parse_config
 from legion.errors import LegionError
 from legion.fsutil import atomic_write
 
@@ -189,6 +189,7 @@ def remove_sections(text: str, name: str) -> str:
 def write_validated(path: Path, text: str) -> Config:
     """Validate `text` as legion.toml, then write it atomically; raises ConfigError first."""
     config = parse_config(text, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text)
+    target = config_write_target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, text)
     return config

@@ -202,14 +202,15 @@ class HostClient:
         return await self.config_reload()
 
     async def _edit_config(self, edit: Callable[[str], str]) -> None:
+        from legion.config import read_config_text
         from legion.config_edit import write_validated
         from legion.errors import ConfigError
 
         path = self.paths.config
 
         def apply() -> None:
-            text = path.read_text(encoding="utf-8") if path.exists() else ""
             try:
+                text = read_config_text(path) or ""
                 write_validated(path, edit(text))
             except ConfigError as exc:
                 raise LegionError(

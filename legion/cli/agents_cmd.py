@@ -59,7 +59,7 @@ def _reload_if_running() -> str:
 
 
 def _write_config(text: str) -> None:
-    from legion.config import parse_config
+    from legion.config import config_write_target, parse_config
     from legion.errors import ConfigError
     from legion.fsutil import atomic_write
 
@@ -68,16 +68,23 @@ def _write_config(text: str) -> None:
         parse_config(text, str(path))
     except ConfigError as exc:
         fail("the change would make legion.toml invalid; nothing was written:\n" + exc.render(), 2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text)
+    try:
+        target = config_write_target(path)
+    except ConfigError as exc:
+        fail(exc.render(), 2)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, text)
 
 
 def _current_text() -> str:
+    from legion.config import read_config_text
+    from legion.errors import ConfigError
+
     path = State.paths().config
     try:
-        return path.read_text(encoding="utf-8") if path.exists() else ""
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {path}: {exc}", 2)
+        return read_config_text(path) or ""
+    except ConfigError as exc:
+        fail(exc.render(), 2)
 
 
 def _split_list(values: list[str] | None) -> list[str]:

@@ -28,18 +28,15 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Validate a config file; print every problem with its line or key and the fix."""
-    from legion.config import parse_config
+    from legion.config import parse_config, read_config_text
     from legion.errors import ConfigError
 
     path = file or State.paths().config
-    if not path.exists():
-        fail(f"{path}: no such file; create one with `legion config init`", 2)
     try:
-        config = parse_config(path.read_text(encoding="utf-8"), str(path))
-    except UnicodeDecodeError as exc:
-        fail(f"{path}: not UTF-8 text ({exc})", 2)
-    except OSError as exc:
-        fail(f"{path}: cannot read: {exc.strerror}", 2)
+        text = read_config_text(path)
+        if text is None:
+            fail(f"{path}: no such file; create one with `legion config init`", 2)
+        config = parse_config(text, str(path))
     except ConfigError as exc:
         if as_json:
             emit_json({"ok": False, "file": str(path), "problems": exc.problems})

@@ -290,4 +290,40 @@ def root(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except PermissionError as exc:
+        # A file of the home this user may not read or write (the home is another user's):
+        # one line, never a traceback. Commands that reach the host say it their own way.
+        import sys
+
+        from legion.cli.common import safe_text
+
+        sys.stderr.write(f"legion: {safe_text(_no_rights(exc))}\n")
+        raise SystemExit(1) from None
+
+
+def _no_rights(exc: PermissionError) -> str:
+    import os
+    import pwd
+
+    where = exc.filename or ""
+    owner = ""
+    probe = os.path.abspath(where) if where else ""
+    while probe:
+        try:
+            uid = os.stat(probe).st_uid
+        except OSError:
+            parent = os.path.dirname(probe)
+            probe = "" if parent == probe else parent
+            continue
+        try:
+            owner = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            owner = f"uid {uid}"
+        break
+    whose = f"it belongs to {owner}" if owner and os.geteuid() != uid else "check its permissions"
+    return (
+        f"permission denied on {where or 'a file of this home'} ({exc.strerror}): {whose}; "
+        "run this as that user (e.g. with sudo), or pick your own home with --home"
+    )

@@ -259,3 +259,42 @@ def test_random_configs_round_trip_through_add_and_remove(
 
 def _as_toml(fields: AgentFields) -> str:
     return add_agent("", "x", fields)
+
+
+def _legion(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "LEGION_HOME"}
+    return subprocess.run(
+        [sys.executable, "-m", "legion", "--home", str(home), *args],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+
+
+def test_a_linked_config_is_edited_where_it_lives(home: Path, tmp_path: Path) -> None:
+    """issue 8 (attack pass): legion.toml as a link (a dotfiles checkout) is edited in the
+    file it points to; the link stays a link."""
+    real = tmp_path / "dotfiles-legion.toml"
+    real.write_text('# mine\n[runtime]\nbackend = "none"\n')
+    (home / "legion.toml").symlink_to(real)
+    added = _legion(home, "agents", "add", "scout")
+    assert added.returncode == 0, added.stderr
+    assert (home / "legion.toml").is_symlink()
+    assert "[agents.scout]" in real.read_text() and real.read_text().startswith("# mine")
+    assert _legion(home, "agents", "rm", "scout").returncode == 0
+    assert (home / "legion.toml").is_symlink() and "scout" not in real.read_text()
+
+
+def test_a_dangling_link_or_a_fifo_is_refused_and_nothing_hangs(home: Path, tmp_path: Path) -> None:
+    """issue 8 (attack pass): a link to nothing is named as such and nothing is written at
+    its target; a FIFO (or a directory) at legion.toml is refused, never read (a FIFO would
+    block the reader forever)."""
+    nowhere = tmp_path / "gone" / "legion.toml"
+    (home / "legion.toml").symlink_to(nowhere)
+    for args in (("config", "check"), ("agents", "add", "scout")):
+        run = _legion(home, *args)
+        assert run.returncode == 2 and "which does not exist" in run.stderr, (args, run.stderr)
+    assert not nowhere.exists() and (home / "legion.toml").is_symlink()
+    (home / "legion.toml").unlink()
+    os.mkfifo(home / "legion.toml")
+    for args in (("config", "check"), ("agents", "add", "scout"), ("costs",)):
+        run = _legion(home, *args)  # a read would block until the 60 s timeout
+        assert run.returncode == 2 and "not a regular file (a FIFO)" in run.stderr, (args, run)
