@@ -178,3 +178,27 @@ def test_costs_of_a_removed_agent_with_spend_and_of_nobody(home: Path) -> None:
     ghost = legion(home, "costs", "--agent", "ghost")
     assert ghost.returncode == 1 and "no agent named 'ghost'" in ghost.stderr
     assert ghost.stdout == ""
+
+
+ODD = ["../etc", "a/b", "élan", "\uff21\uff22\uff23", "a" * 300, "", "Alice", "a\nb", "\u202eevil"]
+
+
+def test_odd_names_are_refused_by_every_command_without_a_trace(running: Path) -> None:
+    """issue 8 (attack pass): names with path separators, unicode, a line break, a bidi
+    control, 300 characters, or nothing at all, on every command that takes an agent name:
+    exit 1 or 2 with a line on stderr, never a traceback, never an `allow` in the audit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = [
+        tuple(name if part == "ghost" else part for part in args)
+        for args in COMMANDS
+        for name in ODD
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(lambda args: (args, legion(running, *args)), runs))
+    for args, run in done:
+        assert run.returncode in (1, 2), (args, run.returncode, run.stdout, run.stderr)
+        assert run.stderr.strip() and "Traceback" not in run.stderr, (args, run.stderr)
+    odd = set(ODD)
+    records = [r for r in audit(running) if r["target"] in odd or r["actor"] in odd]
+    assert all(r["decision"] == "deny" for r in records), records
