@@ -25,7 +25,10 @@ from tests.conftest import Daemon
 
 pytestmark = pytest.mark.slow
 
-CONFIG = '[runtime]\nbackend = "none"\n\n[agents.alice]\n\n[agents.bob]\n'
+CONFIG = (
+    '[runtime]\nbackend = "none"\n\n[mcp.docs]\nurl = "https://mcp.example.com/mcp"\n'
+    'enabled = false\n\n[agents.alice.permissions]\nallowed_mcp = ["docs"]\n\n[agents.bob]\n'
+)
 
 
 def legion(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -132,10 +135,17 @@ LONG = "shared/" + "/".join(f"segment-{n:02d}-of-a-very-long-key" for n in range
 
 def test_a_piped_table_prints_every_value_whole(running: Path) -> None:
     assert legion(running, "bb", "put", LONG, '"x"').returncode == 0
-    for args in (("bb", "ls"), ("audit",), ("audit", "--wide")):
+    from legion.gateway.mcp_remote import DISABLED
+
+    for args, whole in (
+        (("bb", "ls"), LONG),
+        (("audit",), LONG),
+        (("audit", "--wide"), LONG),
+        (("mcp", "ls"), DISABLED),
+    ):
         run = legion(running, *args)
         assert run.returncode == 0, run.stderr
-        lines = [line for line in run.stdout.splitlines() if LONG in line]
+        lines = [line for line in run.stdout.splitlines() if whole in line]
         assert lines, (args, run.stdout)
         assert "…" not in run.stdout and all(
             line == line.rstrip() for line in run.stdout.splitlines()
