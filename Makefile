@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml scripts/bootstrap
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Runs the host in the foreground with the documented example config the first
-# time (edit it with `$(BIN)/legion config path`). Ctrl-C stops it.
+# Runs the host (`legion daemon`) in the foreground, in a terminal or not; Ctrl-C stops
+# it. The first time it writes the documented example config (`legion config path`; it
+# starts no agent). Before the host starts it says what is still missing, e.g. a provider
+# key (`legion doctor --quick`). The TUI is `legion`, in another terminal: it attaches.
 run: install
-	@$(BIN)/legion config path >/dev/null
 	@test -f "$$($(BIN)/legion config path)" || $(BIN)/legion config init
+	@$(BIN)/legion doctor --quick >&2 || echo "legion: the host starts anyway; fix the FAIL lines above (each says how), then check with \`legion doctor\`" >&2
 	$(BIN)/legion daemon
 
 test: install

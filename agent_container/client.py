@@ -185,10 +185,21 @@ class MeshClient:
         text: str,
         kind: str = "chat",
         result: dict[str, Any] | None = None,
+        *,
+        error: dict[str, Any] | None = None,
     ) -> ReplyAccepted:
+        """Answer an item; `error` ({code, message, status}: legion.wire.agent.TurnError)
+        marks a turn that failed or was refused, so the asker can tell it from an answer."""
         from legion.wire.agent import ReplyAccepted
 
-        body = {"in_reply_to": in_reply_to, "text": text, "kind": kind, "result": result}
+        body: dict[str, Any] = {
+            "in_reply_to": in_reply_to,
+            "text": text,
+            "kind": kind,
+            "result": result,
+        }
+        if error is not None:
+            body["error"] = error
         return ReplyAccepted.model_validate(await self.call("POST", "/v1/replies", body))
 
     async def notify(self, text: str, level: str = "info") -> None:

@@ -271,7 +271,9 @@ class AgentRuntime:
                 log.info("item %s was answered already; acking it", item.id)
             elif item.deliveries > MAX_DELIVERIES:
                 log.error("item %s was handed out %s times; giving up", item.id, item.deliveries)
-                await self._answer_error(item, f"handed out {item.deliveries} times without an ack")
+                await self._answer_error(
+                    item, f"handed out {item.deliveries} times without an ack", "redelivered"
+                )
             else:
                 await self.handle(item)
                 self._answered[key] = None
@@ -294,9 +296,13 @@ class AgentRuntime:
         except MeshError as exc:
             log.warning("ack of item %s refused: %s", item.id, exc)
 
-    async def _answer_error(self, item: InboxItem, why: str) -> None:
+    async def _answer_error(self, item: InboxItem, why: str, code: str = "runtime_error") -> None:
+        """Answer an item the runtime could not run, marked as failed (`error.code`:
+        `runtime_error`, or `redelivered` for an item that keeps coming back)."""
+        text = f"I could not handle this message: {why}"
+        error = {"code": code, "message": text[:4000], "status": None}
         with contextlib.suppress(MeshError):
-            await self.mesh.reply(item.id, f"I could not handle this message: {why}")
+            await self.mesh.reply(item.id, text, error=error)
 
     async def handle(self, item: InboxItem) -> None:
         """Run one inbox item to its reply (`POST /v1/replies`)."""
@@ -312,13 +318,15 @@ class AgentRuntime:
             )
             return
         if incoming.kind == "task":
-            result = await self._task(incoming)
-            await self.mesh.reply(item.id, str(result["output"]), "task_result", result)
+            result, error = await self._task(incoming)
+            await self.mesh.reply(
+                item.id, str(result["output"]), "task_result", result, error=error
+            )
             return
-        answer = await self._chat(incoming)
+        answer, error = await self._chat(incoming)
         # An answer to a reply goes to the operator only: answering the replier would
         # bounce between the two agents forever.
-        await self.mesh.reply(None if incoming.kind == "reply" else item.id, answer)
+        await self.mesh.reply(None if incoming.kind == "reply" else item.id, answer, error=error)
 
     def _session(self, conversation: str) -> Session:
         session = self.sessions.pop(conversation, None) or Session()
@@ -369,7 +377,8 @@ class AgentRuntime:
             self.mesh, self.me, self.tools, context, self.mind.learnings, pin, steer=self.lane.take
         )
 
-    async def _chat(self, incoming: Incoming) -> str:
+    async def _chat(self, incoming: Incoming) -> tuple[str, dict[str, Any] | None]:
+        """The turn's answer, and its `error` when it ended without one (see TurnError)."""
         session = self._session(incoming.conversation)
         history = session.messages
         if history and history[-1].get("role") == "assistant" and is_correction(incoming.text):
@@ -377,15 +386,16 @@ class AgentRuntime:
         user = {"role": "user", "content": incoming.text}
         system = self._system(session, incoming.conversation, False, self.tools.names())
         messages = [{"role": "system", "content": system}, *history, user]
-        answer = await self._brain(user).chat(messages)
+        brain = self._brain(user)
+        answer = await brain.chat(messages)
         # Only now: a turn cut short by a lost host is run again and must not be doubled.
         # What the turn compacted stays compacted; its tool traffic is not kept.
         at = next((i for i, m in enumerate(messages) if m is user), None)
         kept = messages[1:at] if at is not None else messages[1:2]
         session.messages = [*kept, user, {"role": "assistant", "content": answer}]
-        return answer
+        return answer, brain.failure
 
-    async def _task(self, incoming: Incoming) -> dict[str, Any]:
+    async def _task(self, incoming: Incoming) -> tuple[dict[str, Any], dict[str, Any] | None]:
         assert self._turn is not None
         session = self._session(incoming.conversation)
         tools = [*self.tools.names(), "finish_task"]
@@ -397,7 +407,8 @@ class AgentRuntime:
             },
             user,
         ]
-        result = await self._brain(user).task(messages)
+        brain = self._brain(user)
+        result = await brain.task(messages)
         result["blackboard_writes"] = list(self._turn.written)
         session.messages.extend(
             [
@@ -405,7 +416,7 @@ class AgentRuntime:
                 {"role": "assistant", "content": f"[task {result['status']}] {result['output']}"},
             ]
         )
-        return result
+        return result, brain.failure
 
     # --- tool hooks ------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ socket (`HostUnavailable`) is not caught here: the caller must not ack the item.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,11 +38,22 @@ FINISH = "finish_task"
 STATUSES = ("done", "failed", "gave_up")
 EMPTY = "(the model gave an empty answer)"
 RUNTIME = "[runtime]"  # marks the messages the runtime, not a person, adds to a conversation
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")  # the shape of a TurnError code
 
 
 def explain(exc: MeshError) -> str:
     """What the requester reads when the host or the model refused the turn."""
     return f"I could not finish this turn: {exc.message} [{exc.code}]"
+
+
+def failure_of(exc: MeshError | LoopStopped) -> dict[str, Any]:
+    """The reply's machine-readable `error` (legion.wire.agent.TurnError) for a turn that
+    ended without its answer: the host's code and status, or `loop_stopped`."""
+    if isinstance(exc, LoopStopped):
+        return {"code": "loop_stopped", "message": str(exc)[:4000], "status": None}
+    code = exc.code if _CODE.fullmatch(exc.code or "") else "error"
+    status = exc.status if 100 <= exc.status <= 599 else None
+    return {"code": code, "message": exc.message[:4000], "status": status}
 
 
 @dataclass
@@ -57,6 +69,8 @@ class Brain:
     # Steer messages waiting now (agent_container.lanes), read between two tool rounds.
     steer: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
     guard: LoopGuard = field(init=False)
+    # Why the last turn ended without its answer (`failure_of`), or None: it was answered.
+    failure: dict[str, Any] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         t = self.me.loop_detection
@@ -129,8 +143,10 @@ class Brain:
             )
             final = await self.complete(messages, self.registry, tool_choice="none")
         except MeshError as exc:
+            self.failure = failure_of(exc)
             return explain(exc)
         except LoopStopped as exc:
+            self.failure = failure_of(exc)
             return str(exc)
         return final.text or f"I stopped after {limit} tool rounds without a final answer."
 
@@ -159,8 +175,10 @@ class Brain:
                 if result:
                     return result
         except MeshError as exc:
+            self.failure = failure_of(exc)
             return {"status": "failed", "output": explain(exc)}
         except LoopStopped as exc:
+            self.failure = failure_of(exc)
             return {"status": "failed", "output": str(exc)}
         return {
             "status": "gave_up",

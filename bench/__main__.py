@@ -16,6 +16,7 @@ from bench import (
     blackboard_store,
     browser,
     budget_ops,
+    cli_startup,
     fleet_load,
     fleet_scale,
     llm_overhead,
@@ -42,6 +43,7 @@ BENCHMARKS = {
     "memory_bootstrap": memory_bootstrap.run,
     "tui": tui.run,
     "automation": automation.run,
+    "cli_startup": cli_startup.run,
     "browser": browser.run,
 }
 

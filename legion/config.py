@@ -7,6 +7,7 @@ did-you-mean, so a typo never silently turns a permission off.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -411,6 +412,9 @@ class McpRemoteConfig(_Section):
     """A remote MCP server (streamable HTTP), connected by the host, never by a container."""
 
     url: Annotated[str, Field(max_length=2048), AfterValidator(_remote_url)]
+    # False: configured but never connected (shown as stopped); the example config's server
+    # is off, so a fresh host makes no outward connection and logs no retries.
+    enabled: bool = True
     credential: str | None = None
     auth_header: Annotated[str, AfterValidator(_header_name)] = "Authorization"
     auth_scheme: str = Field(default="Bearer", max_length=32, pattern=r"^[A-Za-z0-9._~+/-]*$")
@@ -582,16 +586,17 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                         )
                     )
         allowed = agent.get("allowed_models")
+        # Each problem is reported at the key that names the alias (its own line).
         wanted = [
-            agent.get("model"),
-            agent.get("embedding_model"),
-            *(allowed if isinstance(allowed, list) else []),
+            ("model", agent.get("model")),
+            ("embedding_model", agent.get("embedding_model")),
+            *(("allowed_models", a) for a in (allowed if isinstance(allowed, list) else [])),
         ]
-        for alias in wanted:
-            if isinstance(alias, str) and models and alias not in models:
+        for key, alias in wanted:
+            if isinstance(alias, str) and alias not in models:
                 problems.append(
                     (
-                        f"agents.{name}.model",
+                        f"agents.{name}.{key}",
                         f"`{alias}` is not a model alias "
                         f"(aliases: {known_models}); fix: add "
                         f"[llm.models.{alias}] or fix the name",
@@ -892,10 +897,61 @@ def parse_config(text: str, file: str = "legion.toml") -> Config:
 
 def load_config(path: Path) -> Config:
     """Load `path`; a missing file is the empty (valid) config."""
-    if not path.exists():
-        return Config()
+    text = read_config_text(path)
+    return Config() if text is None else parse_config(text, str(path))
+
+
+def read_config_text(path: Path) -> str | None:
+    """The text of the config file at `path`, None when there is none. A link is followed
+    (the operator's own, e.g. into a dotfiles checkout); what is not a regular file is
+    refused (a FIFO would block the reader, a directory cannot be read) with ConfigError."""
+    import stat
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [f"{path}: cannot read: {exc}"]) from None
-    return parse_config(text, str(path))
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ConfigError(
+                str(path),
+                [
+                    f"{path} is a link to {os.readlink(path)}, which does not exist; fix the "
+                    "link, or remove it (`legion config init` writes a new file)"
+                ],
+            ) from None
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(
+            str(path), [f"{path}: not a regular file (a {_kind(info.st_mode)}); make it one"]
+        )
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"{path}: not UTF-8 text ({exc})"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"{path}: cannot read: {exc.strerror}"]) from None
+
+
+def config_write_target(path: Path) -> Path:
+    """Where an edit of the config at `path` is written: the file itself, or, when `path`
+    is a link, the file it points to (so the link stays); a dangling link is refused."""
+    if not path.is_symlink():
+        return path
+    target = path.resolve()
+    if not target.exists():
+        read_config_text(path)  # raises: the link points nowhere
+    return target
+
+
+def _kind(mode: int) -> str:
+    import stat
+
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"

@@ -554,12 +554,14 @@ class Host:
                 "text": body.text,
                 "kind": body.kind,
                 "result": body.result,
+                "error": None if body.error is None else body.error.model_dump(),
             }
             try:
                 self.inboxes.send(agent, asker, payload)
                 delivered = asker
             except InboxFull:  # the answer still goes out as an event; nothing half-done
                 self.audit.append(agent, "reply.refused", asker, "deny", reason="inbox_full")
+        failed: dict[str, Any] = {} if body.error is None else {"error": body.error.code}
         self.audit.append(
             agent,
             "reply",
@@ -567,6 +569,7 @@ class Host:
             "allow",
             in_reply_to=body.in_reply_to,
             kind=body.kind,
+            **failed,
         )
         self.bus.publish(
             AgentReply(
@@ -577,6 +580,7 @@ class Host:
                 text=body.text,
                 kind=body.kind,
                 result=body.result,
+                error=body.error,
             )
         )
         return ReplyAccepted(in_reply_to=body.in_reply_to, delivered_to=delivered)

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from legion.cli.agents_cmd import remove_sections
 from legion.config import parse_config
+from legion.config_edit import remove_sections
 
 BASE = """# my fleet
 [teams.red]
@@ -86,7 +86,7 @@ def test_recreating_an_agent_says_it_reuses_old_data(home: Path) -> None:
     (home / "agents" / "scout" / "workspace").mkdir(parents=True)
     (home / "agents" / "scout" / "workspace" / "notes.md").write_text("old")
     added = legion(home, "agents", "add", "scout")
-    assert added.returncode == 0 and "exists from an earlier agent" in added.stderr
+    assert added.returncode == 0 and "existed before" in added.stderr
     removed = legion(home, "agents", "rm", "scout", "--purge")
     assert removed.returncode == 0, removed.stderr
     assert not (home / "agents" / "scout").exists()

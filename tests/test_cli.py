@@ -293,7 +293,10 @@ def test_audit_filters_by_agent_since_and_limit(host_home: Path) -> None:
     after = _audit(host_home, "--since", f"{mid:.6f}")
     assert after and all(r["ts"] >= mid for r in after)
     assert not any(r["target"] == key for r in after)  # written before `mid`
-    assert _audit(host_home, "--since", "1h", "--agent", "nobody") == []
+    # issue 8: an actor found nowhere (not configured, no record) is a typo: exit 1
+    assert "no agent named 'nobody'" in clean_fail(
+        legion(host_home, "audit", "--since", "1h", "--agent", "nobody"), 1
+    )
 
     newest = _audit(host_home, "--limit", "1")
     assert len(newest) == 1

@@ -541,10 +541,16 @@ def build_agent_router(host: Host, agent: str) -> Router:
     return router
 
 
+def unknown_agent(host: Host, name: str) -> NotFound:
+    """The 404 for a name that is not a configured agent, naming the ones that are."""
+    known = ", ".join(sorted(host.config.agents)) or "none"
+    return NotFound(
+        f"no agent named {name!r} (configured: {known}); `legion agents ls` lists them",
+        code="unknown_agent",
+        agent=name,
+    )
+
+
 def require_agent(host: Host, name: str) -> None:
     if name not in host.config.agents:
-        raise NotFound(
-            f"no agent named {name!r}; configured: {', '.join(host.config.agents)}",
-            code="unknown_agent",
-            agent=name,
-        )
+        raise unknown_agent(host, name)

@@ -1,15 +1,29 @@
-"""A client of the host's control socket, for the CLI (and the TUI's socket transport)."""
+"""A client of the host's control socket, for the CLI (and the TUI's socket transport).
+
+The errors (HostNotRunning, ControlSocketGone, NoPermission, and HostError, which ApiError
+extends) live in `legion.api.reach`, importable without httpx or pydantic; they are
+re-exported here."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
+from legion.api.reach import (
+    ControlSocketGone,
+    HostError,
+    HostNotRunning,
+    NoPermission,
+    bad_response,
+    not_running,
+    socket_present,
+)
 from legion.paths import Paths
 from legion.wire.api import (
     AgentInfo,
@@ -42,54 +56,26 @@ from legion.wire.events import parse_event
 from legion.wire.mcp import McpList
 from legion.wire.skills import SkillInfo, SkillList, SkillText
 
-
-class HostNotRunning(Exception):
-    def __init__(self, paths: Paths) -> None:
-        super().__init__(
-            f"no legion host is running for {paths.home} (no control socket at "
-            f"{paths.control_socket}); start one with `legion daemon` (or `make run`)"
-        )
-
-
-class ControlSocketGone(HostNotRunning):
-    """A host holds this home's lock, but its control socket is missing or dead."""
-
-    def __init__(self, paths: Paths, pid: int | None) -> None:
-        Exception.__init__(
-            self,
-            f"the host (pid {pid if pid is not None else 'unknown'}) is running for "
-            f"{paths.home} but its control socket {paths.control_socket} is gone; it serves "
-            "it again within seconds"
-            + (f" (or at once on `kill -HUP {pid}`)" if pid is not None else "")
-            + "; `legion stop` still stops it",
-        )
-        self.paths = paths
-        self.pid = pid
+__all__ = [
+    "ApiError",
+    "ControlClient",
+    "ControlSocketGone",
+    "HostError",
+    "HostNotRunning",
+    "NoPermission",
+    "not_running",
+]
 
 
-class NoPermission(HostNotRunning):
-    """This user may not use the control socket (the host runs as another user)."""
+class ApiError(HostError):
+    """A typed error the host answered with, and its parsed body."""
 
-    def __init__(self, paths: Paths) -> None:
-        Exception.__init__(
-            self,
-            f"permission denied on {paths.control_socket}: the host for {paths.home} belongs "
-            "to another user; run this as that user (e.g. with sudo)",
-        )
+    def __init__(self, body: ErrorBody) -> None:
+        super().__init__(body.error.status, body.error.code, body.error.message, body.error.detail)
+        self.body = body
 
 
-def not_running(paths: Paths) -> HostNotRunning:
-    """HostNotRunning, or ControlSocketGone when the host lock says a host is there, or
-    NoPermission when this user cannot look."""
-    from legion.hostlock import lock_holder
-
-    try:
-        holder = lock_holder(paths)
-    except PermissionError:
-        return NoPermission(paths)
-    except OSError:
-        holder = None
-    return HostNotRunning(paths) if holder is None else ControlSocketGone(paths, holder.pid)
+_socket_present = socket_present
 
 
 def _denied(exc: BaseException) -> bool:
@@ -102,21 +88,6 @@ def _denied(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _socket_present(paths: Paths) -> bool:
-    try:
-        return paths.control_socket.exists()
-    except PermissionError:
-        raise NoPermission(paths) from None
-
-
-class ApiError(Exception):
-    def __init__(self, body: ErrorBody) -> None:
-        super().__init__(body.error.message)
-        self.body = body
-        self.status = body.error.status
-        self.code = body.error.code
 
 
 class ControlClient:
@@ -137,20 +108,41 @@ class ControlClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, url: str, model: type[BaseModel] | None, **kw: Any) -> Any:
-        if not _socket_present(self.paths):
-            raise not_running(self.paths)
+    @contextmanager
+    def _reaching(self, url: str) -> Iterator[None]:
+        """Every way a request to the control socket fails, as the errors `host_errors`
+        prints: no host (or a stale socket), no permission, a timeout, or an answer that is
+        not the host's (not HTTP, not the JSON of the route: another program serves the
+        socket). A typed error the host answered (`HostError`) passes through."""
         try:
-            response = self._http.request(method, url, **kw)
+            yield
         except httpx.ConnectError as exc:
             if _denied(exc):
                 raise NoPermission(self.paths) from exc
             raise not_running(self.paths) from exc
         except FileNotFoundError as exc:
             raise not_running(self.paths) from exc
-        if response.status_code >= 400:
-            raise _api_error(response)
-        return model.model_validate_json(response.content) if model else response.json()
+        except httpx.TimeoutException:
+            raise HostError(504, "timeout", f"the host did not answer {url} in time") from None
+        except httpx.RemoteProtocolError as exc:
+            if "without sending a response" in str(exc):
+                raise not_running(self.paths) from None  # it stopped mid-request
+            raise bad_response(self.paths, url, f"something that is not HTTP ({exc})") from None
+        except httpx.HTTPError as exc:
+            raise bad_response(self.paths, url, f"a broken answer ({exc})") from None
+        except ValueError as exc:  # JSON, or a pydantic ValidationError of the answer
+            raise bad_response(
+                self.paths, url, f"JSON that is not this route's answer ({str(exc)[:300]})"
+            ) from None
+
+    def _request(self, method: str, url: str, model: type[BaseModel] | None, **kw: Any) -> Any:
+        if not _socket_present(self.paths):
+            raise not_running(self.paths)
+        with self._reaching(url):
+            response = self._http.request(method, url, **kw)
+            if response.status_code >= 400:
+                raise _api_error(response)
+            return model.model_validate_json(response.content) if model else response.json()
 
     def status(self) -> HostStatus:
         result: HostStatus = self._request("GET", "/v1/status", HostStatus)
@@ -280,25 +272,24 @@ class ControlClient:
         if since is not None:
             params["since"] = repr(since)
         url = f"/v1/agents/{quote(name, safe='')}/logs"
-        try:
-            with self._http.stream(
+        with (
+            self._reaching(url),
+            self._http.stream(
                 "GET", url, params=params, timeout=httpx.Timeout(30.0, read=None)
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise _api_error(response)
-                for raw in response.iter_lines():
-                    if not raw:
-                        continue
-                    record = json.loads(raw)
-                    if isinstance(record, dict) and isinstance(record.get("line"), str):
-                        yield record["line"]  # anything else is a keep-alive
-        except httpx.ConnectError as exc:
-            if _denied(exc):
-                raise NoPermission(self.paths) from exc
-            raise not_running(self.paths) from exc
-        except FileNotFoundError as exc:
-            raise not_running(self.paths) from exc
+            ) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                raise _api_error(response)
+            for raw in response.iter_lines():
+                if not raw:
+                    continue
+                record = json.loads(raw)
+                if record == {}:
+                    continue  # a keep-alive
+                if not isinstance(record, dict) or not isinstance(record.get("line"), str):
+                    raise ValueError(f"not a log line: {raw[:100]!r}")
+                yield record["line"]
 
     # --- automation (legion/automation) ---------------------------------------------
 
@@ -397,15 +388,18 @@ class ControlClient:
         the host has subscribed this stream: every later event will be delivered."""
         if not _socket_present(self.paths):
             raise not_running(self.paths)
-        try:
-            with self._http.stream("GET", "/v1/events", timeout=None) as response:
-                if on_open is not None:
-                    on_open()
-                for line in response.iter_lines():
-                    if line:
-                        yield parse_event(line)
-        except httpx.ConnectError as exc:
-            raise not_running(self.paths) from exc
+        with (
+            self._reaching("/v1/events"),
+            self._http.stream("GET", "/v1/events", timeout=None) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                raise _api_error(response)
+            if on_open is not None:
+                on_open()
+            for line in response.iter_lines():
+                if line:
+                    yield parse_event(line)
 
 
 def _api_error(response: httpx.Response) -> ApiError:

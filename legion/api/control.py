@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from legion import __version__
-from legion.api.agent import build_shared_routes
+from legion.api.agent import build_shared_routes, unknown_agent
 from legion.api.http import Call, Router, StreamResponse
 from legion.api.operator import build_operator_routes
 from legion.automation.routes import add_control_routes as add_automation_routes
-from legion.browser.files import remove_profile
 from legion.browser.routes import add_control_routes as add_browser_routes
 from legion.errors import BadRequest, ConfigError, LegionError, NotFound
 from legion.fleet import volume
@@ -110,6 +109,11 @@ def build_control_router(host: Host) -> Router:
                 code="unknown_action",
                 status=404,
             )
+        if name not in host.config.agents:
+            host.audit.append(
+                call.principal, f"agent.{action}", name, "deny", reason="unknown_agent"
+            )
+            raise unknown_agent(host, name)
         host.audit.append(call.principal, f"agent.{action}", name, "allow")
         await operations[action](name)
         return next(a for a in host_agents(host).agents if a.name == name)
@@ -118,9 +122,11 @@ def build_control_router(host: Host) -> Router:
         "DELETE", "/v1/agents/{name}/state", response=PurgeResult, params={"name": AgentName}
     )
     async def purge(call: Call) -> PurgeResult:
-        """Delete a removed agent's volume, inbox and subscriptions (`legion agents rm
-        --purge`). A volume path that is not a real directory is refused (409
-        `unsafe_path`, audited) and nothing is deleted."""
+        """Delete a removed agent's state: its volume, socket folder, bootstrap files and
+        their versions, browser profile, the skills installed for it, inbox and
+        subscriptions (`legion agents purge`). A path that is not a real directory is
+        refused (409 `unsafe_path`, audited). A name with no state at all is 404
+        `nothing_to_purge` (nothing changed, nothing audited)."""
         name = call.params["name"]
         problem = name_problem(name)
         if problem is not None:
@@ -132,16 +138,34 @@ def build_control_router(host: Host) -> Router:
                 status=409,
             )
         try:
-            removed = await asyncio.to_thread(volume.remove, host.paths, name)
-            removed = await asyncio.to_thread(remove_profile, host.paths, name) or removed
+            removed = await asyncio.to_thread(volume.remove_state, host.paths, name)
         except UnsafeEntry as exc:
             host.audit.append(
                 "host", "agent.volume_refused", name, "deny", reason=str(exc), path=exc.path
             )
             raise
-        host.audit.append(call.principal, "agent.purge", name, "allow", volume_removed=removed)
+        volume_removed = str(host.paths.agent_data(name)) in removed
+        inbox_deleted = host.inboxes.purge(name)
+        if not removed and not inbox_deleted:
+            raise NotFound(
+                f"{name} has no state to delete (no volume, socket folder, bootstrap files or "
+                "inbox items)",
+                code="nothing_to_purge",
+                agent=name,
+            )
+        host.audit.append(
+            call.principal,
+            "agent.purge",
+            name,
+            "allow",
+            volume_removed=volume_removed,
+            removed=removed,
+        )
         return PurgeResult(
-            agent=name, inbox_items_deleted=host.inboxes.purge(name), volume_removed=removed
+            agent=name,
+            inbox_items_deleted=inbox_deleted,
+            volume_removed=volume_removed,
+            removed=removed,
         )
 
     @router.route("POST", "/v1/config/reload", response=ReloadResult)
@@ -405,11 +429,7 @@ async def open_agent_logs(host: Host, call: Call) -> StreamResponse:
 
     name = call.params["name"]
     if name not in host.config.agents:
-        raise NotFound(
-            f"no agent named {name!r}; `legion agents ls` lists them",
-            code="unknown_agent",
-            agent=name,
-        )
+        raise unknown_agent(host, name)
     backend = host.fleet.backend
     if backend is None:
         raise LegionError(

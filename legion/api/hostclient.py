@@ -167,7 +167,7 @@ class HostClient:
         import re
 
         from legion.config import NAME_RE
-        from legion.config_edit import agent_section
+        from legion.config_edit import AgentFields, add_agent
 
         if not re.fullmatch(NAME_RE, draft.name):  # it becomes a TOML table name
             raise ApiError(
@@ -180,47 +180,38 @@ class HostClient:
             )
 
         def edit(text: str) -> str:
-            if f"[agents.{draft.name}]" in text:
-                raise LegionError(
-                    f"agent {draft.name!r} already exists", code="agent_exists", status=409
-                )
-            if text and not text.endswith("\n"):
-                text += "\n"
-            return text + agent_section(
-                draft.name,
-                draft.model,
-                draft.role,
-                draft.team,
-                draft.budget_daily,
-                draft.budget_monthly,
+            fields = AgentFields(
+                role=draft.role,
+                model=draft.model,
+                team=draft.team,
+                budget_daily=draft.budget_daily,
+                budget_monthly=draft.budget_monthly,
             )
+            return add_agent(text, draft.name, fields)  # AgentExists: 409 agent_exists
 
         await self._edit_config(edit)
         return await self.config_reload()
 
     async def remove_agent(self, name: str) -> ReloadResult:
         """Remove `[agents.NAME]` (and its sub-tables) from legion.toml, then apply it."""
-        from legion.config_edit import remove_sections
+        from legion.config_edit import remove_agent
 
         def edit(text: str) -> str:
-            if f"[agents.{name}]" not in text:
-                raise LegionError(
-                    f"no agent named {name!r} in legion.toml", code="unknown_agent", status=404
-                )
-            return remove_sections(text, name)
+            return remove_agent(text, name)  # UnknownAgent: 404 unknown_agent
 
         await self._edit_config(edit)
         return await self.config_reload()
 
     async def _edit_config(self, edit: Callable[[str], str]) -> None:
+        from legion.config import read_config_text
         from legion.config_edit import write_validated
         from legion.errors import ConfigError
 
         path = self.paths.config
 
         def apply() -> None:
-            text = path.read_text(encoding="utf-8") if path.exists() else ""
             try:
+                text = read_config_text(path) or ""
                 write_validated(path, edit(text))
             except ConfigError as exc:
                 raise LegionError(

@@ -22,6 +22,8 @@ from legion.wire.ops import (
     ClaimList,
     ConfigCheck,
     CostReport,
+    ModelReport,
+    ModelStatus,
     VaultEntry,
     VaultList,
 )
@@ -161,7 +163,21 @@ def claim_list(host: Host) -> ClaimList:
     return ClaimList(claims=[Claim(key=k, owner=o, expires_at=e) for k, o, e in rows])
 
 
+def model_report(host: Host) -> ModelReport:
+    """Every model alias: provider, price, credential (stored or not), reach, cooldown."""
+    from legion.gateway.llm.catalog import model_rows
+
+    stored: dict[str, str] = {i.name: str(i.tier) for i in host.vault.infos()}
+    rows = model_rows(host.config, stored, health=host.health)
+    return ModelReport(models=[ModelStatus.model_validate(r.as_dict()) for r in rows])
+
+
 def build_operator_routes(router: Router, host: Host) -> None:
+    @router.route("GET", "/v1/llm/models", response=ModelReport)
+    async def llm_models(call: Call) -> ModelReport:
+        """The model aliases with provider, price, credential state, reach and cooldown."""
+        return model_report(host)
+
     @router.route("GET", "/v1/costs", response=CostReport)
     async def costs(call: Call) -> CostReport:
         """Spend today and this month, per agent and fleet-wide, against the caps."""

@@ -387,14 +387,18 @@ class Firing:
 
     # --- results ----------------------------------------------------------------------
 
-    def finished(self, agent: str, item_id: int, job_id: int, text: str) -> None:
-        """The agent answered a run's inbox item: the run is done."""
+    def finished(
+        self, agent: str, item_id: int, job_id: int, text: str, *, failed: bool = False
+    ) -> None:
+        """The agent answered a run's inbox item: the run is done (or `failed`: the agent's
+        turn failed or was refused, and its answer says why)."""
         now = self.clock()
+        status = "failed" if failed else "done"
         with self.store.tx(durable=False) as conn:
             conn.execute(
-                "UPDATE cron_runs SET status = 'done', finished_at = ?, detail = ? WHERE agent = ?"
+                "UPDATE cron_runs SET status = ?, finished_at = ?, detail = ? WHERE agent = ?"
                 " AND item_id = ? AND status = 'dispatched'",
-                (now, text[:2000], agent, item_id),
+                (status, now, text[:2000], agent, item_id),
             )
             changed = conn.changes() > 0
         if self.in_flight.get(job_id) == item_id:
@@ -414,7 +418,7 @@ class Firing:
                         agent=agent,
                         name=str(row[1]),
                         run_id=int(run[0]) if run else None,
-                        status="done",
+                        status=status,
                         detail=text[:200],
                     )
                 )

@@ -183,11 +183,17 @@ def add_control_routes(router: Router, host: Host) -> None:
         links=_job_links("$response.body#/jobs/0/id"),
     )
     async def cron_jobs(call: Call) -> CronJobList:
-        """Every cron job (`?agent=` for one agent's, also one that was removed)."""
+        """Every cron job (`?agent=` for one agent's, also one that was removed: 404
+        `unknown_agent` for a name that is neither configured nor has jobs left)."""
         agent = call.request.query.get("agent", "")
         if agent:
             _checked(rules.name_problem(agent), "invalid_name")
-        return CronJobList(jobs=cron.list_jobs(agent or None))
+        jobs = cron.list_jobs(agent or None)
+        if agent and not jobs and agent not in host.config.agents:
+            from legion.api.agent import unknown_agent
+
+            raise unknown_agent(host, agent)
+        return CronJobList(jobs=jobs)
 
     @router.route(
         "POST",

@@ -114,12 +114,19 @@ class Automation:
                 job_id = int(sender[len(CRON_SENDER) :])
             except ValueError:
                 return
-            self.cron.finished(agent, body.in_reply_to, job_id, body.text)
+            self.cron.finished(
+                agent, body.in_reply_to, job_id, body.text, failed=body.error is not None
+            )
         elif sender.startswith(WEBHOOK_SENDER):
             self.webhooks.finished(
                 agent,
                 body.in_reply_to,
-                {"text": body.text, "kind": body.kind, "result": body.result},
+                {
+                    "text": body.text,
+                    "kind": body.kind,
+                    "result": body.result,
+                    "error": None if body.error is None else body.error.model_dump(),
+                },
             )
 
     def status_fields(self, agent: str, counts: dict[str, tuple[int, int]]) -> dict[str, Any]:

@@ -280,11 +280,12 @@ class Webhooks:
 
     def finished(self, agent: str, item_id: int, result: dict[str, Any]) -> None:
         text = json.dumps(result, ensure_ascii=False, default=str)
+        status = "failed" if result.get("error") else "done"  # the agent's turn failed
         with self.host.store.tx(durable=False) as conn:
             conn.execute(
-                "UPDATE webhook_jobs SET status = 'done', result = ?, finished_at = ?"
+                "UPDATE webhook_jobs SET status = ?, result = ?, finished_at = ?"
                 " WHERE agent = ? AND item_id = ? AND status = 'queued'",
-                (text, self.host.clock(), agent, item_id),
+                (status, text, self.host.clock(), agent, item_id),
             )
 
     def prune(self) -> None:

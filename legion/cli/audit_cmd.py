@@ -9,18 +9,28 @@ import typer
 
 from legion.cli.common import (
     SINCE_HELP,
+    WIDE_HELP,
     State,
     cell,
-    console,
     emit_json,
     fail,
     fmt_time,
+    print_table,
     since_parser,
+    table,
 )
 
 
 def audit(
-    agent: Annotated[str | None, typer.Option("--agent", help="Only this actor.")] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            "--agent",
+            metavar="NAME",
+            help="Only records made by this actor: an agent (also a removed one: the log "
+            "keeps its records), operator or host. A name found nowhere is an error.",
+        ),
+    ] = None,
     since: Annotated[
         float | None,
         typer.Option(
@@ -50,6 +60,7 @@ def audit(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
 ) -> None:
     """List audit records, or verify that none was edited, deleted, reordered or cut off."""
     from legion.mesh import audit as audit_log
@@ -75,18 +86,18 @@ def audit(
         if verify:
             _verify(conn, expect_head, as_json)
         records = audit_log.query(conn, actor=agent, since=since, limit=limit)
+        if agent is not None and not records:
+            _unknown_actor(conn, agent)
     finally:
         db.close()
     if as_json:
         emit_json([r.as_dict() for r in records])
         return
-    from rich.table import Table
-
     # Actor, target and details carry agent-chosen text (keys, URLs, reasons): literal cells.
-    table = Table("seq", "time", "actor", "action", "target", "decision", "reason", box=None)
+    out = table("seq", "time", "actor", "action", "target", "decision", "reason")
     for r in records:
         style = "red" if r.decision == "deny" else ""
-        table.add_row(
+        out.add_row(
             str(r.seq),
             fmt_time(r.ts),
             cell(r.actor),
@@ -96,7 +107,36 @@ def audit(
             cell(r.detail.get("reason", "")),
             style=style,
         )
-    console().print(table)
+    print_table(out, wide)
+
+
+def _unknown_actor(conn: Any, actor: str) -> None:
+    """`--agent NAME` found nothing: a name that is neither configured, nor a principal of
+    the host's, nor in the log at all is a typo (exit 1); a configured agent or a removed
+    one with older records just has none in this window (a note on stderr)."""
+    from legion.config import load_config
+    from legion.errors import ConfigError
+    from legion.wire.rules import RESERVED_NAMES
+
+    paths = State.paths()
+    try:
+        configured = set(load_config(paths.config).agents)
+    except ConfigError:
+        configured = set()
+    if actor in configured or actor in RESERVED_NAMES:
+        return
+    seen = conn.execute("SELECT 1 FROM audit WHERE actor = ? LIMIT 1", (actor,)).fetchone()
+    if seen is None:
+        known = ", ".join(sorted(configured)) or "none"
+        fail(
+            f"no agent named {actor!r}: not in {paths.config} (agents: {known}) and no audit "
+            "record was made by it",
+            1,
+        )
+    typer.echo(
+        f"legion: {actor!r} is not a configured agent (removed?); none of its records match",
+        err=True,
+    )
 
 
 def _verify(conn: Any, expect_head: str | None, as_json: bool) -> None:

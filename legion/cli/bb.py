@@ -3,33 +3,37 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from legion.api.client import ControlClient
 from legion.cli.common import (
+    WIDE_HELP,
     State,
     cell,
-    console,
     echo,
     emit_json,
     fail,
     fmt_time,
     host_errors,
+    print_table,
     seconds_parser,
+    subapp,
+    table,
 )
 from legion.cli.inputs import InputError, parse_json_value
 from legion.wire.fields import TTL_MAX_S
 
-app = typer.Typer(
-    help="Read and write the blackboard (needs a running host).", no_args_is_help=True
-)
+if TYPE_CHECKING:
+    from legion.api.client import ControlClient
+
+app = subapp("Read and write the blackboard (needs a running host).")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def _client() -> ControlClient:
+    from legion.api.client import ControlClient
 
     return ControlClient(State.paths())
 
@@ -77,8 +81,11 @@ def get(key: str, as_json: JsonOpt = False) -> None:
 
 @app.command("ls")
 def ls(
-    prefix: Annotated[str, typer.Argument(help="Only keys starting with this.")] = "",
+    prefix: Annotated[
+        str, typer.Argument(metavar="[PREFIX]", help="Only keys starting with this.")
+    ] = "",
     as_json: JsonOpt = False,
+    wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
 ) -> None:
     """List live keys (with version, writer and expiry)."""
     with host_errors(), _client() as client:
@@ -96,18 +103,16 @@ def ls(
     if not entries:
         echo(f"no keys{' under ' + repr(prefix) if prefix else ''}", err=True)
         return
-    from rich.table import Table
-
-    table = Table("key", "version", "writer", "updated", "expires", box=None)
+    out = table("key", "version", "writer", "updated", "expires")
     for e in entries:
-        table.add_row(
+        out.add_row(
             cell(e.key),
             str(e.version),
             cell(e.writer),
             fmt_time(e.updated_at),
             fmt_time(e.expires_at),
         )
-    console().print(table)
+    print_table(out, wide)
 
 
 @app.command("rm")

@@ -6,12 +6,9 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, emit_json, fmt_time, host_errors
+from legion.cli.common import State, emit_json, fmt_time, host_errors, subapp
 
-app = typer.Typer(
-    help="The agents' browsers: state, the VNC hand-off (watch, log in, solve a CAPTCHA).",
-    no_args_is_help=True,
-)
+app = subapp("The agents' browsers: state, the VNC hand-off (watch, log in, solve a CAPTCHA).")
 JSON = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 

@@ -1,21 +1,55 @@
-"""`legion chat`: talk to an agent from the terminal, streaming its reply."""
+"""`legion chat`: talk to an agent from the terminal, streaming its reply.
+
+Exit codes (also in `legion chat --help` and docs/cli.md): 0 the agent answered; 1 no
+answer (no reply in time, the event stream lost, the agent failed, an unknown agent);
+2 a usage error; 3 no host runs for this home; 5 the turn failed (the model, the provider
+or the agent's runtime: the reply says why); 6 the host refused the turn (a budget cap or
+a permission, HTTP 402 or 403). With `--json` the reply's `error` is null when the agent
+answered and `{code, message, status}` when it did not; when no reply comes at all,
+stdout stays empty (the reason is on stderr, exit 1).
+"""
 
 from __future__ import annotations
 
 import sys
 import threading
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from legion.cli.common import (
     State,
+    echo,
     emit_json,
     fail,
     host_errors,
     safe_text,
     seconds_parser,
 )
+
+EXIT_NO_ANSWER = 1
+EXIT_TURN_FAILED = 5
+EXIT_TURN_REFUSED = 6
+REFUSED_STATUSES = (402, 403)  # a budget cap or a permission: the host said no
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 answered; 1 no answer (timeout, lost stream, the agent failed, unknown "
+    "agent); 2 usage; 3 no host running; 5 the turn failed (model, provider or runtime "
+    "error); 6 the host refused the turn (budget cap or permission). With --json a failed "
+    "turn's reply carries error: {code, message, status}."
+)
+
+
+def exit_code_of(error: Any) -> int:
+    """The exit code of a reply's `error` (a TurnError, or None: answered)."""
+    if error is None:
+        return 0
+    return EXIT_TURN_REFUSED if error.status in REFUSED_STATUSES else EXIT_TURN_FAILED
+
+
+def _no_answer(message: str) -> NoReturn:
+    """No reply came (stdout stays empty, `--json` or not): exit 1."""
+    fail(message, EXIT_NO_ANSWER)
 
 
 def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
@@ -60,27 +94,40 @@ def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) ->
     with host_errors(), ControlClient(paths) as client:
         client.status()  # fail fast (exit 3) when no host runs
         if not ready.wait(timeout=30) or "error" in outcome:
-            fail(f"could not follow the host's events: {outcome.get('error', 'timeout')}", 1)
+            _no_answer(f"could not follow the host's events: {outcome.get('error', 'timeout')}")
         queued = client.send(agent, {"text": text})
         sent_id.append(queued.item_id)
     if not done.wait(timeout_s):
-        fail(
-            f"no reply from {agent} within {timeout_s:.0f}s (is it running? `legion agents ls`)", 1
+        _no_answer(
+            f"no reply from {agent} within {timeout_s:.0f}s (is it running? `legion agents ls`)"
         )
     if "error" in outcome:
-        fail(f"lost the host's event stream: {outcome['error']}", 1)
+        _no_answer(f"lost the host's event stream: {outcome['error']}")
     if "failed" in outcome:
-        fail(f"{agent} failed: {outcome['failed']}", 1)
+        _no_answer(f"{agent} failed: {outcome['failed']}")
     reply = outcome["reply"]
     if as_json:
         emit_json(reply.model_dump())
-    else:
+    elif reply.error is None:
         if not streamed:
             sys.stdout.write(safe_text(reply.text, multiline=True))
         elif "".join(streamed).strip() != reply.text.strip():
             sys.stdout.write("\n" + safe_text(reply.text, multiline=True))
         sys.stdout.write("\n")
-    return 0
+    else:
+        if streamed:  # what streamed before the failure stays on stdout, ended
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+        refused = exit_code_of(reply.error) == EXIT_TURN_REFUSED
+        what = "was refused" if refused else "failed"
+        status = f", HTTP {reply.error.status}" if reply.error.status else ""
+        echo(
+            f"legion: {agent}'s turn {what}: {reply.error.message or reply.text} "
+            f"[{reply.error.code}{status}]",
+            err=True,
+            multiline=True,
+        )
+    return exit_code_of(reply.error)
 
 
 def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
@@ -125,16 +172,37 @@ def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -
     reply = outcome["reply"]
     if as_json:
         emit_json({"steer_item": steer_id[0], "reply": reply.model_dump()})
+    elif reply.error is None:
+        sys.stdout.write(safe_text(reply.text, multiline=True) + "\n")
     else:
-        sys.stdout.write(reply.text + "\n")
-    return 0
+        echo(
+            f"legion: {agent}'s turn failed: {reply.error.message or reply.text} "
+            f"[{reply.error.code}]",
+            err=True,
+            multiline=True,
+        )
+    return exit_code_of(reply.error)
+
+
+def _require_agent(paths: Any, agent: str) -> None:
+    """Exit 3 when no host runs, 1 when `agent` is not one of its agents."""
+    from legion.api.client import ControlClient
+
+    with host_errors(), ControlClient(paths) as client:
+        names = [a.name for a in client.agents().agents]
+    if agent not in names:
+        known = ", ".join(sorted(names)) or "none"
+        fail(f"no agent named {agent!r} (configured: {known}); `legion agents ls` lists them")
 
 
 def chat(
-    agent: Annotated[str, typer.Argument(help="The agent to talk to.")],
+    agent: Annotated[str, typer.Argument(metavar="AGENT", help="The agent to talk to.")],
     message: Annotated[
         str | None,
-        typer.Argument(help="Send this and print the reply; omit for a line-by-line conversation."),
+        typer.Argument(
+            metavar="MESSAGE",
+            help="Send this and print the reply; omit for a line-by-line conversation.",
+        ),
     ] = None,
     timeout: Annotated[
         float,
@@ -155,7 +223,16 @@ def chat(
         ),
     ] = None,
 ) -> None:
-    """Chat with an agent: its reply streams to stdout as it is generated."""
+    """Chat with an agent: its reply streams to stdout as it is generated.
+
+    Exit codes: 0 answered; 1 no answer (no reply in time, the event stream lost, the agent
+    failed, an unknown agent); 2 usage; 3 no host running; 5 the turn failed (the model,
+    the provider or the agent's runtime; the reason goes to stderr); 6 the host refused the
+    turn (a budget cap or a permission). With --json a failed turn's reply carries
+    `error: {code, message, status}` (null when answered). Line by line (no MESSAGE), a
+    failed turn is reported and the conversation goes on; the exit code is the first
+    failure's.
+    """
     paths = State.paths()
     if steer is not None:
         if message is not None:
@@ -163,7 +240,9 @@ def chat(
         raise typer.Exit(_steer(paths, agent, steer, timeout, as_json))
     if message is not None:
         raise typer.Exit(_turn(paths, agent, message, timeout, as_json))
+    _require_agent(paths, agent)  # before reading a line: a typo is said at once
     interactive = sys.stdin.isatty()
+    worst = 0
     while True:
         if interactive:
             sys.stderr.write("you> ")
@@ -175,4 +254,6 @@ def chat(
             continue
         if interactive:
             sys.stdout.write(f"{safe_text(agent)}> ")
-        _turn(paths, agent, line.rstrip("\n"), timeout, as_json)
+        code = _turn(paths, agent, line.rstrip("\n"), timeout, as_json)
+        worst = worst or code
+    raise typer.Exit(worst)

@@ -32,6 +32,7 @@ __all__ = ["safe_text", "safe_value"]
 
 class State:
     home: str | None = None
+    wide: bool = False  # set by --wide on commands that print tables
 
     @classmethod
     def paths(cls) -> Paths:
@@ -59,11 +60,59 @@ def echo(text: str, *, err: bool = False, multiline: bool = False) -> None:
     typer.echo(safe_text(text, multiline=multiline), err=err)
 
 
-def console(*, stderr: bool = False) -> Console:
-    """A Rich console that never interprets markup, emoji codes or highlighting."""
+# Wide enough for any value a table cell holds: piped output is never cut or wrapped.
+UNBOUNDED_WIDTH = 1_000_000
+
+
+def subapp(help: str) -> typer.Typer:
+    """A command group: plain help text (no Rich markup, so `[llm.models]` prints as
+    written) and its help when called without a subcommand."""
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None)
+
+
+def wide_output(wide: bool = False) -> bool:
+    """Whether tables print every value whole on one line per row: with `--wide`, and
+    always when stdout is not a terminal (a script or a pipe never gets a cut value)."""
+    return wide or State.wide or not sys.stdout.isatty()
+
+
+def console(*, stderr: bool = False, wide: bool = False) -> Console:
+    """A Rich console that never interprets markup, emoji codes or highlighting. `wide`:
+    no width limit (tables print one line per row, nothing cut)."""
     from rich.console import Console
 
-    return Console(markup=False, emoji=False, highlight=False, stderr=stderr)
+    width = UNBOUNDED_WIDTH if wide else None
+    return Console(markup=False, emoji=False, highlight=False, stderr=stderr, width=width)
+
+
+def table(*columns: str) -> Any:
+    """A borderless Rich table whose cells never lose text: on a terminal a long value
+    folds onto more lines of its cell; `print_table` puts it on one line when wide."""
+    from rich.table import Table
+
+    out = Table(box=None, pad_edge=False)
+    for column in columns:
+        out.add_column(column, overflow="fold")
+    return out
+
+
+def print_table(out: Any, wide: bool = False) -> None:
+    """Print a `table()`: folded to the terminal's width, or, when `wide_output()`, each row
+    on one line with every value whole."""
+    if wide_output(wide):
+        for column in out.columns:
+            column.no_wrap = True
+        wide_console = console(wide=True)
+        with wide_console.capture() as captured:
+            wide_console.print(out, soft_wrap=False)
+        # Rich pads every cell to its column's width: no trailing blanks in a script's input.
+        lines = captured.get().splitlines()
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in lines))
+    else:
+        console().print(out)
+
+
+WIDE_HELP = "One line per row, every value whole (the default when stdout is not a terminal)."
 
 
 def cell(value: Any) -> Text:
@@ -75,14 +124,15 @@ def cell(value: Any) -> Text:
 
 @contextmanager
 def host_errors() -> Iterator[None]:
-    """Turn client errors into one clear line on stderr and a non-zero exit."""
-    from legion.api.client import ApiError, HostNotRunning
+    """Turn client errors into one clear line on stderr and a non-zero exit: 3 when no host
+    runs for this home, 1 when the host refused (stdout stays empty, `--json` or not)."""
+    from legion.api.reach import HostError, HostNotRunning
 
     try:
         yield
     except HostNotRunning as exc:
         fail(str(exc), 3)
-    except ApiError as exc:
+    except HostError as exc:
         fail(f"{exc} [{exc.code}, HTTP {exc.status}]", 1)
 
 

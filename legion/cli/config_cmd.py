@@ -8,14 +8,12 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from legion.cli.common import State, emit_json, fail
+from legion.cli.common import State, emit_json, fail, subapp
 
 if TYPE_CHECKING:
     from legion.api.client import ApiError
 
-app = typer.Typer(
-    help="Check, create or reload the config file (legion.toml).", no_args_is_help=True
-)
+app = subapp("Check, create or reload the config file (legion.toml).")
 
 
 def example_text() -> str:
@@ -30,18 +28,15 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Validate a config file; print every problem with its line or key and the fix."""
-    from legion.config import parse_config
+    from legion.config import parse_config, read_config_text
     from legion.errors import ConfigError
 
     path = file or State.paths().config
-    if not path.exists():
-        fail(f"{path}: no such file; create one with `legion config init`", 2)
     try:
-        config = parse_config(path.read_text(encoding="utf-8"), str(path))
-    except UnicodeDecodeError as exc:
-        fail(f"{path}: not UTF-8 text ({exc})", 2)
-    except OSError as exc:
-        fail(f"{path}: cannot read: {exc.strerror}", 2)
+        text = read_config_text(path)
+        if text is None:
+            fail(f"{path}: no such file; create one with `legion config init`", 2)
+        config = parse_config(text, str(path))
     except ConfigError as exc:
         if as_json:
             emit_json({"ok": False, "file": str(path), "problems": exc.problems})
@@ -63,22 +58,40 @@ def check(
 
 
 @app.command("init")
-def init(force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False) -> None:
-    """Write the documented example config to LEGION_HOME/legion.toml."""
+def init(
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Write the documented example config to LEGION_HOME/legion.toml.
+
+    The example documents every key and defines two example agents with `autostart =
+    false`: a fresh host starts no agent that cannot run yet (no provider key stored).
+    """
     path = State.paths().config
     if path.exists() and not force:
+        if as_json:
+            emit_json({"file": str(path), "written": False, "reason": "exists"})
         fail(f"{path} exists; pass --force to overwrite it", 1)
     from legion.fsutil import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, example_text())
+    if as_json:
+        emit_json({"file": str(path), "written": True})
+        return
     typer.echo(f"wrote {path}")
 
 
 @app.command("path")
-def path_cmd() -> None:
-    """Print where the config file is."""
-    typer.echo(str(State.paths().config))
+def path_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Print where the config file is (whether or not it exists yet)."""
+    path = State.paths().config
+    if as_json:
+        emit_json({"file": str(path), "exists": path.exists(), "home": str(path.parent)})
+        return
+    typer.echo(str(path))
 
 
 @app.command("reload")

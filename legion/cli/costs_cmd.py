@@ -9,13 +9,15 @@ import typer
 
 from legion.cli.common import (
     SINCE_HELP,
+    WIDE_HELP,
     State,
     cell,
-    console,
     emit_json,
     fail,
+    print_table,
     since_parser,
 )
+from legion.cli.common import table as table_of
 
 
 def _is_day(value: object) -> bool:
@@ -29,7 +31,14 @@ def _is_day(value: object) -> bool:
 
 
 def costs(
-    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            "--agent",
+            metavar="NAME",
+            help="Only this agent (a configured one, or a removed one with spend this month).",
+        ),
+    ] = None,
     since: Annotated[
         float | None,
         typer.Option(
@@ -40,6 +49,7 @@ def costs(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
 ) -> None:
     """Spend per agent and model (UTC day and month), with each agent's caps."""
     from legion.config import load_config
@@ -47,6 +57,10 @@ def costs(
     from legion.gateway.llm.budget import day_key, day_start, window_start
     from legion.store import connect
 
+    if agent is not None:
+        from legion.cli.agents_cmd import require_valid_name
+
+        require_valid_name(agent)  # an empty --agent '' is no filter-less listing
     paths = State.paths()
     try:
         config = load_config(paths.config)
@@ -61,7 +75,7 @@ def costs(
     try:
         conn = db.connection()  # type: ignore[no-untyped-call]
         where, args = "", []
-        if agent:
+        if agent is not None:
             where, args = " AND agent = ?", [agent]
         low = min(month, since_ts) if since_ts is not None else month
         rows = list(
@@ -127,8 +141,15 @@ def costs(
             row["tokens_today"] += p + c
         if since_from is not None and ts >= since_from:
             row["since_usd"] += cost
+    if agent and agent not in config.agents and not any(a == agent for a, _ in table):
+        known = ", ".join(sorted(config.agents)) or "none"
+        fail(
+            f"no agent named {agent!r} in {paths.config} (agents: {known}), and no spend "
+            "recorded for it this month",
+            1,
+        )
     agents_out = []
-    names = sorted({a for a, _ in table} | ({agent} if agent else set(config.agents)))
+    names = sorted({a for a, _ in table} | ({agent} if agent is not None else set(config.agents)))
     for name in names:
         cfg = config.agents.get(name)
         models = [v for (a, _), v in sorted(table.items()) if a == name]
@@ -153,14 +174,11 @@ def costs(
     if as_json:
         emit_json(result)
         return
-    from rich.table import Table
 
     def cap(value: float | None) -> str:
         return "-" if value is None else f"${value:.2f}"
 
-    out = Table(
-        "agent", "model", "today", "daily cap", "month", "monthly cap", "calls today", box=None
-    )
+    out = table_of("agent", "model", "today", "daily cap", "month", "monthly cap", "calls today")
     for a in agents_out:
         out.add_row(
             cell(a["agent"]),
@@ -182,5 +200,5 @@ def costs(
                 "",
                 str(m["calls_today"]),
             )
-    console().print(out)
+    print_table(out, wide)
     typer.echo(f"fleet today: ${fleet_today:.4f} of {cap(config.llm.fleet_daily_usd)} (UTC day)")

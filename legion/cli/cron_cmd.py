@@ -7,12 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, fmt_time, host_errors
+from legion.cli.common import State, emit_json, fail, fmt_time, host_errors, subapp
 
-app = typer.Typer(
-    help="Cron schedules: an agent gets a message, or the host runs one tool for it, at "
-    "each run (docs/automation.md).",
-    no_args_is_help=True,
+app = subapp(
+    "Cron schedules: an agent gets a message, or the host runs one tool for it.\n\n"
+    "At each run of the schedule (docs/automation.md)."
 )
 
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -53,6 +52,10 @@ def ls(
     as_json: JSON = False,
 ) -> None:
     """List the cron jobs: schedule, next run, counts and state."""
+    if agent is not None:
+        from legion.cli.agents_cmd import require_valid_name
+
+        require_valid_name(agent)
     with host_errors(), _client() as client:
         jobs = client.cron_jobs(agent).jobs
     if as_json:

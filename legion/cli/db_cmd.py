@@ -8,12 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import State, console, echo, emit_json, fail, fmt_time, host_errors
-
-app = typer.Typer(
-    help="host.db: sizes, retention (the retention section of legion.toml) and audit archives.",
-    no_args_is_help=True,
+from legion.cli.common import (
+    State,
+    console,
+    echo,
+    emit_json,
+    fail,
+    fmt_time,
+    host_errors,
+    subapp,
 )
+
+app = subapp("host.db: sizes, retention (the retention section of legion.toml) and audit archives.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 

@@ -6,7 +6,7 @@ the home's lock but its control socket is gone (status), or it could not be stop
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -80,33 +80,67 @@ def daemon(
 
 
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show the running host: pid, uptime, home, agents."""
-    from legion.api.client import ControlClient, ControlSocketGone
+    """Show the running host: pid, uptime, home, agents.
 
+    Exit 0 with a host running, 3 when none runs for this home, 4 when a host holds the
+    home's lock but its control socket is gone.
+    """
+    # The standard library only (no httpx, no pydantic): `legion status` starts fast.
+    from legion.api.reach import ControlSocketGone, bad_response, get_json
+
+    paths = State.paths()
     with host_errors():
         try:
-            with ControlClient(State.paths()) as client:
-                st = client.status()
+            st = get_json(paths, "/v1/status")
         except ControlSocketGone as exc:
             fail(str(exc), EXIT_UNREACHABLE)
+        problem = _status_problem(st)
+        if problem is not None:
+            raise bad_response(paths, "/v1/status", f"JSON that is not a host's status ({problem})")
     if as_json:
-        emit_json(st.model_dump())
+        emit_json(st)
         return
-    echo(f"legion {st.version}  pid {st.pid}  up {st.uptime_s:.0f}s  home {st.home}")
-    if not st.agents:
-        typer.echo("no agents configured (add [agents.<name>] to legion.toml)")
-    for a in st.agents:
-        wake = (
-            f" wake={a.wake.dispatched}/{a.wake.checks} (skipped {a.wake.skipped})"
-            if a.wake
+    echo(f"legion {st['version']}  pid {st['pid']}  up {st['uptime_s']:.0f}s  home {st['home']}")
+    if not st["agents"]:
+        typer.echo("no agents yet: `legion agents add NAME --model ALIAS`")
+    for a in st["agents"]:
+        wake = a.get("wake")
+        wake_text = (
+            f" wake={wake.get('dispatched')}/{wake.get('checks')} (skipped {wake.get('skipped')})"
+            if isinstance(wake, dict)
             else ""
         )
-        cron = f" cron={a.cron_jobs}" + (f" ({a.cron_failed} failed)" if a.cron_failed else "")
+        failed = a.get("cron_failed", 0)
+        cron = f" cron={a.get('cron_jobs', 0)}" + (f" ({failed} failed)" if failed else "")
         echo(
-            f"  {a.name:<20} team={a.team or '-':<10} inbox={a.inbox_depth:<6} "
-            f"queue={a.queue_depth} busy={a.in_progress} steers={a.steers_waiting}{cron}{wake} "
-            f"last seen {fmt_time(a.last_heartbeat)}"
+            f"  {a['name']:<20} team={a.get('team') or '-':<10} inbox={a['inbox_depth']:<6} "
+            f"queue={a.get('queue_depth', 0)} busy={a.get('in_progress', 0)} "
+            f"steers={a.get('steers_waiting', 0)}{cron}{wake_text} "
+            f"last seen {fmt_time(a.get('last_heartbeat'))}"
         )
+
+
+def _status_problem(st: Any) -> str | None:
+    """What in a /v1/status answer is not the shape `status` prints (None: it is)."""
+    if not isinstance(st, dict):
+        return f"a {type(st).__name__}, not an object"
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "version": str,
+        "pid": int,
+        "uptime_s": (int, float),
+        "home": str,
+        "agents": list,
+    }
+    for key, kind in kinds.items():
+        if not isinstance(st.get(key), kind) or isinstance(st.get(key), bool):
+            return f"{key}: {st.get(key)!r:.60}"
+    for agent in st["agents"]:
+        if not isinstance(agent, dict) or not isinstance(agent.get("name"), str):
+            return f"agents: {agent!r:.60}"
+        for key in ("inbox_depth",):
+            if not isinstance(agent.get(key), int):
+                return f"agents[{agent['name']!r:.40}].{key}: {agent.get(key)!r:.40}"
+    return None
 
 
 def stop(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:

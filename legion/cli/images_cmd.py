@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import State, emit_json, fail
+from legion.cli.common import State, emit_json, fail, subapp
 
-app = typer.Typer(
-    help="Build and list the agent and browser container images.", no_args_is_help=True
-)
+app = subapp("Build and list the agent and browser container images.")
 
 
 @app.command("build")
@@ -36,12 +35,26 @@ def build(
     ] = False,
     only: Annotated[
         str | None,
-        typer.Option("--only", help="Build only this image: agent or browser (default: both)."),
+        typer.Option(
+            "--only",
+            metavar="agent|browser",
+            help="Build only this image: agent or browser (default: both).",
+        ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Build even when the image is current (built from this code)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Build the agent image and the browser image (no network inside the builds; progress
-    on stderr)."""
+    on stderr).
+
+    An image that is current (built from this legion's code, for the configured agent uid)
+    is kept as it is unless --force, --base, --mirror or --rebuild-base.
+    """
     import time
 
     from legion.config import load_config
@@ -59,17 +72,32 @@ def build(
     def progress(line: str) -> None:
         typer.echo(f"[{time.monotonic() - started:6.1f}s] {line}", err=True)
 
-    results = []
+    uid = config.runtime.agent_uid
+    results: list[dict[str, Any]] = []
     if only in (None, "agent"):
-        results.append(_build_agent(config, paths, base, mirror, rebuild_base, progress))
+        tag = config.runtime.image
+        keep = not (force or base or mirror or rebuild_base)
+        if keep and _current(tag, uid, "agent", config.images.mcp_packages):
+            results.append({"image": tag, "built": False, "current": True})
+        else:
+            results.append(_build_agent(config, paths, base, mirror, rebuild_base, progress))
     if only in (None, "browser"):
-        results.append(_build_browser(config, paths, mirror, rebuild_base, progress))
+        tag = config.browser.image
+        keep = not (force or mirror or rebuild_base)
+        if keep and _current(tag, uid, "browser", ()):
+            results.append({"image": tag, "built": False, "current": True})
+        else:
+            results.append(_build_browser(config, paths, mirror, rebuild_base, progress))
     for result in results:
-        result["seconds"] = round(time.monotonic() - started, 1)
+        if result["built"]:
+            result["seconds"] = round(time.monotonic() - started, 1)
     if as_json:
         emit_json(results)
         return
     for result in results:
+        if not result["built"]:
+            typer.echo(f"{result['image']} is current (built from this code); --force rebuilds it")
+            continue
         built = " (base built with debootstrap)" if result["base_built"] else ""
         typer.echo(
             f"built {result['image']} on {result['base']}{built}, python "
@@ -84,7 +112,7 @@ def _build_browser(
     from legion.fleet.images import ImageBuildError
 
     try:
-        return build_browser_image(
+        result = build_browser_image(
             tag=config.browser.image,
             base=config.browser.base_image or None,
             mirror=mirror or config.runtime.debian_mirror or None,
@@ -95,6 +123,7 @@ def _build_browser(
         )
     except ImageBuildError as exc:
         fail(str(exc), 1)
+    return {**result, "built": True, "current": True}
 
 
 def _build_agent(
@@ -115,7 +144,35 @@ def _build_agent(
         )
     except ImageBuildError as exc:
         fail(str(exc), 1)
-    return result
+    return {**result, "built": True, "current": True}
+
+
+def _current(tag: str, uid: int, role: str, packages: Sequence[str]) -> bool:
+    """Whether `tag` exists, was built from this code (the agent image with these MCP
+    packages) and runs as `uid` (False when the engine cannot be asked: the build then
+    says why)."""
+    import docker
+
+    from legion.fleet.browser_image import browser_image_is_current
+    from legion.fleet.images import image_is_current
+
+    try:
+        client = docker.from_env(timeout=30)
+    except Exception:
+        return False
+    try:
+        if role == "agent":
+            current = image_is_current(client, tag, packages)
+        else:
+            current = browser_image_is_current(client, tag)
+        if not current:
+            return False
+        user = (client.images.get(tag).attrs.get("Config") or {}).get("User", "")
+        return bool(user == f"{uid}:{uid}")
+    except Exception:
+        return False
+    finally:
+        client.close()
 
 
 @app.command("ls")

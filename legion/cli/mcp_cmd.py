@@ -6,11 +6,19 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, cell, console, emit_json, fmt_time, host_errors
-
-app = typer.Typer(
-    help="MCP servers: local (in agents' containers) and remote.", no_args_is_help=True
+from legion.cli.common import (
+    State,
+    cell,
+    console,
+    emit_json,
+    fmt_time,
+    host_errors,
+    print_table,
+    subapp,
+    table,
 )
+
+app = subapp("MCP servers: local (in agents' containers) and remote.")
 
 
 @app.command("ls")
@@ -34,26 +42,24 @@ def ls(
     if not listing.servers:
         typer.echo("no MCP servers" + (f" for {agent}" if agent else ""))
         return
-    from rich.table import Table
-
-    table = Table("server", "kind", "agents", "state", "tools", "since", "reason", box=None)
+    rows = table("server", "kind", "agents", "state", "tools", "since", "reason")
     for server in listing.servers:
         where = server.agent if server.kind == "stdio" else ", ".join(server.agents) or "-"
         style = {"ready": "green", "restarting": "yellow", "unavailable": "red"}.get(
             server.state, ""
         )
-        table.add_row(
+        rows.add_row(
             cell(server.name),
             cell(server.kind),
             cell(where),
             cell(server.state),
             str(len(server.tools)),
             fmt_time(server.since),
-            cell(server.reason[:70]),
+            cell(server.reason),
             style=style,
         )
+    print_table(rows)  # every value whole when piped
     out = console()
-    out.print(table)
     if tools:
         for server in listing.servers:
             for tool in server.tools:

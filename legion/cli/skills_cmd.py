@@ -10,12 +10,19 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, cell, console, echo, emit_json, fail, host_errors
-
-app = typer.Typer(
-    help="Agent Skills: folders with a SKILL.md, for one agent or the whole fleet.",
-    no_args_is_help=True,
+from legion.cli.common import (
+    State,
+    cell,
+    echo,
+    emit_json,
+    fail,
+    host_errors,
+    print_table,
+    subapp,
+    table,
 )
+
+app = subapp("Agent Skills: folders with a SKILL.md, for one agent or the whole fleet.")
 AgentOpt = Annotated[str | None, typer.Option("--agent", help="One agent (default: the fleet).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -111,12 +118,10 @@ def ls(agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
     if not listing.skills:
         typer.echo("no skills")
         return
-    from rich.table import Table
-
-    table = Table("skill", "source", "agent", "files", "description", box=None)
+    rows = table("skill", "source", "agent", "files", "description")
     for skill in listing.skills:
-        text = skill.description[:80] if not skill.problem else f"(refused) {skill.problem[:80]}"
-        table.add_row(
+        text = skill.description if not skill.problem else f"(refused) {skill.problem}"
+        rows.add_row(
             cell(skill.name),
             cell(skill.source),
             cell(skill.agent or "-"),
@@ -124,7 +129,7 @@ def ls(agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
             cell(text),
             style="red" if skill.problem else "",
         )
-    console().print(table)
+    print_table(rows)  # every value whole when piped
 
 
 @app.command("show")

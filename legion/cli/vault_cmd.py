@@ -8,14 +8,26 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.common import State, cell, console, emit_json, fail, fmt_time
+from legion.cli.common import (
+    WIDE_HELP,
+    State,
+    cell,
+    emit_json,
+    fail,
+    fmt_time,
+    print_table,
+    subapp,
+    table,
+)
 from legion.gateway.redact import VALUE_RULE
 from legion.gateway.vault import Vault
 
-app = typer.Typer(
-    help="Manage credentials (encrypted in LEGION_HOME/vault.db). Agents refer to them by "
-    "handle, $CRED{name}; the host substitutes them on egress, only toward bound hosts.",
-    no_args_is_help=True,
+app = subapp(
+    "Manage credentials (provider keys, and secrets agents use by handle).\n\n"
+    "Encrypted in LEGION_HOME/vault.db. Provider keys are system tier (`legion vault set "
+    "openai --tier system`): the host uses them, nothing can read them back. Agents refer "
+    "to agent-tier credentials by handle, $CRED{name}; the host substitutes them on egress, "
+    "only toward bound hosts."
 )
 
 
@@ -113,7 +125,10 @@ def set_cmd(
 
 
 @app.command("ls")
-def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def ls(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
+) -> None:
     """List credentials: name, tier, bound hosts, last use. Never values."""
     vault = _open()
     try:
@@ -127,11 +142,9 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = Fa
     if not infos:
         typer.echo("the vault is empty; add a credential with `legion vault set NAME`", err=True)
         return
-    from rich.table import Table
-
-    table = Table("name", "tier", "bound hosts", "http", "updated", "last used", box=None)
+    out = table("name", "tier", "bound hosts", "http", "updated", "last used")
     for i in infos:
-        table.add_row(
+        out.add_row(
             cell(i.name + (" (weak)" if i.name in weak else "")),
             i.tier,
             cell(", ".join(i.bound_hosts) or "-"),
@@ -139,7 +152,7 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = Fa
             fmt_time(i.updated_at),
             fmt_time(i.last_used_at),
         )
-    console().print(table)
+    print_table(out, wide)
     if weak:
         typer.echo(
             f"weak: {', '.join(sorted(weak))} fail the value rule ({VALUE_RULE}); "
@@ -149,7 +162,10 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = Fa
 
 
 @app.command("rm")
-def rm(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def rm(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The credential to remove.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Remove a credential."""
     vault = _open()
     try:

@@ -14,12 +14,11 @@ from typing import Annotated, Any
 
 import typer
 
-from legion.cli.common import State, emit_json, fail, fmt_time, host_errors
+from legion.cli.common import State, emit_json, fail, fmt_time, host_errors, subapp
 from legion.wire.rules import stripe_secret_problem
 
-app = typer.Typer(
-    help="Webhooks: signed HTTP endpoints that queue a job for an agent (docs/automation.md).",
-    no_args_is_help=True,
+app = subapp(
+    "Webhooks: signed HTTP endpoints that queue a job for an agent.\n\nSee docs/automation.md."
 )
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 

@@ -91,32 +91,68 @@ def prepare(paths: Paths, agent: str, owner: tuple[int, int] | None) -> None:
         ) from None
 
 
+def _remove_under(paths: Paths, parents: tuple[str, ...], agent: str) -> bool:
+    """Delete LEGION_HOME/<parents...>/<agent> without following anything: every parent
+    is opened no-follow from LEGION_HOME, the entry itself must be a real directory (else
+    `UnsafeEntry`, nothing touched), and its tree is removed with links unlinked, any depth.
+    True when deleted, False when there was none."""
+    _check_name(agent)
+    shown = paths.home.joinpath(*parents, agent)
+    with ExitStack() as fds:
+        dir_fd = _open_home(paths)
+        fds.callback(os.close, dir_fd)
+        for depth, part in enumerate(parents):
+            try:
+                dir_fd = open_dir_nofollow(
+                    dir_fd, part, shown=str(paths.home.joinpath(*parents[: depth + 1]))
+                )
+            except FileNotFoundError:
+                return False
+            fds.callback(os.close, dir_fd)
+        try:
+            found = os.lstat(agent, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(found.st_mode):
+            raise UnsafeEntry(
+                str(shown),
+                kind(found.st_mode),
+                "a directory",
+                fix="legion deletes only a real directory there; check it and remove it yourself",
+            )
+        remove_tree_nofollow(dir_fd, agent, shown=str(shown))
+    return True
+
+
 def remove(paths: Paths, agent: str) -> bool:
     """Delete the agent's volume (`legion agents rm --purge`): True when deleted, False
     when there was none. Nothing in it is followed (`remove_tree_nofollow` from a
     descriptor of `agents/`: links are unlinked, any depth); a volume path that is not a
     real directory is refused (`UnsafeEntry`), its target untouched.
     """
-    _check_name(agent)
-    data_path = paths.agent_data(agent)
-    with ExitStack() as fds:
-        home_fd = _open_home(paths)
-        fds.callback(os.close, home_fd)
-        try:
-            agents_fd = open_dir_nofollow(home_fd, AGENTS_DIR, shown=str(paths.home / AGENTS_DIR))
-        except FileNotFoundError:
-            return False
-        fds.callback(os.close, agents_fd)
-        try:
-            found = os.lstat(agent, dir_fd=agents_fd)
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISDIR(found.st_mode):
-            raise UnsafeEntry(
-                str(data_path),
-                kind(found.st_mode),
-                "a directory",
-                fix="legion deletes only a real directory there; check it and remove it yourself",
-            )
-        remove_tree_nofollow(agents_fd, agent, shown=str(data_path))
-    return True
+    return _remove_under(paths, (AGENTS_DIR,), agent)
+
+
+def remove_state(paths: Paths, agent: str) -> list[str]:
+    """Delete everything of a removed agent's that lives in files (`legion agents purge`):
+    its volume (`agents/NAME`), its socket folder (`run/agents/NAME`, which its container
+    could write), its host-owned bootstrap files and their versions (`identity/NAME`), its
+    browser profile (`browsers/NAME`) and the skills installed for it (`skills/agents/NAME`),
+    each without following anything (see `_remove_under`). A re-added agent of that name
+    then starts from nothing. Returns the paths deleted. Raises `UnsafeEntry` at the first
+    path that is not a real directory (what was deleted before it stays deleted)."""
+    removed = []
+    for parents in STATE_DIRS:
+        if _remove_under(paths, parents, agent):
+            removed.append(str(paths.home.joinpath(*parents, agent)))
+    return removed
+
+
+# Where an agent's state lives, under LEGION_HOME: <parents...>/NAME (`remove_state`).
+STATE_DIRS: tuple[tuple[str, ...], ...] = (
+    (AGENTS_DIR,),
+    ("run", "agents"),
+    ("identity",),
+    ("browsers",),
+    ("skills", "agents"),
+)

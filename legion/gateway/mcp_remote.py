@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("legion.gateway.mcp")
 
 Resolver = Callable[[str], Awaitable[list[str]]]
+DISABLED = "enabled = false in legion.toml: set it true (and reload) to connect"
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 60.0
 PING_EVERY_S = 30.0
@@ -238,7 +239,10 @@ class RemoteMcp:
         for name, cfg in wanted.items():
             if name not in self.servers:
                 server = RemoteServer(name, cfg, since=self.clock())
-                server.task = asyncio.create_task(self._run(server), name=f"mcp-{name}")
+                if cfg.enabled:
+                    server.task = asyncio.create_task(self._run(server), name=f"mcp-{name}")
+                else:
+                    server.state, server.reason = "stopped", DISABLED
                 self.servers[name] = server
 
     async def _stop(self, name: str) -> None:

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from legion.config import Config
-from legion.errors import Forbidden
+from legion.errors import Forbidden, NotFound
 from legion.mesh.audit import AuditLog
 from legion.mesh.globs import any_match
 
@@ -39,6 +39,9 @@ class Perm(StrEnum):
 
 
 _FLAGS = {Perm.CRON, Perm.SPAWN}
+# Permissions whose target is an agent: a target that is not a configured agent is refused
+# (404 unknown_agent, audited as deny) even when a pattern (or the operator) would allow it.
+_AGENT_TARGETS = {Perm.MESSAGE, Perm.STEER}
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,19 @@ class Guard:
     ) -> None:
         """`durable=False` (allow records only): the caller commits durably right after."""
         decision = self.permissions.decide(actor, perm, target)
+        if (
+            decision.allowed
+            and perm in _AGENT_TARGETS
+            and target not in self.permissions.config.agents
+        ):
+            self.audit.append(actor, action, target, "deny", reason="unknown_agent", **detail)
+            known = sorted(self.permissions.config.agents)
+            raise NotFound(
+                f"no agent named {target!r}"
+                + (f" (configured: {', '.join(known)})" if actor == OPERATOR else ""),
+                code="unknown_agent",
+                agent=target,
+            )
         self.audit.append(
             actor,
             action,

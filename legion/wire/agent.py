@@ -17,6 +17,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+class TurnError(_Strict):
+    """Why a turn ended without the answer it was asked for: the host refused it (a budget
+    cap, a permission: `status` 402 or 403) or the model, the provider or the runtime failed.
+    The reply's `text` still explains it in words; this is the same, for programs."""
+
+    code: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="A stable error code, e.g. `budget_exceeded`, `provider_error`.",
+    )
+    message: str = Field(default="", max_length=4000, description="What went wrong, for people.")
+    status: int | None = Field(
+        default=None,
+        ge=100,
+        le=599,
+        description="The HTTP status the host answered the failed call with, when it did.",
+    )
+
+
 class ReplyRequest(_Strict):
     """The agent's answer to an inbox item (a chat reply, or a task's structured result)."""
 
@@ -25,6 +45,9 @@ class ReplyRequest(_Strict):
     kind: Literal["chat", "task_result"] = "chat"
     result: dict[str, Any] | None = Field(
         default=None, description="Task mode: {status, output, blackboard_writes}."
+    )
+    error: TurnError | None = Field(
+        default=None, description="Set when the turn failed or was refused; null: answered."
     )
 
 

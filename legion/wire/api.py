@@ -309,6 +309,10 @@ class PurgeResult(BaseModel):
     volume_removed: bool = Field(
         default=False, description="Whether the agent's volume (agents/NAME) was deleted."
     )
+    removed: list[str] = Field(
+        default_factory=list,
+        description="Every path deleted: the volume, run/agents/NAME, identity/NAME.",
+    )
 
 
 # --- models (GET /v1/models, OpenAI-compatible) -----------------------------------

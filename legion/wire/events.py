@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from legion.wire.agent import TurnError
+
 
 class _Event(BaseModel):
     at: float = Field(description="Unix time the host emitted the event.")
@@ -137,6 +139,9 @@ class AgentReply(_Event):
     text: str
     kind: Literal["chat", "task_result"]
     result: dict[str, Any] | None = None
+    error: TurnError | None = Field(
+        default=None, description="Set when the turn failed or was refused; null: answered."
+    )
 
 
 class AgentNotification(_Event):

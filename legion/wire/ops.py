@@ -75,3 +75,31 @@ class VaultList(BaseModel):
 
 class ClaimList(BaseModel):
     claims: list[Claim]
+
+
+class ModelStatus(BaseModel):
+    """One model alias as the operator sees it (`legion models ls`): never a credential's
+    value, only whether it is stored."""
+
+    alias: str
+    model: str = Field(description="The LiteLLM model id, `<provider>/<model>`.")
+    provider: str
+    api_base: str | None
+    credential: str | None = Field(description="The vault credential holding its key.")
+    credential_state: Literal["stored", "missing", "wrong tier", "not needed", "unknown"]
+    input_per_mtok: float | None = Field(description="USD per million prompt tokens.")
+    output_per_mtok: float | None = Field(description="USD per million completion tokens.")
+    price_source: Literal["config", "litellm"] | None = Field(
+        description="Where the price comes from; null: none known (the gateway refuses it)."
+    )
+    failover: list[str]
+    used_by: list[str] = Field(description="Agents that can reach it (failover included).")
+    cooldown_s: float | None = Field(
+        description="Seconds it stays out of rotation after failures; null: no host runs."
+    )
+    failures: int = Field(description="Consecutive failures (0 after a success).")
+    last_failure: str = Field(description="Kind of the last failure: rate_limit, auth, ...")
+
+
+class ModelReport(BaseModel):
+    models: list[ModelStatus]

@@ -3,55 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from tests.conftest import loopback_server
-
-BROWSER_IMAGE = "legion-browser:latest"
-
-
-@pytest.fixture(scope="session")
-def browser_image() -> str:
-    """The browser image for this source: `legion-browser:latest` when it is current (CI
-    builds it first), else a tag named after the source digest, built once when missing
-    (other checkouts on the same engine never retag it)."""
-    import docker
-
-    from legion.fleet.browser_image import (
-        browser_image_is_current,
-        browser_source_digest,
-        build_browser_image,
-    )
-    from legion.fleet.images import image_exists
-
-    own = f"legion-browser:src-{browser_source_digest()}"
-    client = docker.from_env()
-    try:
-        if browser_image_is_current(client, BROWSER_IMAGE):
-            return BROWSER_IMAGE
-        if image_exists(client, own):
-            return own
-    finally:
-        client.close()
-    build_browser_image(
-        tag=own,
-        base=None,
-        mirror=None,
-        uid=10001,
-        cache=Path(tempfile.gettempdir()) / "legion-test-wheels",
-        progress=lambda line: print(line, file=sys.stderr),
-    )
-    return own
-
 
 FORM = """<!doctype html><html><head><title>Order form</title></head><body>
 <h1>Order</h1>

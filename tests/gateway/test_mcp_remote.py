@@ -294,3 +294,25 @@ def _deep(levels: int) -> dict[str, object]:
     for _ in range(levels):
         node = {"p": {"type": "object", "properties": node}}
     return node
+
+
+async def test_a_disabled_server_is_never_connected_until_enabled(home: Path) -> None:
+    """issue 8: `enabled = false` (the example config's server) is configured but never
+    connected: stopped with the reason, its tools 503, nothing sent; enabling it by a
+    reload connects it."""
+    with http_mcp(TOKEN) as server:
+        text = config(server).replace("timeout_s = 3.0", "timeout_s = 3.0\nenabled = false")
+        async with host_with(home, text) as host:
+            found = host.mcp.servers["gh"]
+            assert found.state == "stopped" and "enabled = false" in found.reason
+            assert found.task is None
+            async with agent_client(host.paths, "alice") as alice:
+                refused = await alice.post(
+                    "/v1/mcp/call", json={"server": "gh", "tool": "echo", "arguments": {}}
+                )
+                assert refused.status_code == 503
+                assert refused.json()["error"]["code"] == "mcp_unavailable"
+            assert server.seen_auth == []
+            await host.apply_config(parse_config(config(server)))
+            await until_state(host, "ready")
+            assert server.seen_auth and server.seen_auth[0] == f"Bearer {TOKEN}"
