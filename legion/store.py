@@ -236,7 +236,28 @@ def _m4_automation(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_m1_core, _m2_ledger, _m3_audit_checkpoints, _m4_automation]
+def _m5_paused(conn: apsw.Connection) -> None:
+    """The operator's pauses of LLM dispatch (legion/gateway/llm/inflight.py): one row per
+    paused agent, `*` for the whole fleet; kept across restarts until `legion resume`."""
+    conn.execute(
+        """
+        CREATE TABLE paused_agents (
+            agent TEXT PRIMARY KEY,
+            since REAL NOT NULL,
+            paused_by TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT ''
+        );
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    _m1_core,
+    _m2_ledger,
+    _m3_audit_checkpoints,
+    _m4_automation,
+    _m5_paused,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -35,6 +35,7 @@ from legion.wire.automation import (
     WebhookList,
     WebhookRemoved,
 )
+from legion.wire.dispatch import PauseState
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
 
@@ -308,6 +309,25 @@ class ControlClient:
         result: SteerQueued = self._request(
             "POST", "/v1/steer", SteerQueued, json={"to": to, "text": text}
         )
+        return result
+
+    # --- the kill switch (legion/gateway/llm/inflight.py) ---------------------------
+
+    def pause(self, agent: str | None, reason: str = "") -> PauseState:
+        """Pause `agent`'s LLM calls (None: the whole fleet)."""
+        body = {"all": True} if agent is None else {"agent": agent}
+        result: PauseState = self._request(
+            "POST", "/v1/pause", PauseState, json={**body, "reason": reason}
+        )
+        return result
+
+    def resume(self, agent: str | None) -> PauseState:
+        body = {"all": True} if agent is None else {"agent": agent}
+        result: PauseState = self._request("POST", "/v1/resume", PauseState, json=body)
+        return result
+
+    def paused(self) -> PauseState:
+        result: PauseState = self._request("GET", "/v1/pause", PauseState)
         return result
 
     def running(self) -> bool:

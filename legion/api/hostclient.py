@@ -45,6 +45,8 @@ from legion.wire.api import (
     MessageQueued,
     ReloadResult,
 )
+from legion.wire.automation import SteerQueued
+from legion.wire.dispatch import PauseState
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
 from legion.wire.ops import (
@@ -284,6 +286,34 @@ class HostClient:
                     if ends:
                         yield event
                         return
+
+    async def steer(self, agent: str, text: str) -> SteerQueued:
+        """Steer `agent`: the text reaches its running turn between two tool rounds (or is
+        its next turn when idle), ahead of its queue."""
+        result: SteerQueued = await self._request(
+            "POST", "/v1/steer", SteerQueued, json={"to": agent, "text": text}
+        )
+        return result
+
+    # --- the kill switch ---------------------------------------------------------------
+
+    async def pause(self, agent: str | None, reason: str = "") -> PauseState:
+        """Pause `agent`'s LLM calls (None: the whole fleet): in-flight calls are cut,
+        new ones refused until `resume`."""
+        body: dict[str, Any] = {"all": True} if agent is None else {"agent": agent}
+        result: PauseState = await self._request(
+            "POST", "/v1/pause", PauseState, json={**body, "reason": reason}
+        )
+        return result
+
+    async def resume(self, agent: str | None) -> PauseState:
+        body: dict[str, Any] = {"all": True} if agent is None else {"agent": agent}
+        result: PauseState = await self._request("POST", "/v1/resume", PauseState, json=body)
+        return result
+
+    async def paused(self) -> PauseState:
+        result: PauseState = await self._request("GET", "/v1/pause", PauseState)
+        return result
 
     # --- read-outs ---------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from legion.cli import (
     host_cmd,
     images_cmd,
     logs_cmd,
+    pause_cmd,
     vault_cmd,
     webhooks_cmd,
 )
@@ -47,6 +48,8 @@ app.command("daemon")(host_cmd.daemon)
 app.command("status")(host_cmd.status)
 app.command("stop")(host_cmd.stop)
 app.command("logs")(logs_cmd.logs)
+app.command("pause")(pause_cmd.pause)
+app.command("resume")(pause_cmd.resume)
 
 
 def _version(value: bool) -> None:
