@@ -131,6 +131,15 @@ BINDINGS: tuple[KeySpec, ...] = (
         "sidebar",
     ),
     KeySpec(
+        "steer",
+        "ctrl+s",
+        "steer",
+        "Steer",
+        "Send the input as a steer: it reaches the agent's running turn between two tool "
+        "rounds (or is its next turn when idle), ahead of its queue.",
+        "pane",
+    ),
+    KeySpec(
         "bb-refresh", "ctrl+r", "refresh", "Refresh", "Read the blackboard again.", "blackboard"
     ),
     KeySpec(

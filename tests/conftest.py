@@ -130,7 +130,7 @@ def daemon(home: Path) -> Iterator[Callable[[], Daemon]]:
 
     yield make
     for d in started:
-        if d.proc is not None and d.proc.poll() is None:
+        if d.proc is not None:  # also a daemon that exited already: its pipes are closed
             d.stop(signal.SIGKILL)
 
 

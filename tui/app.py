@@ -31,7 +31,6 @@ from tui.screens.dialogs import ConfirmScreen, Field, FormScreen, TextScreen
 from tui.screens.fleet import FleetScreen
 from tui.screens.help import HelpScreen
 from tui.state import FleetState
-from tui.widgets.agent_pane import AgentPane
 from tui.widgets.header import LegionHeader
 from tui.widgets.sidebar import FleetSidebar
 
@@ -266,9 +265,11 @@ class LegionApp(App[int]):
 
     @work(exclusive=True, group="load-agents", exit_on_error=False)
     async def load_agents(self) -> None:
-        if self.client is None:
+        client = self.client
+        if client is None:
             return
-        self.post_message(Loaded("agents", await self.client.agents()))
+        agents = await client.agents()
+        self.post_message(Loaded("agents", (agents, await client.status())))
 
     @work(exclusive=True, group="load-costs", exit_on_error=False)
     async def load_costs(self) -> None:
@@ -278,12 +279,13 @@ class LegionApp(App[int]):
     @on(Loaded)
     def on_loaded(self, message: Loaded) -> None:
         if message.kind == "agents":
-            changed = self.state.load_agents(message.data)
+            agents, status = message.data
+            changed = self.state.load_agents(agents) | self.state.load_status(status)
             fleet = self._live_fleet()
             with contextlib.suppress(NoMatches):
                 if fleet is not None:
                     fleet.query_one(FleetSidebar).sync(self.state.agents, changed)
-                    for pane in fleet.query(AgentPane):
+                    for pane in fleet.panes.values():
                         pane.show_title()
         elif message.kind == "costs":
             self.state.load_costs(message.data)
@@ -391,12 +393,47 @@ class LegionApp(App[int]):
         self.action_show("fleet")
         await self.fleet.open_agent(agent)
 
+    def steer(self, agent: str, text: str) -> None:
+        """Send `text` as a steer: into the running turn of `agent`, or its next turn."""
+        item = self.state.said(agent, text, steer=True)
+        fleet = self._live_fleet()
+        pane = fleet.panes.get(agent) if fleet is not None else None
+        if pane is not None:
+            self.call_later(pane.show_item, "new", item)
+
+        async def call(client: HostClient) -> str:
+            queued = await client.steer(agent, text)
+            return f"steer queued for {agent} (item {queued.item_id})"
+
+        self.act(f"agent: Steer {agent}", f"steer-{agent}", call)
+
+    def pause(self, agent: str | None) -> None:
+        """The kill switch: `agent`'s LLM calls (None: the fleet's) cut now, refused after."""
+
+        async def call(client: HostClient) -> str:
+            state = await client.pause(agent, reason="from the TUI")
+            who = "the whole fleet" if agent is None else agent
+            cut = f"; {state.cut} call(s) in flight cut" if state.cut else ""
+            return f"paused {who}{cut}"
+
+        title = "fleet: Pause all" if agent is None else f"agent: Pause {agent}"
+        self.act(title, "pause", call)
+
+    def resume(self, agent: str | None) -> None:
+        async def call(client: HostClient) -> str:
+            state = await client.resume(agent)
+            still = f"; still paused: {', '.join(state.paused)}" if state.paused else ""
+            return f"resumed {'the whole fleet' if agent is None else agent}{still}"
+
+        title = "fleet: Resume all" if agent is None else f"agent: Resume {agent}"
+        self.act(title, "pause", call)
+
     def chat(self, agent: str, text: str) -> None:
         item = self.state.said(agent, text)
         fleet = self._live_fleet()
-        for pane in fleet.query(AgentPane) if fleet is not None else []:
-            if pane.agent == agent:
-                self.call_later(pane.show_item, "new", item)
+        pane = fleet.panes.get(agent) if fleet is not None else None
+        if pane is not None:
+            self.call_later(pane.show_item, "new", item)
 
         async def send(client: HostClient) -> str:
             queued = await client.send(agent, text)

@@ -49,19 +49,20 @@ async def test_chat_streams_into_its_pane_token_by_token(
         partial: set[str] = set()  # what the pane showed while the reply was arriving
 
         def replied() -> bool:
-            for reply in pane.query(Reply):
-                if reply.stream is not None and reply.source:
-                    partial.add(reply.source)
+            live = pane.live
+            if live is not None and live.text:
+                partial.add(live.text)
             return bool(run.events("agent_reply", "alice"))
 
         await run.until(replied)
         deltas = run.events("token_delta", "alice")
         assert "".join(d.text for d in deltas) == text
         assert len(deltas) > 10  # two characters per chunk: token by token
-        assert len(partial) >= 3  # painted several times, growing, before the reply ended
+        assert len(partial) >= 3  # shown several times, growing, before the reply ended
         assert all(text.startswith(p) for p in partial)
         await run.until(lambda: not pane.query(".-streaming"))
-        assert [r.source for r in pane.query(Reply)] == [text]
+        assert pane.live is None
+        assert [r.source for r in pane.query(Reply)] == [text]  # then Markdown, once
         assert str(pane.query_one(".-user").render()) == "> hello there"
 
 

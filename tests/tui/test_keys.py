@@ -16,12 +16,14 @@ from tui.screens.blackboard import BlackboardScreen
 from tui.screens.dialogs import ConfirmScreen, FormScreen, TextScreen
 from tui.screens.fleet import FleetScreen
 from tui.screens.help import HelpScreen
+from tui.widgets.agent_pane import AgentPane
 from tui.widgets.sidebar import FleetSidebar
 
 OURS = [
     LegionApp,
     FleetScreen,
     FleetSidebar,
+    AgentPane,
     BlackboardScreen,
     AuditScreen,
     FormScreen,

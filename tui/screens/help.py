@@ -20,6 +20,7 @@ SCOPES = {
     "app": "everywhere",
     "fleet": "fleet screen",
     "sidebar": "fleet sidebar",
+    "pane": "agent pane",
     "blackboard": "blackboard",
     "audit": "audit log",
     "form": "forms",
