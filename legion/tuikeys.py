@@ -168,6 +168,14 @@ BINDINGS: tuple[KeySpec, ...] = (
         "audit",
     ),
     KeySpec(
+        "setup-skip",
+        "escape",
+        "skip",
+        "Skip",
+        "Leave the first-run setup (`legion setup` does it later, or write legion.toml).",
+        "setup",
+    ),
+    KeySpec(
         "dialog-cancel",
         "escape",
         "cancel",

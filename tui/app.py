@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from legion.api.hostclient import ApiError, HostClient, HostNotRunning
+from legion.setup import Applied
 from tui.commands import PROVIDERS, agent_fields, draft_of, parse_value
 from tui.keys import bindings, keymap
 from tui.messages import ActionDone, Connected, ConnectFailed, HostEvents, HostGone, Loaded
@@ -30,6 +31,7 @@ from tui.screens.costs import CostsScreen
 from tui.screens.dialogs import ConfirmScreen, Field, FormScreen, TextScreen
 from tui.screens.fleet import FleetScreen
 from tui.screens.help import HelpScreen
+from tui.screens.setup import SetupScreen
 from tui.state import FleetState
 from tui.widgets.header import LegionHeader
 from tui.widgets.sidebar import FleetSidebar
@@ -65,8 +67,10 @@ class LegionApp(App[int]):
         keys: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         refresh_s: float = 2.0,
+        first_run: bool = False,
     ) -> None:
         super().__init__()
+        self.first_run = first_run  # no legion.toml: the setup screen opens once connected
         self.connector = connector
         self.home = home
         self.key_overrides = dict(keys or {})
@@ -154,6 +158,25 @@ class LegionApp(App[int]):
         self._bridge()
         self.load_agents()
         self.load_costs()
+        if self.first_run and not self.client.paths.config.exists():
+            self.first_run = False
+            self.push_screen(SetupScreen(), self._set_up)
+
+    def _set_up(self, applied: Applied | None) -> None:
+        """The setup screen wrote legion.toml: the host applies it (its agents start)."""
+        if applied is None:
+            self.notify(
+                "no legion.toml yet: `legion setup` (or the file itself) sets one up later",
+                markup=False,
+            )
+            return
+
+        async def call(client: HostClient) -> str:
+            result = await client.config_reload()
+            started = f"; started {', '.join(result.added)}" if result.added else ""
+            return f"wrote {applied.config}{started}. Enter on an agent opens its pane"
+
+        self.act("setup: Start", "config", call)
 
     @on(ConnectFailed)
     def on_connect_failed(self, message: ConnectFailed) -> None:

@@ -25,7 +25,10 @@ def run(paths: Paths) -> int:
 
     log_file = paths.home / "logs" / "tui-host.log"
     app = LegionApp(
-        lambda: open_host(paths, log_file=log_file), home=str(paths.home), keys=config.tui.keys
+        lambda: open_host(paths, log_file=log_file),
+        home=str(paths.home),
+        keys=config.tui.keys,
+        first_run=not paths.config.exists(),
     )
 
     async def main() -> None:

@@ -19,6 +19,7 @@ from legion.cli import (
     images_cmd,
     logs_cmd,
     pause_cmd,
+    setup_cmd,
     vault_cmd,
     webhooks_cmd,
 )
@@ -50,6 +51,7 @@ app.command("stop")(host_cmd.stop)
 app.command("logs")(logs_cmd.logs)
 app.command("pause")(pause_cmd.pause)
 app.command("resume")(pause_cmd.resume)
+app.command("setup")(setup_cmd.setup)
 
 
 def _version(value: bool) -> None:

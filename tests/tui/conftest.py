@@ -92,13 +92,20 @@ def tui(home: Path, fake: FakeProvider, daemon: Callable[[], Daemon]) -> Starter
         keys: dict[str, str] | None = None,
         size: tuple[int, int] = (120, 40),
         config_text: str | None = None,
+        first_run: bool = False,
     ) -> AsyncIterator[Run]:
         paths = prepare_home(home, config_text or fleet_config(fake.base_url, agents, extra))
+        if first_run:
+            paths.config.unlink()
         if mode == "attached":
             daemon().start()
         runtime: Any = backend if backend is not None else "configured"
         app = LegionApp(
-            lambda: open_host(paths, runtime=runtime), home=str(home), keys=keys, refresh_s=0.5
+            lambda: open_host(paths, runtime=runtime),
+            home=str(home),
+            keys=keys,
+            refresh_s=0.5,
+            first_run=first_run,
         )
         seen: list[Message] = []
         try:

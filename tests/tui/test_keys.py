@@ -16,6 +16,7 @@ from tui.screens.blackboard import BlackboardScreen
 from tui.screens.dialogs import ConfirmScreen, FormScreen, TextScreen
 from tui.screens.fleet import FleetScreen
 from tui.screens.help import HelpScreen
+from tui.screens.setup import SetupScreen
 from tui.widgets.agent_pane import AgentPane
 from tui.widgets.sidebar import FleetSidebar
 
@@ -30,6 +31,7 @@ OURS = [
     ConfirmScreen,
     TextScreen,
     HelpScreen,
+    SetupScreen,
 ]
 
 

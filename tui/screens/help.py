@@ -23,6 +23,7 @@ SCOPES = {
     "pane": "agent pane",
     "blackboard": "blackboard",
     "audit": "audit log",
+    "setup": "first-run setup",
     "form": "forms",
     "confirm": "questions",
     "readout": "read-outs",
