@@ -25,8 +25,8 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check legion agent_container tui tests bench
-	$(BIN)/ruff format --check legion agent_container tui tests bench
+	$(BIN)/ruff check legion agent_container browser_container tui tests bench
+	$(BIN)/ruff format --check legion agent_container browser_container tui tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

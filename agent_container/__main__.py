@@ -7,6 +7,10 @@ Environment:
 * `LEGION_DATA`: where memory.db lives (default /data);
 * `LEGION_IDENTITY`: the read-only folder of the bootstrap files (default
   /etc/legion/identity, where the host mounts them);
+* `LEGION_SKILLS`: the read-only folder of the operator's skills (default
+  /etc/legion/skills: `fleet/` and `agent/`);
+* `LEGION_EGRESS_PROXY`: the host's egress proxy socket for local MCP servers with
+  `egress = true` (set by the host only when it serves one);
 * `LEGION_LOG_LEVEL`: debug, info (default), warning or error.
 
 Logs go to stderr as JSON lines (the host collects container logs). SIGTERM stops the
@@ -25,6 +29,7 @@ import signal
 import sys
 
 from agent_container.loop import AgentRuntime
+from agent_container.tools_skills import DEFAULT_SKILLS
 
 log = logging.getLogger("agent")
 
@@ -67,6 +72,8 @@ async def main(env: dict[str, str]) -> None:
         workspace=env.get("LEGION_WORKSPACE") or DEFAULT_WORKSPACE,
         data_dir=env.get("LEGION_DATA") or DEFAULT_DATA,
         identity_dir=env.get("LEGION_IDENTITY") or DEFAULT_IDENTITY,
+        skills_dir=env.get("LEGION_SKILLS") or DEFAULT_SKILLS,
+        egress_proxy=env.get("LEGION_EGRESS_PROXY") or None,
     )
     task = asyncio.current_task()
     assert task is not None

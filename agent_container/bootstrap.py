@@ -96,6 +96,7 @@ class Bootstrap:
     task: bool = False
     schedules: list[str] = field(default_factory=list)
     cap: int = BOOTSTRAP_CAP
+    skills: str = ""  # the skills' names and descriptions (agent_container.tools_skills)
 
     def render(self) -> str:
         """The prompt, at most `cap` bytes (when even the uncuttable parts fit in it)."""
@@ -120,7 +121,12 @@ class Bootstrap:
             "learnings": self.learnings,
         }
         context = self._context()
-        fixed = len(fixed_head.encode()) + len(context.encode()) + len(MEMORY_GUIDE.encode())
+        fixed = (
+            len(fixed_head.encode())
+            + len(context.encode())
+            + len(MEMORY_GUIDE.encode())
+            + len(self.skills.encode())
+        )
         budget = self.cap - fixed - slack
         kept = dict(cuttable)
         over = sum(len(v.encode()) for v in kept.values()) - budget
@@ -148,6 +154,8 @@ class Bootstrap:
         if self.me.system_prompt:
             parts.append(self.me.system_prompt.strip())
         parts.append(MEMORY_GUIDE)
+        if self.skills:
+            parts.append(self.skills)
         for name, title in (
             ("USER.md", "What you know of your operator (USER.md)"),
             ("MEMORY.md", "Your notes (MEMORY.md)"),

@@ -36,10 +36,13 @@ from agent_container.completion import collect
 from agent_container.context import ContextManager, Tokens, Window, window_for
 from agent_container.lanes import SteerLane
 from agent_container.learnings import is_correction
+from agent_container.mcp_client import McpHub
 from agent_container.mind import Mind
 from agent_container.prompt import Incoming, parse_item
 from agent_container.registry import Hooks
 from agent_container.tools import builtin_tools
+from agent_container.tools_skills import DEFAULT_SKILLS, Skills
+from agent_container.tools_spawn import SPAWN, spawn_tool
 from agent_container.turns import Brain, TurnState
 from agent_container.workspace import Workspace
 
@@ -58,6 +61,7 @@ BACKOFF_MAX_S = 5.0
 MAX_DELIVERIES = 5
 REMEMBERED = 1000  # message ids (to route replies) and answered items (to not redo them)
 SESSIONS = 100  # conversations kept in memory; the least recently used goes first
+WARM_UP_S = 0.5  # after start, when /v1/self is read without waiting for an item
 
 
 @dataclass
@@ -78,6 +82,8 @@ class AgentRuntime:
         *,
         data_dir: str | None = None,
         identity_dir: str = DEFAULT_IDENTITY,
+        skills_dir: str = DEFAULT_SKILLS,
+        egress_proxy: str | None = None,
         window: Window | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         poll_wait_s: float = POLL_WAIT_S,
@@ -92,11 +98,16 @@ class AgentRuntime:
         self.identity_dir = Path(identity_dir)
         data = Path(data_dir) if data_dir else Path(f"{Path(workspace).absolute()}.data")
         self.mind = Mind(self.mesh, data, self.workspace)
-        self.tools = builtin_tools(
-            self.mesh, self.workspace, Hooks(self._written, self._message_sent)
-        )
+        self.hooks = Hooks(self._written, self._message_sent)
+        self.tools = builtin_tools(self.mesh, self.workspace, self.hooks)
         for tool in self.mind.tools():
             self.tools.add(tool)
+        self.skills = Skills(skills_dir, self.workspace)
+        for tool in self.skills.tools():
+            self.tools.add(tool)
+        # Local MCP servers with egress reach the host's proxy through this socket, when the
+        # host serves one for the agent (LEGION_EGRESS_PROXY, mounted read-only).
+        self.mcp = McpHub(self.mesh, self.workspace.real_root, proxy_socket=egress_proxy)
         self.me: SelfStatus | None = None
         self.window = window or Window()
         self.tokens = Tokens()  # its calibration carries over from turn to turn
@@ -114,6 +125,7 @@ class AgentRuntime:
         self._unacked: list[int] = []  # handled, but the ack did not reach the host
         self.lane = SteerLane(self.mesh, self._backlog)  # steers reach turns between rounds
         self._stopping = asyncio.Event()
+        self._refresh_lock = asyncio.Lock()
 
     def stop(self) -> None:
         """Stop after the item in hand (an idle long-poll is abandoned at once)."""
@@ -127,6 +139,7 @@ class AgentRuntime:
 
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat_forever(), name="heartbeat")
+        warm = asyncio.create_task(self._warm_up(), name="warm-up")
         backoff = BACKOFF_MIN_S
         try:
             while not self._stopping.is_set():
@@ -148,9 +161,11 @@ class AgentRuntime:
                     await self._sleep(backoff)
                     backoff = min(self.max_backoff_s, backoff * 2)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (heartbeat, warm):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.mcp.close()
             self.mind.close()
             await self.mesh.close()
 
@@ -172,8 +187,21 @@ class AgentRuntime:
         self._unacked = [i for i in self._unacked if i not in owed]
         return items
 
+    async def _warm_up(self) -> None:
+        """Read /v1/self soon after start even when no item comes, so the agent's MCP
+        servers start before the first message; after the first poll went out, so a cold
+        start is still seen by the host at once."""
+        await asyncio.sleep(WARM_UP_S)
+        if self.me is None:
+            with contextlib.suppress(HostUnavailable, MeshTimeout, MeshError):
+                await self._refresh_self()
+
     async def _refresh_self(self) -> None:
         """Fetch /v1/self (mode, prompt, limits may change with a config reload)."""
+        async with self._refresh_lock:
+            await self._refresh_self_locked()
+
+    async def _refresh_self_locked(self) -> None:
         try:
             me = await self.mesh.self_status()
         except MeshError:
@@ -185,6 +213,12 @@ class AgentRuntime:
             log.info("started as %s (mode %s, model %s)", me.agent, me.mode, me.model)
         self.me = me
         self.mind.configure(me)
+        await self.mcp.configure(me)
+        self.mcp.sync(self.tools)
+        if me.permissions.get("can_spawn") is True:
+            self.tools.add(spawn_tool(self.mesh, self.hooks))
+        else:
+            self.tools.tools.pop(SPAWN, None)
         if self._window_of != (me.model or "") and not self._pinned_window:
             await self._refresh_window(me.model)
 
@@ -286,7 +320,7 @@ class AgentRuntime:
         """The session's system prompt: built at its first turn, rebuilt only when one of
         the bootstrap files changed (so the provider's prompt cache keeps hitting)."""
         assert self.me is not None
-        sig = signature(self.identity_dir)
+        sig = (signature(self.identity_dir), self.skills.signature(), tuple(tools))
         cached = session.prompts.get(task)
         if cached is not None and cached[0] == sig:
             return cached[1]
@@ -300,6 +334,7 @@ class AgentRuntime:
             task=task,
             cap=min(48 * 1024, int(0.3 * self.window.input_budget * 4)),
             schedules=self.me.schedules,
+            skills=self.skills.prompt(),
         ).render()
         session.prompts[task] = (sig, prompt)
         return prompt

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from agent_container.client import MeshClient
 from agent_container.registry import Hooks, Registry, Tool
+from agent_container.tools_browser import browser_tools
 from agent_container.tools_cron import cron_tools
 from agent_container.tools_mesh import mesh_tools
 from agent_container.tools_workspace import (
@@ -39,6 +40,7 @@ def builtin_tools(mesh: MeshClient, workspace: Workspace, hooks: Hooks | None = 
         *workspace_tools(workspace),
         *mesh_tools(mesh, hooks or Hooks()),
         *cron_tools(mesh),
+        *browser_tools(mesh, workspace),
     ]:
         registry.add(tool)
     return registry

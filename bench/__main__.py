@@ -14,8 +14,10 @@ from bench import (
     agent_container,
     automation,
     blackboard_store,
+    browser,
     budget_ops,
     fleet_load,
+    fleet_scale,
     llm_overhead,
     memory_bootstrap,
     memory_search,
@@ -32,6 +34,7 @@ BENCHMARKS = {
     "pubsub_fanout": pubsub_fanout.run,
     "llm_overhead": llm_overhead.run,
     "fleet_load": fleet_load.run,
+    "fleet_scale": fleet_scale.run,
     "budget_ops": budget_ops.run,
     "stream_redaction": stream_redaction.run,
     "agent_container": agent_container.run,
@@ -39,6 +42,7 @@ BENCHMARKS = {
     "memory_bootstrap": memory_bootstrap.run,
     "tui": tui.run,
     "automation": automation.run,
+    "browser": browser.run,
 }
 
 

@@ -257,10 +257,14 @@ def _child_main(conn: Any, factory: ServerFactory, kwargs: dict[str, Any], prof:
 
 @contextlib.asynccontextmanager
 async def server_process(
-    factory: ServerFactory, kwargs: dict[str, Any], profile_to: str | None = None
+    factory: ServerFactory,
+    kwargs: dict[str, Any],
+    profile_to: str | None = None,
+    ready_timeout_s: float = 60.0,
 ) -> AsyncIterator[Any]:
     """Run `factory`'s servers in a child process (as an agent container would talk to
-    the host from another process); yields what the factory returned."""
+    the host from another process); yields what the factory returned (within
+    `ready_timeout_s`)."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
@@ -269,12 +273,12 @@ async def server_process(
     proc.start()
     try:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60.0
+        deadline = loop.time() + ready_timeout_s
         while not await loop.run_in_executor(None, parent.poll, 0.2):
             if not proc.is_alive():
                 raise RuntimeError(f"server process exited with code {proc.exitcode}")
             if loop.time() > deadline:
-                raise RuntimeError("server process did not start within 60 s")
+                raise RuntimeError(f"server process did not start within {ready_timeout_s:.0f} s")
         kind, info = parent.recv()
         if kind != "ready":
             raise RuntimeError(f"server process failed:\n{info}")

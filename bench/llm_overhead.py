@@ -91,7 +91,7 @@ monthly_usd = 1000000.0
 
 # key -> (module, class or None, attribute); each is timed per call while the timers are on.
 TIMED: dict[str, tuple[str, str | None, str]] = {
-    "handle": ("legion.api.http", "HttpServer", "_handle"),
+    "handle": ("legion.api.conn", "Connection", "_run"),
     "dispatch": ("legion.api.http", "HttpServer", "dispatch"),
     "chat": ("legion.gateway.llm.gateway", "Gateway", "chat"),
     "check": ("legion.mesh.permissions", "Guard", "check"),
@@ -359,7 +359,7 @@ def print_breakdown(res: dict[str, list[float]]) -> None:
         (rtt, "client round trip on the agent socket, of which:"),
         (rtt - t["handle"], "  socket hop both ways + waiting for the host loop, see below"),
         (bare, "    (a whole bare HTTP round trip to the host process: the hop alone)"),
-        (t["handle"] - t["dispatch"], "  HTTP body read, redaction of both bodies, write"),
+        (t["handle"] - t["dispatch"], "  response redaction and write (h11 parse: in the hop)"),
         (t["dispatch"] - t["chat"], "  routing + ChatRequest validation"),
         (t["check"], "  permission check + its audit record (a commit)"),
         (t["reserve"], "  budget reserve (a commit)"),

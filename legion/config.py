@@ -97,6 +97,53 @@ class HostConfig(_Section):
     blackboard: BlackboardConfig = Field(default_factory=BlackboardConfig)
 
 
+class SocketLimits(_Section):
+    """Limits of one socket's connections (each agent socket has its own set)."""
+
+    max_connections: int = Field(default=128, ge=1, le=100_000)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=86400)
+    send_timeout_s: float = Field(default=60.0, gt=0, le=86400)
+    max_body_bytes_in_flight: int = Field(default=16 * 1024 * 1024, ge=1024, le=2**34)
+
+
+def _control_limits() -> SocketLimits:
+    return SocketLimits(
+        max_connections=256,
+        header_timeout_s=30.0,
+        body_timeout_s=120.0,
+        idle_timeout_s=300.0,
+        send_timeout_s=300.0,
+        max_body_bytes_in_flight=64 * 1024 * 1024,
+    )
+
+
+class RateBucket(_Section):
+    """A token bucket: `burst` requests at once, refilled at `per_s` a second."""
+
+    per_s: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(ge=1, le=10_000_000)
+
+
+class RatesConfig(_Section):
+    """Per agent, per route class (each agent route names its class in the route table)."""
+
+    read: RateBucket = Field(default_factory=lambda: RateBucket(per_s=2000.0, burst=10000))
+    write: RateBucket = Field(default_factory=lambda: RateBucket(per_s=1000.0, burst=10000))
+    poll: RateBucket = Field(default_factory=lambda: RateBucket(per_s=200.0, burst=1000))
+    llm: RateBucket = Field(default_factory=lambda: RateBucket(per_s=100.0, burst=1000))
+    egress: RateBucket = Field(default_factory=lambda: RateBucket(per_s=50.0, burst=500))
+
+
+class LimitsConfig(_Section):
+    requests_per_turn: int = Field(default=4, ge=1, le=10_000)
+    log_interval_s: float = Field(default=10.0, gt=0, le=86400)
+    agent: SocketLimits = Field(default_factory=SocketLimits)
+    control: SocketLimits = Field(default_factory=_control_limits)
+    rates: RatesConfig = Field(default_factory=RatesConfig)
+
+
 class BudgetConfig(_Section):
     daily_usd: Usd | None = None
     monthly_usd: Usd | None = None
@@ -114,6 +161,52 @@ class PermissionsConfig(_Section):
     can_manage_cron: bool = False
     can_spawn: bool = False
     can_steer: list[str] = Field(default_factory=list)
+    can_use_browser: bool = False
+    # Empty: every browser action; else only these (see legion.wire.browser.ACTIONS).
+    browser_actions: list[BrowserAction] = Field(default_factory=list)
+    allowed_mcp: list[str] = Field(default_factory=list)
+
+
+BrowserAction = Literal[
+    "navigate",
+    "snapshot",
+    "click",
+    "type",
+    "select",
+    "scroll",
+    "back",
+    "screenshot",
+    "extract",
+    "tabs",
+    "request_human",
+]
+
+
+class BrowserConfig(_Section):
+    """`[browser]`: one browser container per agent with `can_use_browser`, on demand."""
+
+    engine: Literal["chromium", "camoufox"] = "chromium"
+    image: str = "legion-browser:latest"
+    base_image: str | None = None
+    # Inside the image; empty: /usr/bin/chromium, or /opt/camoufox/camoufox for camoufox.
+    executable: str | None = None
+    idle_timeout_s: float = Field(default=300.0, ge=5, le=86400)
+    max_running: int = Field(default=4, ge=1, le=256)
+    start_timeout_s: float = Field(default=60.0, ge=5, le=600)
+    action_timeout_s: float = Field(default=30.0, ge=1, le=600)
+    memory_mb: int = Field(default=1024, ge=256, le=64 * 1024)
+    cpus: float = Field(default=1.0, gt=0, le=64)
+    pids: int = Field(default=1024, ge=64, le=100_000)
+    shm_mb: int = Field(default=256, ge=64, le=8192)
+    viewport_width: int = Field(default=1280, ge=320, le=3840)
+    viewport_height: int = Field(default=800, ge=240, le=2160)
+    snapshot_max_chars: int = Field(default=20000, ge=1000, le=1_000_000)
+    extract_max_chars: int = Field(default=20000, ge=1000, le=1_000_000)
+    max_tunnels: int = Field(default=64, ge=4, le=4096)
+    vnc_port: int = Field(default=6080, ge=0, le=65535)
+    novnc_dir: str = "/usr/share/novnc"
+    handoff_ttl_s: float = Field(default=900.0, ge=1, le=86400)
+    human_timeout_s: float = Field(default=1800.0, ge=10, le=86400)
 
 
 class ResourcesConfig(_Section):
@@ -134,6 +227,8 @@ class RuntimeConfig(_Section):
     restart_max_per_hour: int = Field(default=5, ge=0, le=1000)
     heartbeat_timeout_s: float = Field(default=90.0, ge=5, le=86400)
     debian_mirror: str | None = None
+    start_concurrency: int = Field(default=4, ge=1, le=64)
+    status_resync_s: float = Field(default=30.0, ge=1, le=3600)
 
 
 class LoopDetectionConfig(_Section):
@@ -144,6 +239,73 @@ class LoopDetectionConfig(_Section):
     block_at: int = Field(default=4, ge=2, le=1000)
     stop_at: int = Field(default=9, ge=2, le=1000)
     window: int = Field(default=30, ge=2, le=10000)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# The runtime sets these itself for a server with `egress = true`; nobody else may.
+PROXY_ENV = frozenset(
+    {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"}
+    | {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+)
+
+
+def _mcp_env(env: dict[str, str]) -> dict[str, str]:
+    for key, value in env.items():
+        if not _ENV_NAME.fullmatch(key):
+            raise ValueError(
+                f"{key[:80]!r} is not an environment variable name; fix: use letters, digits "
+                "and '_', not starting with a digit"
+            )
+        if key.startswith("LEGION_") or key in PROXY_ENV:
+            raise ValueError(
+                f"{key} is set by the agent runtime itself; fix: remove it (a server that "
+                "needs the web gets the proxy variables with egress = true)"
+            )
+        if "$CRED{" in value:
+            raise ValueError(
+                f"env.{key} holds a $CRED{{}} handle: no secret may enter a container, and "
+                "nothing substitutes handles in a server's environment; fix: remove it (a "
+                "server that needs a credential is a remote server, [mcp.NAME] with "
+                "credential = ..., connected by the host)"
+            )
+        if "\x00" in value or len(value) > 4096:
+            raise ValueError(f"env.{key}: at most 4096 characters, no NUL")
+    return env
+
+
+def _mcp_server_name(name: str) -> str:
+    from legion.wire.mcp import server_problem
+
+    problem = server_problem(name)
+    if problem is not None:
+        raise ValueError(f"{problem}; fix: rename the section")
+    return name
+
+
+McpServerName = Annotated[str, AfterValidator(_mcp_server_name)]
+
+
+class McpStdioConfig(_Section):
+    """A local MCP server, run inside the agent's container over stdio."""
+
+    command: str = Field(min_length=1, max_length=4096)
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list)
+    env: Annotated[dict[str, str], AfterValidator(_mcp_env)] = Field(default_factory=dict)
+    egress: bool = False
+    call_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+
+class SpawnConfig(_Section):
+    """Limits of the sub-agents an agent with `can_spawn` starts (`spawn_agent`)."""
+
+    max_concurrent: int = Field(default=2, ge=0, le=64)
+    default_ttl_s: float = Field(default=600.0, gt=0, le=86400)
+    max_ttl_s: float = Field(default=3600.0, gt=0, le=86400)
+    default_budget_usd: Usd = 0.5
+    max_budget_usd: Usd = 2.0
+    # What a sub-agent may do at most; its matrix is this intersected with the parent's.
+    # Unset: the parent's own permissions (never can_spawn, never can_manage_cron).
+    permissions: PermissionsConfig | None = None
 
 
 class WakeConfig(_Section):
@@ -171,6 +333,8 @@ class AgentConfig(_Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
     loop_detection: LoopDetectionConfig = Field(default_factory=LoopDetectionConfig)
+    mcp: dict[McpServerName, McpStdioConfig] = Field(default_factory=dict)
+    spawn: SpawnConfig = Field(default_factory=SpawnConfig)
     wake: WakeConfig = Field(default_factory=WakeConfig)
 
 
@@ -208,6 +372,62 @@ class EgressConfig(_Section):
     max_redirects: int = Field(default=5, ge=0, le=20)
 
 
+def _remote_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        split = urlsplit(url)
+        split.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a usable URL ({exc}); fix: write https://HOST/PATH") from None
+    if split.scheme not in ("http", "https") or not split.hostname:
+        raise ValueError("fix: write an http:// or https:// URL with a host")
+    if split.username or split.password:
+        raise ValueError("user info in the URL is not allowed; fix: use credential = ...")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise ValueError("the URL has spaces or control characters; fix: percent-encode them")
+    return url
+
+
+def _header_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}", name):
+        raise ValueError(f"{name[:80]!r} is not an HTTP header name; fix: e.g. Authorization")
+    return name
+
+
+class McpRemoteConfig(_Section):
+    """A remote MCP server (streamable HTTP), connected by the host, never by a container."""
+
+    url: Annotated[str, Field(max_length=2048), AfterValidator(_remote_url)]
+    credential: str | None = None
+    auth_header: Annotated[str, AfterValidator(_header_name)] = "Authorization"
+    auth_scheme: str = Field(default="Bearer", max_length=32, pattern=r"^[A-Za-z0-9._~+/-]*$")
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+
+_REQUIREMENT = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?"
+    r"(\s*(===|==|!=|~=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+(\s*,\s*(===|==|!=|~=|<=|>=|<|>)\s*"
+    r"[A-Za-z0-9.*+!_-]+)*)?"
+)
+
+
+def _requirement(spec: str) -> str:
+    if not _REQUIREMENT.fullmatch(spec.strip()):
+        raise ValueError(
+            f"{spec[:80]!r} is not a package requirement; fix: a name with an optional "
+            'version, e.g. "mcp-server-time" or "mcp-server-fetch>=2025.1" (no URLs or '
+            "pip options)"
+        )
+    return spec.strip()
+
+
+class ImagesConfig(_Section):
+    """What `legion images build` puts into the agent image beyond the runtime."""
+
+    mcp_packages: list[Annotated[str, AfterValidator(_requirement)]] = Field(default_factory=list)
+
+
 class TuiConfig(_Section):
     """The operator's TUI (`legion` with no subcommand)."""
 
@@ -243,10 +463,14 @@ class AutomationConfig(_Section):
 
 class Config(_Section):
     host: HostConfig = Field(default_factory=HostConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     egress: EgressConfig = Field(default_factory=EgressConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+    mcp: dict[McpServerName, McpRemoteConfig] = Field(default_factory=dict)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
+    browser: BrowserConfig = Field(default_factory=BrowserConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     teams: dict[TeamName, TeamConfig] = Field(default_factory=dict)
     tui: TuiConfig = Field(default_factory=TuiConfig)
@@ -329,6 +553,21 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                         f"({order[2]}) must hold; fix the thresholds",
                     )
                 )
+        problems += _mcp_problems(name, agent, _table(data, "mcp"))
+        spawn = agent.get("spawn")
+        if isinstance(spawn, dict):
+            for low, high, default in (
+                ("default_ttl_s", "max_ttl_s", (600.0, 3600.0)),
+                ("default_budget_usd", "max_budget_usd", (0.5, 2.0)),
+            ):
+                a, b = spawn.get(low, default[0]), spawn.get(high, default[1])
+                if isinstance(a, int | float) and isinstance(b, int | float) and a > b:
+                    problems.append(
+                        (
+                            f"agents.{name}.spawn.{low}",
+                            f"{low} ({a}) is above {high} ({b}); fix: lower it or raise {high}",
+                        )
+                    )
         allowed = agent.get("allowed_models")
         wanted = [
             agent.get("model"),
@@ -358,7 +597,11 @@ def _key_problems(keys: dict[str, Any]) -> list[tuple[str, str]]:
         where = f"tui.keys.{binding_id}"
         if binding_id not in BY_ID:
             close = difflib.get_close_matches(binding_id, list(BY_ID), n=1)
-            hint = f'did you mean "{close[0]}"?' if close else "see `legion` then ? for the ids"
+            hint = (
+                f'did you mean "{close[0]}"?'
+                if close
+                else "fix: use a binding id (open `legion`, then ? lists them) or remove the line"
+            )
             problems.append((where, f"`{binding_id}` is not a binding id; {hint}"))
         elif isinstance(value, str) and (problem := key_problem(value)):
             problems.append((where, f'"{value}": {problem}; fix: write e.g. "ctrl+r" or "f6"'))
@@ -431,6 +674,38 @@ def _automation_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+def _mcp_problems(
+    name: str, agent: dict[str, Any], remote: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """allowed_mcp names that are no remote server, and a local server that shadows a
+    remote one the agent may use (both would offer `<server>__*` tools)."""
+    problems: list[tuple[str, str]] = []
+    allowed = _table(agent, "permissions").get("allowed_mcp")
+    patterns = [p for p in allowed if isinstance(p, str)] if isinstance(allowed, list) else []
+    known = ", ".join(sorted(remote)) or "none defined"
+    for pattern in patterns:
+        if not any(c in pattern for c in "*?") and pattern not in remote:
+            problems.append(
+                (
+                    f"agents.{name}.permissions.allowed_mcp",
+                    f"`{pattern}` is not a remote MCP server (servers: {known}); fix: add "
+                    f"[mcp.{pattern}] or fix the name",
+                )
+            )
+    from legion.mesh.globs import any_match
+
+    for server in _table(agent, "mcp"):
+        if server in remote and any_match(patterns, server):
+            problems.append(
+                (
+                    f"agents.{name}.mcp.{server}",
+                    f"`{server}` is also a remote server this agent may use ([mcp.{server}]); "
+                    "their tools would share the prefix; fix: rename one",
+                )
+            )
+    return problems
+
+
 # --- loading -------------------------------------------------------------------
 
 _FIXES: dict[str, str] = {
@@ -468,6 +743,10 @@ def _fields_at(path: tuple[str | int, ...]) -> list[str]:
             ann = field.annotation
             args = getattr(ann, "__args__", ())
             origin = getattr(ann, "__origin__", None)
+            if origin is None and args:  # `Model | None`: the model
+                ann = next(
+                    (a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann
+                )
             model = ("dict", args[1]) if origin is dict and len(args) == 2 else ann
         elif isinstance(model, tuple) and model[0] == "dict":
             model = model[1]

@@ -194,7 +194,7 @@ async def _serve(paths: Paths, lock: IO[str], options: DaemonOptions) -> int:
     if config.runtime.backend == "docker":
         from legion.fleet.docker_backend import DockerBackend
 
-        runtime = DockerBackend(str(paths.home))
+        runtime = DockerBackend.for_starts(str(paths.home), config.runtime.start_concurrency)
     async with Host.running(config, paths, preload_llm=True, runtime=runtime) as host:
         running.append(host)
         if early:

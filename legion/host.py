@@ -11,28 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from legion.api.agent import build_agent_router, require_agent
 from legion.api.control import build_control_router, host_status
 from legion.api.http import Call, HttpServer, Listener, Route, Router
+from legion.api.limits import Rate
 from legion.api.masking import mask_routes
 from legion.automation.scheduler import Automation
+from legion.browser.manager import Browsers
 from legion.config import Config
-from legion.errors import InboxFull
+from legion.errors import InboxFull, LegionError
 from legion.events import EventBus
 from legion.fleet.backend import RuntimeBackend
+from legion.fleet.spawn import Spawner
 from legion.fleet.supervisor import Fleet
 from legion.gateway.egress import EgressProxy
+from legion.gateway.llm import passthrough
 from legion.gateway.llm.budget import Budgets
 from legion.gateway.llm.gateway import Gateway
 from legion.gateway.llm.health import ModelHealth
 from legion.gateway.llm.runtime import LiteLLM
+from legion.gateway.mcp_proxy import McpProxies
+from legion.gateway.mcp_remote import RemoteMcp
 from legion.gateway.redact import RedactingFilter, Redactor
 from legion.gateway.vault import Vault
 from legion.mesh.audit import AuditLog, AuditRecord
@@ -50,6 +57,10 @@ from legion.wire.agent import (
 )
 from legion.wire.api import HostStatus
 from legion.wire.events import AgentReply, AuditAppended, HostStarted, HostStopping
+from legion.wire.mcp import McpStatusReport, McpStdioSpec
+
+if TYPE_CHECKING:
+    from legion.api.sockpath import Moved
 
 log = logging.getLogger("legion.host")
 
@@ -118,14 +129,24 @@ class Host:
             clock=clock,
         )
         self.egress = self._make_egress()
+        self.mcp = RemoteMcp(config, self.vault, self.audit, clock=clock)
+        self.mcp_proxies = McpProxies(self)
+        self.mcp_reports: dict[str, McpStatusReport] = {}  # what each runtime says of its servers
         # No server-wide redaction hook: masking is per route (`_control_router`,
         # `_agent_router`), so an agent's own input is never matched against the vault.
-        self.http = HttpServer(max_body_bytes=config.host.max_body_bytes, authorize=self._authorize)
+        self.http = HttpServer(
+            max_body_bytes=config.host.max_body_bytes,
+            authorize=self._authorize,
+            on_limit=self._limit_reached,
+            log_interval_s=config.limits.log_interval_s,
+        )
         self.last_seen: dict[str, float] = {}
         self.last_poll: dict[str, float] = {}  # when each agent last polled its inbox
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.fleet = Fleet(self, None)
+        self.spawner = Spawner(self)
+        self.browsers = Browsers(self)
         self.stop_reason = ""
         self.automation = Automation(self)
 
@@ -144,8 +165,10 @@ class Host:
     ) -> AsyncIterator[Host]:
         """Start everything, yield the host, stop everything in reverse.
 
-        `preload_llm` starts importing LiteLLM in a worker thread right away (the daemon
-        does, when models are configured); otherwise the first LLM call starts it.
+        `preload_llm` (the daemon sets it) warms the LLM path in worker threads right
+        away: the import of LiteLLM when a configured model needs it (models on the direct
+        path never load it), the direct path's TLS context when a model uses that path;
+        otherwise the first call that needs either starts it.
         `runtime` is where agent containers run (the daemon passes the configured backend);
         without one the host serves the agent sockets and starts no containers.
         """
@@ -170,19 +193,34 @@ class Host:
                     "inbox items made visible again after restart",
                     extra={"fields": {"count": recovered}},
                 )
-            await host.http.listen(
-                Listener(paths.control_socket, "operator", host._control_router())
+            control = Listener(
+                paths.control_socket,
+                "operator",
+                host._control_router(),
+                limits=config.limits.control,
+                shared_budget=False,
             )
+            host._moved_aside("operator", await host.http.listen(control))
             for name in config.agents:
                 await host.open_agent_socket(name)
+            await host.mcp.apply()
+            await host.spawner.recover()
             # The host owns its background tasks: created here, cancelled and awaited below.
             host._tasks.add(asyncio.create_task(host._collect_forever(), name="bb-collector"))
             host._tasks.add(asyncio.create_task(host.audit.anchor_forever(), name="audit-anchor"))
             await host.automation.start(host._tasks)  # cron, wake checks, webhooks, lanes
-            if preload_llm and config.llm.models:
-                host.litellm.start()
+            models = config.llm.models.values()
+            if preload_llm and any(not passthrough.applies(m) for m in models):
+                host.litellm.start()  # a model needs LiteLLM: import it now, off the loop
+            if preload_llm and any(passthrough.applies(m) for m in models):
+                host.gateway.passthrough.prepare()  # the direct path's TLS context, off the loop
             await host.fleet.start_all()
             host._tasks.add(asyncio.create_task(host.fleet.supervise_forever(), name="fleet"))
+            host._tasks.add(asyncio.create_task(host.spawner.watch_forever(), name="spawner"))
+            host._tasks.add(asyncio.create_task(host.browsers.reap_forever(), name="browsers"))
+            host._tasks.add(
+                asyncio.create_task(host.browsers.handoffs.expire_forever(), name="vnc-expiry")
+            )
             host.bus.publish(HostStarted(at=host.clock(), pid=os.getpid()))
             # Everything built at start-up lives as long as the host: keep it out of the
             # cyclic GC's scans, whose full passes would otherwise add milliseconds to tails.
@@ -195,8 +233,11 @@ class Host:
                 task.cancel()
             await asyncio.gather(*host._tasks, return_exceptions=True)
             host._tasks.clear()
+            await host.browsers.close()
             await host.fleet.close()
             await host.automation.close()
+            await host.mcp.close()
+            await host.mcp_proxies.close_all()
             await host.http.close()
             await host.litellm.close()
             await host.gateway.close()
@@ -213,10 +254,60 @@ class Host:
                 handler.removeFilter(log_filter)
 
     async def open_agent_socket(self, name: str) -> None:
+        """Serve `name`'s socket, whatever its folder holds: what an agent left at the
+        socket path is moved aside (logged, audited), never followed, and never stops the
+        host from starting; a socket that cannot be served is logged and audited."""
         owner = self.fleet.owner() if self.fleet.backend is not None else None
-        await self.http.listen(
-            Listener(self.paths.agent_socket(name), name, self._agent_router(name), owner=owner)
+        limits = self.config.limits
+        rates = limits.rates
+        listener = Listener(
+            self.paths.agent_socket(name),
+            name,
+            self._agent_router(name),
+            # Root: the folder (the agent's, 0700) is the fence, the socket needs no chown.
+            mode=0o666 if owner is not None else 0o600,
+            owner=owner,
+            limits=limits.agent,
+            rates={
+                bucket: Rate(getattr(rates, bucket).per_s, getattr(rates, bucket).burst)
+                for bucket in type(rates).model_fields
+            },
+            per_turn=limits.requests_per_turn,
+            trusted_root=self.paths.run,
         )
+        try:
+            self._moved_aside(name, await self.http.listen(listener))
+        except (LegionError, OSError) as exc:
+            log.error(
+                "cannot serve an agent socket; the agent cannot reach the host",
+                extra={"fields": {"agent": name, "error": str(exc)}},
+            )
+            self.audit.append("host", "socket.unavailable", name, "deny", error=str(exc))
+        await self.mcp_proxies.open(name)  # its local MCP servers' egress, if any
+
+    async def ensure_agent_socket(self, name: str) -> None:
+        """Before an agent (re)starts: its socket is still the one the host bound, or it
+        is bound afresh (an agent may have removed or replaced it before it exited)."""
+        if not self.http.is_serving(self.paths.agent_socket(name)):
+            await self.open_agent_socket(name)
+
+    def _moved_aside(self, principal: str, moved: list[Moved]) -> None:
+        for item in moved:
+            self.audit.append(
+                "host",
+                "socket.moved_aside",
+                principal,
+                "deny",
+                path=item.path,
+                kind=item.kind,
+                moved_to=item.moved_to,
+            )
+
+    def _limit_reached(self, principal: str, kind: str, count: int, fields: dict[str, Any]) -> None:
+        """A socket limit was hit (reported at most once per interval, with the count)."""
+        if kind == "protocol_error":
+            return  # malformed requests are logged (throttled), not audited
+        self.audit.append(principal, f"limit.{kind}", principal, "deny", count=count, **fields)
 
     async def reopen_control_socket(self) -> None:
         """Serve run/control.sock afresh (it was deleted or replaced under the running host);
@@ -234,6 +325,11 @@ class Host:
         names = {m.credential for m in self.config.llm.models.values() if m.credential}
         return self.vault.values(names=names) if names else []
 
+    def _granted_values(self, agent: str) -> list[str]:
+        """The credentials `agent` may substitute (what its egress and browser mask)."""
+        cfg = self.config.agents.get(agent)
+        return self.vault.granted_values(cfg.permissions.allowed_credentials) if cfg else []
+
     def _control_router(self) -> Router:
         """The operator's socket: every response masked, and every request body, so a vault
         value the operator pastes never becomes state an agent can read."""
@@ -243,6 +339,12 @@ class Host:
         """An agent's socket: the LLM routes mask provider keys; the routes that show
         operator-authored config mask every vault value; the rest return what was written."""
         router = build_agent_router(self, name)
+        # The browser types the agent's credentials into pages: like egress, it masks them
+        # (and only them) in what it hands back (a bound site may echo one in its text).
+        browser = {
+            (r.method, r.template) for r in router.routes if r.template.startswith("/v1/browser/")
+        }
+        mask_routes(router, Redactor(functools.partial(self._granted_values, name)), only=browser)
         mask_routes(router, self.provider_redactor, only=LLM_ROUTES)
         mask_routes(router, self.redactor, only=CONFIG_ROUTES)
         return router
@@ -250,19 +352,32 @@ class Host:
     async def apply_config(self, new: Config) -> dict[str, list[str]]:
         """Apply a changed legion.toml: agents, teams, models, egress and runtime take effect
         now; [host] settings need a restart (reported, not applied)."""
-        old_agents = set(self.config.agents)
+        # Sub-agents are not in legion.toml: they stay (a configured agent of the same name
+        # ends the sub-agent first).
+        for name in sorted(set(self.spawner.children) & set(new.agents)):
+            await self.spawner.reap(name, "a configured agent took its name")
+        spawned = {n: c for n, c in self.config.agents.items() if n in self.spawner.children}
+        old_agents = set(self.config.agents) - set(spawned)
         new_agents = set(new.agents)
-        restart_needed = [] if new.host == self.config.host else ["host"]
+        restart_needed = [
+            s for s in ("host", "limits") if getattr(new, s) != getattr(self.config, s)
+        ]
         for name in sorted(old_agents - new_agents):
             await self.fleet.forget(name)
             await self.http.unlisten(self.paths.agent_socket(name))
         # Components share this Config object: swapping its sections updates them all.
-        self.config.agents = new.agents
+        self.config.agents = {**new.agents, **spawned}
         self.config.teams = new.teams
         self.config.llm = new.llm
         self.config.runtime = new.runtime
         self.config.egress = new.egress
+        self.config.images = new.images
+        self.config.mcp = new.mcp
+        self.config.browser = new.browser
         self.egress = self._make_egress()
+        await self.mcp.apply()
+        await self.mcp_proxies.sync()
+        await self.browsers.reconcile()
         for name in sorted(new_agents - old_agents):
             await self.open_agent_socket(name)
             if self.fleet.backend is not None and new.agents[name].autostart:
@@ -377,6 +492,16 @@ class Host:
             fleet=fleet,
             embedding_model=cfg.embedding_model or self.config.llm.embedding_model,
             loop_detection=LoopDetection(**cfg.loop_detection.model_dump()),
+            parent=self.spawner.parent_of(agent),
+            expires_at=child.expires_at if (child := self.spawner.children.get(agent)) else None,
+            mcp_stdio=[
+                McpStdioSpec(name=name, **server.model_dump()) for name, server in cfg.mcp.items()
+            ],
+            mcp_remote=[
+                name
+                for name in sorted(self.config.mcp)
+                if self.permissions.allows(agent, Perm.MCP, name)
+            ],
         )
 
     def reply(self, agent: str, body: ReplyRequest) -> ReplyAccepted:

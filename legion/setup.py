@@ -65,9 +65,7 @@ PROVIDERS: dict[str, Provider] = {
         Provider("mistral", "Mistral", "mistral", "mistral", ("mistral-small-latest",)),
         Provider("groq", "Groq", "groq", "groq", ("llama-3.1-8b-instant",)),
         Provider("deepseek", "DeepSeek", "deepseek", "deepseek", ("deepseek-chat",)),
-        Provider(
-            "openrouter", "OpenRouter", "openrouter", "openrouter", ("openai/gpt-4o-mini",)
-        ),
+        Provider("openrouter", "OpenRouter", "openrouter", "openrouter", ("openai/gpt-4o-mini",)),
         Provider(
             "compatible",
             "OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp, a proxy)",
@@ -184,9 +182,7 @@ def problems(choice: Choice) -> list[str]:
     if choice.key:
         problem = value_problem(choice.key)
         if problem is not None:
-            out.append(
-                f"the key was not accepted: {problem}. Paste the key your provider issued"
-            )
+            out.append(f"the key was not accepted: {problem}. Paste the key your provider issued")
     elif spec.key_required:
         out.append(
             f"{spec.label} needs an API key: give it with --key-stdin (or at the prompt); "

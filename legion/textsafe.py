@@ -33,21 +33,13 @@ Pure standard library, so the TUI and anything else can import it.
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Any
 
-_KEEP_FORMAT = frozenset({"\u200d"})  # ZWJ: emoji sequences
+from legion.wire.textrule import unsafe_char
 
-
-def _unsafe(ch: str) -> bool:
-    code = ord(ch)
-    if code < 0x20 or 0x7F <= code <= 0x9F:
-        return True
-    if code < 0xA0:
-        return False
-    if ch in _KEEP_FORMAT:
-        return False
-    return unicodedata.category(ch) in ("Cf", "Zl", "Zp", "Cs")
+# The rule itself lives in legion.wire.textrule (shared with the agent runtime, which
+# strips these characters from third-party text instead of escaping them).
+_unsafe = unsafe_char
 
 
 def _escape(ch: str) -> str:

@@ -281,11 +281,12 @@ DAEMON_WRAPPER = """
 import atexit, json, os, sys
 
 def report():
-    print(json.dumps({
+    # the daemon turns prints into log records: write to the real stdout
+    os.write(1, (json.dumps({
         "served": os.path.exists(os.environ["LEGION_TEST_HOME"] + "/host.db"),
         "textual": sorted(m for m in sys.modules if m == "textual" or m.startswith("textual.")),
         "tui": sorted(m for m in sys.modules if m == "tui" or m.startswith("tui.")),
-    }), flush=True)
+    }) + chr(10)).encode())
 
 atexit.register(report)
 from legion.cli.main import main

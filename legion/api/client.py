@@ -35,9 +35,12 @@ from legion.wire.automation import (
     WebhookList,
     WebhookRemoved,
 )
+from legion.wire.browser import BrowserInfo, BrowserList, Handoff
 from legion.wire.dispatch import PauseState
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
+from legion.wire.mcp import McpList
+from legion.wire.skills import SkillInfo, SkillList, SkillText
 
 
 class HostNotRunning(Exception):
@@ -206,6 +209,44 @@ class ControlClient:
         )
         return result
 
+    def mcp(self, agent: str | None = None) -> McpList:
+        params = {"agent": agent} if agent else {}
+        result: McpList = self._request("GET", "/v1/mcp", McpList, params=params)
+        return result
+
+    def skills(self, agent: str | None = None) -> SkillList:
+        params = {"agent": agent} if agent else {}
+        result: SkillList = self._request("GET", "/v1/skills", SkillList, params=params)
+        return result
+
+    def skill_add(
+        self, name: str, files: dict[str, str], agent: str | None, replace: bool
+    ) -> SkillInfo:
+        body = {"name": name, "agent": agent, "files": files, "replace": replace}
+        result: SkillInfo = self._request("POST", "/v1/skills", SkillInfo, json=body, timeout=120)
+        return result
+
+    def skill_remove(self, name: str, agent: str | None) -> SkillList:
+        params = {"agent": agent} if agent else {}
+        result: SkillList = self._request(
+            "DELETE", f"/v1/skills/{quote(name, safe='')}", SkillList, params=params
+        )
+        return result
+
+    def skill_show(self, name: str, agent: str | None, source: str | None) -> SkillText:
+        params = {k: v for k, v in (("agent", agent), ("source", source)) if v}
+        result: SkillText = self._request(
+            "GET", f"/v1/skills/{quote(name, safe='')}", SkillText, params=params
+        )
+        return result
+
+    def skill_promote(self, name: str, agent: str, to: str | None, replace: bool) -> SkillInfo:
+        body = {"agent": agent, "to": to, "replace": replace}
+        result: SkillInfo = self._request(
+            "POST", f"/v1/skills/{quote(name, safe='')}/promote", SkillInfo, json=body
+        )
+        return result
+
     def reload(self) -> ReloadResult:
         result: ReloadResult = self._request("POST", "/v1/config/reload", ReloadResult, timeout=120)
         return result
@@ -328,6 +369,28 @@ class ControlClient:
 
     def paused(self) -> PauseState:
         result: PauseState = self._request("GET", "/v1/pause", PauseState)
+        return result
+
+    def browsers(self) -> BrowserList:
+        result: BrowserList = self._request("GET", "/v1/browsers", BrowserList)
+        return result
+
+    def browser_handoff(self, name: str) -> Handoff:
+        result: Handoff = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/handoff", Handoff, timeout=120
+        )
+        return result
+
+    def browser_done(self, name: str, note: str = "") -> BrowserInfo:
+        result: BrowserInfo = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/done", BrowserInfo, json={"note": note}
+        )
+        return result
+
+    def browser_stop(self, name: str) -> BrowserInfo:
+        result: BrowserInfo = self._request(
+            "POST", f"/v1/browsers/{quote(name, safe='')}/stop", BrowserInfo, timeout=60
+        )
         return result
 
     def running(self) -> bool:

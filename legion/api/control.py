@@ -20,6 +20,7 @@ from legion.api.agent import build_shared_routes
 from legion.api.http import Call, Router, StreamResponse
 from legion.api.operator import build_operator_routes
 from legion.automation.routes import add_control_routes as add_automation_routes
+from legion.browser.files import remove_profile
 from legion.errors import BadRequest, ConfigError, LegionError, NotFound
 from legion.fleet import volume
 from legion.fsutil import UnsafeEntry
@@ -127,6 +128,7 @@ def build_control_router(host: Host) -> Router:
             )
         try:
             removed = await asyncio.to_thread(volume.remove, host.paths, name)
+            removed = await asyncio.to_thread(remove_profile, host.paths, name) or removed
         except UnsafeEntry as exc:
             host.audit.append(
                 "host", "agent.volume_refused", name, "deny", reason=str(exc), path=exc.path
@@ -169,7 +171,43 @@ def build_control_router(host: Host) -> Router:
         return StreamResponse(lines(), on_abandon=abandon)
 
     add_automation_routes(router, host)  # cron, webhooks, steer (legion/automation/routes.py)
+    build_browser_control_routes(router, host)
+    from legion.api.control_extend import build_extend_routes
+
+    build_extend_routes(router, host)  # MCP, skills (issue 14)
     return router
+
+
+def build_browser_control_routes(router: Router, host: Host) -> None:
+    """The operator's view of the agents' browsers, and the human hand-off."""
+    from legion.wire.browser import BrowserInfo, BrowserList, DoneRequest, Handoff
+
+    @router.route("GET", "/v1/browsers", response=BrowserList)
+    async def browsers(call: Call) -> BrowserList:
+        """Every agent's browser: state, URL, title, last action, waiting for a human."""
+        return host.browsers.list()
+
+    @router.route("POST", "/v1/browsers/{name}/handoff", response=Handoff)
+    async def browser_handoff(call: Call) -> Handoff:
+        """A VNC link (noVNC on 127.0.0.1, expiring token) to an agent's browser; starts the
+        browser when it is not running."""
+        name = call.params["name"]
+        host.browsers.slot(name)
+        return await host.browsers.handoffs.open(name, call.principal)
+
+    @router.route("POST", "/v1/browsers/{name}/done", body=DoneRequest, response=BrowserInfo)
+    async def browser_done(call: Call) -> BrowserInfo:
+        """End the hand-off: the VNC links stop working and the waiting agent resumes."""
+        body: DoneRequest = call.body
+        return await host.browsers.done(call.params["name"], body.note, call.principal)
+
+    @router.route("POST", "/v1/browsers/{name}/stop", response=BrowserInfo)
+    async def browser_stop(call: Call) -> BrowserInfo:
+        """Stop an agent's browser container (the next action starts it again)."""
+        name = call.params["name"]
+        host.audit.append(call.principal, "browser.stop", name, "allow", reason="operator")
+        await host.browsers.stop(name, "stopped by the operator")
+        return host.browsers.info(name)
 
 
 def host_agents(host: Host) -> AgentList:
@@ -193,6 +231,7 @@ def host_agents(host: Host) -> AgentList:
                 last_seen=host.last_seen.get(name),
                 inbox_depth=host.inboxes.depth(name),
                 paused=host.gateway.inflight.paused(name) is not None,
+                parent=host.spawner.parent_of(name),
             )
         )
     backend = host.fleet.backend
@@ -299,7 +338,12 @@ async def reload_config(host: Host, actor: str = "operator") -> ReloadResult:
         ]
         if too_long:
             _refused(host, actor, path, too_long)
-        changed = config_changes(host.config, new)
+        children = set(host.spawner.children)  # sub-agents are not in legion.toml
+        changed = [
+            key
+            for key in config_changes(host.config, new)
+            if not any(_under(key, f"agents.{name}") for name in children)
+        ]
         running = {
             name
             for name, run in host.fleet.runs.items()

@@ -6,76 +6,70 @@ code we own, keeps that invariant one line long (`Listener.principal`), lets
 hundreds of listeners share one event loop without per-server signal handling,
 and keeps a request hop to a few tens of microseconds.
 
-Each route declares its body model, response model and policy (permission and
-target) in one place; the server validates, authorizes and audits before the
-handler runs, so no handler can forget to.
+Each route declares its body model, response model, policy (permission and
+target) and rate class in one place; the server rate-limits, validates,
+authorizes and audits before the handler runs, so no handler can forget to.
+
+Request framing is h11's (`legion.api.conn`); the accept loop is ours: each socket
+has its own connection cap (the accept loop stops accepting at the cap, so a flood
+waits in the kernel's backlog and costs the host nothing), its own timeouts, its own
+budget of request bytes in flight, token buckets per route class and a turn gate
+(`legion.api.limits`). What an agent leaves at its socket path is moved aside, never
+followed (`legion.api.sockpath`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import socket
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from http import HTTPStatus
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from legion.api import sockpath
+from legion.api.conn import Connection
+from legion.api.framing import MAX_HEAD_BYTES, READ_BYTES, error_response
+from legion.api.httptypes import Call, Request, Response, StreamResponse
+from legion.api.limits import RESERVED_FDS, GateBoard, Rate, Throttle, raise_open_files_limit
+from legion.api.serving import Listener, Serving
+from legion.config import SocketLimits
 from legion.errors import LegionError
 from legion.paths import MAX_SOCKET_PATH
 from legion.wire.errors import ErrorBody, ErrorDetail
 from legion.wire.fields import CONFIGURED
 
+if TYPE_CHECKING:
+    from legion.api.sockpath import Moved
+
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "Call",
+    "HttpServer",
+    "Listener",
+    "Policy",
+    "Request",
+    "Response",
+    "Route",
+    "Router",
+    "StreamResponse",
+]
+
 log = logging.getLogger("legion.http")
 
-MAX_HEAD_BYTES = 32 * 1024
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Response:
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "application/json"
-
-
-@dataclass
-class StreamResponse:
-    """A chunked response; each item of `chunks` is written and flushed as it comes."""
-
-    chunks: AsyncIterator[bytes]
-    status: int = 200
-    content_type: str = "application/x-ndjson"
-    # Runs when the client is gone before the first chunk was asked for: the producer's
-    # own `finally` never ran then (an async generator that never started has nothing to
-    # clean up), so whoever holds a resource for it (a reservation, a subscription) frees it.
-    on_abandon: Callable[[], Awaitable[None]] | None = None
-
-
-@dataclass
-class Call:
-    """One request as a handler sees it: who (from the socket), what, validated body."""
-
-    principal: str
-    request: Request
-    params: dict[str, str]
-    body: Any
-
+BACKLOG = 128
+# Connections one socket accepts in one turn of the event loop while others are active.
+ACCEPTS_PER_TURN = 16
 
 Handler = Callable[[Call], Awaitable[BaseModel | Response | StreamResponse]]
 
@@ -104,6 +98,10 @@ class Route:
     params: dict[str, Any] = field(default_factory=dict)
     query: dict[str, Any] = field(default_factory=dict)
     links: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The rate bucket this route draws from on an agent socket (None: unmetered).
+    rate: str | None = None
+    # The handler only waits (a long poll): when its client goes, cancel it.
+    cancel_on_disconnect: bool = False
     regex: re.Pattern[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +117,18 @@ class Route:
         if call.body is not None and hasattr(call.body, name):
             return str(getattr(call.body, name))
         return call.request.query.get(name, "")
+
+
+class MethodNotAllowed(LegionError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message, allowed=allowed)
+        self.allowed = allowed
+
+    def http_headers(self) -> list[tuple[str, str]]:
+        return [("allow", ", ".join(self.allowed))]
 
 
 class Router:
@@ -137,6 +147,8 @@ class Router:
         params: dict[str, Any] | None = None,
         query: dict[str, Any] | None = None,
         links: dict[str, dict[str, Any]] | None = None,
+        rate: str | None = None,
+        cancel_on_disconnect: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             summary = (handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else ""
@@ -152,6 +164,8 @@ class Router:
                     params or {},
                     query or {},
                     links or {},
+                    rate,
+                    cancel_on_disconnect,
                 )
             )
             return handler
@@ -159,21 +173,22 @@ class Router:
         return register
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route for `method path`; HEAD is served by the GET route (without a body)."""
         allowed: list[str] = []
+        wanted = "GET" if method == "HEAD" else method
         for route in self.routes:
             m = route.regex.match(path)
             if m is None:
                 continue
-            if route.method != method:
+            if route.method != wanted:
                 allowed.append(route.method)
+                if route.method == "GET":
+                    allowed.append("HEAD")
                 continue
             return route, {k: unquote(v) for k, v in m.groupdict().items()}
         if allowed:
-            raise LegionError(
-                f"{method} is not allowed on {path}; use {', '.join(allowed)}",
-                code="method_not_allowed",
-                status=405,
-                allowed=allowed,
+            raise MethodNotAllowed(
+                f"{method} is not allowed on {path}; use {', '.join(allowed)}", allowed
             )
         raise LegionError(
             f"no route {method} {path}; see GET /v1/openapi.json", code="no_route", status=404
@@ -293,6 +308,8 @@ def _apply_configured(node: Any, configured: Mapping[str, Any]) -> None:
 
 
 Authorizer = Callable[[Call, Route], None]
+# (principal, kind, count, fields): a limit was hit `count` times since the last report.
+LimitReport = Callable[[str, str, int, dict[str, Any]], None]
 
 
 def _error_bytes(exc: LegionError) -> bytes:
@@ -305,17 +322,6 @@ def _encode(result: BaseModel | Response | StreamResponse) -> Response | StreamR
     return Response(200, result.model_dump_json().encode())
 
 
-@dataclass
-class Listener:
-    """One socket and the principal every request on it acts as."""
-
-    path: Path
-    principal: str
-    router: Router
-    mode: int = 0o600
-    owner: tuple[int, int] | None = None  # chown the socket and its folder to this uid:gid
-
-
 class HttpServer:
     """Serves any number of Unix-socket listeners on the running loop."""
 
@@ -326,16 +332,33 @@ class HttpServer:
         authorize: Authorizer | None = None,
         redact: Callable[[bytes], bytes] | None = None,
         redact_again: Callable[[bytes], bytes] | None = None,
+        on_limit: LimitReport | None = None,
+        log_interval_s: float = 10.0,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.authorize = authorize
         self.redact = redact
         # For the 2nd..nth chunk of one streamed response: no re-reading of the secrets.
         self.redact_again = redact_again or redact
-        self._servers: dict[Path, asyncio.AbstractServer] = {}
-        self._conns: set[asyncio.Task[None]] = set()
+        self.on_limit = on_limit
+        self.throttle = Throttle(log_interval_s, self._report_limit)
+        self._serving: dict[Path, Serving] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.adopting: set[asyncio.Task[Any]] = set()
+        self.gates = GateBoard()  # which sockets compete for turns right now
+        # Every read of every connection lands here first (the loop reads one socket at
+        # a time), so no read is larger than READ_BYTES.
+        self.scratch = memoryview(bytearray(READ_BYTES))
+        # Every agent connection is a descriptor: together they stay below the process's
+        # limit (raised to the hard limit), with room kept for everything else.
+        self.max_shared_conns = max(64, raise_open_files_limit() - RESERVED_FDS)
+        self.shared_conns = 0
+        self.fd_freed = asyncio.Event()
 
-    async def listen(self, listener: Listener) -> None:
+    # --- listeners --------------------------------------------------------------------
+
+    async def listen(self, listener: Listener) -> list[Moved]:
+        """Bind `listener`'s socket and serve it; returns what had to be moved aside."""
         path = listener.path
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise LegionError(
@@ -343,209 +366,230 @@ class HttpServer:
                 f"{MAX_SOCKET_PATH}. Use a shorter LEGION_HOME",
                 code="socket_path_too_long",
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_socket() or path.exists():
-            path.unlink()
-
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._conns.add(task)
-            try:
-                await self._serve_connection(listener, reader, writer)
-            finally:
-                self._conns.discard(task)
-
-        old_umask = os.umask(0o177)  # the socket is born 0600, no window
+        old = self._serving.pop(path, None)
+        if old is not None:
+            await self._stop(old)
+        root = listener.trusted_root or path.parent
+        sdir = sockpath.open_socket_dir(
+            root,
+            path.parent.relative_to(root).parts,
+            label=listener.principal,
+            owner=listener.owner,
+        )
         try:
-            server = await asyncio.start_unix_server(
-                on_connect, path=str(path), limit=MAX_HEAD_BYTES
-            )
+            sockpath.clear_name(sdir, path.name, label=listener.principal)
+            sock, inode = sockpath.bind_in(sdir, path.name, listener.mode, BACKLOG)
         finally:
-            os.umask(old_umask)
-        # Never follow a symlink here: an agent's folder may be writable by a container of
-        # an earlier host still running, which could swap the socket for a link. (The socket
-        # was born 0600 under the umask above; chown below does not follow links.)
-        if path.is_symlink() or not path.is_socket():
-            raise LegionError(
-                f"{path} was replaced by something other than our socket; "
-                "stop the old agent container and restart",
-                code="socket_swapped",
-                status=500,
+            sockpath.close_socket_dir(sdir)
+        serving = Serving(self, listener, sock, inode)
+        serving.accepting = asyncio.create_task(
+            self._accept_forever(serving), name=f"accept:{listener.principal}"
+        )
+        self._serving[path] = serving
+        for moved in sdir.moved:
+            log.warning(
+                "moved aside what stood at a socket path",
+                extra={
+                    "fields": {
+                        "principal": listener.principal,
+                        "path": moved.path,
+                        "kind": moved.kind,
+                        "moved_to": moved.moved_to,
+                    }
+                },
             )
-        os.chmod(path, listener.mode)
-        if listener.owner is not None:
-            if path.parent.is_symlink():
-                raise LegionError(
-                    f"{path.parent} is a symlink; remove it and restart",
-                    code="socket_dir_symlink",
-                    status=500,
-                )
-            os.chown(path.parent, *listener.owner, follow_symlinks=False)
-            os.chmod(path.parent, 0o700)
-            os.chown(path, *listener.owner, follow_symlinks=False)
-        self._servers[path] = server
+        return sdir.moved
+
+    def is_serving(self, path: Path) -> bool:
+        """Whether `path` is still the socket this server bound (nobody replaced it)."""
+        serving = self._serving.get(path)
+        if serving is None:
+            return False
+        return sockpath.is_our_socket(serving.root, serving.components, path.name, serving.inode)
 
     async def listen_tcp(
-        self, host: str, port: int, principal: str, router: Router
+        self,
+        host: str,
+        port: int,
+        principal: str,
+        router: Router,
+        *,
+        limits: SocketLimits | None = None,
+        rates: dict[str, Rate] | None = None,
     ) -> tuple[str, int]:
         """Serve `router` on a TCP address (the webhook listener; loopback unless the
-        operator binds elsewhere). Every request acts as `principal`. Returns the bound
+        operator binds elsewhere), with the same accept loop, connection cap, read timeouts
+        and buckets as a Unix socket. Every request acts as `principal`. Returns the bound
         (host, port): port 0 picks a free one."""
-        listener = Listener(Path(f"tcp:{host}:{port}"), principal, router)
-
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._conns.add(task)
-            try:
-                await self._serve_connection(listener, reader, writer)
-            finally:
-                self._conns.discard(task)
-
-        server = await asyncio.start_server(on_connect, host, port, limit=MAX_HEAD_BYTES)
-        bound = server.sockets[0].getsockname()
-        self._servers[Path(f"tcp:{bound[0]}:{bound[1]}")] = server
+        sock = socket.create_server((host, port), backlog=BACKLOG, reuse_port=False)
+        sock.setblocking(False)
+        bound = sock.getsockname()
+        path = Path(f"tcp:{bound[0]}:{bound[1]}")
+        listener = Listener(
+            path,
+            principal,
+            router,
+            limits=limits or SocketLimits(),
+            rates=rates,
+            trusted_root=path.parent,
+            shared_budget=False,
+        )
+        serving = Serving(self, listener, sock, inode=0)  # inode 0: no file to unlink
+        serving.accepting = asyncio.create_task(
+            self._accept_forever(serving), name=f"accept:{principal}:tcp"
+        )
+        self._serving[path] = serving
         return str(bound[0]), int(bound[1])
 
     async def unlisten(self, path: Path) -> None:
-        server = self._servers.pop(path, None)
-        if server is not None:
-            server.close()
-            await server.wait_closed()
-        path.unlink(missing_ok=True)  # noqa: ASYNC240 - a local unlink, microseconds
+        """Stop serving `path`: no new connections, the open ones closed, the socket gone."""
+        serving = self._serving.pop(path, None)
+        if serving is not None:
+            await self._stop(serving, drop=True)
+
+    async def _stop(self, serving: Serving, *, drop: bool = False) -> None:
+        if serving.accepting is not None:
+            serving.accepting.cancel()
+            await asyncio.gather(serving.accepting, return_exceptions=True)
+        serving.sock.close()
+        if serving.parse_timer is not None:
+            serving.parse_timer.cancel()
+        path = serving.listener.path
+        sockpath.unlink_if_ours(serving.root, serving.components, path.name, serving.inode)
+        if drop:
+            for conn in list(serving.conns):
+                conn.abort()
 
     async def close(self) -> None:
-        for path in list(self._servers):
-            server = self._servers.pop(path)
-            server.close()
-            if path.is_socket():
-                path.unlink()
-        for task in list(self._conns):
+        for path in list(self._serving):
+            await self._stop(self._serving.pop(path), drop=True)
+        for task in list(self.tasks):
             task.cancel()
-        if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.adopting:
+            await asyncio.gather(*self.adopting, return_exceptions=True)
+        self.throttle.close()
 
-    # --- one connection ---------------------------------------------------------
+    # --- accepting ----------------------------------------------------------------------
 
-    async def _serve_connection(
-        self, listener: Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            while True:
+    def shared_slot_freed(self) -> None:
+        if self.shared_conns == self.max_shared_conns - 1:
+            for serving in self._serving.values():
+                serving.slot.set()
+
+    async def _accept_forever(self, serving: Serving) -> None:
+        while True:
+            try:
+                await self._accept_some(serving)
+            except Exception:  # never stop serving a socket over one bad accept
+                log.exception("accepting on %s failed; going on", serving.listener.path)
+                await asyncio.sleep(0.1)
+
+    async def _accept_some(self, serving: Serving) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if serving.full():
+                # At the cap: accept nothing; new connections wait in the kernel's backlog
+                # (and beyond it are refused there), costing the host nothing.
+                serving.note(
+                    "connection_cap",
+                    open=len(serving.conns),
+                    limit=serving.limits.max_connections,
+                )
+                serving.slot.clear()
+                await serving.slot.wait()
+                continue
+            try:
+                conn_sock, _ = await loop.sock_accept(serving.sock)
+            except OSError as exc:
+                await self._accept_failed(serving, exc)
+                continue
+            self._adopt(serving, conn_sock)
+            # Take more of the backlog in the same turn (a burst of connections is served
+            # together); while other sockets are active, a bounded number, so a flood of
+            # connects is spread over turns.
+            gate = serving.gate
+            batch = ACCEPTS_PER_TURN if gate is not None and not gate.alone() else BACKLOG
+            for _ in range(batch - 1):
+                if serving.full():
+                    break
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    return
-                except asyncio.LimitOverrunError:
-                    await self._write(
-                        writer,
-                        Response(
-                            431,
-                            _error_bytes(
-                                LegionError(
-                                    "request head too large", code="head_too_large", status=431
-                                )
-                            ),
-                        ),
-                        False,
-                    )
-                    return
-                keep_alive = await self._handle(listener, head, reader, writer)
-                if not keep_alive:
-                    return
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+                    conn_sock, _ = serving.sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    await self._accept_failed(serving, exc)
+                    break
+                self._adopt(serving, conn_sock)
 
-    async def _handle(
+    async def _accept_failed(self, serving: Serving, exc: OSError) -> None:
+        serving.note("accept_error", error=f"{exc.__class__.__name__}: {exc}")
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            # Out of descriptors: wait for a connection to close (or a second) first.
+            self.fd_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.fd_freed.wait(), 1.0)
+
+    def _adopt(self, serving: Serving, conn_sock: socket.socket) -> None:
+        """Make a connection of an accepted socket (its transport is set up in a task)."""
+        loop = asyncio.get_running_loop()
+        conn_sock.setblocking(False)
+        serving.pending += 1
+        made: list[Connection] = []
+
+        def factory() -> Connection:
+            made.append(Connection(serving))
+            return made[0]
+
+        task = loop.create_task(loop.connect_accepted_socket(factory, conn_sock))
+        self.adopting.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self.adopting.discard(task)
+            if task.cancelled() or task.exception() is not None:
+                conn_sock.close()
+                if not made or made[0].transport is None:
+                    serving.pending -= 1  # never opened: no longer pending either
+                serving.slot.set()
+                if not task.cancelled():
+                    serving.note("accept_error", error=str(task.exception()))
+
+        task.add_done_callback(done)
+
+    def _report_limit(self, principal: str, kind: str, count: int, fields: dict[str, Any]) -> None:
+        log.warning(
+            "limit reached",
+            extra={"fields": {"principal": principal, "limit": kind, "count": count, **fields}},
+        )
+        if self.on_limit is not None:
+            try:
+                self.on_limit(principal, kind, count, fields)
+            except Exception:
+                log.exception("recording a limit report failed")
+
+    # --- one request --------------------------------------------------------------------
+
+    async def dispatch(
         self,
         listener: Listener,
-        head: bytes,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        try:
-            request_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
-            method, target, version = request_line.split(" ", 2)
-            headers: dict[str, str] = {}
-            for line in header_lines:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        except ValueError:
-            await self._write(
-                writer,
-                Response(
-                    400,
-                    _error_bytes(LegionError("malformed HTTP request", code="malformed_request")),
-                ),
-                False,
-            )
-            return False
-        keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            await self._write(
-                writer,
-                Response(
-                    411,
-                    _error_bytes(
-                        LegionError(
-                            "chunked request bodies are not accepted; send Content-Length",
-                            code="length_required",
-                            status=411,
-                        )
-                    ),
-                ),
-                False,
-            )
-            return False
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            length = -1
-        if length < 0:
-            await self._write(
-                writer,
-                Response(
-                    400,
-                    _error_bytes(LegionError("invalid Content-Length", code="malformed_request")),
-                ),
-                False,
-            )
-            return False
-        if length > self.max_body_bytes:
-            await self._write(
-                writer,
-                Response(
-                    413,
-                    _error_bytes(
-                        LegionError(
-                            f"body is {length} bytes; the limit is {self.max_body_bytes}",
-                            code="body_too_large",
-                            status=413,
-                            limit=self.max_body_bytes,
-                        )
-                    ),
-                ),
-                False,
-            )
-            return False
-        try:
-            body = await reader.readexactly(length) if length else b""
-        except asyncio.IncompleteReadError:
-            return False
-        if self.redact is not None and body:
-            body = self.redact(body)  # a vault value is never accepted into host state
-        split = urlsplit(target)
-        request = Request(method.upper(), split.path, dict(parse_qsl(split.query)), headers, body)
-        response = await self.dispatch(listener, request)
-        await self._write(writer, response, keep_alive)
-        return keep_alive
-
-    async def dispatch(self, listener: Listener, request: Request) -> Response | StreamResponse:
+        request: Request,
+        *,
+        conn: Connection | None = None,
+        undelivered: list[Callable[[], None]] | None = None,
+    ) -> Response | StreamResponse:
         try:
             route, params = listener.router.match(request.method, request.path)
+            serving = conn.serving if conn is not None else None
+            if serving is not None and serving.rates is not None and route.rate is not None:
+                try:
+                    serving.rates.check(listener.principal, route.rate)
+                except LegionError:
+                    serving.note("rate_limited", bucket=route.rate)
+                    raise
+            if self.redact is not None and request.body:
+                # A vault value is never accepted into host state.
+                request.body = self.redact(request.body)
             body: Any = None
             if route.body is not None:
                 try:
@@ -562,59 +606,22 @@ class HttpServer:
                         errors=json.loads(exc.json(include_url=False, include_input=False)),
                     ) from None
             call = Call(listener.principal, request, params, body)
+            if undelivered is not None:
+                call.undelivered = undelivered
             if route.policy is not None and self.authorize is not None:
                 self.authorize(call, route)
-            return _encode(await route.handler(call))
+            if conn is None or not route.cancel_on_disconnect:
+                return _encode(await route.handler(call))
+            conn.cancellable = True  # a handler that only waits: stop it if the client goes
+            try:
+                return _encode(await route.handler(call))
+            finally:
+                conn.cancellable = False
         except LegionError as exc:
-            return Response(exc.status, _error_bytes(exc))
+            return error_response(exc)
         except Exception:
             log.exception("unhandled error serving %s %s", request.method, request.path)
             detail = ErrorDetail(
                 code="internal", message="internal error; see the host log", status=500
             )
             return Response(500, ErrorBody(error=detail).model_dump_json().encode())
-
-    async def _write(
-        self, writer: asyncio.StreamWriter, response: Response | StreamResponse, keep_alive: bool
-    ) -> None:
-        reason = HTTPStatus(response.status).phrase
-        conn = "keep-alive" if keep_alive else "close"
-        if isinstance(response, Response):
-            if self.redact is not None:
-                response.body = self.redact(response.body)
-            writer.write(
-                f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: {response.content_type}"
-                f"\r\ncontent-length: {len(response.body)}\r\nconnection: {conn}\r\n\r\n".encode()
-                + response.body
-            )
-            await writer.drain()
-            return
-        chunks = response.chunks
-        redact = self.redact
-        started = False
-        try:
-            # Inside the try: a client gone before the headers still runs the producer's
-            # cleanup (settling an LLM reservation, closing the upstream, an event feed).
-            writer.write(
-                f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: "
-                f"{response.content_type}\r\ntransfer-encoding: chunked\r\n"
-                f"connection: {conn}\r\n\r\n".encode()
-            )
-            await writer.drain()
-            started = True
-            async for chunk in chunks:
-                if chunk:
-                    if redact is not None:
-                        chunk = redact(chunk)
-                        redact = self.redact_again
-                    writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    await writer.drain()
-        finally:
-            # Run the producer's cleanup now (e.g. settle an aborted LLM stream), not at GC.
-            if not started and response.on_abandon is not None:
-                await response.on_abandon()
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()

@@ -65,6 +65,7 @@ def _steer_route(router: Router, host: Host) -> None:
         body=SteerRequest,
         response=SteerQueued,
         policy=Policy(STEER, "to", "steer"),
+        rate="write",
     )
     async def steer(call: Call) -> SteerQueued:
         """Steer an agent: the text reaches its running turn between two tool rounds
@@ -78,7 +79,11 @@ def add_agent_routes(router: Router, host: Host) -> None:
     cron = host.automation.cron
 
     @router.route(
-        "GET", "/v1/cron", response=CronJobList, policy=Policy(CRON, "agent", "cron.list")
+        "GET",
+        "/v1/cron",
+        response=CronJobList,
+        policy=Policy(CRON, "agent", "cron.list"),
+        rate="read",
     )
     async def cron_list(call: Call) -> CronJobList:
         """The caller's cron jobs (`cron_list`)."""
@@ -90,6 +95,7 @@ def add_agent_routes(router: Router, host: Host) -> None:
         body=CronSet,
         response=CronJob,
         policy=Policy(CRON, "name", "cron.set"),
+        rate="write",
     )
     async def cron_set(call: Call) -> CronJob:
         """Create or change one of the caller's cron jobs (`cron_set`), within
@@ -102,6 +108,7 @@ def add_agent_routes(router: Router, host: Host) -> None:
         "/v1/cron/{name}",
         response=CronRemoved,
         policy=Policy(CRON, "name", "cron.remove"),
+        rate="write",
     )
     async def cron_remove(call: Call) -> CronRemoved:
         """Remove one of the caller's cron jobs (`cron_remove`)."""
@@ -110,7 +117,7 @@ def add_agent_routes(router: Router, host: Host) -> None:
 
     _steer_route(router, host)
 
-    @router.route("POST", "/v1/steer/take", response=PollResponse)
+    @router.route("POST", "/v1/steer/take", response=PollResponse, rate="read")
     async def steer_take(call: Call) -> PollResponse:
         """Take the steer items waiting in the caller's own inbox (between tool rounds);
         ack them with the item of the turn they went into."""

@@ -197,7 +197,16 @@ def ls(as_json: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(
-        "agent", "state", "model", "team", "restarts/h", "inbox", "last seen", "reason", box=None
+        "agent",
+        "state",
+        "model",
+        "team",
+        "parent",
+        "restarts/h",
+        "inbox",
+        "last seen",
+        "reason",
+        box=None,
     )
     for a in listing.agents:
         style = {"running": "green", "failed": "red", "restarting": "yellow"}.get(a.state, "")
@@ -206,6 +215,7 @@ def ls(as_json: JsonOpt = False) -> None:
             cell(a.state),
             cell(a.model or "-"),
             cell(a.team or "-"),
+            cell(a.parent or "-"),
             str(a.restarts_last_hour),
             str(a.inbox_depth),
             fmt_time(a.last_seen),

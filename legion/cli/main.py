@@ -11,6 +11,7 @@ from legion.cli import (
     agents_cmd,
     audit_cmd,
     bb,
+    browser_cmd,
     chat_cmd,
     config_cmd,
     costs_cmd,
@@ -18,8 +19,10 @@ from legion.cli import (
     host_cmd,
     images_cmd,
     logs_cmd,
+    mcp_cmd,
     pause_cmd,
     setup_cmd,
+    skills_cmd,
     vault_cmd,
     webhooks_cmd,
 )
@@ -40,8 +43,11 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(vault_cmd.app, name="vault")
 app.add_typer(images_cmd.app, name="images")
 app.add_typer(agents_cmd.app, name="agents")
+app.add_typer(mcp_cmd.app, name="mcp")
+app.add_typer(skills_cmd.app, name="skills")
 app.add_typer(cron_cmd.app, name="cron")
 app.add_typer(webhooks_cmd.app, name="webhooks")
+app.add_typer(browser_cmd.app, name="browser")
 app.command("chat")(chat_cmd.chat)
 app.command("audit")(audit_cmd.audit)
 app.command("costs")(costs_cmd.costs)

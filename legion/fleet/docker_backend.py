@@ -3,18 +3,28 @@
 Every container: a non-root UID, all capabilities dropped, no-new-privileges, a read-only
 root, a noexec tmpfs at /tmp, memory, CPU and pids limits, NO network, the agent's volume
 at /data, its socket folder at /run/legion and its host-owned bootstrap files (SOUL.md,
-INSTRUCTIONS.md, ...) read-only at /etc/legion/identity. The Docker SDK blocks, so each call runs
-in a worker thread.
+INSTRUCTIONS.md, ...) read-only at /etc/legion/identity.
+
+The Docker SDK blocks, so each call runs in a worker thread of the backend's own bounded
+pool (never the event loop's default executor, which the rest of the host shares: 100
+starts must not queue behind, or hold up, anything else). The supervisor follows one event
+stream for the whole fleet (a thread of its own) and lists the containers once in a while;
+nothing here inspects containers one by one on a timer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import logging
+import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from legion.fleet.backend import (
     AgentSpec,
@@ -22,8 +32,11 @@ from legion.fleet.backend import (
     ContainerStatus,
     ExecResult,
     NoContainer,
+    StatusChange,
     TooManyLogStreams,
 )
+
+T = TypeVar("T")
 
 log = logging.getLogger("legion.fleet.docker")
 
@@ -37,6 +50,17 @@ LOG_BUFFER_CHUNKS = 64
 # What one chunk sent to the client gathers from the chunks waiting (Docker frames are lines).
 LOG_COALESCE_BYTES = 64 * 1024
 IDENTITY_MOUNT = "/etc/legion/identity"
+# Worker threads for Docker calls when the host does not say (`[runtime] start_concurrency`
+# plus a few for stops, statuses and logs while starts run).
+DEFAULT_WORKERS = 8
+SPARE_WORKERS = 4
+# The container events the supervisor follows (health_status matches every verdict).
+WATCHED_EVENTS = ("start", "die", "oom", "health_status", "destroy")
+# Containers whose `oom` event is remembered until their `die` event names the cause.
+OOM_MEMORY = 256
+_EXITED = re.compile(r"Exited \((-?\d+)\)")
+SKILLS_MOUNT = "/etc/legion/skills"
+EGRESS_MOUNT = "/run/legion-egress"
 
 
 def container_name(home_label: str, agent: str) -> str:
@@ -82,26 +106,115 @@ def container_config(spec: AgentSpec, name: str) -> dict[str, Any]:
         # shadow what the runtime reads its identity from.
         config["volumes"][str(spec.identity_dir)] = {"bind": IDENTITY_MOUNT, "mode": "ro"}
         config["environment"]["LEGION_IDENTITY"] = IDENTITY_MOUNT
+    # Skills the same way: the operator's, read-only (the agent's own are in /data).
+    for where, folder in (("fleet", spec.fleet_skills_dir), ("agent", spec.skills_dir)):
+        if folder is not None:
+            config["volumes"][str(folder)] = {"bind": f"{SKILLS_MOUNT}/{where}", "mode": "ro"}
+            config["environment"]["LEGION_SKILLS"] = SKILLS_MOUNT
+    if spec.egress_dir is not None:
+        # The host's folder, read-only: the agent connects to the socket, never replaces it.
+        config["volumes"][str(spec.egress_dir)] = {"bind": EGRESS_MOUNT, "mode": "ro"}
+        config["environment"]["LEGION_EGRESS_PROXY"] = f"{EGRESS_MOUNT}/proxy.sock"
     if spec.runtime:
         config["runtime"] = spec.runtime
     return config
 
 
+def create_arguments(api: Any, spec: AgentSpec, name: str, home_label: str) -> dict[str, Any]:
+    """The low-level `create_container` arguments of `spec` for this home (docker-py's
+    APIClient `api` builds the host config); the benchmarks start bare containers with
+    exactly these."""
+    config = container_config(spec, name)
+    config["labels"]["legion.home"] = home_label
+    volumes = config.pop("volumes")
+    host_config = api.create_host_config(
+        binds=volumes,
+        cap_drop=config.pop("cap_drop"),
+        security_opt=config.pop("security_opt"),
+        read_only=config.pop("read_only"),
+        tmpfs=config.pop("tmpfs"),
+        mem_limit=config.pop("mem_limit"),
+        memswap_limit=config.pop("memswap_limit"),
+        nano_cpus=config.pop("nano_cpus"),
+        pids_limit=config.pop("pids_limit"),
+        network_mode=config.pop("network_mode"),
+        init=config.pop("init"),
+        runtime=config.pop("runtime", None),
+        log_config=config.pop("log_config"),
+    )
+    config.pop("detach")
+    return {**config, "volumes": [v["bind"] for v in volumes.values()], "host_config": host_config}
+
+
+def status_of_listing(entry: dict[str, Any]) -> ContainerStatus:
+    """A container's status from one row of the engine's container list (`State` is
+    running, exited, created ...; `Status` is "Up 5 minutes (unhealthy)", "Exited (137) 3
+    seconds ago")."""
+    state = entry.get("State") or "unknown"
+    text = entry.get("Status") or ""
+    mapped = (
+        "running"
+        if state in ("running", "restarting")
+        else ("created" if state == "created" else "exited")
+    )
+    code = None
+    if mapped == "exited":
+        found = _EXITED.search(text)
+        code = int(found.group(1)) if found else None
+    health = None
+    for verdict in ("unhealthy", "healthy", "health: starting"):
+        if f"({verdict})" in text:
+            health = verdict.removeprefix("health: ")
+            break
+    return ContainerStatus(
+        mapped,  # type: ignore[arg-type]
+        exit_code=code,
+        container_id=entry.get("Id"),
+        health=health,
+    )
+
+
 class DockerBackend:
     name = "docker"
 
-    def __init__(self, home_label: str, client: Any | None = None) -> None:
+    def __init__(
+        self, home_label: str, client: Any | None = None, *, workers: int = DEFAULT_WORKERS
+    ) -> None:
         self.home_label = home_label
         self._client = client
+        self._workers = workers
+        # A bounded pool of its own: Docker calls never take the loop's default executor.
+        self._executor: ThreadPoolExecutor | None = None
+        self._client_lock = threading.Lock()
         self._log_streams = 0
         self._log_streams_lock = threading.Lock()
 
+    @classmethod
+    def for_starts(cls, home_label: str, start_concurrency: int) -> DockerBackend:
+        """A backend whose pool serves `start_concurrency` starts and a few other calls."""
+        return cls(home_label, workers=start_concurrency + SPARE_WORKERS)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._workers, thread_name_prefix="docker"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
     def _docker(self) -> Any:
+        with self._client_lock:  # many threads may ask for the first client at once
+            return self._connect()
+
+    def _connect(self) -> Any:
         if self._client is None:
             import docker
 
             try:
-                self._client = docker.from_env(timeout=30)
+                # One pooled connection per worker, plus the event stream and log streams.
+                self._client = docker.from_env(
+                    timeout=30, max_pool_size=self._workers + MAX_LOG_STREAMS + 2
+                )
                 self._client.ping()
             except Exception as exc:
                 self._client = None
@@ -128,31 +241,8 @@ class DockerBackend:
         import docker.errors
 
         client = self._docker()
-        config = container_config(spec, self._name(spec.name))
-        config["labels"]["legion.home"] = self.home_label
         api = client.api
-        volumes = config.pop("volumes")
-        host_config = api.create_host_config(
-            binds=volumes,
-            cap_drop=config.pop("cap_drop"),
-            security_opt=config.pop("security_opt"),
-            read_only=config.pop("read_only"),
-            tmpfs=config.pop("tmpfs"),
-            mem_limit=config.pop("mem_limit"),
-            memswap_limit=config.pop("memswap_limit"),
-            nano_cpus=config.pop("nano_cpus"),
-            pids_limit=config.pop("pids_limit"),
-            network_mode=config.pop("network_mode"),
-            init=config.pop("init"),
-            runtime=config.pop("runtime", None),
-            log_config=config.pop("log_config"),
-        )
-        config.pop("detach")
-        create = {
-            **config,
-            "volumes": [v["bind"] for v in volumes.values()],
-            "host_config": host_config,
-        }
+        create = create_arguments(api, spec, self._name(spec.name), self.home_label)
         try:
             # The low-level API: create + start, without the inspect round trips of the
             # high-level one (cold start is measured, see bench/agent_container.py).
@@ -161,9 +251,8 @@ class DockerBackend:
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: a container of that name is left over
                     raise
-                old = self._find(spec.name)
-                if old is not None:
-                    old.remove(force=True)
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.remove_container(self._name(spec.name), force=True)
                 container_id = api.create_container(**create)["Id"]
             api.start(container_id)
         except docker.errors.ImageNotFound:
@@ -193,13 +282,18 @@ class DockerBackend:
         )
 
     def _stop(self, agent: str, timeout_s: float) -> None:
-        container = self._find(agent)
-        if container is None:
-            return
+        import docker.errors
+
+        api = self._docker().api
+        name = self._name(agent)
         try:
-            container.stop(timeout=max(1, int(timeout_s)))
-        finally:
-            container.remove(force=True)
+            api.stop(name, timeout=max(1, int(timeout_s)))
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            pass  # it may have exited meanwhile: remove it all the same
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_container(name, force=True)
 
     def _status(self, agent: str) -> ContainerStatus:
         container = self._find(agent)
@@ -239,16 +333,16 @@ class DockerBackend:
     # --- the async interface ----------------------------------------------------------
 
     async def start(self, spec: AgentSpec) -> ContainerStatus:
-        return await asyncio.to_thread(self._start, spec)
+        return await self._run(self._start, spec)
 
     async def stop(self, agent: str, timeout_s: float = 5.0) -> None:
-        await asyncio.to_thread(self._stop, agent, timeout_s)
+        await self._run(self._stop, agent, timeout_s)
 
     async def status(self, agent: str) -> ContainerStatus:
-        return await asyncio.to_thread(self._status, agent)
+        return await self._run(self._status, agent)
 
     async def logs(self, agent: str, tail: int = 200) -> str:
-        return await asyncio.to_thread(self._logs, agent, tail)
+        return await self._run(self._logs, agent, tail)
 
     async def open_logs(
         self,
@@ -266,7 +360,7 @@ class DockerBackend:
                 )
             self._log_streams += 1
         try:
-            raw = await asyncio.to_thread(self._open_logs, agent, tail, since, follow)
+            raw = await self._run(self._open_logs, agent, tail, since, follow)
         except BaseException:
             self._release_log_stream()
             raise
@@ -277,7 +371,7 @@ class DockerBackend:
             self._log_streams -= 1
 
     async def exec(self, agent: str, command: list[str], timeout_s: float = 30.0) -> ExecResult:
-        return await asyncio.to_thread(self._exec, agent, command, timeout_s)
+        return await self._run(self._exec, agent, command, timeout_s)
 
     async def memory_bytes(self, agent: str) -> int | None:
         """The container's cgroup memory usage (for benchmarks and `legion agents ls`)."""
@@ -294,30 +388,173 @@ class DockerBackend:
             )
             return None if value is None else int(value) - int(cache or 0)
 
-        return await asyncio.to_thread(read)
+        return await self._run(read)
+
+    def _listing(self) -> list[dict[str, Any]]:
+        """This home's containers, in one call (the list endpoint: no inspect per container)."""
+        rows: list[dict[str, Any]] = self._docker().api.containers(
+            all=True, filters={"label": f"legion.home={self.home_label}"}
+        )
+        return rows
 
     async def remove_others(self, keep: set[str]) -> list[str]:
         def sweep() -> list[str]:
             try:
-                found = self._docker().containers.list(
-                    all=True, filters={"label": f"legion.home={self.home_label}"}
-                )
+                found = self._listing()
             except BackendUnavailable:
                 return []
             gone = []
-            for container in found:
-                agent = container.labels.get("legion.agent", "")
+            api = self._docker().api
+            for row in found:
+                agent = (row.get("Labels") or {}).get("legion.agent", "")
                 if agent not in keep:
-                    container.remove(force=True)
+                    api.remove_container(row["Id"], force=True)
                     gone.append(agent)
             return sorted(gone)
 
-        return await asyncio.to_thread(sweep)
+        return await self._run(sweep)
+
+    async def statuses(self) -> dict[str, ContainerStatus]:
+        def listing() -> dict[str, ContainerStatus]:
+            try:
+                rows = self._listing()
+            except BackendUnavailable:
+                raise
+            except Exception as exc:  # the engine's errors, and a timeout or a cut connection
+                raise BackendUnavailable(f"cannot list the containers: {exc}") from None
+            out = {}
+            for row in rows:
+                agent = (row.get("Labels") or {}).get("legion.agent")
+                if agent:
+                    out[agent] = status_of_listing(row)
+            return out
+
+        return await self._run(listing)
+
+    async def watch(self) -> DockerStatusFeed:
+        def subscribe() -> Any:
+            try:
+                # Returns once the engine has answered: what happens from here on is seen.
+                return self._docker().api.events(
+                    decode=True,
+                    filters={
+                        "type": "container",
+                        "label": f"legion.home={self.home_label}",
+                        "event": list(WATCHED_EVENTS),
+                    },
+                )
+            except BackendUnavailable:
+                raise
+            except Exception as exc:  # the engine's errors, and a timeout or a cut connection
+                raise BackendUnavailable(f"cannot follow the engine's events: {exc}") from None
+
+        raw = await self._run(subscribe)
+        return DockerStatusFeed(raw)
 
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
+            await self._run(client.close)
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def change_of_event(event: dict[str, Any], oomed: OrderedDict[str, None]) -> StatusChange | None:
+    """The status change one engine event says (None: not one the supervisor acts on).
+    An `oom` event is remembered in `oomed` and named in the `die` that follows it."""
+    actor = event.get("Actor") or {}
+    attrs = actor.get("Attributes") or {}
+    agent = attrs.get("legion.agent")
+    cid = actor.get("ID") or event.get("id")
+    action = str(event.get("Action") or event.get("status") or "")
+    if not agent or not cid:
+        return None
+    if action == "oom":
+        oomed[cid] = None
+        while len(oomed) > OOM_MEMORY:
+            oomed.popitem(last=False)
+        return None
+    if action == "start":
+        return StatusChange(agent, ContainerStatus("running", container_id=cid))
+    if action == "die":
+        try:
+            code: int | None = int(attrs.get("exitCode", ""))
+        except ValueError:
+            code = None
+        error = None
+        if cid in oomed:
+            del oomed[cid]
+            error = "out of memory"
+        return StatusChange(agent, ContainerStatus("exited", code, container_id=cid, error=error))
+    if action == "destroy":
+        return StatusChange(agent, ContainerStatus("missing", container_id=cid))
+    if action.startswith("health_status"):
+        verdict = action.partition(":")[2].strip() or None
+        return StatusChange(agent, ContainerStatus("running", container_id=cid, health=verdict))
+    return None
+
+
+class DockerStatusFeed:
+    """The engine's event stream for this home's containers, read by a thread of its own
+    (it blocks for as long as the engine is up) and handed to the loop as StatusChange.
+    It ends when the engine ends the stream; `aclose()` shuts the connection."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw  # docker-py's CancellableStream
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[StatusChange | None] = asyncio.Queue()  # None: the end
+        self._closed = threading.Event()
+        self._oomed: OrderedDict[str, None] = OrderedDict()
+        self._thread = threading.Thread(target=self._pump, name="docker-events", daemon=True)
+        self._thread.start()
+
+    def __aiter__(self) -> DockerStatusFeed:
+        return self
+
+    async def __anext__(self) -> StatusChange:
+        if self._closed.is_set():
+            raise StopAsyncIteration
+        change = await self._queue.get()
+        if change is None:
+            self._closed.set()
+            raise StopAsyncIteration
+        return change
+
+    def _pump(self) -> None:
+        try:
+            for event in self._raw:
+                if self._closed.is_set():
+                    return
+                if isinstance(event, dict):
+                    change = change_of_event(event, self._oomed)
+                    if change is not None:
+                        self._deliver(change)
+        except Exception as exc:  # the engine went away mid-stream: the feed just ends
+            if not self._closed.is_set():
+                log.warning(
+                    "the engine's event stream ended with an error",
+                    extra={"fields": {"error": str(exc)}},
+                )
+        finally:
+            self._deliver(None)
+
+    def _deliver(self, change: StatusChange | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, change)
+        except RuntimeError:  # the loop is closed: nobody reads any more
+            self._closed.set()
+
+    async def aclose(self) -> None:
+        if self._closed.is_set() and not self._thread.is_alive():
+            return
+        self._closed.set()
+        try:
+            await asyncio.to_thread(self._raw.close)  # wakes the pump's blocking read
+        except Exception as exc:
+            log.warning(
+                "could not close the engine's event stream", extra={"fields": {"error": str(exc)}}
+            )
 
 
 class DockerLogStream:

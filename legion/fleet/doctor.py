@@ -97,12 +97,13 @@ def run_checks(paths: Paths, config: Config | None, config_error: str | None) ->
     ):
         try:
             client.images.get(tag)
-            if what == "agent image" and not image_is_current(client, tag):
+            packages = config.images.mcp_packages if config else []
+            if what == "agent image" and not image_is_current(client, tag, packages):
                 checks.append(
                     Check(
                         what,
                         False,
-                        f"{tag} was built from older legion code",
+                        f"{tag} was built from older legion code or other [images] mcp_packages",
                         "run `legion images build`",
                     )
                 )

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ AGENT_REQUIREMENTS = [
     "pydantic>=2.7,<3",
     "apsw>=3.45",
     "sqlite-vec>=0.1.6,<0.2",
+    # The MCP client of the runtime (imported only when the agent has MCP servers).
+    "mcp>=2.3,<3",
 ]
 Progress = Callable[[str], None]
 
@@ -146,9 +148,13 @@ def python_version_of(client: Any, image: str) -> str:
     return version
 
 
-def fetch_site_packages(python: str, dest: Path, cache: Path, progress: Progress) -> None:
+def fetch_site_packages(
+    python: str, dest: Path, cache: Path, progress: Progress, extra: Sequence[str] = ()
+) -> None:
     """Install the agent's dependencies for `python` into `dest`, from wheels fetched on
-    the host (pip's cross-platform install: binary wheels only)."""
+    the host (pip's cross-platform install: binary wheels only); `extra` are the
+    operator's `[images] mcp_packages` (the MCP servers agents run over stdio)."""
+    wanted = [*AGENT_REQUIREMENTS, *extra]
     cache.mkdir(parents=True, exist_ok=True)
     platform_args: list[str] = []
     for tag in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"):
@@ -163,7 +169,7 @@ def fetch_site_packages(python: str, dest: Path, cache: Path, progress: Progress
         "cp",
         *platform_args,
     ]
-    progress(f"fetching wheels for python {python}: {', '.join(AGENT_REQUIREMENTS)}")
+    progress(f"fetching wheels for python {python}: {', '.join(wanted)}")
     download = [
         sys.executable,
         "-m",
@@ -173,7 +179,7 @@ def fetch_site_packages(python: str, dest: Path, cache: Path, progress: Progress
         "--dest",
         str(cache),
         *common,
-        *AGENT_REQUIREMENTS,
+        *wanted,
     ]
     result = subprocess.run(download, capture_output=True, text=True)
     if result.returncode != 0:
@@ -191,13 +197,14 @@ def fetch_site_packages(python: str, dest: Path, cache: Path, progress: Progress
         str(dest),
         "--no-compile",
         *common,
-        *AGENT_REQUIREMENTS,
+        *wanted,
     ]
     result = subprocess.run(install, capture_output=True, text=True)
     if result.returncode != 0:
         raise ImageBuildError(
-            "could not get the agent's Python wheels (httpx, pydantic, apsw, sqlite-vec) for "
-            f"python {python}: {result.stderr.strip()[-800:]}"
+            "could not get the agent's Python wheels (httpx, pydantic, apsw, sqlite-vec, mcp"
+            + (f", and [images] mcp_packages: {', '.join(extra)}" if extra else "")
+            + f") for python {python}, as binary wheels: {result.stderr.strip()[-800:]}"
         )
 
 
@@ -208,11 +215,14 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def source_digest() -> str:
-    """A hash of the code that goes into the agent image (to spot a stale image)."""
+def source_digest(packages: Sequence[str] = ()) -> str:
+    """A hash of the code that goes into the agent image, and of the extra packages (to
+    spot a stale image)."""
     import hashlib
 
     digest = hashlib.sha256()
+    for package in sorted(packages):
+        digest.update(b"package:" + package.encode())
     roots = [_package_dir("agent_container"), _package_dir("legion") / "wire"]
     files = [_package_dir("legion") / "__init__.py"]
     for root in roots:
@@ -223,7 +233,7 @@ def source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def image_is_current(client: Any, tag: str) -> bool:
+def image_is_current(client: Any, tag: str, packages: Sequence[str] = ()) -> bool:
     import docker.errors
 
     try:
@@ -231,10 +241,12 @@ def image_is_current(client: Any, tag: str) -> bool:
     except docker.errors.ImageNotFound:
         return False
     labels = (image.attrs.get("Config") or {}).get("Labels") or {}
-    return bool(labels.get("org.legion.source") == source_digest())
+    return bool(labels.get("org.legion.source") == source_digest(packages))
 
 
-def build_context(dest: Path, site: Path, base: str, uid: int) -> None:
+def build_context(
+    dest: Path, site: Path, base: str, uid: int, packages: Sequence[str] = ()
+) -> None:
     app = dest / "app"
     shutil.copytree(
         _package_dir("agent_container"),
@@ -251,13 +263,14 @@ def build_context(dest: Path, site: Path, base: str, uid: int) -> None:
     (dest / "Dockerfile").write_text(f"""FROM {base}
 COPY site /opt/legion/site
 COPY app /opt/legion/app
-RUN python3 -m compileall -q /opt/legion && mkdir -p /data /run/legion /etc/legion/identity
+RUN python3 -m compileall -q /opt/legion && mkdir -p /data /run/legion /etc/legion/identity \\
+    /etc/legion/skills/fleet /etc/legion/skills/agent
 ENV PYTHONPATH=/opt/legion/site:/opt/legion/app PYTHONDONTWRITEBYTECODE=1 \\
     PYTHONUNBUFFERED=1 HOME=/data
 WORKDIR /data
 USER {uid}:{uid}
 LABEL org.legion.version="{__version__}" org.legion.role="agent" \
-    org.legion.source="{source_digest()}"
+    org.legion.source="{source_digest(packages)}"
 ENTRYPOINT ["python3", "-m", "agent_container"]
 """)
 
@@ -271,8 +284,10 @@ def build_agent_image(
     cache: Path,
     progress: Progress,
     rebuild_base: bool = False,
+    mcp_packages: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Build the agent image; returns {"image", "base", "python", "base_built"}."""
+    """Build the agent image (with `mcp_packages` installed beside the runtime); returns
+    {"image", "base", "python", "base_built", "mcp_packages"}."""
     client = _client()
     base_built = False
     if base:
@@ -300,10 +315,10 @@ def build_agent_image(
     with tempfile.TemporaryDirectory(prefix="legion-image-") as tmp:
         ctx = Path(tmp)
         site = ctx / "site-staging"
-        fetch_site_packages(python, site, cache, progress)
+        fetch_site_packages(python, site, cache, progress, mcp_packages)
         context = ctx / "context"
         context.mkdir()
-        build_context(context, site, base, uid)
+        build_context(context, site, base, uid, mcp_packages)
         progress(f"docker build {tag} (--network none)")
         for chunk in client.api.build(
             path=str(context), tag=tag, rm=True, forcerm=True, network_mode="none", decode=True
@@ -312,7 +327,13 @@ def build_agent_image(
                 progress("  " + chunk["stream"].rstrip())
             if "error" in chunk:
                 raise ImageBuildError(f"docker build failed: {chunk['error']}")
-    return {"image": tag, "base": base, "python": python, "base_built": base_built}
+    return {
+        "image": tag,
+        "base": base,
+        "python": python,
+        "base_built": base_built,
+        "mcp_packages": list(mcp_packages),
+    }
 
 
 def describe_images(tags: list[str]) -> list[dict[str, Any]]:

@@ -47,8 +47,9 @@ class Inboxes:
         self.max_items = max_items
         self.visibility_timeout_s = visibility_timeout_s
         self.clock = clock
-        # Long polls waiting for their agent's next item, oldest first.
-        self._parked: dict[str, list[asyncio.Future[list[InboxItem]]]] = {}
+        # Long polls waiting for their agent's next item, oldest first. A waiter's result
+        # is the items handed to it, [] (dropped: return empty) or None (look again).
+        self._parked: dict[str, list[asyncio.Future[list[InboxItem] | None]]] = {}
         self._depth: dict[str, int] = {}
         for agent, count in store.execute("SELECT agent, COUNT(*) FROM inbox GROUP BY agent"):
             self._depth[agent] = int(count)
@@ -140,7 +141,7 @@ class Inboxes:
             raise BadRequest(f"payload is not JSON: {exc}", code="invalid_payload") from None
         now = self.clock()
         ids: dict[str, int] = {}
-        handoff: dict[str, asyncio.Future[list[InboxItem]]] = {}
+        handoff: dict[str, asyncio.Future[list[InboxItem] | None]] = {}
         hidden_until = now + self.visibility_timeout_s
         with self.store.tx() as conn:
             for agent in recipients:
@@ -194,11 +195,38 @@ class Inboxes:
             )
         return ids
 
-    def _parked_poll(self, agent: str) -> asyncio.Future[list[InboxItem]] | None:
+    def _parked_poll(self, agent: str) -> asyncio.Future[list[InboxItem] | None] | None:
         for waiter in self._parked.get(agent, ()):
             if not waiter.done():
                 return waiter
         return None
+
+    def drop_parked(self, agent: str) -> int:
+        """End every parked poll of `agent` empty-handed (its container was stopped or is
+        being replaced): no item is ever handed to a poll of a container that is gone."""
+        dropped = 0
+        for waiter in self._parked.pop(agent, []):
+            if not waiter.done():
+                waiter.set_result([])
+                dropped += 1
+        return dropped
+
+    def requeue(self, agent: str, items: list[InboxItem]) -> None:
+        """Items handed to a poll whose client went away before they reached it: visible
+        again at once, as if never handed out, and offered to the next parked poll."""
+        if not items:
+            return
+        now = self.clock()
+        with self.store.tx(durable=False) as conn:
+            conn.executemany(
+                "UPDATE inbox SET visible_at = ?, deliveries = MAX(deliveries - 1, 0)"
+                " WHERE id = ? AND agent = ?",
+                [(now, item.id, agent) for item in items],
+            )
+        waiter = self._parked_poll(agent)
+        if waiter is not None:
+            self._parked[agent].remove(waiter)
+            waiter.set_result(None)  # it looks again and takes them
 
     def send(self, sender: str, to: str, payload: Any) -> int:
         return self._enqueue([to], "message", None, sender, payload)[to]
@@ -268,16 +296,29 @@ class Inboxes:
             ).fetchone()
             if row and row[0] is not None:
                 remaining = min(remaining, max(0.0, row[0] - self.clock()) + 0.001)
-            waiter: asyncio.Future[list[InboxItem]] = asyncio.get_running_loop().create_future()
-            self._parked.setdefault(agent, []).append(waiter)
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[list[InboxItem] | None] = loop.create_future()
+            parked = self._parked.setdefault(agent, [])
+            parked.append(waiter)
             try:
                 await asyncio.wait({waiter}, timeout=remaining)
+            except asyncio.CancelledError:
+                # The poll's client went away (or the host is stopping). Items handed to
+                # it in the meantime never reach anyone: give them back now, not after
+                # the visibility timeout.
+                if waiter.done() and not waiter.cancelled():
+                    self.requeue(agent, waiter.result() or [])
+                raise
             finally:
                 if not waiter.done():
                     waiter.cancel()
-                    self._parked[agent].remove(waiter)
-            if not waiter.cancelled():
-                return waiter.result()
+                if waiter in parked:
+                    parked.remove(waiter)
+            if waiter.cancelled():
+                continue  # timed out: look once more, then return empty
+            result = waiter.result()
+            if result is not None:
+                return result
 
     def sender_of(self, agent: str, item_id: int) -> tuple[str, str] | None:
         """(sender, kind) of item `item_id` of `agent`'s inbox (None once it is acked)."""

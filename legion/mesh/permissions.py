@@ -8,6 +8,7 @@ allowed everything, and its actions are audited all the same.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -33,6 +34,8 @@ class Perm(StrEnum):
     STEER = "can_steer"  # target: the agent to steer
     LLM = "llm"  # target: a model alias; the agent's own model or one of allowed_models
     EGRESS = "egress_hosts"
+    MCP = "allowed_mcp"  # target: a remote MCP server's name ([mcp.NAME])
+    BROWSER = "can_use_browser"  # target: a browser action; browser_actions may narrow it
 
 
 _FLAGS = {Perm.CRON, Perm.SPAWN}
@@ -44,13 +47,59 @@ class Decision:
     reason: str
 
 
+def _literal(pattern: str) -> bool:
+    return "*" not in pattern and "?" not in pattern
+
+
+def _covers(wide: str, narrow: str) -> bool:
+    """Whether every name `narrow` matches, `wide` matches too (a sufficient test: `**`,
+    or `PREFIX**` with a literal prefix that `narrow` starts with and goes beyond)."""
+    if wide == "**":
+        return True
+    prefix = wide[:-2]
+    return (
+        wide.endswith("**")
+        and _literal(prefix)
+        and narrow.startswith(prefix)
+        and len(narrow) > len(prefix)
+    )
+
+
+def intersect(own: list[str], bound: list[str]) -> list[str]:
+    """Patterns matching only names both lists match: each pattern of one list that a
+    pattern of the other covers (the same pattern, a literal name it matches, or a
+    narrower glob under its `PREFIX**`). A subset of the true intersection (globs that
+    merely overlap are not intersected), so it never grants what either list denies."""
+    out = [p for p in own if p in bound or any(_covers(q, p) for q in bound)]
+    out += [p for p in bound if any(_covers(q, p) for q in own)]
+    out += [p for p in own if _literal(p) and any_match(bound, p)]
+    out += [p for p in bound if _literal(p) and any_match(own, p)]
+    return list(dict.fromkeys(out))
+
+
+def _browser_decision(enabled: bool, actions: Sequence[str], action: str) -> Decision:
+    if not enabled:
+        return Decision(False, "can_use_browser = false")
+    if actions and action not in actions:
+        return Decision(False, f"browser_actions ({', '.join(actions)}) does not list {action!r}")
+    return Decision(True, "can_use_browser = true" + (" (browser_actions)" if actions else ""))
+
+
 class Permissions:
     def __init__(self, config: Config) -> None:
         self.config = config
+        # A spawned agent -> its parent: it may do only what its own matrix and its
+        # parent's both allow (legion.fleet.spawn).
+        self.bounds: dict[str, str] = {}
 
     def patterns(self, agent: str, perm: Perm) -> list[str]:
+        own = self._patterns(agent, perm)
+        parent = self.bounds.get(agent)
+        return own if parent is None else intersect(own, self._patterns(parent, perm))
+
+    def _patterns(self, agent: str, perm: Perm) -> list[str]:
         agent_cfg = self.config.agents.get(agent)
-        if agent_cfg is None or perm in _FLAGS or perm is Perm.LLM:
+        if agent_cfg is None or perm in _FLAGS or perm in (Perm.LLM, Perm.BROWSER):
             return []
         patterns = list(getattr(agent_cfg.permissions, perm.value))
         if agent_cfg.team and perm in (Perm.BB_READ, Perm.BB_WRITE):
@@ -58,6 +107,16 @@ class Permissions:
         return patterns
 
     def decide(self, agent: str, perm: Perm, target: str = "") -> Decision:
+        decision = self._decide(agent, perm, target)
+        parent = self.bounds.get(agent)
+        if parent is None or not decision.allowed or perm is Perm.LLM:
+            return decision  # a sub-agent's model was checked against its parent at spawn
+        bound = self._decide(parent, perm, target)
+        if bound.allowed:
+            return decision
+        return Decision(False, f"{agent} was spawned by {parent}, which may not: {bound.reason}")
+
+    def _decide(self, agent: str, perm: Perm, target: str = "") -> Decision:
         if agent == OPERATOR:
             return Decision(True, "operator")
         agent_cfg = self.config.agents.get(agent)
@@ -72,10 +131,14 @@ class Permissions:
                 False,
                 f"model {target!r} is neither {agent}'s model ({own!r}) nor in its allowed_models",
             )
+        if perm is Perm.BROWSER:
+            return _browser_decision(
+                agent_cfg.permissions.can_use_browser, agent_cfg.permissions.browser_actions, target
+            )
         if perm in _FLAGS:
             allowed = bool(getattr(agent_cfg.permissions, perm.value))
             return Decision(allowed, f"{perm.value} = {str(allowed).lower()}")
-        patterns = self.patterns(agent, perm)
+        patterns = self._patterns(agent, perm)
         for pattern in patterns:
             if any_match((pattern,), target):
                 return Decision(True, f"{perm.value} matches {pattern!r}")

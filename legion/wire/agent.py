@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from legion.wire.fields import InboxId
+from legion.wire.mcp import McpStdioSpec
 
 
 class _Strict(BaseModel):
@@ -77,6 +78,19 @@ class SelfStatus(BaseModel):
         default=None, description="Model alias for memory embeddings; none: keyword-only memory."
     )
     loop_detection: LoopDetection = Field(default_factory=LoopDetection)
+    mcp_stdio: list[McpStdioSpec] = Field(
+        default_factory=list, description="Local MCP servers the runtime runs in the container."
+    )
+    mcp_remote: list[str] = Field(
+        default_factory=list,
+        description="Remote MCP servers the agent may use (tools: GET /v1/mcp/servers).",
+    )
+    parent: str | None = Field(
+        default=None, description="The agent that spawned this one (a sub-agent), if any."
+    )
+    expires_at: float | None = Field(
+        default=None, description="A sub-agent: when its time to live runs out (Unix time)."
+    )
 
 
 # --- the agent's mind: workspace files, loop detection (docs/agent-runtime.md) ---------

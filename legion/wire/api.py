@@ -271,6 +271,9 @@ class AgentInfo(BaseModel):
     last_seen: float | None
     inbox_depth: int
     paused: bool = Field(default=False, description="Its LLM calls are paused (`legion pause`).")
+    parent: str | None = Field(
+        default=None, description="The agent that spawned it, for a sub-agent; else null."
+    )
 
 
 class AgentList(BaseModel):

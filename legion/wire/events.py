@@ -236,6 +236,38 @@ class PauseChanged(_Event):
     fleet: bool = Field(description="The whole fleet is paused (agents added later too).")
 
 
+class BrowserStateChanged(_Event):
+    """An agent's browser container started, stopped (idle, evicted, by the operator) or failed."""
+
+    type: Literal["browser_state"] = "browser_state"
+    agent: str
+    state: Literal["starting", "running", "stopped", "failed"]
+    reason: str = ""
+
+
+class BrowserActed(_Event):
+    """An agent's browser action finished (the TUI's browser panel shows the last one)."""
+
+    type: Literal["browser_action"] = "browser_action"
+    agent: str
+    action: str
+    url: str
+    title: str
+    ok: bool
+    error: str | None = None
+
+
+class BrowserHandoff(_Event):
+    """A human hand-off: the agent asked for one, the operator opened or ended it, or its
+    VNC link expired. The link itself (with its token) is never in an event."""
+
+    type: Literal["browser_handoff"] = "browser_handoff"
+    agent: str
+    state: Literal["requested", "opened", "done", "expired"]
+    reason: str = ""
+    url: str = ""
+
+
 HostEvent = Annotated[
     BlackboardChanged
     | ClaimChanged
@@ -260,7 +292,10 @@ HostEvent = Annotated[
     | QueueDepth
     | SteerTaken
     | WebhookReceived
-    | PauseChanged,
+    | PauseChanged
+    | BrowserStateChanged
+    | BrowserActed
+    | BrowserHandoff,
     Field(discriminator="type"),
 ]
 

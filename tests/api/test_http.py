@@ -52,16 +52,29 @@ async def test_typed_errors(home: Path) -> None:
 
 
 async def test_malformed_and_chunked_requests(home: Path) -> None:
+    """issue 7: chunked request bodies are accepted (h11 frames them), bounded like any body."""
     paths = Paths.resolve(home)
     async with Host.running(parse_config(CONFIG), paths):
         garbage = await raw(paths, "alice", b"NOT HTTP\r\n\r\n")
         assert garbage.startswith(b"HTTP/1.1 400")
-        chunked = await raw(
+        body = b'{"value": 1}'
+        whole = await raw(
             paths,
             "alice",
-            b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"PUT /v1/blackboard/entries/k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (len(body[:5]), body[:5])
+            + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body[5:]), body[5:]),
         )
-        assert chunked.startswith(b"HTTP/1.1 411")
+        assert whole.startswith(b"HTTP/1.1 200") and b'"version":' in whole
+        big = b"x" * 1500
+        too_big = await raw(
+            paths,
+            "alice",
+            b"PUT /v1/blackboard/entries/k HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + (b"%x\r\n%s\r\n" % (len(big), big)) * 2,
+        )
+        assert too_big.startswith(b"HTTP/1.1 413") and b"body_too_large" in too_big
         huge_head = await raw(paths, "alice", b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n")
         assert huge_head.startswith(b"HTTP/1.1 431")
 

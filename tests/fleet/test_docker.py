@@ -214,6 +214,9 @@ async def test_containers_are_hardened(
                 f"{host.paths.agent_data('alice')}:/data:rw",
                 f"{host.paths.agent_socket_dir('alice')}:/run/legion:rw",
                 f"{host.paths.agent_identity('alice') / 'files'}:/etc/legion/identity:ro",
+                # the operator's skills (issue 14): the fleet's and the agent's, read-only
+                f"{host.paths.home / 'skills' / 'fleet'}:/etc/legion/skills/fleet:ro",
+                f"{host.paths.home / 'skills' / 'agents' / 'alice'}:/etc/legion/skills/agent:ro",
             ]
         )
         env = "\n".join(attrs["Config"]["Env"])

@@ -24,6 +24,7 @@ from legion.host import Host
 from legion.mesh import audit
 from legion.paths import Paths
 from tests.conftest import control_client
+from tests.fleet.test_supervisor import until
 
 pytestmark = pytest.mark.anyio
 
@@ -199,10 +200,9 @@ async def test_issue_7_a_link_planted_before_a_crash_is_refused_on_the_automatic
         shutil.rmtree(workspace)
         os.symlink(etc, workspace)
         as_agent(workspace)
-        backend.crash("alice")
         async with host.bus.subscribe() as sub:
-            await host.fleet.check("alice")
-            assert host.fleet.runs["alice"].state == "restarting"
+            backend.crash("alice")  # the status feed tells the fleet, which checks at once
+            await until(lambda: host.fleet.runs["alice"].state == "restarting")
             mono.now += 1
             await host.fleet.check("alice")  # the backoff is over: the restart runs
             events = []
@@ -246,7 +246,7 @@ async def test_issue_7_links_deeper_in_the_volume_are_never_followed(home: Path,
         os.symlink(etc, workspace / "notes")
         os.symlink(etc / "passwd", paths.agent_data("alice") / "memory.db")
         backend.crash("alice")
-        await host.fleet.check("alice")
+        await until(lambda: host.fleet.runs["alice"].state == "restarting")
         mono.now += 1
         await host.fleet.check("alice")
         assert host.fleet.runs["alice"].state == "running" and backend.starts["alice"] == 2
@@ -269,7 +269,7 @@ async def test_issue_7_the_volume_mode_is_restored_and_nothing_else_is_touched(
         assert stat.S_IMODE(os.lstat(data).st_mode) == 0o700
         os.chmod(data, 0o777)
         backend.crash("alice")
-        await host.fleet.check("alice")
+        await until(lambda: host.fleet.runs["alice"].state == "restarting")
         mono.now += 1
         await host.fleet.check("alice")
         assert host.fleet.runs["alice"].state == "running"

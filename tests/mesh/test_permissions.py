@@ -21,6 +21,10 @@ from legion.store import Store
 from tests.conftest import HostFactory, agent_client
 
 CONFIG = """
+# never connected: loopback is refused by the address policy ([egress] allow is empty)
+[mcp.github]
+url = "http://127.0.0.1:9/mcp"
+
 [teams.red]
 [teams.blue]
 
@@ -40,7 +44,10 @@ egress_hosts = ["api.github.com", "*.example.org"]
 allowed_credentials = ["github-*"]
 can_manage_cron = true
 can_spawn = true
+allowed_mcp = ["github", "team-*"]
 can_steer = ["bob"]
+can_use_browser = true
+browser_actions = ["navigate", "snapshot"]
 
 [agents.bob]
 team = "blue"
@@ -59,8 +66,10 @@ def perms() -> Permissions:
 
 
 def test_every_permissions_field_has_a_perm() -> None:
-    # Perm.LLM is derived from the agent's model and allowed_models, not from the matrix.
-    assert {p.value for p in Perm if p is not Perm.LLM} == set(PermissionsConfig.model_fields)
+    # Perm.LLM is derived from the agent's model and allowed_models, not from the matrix;
+    # browser_actions narrows Perm.BROWSER (can_use_browser) rather than being one.
+    fields = set(PermissionsConfig.model_fields) - {"browser_actions"}
+    assert {p.value for p in Perm if p is not Perm.LLM} == fields
 
 
 # (perm, target, alice allowed?) -- alice has one grant per field; nobody has none.
@@ -92,12 +101,18 @@ TABLE: list[tuple[Perm, str, bool]] = [
     (Perm.CREDENTIAL, "github-token", True),
     (Perm.CREDENTIAL, "gitlab-token", False),
     (Perm.CREDENTIAL, "github-a/b", False),
+    (Perm.MCP, "github", True),
+    (Perm.MCP, "team-tools", True),
+    (Perm.MCP, "githubx", False),
     (Perm.CRON, "", True),
     (Perm.CRON, "nightly", True),
     (Perm.SPAWN, "", True),
     (Perm.SPAWN, "worker", True),
     (Perm.STEER, "bob", True),
     (Perm.STEER, "carol", False),
+    (Perm.BROWSER, "navigate", True),  # issue 13: browser_actions narrows can_use_browser
+    (Perm.BROWSER, "snapshot", True),
+    (Perm.BROWSER, "click", False),
 ]
 
 

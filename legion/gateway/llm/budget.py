@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from legion.config import Config
 from legion.errors import LegionError
+from legion.gateway.llm.carve import Carves
 from legion.store import Store
 
 
@@ -78,6 +79,8 @@ class Budgets:
         self.spent: dict[tuple[str, str], float] = defaultdict(float)
         self.reserved: dict[tuple[str, str], float] = defaultdict(float)
         self.open: dict[str, Reservation] = {}
+        # Sub-agents' budgets, carved out of their parents' (legion.gateway.llm.carve).
+        self.carve = Carves(store, self, clock)
         self._recover()
         self._load()
 
@@ -113,8 +116,9 @@ class Budgets:
         self, table: dict[tuple[str, str], float], agent: str, ts: float, amount: float
     ) -> None:
         d, m = day_key(ts), month_key(ts)
-        table[(agent, d)] += amount
-        table[(agent, m)] += amount
+        for scope in self.carve.scopes(agent):  # a sub-agent's counts for its parent too
+            table[(scope, d)] += amount
+            table[(scope, m)] += amount
         table[("*", d)] += amount
 
     # --- the check --------------------------------------------------------------
@@ -137,9 +141,11 @@ class Budgets:
         result: dict[str, float | None] = {"daily": None, "monthly": None, "fleet_daily": None}
         for scope, window, cap in self.caps(agent):
             key = (scope, keys[window])
-            left = cap - self.spent[key] - self.reserved[key]
+            left = cap - self.spent[key] - self.reserved[key] - self.carve.held(scope, agent)
             name = "fleet_daily" if scope == "*" else ("daily" if window == "day" else "monthly")
             result[name] = max(0.0, left)
+        if agent in self.carve.open:  # a sub-agent: what is left of its carve
+            result["daily"] = result["monthly"] = self.carve.remainder(agent)
         return result
 
     def reserve(
@@ -149,9 +155,10 @@ class Budgets:
         now = self.clock()
         d, m = day_key(now), month_key(now)
         keys = {"day": d, "month": m}
+        self.carve.check(agent, amount)  # a sub-agent: within what was carved for it
         for scope, window, cap in self.caps(agent):
             key = (scope, keys[window])
-            left = cap - self.spent[key] - self.reserved[key]
+            left = cap - self.spent[key] - self.reserved[key] - self.carve.held(scope, agent)
             # A spend already over the cap (a call booked beyond its reservation) leaves
             # `left` negative: then every call is refused, a free one (amount 0) too.
             if amount > left + 1e-12:
@@ -189,8 +196,9 @@ class Budgets:
         return reservation
 
     def _hold(self, r: Reservation, amount: float) -> None:
-        self.reserved[(r.agent, r.day)] += amount
-        self.reserved[(r.agent, r.month)] += amount
+        for scope in self.carve.scopes(r.agent):
+            self.reserved[(scope, r.day)] += amount
+            self.reserved[(scope, r.month)] += amount
         self.reserved[("*", r.day)] += amount
 
     def settle(

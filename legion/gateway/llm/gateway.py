@@ -34,7 +34,7 @@ from legion.gateway.llm.chain import Hop, ProviderFailure, chain_error, classify
 from legion.gateway.llm.health import ModelHealth
 from legion.gateway.llm.inflight import AgentPaused, Call, Cut, Dispatch
 from legion.gateway.llm.passthrough import Passthrough
-from legion.gateway.llm.pricing import price_for
+from legion.gateway.llm.pricing import needs_table, price_for
 from legion.gateway.llm.runtime import LiteLLM
 from legion.gateway.llm.stream import DeltaRedactor
 from legion.gateway.llm.toolcalls import StreamedCalls, ToolCalls
@@ -205,17 +205,54 @@ class Gateway:
     async def close(self) -> None:
         await self.passthrough.close()
 
+    def _wanted(self, agent: str, requested: str | None) -> list[str]:
+        """The chain a call would walk (before any check)."""
+        cfg = self.config.agents.get(agent)
+        alias = requested or (cfg.model if cfg else None) or self.config.llm.default_model
+        return self.chain(alias) if alias and alias in self.config.llm.models else []
+
+    def _needs_litellm(self, aliases: list[str]) -> bool:
+        models = self.config.llm.models
+        return any(not passthrough.applies(models[a]) for a in aliases if a in models)
+
+    def _waits_for_litellm(self, aliases: list[str]) -> bool:
+        return self._needs_litellm(aliases) and self.litellm.loaded() is None
+
+    async def _runtime_for(self, aliases: list[str]) -> Any | None:
+        """LiteLLM when a model of `aliases` needs it (imported once, off the loop, and
+        awaited here); else the module if it happens to be loaded, else None: a chain on
+        the direct path never waits for the import nor starts it."""
+        if self._needs_litellm(aliases):
+            return await self.litellm.get()
+        return self.litellm.loaded()
+
+    async def _table_for(
+        self, aliases: list[str], litellm: Any | None, documents: int = 0
+    ) -> Any | None:
+        """What prices and bounds the hops: `litellm` when loaded; else LiteLLM's model
+        table read without LiteLLM, when a model lacks a configured price (or context
+        window, for document parts); else None (the config says it all)."""
+        if litellm is not None:
+            return litellm
+        models = self.config.llm.models
+        if any(needs_table(models[a], documents) for a in aliases if a in models):
+            return await self.litellm.table()
+        return None
+
     async def chat(self, agent: str, request: ChatRequest) -> Response | StreamResponse:
-        litellm = await self.litellm.get()
-        # The allow record is committed without its own fsync: the reservation's commit
-        # below makes it durable, and every refusal before that is audited durably.
-        alias = self.resolve_alias(agent, request.model, durable=False)
+        # The permission comes first: a model an agent may not use never makes the host
+        # import LiteLLM. The allow record is committed without its own fsync when the
+        # reservation's commit follows at once (it makes it durable; every refusal before
+        # that is audited durably), and with one when the call first waits for the import.
+        waits = self._waits_for_litellm(self._wanted(agent, request.model))
+        alias = self.resolve_alias(agent, request.model, durable=waits)
         try:
             flight = self.inflight.open(agent)
         except AgentPaused as exc:
             self._refused(agent, alias, exc)
             raise
         try:
+            litellm = await self._runtime_for(self.chain(alias))
             response = await self._chat(agent, alias, request, litellm, flight)
         except BaseException:
             self.inflight.close(flight)
@@ -267,6 +304,7 @@ class Gateway:
             ) from None
         request_id = "req_" + uuid.uuid4().hex[:20]
         chain = self.chain(alias)
+        litellm = await self._table_for(chain, litellm, upstream.documents)
         hops: list[dict[str, str]] = []
         for index, hop_alias in enumerate(chain):
             nxt = chain[index + 1] if index + 1 < len(chain) else None
@@ -291,6 +329,7 @@ class Gateway:
                 continue
             model_cfg = hop.model
             started = time.monotonic()
+            attempt = self.health.clock()  # failures of overlapping attempts count once
             direct = passthrough.applies(model_cfg)
             stream: Any = None
             try:
@@ -355,7 +394,9 @@ class Gateway:
                         model=hop_alias,
                         **extra,
                     ) from None
-                cooldown = self.health.failure(hop_alias, kind, retry_after)
+                cooldown = self.health.failure(
+                    hop_alias, kind, retry_after, attempt_started=attempt
+                )
                 log.warning(
                     "model call failed",
                     extra={
@@ -385,6 +426,7 @@ class Gateway:
                     started,
                     litellm,
                     flight,
+                    attempt,
                 )
             try:
                 return self._finish(
@@ -415,6 +457,7 @@ class Gateway:
         started: float,
         litellm: Any,
         flight: Call,
+        attempt: float,
     ) -> StreamResponse:
         async def abandon() -> None:
             """The agent left before the first byte reached it: close the upstream and
@@ -448,6 +491,7 @@ class Gateway:
                 started,
                 litellm,
                 flight,
+                attempt,
             ),
             content_type="text/event-stream",
             on_abandon=abandon,
@@ -500,6 +544,7 @@ class Gateway:
         started: float,
         litellm: Any,
         flight: Call,
+        attempt: float,
     ) -> AsyncIterator[bytes]:
         """Relay the stream; every streamed text goes through a redactor that holds back a
         possible start of a secret until the next delta shows it is none (stream.py).
@@ -557,7 +602,7 @@ class Gateway:
         except Exception as exc:
             status = "failed_mid_stream"
             kind, _, _ = classify(exc)
-            self.health.failure(hop.alias, kind)
+            self.health.failure(hop.alias, kind, attempt_started=attempt)
             tail, shown = redactor.flush(last)
             if tail is not None:
                 self._shown(agent, request_id, shown)
@@ -590,13 +635,13 @@ class Gateway:
     # --- embeddings ---------------------------------------------------------------------
 
     async def embeddings(self, agent: str, request: EmbeddingRequest) -> Response:
-        litellm = await self.litellm.get()
         alias = self.resolve_alias(agent, request.model)
         try:
             self.inflight.check(agent)
         except AgentPaused as exc:
             self._refused(agent, alias, exc)
             raise
+        litellm = await self._table_for([alias], await self._runtime_for([alias]))
         model_cfg = self.config.llm.models[alias]
         inputs = [request.input] if isinstance(request.input, str) else request.input
         bound = sum(len(text.encode()) + 1 for text in inputs) + REQUEST_OVERHEAD_TOKENS
@@ -611,6 +656,7 @@ class Gateway:
             raise
         hop = Hop(alias, model_cfg, price, bound, 0)
         started = time.monotonic()
+        attempt = self.health.clock()
         raw = request.model_dump(exclude_none=True)
         body = {k: v for k, v in raw.items() if k in EMBEDDING_PARAMS}
         try:
@@ -619,13 +665,14 @@ class Gateway:
                     agent, model_cfg, self._api_key(model_cfg), body
                 )
             else:
-                result = await litellm.aembedding(**self._kwargs(hop, body))
+                module = await self.litellm.get()  # loaded above: this model needs it
+                result = await module.aembedding(**self._kwargs(hop, body))
         except Exception as exc:
             kind, _, retry_after = classify(exc)
             self.booker.book(
                 hop, reservation, Usage(0, 0, 0.0), status=f"failed_{kind}", kind="embedding"
             )
-            self.health.failure(alias, kind, retry_after)
+            self.health.failure(alias, kind, retry_after, attempt_started=attempt)
             raise ProviderFailure(
                 f"embedding model {alias!r} failed: {self._safe(exc)}", model=alias, kind=kind
             ) from None

@@ -9,7 +9,9 @@ bench/fleet_load.py: LiteLLM alone reaches ~0.1x of a direct client's streaming 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -58,37 +60,66 @@ def _error_message(status: int, raw: bytes) -> str:
 class Passthrough:
     """One small connection pool per agent: connections are reused (no handshake per call),
     and httpcore's pool bookkeeping, which scans every pooled connection on each request,
-    stays cheap (one pool for the whole fleet cost 2x the CPU per stream in fleet_load)."""
+    stays cheap (one pool for the whole fleet cost 2x the CPU per stream in fleet_load).
+
+    Every pool shares one TLS context, built once in a worker thread: building one (the CA
+    bundle parsed and loaded) costs ~25 ms of CPU and ~1 MiB, which each agent's first call
+    paid on the event loop when every pool built its own, even toward a plain-http upstream.
+    """
 
     def __init__(self) -> None:
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._tls: asyncio.Task[ssl.SSLContext] | None = None
 
-    def _client(self, agent: str) -> httpx.AsyncClient:
+    def prepare(self) -> asyncio.Task[ssl.SSLContext]:
+        """Start building the shared TLS context in a worker thread (the daemon does at
+        start-up when a model uses the direct path, so no first call waits for it)."""
+        if self._tls is None:
+            self._tls = asyncio.create_task(
+                asyncio.to_thread(httpx.create_ssl_context), name="tls-context"
+            )
+        return self._tls
+
+    async def tls_context(self) -> ssl.SSLContext:
+        """The one verifying TLS context of every pool (CA bundle and settings as httpx's
+        default, SSL_CERT_FILE and SSL_CERT_DIR included), built off the loop, once."""
+        # Shielded: a caller that goes away must not cancel what the others wait for.
+        return await asyncio.shield(self.prepare())
+
+    async def _client(self, agent: str) -> httpx.AsyncClient:
         client = self._clients.get(agent)
         if client is None:
-            client = httpx.AsyncClient(
-                timeout=None,
-                limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
-            )
-            self._clients[agent] = client
+            context = await self.tls_context()
+            client = self._clients.get(agent)  # another call of this agent's made it meanwhile
+            if client is None:
+                client = httpx.AsyncClient(
+                    timeout=None,
+                    verify=context,
+                    limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
+                )
+                self._clients[agent] = client
         return client
 
-    def _request(
+    async def _request(
         self, agent: str, model: ModelConfig, key: str, path: str, content: bytes
-    ) -> httpx.Request:
+    ) -> tuple[httpx.AsyncClient, httpx.Request]:
         """`content` is the exact JSON body the upstream gets (see bound.UpstreamBody)."""
         assert model.api_base is not None
-        return self._client(agent).build_request(
+        client = await self._client(agent)
+        request = client.build_request(
             "POST",
             model.api_base.rstrip("/") + path,
             content=content,
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
             timeout=httpx.Timeout(model.timeout_s),
         )
+        return client, request
 
-    async def _send(self, agent: str, request: httpx.Request, stream: bool) -> httpx.Response:
+    async def _send(
+        self, client: httpx.AsyncClient, request: httpx.Request, stream: bool
+    ) -> httpx.Response:
         try:
-            response = await self._client(agent).send(request, stream=stream)
+            response = await client.send(request, stream=stream)
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(None, f"timed out: {exc}") from None
         except httpx.HTTPError as exc:
@@ -104,8 +135,8 @@ class Passthrough:
     async def complete(
         self, agent: str, model: ModelConfig, key: str, content: bytes
     ) -> dict[str, Any]:
-        request = self._request(agent, model, key, "/chat/completions", content)
-        response = await self._send(agent, request, stream=False)
+        client, request = await self._request(agent, model, key, "/chat/completions", content)
+        response = await self._send(client, request, stream=False)
         try:
             data: dict[str, Any] = response.json()
         except ValueError:
@@ -116,8 +147,8 @@ class Passthrough:
         self, agent: str, model: ModelConfig, key: str, body: dict[str, Any]
     ) -> dict[str, Any]:
         upstream = encode({**body, "model": upstream_model(model)})
-        request = self._request(agent, model, key, "/embeddings", upstream)
-        response = await self._send(agent, request, stream=False)
+        client, request = await self._request(agent, model, key, "/embeddings", upstream)
+        response = await self._send(client, request, stream=False)
         data: dict[str, Any] = response.json()
         return data
 
@@ -125,8 +156,8 @@ class Passthrough:
         self, agent: str, model: ModelConfig, key: str, content: bytes
     ) -> AsyncIterator[dict[str, Any]]:
         """Parsed stream events. The HTTP error, if any, raises at the first `__anext__`."""
-        request = self._request(agent, model, key, "/chat/completions", content)
-        response = await self._send(agent, request, stream=True)
+        client, request = await self._request(agent, model, key, "/chat/completions", content)
+        response = await self._send(client, request, stream=True)
         done = False
         try:
             async for line in response.aiter_lines():
@@ -153,3 +184,5 @@ class Passthrough:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
+        if self._tls is not None and not self._tls.done():
+            await asyncio.gather(self._tls, return_exceptions=True)

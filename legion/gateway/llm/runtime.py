@@ -1,11 +1,18 @@
 """LiteLLM, imported lazily and off the event loop, and never fetching anything remote.
 
-`import litellm` takes seconds, so the host starts it in a worker thread at start-up and
-the first LLM call awaits it. Before the import, LITELLM_LOCAL_MODEL_COST_MAP makes LiteLLM
-read its model price map from the installed package instead of downloading it, and its
-telemetry is off. After it, nothing of LiteLLM writes to stdout or stderr by itself: its
-prints are switched off and its loggers go through the host's handlers (the daemon also
-turns any stray print into a log record, see `legion.logs.capture_stray_output`).
+`import litellm` takes seconds and about 150 MiB, and only models that need translating
+use it: the direct path (legion.gateway.llm.passthrough) never does. So the daemon starts
+the import in a worker thread at start-up only when a configured model needs LiteLLM, and
+otherwise the first call to such a model starts it (and awaits it); a call on the direct
+path never waits for it or triggers it. What the direct path needs of LiteLLM's model
+table (prices, context windows) is read from the installed package without importing it
+(`table()`, legion.gateway.llm.pricing.ModelTable).
+
+Before the import, LITELLM_LOCAL_MODEL_COST_MAP makes LiteLLM read its model price map
+from the installed package instead of downloading it, and its telemetry is off. After
+it, nothing of LiteLLM writes to stdout or stderr by itself: its prints are switched off
+and its loggers go through the host's handlers (the daemon also turns any stray print
+into a log record, see `legion.logs.capture_stray_output`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import os
 import sys
 from types import ModuleType
 from typing import Any
+
+from legion.gateway.llm.pricing import ModelTable, load_table
 
 _module: ModuleType | None = None
 
@@ -62,10 +71,11 @@ def load_blocking() -> ModuleType:
 
 
 class LiteLLM:
-    """Owns the one import of LiteLLM for a host."""
+    """Owns the one import of LiteLLM for a host (and the model table read without it)."""
 
     def __init__(self) -> None:
         self._task: asyncio.Task[ModuleType] | None = None
+        self._table: asyncio.Task[ModelTable] | None = None
 
     def start(self) -> asyncio.Task[ModuleType]:
         if self._task is None:
@@ -75,13 +85,29 @@ class LiteLLM:
         return self._task
 
     async def get(self) -> Any:
-        return await self.start()
+        # Shielded: a caller that goes away (a client hung up) must not cancel the one
+        # import every later call waits for.
+        return await asyncio.shield(self.start())
+
+    @property
+    def started(self) -> bool:
+        """Whether this host asked for the import (at start-up or for a call)."""
+        return self._task is not None
 
     def loaded(self) -> Any | None:
         """The module if it is imported already, else None (never starts the import)."""
         return _module
 
+    async def table(self) -> Any:
+        """LiteLLM's model table for prices and limits: the module when it is imported,
+        else its price map read once, off the loop, without importing it."""
+        if _module is not None:
+            return _module
+        if self._table is None:
+            self._table = asyncio.create_task(asyncio.to_thread(load_table), name="model-table")
+        return await asyncio.shield(self._table)
+
     async def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            # The import thread cannot be interrupted; let it finish so the process exits clean.
-            await asyncio.gather(self._task, return_exceptions=True)
+        pending = [t for t in (self._task, self._table) if t is not None and not t.done()]
+        # The import thread cannot be interrupted; let it finish so the process exits clean.
+        await asyncio.gather(*pending, return_exceptions=True)

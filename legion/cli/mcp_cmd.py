@@ -1,0 +1,62 @@
+"""`legion mcp`: the MCP servers agents use, their state and their tools."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from legion.cli.common import State, cell, console, emit_json, fmt_time, host_errors
+
+app = typer.Typer(
+    help="MCP servers: local (in agents' containers) and remote.", no_args_is_help=True
+)
+
+
+@app.command("ls")
+def ls(
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's servers.")] = None,
+    tools: Annotated[bool, typer.Option("--tools", help="List each server's tools too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List MCP servers (remote, and each agent's local ones) with state and tools."""
+    if agent is not None:
+        from legion.cli.agents_cmd import require_valid_name
+
+        require_valid_name(agent)
+    from legion.api.client import ControlClient
+
+    with host_errors(), ControlClient(State.paths()) as client:
+        listing = client.mcp(agent)
+    if as_json:
+        emit_json(listing.model_dump(mode="json"))
+        return
+    if not listing.servers:
+        typer.echo("no MCP servers" + (f" for {agent}" if agent else ""))
+        return
+    from rich.table import Table
+
+    table = Table("server", "kind", "agents", "state", "tools", "since", "reason", box=None)
+    for server in listing.servers:
+        where = server.agent if server.kind == "stdio" else ", ".join(server.agents) or "-"
+        style = {"ready": "green", "restarting": "yellow", "unavailable": "red"}.get(
+            server.state, ""
+        )
+        table.add_row(
+            cell(server.name),
+            cell(server.kind),
+            cell(where),
+            cell(server.state),
+            str(len(server.tools)),
+            fmt_time(server.since),
+            cell(server.reason[:70]),
+            style=style,
+        )
+    out = console()
+    out.print(table)
+    if tools:
+        for server in listing.servers:
+            for tool in server.tools:
+                out.print(cell(f"  {tool.name}: {tool.description[:140]}"))
+            for dropped in server.dropped:
+                out.print(cell(f"  ({server.name}: not offered: {dropped})"))
