@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
-from legion.api.hostclient import open_host
+from legion.api.hostclient import open_host, open_remote
 from legion.config import load_config
 from legion.errors import ConfigError
 from legion.paths import Paths
+
+if TYPE_CHECKING:
+    from legion.api.remote import Remote
+    from tui.app import LegionApp
 
 
 def run(paths: Paths) -> int:
@@ -31,6 +36,28 @@ def run(paths: Paths) -> int:
         first_run=not paths.config.exists(),
     )
 
+    return _run_app(app)
+
+
+def run_remote(remote: Remote, home: str | None) -> int:
+    """`legion --host ssh://...`: the TUI attached to that daemon through ssh. The keys come
+    from this machine's legion.toml (`--home`) when there is one: they are the operator's."""
+    paths = Paths.resolve(home)
+    keys: dict[str, str] = {}
+    if paths.config.exists():
+        try:
+            keys = load_config(paths.config).tui.keys
+        except ConfigError as exc:
+            print(exc.render(), file=sys.stderr)
+            print(f"legion: fix {exc.path} (its [tui.keys] are read)", file=sys.stderr)
+            return 2
+    from tui.app import LegionApp
+
+    app = LegionApp(lambda: open_remote(remote), home=remote.url, keys=keys)
+    return _run_app(app)
+
+
+def _run_app(app: LegionApp) -> int:
     async def main() -> None:
         try:
             await app.run_async()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -41,6 +41,9 @@ from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
 from legion.wire.mcp import McpList
 from legion.wire.skills import SkillInfo, SkillList, SkillText
+
+if TYPE_CHECKING:
+    from legion.api.remote import Remote
 
 
 class HostNotRunning(Exception):
@@ -120,13 +123,41 @@ class ApiError(Exception):
 
 
 class ControlClient:
-    def __init__(self, paths: Paths, timeout: float = 35.0) -> None:
+    """The control API, blocking: this home's control socket, or a remote daemon's through
+    ssh (`ControlClient.remote`, `legion --host ssh://...`)."""
+
+    def __init__(
+        self, paths: Paths, timeout: float = 35.0, *, _remote: Remote | None = None
+    ) -> None:
         self.paths = paths
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(paths.control_socket)),
-            base_url="http://legion",
-            timeout=timeout,
-        )
+        self._remote = _remote
+        transport: httpx.BaseTransport
+        if _remote is not None:
+            from legion.api.remote import SshTransport
+
+            transport = SshTransport(_remote)
+        else:
+            transport = httpx.HTTPTransport(uds=str(paths.control_socket))
+        self._http = httpx.Client(transport=transport, base_url="http://legion", timeout=timeout)
+
+    @classmethod
+    def remote(cls, remote: Remote, timeout: float = 35.0) -> ControlClient:
+        """A client of the daemon on `remote`, each connection an `ssh ... dial-stdio`."""
+        home = remote.home or "~"
+        return cls(Paths.resolve(f"/remote/{remote.target}/{home}"), timeout, _remote=remote)
+
+    def _check(self) -> None:
+        """Fail early, with the reason, when no local host can be there."""
+        if self._remote is None and not _socket_present(self.paths):
+            raise not_running(self.paths)
+
+    def _unreachable(self, exc: BaseException) -> HostNotRunning:
+        """The error for a connection that failed (local) or broke (remote)."""
+        if self._remote is not None:
+            return self._remote.lost(exc)
+        if _denied(exc):
+            return NoPermission(self.paths)
+        return not_running(self.paths)
 
     def close(self) -> None:
         self._http.close()
@@ -138,16 +169,13 @@ class ControlClient:
         self.close()
 
     def _request(self, method: str, url: str, model: type[BaseModel] | None, **kw: Any) -> Any:
-        if not _socket_present(self.paths):
-            raise not_running(self.paths)
+        self._check()
         try:
             response = self._http.request(method, url, **kw)
-        except httpx.ConnectError as exc:
-            if _denied(exc):
-                raise NoPermission(self.paths) from exc
-            raise not_running(self.paths) from exc
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise self._unreachable(exc) from exc
         except FileNotFoundError as exc:
-            raise not_running(self.paths) from exc
+            raise self._unreachable(exc) from exc
         if response.status_code >= 400:
             raise _api_error(response)
         return model.model_validate_json(response.content) if model else response.json()
@@ -261,8 +289,7 @@ class ControlClient:
     ) -> Iterator[str]:
         """An agent's container output, line by line, each without its newline (with
         `follow`, until the container stops)."""
-        if not _socket_present(self.paths):
-            raise not_running(self.paths)
+        self._check()
         params: dict[str, str] = {
             "tail": "all" if tail is None else str(tail),
             "follow": "true" if follow else "false",
@@ -283,12 +310,10 @@ class ControlClient:
                     record = json.loads(raw)
                     if isinstance(record, dict) and isinstance(record.get("line"), str):
                         yield record["line"]  # anything else is a keep-alive
-        except httpx.ConnectError as exc:
-            if _denied(exc):
-                raise NoPermission(self.paths) from exc
-            raise not_running(self.paths) from exc
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise self._unreachable(exc) from exc
         except FileNotFoundError as exc:
-            raise not_running(self.paths) from exc
+            raise self._unreachable(exc) from exc
 
     # --- automation (legion/automation) ---------------------------------------------
 
@@ -403,8 +428,7 @@ class ControlClient:
     def events(self, on_open: Callable[[], None] | None = None) -> Iterator[Any]:
         """Typed host events as they happen (blocks; stop with Ctrl-C). `on_open` runs once
         the host has subscribed this stream: every later event will be delivered."""
-        if not _socket_present(self.paths):
-            raise not_running(self.paths)
+        self._check()
         try:
             with self._http.stream("GET", "/v1/events", timeout=None) as response:
                 if on_open is not None:
@@ -412,8 +436,8 @@ class ControlClient:
                 for line in response.iter_lines():
                     if line:
                         yield parse_event(line)
-        except httpx.ConnectError as exc:
-            raise not_running(self.paths) from exc
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise self._unreachable(exc) from exc
 
 
 def _api_error(response: httpx.Response) -> ApiError:

@@ -7,8 +7,9 @@ embedded one is only the transport, an `httpx.AsyncBaseTransport`:
 * `socket_transport(paths)`: the daemon's control socket (`run/control.sock`);
 * `InProcessTransport(host)`: the control router of a host running in this process, called
   directly (same routes, policies, audit, redaction and error bodies; no socket);
-* a later `legion --host ssh://...` is a third factory (a transport whose connections are
-  `ssh ... legion dial-stdio` processes); nothing else changes.
+* `AsyncSshTransport(remote)` (`legion --host ssh://user@server`, `open_remote`): each
+  connection an `ssh ... legion dial-stdio` process bridged to the server's control socket
+  (legion/api/remote.py); nothing else changes.
 
 So both modes yield the same typed events (`legion.wire.events`), parsed from the same
 redacted NDJSON. `open_host(paths)` picks the mode: attach when a host answers on this
@@ -59,6 +60,7 @@ from legion.wire.ops import (
 )
 
 if TYPE_CHECKING:
+    from legion.api.remote import Remote
     from legion.fleet.backend import RuntimeBackend
     from legion.host import Host
 
@@ -70,6 +72,7 @@ __all__ = [
     "InProcessTransport",
     "Mode",
     "open_host",
+    "open_remote",
     "socket_transport",
 ]
 
@@ -105,10 +108,14 @@ class HostClient:
         *,
         mode: Mode,
         timeout: float = 35.0,
+        remote: Remote | None = None,
     ) -> None:
         self.paths = paths
         self.mode: Mode = mode
+        self.remote = remote  # the daemon is on another machine, through ssh
         self.label = "embedded host" if mode == "embedded" else "attached"
+        if remote is not None:
+            self.label = f"attached to {remote.target}"
         self.host_pid: int | None = None
         # Embedded only: returns when the host was asked to stop (`legion stop`, POST /v1/stop).
         self.stop_requested: Callable[[], Awaitable[None]] | None = None
@@ -121,11 +128,21 @@ class HostClient:
 
     # --- plumbing ---------------------------------------------------------------------
 
+    def _unreachable(self, exc: BaseException) -> HostNotRunning:
+        if self.remote is not None:
+            return self.remote.lost(exc)
+        return HostNotRunning(self.paths)
+
     async def _request(self, method: str, url: str, model: type[BaseModel], **kw: Any) -> Any:
         try:
             response = await self._http.request(method, url, **kw)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
-            raise HostNotRunning(self.paths) from exc
+        except (
+            httpx.ConnectError,
+            httpx.RemoteProtocolError,
+            httpx.ReadError,
+            FileNotFoundError,
+        ) as exc:
+            raise self._unreachable(exc) from exc
         if response.status_code >= 400:
             try:
                 body = ErrorBody.model_validate_json(response.content)
@@ -147,7 +164,9 @@ class HostClient:
     async def status(self) -> HostStatus:
         status: HostStatus = await self._request("GET", "/v1/status", HostStatus)
         self.host_pid = status.pid
-        if self.mode == "attached":
+        if self.remote is not None:
+            self.label = f"attached to {self.remote.target} (daemon pid {status.pid})"
+        elif self.mode == "attached":
             self.label = f"attached to daemon pid {status.pid}"
         return status
 
@@ -217,6 +236,16 @@ class HostClient:
         from legion.config_edit import write_validated
         from legion.errors import ConfigError
 
+        if self.remote is not None:
+            raise ApiError(
+                LegionError(
+                    f"legion.toml is on {self.remote.target}: edit it there (`ssh "
+                    f"{self.remote.target} legion agents add ...`); the daemon applies it on "
+                    "`config: Reload`",
+                    code="remote_config",
+                    status=409,
+                ).body()
+            )
         path = self.paths.config
 
         def apply() -> None:
@@ -261,7 +290,7 @@ class HostClient:
 
                 yield events()
         except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise HostNotRunning(self.paths) from exc
+            raise self._unreachable(exc) from exc
 
     async def chat(self, agent: str, text: str) -> AsyncIterator[Any]:
         """Send `text` to `agent` and yield what it does about it: token deltas, tool calls,
@@ -588,3 +617,22 @@ async def open_host(
         stack.push_async_callback(client.aclose)
         await client.status()
         yield client
+
+
+@contextlib.asynccontextmanager
+async def open_remote(
+    remote: Remote, *, request_timeout_s: float = 35.0
+) -> AsyncIterator[HostClient]:
+    """Attach to the daemon on another machine through ssh (`legion --host ssh://...`).
+    Raises `RemoteError` (a `HostNotRunning`) saying what failed and how to fix it."""
+    from legion.api.remote import AsyncSshTransport
+
+    paths = Paths.resolve(f"/remote/{remote.target}/{remote.home or '~'}")
+    client = HostClient(
+        AsyncSshTransport(remote), paths, mode="attached", timeout=request_timeout_s, remote=remote
+    )
+    try:
+        await client.status()
+        yield client
+    finally:
+        await client.aclose()

@@ -38,9 +38,9 @@ def require_valid_name(name: str) -> None:
 
 
 def _reload_if_running() -> str:
-    from legion.api.client import ApiError, ControlClient
+    from legion.api.client import ApiError
 
-    with ControlClient(State.paths()) as client:
+    with State.client() as client:
         if not client.running():
             return "the host is not running; it will use the change when it starts"
         try:
@@ -187,9 +187,8 @@ def rm(
 @app.command("ls")
 def ls(as_json: JsonOpt = False) -> None:
     """List agents with their state, model, restarts and last heartbeat."""
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         listing = client.agents()
     if as_json:
         emit_json(listing.model_dump())
@@ -229,9 +228,8 @@ def ls(as_json: JsonOpt = False) -> None:
 
 def _action(name: str, action: str, as_json: bool) -> None:
     require_valid_name(name)
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         info = client.agent_action(name, action)
     if as_json:
         emit_json(info.model_dump())

@@ -31,7 +31,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 def _client() -> ControlClient:
 
-    return ControlClient(State.paths())
+    return State.client()
 
 
 @app.command("put")

@@ -18,10 +18,8 @@ from legion.cli.common import (
 )
 
 
-def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
+def _turn(agent: str, text: str, timeout_s: float, as_json: bool) -> int:
     """Send one message and stream the reply; returns an exit code."""
-    from legion.api.client import ControlClient
-
     done = threading.Event()
     outcome: dict[str, Any] = {}
     ready = threading.Event()
@@ -30,7 +28,7 @@ def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) ->
 
     def follow() -> None:
         try:
-            with ControlClient(paths, timeout=timeout_s) as events:
+            with State.client(timeout_s) as events:
                 for event in events.events(on_open=ready.set):
                     etype = getattr(event, "type", "")
                     if getattr(event, "agent", None) != agent:
@@ -57,7 +55,7 @@ def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) ->
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
-    with host_errors(), ControlClient(paths) as client:
+    with host_errors(), State.client() as client:
         client.status()  # fail fast (exit 3) when no host runs
         if not ready.wait(timeout=30) or "error" in outcome:
             fail(f"could not follow the host's events: {outcome.get('error', 'timeout')}", 1)
@@ -83,10 +81,8 @@ def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) ->
     return 0
 
 
-def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
+def _steer(agent: str, text: str, timeout_s: float, as_json: bool) -> int:
     """Steer the agent's running turn (or its next one); print the answer of that turn."""
-    from legion.api.client import ControlClient
-
     ready, done = threading.Event(), threading.Event()
     steer_id: list[int] = []
     outcome: dict[str, Any] = {}
@@ -94,7 +90,7 @@ def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -
     def follow() -> None:
         taken = False
         try:
-            with ControlClient(paths, timeout=timeout_s) as events:
+            with State.client(timeout_s) as events:
                 for event in events.events(on_open=ready.set):
                     if getattr(event, "agent", None) != agent or not steer_id:
                         continue
@@ -113,7 +109,7 @@ def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -
             done.set()
 
     threading.Thread(target=follow, daemon=True).start()
-    with host_errors(), ControlClient(paths) as client:
+    with host_errors(), State.client() as client:
         client.status()
         if not ready.wait(timeout=30) or "error" in outcome:
             fail(f"could not follow the host's events: {outcome.get('error', 'timeout')}", 1)
@@ -156,13 +152,12 @@ def chat(
     ] = None,
 ) -> None:
     """Chat with an agent: its reply streams to stdout as it is generated."""
-    paths = State.paths()
     if steer is not None:
         if message is not None:
             fail("--steer takes the text itself; give no MESSAGE with it", 2)
-        raise typer.Exit(_steer(paths, agent, steer, timeout, as_json))
+        raise typer.Exit(_steer(agent, steer, timeout, as_json))
     if message is not None:
-        raise typer.Exit(_turn(paths, agent, message, timeout, as_json))
+        raise typer.Exit(_turn(agent, message, timeout, as_json))
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
@@ -175,4 +170,4 @@ def chat(
             continue
         if interactive:
             sys.stdout.write(f"{safe_text(agent)}> ")
-        _turn(paths, agent, line.rstrip("\n"), timeout, as_json)
+        _turn(agent, line.rstrip("\n"), timeout, as_json)

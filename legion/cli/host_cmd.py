@@ -81,11 +81,11 @@ def daemon(
 
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show the running host: pid, uptime, home, agents."""
-    from legion.api.client import ControlClient, ControlSocketGone
+    from legion.api.client import ControlSocketGone
 
     with host_errors():
         try:
-            with ControlClient(State.paths()) as client:
+            with State.client() as client:
                 st = client.status()
         except ControlSocketGone as exc:
             fail(str(exc), EXIT_UNREACHABLE)
@@ -116,6 +116,9 @@ def stop(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     from legion.api.client import ControlClient, ControlSocketGone
     from legion.hostlock import CannotSignal, lock_holder, signal_host, wait_released
 
+    if State.remote is not None:
+        _stop_remote(as_json)
+        return
     paths = State.paths()
     via = "control_socket"
     try:
@@ -150,6 +153,33 @@ def stop(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         stopped = not paths.control_socket.exists()
     if as_json:
         emit_json({"stopped": stopped, "pid": pid, "via": via})
+    else:
+        typer.echo("host stopped" if stopped else "host is stopping")
+    if not stopped:
+        raise typer.Exit(EXIT_UNREACHABLE)
+
+
+def _stop_remote(as_json: bool) -> None:
+    """`legion --host ssh://... stop`: ask the daemon to stop, then wait until nothing answers."""
+    import time
+
+    from legion.api.client import HostNotRunning
+
+    with host_errors(), State.client() as client:
+        pid = client.status().pid
+        client.stop()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    stopped = False
+    while not stopped and time.monotonic() < deadline:
+        try:
+            with State.client(timeout=5) as client:
+                client.status()
+        except HostNotRunning:
+            stopped = True
+        else:
+            time.sleep(0.2)
+    if as_json:
+        emit_json({"stopped": stopped, "pid": pid, "via": "ssh"})
     else:
         typer.echo("host stopped" if stopped else "host is stopping")
     if not stopped:

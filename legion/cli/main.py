@@ -16,6 +16,7 @@ from legion.cli import (
     config_cmd,
     costs_cmd,
     cron_cmd,
+    dial_cmd,
     host_cmd,
     images_cmd,
     logs_cmd,
@@ -26,7 +27,7 @@ from legion.cli import (
     vault_cmd,
     webhooks_cmd,
 )
-from legion.cli.common import State, echo, emit_json, fmt_time, host_errors, json_line
+from legion.cli.common import State, echo, emit_json, fail, fmt_time, host_errors, json_line
 
 app = typer.Typer(
     name="legion",
@@ -58,6 +59,7 @@ app.command("logs")(logs_cmd.logs)
 app.command("pause")(pause_cmd.pause)
 app.command("resume")(pause_cmd.resume)
 app.command("setup")(setup_cmd.setup)
+app.command("dial-stdio")(dial_cmd.dial_stdio)
 
 
 def _version(value: bool) -> None:
@@ -78,6 +80,19 @@ def root(
             help="State folder (default: $XDG_DATA_HOME/legion, i.e. ~/.local/share/legion).",
         ),
     ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            envvar="LEGION_HOST",
+            show_envvar=True,
+            metavar="ssh://[user@]server[:port][/home]",
+            help="Work with the daemon on another machine through ssh (it runs `legion "
+            "dial-stdio` there; no port is opened). The path, if any, is the server's "
+            "LEGION_HOME. LEGION_SSH_COMMAND replaces `ssh`, LEGION_REMOTE_LEGION names the "
+            "legion command on the server.",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -86,10 +101,23 @@ def root(
     ] = False,
 ) -> None:
     State.home = home
+    State.command = ctx.invoked_subcommand or ""
+    State.remote = None
+    if host:
+        from legion.api.remote import Remote
+
+        try:
+            State.remote = Remote.parse(host)
+        except ValueError as exc:
+            fail(str(exc), 2)
+        if ctx.invoked_subcommand == "dial-stdio":
+            fail("`legion dial-stdio` bridges to this machine's daemon; it takes no --host", 2)
     if ctx.invoked_subcommand is None:
         # The only import of the TUI (and so of textual) in the CLI: lazy, here.
-        from tui.launch import run
+        from tui.launch import run, run_remote
 
+        if State.remote is not None:
+            raise typer.Exit(run_remote(State.remote, home))
         raise typer.Exit(run(State.paths()))
 
 
@@ -98,10 +126,9 @@ def events(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON per line.")] = False,
 ) -> None:
     """Follow the host's event stream (Ctrl-C to stop)."""
-    from legion.api.client import ControlClient
 
     try:
-        with host_errors(), ControlClient(State.paths()) as client:
+        with host_errors(), State.client() as client:
             for event in client.events():
                 if as_json:
                     # ASCII-escaped: no raw control or bidi character reaches the terminal.

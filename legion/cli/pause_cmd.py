@@ -32,10 +32,9 @@ def pause(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Stop LLM dispatch now: cut the calls in flight, refuse new ones until `legion resume`."""
-    from legion.api.client import ControlClient
 
     agent = _target(name, everyone, "pause")
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         state = client.pause(agent, reason)
     if as_json:
         emit_json(state.model_dump())
@@ -51,10 +50,9 @@ def resume(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Resume LLM dispatch of an agent (or of the whole fleet with --all)."""
-    from legion.api.client import ControlClient
 
     agent = _target(name, everyone, "resume")
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         state = client.resume(agent)
     if as_json:
         emit_json(state.model_dump())

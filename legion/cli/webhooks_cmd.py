@@ -26,9 +26,8 @@ SECRET_STDIN = Annotated[
 
 
 def _client() -> Any:
-    from legion.api.client import ControlClient
 
-    return ControlClient(State.paths())
+    return State.client()
 
 
 def _secret(from_stdin: bool) -> str:
