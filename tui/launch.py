@@ -51,11 +51,14 @@ def run_remote(remote: Remote, home: str | None) -> int:
             print(exc.render(), file=sys.stderr)
             print(f"legion: fix {exc.path} (its [tui.keys] are read)", file=sys.stderr)
             return 2
-    from legion.api.client import ControlClient, HostNotRunning
+    from legion.api.hostclient import HostNotRunning
+
+    async def reachable() -> None:
+        async with open_remote(remote):
+            pass
 
     try:  # on the terminal, before the full screen: ssh's failure is read where it was typed
-        with ControlClient.remote(remote) as client:
-            client.status()
+        asyncio.run(reachable())
     except HostNotRunning as exc:
         print(f"legion: {exc}", file=sys.stderr)
         return 3
