@@ -194,28 +194,53 @@ class LegionApp(App[int]):
 
     @work(group="events", exit_on_error=False)
     async def _bridge(self) -> None:
+        """Host events to the screen: one batch per frame at most, and never more than one
+        batch waiting in the app's queue. While the app applies a batch, what arrives joins
+        the next one; so a key the operator types waits behind at most one batch, however
+        far a flood of tokens runs ahead of the painting (the queue cannot grow)."""
         client = await self.client_ready()
         loop = asyncio.get_running_loop()
         pending: list[Any] = []
+        posted = scheduled = False
 
         def flush() -> None:
+            nonlocal posted, scheduled
+            scheduled = False
+            if posted or not pending:
+                return
             batch = pending.copy()
             pending.clear()
-            self.post_message(HostEvents(batch))
+            posted = True
+            self.post_message(HostEvents(batch, applied=applied))
+
+        def applied() -> None:
+            nonlocal posted, scheduled
+            posted = False
+            if pending and not scheduled:
+                scheduled = True
+                loop.call_later(BATCH_S, flush)
 
         try:
             async with client.subscribe() as events:
                 self.subscribed.set()
                 async for event in events:
-                    if not pending:  # one message per frame at most, however fast events come
-                        loop.call_later(BATCH_S, flush)
                     pending.append(event)
+                    if not scheduled and not posted:
+                        scheduled = True
+                        loop.call_later(BATCH_S, flush)
         finally:
             self.post_message(HostGone())
 
     @on(HostEvents)
     async def on_host_events(self, message: HostEvents) -> None:
-        change = self.state.apply(message.events)
+        try:
+            await self._apply_events(message.events)
+        finally:
+            if message.applied is not None:
+                message.applied()
+
+    async def _apply_events(self, events: list[Any]) -> None:
+        change = self.state.apply(events)
         fleet = self._live_fleet()
         if fleet is None:
             return  # the state is kept; the widgets are going away

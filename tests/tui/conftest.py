@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -69,6 +70,14 @@ class Run:
 
 
 Starter = Callable[..., Any]
+
+
+@pytest.fixture(autouse=True)
+def leaks_are_the_leakers() -> Iterator[None]:
+    """Collect after each test: a socket, pipe or file a test left open is then reported
+    (warnings are errors) by the test that left it, not by whichever test runs next."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -9,11 +9,12 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from tui.keys import bindings
 from tui.state import Change, Item
 from tui.widgets.agent_pane import AgentPane
+from tui.widgets.footer import LegionFooter
 from tui.widgets.pane_grid import PaneGrid
 from tui.widgets.sidebar import FleetSidebar
 from tui.widgets.ticker import EventsTicker
@@ -58,7 +59,7 @@ class FleetScreen(Screen[None]):
                         id="empty",
                     )
                 yield EventsTicker()
-        yield Footer()
+        yield LegionFooter()
 
     def __init__(self) -> None:
         super().__init__()

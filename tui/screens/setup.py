@@ -15,11 +15,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Label, Select, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
 from legion.setup import PROVIDERS, STARTERS, Applied, Choice, SetupError, apply, problems
 from tui.keys import bindings
 from tui.text import plain
+from tui.widgets.footer import LegionFooter
 
 if TYPE_CHECKING:
     from tui.app import LegionApp
@@ -68,7 +69,7 @@ class SetupScreen(Screen[Applied | None]):
             with Horizontal(classes="-buttons"):
                 yield Button("Set up and start", variant="primary", id="apply")
                 yield Button("Skip", id="skip")
-        yield Footer()
+        yield LegionFooter()
 
     def on_mount(self) -> None:
         if self.app.is_headless:

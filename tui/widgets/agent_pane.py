@@ -21,6 +21,7 @@ from tui.state import AgentView, Item
 from tui.text import plain, safe
 from tui.widgets.agent_row import LABEL, STATE_STYLE
 from tui.widgets.live_reply import LiveReply
+from tui.widgets.pane_input import PaneInput
 from tui.widgets.tool_line import ToolLine
 
 MAX_WIDGETS = 200  # mounted history items per pane; older ones stay in the session transcript
@@ -53,7 +54,9 @@ class AgentPane(Vertical, can_focus=False):
     }
     AgentPane:focus-within { border: round $primary; }
     AgentPane > #history { height: 1fr; padding: 0 1; }
-    AgentPane > Input { dock: bottom; margin: 0; border: none; height: 1; padding: 0 1; }
+    AgentPane > Input {
+        dock: bottom; margin: 0; border: none; height: 1; width: 1fr; padding: 0 1;
+    }
     AgentPane > Input:focus { border: none; background: $boost; }
     AgentPane .-user { color: $accent; margin: 0 0 1 0; }
     AgentPane .-steer { color: $warning; margin: 0 0 1 0; }
@@ -90,7 +93,7 @@ class AgentPane(Vertical, can_focus=False):
         if live is not None:
             self.live = live
             yield live
-        yield Input(
+        yield PaneInput(
             placeholder=f"message {self.agent} (Enter sends; Ctrl+S steers its running turn)",
             id="say",
         )
