@@ -95,7 +95,9 @@ class AgentDraft:
 
 
 def socket_transport(paths: Paths) -> httpx.AsyncBaseTransport:
-    return httpx.AsyncHTTPTransport(uds=str(paths.control_socket))
+    from legion.api.sockstream import UnixSocketTransport
+
+    return UnixSocketTransport(str(paths.control_socket))
 
 
 class HostClient:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import select
 import shlex
 import shutil
 import socket
@@ -42,6 +41,7 @@ import httpcore
 import httpx
 
 from legion.api.client import HostNotRunning
+from legion.api.sockstream import AsyncSocketStream, is_readable
 
 GREETING = b"legion-dial-stdio 1\n"
 # dial-stdio's exit status when no daemon answers on the server (as the CLI's HostNotRunning).
@@ -192,16 +192,6 @@ def _read_stderr(file: IO[bytes]) -> str:
     return file.read()[-_STDERR_LIMIT:].decode("utf-8", "replace")
 
 
-def _is_readable(sock: socket.socket) -> bool:
-    """Whether the socket has data or EOF waiting: for httpcore, an idle connection that the
-    far side closed (it then opens a new one instead of reusing it)."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
-
-
 def _spawn_error(remote: Remote, exc: OSError) -> RemoteError:
     name = remote.ssh_command[0]
     if isinstance(exc, FileNotFoundError) or shutil.which(name) is None:
@@ -256,7 +246,7 @@ class _SshStream(httpcore.NetworkStream):
         raise httpcore.ConnectError("TLS is not used over ssh")
 
     def get_extra_info(self, info: str) -> Any:
-        return _is_readable(self.sock) if info == "is_readable" else None
+        return is_readable(self.sock) if info == "is_readable" else None
 
 
 def _greeting_sync(sock: socket.socket, timeout: float | None) -> bytes:
@@ -337,29 +327,10 @@ class SshTransport(httpx.HTTPTransport):
 # --- the asynchronous side (the TUI's HostClient) --------------------------------------------
 
 
-class _AsyncSshStream(httpcore.AsyncNetworkStream):
+class _AsyncSshStream(AsyncSocketStream):
     def __init__(self, sock: socket.socket, proc: asyncio.subprocess.Process, err: IO[bytes]):
-        self.sock, self.proc, self.err = sock, proc, err
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 (httpcore's interface)
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                return await loop.sock_recv(self.sock, max_bytes)
-        except TimeoutError as exc:
-            raise httpcore.ReadTimeout(str(exc)) from exc
-        except OSError as exc:
-            raise httpcore.ReadError(str(exc)) from exc
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                await loop.sock_sendall(self.sock, buffer)
-        except TimeoutError as exc:
-            raise httpcore.WriteTimeout(str(exc)) from exc
-        except OSError as exc:
-            raise httpcore.WriteError(str(exc)) from exc
+        super().__init__(sock)
+        self.proc, self.err = proc, err
 
     async def aclose(self) -> None:
         self.sock.close()  # ssh sees EOF on its stdin and ends the session
@@ -372,12 +343,6 @@ class _AsyncSshStream(httpcore.AsyncNetworkStream):
             await self.proc.wait()
         finally:
             self.err.close()
-
-    async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("TLS is not used over ssh")
-
-    def get_extra_info(self, info: str) -> Any:
-        return _is_readable(self.sock) if info == "is_readable" else None
 
 
 async def _greeting(sock: socket.socket) -> bytes:
