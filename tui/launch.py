@@ -13,6 +13,7 @@ from legion.api.hostclient import open_host, open_remote
 from legion.config import load_config
 from legion.errors import ConfigError
 from legion.paths import Paths
+from legion.textsafe import safe_text
 
 if TYPE_CHECKING:
     from legion.api.remote import Remote
@@ -60,7 +61,8 @@ def run_remote(remote: Remote, home: str | None) -> int:
     try:  # on the terminal, before the full screen: ssh's failure is read where it was typed
         asyncio.run(reachable())
     except HostNotRunning as exc:
-        print(f"legion: {exc}", file=sys.stderr)
+        # what ssh or the server said may hold terminal controls: shown, never interpreted
+        print(f"legion: {safe_text(str(exc), multiline=True)}", file=sys.stderr)
         return 3
     from tui.app import LegionApp
 

@@ -171,7 +171,9 @@ class Remote:
     ) -> RemoteError:
         """The error for a connection whose greeting did not come (`hello`: what came)."""
         if hello == b"timeout":
-            said = stderr.strip().replace("\r", "")[-_STDERR_LIMIT:]
+            from legion.textsafe import safe_text
+
+            said = safe_text(stderr.strip().replace("\r", "")[-_STDERR_LIMIT:], multiline=True)
             return RemoteError(
                 f"ssh to {self.target} (--host {self.url}) did not connect within "
                 f"{timeout or 0:.0f} s" + (f"; ssh said: {said}" if said else "")
