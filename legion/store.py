@@ -294,6 +294,21 @@ def _m5_retention(conn: apsw.Connection) -> None:
     )
 
 
+def _m7_paused(conn: apsw.Connection) -> None:
+    """The operator's pauses of LLM dispatch (legion/gateway/llm/inflight.py): one row per
+    paused agent, `*` for the whole fleet; kept across restarts until `legion resume`."""
+    conn.execute(
+        """
+        CREATE TABLE paused_agents (
+            agent TEXT PRIMARY KEY,
+            since REAL NOT NULL,
+            paused_by TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT ''
+        );
+        """
+    )
+
+
 def _m6_incremental_vacuum(conn: apsw.Connection) -> None:
     """auto_vacuum=INCREMENTAL, so pruned pages go back to the file system a few at a time
     (`PRAGMA incremental_vacuum`). An existing database needs one VACUUM to switch: it
@@ -339,6 +354,7 @@ MIGRATIONS: list[Migration] = [
     _m4_automation,
     _m5_retention,
     _m6_incremental_vacuum,
+    _m7_paused,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

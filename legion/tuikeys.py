@@ -140,6 +140,15 @@ BINDINGS: tuple[KeySpec, ...] = (
         "sidebar",
     ),
     KeySpec(
+        "steer",
+        "ctrl+s",
+        "steer",
+        "Steer",
+        "Send the input as a steer: it reaches the agent's running turn between two tool "
+        "rounds (or is its next turn when idle), ahead of its queue.",
+        "pane",
+    ),
+    KeySpec(
         "bb-refresh", "ctrl+r", "refresh", "Refresh", "Read the blackboard again.", "blackboard"
     ),
     KeySpec(
@@ -209,6 +218,14 @@ BINDINGS: tuple[KeySpec, ...] = (
         "Read every browser's state again.",
         "browser",
         show=False,
+    ),
+    KeySpec(
+        "setup-skip",
+        "escape",
+        "skip",
+        "Skip",
+        "Leave the first-run setup (`legion setup` does it later, or write legion.toml).",
+        "setup",
     ),
     KeySpec(
         "dialog-cancel",

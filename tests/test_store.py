@@ -104,7 +104,7 @@ def test_a_database_of_the_automation_schema_upgrades_in_order(home: Path) -> No
     conn.close()
     s = Store(home / "host.db")
     versions = [r[0] for r in s.execute("SELECT version FROM schema_version ORDER BY version")]
-    assert versions == list(range(1, SCHEMA_VERSION + 1)) and SCHEMA_VERSION == 6
+    assert versions == list(range(1, SCHEMA_VERSION + 1)) and SCHEMA_VERSION == 7
     assert s.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     tables = {r[0] for r in s.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"audit_seals", "ledger_daily", "cron_jobs", "webhook_jobs"} <= tables

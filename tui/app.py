@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from legion.api.hostclient import ApiError, HostClient, HostNotRunning
+from legion.setup import Applied
 from tui.browser import BrowserDesk
 from tui.commands import PROVIDERS, agent_fields, draft_of, parse_value
 from tui.keys import bindings, keymap
@@ -32,8 +33,8 @@ from tui.screens.costs import CostsScreen
 from tui.screens.dialogs import ConfirmScreen, Field, FormScreen, TextScreen
 from tui.screens.fleet import FleetScreen
 from tui.screens.help import HelpScreen
+from tui.screens.setup import SetupScreen
 from tui.state import FleetState
-from tui.widgets.agent_pane import AgentPane
 from tui.widgets.header import LegionHeader
 from tui.widgets.sidebar import FleetSidebar
 
@@ -69,8 +70,10 @@ class LegionApp(App[int]):
         keys: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         refresh_s: float = 2.0,
+        first_run: bool = False,
     ) -> None:
         super().__init__()
+        self.first_run = first_run  # no legion.toml: the setup screen opens once connected
         self.connector = connector
         self.home = home
         self.key_overrides = dict(keys or {})
@@ -160,6 +163,25 @@ class LegionApp(App[int]):
         self.load_agents()
         self.load_costs()
         self.browser.load()
+        if self.first_run and not self.client.paths.config.exists():
+            self.first_run = False
+            self.push_screen(SetupScreen(), self._set_up)
+
+    def _set_up(self, applied: Applied | None) -> None:
+        """The setup screen wrote legion.toml: the host applies it (its agents start)."""
+        if applied is None:
+            self.notify(
+                "no legion.toml yet: `legion setup` (or the file itself) sets one up later",
+                markup=False,
+            )
+            return
+
+        async def call(client: HostClient) -> str:
+            result = await client.config_reload()
+            started = f"; started {', '.join(result.added)}" if result.added else ""
+            return f"wrote {applied.config}{started}. Enter on an agent opens its pane"
+
+        self.act("setup: Start", "config", call)
 
     @on(ConnectFailed)
     def on_connect_failed(self, message: ConnectFailed) -> None:
@@ -177,29 +199,54 @@ class LegionApp(App[int]):
 
     @work(group="events", exit_on_error=False)
     async def _bridge(self) -> None:
+        """Host events to the screen: one batch per frame at most, and never more than one
+        batch waiting in the app's queue. While the app applies a batch, what arrives joins
+        the next one; so a key the operator types waits behind at most one batch, however
+        far a flood of tokens runs ahead of the painting (the queue cannot grow)."""
         client = await self.client_ready()
         loop = asyncio.get_running_loop()
         pending: list[Any] = []
+        posted = scheduled = False
 
         def flush() -> None:
+            nonlocal posted, scheduled
+            scheduled = False
+            if posted or not pending:
+                return
             batch = pending.copy()
             pending.clear()
-            self.post_message(HostEvents(batch))
+            posted = True
+            self.post_message(HostEvents(batch, applied=applied))
+
+        def applied() -> None:
+            nonlocal posted, scheduled
+            posted = False
+            if pending and not scheduled:
+                scheduled = True
+                loop.call_later(BATCH_S, flush)
 
         try:
             async with client.subscribe() as events:
                 self.subscribed.set()
                 async for event in events:
-                    if not pending:  # one message per frame at most, however fast events come
-                        loop.call_later(BATCH_S, flush)
                     pending.append(event)
+                    if not scheduled and not posted:
+                        scheduled = True
+                        loop.call_later(BATCH_S, flush)
         finally:
             self.post_message(HostGone())
 
     @on(HostEvents)
     async def on_host_events(self, message: HostEvents) -> None:
-        change = self.state.apply(message.events)
-        self.browser.apply(message.events)
+        try:
+            await self._apply_events(message.events)
+        finally:
+            if message.applied is not None:
+                message.applied()
+
+    async def _apply_events(self, events: list[Any]) -> None:
+        change = self.state.apply(events)
+        self.browser.apply(events)
         fleet = self._live_fleet()
         if fleet is None:
             return  # the state is kept; the widgets are going away
@@ -272,9 +319,11 @@ class LegionApp(App[int]):
 
     @work(exclusive=True, group="load-agents", exit_on_error=False)
     async def load_agents(self) -> None:
-        if self.client is None:
+        client = self.client
+        if client is None:
             return
-        self.post_message(Loaded("agents", await self.client.agents()))
+        agents = await client.agents()
+        self.post_message(Loaded("agents", (agents, await client.status())))
 
     @work(exclusive=True, group="load-costs", exit_on_error=False)
     async def load_costs(self) -> None:
@@ -284,12 +333,13 @@ class LegionApp(App[int]):
     @on(Loaded)
     def on_loaded(self, message: Loaded) -> None:
         if message.kind == "agents":
-            changed = self.state.load_agents(message.data)
+            agents, status = message.data
+            changed = self.state.load_agents(agents) | self.state.load_status(status)
             fleet = self._live_fleet()
             with contextlib.suppress(NoMatches):
                 if fleet is not None:
                     fleet.query_one(FleetSidebar).sync(self.state.agents, changed)
-                    for pane in fleet.query(AgentPane):
+                    for pane in fleet.panes.values():
                         pane.show_title()
         elif message.kind == "costs":
             self.state.load_costs(message.data)
@@ -397,12 +447,47 @@ class LegionApp(App[int]):
         self.action_show("fleet")
         await self.fleet.open_agent(agent)
 
+    def steer(self, agent: str, text: str) -> None:
+        """Send `text` as a steer: into the running turn of `agent`, or its next turn."""
+        item = self.state.said(agent, text, steer=True)
+        fleet = self._live_fleet()
+        pane = fleet.panes.get(agent) if fleet is not None else None
+        if pane is not None:
+            self.call_later(pane.show_item, "new", item)
+
+        async def call(client: HostClient) -> str:
+            queued = await client.steer(agent, text)
+            return f"steer queued for {agent} (item {queued.item_id})"
+
+        self.act(f"agent: Steer {agent}", f"steer-{agent}", call)
+
+    def pause(self, agent: str | None) -> None:
+        """The kill switch: `agent`'s LLM calls (None: the fleet's) cut now, refused after."""
+
+        async def call(client: HostClient) -> str:
+            state = await client.pause(agent, reason="from the TUI")
+            who = "the whole fleet" if agent is None else agent
+            cut = f"; {state.cut} call(s) in flight cut" if state.cut else ""
+            return f"paused {who}{cut}"
+
+        title = "fleet: Pause all" if agent is None else f"agent: Pause {agent}"
+        self.act(title, "pause", call)
+
+    def resume(self, agent: str | None) -> None:
+        async def call(client: HostClient) -> str:
+            state = await client.resume(agent)
+            still = f"; still paused: {', '.join(state.paused)}" if state.paused else ""
+            return f"resumed {'the whole fleet' if agent is None else agent}{still}"
+
+        title = "fleet: Resume all" if agent is None else f"agent: Resume {agent}"
+        self.act(title, "pause", call)
+
     def chat(self, agent: str, text: str) -> None:
         item = self.state.said(agent, text)
         fleet = self._live_fleet()
-        for pane in fleet.query(AgentPane) if fleet is not None else []:
-            if pane.agent == agent:
-                self.call_later(pane.show_item, "new", item)
+        pane = fleet.panes.get(agent) if fleet is not None else None
+        if pane is not None:
+            self.call_later(pane.show_item, "new", item)
 
         async def send(client: HostClient) -> str:
             queued = await client.send(agent, text)

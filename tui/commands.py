@@ -72,9 +72,32 @@ class AgentCommands(_Domain):
             (f"agent: Stop {name}", "stop its container", action("stop")),
             (f"agent: Restart {name}", "stop then start its container", action("restart")),
             (
+                f"agent: Pause {name}",
+                "cut its LLM calls in flight, refuse new ones until resumed",
+                lambda: app.pause(name),
+            ),
+            (f"agent: Resume {name}", "let its LLM calls through again", lambda: app.resume(name)),
+            (
                 f"agent: Remove {name}",
                 "remove it from legion.toml (asks first)",
                 lambda: app.remove_agent(name),
+            ),
+        ]
+
+
+class FleetCommands(_Domain):
+    def commands(self) -> list[Command]:
+        app = self.legion
+        return [
+            (
+                "fleet: Pause all",
+                "the kill switch: cut every LLM call in flight, refuse new ones until resumed",
+                lambda: app.pause(None),
+            ),
+            (
+                "fleet: Resume all",
+                "lift every pause: LLM calls go through again",
+                lambda: app.resume(None),
             ),
         ]
 
@@ -182,6 +205,7 @@ class BrowserCommands(_Domain):
 PROVIDERS = {
     BrowserCommands,
     AgentCommands,
+    FleetCommands,
     BlackboardCommands,
     AuditCommands,
     ConfigCommands,

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
-from legion.api.hostclient import open_host
+from legion.api.hostclient import open_host, open_remote
 from legion.config import load_config
 from legion.errors import ConfigError
 from legion.paths import Paths
+from legion.textsafe import safe_text
+
+if TYPE_CHECKING:
+    from legion.api.remote import Remote
+    from tui.app import LegionApp
 
 
 def run(paths: Paths) -> int:
@@ -25,9 +31,46 @@ def run(paths: Paths) -> int:
 
     log_file = paths.home / "logs" / "tui-host.log"
     app = LegionApp(
-        lambda: open_host(paths, log_file=log_file), home=str(paths.home), keys=config.tui.keys
+        lambda: open_host(paths, log_file=log_file),
+        home=str(paths.home),
+        keys=config.tui.keys,
+        first_run=not paths.config.exists(),
     )
 
+    return _run_app(app)
+
+
+def run_remote(remote: Remote, home: str | None) -> int:
+    """`legion --host ssh://...`: the TUI attached to that daemon through ssh. The keys come
+    from this machine's legion.toml (`--home`) when there is one: they are the operator's."""
+    paths = Paths.resolve(home)
+    keys: dict[str, str] = {}
+    if paths.config.exists():
+        try:
+            keys = load_config(paths.config).tui.keys
+        except ConfigError as exc:
+            print(exc.render(), file=sys.stderr)
+            print(f"legion: fix {exc.path} (its [tui.keys] are read)", file=sys.stderr)
+            return 2
+    from legion.api.hostclient import HostNotRunning
+
+    async def reachable() -> None:
+        async with open_remote(remote):
+            pass
+
+    try:  # on the terminal, before the full screen: ssh's failure is read where it was typed
+        asyncio.run(reachable())
+    except HostNotRunning as exc:
+        # what ssh or the server said may hold terminal controls: shown, never interpreted
+        print(f"legion: {safe_text(str(exc), multiline=True)}", file=sys.stderr)
+        return 3
+    from tui.app import LegionApp
+
+    app = LegionApp(lambda: open_remote(remote), home=remote.url, keys=keys)
+    return _run_app(app)
+
+
+def _run_app(app: LegionApp) -> int:
     async def main() -> None:
         try:
             await app.run_async()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +20,11 @@ class ConnectFailed(Message):
 
 @dataclass
 class HostEvents(Message):
-    """Typed host events, in order, as they arrived together (one batch per loop tick)."""
+    """Typed host events, in order, as they arrived together (one batch per frame, and one
+    batch in the app's queue at a time: `applied` tells the bridge it may send the next)."""
 
     events: list[Any] = field(default_factory=list)
+    applied: Callable[[], None] | None = None
 
 
 class HostGone(Message):

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from legion.wire.api import AgentInfo, AgentList
+from legion.wire.api import AgentInfo, AgentList, HostStatus
 from legion.wire.ops import CostReport
 
 MAX_TRANSCRIPT = 400  # items per agent
@@ -26,7 +26,7 @@ Activity = Literal["starting", "idle", "thinking", "tool", "paused", "failed", "
 class Item:
     """One entry of an agent's transcript."""
 
-    kind: Literal["user", "reply", "tool", "note"]
+    kind: Literal["user", "steer", "reply", "tool", "note"]
     text: str = ""
     done: bool = True
     call_id: str = ""
@@ -45,13 +45,42 @@ class AgentView:
     doing: str = ""
     model: str | None = None
     role: str | None = None
-    queue: int = 0
+    queue: int = 0  # items waiting in its lane
+    in_progress: int = 0  # items its runtime took and has not acked
+    steers: int = 0  # steer messages waiting
+    paused: bool = False  # its LLM calls are paused (the kill switch)
+    cron_jobs: int = 0
+    cron_failed: int = 0
+    last_cron: str = ""  # the latest cron run that went wrong, shown when idle
+    wake: str = ""  # wake checks: "wake 3/41" (dispatched of checks)
     today_usd: float = 0.0
     month_usd: float = 0.0
     daily_cap: float | None = None
     monthly_cap: float | None = None
     refused: str = ""  # the last budget refusal, shown until the next successful call
     transcript: deque[Item] = field(default_factory=lambda: deque(maxlen=MAX_TRANSCRIPT))
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        if not paused and self.refused.startswith("paused"):
+            self.refused = ""  # the refusal was the pause's
+
+    @property
+    def shown_activity(self) -> Activity:
+        """What the sidebar says: a failed or stopped container first, then a pause."""
+        if self.paused and self.activity not in ("failed", "stopped", "starting"):
+            return "paused"
+        return self.activity
+
+    def automation(self) -> str:
+        """One line on cron jobs and wake checks (empty without either)."""
+        parts = []
+        if self.cron_jobs:
+            failed = f" ({self.cron_failed} failed)" if self.cron_failed else ""
+            parts.append(f"cron {self.cron_jobs}{failed}")
+        if self.wake:
+            parts.append(self.wake)
+        return " · ".join(parts)
 
     @property
     def budget_share(self) -> float | None:
@@ -107,6 +136,8 @@ class FleetState:
         self.runtime: str | None = None
         self.ticker: deque[Tick] = deque(maxlen=MAX_TICKER)
         self.lagged = 0
+        self.status_loaded = False  # lane depths come from the status once it was read
+        self.fleet_paused = False
 
     def view(self, name: str) -> AgentView:
         if name not in self.agents:
@@ -130,15 +161,70 @@ class FleetState:
 
     def _load_agent(self, info: AgentInfo) -> bool:
         view = self.view(info.name)
-        before = (view.state, view.reason, view.queue, view.model, view.activity)
-        view.model, view.role, view.queue = info.model, info.role, info.inbox_depth
+        before = (view.state, view.reason, view.queue, view.model, view.activity, view.paused)
+        view.model, view.role = info.model, info.role
+        view.set_paused(info.paused)
+        if not self.status_loaded:
+            view.queue = info.inbox_depth
         if view.state != info.state or view.reason != info.reason:
             view.state, view.reason = info.state, info.reason
             if info.state != "running" or view.activity in ("starting", "failed", "stopped"):
                 view.activity = _activity_of(info.state)
         if self.runtime is None and view.state == "stopped" and view.activity == "stopped":
             view.activity = "idle"  # no runtime backend: agents run outside the host
-        return before != (view.state, view.reason, view.queue, view.model, view.activity)
+        return before != (
+            view.state,
+            view.reason,
+            view.queue,
+            view.model,
+            view.activity,
+            view.paused,
+        )
+
+    def load_status(self, status: HostStatus) -> set[str]:
+        """Take the host's status (lanes, cron, wake checks); returns the rows that changed."""
+        self.status_loaded = True
+        changed: set[str] = set()
+        for agent in status.agents:
+            if agent.name not in self.agents:
+                continue
+            view = self.agents[agent.name]
+            wake = (
+                f"wake {agent.wake.dispatched}/{agent.wake.checks}"
+                if agent.wake is not None
+                else ""
+            )
+            now = (
+                agent.queue_depth,
+                agent.in_progress,
+                agent.steers_waiting,
+                agent.cron_jobs,
+                agent.cron_failed,
+                wake,
+                agent.paused,
+            )
+            before = (
+                view.queue,
+                view.in_progress,
+                view.steers,
+                view.cron_jobs,
+                view.cron_failed,
+                view.wake,
+                view.paused,
+            )
+            if now != before:
+                (
+                    view.queue,
+                    view.in_progress,
+                    view.steers,
+                    view.cron_jobs,
+                    view.cron_failed,
+                    view.wake,
+                    _,
+                ) = now
+                view.set_paused(agent.paused)
+                changed.add(agent.name)
+        return changed
 
     def load_costs(self, report: CostReport) -> None:
         self.fleet_today, self.fleet_month = report.fleet_today_usd, report.fleet_month_usd
@@ -150,8 +236,8 @@ class FleetState:
 
     # --- the operator ---------------------------------------------------------------
 
-    def said(self, agent: str, text: str) -> Item:
-        item = Item("user", text)
+    def said(self, agent: str, text: str, *, steer: bool = False) -> Item:
+        item = Item("steer" if steer else "user", text)
         self.view(agent).transcript.append(item)
         return item
 
@@ -281,7 +367,11 @@ class FleetState:
         change.audit = True
         if e.action == "llm.refused":
             view = self.view(e.actor)
-            view.refused = self._refusal_reason(view)
+            view.refused = (
+                f"paused (legion resume {'--all' if self.fleet_paused else e.actor})"
+                if view.paused
+                else self._refusal_reason(view)
+            )
             change.agents.add(e.actor)
             change.costs = True
             self._tick(
@@ -304,6 +394,68 @@ class FleetState:
         if self.fleet_cap is not None:
             caps.append(f"fleet daily cap ${self.fleet_cap:g}, ${self.fleet_today:.4f} spent")
         return "budget: " + ("; ".join(caps) if caps else "no cap known (see the audit log)")
+
+    # --- the kill switch and automation ------------------------------------------------
+
+    def _on_pause_changed(self, e: Any, change: Change) -> None:
+        paused = set(e.paused)
+        self.fleet_paused = e.fleet
+        for name, view in self.agents.items():
+            view.set_paused(name in paused)
+            change.agents.add(name)
+        who = "the whole fleet" if e.target == "*" else e.target
+        if e.action == "pause":
+            cut = f"; {e.cut} call(s) in flight cut" if e.cut else ""
+            why = f" ({e.reason})" if e.reason else ""
+            self._tick(change, e.at, "warning", f"{who} paused by {e.by}{why}{cut}")
+        else:
+            still = f"; still paused: {', '.join(e.paused)}" if e.paused else ""
+            self._tick(change, e.at, "info", f"{who} resumed by {e.by}{still}")
+
+    def _on_queue_depth(self, e: Any, change: Change) -> None:
+        view = self.view(e.agent)
+        view.queue, view.in_progress, view.steers = e.waiting, e.in_progress, e.steers
+        if view.activity == "queued" and not (e.waiting or e.in_progress):
+            view.activity, view.doing = "idle", ""
+        change.agents.add(e.agent)
+
+    def _on_steer_taken(self, e: Any, change: Change) -> None:
+        view = self.view(e.agent)
+        item = Item("note", f"steer from {e.sender} taken by the running turn", level="info")
+        view.transcript.append(item)
+        change.items.append((e.agent, "new", item))
+        view.steers = max(0, view.steers - 1)
+        change.agents.add(e.agent)
+        self._tick(change, e.at, "info", f"{e.agent} took a steer from {e.sender}")
+
+    def _on_cron_run(self, e: Any, change: Change) -> None:
+        view = self.view(e.agent)
+        detail = f": {e.detail}" if e.detail else ""
+        if e.status == "dispatched":
+            late = f" ({e.lateness_s:.1f} s late)" if e.lateness_s >= 1 else ""
+            self._tick(change, e.at, "info", f"cron {e.agent}/{e.name} ran{late}")
+        elif e.status == "done":
+            return
+        else:
+            level = "error" if e.status == "failed" else "warning"
+            text = {"failed": "failed", "overlap": "skipped (still running)", "missed": "missed"}
+            view.last_cron = f"cron {e.name} {text[e.status]}{detail}"
+            if e.status == "failed":
+                view.cron_failed += 1
+            change.agents.add(e.agent)
+            self._tick(change, e.at, level, f"cron {e.agent}/{e.name} {text[e.status]}{detail}")
+
+    def _on_wake_checked(self, e: Any, change: Change) -> None:
+        if e.outcome == "dispatched":
+            self._tick(change, e.at, "info", f"{e.agent} woke: {e.findings} finding(s)")
+
+    def _on_webhook_received(self, e: Any, change: Change) -> None:
+        job = f" (job {e.job})" if e.job else ""
+        if e.status == "accepted":
+            self._tick(change, e.at, "info", f"webhook {e.hook} -> {e.agent}{job}")
+        else:
+            why = f": {e.reason}" if e.reason else ""
+            self._tick(change, e.at, "warning", f"webhook {e.hook} refused{why}")
 
     def _on_inbox_refused(self, e: Any, change: Change) -> None:
         self._tick(change, e.at, "warning", f"{e.sender}: inboxes full ({', '.join(e.full)})")
@@ -328,5 +480,7 @@ class FleetState:
     def busy(self) -> list[str]:
         """Agents in the middle of something (quitting an embedded host interrupts them)."""
         return sorted(
-            a.name for a in self.agents.values() if a.activity in ("thinking", "tool", "queued")
+            a.name
+            for a in self.agents.values()
+            if a.activity in ("thinking", "tool", "queued") or a.in_progress
         )

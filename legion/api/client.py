@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -51,6 +51,7 @@ from legion.wire.automation import (
 )
 from legion.wire.browser import BrowserInfo, BrowserList, Handoff
 from legion.wire.db import DbStats, PruneResult
+from legion.wire.dispatch import PauseState
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
 from legion.wire.mcp import McpList
@@ -65,6 +66,9 @@ __all__ = [
     "NoPermission",
     "not_running",
 ]
+
+if TYPE_CHECKING:
+    from legion.api.remote import Remote
 
 
 class ApiError(HostError):
@@ -91,13 +95,41 @@ def _denied(exc: BaseException) -> bool:
 
 
 class ControlClient:
-    def __init__(self, paths: Paths, timeout: float = 35.0) -> None:
+    """The control API, blocking: this home's control socket, or a remote daemon's through
+    ssh (`ControlClient.remote`, `legion --host ssh://...`)."""
+
+    def __init__(
+        self, paths: Paths, timeout: float = 35.0, *, _remote: Remote | None = None
+    ) -> None:
         self.paths = paths
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(paths.control_socket)),
-            base_url="http://legion",
-            timeout=timeout,
-        )
+        self._remote = _remote
+        transport: httpx.BaseTransport
+        if _remote is not None:
+            from legion.api.remote import SshTransport
+
+            transport = SshTransport(_remote)
+        else:
+            transport = httpx.HTTPTransport(uds=str(paths.control_socket))
+        self._http = httpx.Client(transport=transport, base_url="http://legion", timeout=timeout)
+
+    @classmethod
+    def remote(cls, remote: Remote, timeout: float = 35.0) -> ControlClient:
+        """A client of the daemon on `remote`, each connection an `ssh ... dial-stdio`."""
+        home = remote.home or "~"
+        return cls(Paths.resolve(f"/remote/{remote.target}/{home}"), timeout, _remote=remote)
+
+    def _check(self) -> None:
+        """Fail early, with the reason, when no local host can be there."""
+        if self._remote is None and not _socket_present(self.paths):
+            raise not_running(self.paths)
+
+    def _unreachable(self, exc: BaseException) -> HostNotRunning:
+        """The error for a connection that failed (local) or broke (remote)."""
+        if self._remote is not None:
+            return self._remote.lost(exc)
+        if _denied(exc):
+            return NoPermission(self.paths)
+        return not_running(self.paths)
 
     def close(self) -> None:
         self._http.close()
@@ -116,15 +148,15 @@ class ControlClient:
         socket). A typed error the host answered (`HostError`) passes through."""
         try:
             yield
-        except httpx.ConnectError as exc:
-            if _denied(exc):
-                raise NoPermission(self.paths) from exc
-            raise not_running(self.paths) from exc
-        except FileNotFoundError as exc:
-            raise not_running(self.paths) from exc
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise self._unreachable(exc) from exc
         except httpx.TimeoutException:
             raise HostError(504, "timeout", f"the host did not answer {url} in time") from None
-        except httpx.RemoteProtocolError as exc:
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            if self._remote is not None:
+                raise self._remote.lost(exc) from exc  # the ssh bridge broke
+            if isinstance(exc, httpx.ReadError):
+                raise bad_response(self.paths, url, f"a broken answer ({exc})") from None
             if "without sending a response" in str(exc):
                 raise not_running(self.paths) from None  # it stopped mid-request
             raise bad_response(self.paths, url, f"something that is not HTTP ({exc})") from None
@@ -136,8 +168,7 @@ class ControlClient:
             ) from None
 
     def _request(self, method: str, url: str, model: type[BaseModel] | None, **kw: Any) -> Any:
-        if not _socket_present(self.paths):
-            raise not_running(self.paths)
+        self._check()
         with self._reaching(url):
             response = self._http.request(method, url, **kw)
             if response.status_code >= 400:
@@ -263,8 +294,7 @@ class ControlClient:
     ) -> Iterator[str]:
         """An agent's container output, line by line, each without its newline (with
         `follow`, until the container stops)."""
-        if not _socket_present(self.paths):
-            raise not_running(self.paths)
+        self._check()
         params: dict[str, str] = {
             "tail": "all" if tail is None else str(tail),
             "follow": "true" if follow else "false",
@@ -354,6 +384,25 @@ class ControlClient:
         )
         return result
 
+    # --- the kill switch (legion/gateway/llm/inflight.py) ---------------------------
+
+    def pause(self, agent: str | None, reason: str = "") -> PauseState:
+        """Pause `agent`'s LLM calls (None: the whole fleet)."""
+        body = {"all": True} if agent is None else {"agent": agent}
+        result: PauseState = self._request(
+            "POST", "/v1/pause", PauseState, json={**body, "reason": reason}
+        )
+        return result
+
+    def resume(self, agent: str | None) -> PauseState:
+        body = {"all": True} if agent is None else {"agent": agent}
+        result: PauseState = self._request("POST", "/v1/resume", PauseState, json=body)
+        return result
+
+    def paused(self) -> PauseState:
+        result: PauseState = self._request("GET", "/v1/pause", PauseState)
+        return result
+
     def browsers(self) -> BrowserList:
         result: BrowserList = self._request("GET", "/v1/browsers", BrowserList)
         return result
@@ -386,8 +435,7 @@ class ControlClient:
     def events(self, on_open: Callable[[], None] | None = None) -> Iterator[Any]:
         """Typed host events as they happen (blocks; stop with Ctrl-C). `on_open` runs once
         the host has subscribed this stream: every later event will be delivered."""
-        if not _socket_present(self.paths):
-            raise not_running(self.paths)
+        self._check()
         with (
             self._reaching("/v1/events"),
             self._http.stream("GET", "/v1/events", timeout=None) as response,

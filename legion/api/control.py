@@ -252,6 +252,7 @@ def host_agents(host: Host) -> AgentList:
                 restarts_last_hour=sum(1 for t in run.restarts if now - t < 3600) if run else 0,
                 last_seen=host.seen_at(name),
                 inbox_depth=host.inboxes.depth(name),
+                paused=host.gateway.inflight.paused(name) is not None,
                 parent=host.spawner.parent_of(name),
             )
         )
@@ -272,6 +273,7 @@ def host_status(host: Host) -> HostStatus:
             inbox_depth=host.inboxes.depth(name),
             last_heartbeat=host.seen_at(name),
             **host.automation.status_fields(name, counts),
+            paused=host.gateway.inflight.paused(name) is not None,
         )
         for name, cfg in sorted(host.config.agents.items())
     ]

@@ -7,8 +7,9 @@ embedded one is only the transport, an `httpx.AsyncBaseTransport`:
 * `socket_transport(paths)`: the daemon's control socket (`run/control.sock`);
 * `InProcessTransport(host)`: the control router of a host running in this process, called
   directly (same routes, policies, audit, redaction and error bodies; no socket);
-* a later `legion --host ssh://...` is a third factory (a transport whose connections are
-  `ssh ... legion dial-stdio` processes); nothing else changes.
+* `AsyncSshTransport(remote)` (`legion --host ssh://user@server`, `open_remote`): each
+  connection an `ssh ... legion dial-stdio` process bridged to the server's control socket
+  (legion/api/remote.py); nothing else changes.
 
 So both modes yield the same typed events (`legion.wire.events`), parsed from the same
 redacted NDJSON. `open_host(paths)` picks the mode: attach when a host answers on this
@@ -45,7 +46,9 @@ from legion.wire.api import (
     MessageQueued,
     ReloadResult,
 )
+from legion.wire.automation import SteerQueued
 from legion.wire.browser import BrowserInfo, BrowserList, Handoff
+from legion.wire.dispatch import PauseState
 from legion.wire.errors import ErrorBody
 from legion.wire.events import parse_event
 from legion.wire.ops import (
@@ -58,6 +61,7 @@ from legion.wire.ops import (
 )
 
 if TYPE_CHECKING:
+    from legion.api.remote import Remote
     from legion.fleet.backend import RuntimeBackend
     from legion.host import Host
 
@@ -69,6 +73,7 @@ __all__ = [
     "InProcessTransport",
     "Mode",
     "open_host",
+    "open_remote",
     "socket_transport",
 ]
 
@@ -91,7 +96,9 @@ class AgentDraft:
 
 
 def socket_transport(paths: Paths) -> httpx.AsyncBaseTransport:
-    return httpx.AsyncHTTPTransport(uds=str(paths.control_socket))
+    from legion.api.sockstream import UnixSocketTransport
+
+    return UnixSocketTransport(str(paths.control_socket))
 
 
 class HostClient:
@@ -104,10 +111,14 @@ class HostClient:
         *,
         mode: Mode,
         timeout: float = 35.0,
+        remote: Remote | None = None,
     ) -> None:
         self.paths = paths
         self.mode: Mode = mode
+        self.remote = remote  # the daemon is on another machine, through ssh
         self.label = "embedded host" if mode == "embedded" else "attached"
+        if remote is not None:
+            self.label = f"attached to {remote.target}"
         self.host_pid: int | None = None
         # Embedded only: returns when the host was asked to stop (`legion stop`, POST /v1/stop).
         self.stop_requested: Callable[[], Awaitable[None]] | None = None
@@ -120,11 +131,21 @@ class HostClient:
 
     # --- plumbing ---------------------------------------------------------------------
 
+    def _unreachable(self, exc: BaseException) -> HostNotRunning:
+        if self.remote is not None:
+            return self.remote.lost(exc)
+        return HostNotRunning(self.paths)
+
     async def _request(self, method: str, url: str, model: type[BaseModel], **kw: Any) -> Any:
         try:
             response = await self._http.request(method, url, **kw)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
-            raise HostNotRunning(self.paths) from exc
+        except (
+            httpx.ConnectError,
+            httpx.RemoteProtocolError,
+            httpx.ReadError,
+            FileNotFoundError,
+        ) as exc:
+            raise self._unreachable(exc) from exc
         if response.status_code >= 400:
             try:
                 body = ErrorBody.model_validate_json(response.content)
@@ -146,7 +167,9 @@ class HostClient:
     async def status(self) -> HostStatus:
         status: HostStatus = await self._request("GET", "/v1/status", HostStatus)
         self.host_pid = status.pid
-        if self.mode == "attached":
+        if self.remote is not None:
+            self.label = f"attached to {self.remote.target} (daemon pid {status.pid})"
+        elif self.mode == "attached":
             self.label = f"attached to daemon pid {status.pid}"
         return status
 
@@ -207,6 +230,16 @@ class HostClient:
         from legion.config_edit import write_validated
         from legion.errors import ConfigError
 
+        if self.remote is not None:
+            raise ApiError(
+                LegionError(
+                    f"legion.toml is on {self.remote.target}: edit it there (`ssh "
+                    f"{self.remote.target} legion agents add ...`); the daemon applies it on "
+                    "`config: Reload`",
+                    code="remote_config",
+                    status=409,
+                ).body()
+            )
         path = self.paths.config
 
         def apply() -> None:
@@ -251,7 +284,7 @@ class HostClient:
 
                 yield events()
         except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise HostNotRunning(self.paths) from exc
+            raise self._unreachable(exc) from exc
 
     async def chat(self, agent: str, text: str) -> AsyncIterator[Any]:
         """Send `text` to `agent` and yield what it does about it: token deltas, tool calls,
@@ -276,6 +309,34 @@ class HostClient:
                     if ends:
                         yield event
                         return
+
+    async def steer(self, agent: str, text: str) -> SteerQueued:
+        """Steer `agent`: the text reaches its running turn between two tool rounds (or is
+        its next turn when idle), ahead of its queue."""
+        result: SteerQueued = await self._request(
+            "POST", "/v1/steer", SteerQueued, json={"to": agent, "text": text}
+        )
+        return result
+
+    # --- the kill switch ---------------------------------------------------------------
+
+    async def pause(self, agent: str | None, reason: str = "") -> PauseState:
+        """Pause `agent`'s LLM calls (None: the whole fleet): in-flight calls are cut,
+        new ones refused until `resume`."""
+        body: dict[str, Any] = {"all": True} if agent is None else {"agent": agent}
+        result: PauseState = await self._request(
+            "POST", "/v1/pause", PauseState, json={**body, "reason": reason}
+        )
+        return result
+
+    async def resume(self, agent: str | None) -> PauseState:
+        body: dict[str, Any] = {"all": True} if agent is None else {"agent": agent}
+        result: PauseState = await self._request("POST", "/v1/resume", PauseState, json=body)
+        return result
+
+    async def paused(self) -> PauseState:
+        result: PauseState = await self._request("GET", "/v1/pause", PauseState)
+        return result
 
     # --- read-outs ---------------------------------------------------------------------
 
@@ -577,3 +638,22 @@ async def open_host(
         stack.push_async_callback(client.aclose)
         await client.status()
         yield client
+
+
+@contextlib.asynccontextmanager
+async def open_remote(
+    remote: Remote, *, request_timeout_s: float = 35.0
+) -> AsyncIterator[HostClient]:
+    """Attach to the daemon on another machine through ssh (`legion --host ssh://...`).
+    Raises `RemoteError` (a `HostNotRunning`) saying what failed and how to fix it."""
+    from legion.api.remote import AsyncSshTransport
+
+    paths = Paths.resolve(f"/remote/{remote.target}/{remote.home or '~'}")
+    client = HostClient(
+        AsyncSshTransport(remote), paths, mode="attached", timeout=request_timeout_s, remote=remote
+    )
+    try:
+        await client.status()
+        yield client
+    finally:
+        await client.aclose()

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from legion.api.http import Call, Router
-from legion.errors import BadRequest
+from legion.errors import BadRequest, NotFound
 from legion.wire.api import Claim
+from legion.wire.dispatch import PauseAgent, PausedAgent, PauseRequest, PauseState
 from legion.wire.ops import (
     AgentSpend,
     AuditEntry,
@@ -172,7 +173,65 @@ def model_report(host: Host) -> ModelReport:
     return ModelReport(models=[ModelStatus.model_validate(r.as_dict()) for r in rows])
 
 
+def pause_state(host: Host, cut: int = 0) -> PauseState:
+    from legion.gateway.llm.inflight import PAUSE_ALL
+
+    dispatch = host.gateway.inflight
+    return PauseState(
+        fleet=PAUSE_ALL in dispatch.pauses,
+        paused=dispatch.paused_agents(),
+        pauses=[
+            PausedAgent(agent=p.target, since=p.since, by=p.by, reason=p.reason)
+            for p in sorted(dispatch.pauses.values(), key=lambda p: p.target)
+        ],
+        cut=cut,
+        in_flight=dispatch.in_flight(),
+    )
+
+
+def _pause_target(host: Host, body: PauseRequest, *, resuming: bool) -> str:
+    """`*` for the fleet, else the agent (configured, or at least paused when resuming)."""
+    from legion.gateway.llm.inflight import PAUSE_ALL
+
+    request = body.root
+    if not isinstance(request, PauseAgent):
+        return PAUSE_ALL
+    known = request.agent in host.config.agents or (
+        resuming and request.agent in host.gateway.inflight.pauses
+    )
+    if not known:
+        raise NotFound(
+            f"no agent named {request.agent!r}; `legion agents ls` lists them",
+            code="unknown_agent",
+            agent=request.agent,
+        )
+    return request.agent
+
+
 def build_operator_routes(router: Router, host: Host) -> None:
+    @router.route("GET", "/v1/pause", response=PauseState)
+    async def paused(call: Call) -> PauseState:
+        """Which agents' LLM calls are paused (the kill switch), and the calls in flight."""
+        return pause_state(host)
+
+    @router.route("POST", "/v1/pause", body=PauseRequest, response=PauseState)
+    async def pause(call: Call) -> PauseState:
+        """Pause LLM dispatch of one agent or the whole fleet: calls in flight are cut and
+        settled for what they produced; new ones are refused (423 `agent_paused`) until
+        resumed. Kept across host restarts."""
+        body: PauseRequest = call.body
+        target = _pause_target(host, body, resuming=False)
+        cut = host.gateway.inflight.pause(target, by=call.principal, reason=body.root.reason)
+        return pause_state(host, cut)
+
+    @router.route("POST", "/v1/resume", body=PauseRequest, response=PauseState)
+    async def resume(call: Call) -> PauseState:
+        """Resume LLM dispatch of one agent, or of the whole fleet (every pause lifted)."""
+        body: PauseRequest = call.body
+        target = _pause_target(host, body, resuming=True)
+        host.gateway.inflight.resume(target, by=call.principal)
+        return pause_state(host)
+
     @router.route("GET", "/v1/llm/models", response=ModelReport)
     async def llm_models(call: Call) -> ModelReport:
         """The model aliases with provider, price, credential state, reach and cooldown."""

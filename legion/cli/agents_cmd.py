@@ -39,9 +39,9 @@ def require_valid_name(name: str) -> None:
 
 
 def _reload_if_running() -> str:
-    from legion.api.client import ApiError, ControlClient
+    from legion.api.client import ApiError
 
-    with ControlClient(State.paths()) as client:
+    with State.client() as client:
         if not client.running():
             return "the host is not running; it will use the change when it starts"
         try:
@@ -374,9 +374,8 @@ def ls(
     wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
 ) -> None:
     """List agents with their state, model, restarts and last heartbeat."""
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         listing = client.agents()
     if as_json:
         emit_json(listing.model_dump())
@@ -407,9 +406,8 @@ def ls(
 
 def _action(name: str, action: str, as_json: bool) -> None:
     require_valid_name(name)
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         info = client.agent_action(name, action)
     if as_json:
         emit_json(info.model_dump())

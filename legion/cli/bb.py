@@ -33,9 +33,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 
 def _client() -> ControlClient:
-    from legion.api.client import ControlClient
 
-    return ControlClient(State.paths())
+    return State.client()
 
 
 @app.command("put")

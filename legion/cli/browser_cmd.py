@@ -15,9 +15,8 @@ JSON = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 @app.command("ls")
 def ls(as_json: JSON = False) -> None:
     """Every agent's browser: state, page, last action, waiting for a human."""
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         listing = client.browsers()
     if as_json:
         emit_json(listing.model_dump())
@@ -37,9 +36,8 @@ def handoff(
 ) -> None:
     """Print a VNC link (noVNC, on 127.0.0.1, with an expiring token) to an agent's browser,
     and the `ssh -L` command that opens it from a laptop. Starts the browser if needed."""
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         info = client.browser_handoff(name)
     if as_json:
         emit_json(info.model_dump())
@@ -60,9 +58,8 @@ def done(
 ) -> None:
     """End the hand-off: the VNC links stop working, and the agent waiting for you resumes
     (it takes a fresh snapshot)."""
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         info = client.browser_done(name, note)
     if as_json:
         emit_json(info.model_dump())
@@ -76,9 +73,8 @@ def stop(
     as_json: JSON = False,
 ) -> None:
     """Stop an agent's browser container now (its next action starts it again)."""
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         info = client.browser_stop(name)
     if as_json:
         emit_json(info.model_dump())

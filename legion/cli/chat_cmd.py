@@ -52,10 +52,8 @@ def _no_answer(message: str) -> NoReturn:
     fail(message, EXIT_NO_ANSWER)
 
 
-def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
+def _turn(agent: str, text: str, timeout_s: float, as_json: bool) -> int:
     """Send one message and stream the reply; returns an exit code."""
-    from legion.api.client import ControlClient
-
     done = threading.Event()
     outcome: dict[str, Any] = {}
     ready = threading.Event()
@@ -64,7 +62,7 @@ def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) ->
 
     def follow() -> None:
         try:
-            with ControlClient(paths, timeout=timeout_s) as events:
+            with State.client(timeout_s) as events:
                 for event in events.events(on_open=ready.set):
                     etype = getattr(event, "type", "")
                     if getattr(event, "agent", None) != agent:
@@ -91,7 +89,7 @@ def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) ->
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
-    with host_errors(), ControlClient(paths) as client:
+    with host_errors(), State.client() as client:
         client.status()  # fail fast (exit 3) when no host runs
         if not ready.wait(timeout=30) or "error" in outcome:
             _no_answer(f"could not follow the host's events: {outcome.get('error', 'timeout')}")
@@ -130,10 +128,8 @@ def _turn(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) ->
     return exit_code_of(reply.error)
 
 
-def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -> int:
+def _steer(agent: str, text: str, timeout_s: float, as_json: bool) -> int:
     """Steer the agent's running turn (or its next one); print the answer of that turn."""
-    from legion.api.client import ControlClient
-
     ready, done = threading.Event(), threading.Event()
     steer_id: list[int] = []
     outcome: dict[str, Any] = {}
@@ -141,7 +137,7 @@ def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -
     def follow() -> None:
         taken = False
         try:
-            with ControlClient(paths, timeout=timeout_s) as events:
+            with State.client(timeout_s) as events:
                 for event in events.events(on_open=ready.set):
                     if getattr(event, "agent", None) != agent or not steer_id:
                         continue
@@ -160,7 +156,7 @@ def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -
             done.set()
 
     threading.Thread(target=follow, daemon=True).start()
-    with host_errors(), ControlClient(paths) as client:
+    with host_errors(), State.client() as client:
         client.status()
         if not ready.wait(timeout=30) or "error" in outcome:
             fail(f"could not follow the host's events: {outcome.get('error', 'timeout')}", 1)
@@ -184,11 +180,9 @@ def _steer(paths: Any, agent: str, text: str, timeout_s: float, as_json: bool) -
     return exit_code_of(reply.error)
 
 
-def _require_agent(paths: Any, agent: str) -> None:
+def _require_agent(agent: str) -> None:
     """Exit 3 when no host runs, 1 when `agent` is not one of its agents."""
-    from legion.api.client import ControlClient
-
-    with host_errors(), ControlClient(paths) as client:
+    with host_errors(), State.client() as client:
         names = [a.name for a in client.agents().agents]
     if agent not in names:
         known = ", ".join(sorted(names)) or "none"
@@ -233,14 +227,13 @@ def chat(
     failed turn is reported and the conversation goes on; the exit code is the first
     failure's.
     """
-    paths = State.paths()
     if steer is not None:
         if message is not None:
             fail("--steer takes the text itself; give no MESSAGE with it", 2)
-        raise typer.Exit(_steer(paths, agent, steer, timeout, as_json))
+        raise typer.Exit(_steer(agent, steer, timeout, as_json))
     if message is not None:
-        raise typer.Exit(_turn(paths, agent, message, timeout, as_json))
-    _require_agent(paths, agent)  # before reading a line: a typo is said at once
+        raise typer.Exit(_turn(agent, message, timeout, as_json))
+    _require_agent(agent)  # before reading a line: a typo is said at once
     interactive = sys.stdin.isatty()
     worst = 0
     while True:
@@ -254,6 +247,6 @@ def chat(
             continue
         if interactive:
             sys.stdout.write(f"{safe_text(agent)}> ")
-        code = _turn(paths, agent, line.rstrip("\n"), timeout, as_json)
+        code = _turn(agent, line.rstrip("\n"), timeout, as_json)
         worst = worst or code
     raise typer.Exit(worst)

@@ -27,16 +27,41 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
+    from legion.api.client import ControlClient
+    from legion.api.remote import Remote
+
 __all__ = ["safe_text", "safe_value"]
 
 
 class State:
     home: str | None = None
     wide: bool = False  # set by --wide on commands that print tables
+    # `--host ssh://...` (LEGION_HOST): the commands talk to that daemon through ssh.
+    remote: Remote | None = None
+    command: str = ""
 
     @classmethod
     def paths(cls) -> Paths:
+        """This machine's LEGION_HOME. Under `--host` a command that works on the files of a
+        home (not through the daemon's API) refuses, saying where to run it instead."""
+        if cls.remote is not None:
+            where = cls.remote.target
+            fail(
+                f"`legion {cls.command or '...'}` works on the files of a LEGION_HOME, not "
+                f"through the daemon's API, so it does not take --host; run it on the server "
+                f"(`ssh {where} legion {cls.command or '...'}`)",
+                2,
+            )
         return Paths.resolve(cls.home)
+
+    @classmethod
+    def client(cls, timeout: float = 35.0) -> ControlClient:
+        """A client of the daemon: this home's control socket, or the --host one by ssh."""
+        from legion.api.client import ControlClient
+
+        if cls.remote is not None:
+            return ControlClient.remote(cls.remote, timeout=timeout)
+        return ControlClient(cls.paths(), timeout=timeout)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -102,13 +102,13 @@ def reload(
 
     A file that fails validation changes nothing: every problem is printed, exit 2.
     """
-    from legion.api.client import ApiError, ControlClient
+    from legion.api.client import ApiError
     from legion.cli.common import host_errors
     from legion.logs import visible
 
     with host_errors():
         try:
-            with ControlClient(State.paths()) as client:
+            with State.client() as client:
                 result = client.reload()
         except ApiError as exc:
             if exc.code != "config_invalid":

@@ -19,9 +19,8 @@ JOB = Annotated[str, typer.Argument(help="The job: its id, or AGENT/NAME.")]
 
 
 def _client() -> Any:
-    from legion.api.client import ControlClient
 
-    return ControlClient(State.paths())
+    return State.client()
 
 
 def _job_id(client: Any, ref: str) -> int:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from legion.cli.common import State, echo, emit_json, fail, fmt_time, host_errors
+from legion.paths import Paths
 
 EXIT_NOT_RUNNING = 3
 EXIT_UNREACHABLE = 4
@@ -88,10 +89,17 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     # The standard library only (no httpx, no pydantic): `legion status` starts fast.
     from legion.api.reach import ControlSocketGone, bad_response, get_json
 
-    paths = State.paths()
+    # Under --host the paths only name the remote daemon in messages.
+    paths = (
+        State.paths() if State.remote is None else Paths.resolve(f"/remote/{State.remote.target}")
+    )
     with host_errors():
         try:
-            st = get_json(paths, "/v1/status")
+            if State.remote is not None:  # --host: through ssh (the full client)
+                with State.client() as client:
+                    st = client.status().model_dump(mode="json")
+            else:
+                st = get_json(paths, "/v1/status")
         except ControlSocketGone as exc:
             fail(str(exc), EXIT_UNREACHABLE)
         problem = _status_problem(st)
@@ -150,6 +158,9 @@ def stop(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     from legion.api.client import ControlClient, ControlSocketGone
     from legion.hostlock import CannotSignal, lock_holder, signal_host, wait_released
 
+    if State.remote is not None:
+        _stop_remote(as_json)
+        return
     paths = State.paths()
     via = "control_socket"
     try:
@@ -184,6 +195,33 @@ def stop(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         stopped = not paths.control_socket.exists()
     if as_json:
         emit_json({"stopped": stopped, "pid": pid, "via": via})
+    else:
+        typer.echo("host stopped" if stopped else "host is stopping")
+    if not stopped:
+        raise typer.Exit(EXIT_UNREACHABLE)
+
+
+def _stop_remote(as_json: bool) -> None:
+    """`legion --host ssh://... stop`: ask the daemon to stop, then wait until nothing answers."""
+    import time
+
+    from legion.api.client import HostNotRunning
+
+    with host_errors(), State.client() as client:
+        pid = client.status().pid
+        client.stop()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    stopped = False
+    while not stopped and time.monotonic() < deadline:
+        try:
+            with State.client(timeout=5) as client:
+                client.status()
+        except HostNotRunning:
+            stopped = True
+        else:
+            time.sleep(0.2)
+    if as_json:
+        emit_json({"stopped": stopped, "pid": pid, "via": "ssh"})
     else:
         typer.echo("host stopped" if stopped else "host is stopping")
     if not stopped:

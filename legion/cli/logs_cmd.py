@@ -99,13 +99,12 @@ def logs(
     ] = False,
 ) -> None:
     """Show an agent's container logs (the runtime's JSON lines, made readable)."""
-    from legion.api.client import ControlClient
 
     lines_wanted = _tail(tail)
     since_ts = parse_since(since) if since is not None else None
     render = as_json_line if as_json else readable
     try:
-        with host_errors(), ControlClient(State.paths()) as client:
+        with host_errors(), State.client() as client:
             for line in client.logs(name, tail=lines_wanted, since=since_ts, follow=follow):
                 sys.stdout.write(render(line) + "\n")
                 if follow:

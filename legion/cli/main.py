@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from legion import __version__
-from legion.cli.common import State
+from legion.cli.common import State, fail
 
 # name -> (module, attribute, one-line help). The attribute is a `typer.Typer` (a group) or
 # a function (a command). The help is what `legion --help` lists without importing the
@@ -38,6 +38,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "legion.cli.host_cmd",
         "stop",
         "Stop the running host cleanly (over its control socket; by SIGTERM if that is gone).",
+    ),
+    "pause": (
+        "legion.cli.pause_cmd",
+        "pause",
+        "Stop LLM dispatch now: cut the calls in flight, refuse new ones until `legion resume`.",
+    ),
+    "resume": (
+        "legion.cli.pause_cmd",
+        "resume",
+        "Resume LLM dispatch of an agent (or of the whole fleet with --all).",
+    ),
+    "setup": (
+        "legion.cli.setup_cmd",
+        "setup",
+        "Set up legion: a provider and model, its key in the vault, a starter fleet.",
     ),
     "agents": (
         "legion.cli.agents_cmd",
@@ -119,6 +134,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "legion.cli.config_cmd",
         "app",
         "Check, create or reload the config file (legion.toml).",
+    ),
+    "dial-stdio": (
+        "legion.cli.dial_cmd",
+        "dial_stdio",
+        "Bridge stdin/stdout to the control socket (what `legion --host ssh://...` runs here).",
     ),
     "doctor": (
         "legion.cli.doctor_cmd",
@@ -279,6 +299,19 @@ def root(
             help="State folder (default: $XDG_DATA_HOME/legion, i.e. ~/.local/share/legion).",
         ),
     ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            envvar="LEGION_HOST",
+            show_envvar=True,
+            metavar="ssh://[user@]server[:port][/home]",
+            help="Work with the daemon on another machine through ssh (it runs `legion "
+            "dial-stdio` there; no port is opened). The path, if any, is the server's "
+            "LEGION_HOME. LEGION_SSH_COMMAND replaces `ssh`, LEGION_REMOTE_LEGION names the "
+            "legion command on the server.",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -287,10 +320,23 @@ def root(
     ] = False,
 ) -> None:
     State.home = home
+    State.command = ctx.invoked_subcommand or ""
+    State.remote = None
+    if host:
+        from legion.api.remote import Remote
+
+        try:
+            State.remote = Remote.parse(host)
+        except ValueError as exc:
+            fail(str(exc), 2)
+        if ctx.invoked_subcommand == "dial-stdio":
+            fail("`legion dial-stdio` bridges to this machine's daemon; it takes no --host", 2)
     if ctx.invoked_subcommand is None:
         # The only import of the TUI (and so of textual) in the CLI: lazy, here.
-        from tui.launch import run
+        from tui.launch import run, run_remote
 
+        if State.remote is not None:
+            raise typer.Exit(run_remote(State.remote, home))
         raise typer.Exit(run(State.paths()))
 
 

@@ -32,9 +32,8 @@ def ls(
         from legion.cli.agents_cmd import require_valid_name
 
         require_valid_name(agent)
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         listing = client.mcp(agent)
     if as_json:
         emit_json(listing.model_dump(mode="json"))

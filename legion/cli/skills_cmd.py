@@ -92,9 +92,8 @@ def add(
         rules.check_skill({k: base64.b64decode(v) for k, v in files.items()}, folder.name)
     except rules.SkillProblem as exc:
         fail(f"{folder}: {exc}", 2)
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         info = client.skill_add(folder.name, files, agent, replace)
     if as_json:
         emit_json(info.model_dump())
@@ -108,9 +107,8 @@ def add(
 def ls(agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
     """List the fleet's skills and each agent's (installed, and its own)."""
     _check_agent(agent)
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         listing = client.skills(agent)
     if as_json:
         emit_json(listing.model_dump())
@@ -144,9 +142,8 @@ def show(
 ) -> None:
     """Print a skill's SKILL.md and file list, to review it."""
     _check_agent(agent)
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         text = client.skill_show(name, agent, source)
     if as_json:
         emit_json(text.model_dump())
@@ -173,9 +170,8 @@ def promote(
     """Make a skill an agent wrote available to the fleet (or --to one agent)."""
     _check_agent(agent)
     _check_agent(to)
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         info = client.skill_promote(name, agent, to, replace)
     if as_json:
         emit_json(info.model_dump())
@@ -187,9 +183,8 @@ def promote(
 def rm(name: str, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
     """Remove an installed skill (the fleet's, or one agent's)."""
     _check_agent(agent)
-    from legion.api.client import ControlClient
 
-    with host_errors(), ControlClient(State.paths()) as client:
+    with host_errors(), State.client() as client:
         listing = client.skill_remove(name, agent)
     if as_json:
         emit_json({"removed": name, "agent": agent, "skills": listing.model_dump()["skills"]})

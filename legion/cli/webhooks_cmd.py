@@ -24,9 +24,8 @@ JSON = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _client() -> Any:
-    from legion.api.client import ControlClient
 
-    return ControlClient(State.paths())
+    return State.client()
 
 
 def _stripe_secret() -> str:

@@ -219,6 +219,7 @@ class AgentStatus(BaseModel):
     cron_jobs: int = 0
     cron_failed: int = 0
     wake: WakeStatus | None = Field(default=None, description="Wake checks, when enabled.")
+    paused: bool = Field(default=False, description="Its LLM calls are paused (`legion pause`).")
 
 
 class HostStatus(BaseModel):
@@ -272,6 +273,7 @@ class AgentInfo(BaseModel):
     restarts_last_hour: int
     last_seen: float | None
     inbox_depth: int
+    paused: bool = Field(default=False, description="Its LLM calls are paused (`legion pause`).")
     parent: str | None = Field(
         default=None, description="The agent that spawned it, for a sub-agent; else null."
     )

@@ -227,6 +227,20 @@ class WebhookReceived(_Event):
     reason: str = ""
 
 
+class PauseChanged(_Event):
+    """The operator paused or resumed LLM dispatch (`legion pause`/`resume`, the TUI's kill
+    switch). `paused` lists every configured agent whose calls are refused now."""
+
+    type: Literal["pause_changed"] = "pause_changed"
+    action: Literal["pause", "resume"]
+    target: str = Field(description="The agent, or `*` for the whole fleet.")
+    by: str
+    reason: str = ""
+    cut: int = Field(default=0, description="Calls in flight that the pause cut.")
+    paused: list[str]
+    fleet: bool = Field(description="The whole fleet is paused (agents added later too).")
+
+
 class BrowserStateChanged(_Event):
     """An agent's browser container started, stopped (idle, evicted, by the operator) or failed."""
 
@@ -283,6 +297,7 @@ HostEvent = Annotated[
     | QueueDepth
     | SteerTaken
     | WebhookReceived
+    | PauseChanged
     | BrowserStateChanged
     | BrowserActed
     | BrowserHandoff,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -71,6 +72,14 @@ class Run:
 Starter = Callable[..., Any]
 
 
+@pytest.fixture(autouse=True)
+def leaks_are_the_leakers() -> Iterator[None]:
+    """Collect after each test: a socket, pipe or file a test left open is then reported
+    (warnings are errors) by the test that left it, not by whichever test runs next."""
+    yield
+    gc.collect()
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeProvider]:
     with FakeProvider(chunk_chars=2, chunk_delay_s=0.01) as provider:
@@ -92,13 +101,20 @@ def tui(home: Path, fake: FakeProvider, daemon: Callable[[], Daemon]) -> Starter
         keys: dict[str, str] | None = None,
         size: tuple[int, int] = (120, 40),
         config_text: str | None = None,
+        first_run: bool = False,
     ) -> AsyncIterator[Run]:
         paths = prepare_home(home, config_text or fleet_config(fake.base_url, agents, extra))
+        if first_run:
+            paths.config.unlink()
         if mode == "attached":
             daemon().start()
         runtime: Any = backend if backend is not None else "configured"
         app = LegionApp(
-            lambda: open_host(paths, runtime=runtime), home=str(home), keys=keys, refresh_s=0.5
+            lambda: open_host(paths, runtime=runtime),
+            home=str(home),
+            keys=keys,
+            refresh_s=0.5,
+            first_run=first_run,
         )
         seen: list[Message] = []
         try:

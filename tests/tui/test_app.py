@@ -49,19 +49,20 @@ async def test_chat_streams_into_its_pane_token_by_token(
         partial: set[str] = set()  # what the pane showed while the reply was arriving
 
         def replied() -> bool:
-            for reply in pane.query(Reply):
-                if reply.stream is not None and reply.source:
-                    partial.add(reply.source)
+            live = pane.live
+            if live is not None and live.text:
+                partial.add(live.text)
             return bool(run.events("agent_reply", "alice"))
 
         await run.until(replied)
         deltas = run.events("token_delta", "alice")
         assert "".join(d.text for d in deltas) == text
         assert len(deltas) > 10  # two characters per chunk: token by token
-        assert len(partial) >= 3  # painted several times, growing, before the reply ended
+        assert len(partial) >= 3  # shown several times, growing, before the reply ended
         assert all(text.startswith(p) for p in partial)
         await run.until(lambda: not pane.query(".-streaming"))
-        assert [r.source for r in pane.query(Reply)] == [text]
+        assert pane.live is None
+        assert [r.source for r in pane.query(Reply)] == [text]  # then Markdown, once
         assert str(pane.query_one(".-user").render()) == "> hello there"
 
 
@@ -163,7 +164,7 @@ async def test_agent_text_is_never_markup_nor_control(tui: Starter, fake: object
         await run.pilot.press("enter", *"x", "enter")
         await run.until(lambda: bool(run.events("agent_reply", "alice")))
         pane = run.app.fleet.query_one("#pane-alice", AgentPane)
-        await run.until(lambda: not pane.query(".-streaming"))
+        await run.until(lambda: bool(pane.query(Reply)) and not pane.query(".-streaming"))
         source = pane.query(Reply).last().source
         assert "\x1b" not in source and "\x07" not in source and "\u202e" not in source
         assert "[bold red]fake[/]" in source and "\\x1b[2J" in source and "\\u202e" in source
@@ -228,7 +229,9 @@ async def test_a_huge_streamed_reply_is_capped_in_the_pane(
         await run.pilot.press("enter", *"go", "enter")
         await run.until(lambda: bool(run.events("agent_reply", "alice")), 60)
         pane = run.app.fleet.query_one("#pane-alice", AgentPane)
-        await run.until(lambda: not pane.query(".-streaming"), 60)
+        # The message hook sees the reply's batch before the pane applied it: wait for what
+        # the pane shows (the finished reply, the live box gone), not for the event.
+        await run.until(lambda: bool(pane.query(Reply)) and not pane.query(".-streaming"), 60)
         assert len(run.events("agent_reply", "alice")[-1].text) > MAX_REPLY_CHARS  # really huge
         [reply] = pane.query(Reply)  # one reply, not the streamed one plus a copy
         source = reply.source

@@ -17,12 +17,15 @@ from tui.screens.browser import BrowserScreen
 from tui.screens.dialogs import ConfirmScreen, FormScreen, TextScreen
 from tui.screens.fleet import FleetScreen
 from tui.screens.help import HelpScreen
+from tui.screens.setup import SetupScreen
+from tui.widgets.agent_pane import AgentPane
 from tui.widgets.sidebar import FleetSidebar
 
 OURS = [
     LegionApp,
     FleetScreen,
     FleetSidebar,
+    AgentPane,
     BlackboardScreen,
     AuditScreen,
     BrowserScreen,
@@ -30,6 +33,7 @@ OURS = [
     ConfirmScreen,
     TextScreen,
     HelpScreen,
+    SetupScreen,
 ]
 
 

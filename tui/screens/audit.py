@@ -12,11 +12,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from tui.keys import bindings
 from tui.messages import Loaded
 from tui.text import safe
+from tui.widgets.footer import LegionFooter
 
 if TYPE_CHECKING:
     from tui.app import LegionApp
@@ -47,7 +48,7 @@ class AuditScreen(Screen[None]):
         table: DataTable[Text] = DataTable(id="records", cursor_type="row", zebra_stripes=True)
         table.add_columns("seq", "time", "actor", "action", "target", "decision", "detail")
         yield table
-        yield Footer()
+        yield LegionFooter()
 
     def on_mount(self) -> None:
         self._show_filters()

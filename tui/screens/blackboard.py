@@ -12,11 +12,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from tui.keys import bindings
 from tui.messages import ActionDone, Loaded
 from tui.text import block, safe
+from tui.widgets.footer import LegionFooter
 
 if TYPE_CHECKING:
     from tui.app import LegionApp
@@ -48,7 +49,7 @@ class BlackboardScreen(Screen[None]):
             yield table
             with VerticalScroll(id="value-box"):
                 yield Static("", id="value")
-        yield Footer()
+        yield LegionFooter()
 
     def on_mount(self) -> None:
         self.query_one("#keys", DataTable).focus()

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from tui.text import plain
+from tui.widgets.footer import LegionFooter
 from tui.widgets.gauge import SpendGauge
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class CostsScreen(Screen[None]):
             yield VerticalScroll(id="agents")
             yield Static("refusals", classes="-heading")
             yield Static("none", id="refusals")
-        yield Footer()
+        yield LegionFooter()
 
     def on_mount(self) -> None:
         self.show()

@@ -9,11 +9,12 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from tui.keys import bindings
 from tui.state import Change, Item
 from tui.widgets.agent_pane import AgentPane
+from tui.widgets.footer import LegionFooter
 from tui.widgets.pane_grid import PaneGrid
 from tui.widgets.sidebar import FleetSidebar
 from tui.widgets.ticker import EventsTicker
@@ -21,8 +22,8 @@ from tui.widgets.ticker import EventsTicker
 if TYPE_CHECKING:
     from tui.app import LegionApp
 
-PAINT_S = 1 / 20  # streamed tokens reach their panes' Markdown at most this often
 NARROW = 100  # below this many columns the sidebar collapses and panes stack
+FLUSH_S = 1 / 20  # unfocused panes take in their streamed tokens at most this far apart
 
 
 def coalesce(items: list[tuple[str, str, Item]]) -> list[tuple[str, str, Item]]:
@@ -58,30 +59,35 @@ class FleetScreen(Screen[None]):
                         id="empty",
                     )
                 yield EventsTicker()
-        yield Footer()
+        yield LegionFooter()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.panes: dict[str, AgentPane] = {}  # open panes by agent (no DOM query per batch)
 
     def on_mount(self) -> None:
         self.sync_all()
         self.query_one(FleetSidebar).focus()
-        self.set_interval(PAINT_S, self._flush_tokens)
+        self.set_interval(FLUSH_S, self._flush)
 
-    async def _flush_tokens(self) -> None:
-        for pane in self.query(AgentPane):
-            if pane.has_tokens:
-                await pane.flush()
+    def _flush(self) -> None:
+        """Every pane's streamed tokens at once, so one frame paints them all."""
+        for pane in self.panes.values():
+            if pane.has_pending:
+                pane.flush()
 
     # --- what the app tells us ------------------------------------------------------
 
     def sync_all(self) -> None:
         self.query_one(FleetSidebar).sync(self.legion.state.agents)
         self.query_one(EventsTicker).add(list(self.legion.state.ticker))
-        for pane in self.query(AgentPane):
+        for pane in self.panes.values():
             pane.show_title()
 
     async def apply(self, change: Change) -> None:
         sidebar = self.query_one(FleetSidebar)
         sidebar.sync(self.legion.state.agents, change.agents)
-        panes = {p.agent: p for p in self.query(AgentPane)}
+        panes = self.panes
         for name in change.agents:
             if name in panes:
                 panes[name].show_title()
@@ -121,6 +127,7 @@ class FleetScreen(Screen[None]):
             for empty in grid.query("#empty"):
                 await empty.remove()
             pane = AgentPane(self.legion.state.agents[agent])
+            self.panes[agent] = pane
             await grid.mount(pane)
             self.remove_class("-sidebar-shown")
             self._layout(self.size.width)
@@ -171,6 +178,7 @@ class FleetScreen(Screen[None]):
         pane = self._focused_pane()
         if pane is None:
             return
+        self.panes.pop(pane.agent, None)
         await pane.remove()
         grid = self.query_one(PaneGrid)
         if not grid.panes():
@@ -190,7 +198,10 @@ class FleetScreen(Screen[None]):
 
     @on(AgentPane.Send)
     def send(self, message: AgentPane.Send) -> None:
-        self.legion.chat(message.agent, message.text)
+        if message.steer:
+            self.legion.steer(message.agent, message.text)
+        else:
+            self.legion.chat(message.agent, message.text)
 
     @on(FleetSidebar.Selected)
     async def selected(self, message: FleetSidebar.Selected) -> None:

@@ -1,5 +1,11 @@
-"""One agent's pane: this session's conversation, the live reply streaming as Markdown, tool
-calls as expandable lines, and an input to chat with the agent."""
+"""One agent's pane: this session's conversation, the live reply as it streams, tool calls as
+expandable lines, and an input to chat with the agent (Enter) or steer its running turn.
+
+The reply being streamed is a `LiveReply`, a fixed box between the history and the input
+(plain text, appended in place, never a layout). The focused pane takes in its tokens as
+each batch of events arrives; the others when the fleet screen flushes them (`flush`, at
+most `FLUSH_S` apart), so one frame paints all of them. When the reply ends it joins the
+history as a `Reply`, rendered as Markdown once."""
 
 from __future__ import annotations
 
@@ -9,94 +15,110 @@ from textual.content import Content
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Input, Markdown, Static
-from textual.widgets.markdown import MarkdownStream
 
+from tui.keys import bindings
 from tui.state import AgentView, Item
 from tui.text import plain, safe
 from tui.widgets.agent_row import LABEL, STATE_STYLE
+from tui.widgets.live_reply import LiveReply
+from tui.widgets.pane_input import PaneInput
 from tui.widgets.tool_line import ToolLine
 
 MAX_WIDGETS = 200  # mounted history items per pane; older ones stay in the session transcript
-MAX_REPLY_CHARS = 100_000  # streamed into one reply's Markdown; the rest is not shown
+MAX_REPLY_CHARS = 100_000  # of one reply shown in a pane; the rest is not shown
 CUT_NOTE = "\n\n*(the rest of this reply is not shown here)*"
 
 
 class Reply(Markdown):
-    """An agent's reply, rendered as Markdown; links are shown, never opened."""
+    """An agent's reply, rendered as Markdown once it is complete; links are shown, never
+    opened."""
 
     DEFAULT_CSS = """
     Reply { margin: 0 0 1 0; padding: 0 1; background: $surface; }
-    Reply.-streaming { border-left: thick $primary; }
     """
 
-    def __init__(self, item: Item, text: str | None = None) -> None:
-        shown = item.text if text is None else text
+    def __init__(self, item: Item) -> None:
+        shown = item.text
         if len(shown) > MAX_REPLY_CHARS:
             shown = shown[:MAX_REPLY_CHARS] + CUT_NOTE
         super().__init__(safe(shown), open_links=False)
         self.item = item
-        self.stream: MarkdownStream | None = None
-        self.written = min(len(shown), MAX_REPLY_CHARS)
 
 
 class AgentPane(Vertical, can_focus=False):
+    BINDINGS = bindings("pane")
     DEFAULT_CSS = """
-    AgentPane { border: round $foreground 30%; height: 1fr; min-height: 8; }
+    AgentPane {
+        border: round $foreground 30%; height: 1fr; min-height: 8;
+        border-title-align: left; border-title-color: $foreground;
+    }
     AgentPane:focus-within { border: round $primary; }
-    AgentPane > #title { height: 1; padding: 0 1; background: $panel; }
     AgentPane > #history { height: 1fr; padding: 0 1; }
-    AgentPane > Input { dock: bottom; margin: 0; border: none; height: 1; padding: 0 1; }
+    AgentPane > Input {
+        dock: bottom; margin: 0; border: none; height: 1; width: 1fr; padding: 0 1;
+    }
     AgentPane > Input:focus { border: none; background: $boost; }
     AgentPane .-user { color: $accent; margin: 0 0 1 0; }
+    AgentPane .-steer { color: $warning; margin: 0 0 1 0; }
     AgentPane .-note { color: $text-muted; }
     AgentPane .-note.-warning { color: $warning; }
     AgentPane .-note.-error { color: $error; text-style: bold; }
     """
 
     class Send(Message):
-        def __init__(self, agent: str, text: str) -> None:
+        def __init__(self, agent: str, text: str, *, steer: bool = False) -> None:
             super().__init__()
             self.agent = agent
             self.text = text
+            self.steer = steer
 
     def __init__(self, view: AgentView) -> None:
         super().__init__(id=f"pane-{view.name}")
         self.agent = view.name
         self.view = view
         self._widgets: dict[int, Widget] = {}
-        self._tokens: dict[int, list[str]] = {}  # per streaming reply: text not yet written
+        self.live: LiveReply | None = None  # the reply streaming now, if any
+        self._pending: list[str] = []  # tokens for `live`, not taken in yet
+        self._title: Content | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(id="title")
+        live: LiveReply | None = None
         with VerticalScroll(id="history"):
             for item in self.view.transcript:
-                yield self._make(item)
-        yield Input(placeholder=f"message {self.agent} (Enter to send)", id="say")
+                widget = self._make(item)
+                if isinstance(widget, LiveReply):
+                    live = widget  # a reply streaming when the pane opened
+                else:
+                    yield widget
+        if live is not None:
+            self.live = live
+            yield live
+        yield PaneInput(
+            placeholder=f"message {self.agent} (Enter sends; Ctrl+S steers its running turn)",
+            id="say",
+        )
 
     def on_mount(self) -> None:
         if self.app.is_headless:
             self.query_one(Input).cursor_blink = False  # snapshots: the same frame every run
         self.query_one("#history", VerticalScroll).anchor()
         self.show_title()
-        for reply in self.query(Reply):
-            if not reply.item.done:  # a reply already streaming when the pane opened
-                reply.add_class("-streaming")
-                reply.stream = Markdown.get_stream(reply)
 
     def show_title(self) -> None:
+        """The pane's border title: name, model, state, queue (repainted only when it
+        changed; a border title never needs a layout)."""
         view = self.view
-        activity = LABEL.get(view.activity, view.activity)
-        title = next(self.query("#title").results(Static), None)
-        if title is None:
-            return  # not composed yet: on_mount shows it
-        title.update(
-            Content.assemble(
-                (safe(view.name), "bold"),
-                f" · {safe(view.model or '-')} · ",
-                (activity, STATE_STYLE.get(view.activity, "")),
-                (f" · q{view.queue}" if view.queue else ""),
-            )
+        activity = view.shown_activity
+        title = Content.assemble(
+            (safe(view.name), "bold"),
+            f" · {safe(view.model or '-')} · ",
+            (LABEL.get(activity, activity), STATE_STYLE.get(activity, "")),
+            (f" · q{view.queue}" if view.queue else ""),
+            (f" · {view.steers} steer{'s' if view.steers > 1 else ''}" if view.steers else ""),
         )
+        if title != self._title:
+            self._title = title
+            self.border_title = title
 
     def focus_input(self) -> None:
         self.query_one(Input).focus()
@@ -106,8 +128,13 @@ class AgentPane(Vertical, can_focus=False):
         widget: Widget
         if item.kind == "user":
             widget = Static(plain("> " + item.text), classes="-user")
+        elif item.kind == "steer":
+            widget = Static(plain("» steer: " + item.text), classes="-steer")
+        elif item.kind == "reply" and not item.done:
+            text = "" if fresh else item.text
+            widget = LiveReply(item, text, limit=MAX_REPLY_CHARS, cut_note=CUT_NOTE)
         elif item.kind == "reply":
-            widget = Reply(item, "" if fresh and not item.done else None)
+            widget = Reply(item)
         elif item.kind == "tool":
             widget = ToolLine(item)
         else:
@@ -118,8 +145,17 @@ class AgentPane(Vertical, can_focus=False):
     async def show_item(self, op: str, item: Item) -> None:
         """Apply one transcript change (from FleetState.apply) to the pane."""
         widget = self._widgets.get(id(item))
+        if op.startswith("token:"):
+            if widget is not None and widget is self.live:
+                self._pending.append(op[6:])
+                if self.has_focus_within:
+                    self.flush()
+            return
         if op == "new" and widget is None:
             widget = self._make(item, fresh=True)
+            if isinstance(widget, LiveReply):
+                await self._start_live(widget)
+                return
             history = self.query_one("#history", VerticalScroll)
             # Room first, then the new one: the pane never holds more than MAX_WIDGETS, even
             # while a removal is still being processed (an agent flooding notices).
@@ -130,47 +166,52 @@ class AgentPane(Vertical, can_focus=False):
                     self._widgets = {k: w for k, w in self._widgets.items() if w is not gone}
                 await history.remove_children(old)
             await history.mount(widget)
-            if isinstance(widget, Reply) and not item.done:
-                widget.add_class("-streaming")
-                widget.stream = Markdown.get_stream(widget)
             return
-        if isinstance(widget, Reply):
-            if op.startswith("token:") and widget.stream is not None:
-                self._tokens.setdefault(id(widget), []).append(op[6:])  # `flush` writes them
-            elif op == "done":
-                await self.flush()
-                if widget.stream is not None:
-                    await widget.stream.stop()
-                    widget.stream = None
-                widget.remove_class("-streaming")
+        if isinstance(widget, LiveReply) and op == "done":
+            await self._finish(widget)
         elif isinstance(widget, ToolLine):
             widget.refresh_item()
 
-    async def flush(self) -> None:
-        """Write the tokens that arrived since the last flush: one Markdown append per reply
-        per frame, however many tokens came (the fleet screen calls this on a timer)."""
-        if not self._tokens:
-            return
-        pending, self._tokens = self._tokens, {}
-        for reply in self.query(Reply):
-            texts = pending.get(id(reply))
-            if texts and reply.stream is not None:
-                text = "".join(texts)
-                room = MAX_REPLY_CHARS - reply.written
-                if room <= 0:
-                    continue
-                if len(text) > room:  # past the cap: say so once, keep the TUI responsive
-                    text = text[:room] + CUT_NOTE
-                reply.written += len(text)
-                await reply.stream.write(safe(text))
+    async def _start_live(self, live: LiveReply) -> None:
+        if self.live is not None:  # a reply that never said it ended: it has now
+            await self._finish(self.live)
+        self.live = live
+        live.smooth = self.has_focus_within
+        await self.mount(live, before=self.query_one(Input))
+
+    def flush(self) -> None:
+        """Take the tokens that arrived into the live reply (one append, however many)."""
+        if self._pending and self.live is not None:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self.live.smooth = self.has_focus_within
+            self.live.append(text)
 
     @property
-    def has_tokens(self) -> bool:
-        return bool(self._tokens)
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    async def _finish(self, live: LiveReply) -> None:
+        """The reply ended: it joins the history as Markdown, rendered once."""
+        self.flush()
+        self._pending.clear()
+        reply = Reply(live.item)
+        self._widgets[id(live.item)] = reply
+        if self.live is live:
+            self.live = None
+        await self.query_one("#history", VerticalScroll).mount(reply)
+        await live.remove()
+
+    def _submit(self, steer: bool) -> None:
+        field = self.query_one(Input)
+        text = field.value.strip()
+        if text:
+            field.clear()
+            self.post_message(self.Send(self.agent, text, steer=steer))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        text = event.value.strip()
-        if text:
-            event.input.clear()
-            self.post_message(self.Send(self.agent, text))
+        self._submit(steer=False)
+
+    def action_steer(self) -> None:
+        self._submit(steer=True)

@@ -25,21 +25,31 @@ GAUGE_STYLE = {"ok": "$success", "warn": "$warning", "over": "$error", "none": "
 
 
 def row_content(view: AgentView, width: int = 26) -> Content:
-    activity = view.activity
+    activity = view.shown_activity
     label = LABEL.get(activity, activity)
-    doing = view.refused or view.doing or (view.reason if activity == "failed" else "")
+    if view.refused:
+        doing, style = view.refused, "$error"
+    elif view.doing or activity == "failed":
+        doing, style = view.doing or view.reason, "$text-muted"
+    elif view.last_cron:
+        doing, style = view.last_cron, "$warning"
+    else:
+        doing, style = view.automation(), "$text-muted"
     share = view.budget_share
     gauge_width = max(4, width - 18)
+    lane = f"q{view.queue}" + (f"+{view.in_progress}" if view.in_progress else "")
+    if view.steers:
+        lane += f" s{view.steers}"
     return Content.assemble(
         ("● ", STATE_STYLE.get(activity, "")),
         (safe(view.name), "bold"),
         "  ",
         (label, STATE_STYLE.get(activity, "")),
         "\n  ",
-        (safe(doing)[: width - 2] or "-", "$text-muted" if not view.refused else "$error"),
+        (safe(doing)[: width - 2] or "-", style),
         "\n  ",
         (bar(share, gauge_width), GAUGE_STYLE[level(share)]),
-        f" {money(view.today_usd)} q{view.queue}",
+        f" {money(view.today_usd)} {lane}",
     )
 
 

@@ -39,7 +39,8 @@ class LegionHeader(Horizontal):
 
     def _tick(self) -> None:
         stamp = datetime.fromtimestamp(self.clock()).strftime("%H:%M:%S")
-        self.query_one("#clock", Static).update(stamp)
+        # the same width every second: a repaint, not a layout of the screen
+        self.query_one("#clock", Static).update(stamp, layout=False)
 
     def _show_label(self, mounting: bool = False) -> None:
         if mounting or self.is_mounted:  # else on_mount shows it

@@ -32,6 +32,7 @@ from legion.gateway.llm.bound import REQUEST_OVERHEAD_TOKENS, UpstreamBody, repl
 from legion.gateway.llm.budget import Budgets, Reservation, Usage
 from legion.gateway.llm.chain import Hop, ProviderFailure, chain_error, classify, outcome
 from legion.gateway.llm.health import ModelHealth
+from legion.gateway.llm.inflight import AgentPaused, Call, Cut, Dispatch
 from legion.gateway.llm.passthrough import Passthrough
 from legion.gateway.llm.pricing import needs_table, price_for
 from legion.gateway.llm.runtime import LiteLLM
@@ -128,6 +129,8 @@ class Gateway:
         self.passthrough = Passthrough()
         self.booker = Booker(budgets, audit, bus, clock)
         self.tool_calls = ToolCalls(bus, clock)
+        # Calls in flight and the operator's pauses (the kill switch, inflight.py).
+        self.inflight = Dispatch(budgets.store, audit, bus, lambda: self.config.agents, clock)
 
     # --- resolution -----------------------------------------------------------------
 
@@ -270,8 +273,20 @@ class Gateway:
         # that is audited durably), and with one when the call first waits for the import.
         waits = self._waits_for_litellm(self._wanted(agent, request.model))
         alias = self.resolve_alias(agent, request.model, durable=waits)
-        litellm = await self._runtime_for(self.chain(alias))
-        return await self._chat(agent, alias, request, litellm)
+        try:
+            flight = self.inflight.open(agent)
+        except AgentPaused as exc:
+            self._refused(agent, alias, exc)
+            raise
+        try:
+            litellm = await self._runtime_for(self.chain(alias))
+            response = await self._chat(agent, alias, request, litellm, flight)
+        except BaseException:
+            self.inflight.close(flight)
+            raise
+        if not isinstance(response, StreamResponse):  # a stream closes it when it ends
+            self.inflight.close(flight)
+        return response
 
     def _hop(
         self,
@@ -298,7 +313,7 @@ class Gateway:
         return hop, self.budgets.reserve(agent, alias, model_cfg.model, request_id, worst)
 
     async def _chat(
-        self, agent: str, alias: str, request: ChatRequest, litellm: Any
+        self, agent: str, alias: str, request: ChatRequest, litellm: Any, flight: Call
     ) -> Response | StreamResponse:
         self.tool_calls.request(agent, request.messages)
         raw = request.model_dump(exclude_none=True)
@@ -344,6 +359,7 @@ class Gateway:
             started = time.monotonic()
             attempt = self.health.clock()  # failures of overlapping attempts count once
             direct = passthrough.applies(model_cfg)
+            stream: Any = None
             try:
                 if direct:
                     name = passthrough.upstream_model(model_cfg)
@@ -351,24 +367,42 @@ class Gateway:
                     key = self._api_key(model_cfg)
                     if request.stream:
                         stream = self.passthrough.stream(agent, model_cfg, key, content, max_tokens)
-                        first = await stream.__anext__()
+                        first = await flight.wait(stream.__anext__())
                     else:
-                        result = await self.passthrough.complete(
-                            agent, model_cfg, key, content, max_tokens
+                        result = await flight.wait(
+                            self.passthrough.complete(agent, model_cfg, key, content, max_tokens)
                         )
                 elif request.stream:
                     kwargs = self._kwargs(hop, body)
                     kwargs["max_tokens"] = max_tokens
                     kwargs["stream"] = True
                     kwargs["stream_options"] = {"include_usage": True}
-                    stream = await litellm.acompletion(**kwargs)
-                    first = await stream.__anext__()
+                    stream = await flight.wait(litellm.acompletion(**kwargs))
+                    first = await flight.wait(stream.__anext__())
                 else:
                     kwargs = self._kwargs(hop, body)
                     kwargs["max_tokens"] = max_tokens
-                    result = await litellm.acompletion(**kwargs)
+                    result = await flight.wait(litellm.acompletion(**kwargs))
             except StopAsyncIteration:
                 first = None
+            except Cut as cut:  # the operator paused this agent while it waited
+                await _close_upstream(stream)
+                # A stream's first byte never came: the prompt is booked. A whole answer
+                # nobody saw may have been produced in full: its worst case is booked.
+                usage = (
+                    usage_of(litellm, hop, request.messages, None, "")
+                    if request.stream
+                    else Usage(hop.prompt_bound, max_tokens, reservation.amount)
+                )
+                self.booker.book(
+                    hop,
+                    reservation,
+                    usage,
+                    status="paused",
+                    latency_ms=(time.monotonic() - started) * 1000,
+                )
+                self._settled(agent, request_id, hop_alias, usage.cost_usd)
+                raise cut.error from None
             except Exception as exc:
                 kind, status, retry_after = classify(exc)
                 self.booker.book(
@@ -419,6 +453,7 @@ class Gateway:
                     first,
                     started,
                     litellm,
+                    flight,
                     attempt,
                 )
             try:
@@ -451,15 +486,14 @@ class Gateway:
         first: Any,
         started: float,
         litellm: Any,
+        flight: Call,
         attempt: float,
     ) -> StreamResponse:
         async def abandon() -> None:
             """The agent left before the first byte reached it: close the upstream and
             settle what the provider had produced."""
-            closer = getattr(stream, "aclose", None)
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    await closer()
+            self.inflight.close(flight)
+            await _close_upstream(stream)
             text = ""
             if first is not None:
                 data = first if isinstance(first, dict) else first.model_dump()
@@ -486,6 +520,7 @@ class Gateway:
                 first,
                 started,
                 litellm,
+                flight,
                 attempt,
             ),
             content_type="text/event-stream",
@@ -552,11 +587,13 @@ class Gateway:
         first: Any,
         started: float,
         litellm: Any,
+        flight: Call,
         attempt: float,
     ) -> AsyncIterator[bytes]:
         """Relay the stream; every streamed text goes through a redactor that holds back a
         fixed window for the agent, and a possible start of a secret for the operator's
-        token events (stream.py)."""
+        token events (stream.py). A pause of the agent cuts it between two chunks
+        (`flight.wait`, inflight.py)."""
         # the provider's raw text, for a local count of usage, and the bound on its length
         produced = Produced(reply_text_cap(hop.max_tokens))
         calls = StreamedCalls()
@@ -587,7 +624,7 @@ class Gateway:
                 self._shown(agent, request_id, redactor.chunk(data))
                 yield b"data: " + json.dumps(data).encode() + b"\n\n"
                 try:
-                    chunk = await stream.__anext__()
+                    chunk = await flight.wait(stream.__anext__())
                 except StopAsyncIteration:
                     chunk = None
             status = "ok"
@@ -597,6 +634,14 @@ class Gateway:
                 yield b"data: " + json.dumps(tail).encode() + b"\n\n"
             self.tool_calls.reply(agent, request_id, calls.finished())
             yield b"data: [DONE]\n\n"
+        except Cut as cut:  # the operator paused the agent: settled for what was produced
+            status = "paused"
+            await _close_upstream(stream)
+            tail, shown = redactor.flush(last)
+            if tail is not None:
+                self._shown(agent, request_id, shown)
+                yield b"data: " + json.dumps(tail).encode() + b"\n\n"
+            yield b"data: " + cut.error.body().model_dump_json().encode() + b"\n\n"
         except Exception as exc:
             status = "failed_mid_stream"
             kind, _, _ = classify(exc)
@@ -612,6 +657,10 @@ class Gateway:
             )
             yield b"data: " + error.body().model_dump_json().encode() + b"\n\n"
         finally:
+            self.inflight.close(flight)
+            if flight.cut is not None and status == "aborted":
+                status = "paused"  # cancelled while writing to an agent that did not read
+                await _close_upstream(stream)
             if redactor.held():  # the agent left while text was held back: the TUI sees it
                 _, shown = redactor.flush(last)
                 self._shown(agent, request_id, shown)
@@ -632,6 +681,11 @@ class Gateway:
 
     async def embeddings(self, agent: str, request: EmbeddingRequest) -> Response:
         alias = self.resolve_alias(agent, request.model)
+        try:
+            self.inflight.check(agent)
+        except AgentPaused as exc:
+            self._refused(agent, alias, exc)
+            raise
         litellm = await self._table_for([alias], await self._runtime_for([alias]))
         model_cfg = self.config.llm.models[alias]
         inputs = [request.input] if isinstance(request.input, str) else request.input
@@ -683,3 +737,11 @@ class Gateway:
         self._settled(agent, request_id, alias, usage.cost_usd)
         data["model"] = alias
         return Response(200, json.dumps(data).encode())
+
+
+async def _close_upstream(stream: Any) -> None:
+    """Close a provider stream (its connection), whatever state it is in."""
+    closer = getattr(stream, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()
