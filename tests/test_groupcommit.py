@@ -409,12 +409,12 @@ async def test_a_webhook_delivery_is_answered_after_its_fsync(home: Path) -> Non
     from tests.automation.test_webhooks import HOOKS, add_hook, signed
 
     async with host_at(home, config(extra=HOOKS)) as host:
-        url = await add_hook(host)
+        url, secret = await add_hook(host)
         body = b'{"ref": "main"}'
         async with httpx.AsyncClient() as web:
             r = await held_until_fsync(
                 host.store,
-                lambda: web.post(url, content=body, headers=signed(body, "d-gc")),
+                lambda: web.post(url, content=body, headers=signed(secret, body, "d-gc")),
                 lambda: host.inboxes.depth("alice") == 1,
             )
         assert r.status_code == 202, r.text

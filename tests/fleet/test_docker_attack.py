@@ -73,8 +73,16 @@ async def test_issue_7_links_and_fifos_planted_from_a_container_are_never_follow
             old = host.fleet.runs["alice"].container_id
             host.last_seen.pop("alice", None)
             _, output = await docker_exec(host, "alice", PLANT.replace("VICTIM", repr(str(victim))))
-            await until_polling(host, "alice", timeout_s=90)  # restarted on its own, serving
-            assert host.fleet.runs["alice"].container_id != old, output
+            # Restarted on its own, serving. (The dead runtime's parked poll ending also
+            # marks alice as last seen: wait for the new container, then for its poll.)
+            deadline = time.monotonic() + 90
+            while host.fleet.runs["alice"].container_id == old:
+                assert time.monotonic() < deadline, output
+                await asyncio.sleep(0.05)
+            changed = host.clock()
+            while host.last_seen.get("alice", 0.0) < changed:  # the new runtime's first poll
+                assert time.monotonic() < deadline, output
+                await asyncio.sleep(0.05)
             sock = host.paths.agent_socket("alice")
             assert stat.S_ISSOCK(os.lstat(sock).st_mode)
             assert snapshot(victim) == before

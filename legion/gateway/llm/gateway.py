@@ -354,10 +354,13 @@ class Gateway:
                 hops.append(outcome(hop_alias, exc.code, exc.message))
                 self._failover(agent, request_id, hop_alias, nxt, exc.code)
                 continue
+            # Failures of overlapping attempts count once: an attempt begins when it passed
+            # the cooldown check, before it waits for its reservation's fsync (calls
+            # admitted together may leave in different group-commit rounds).
+            attempt = self.health.clock()
             await self.budgets.durable(reservation)  # on disk before the call goes out
             model_cfg = hop.model
             started = time.monotonic()
-            attempt = self.health.clock()  # failures of overlapping attempts count once
             direct = passthrough.applies(model_cfg)
             stream: Any = None
             try:

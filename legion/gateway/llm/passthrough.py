@@ -260,7 +260,9 @@ class Passthrough:
                 )
                 rest = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
                 if len(rest) > line_cap:
-                    raise UpstreamError(502, f"the upstream sent an event over {line_cap} bytes")
+                    raise UpstreamError(
+                        502, f"the upstream sent a stream line over {line_cap} bytes; refused"
+                    )
                 for raw in lines:
                     if not raw.startswith(b"data:"):
                         continue
