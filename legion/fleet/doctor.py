@@ -45,7 +45,7 @@ def model_checks(paths: Paths, config: Config) -> list[Check]:
                 "no provider key is stored, so no agent can call a cloud model yet (the "
                 f"models name: {', '.join(needed)})",
                 f"`legion vault set {first} --tier system` (prompted; the key never goes on "
-                "the command line)",
+                "the command line), or `legion setup` for a provider, model and starter fleet",
             )
         )
     elif keys:
