@@ -7,6 +7,7 @@ posts the outcome as an `ActionDone` message.
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,9 @@ class _Domain(Provider):
     def legion(self) -> LegionApp:
         return self.app  # type: ignore[return-value]
 
+    @abstractmethod
     def commands(self) -> list[Command]:
-        raise NotImplementedError
+        """This domain's commands, built from the app's current state."""
 
     async def discover(self) -> Hits:
         for title, help_text, callback in self.commands():

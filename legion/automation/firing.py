@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +85,7 @@ class Planned:
     trigger: str
 
 
-class Firing:
+class Firing(ABC):
     """What CronJobs needs to fire runs; the state is CronJobs'."""
 
     host: Host
@@ -97,11 +98,13 @@ class Firing:
     def config(self) -> Any:
         return self.host.config.automation
 
+    @abstractmethod
     def schedule_of(self, text: str) -> Schedule:
-        raise NotImplementedError
+        """The parsed schedule of a job's text (CronJobs caches them)."""
 
+    @abstractmethod
     def runs(self, job_id: int, limit: int = 50) -> list[CronRun]:
-        raise NotImplementedError
+        """A job's recent runs, newest first."""
 
     def _running(self, job: Job) -> bool:
         item = self.in_flight.get(job.id)
