@@ -30,8 +30,20 @@ TMUX = shutil.which("tmux")
 class Terminal:
     """One tmux server and session running a command, 120x40 unless told otherwise."""
 
-    def __init__(self, socket: Path) -> None:
-        self.socket = socket
+    def __init__(self) -> None:
+        self.sockets: list[Path] = []
+        self.socket = self._new_socket()
+
+    @staticmethod
+    def _new_socket() -> Path:
+        return Path("/tmp") / f"lg-tmux-{os.getpid()}-{time.monotonic_ns()}"
+
+    def restart(self) -> None:
+        """Kill this server and use a fresh socket for the next one: kill-server returns
+        before the server has gone, and a new-session on the same socket can reach the
+        dying server ("server exited unexpectedly")."""
+        self.tmux("kill-server")
+        self.socket = self._new_socket()
 
     def tmux(self, *args: str) -> str:
         assert TMUX, "tmux is needed for the terminal tests (apt-get install tmux)"
@@ -42,6 +54,7 @@ class Terminal:
         return run.stdout
 
     def start(self, command: str, *, width: int = 120, height: int = 40) -> None:
+        self.sockets.append(self.socket)
         self.tmux("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), command)
 
     def screen(self, escapes: bool = False) -> str:
@@ -62,12 +75,13 @@ class Terminal:
 
 @pytest.fixture
 def terminal(tmp_path: Path) -> Iterator[Terminal]:
-    term = Terminal(Path("/tmp") / f"lg-tmux-{os.getpid()}-{time.monotonic_ns()}")
+    term = Terminal()
     try:
         yield term
     finally:
-        subprocess.run([TMUX or "tmux", "-S", str(term.socket), "kill-server"], capture_output=True)
-        term.socket.unlink(missing_ok=True)
+        for socket in term.sockets:
+            subprocess.run([TMUX or "tmux", "-S", str(socket), "kill-server"], capture_output=True)
+            socket.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -154,7 +168,7 @@ def test_no_color_is_honoured(terminal: Terminal, attached_fleet: tuple[Daemon, 
     assert hues(terminal.screen(escapes=True))
     terminal.keys("C-q")
     terminal.wait_for("LEGION-EXIT=0")
-    terminal.tmux("kill-server")
+    terminal.restart()
     terminal.start(legion_command(home, "NO_COLOR=1"))
     terminal.wait_for("attached to daemon pid")
     screen = terminal.wait_for("idle")
