@@ -155,6 +155,7 @@ class Host:
         self._tasks: set[asyncio.Task[None]] = set()
         self.fleet = Fleet(self, None)
         self.spawner = Spawner(self)
+        self.gateway.inflight.parent_of = self.spawner.parent_of
         self.browsers = Browsers(self)
         self.stop_reason = ""
         self.automation = Automation(self)

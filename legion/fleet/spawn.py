@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from legion.errors import Forbidden, LegionError
 from legion.fleet import skills, volume
 from legion.fsutil import UnsafeEntry, remove_tree_nofollow
+from legion.gateway.llm.inflight import paused_error
 from legion.mesh.permissions import Perm
 from legion.paths import MAX_SOCKET_PATH
 from legion.wire.events import AgentReply, AgentStateChanged
@@ -125,6 +126,10 @@ class Spawner:
             )
         cfg = host.config.agents[parent]
         limits = cfg.spawn
+        pause = host.gateway.inflight.paused(parent)
+        if pause is not None:  # its child's calls would be refused: do not start one
+            error = paused_error(parent, pause)
+            self._refuse(parent, error.message, status=error.status, code=error.code)
         if host.fleet.backend is None:
             self._refuse(parent, "this host runs no agent containers; sub-agents need a runtime")
         live = sum(1 for c in self.children.values() if c.parent == parent)

@@ -12,6 +12,7 @@ back to the parent's inbox as a `task_result`.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from legion.host import Host
 from legion.mesh import audit
 from legion.paths import Paths
 from tests.conftest import agent_client, control_client
-from tests.fakes.provider import FakeProvider
+from tests.fakes.provider import FakeProvider, Reply
 
 pytestmark = pytest.mark.anyio
 
@@ -494,3 +495,49 @@ async def test_spawn_agent_end_to_end_with_runtimes(home: Path) -> None:
             assert "spawn_agent" not in tools  # no right to spawn: not even offered
             parent_tools = {t["function"]["name"] for t in fake.requests[0].body["tools"]}
             assert "spawn_agent" in parent_tools
+
+
+async def test_pausing_a_parent_pauses_its_sub_agents(home: Path) -> None:
+    """issue 9 (kill switch): a sub-agent works for its parent on the parent's money, so a
+    pause of the parent cuts the sub-agent's stream in flight, refuses its new calls naming
+    the parent to resume, and refuses new spawns; resuming the parent resumes them all.
+    An unrelated agent is untouched."""
+    async with (
+        FakeProvider(chunk_delay_s=0.05) as fake,
+        spawning_host(home, config_text(fake.base_url)) as (host, _),
+    ):
+        child = (await spawn(host, {"role": "r", "task": "t"})).json()["agent"]
+        fake.script(Reply(content="word " * 400))  # ~20 s of stream
+        body = {"messages": [{"role": "user", "content": "go"}], "stream": True, "max_tokens": 1500}
+        async with (
+            agent_client(host.paths, child) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            assert response.status_code == 200, await response.aread()
+            lines = response.aiter_lines()
+            got = 0
+            while got < 3:
+                if (await lines.__anext__()).startswith("data: "):
+                    got += 1
+            async with control_client(host.paths) as operator:
+                state = (await operator.post("/v1/pause", json={"agent": "parent"})).json()
+            assert state["cut"] == 1  # the child's call, not the parent's (it has none)
+            assert set(state["paused"]) == {"parent", child}
+            async with asyncio.timeout(2):
+                rest = [line async for line in lines if line.startswith("data: ")]
+        error = json.loads(rest[-1][6:])["error"]
+        assert error["code"] == "agent_paused" and "legion resume parent" in error["message"]
+        assert await call(host, child) == 423
+        async with agent_client(host.paths, child) as client:
+            refused = (
+                await client.post("/v1/chat/completions", json=body | {"stream": False})
+            ).json()
+        assert "sub-agent of parent" in refused["error"]["message"]
+        again = await spawn(host, {"role": "r", "task": "t"})
+        assert again.status_code == 423 and again.json()["error"]["code"] == "agent_paused"
+        assert await call(host, "plain") == 200
+        async with control_client(host.paths) as operator:
+            state = (await operator.post("/v1/resume", json={"agent": "parent"})).json()
+        assert state["paused"] == []
+        assert await call(host, child) == 200
+        assert (await spawn(host, {"role": "r", "task": "t"})).status_code == 200

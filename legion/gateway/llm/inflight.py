@@ -13,8 +13,10 @@ settlement (`Dispatch.open` ... `Dispatch.close`). `pause(agent)` (or the whole 
 
 Pauses are stored in host.db (`paused_agents`), committed before the operator's request is
 answered, so a paused agent stays paused across a host restart until `resume`. A pause of
-the fleet (`PAUSE_ALL`) also covers agents added later. Each pause and resume is audited
-(`llm.pause`, `llm.resume`) and evented (`PauseChanged`).
+the fleet (`PAUSE_ALL`) also covers agents added later. A sub-agent follows its parent: a
+pause of the parent refuses and cuts the sub-agent's calls too (its work is the parent's,
+paid from the parent's carve-out), and resuming the parent resumes it. Each pause and
+resume is audited (`llm.pause`, `llm.resume`) and evented (`PauseChanged`).
 """
 
 from __future__ import annotations
@@ -61,8 +63,13 @@ def _when(ts: float) -> str:
 
 def paused_error(agent: str, pause: Pause, *, cut: bool = False) -> AgentPaused:
     fleet = pause.target == PAUSE_ALL
-    how = "`legion resume --all`" if fleet else f"`legion resume {agent}`"
-    what = "the whole fleet's LLM calls are" if fleet else f"{agent}'s LLM calls are"
+    how = "`legion resume --all`" if fleet else f"`legion resume {pause.target}`"
+    if fleet:
+        what = "the whole fleet's LLM calls are"
+    elif pause.target != agent:  # a sub-agent, paused with its parent
+        what = f"{agent}'s LLM calls are (a sub-agent of {pause.target}, which is)"
+    else:
+        what = f"{agent}'s LLM calls are"
     done = (
         "this call was cut where it was; what it produced is booked"
         if cut
@@ -164,6 +171,8 @@ class Dispatch:
         self.bus = bus
         self.agents = agents  # the configured agent names, now
         self.clock = clock
+        # A sub-agent's parent (the host sets it to its spawner's): its pause covers them.
+        self.parent_of: Callable[[str], str | None] = lambda agent: None
         self.calls: dict[str, set[Call]] = {}
         self.pauses: dict[str, Pause] = {
             target: Pause(target, since, by, reason)
@@ -180,7 +189,10 @@ class Dispatch:
     # --- the gateway's side ----------------------------------------------------------
 
     def paused(self, agent: str) -> Pause | None:
-        return self.pauses.get(agent) or self.pauses.get(PAUSE_ALL)
+        pause = self.pauses.get(agent) or self.pauses.get(PAUSE_ALL)
+        if pause is None and self.pauses and (parent := self.parent_of(agent)) is not None:
+            pause = self.pauses.get(parent)
+        return pause
 
     def check(self, agent: str) -> None:
         """Raise AgentPaused when `agent`'s calls are paused."""
@@ -232,7 +244,7 @@ class Dispatch:
         victims = [
             call
             for agent, calls in self.calls.items()
-            if target in (PAUSE_ALL, agent)
+            if target in (PAUSE_ALL, agent, self.parent_of(agent))
             for call in calls
             if call.cut is None
         ]
