@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from legion.fleet.backend import AgentSpec, BackendUnavailable
-from legion.fleet.docker_backend import LOG_ROTATION, container_config, container_name
+from legion.fleet.docker_backend import (
+    LOG_ROTATION,
+    container_config,
+    container_name,
+    low_level_arguments,
+)
 
 TMPFS_TMP = "rw,noexec,nosuid,nodev,size=256m"
 ROLE_LABEL = "legion.role"
@@ -113,30 +118,9 @@ class DockerBrowsers:
         api = self._docker().api
         name = browser_container_name(self.home_label, spec.agent)
         config = browser_container_config(spec, name, self.home_label)
-        volumes = config.pop("volumes")
-        host_config = api.create_host_config(
-            binds=volumes,
-            cap_drop=config.pop("cap_drop"),
-            security_opt=config.pop("security_opt"),
-            read_only=config.pop("read_only"),
-            tmpfs=config.pop("tmpfs"),
-            mem_limit=config.pop("mem_limit"),
-            memswap_limit=config.pop("memswap_limit"),
-            nano_cpus=config.pop("nano_cpus"),
-            pids_limit=config.pop("pids_limit"),
-            network_mode=config.pop("network_mode"),
-            init=config.pop("init"),
-            runtime=config.pop("runtime", None),
-            log_config={"type": "json-file", "config": LOG_ROTATION},
-            shm_size=config.pop("shm_size"),
+        create = low_level_arguments(
+            api, config, log_config={"type": "json-file", "config": LOG_ROTATION}
         )
-        config.pop("detach")
-        config.pop("log_config", None)
-        create = {
-            **config,
-            "volumes": [v["bind"] for v in volumes.values()],
-            "host_config": host_config,
-        }
         try:
             try:
                 container_id = api.create_container(**create)["Id"]

@@ -33,6 +33,7 @@ from legion.fleet.images import (
     debian_mirror,
     image_exists,
     python_version_of,
+    stage_app,
 )
 
 BROWSER_BASE_TAG = "legion-browser-base:bookworm"
@@ -225,19 +226,7 @@ def fetch_wheels(
 
 
 def browser_context(dest: Path, site: Path, base: str, uid: int) -> None:
-    app = dest / "app"
-    shutil.copytree(
-        _package_dir("browser_container"),
-        app / "browser_container",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    legion_dir = _package_dir("legion")
-    (app / "legion").mkdir(parents=True)
-    shutil.copy(legion_dir / "__init__.py", app / "legion" / "__init__.py")
-    shutil.copytree(
-        legion_dir / "wire", app / "legion" / "wire", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    shutil.move(str(site), dest / "site")
+    stage_app(dest, "browser_container", site)
     (dest / "Dockerfile").write_text(f"""FROM {base}
 COPY site /opt/legion/site
 COPY app /opt/legion/app

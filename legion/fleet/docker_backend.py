@@ -126,7 +126,18 @@ def create_arguments(api: Any, spec: AgentSpec, name: str, home_label: str) -> d
     exactly these."""
     config = container_config(spec, name)
     config["labels"]["legion.home"] = home_label
+    return low_level_arguments(api, config)
+
+
+def low_level_arguments(
+    api: Any, config: dict[str, Any], log_config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """docker-py `containers.create` arguments (`config`, consumed) as the low-level
+    APIClient's `create_container` arguments, every hardening option in the host config
+    (agent and browser containers both go through here)."""
     volumes = config.pop("volumes")
+    optional = {key: config.pop(key) for key in ("shm_size",) if key in config}
+    logs = config.pop("log_config", None)
     host_config = api.create_host_config(
         binds=volumes,
         cap_drop=config.pop("cap_drop"),
@@ -140,7 +151,8 @@ def create_arguments(api: Any, spec: AgentSpec, name: str, home_label: str) -> d
         network_mode=config.pop("network_mode"),
         init=config.pop("init"),
         runtime=config.pop("runtime", None),
-        log_config=config.pop("log_config"),
+        log_config=log_config if log_config is not None else logs,
+        **optional,
     )
     config.pop("detach")
     return {**config, "volumes": [v["bind"] for v in volumes.values()], "host_config": host_config}

@@ -233,6 +233,19 @@ def source_digest(packages: Sequence[str] = ()) -> str:
     return digest.hexdigest()[:16]
 
 
+def stage_app(dest: Path, package: str, site: Path) -> None:
+    """A build context's `app/` (the container's `package` and `legion.wire`, nothing else of
+    the host's code) and `site/` (its wheels, moved from `site`)."""
+    app = dest / "app"
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(_package_dir(package), app / package, ignore=skip)
+    legion_dir = _package_dir("legion")
+    (app / "legion").mkdir(parents=True)
+    shutil.copy(legion_dir / "__init__.py", app / "legion" / "__init__.py")
+    shutil.copytree(legion_dir / "wire", app / "legion" / "wire", ignore=skip)
+    shutil.move(str(site), dest / "site")
+
+
 def image_is_current(client: Any, tag: str, packages: Sequence[str] = ()) -> bool:
     import docker.errors
 
@@ -247,19 +260,7 @@ def image_is_current(client: Any, tag: str, packages: Sequence[str] = ()) -> boo
 def build_context(
     dest: Path, site: Path, base: str, uid: int, packages: Sequence[str] = ()
 ) -> None:
-    app = dest / "app"
-    shutil.copytree(
-        _package_dir("agent_container"),
-        app / "agent_container",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    legion_dir = _package_dir("legion")
-    (app / "legion").mkdir(parents=True)
-    shutil.copy(legion_dir / "__init__.py", app / "legion" / "__init__.py")
-    shutil.copytree(
-        legion_dir / "wire", app / "legion" / "wire", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    shutil.move(str(site), dest / "site")
+    stage_app(dest, "agent_container", site)
     (dest / "Dockerfile").write_text(f"""FROM {base}
 COPY site /opt/legion/site
 COPY app /opt/legion/app
