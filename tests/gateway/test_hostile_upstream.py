@@ -4,6 +4,7 @@ an endless line, a huge body."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -62,6 +63,7 @@ class Hostile(BaseHTTPRequestHandler):
     target: ClassVar[str] = ""
     stop: ClassVar[threading.Event] = threading.Event()
     sent: ClassVar[list[int]] = []
+    disguise: ClassVar[bool] = False  # a stream sent as application/json
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -102,7 +104,9 @@ class Hostile(BaseHTTPRequestHandler):
                 self.wfile.write(data)
             return
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
+        # a stream that claims to be something else must be bounded all the same
+        plain = mode == "long_line" and Hostile.disguise
+        self.send_header("Content-Type", "application/json" if plain else "text/event-stream")
         self.end_headers()
         total = 0
         try:
@@ -133,6 +137,7 @@ class Hostile(BaseHTTPRequestHandler):
 def hostile() -> Iterator[ThreadingHTTPServer]:
     Hostile.stop.clear()
     Hostile.sent.clear()
+    Hostile.disguise = False
     Internal.hits.clear()
     with loopback_server(Hostile) as server:
         yield server
@@ -267,19 +272,26 @@ async def test_issue_7_an_endless_stream_line_is_refused_not_buffered(
         assert host.budgets.open == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 7 (left): LiteLLM reads an SSE line whole (a 32 MB line costs ~1 GB of "
-    "RSS) and then reports an empty, successful reply; bounding it needs a byte cap inside "
-    "LiteLLM's stream reader (use `passthrough = true` for an upstream you do not trust)",
-)
 async def test_issue_7_an_endless_stream_line_is_refused_on_the_litellm_path(
     home: Path, hostile: ThreadingHTTPServer
 ) -> None:
+    """issue 7 (adversarial pass, left open then): LiteLLM read an SSE line whole (a 32 MB
+    line cost ~1 GB of RSS) and then reported an empty, successful reply. The transport
+    under it bounds each line at what a reply of max_tokens can need: refused, booked."""
     Hostile.mode = "long_line"
-    async with host_for(home, url(hostile), False) as host:
-        response = await call(host, stream=True)
-        assert response.status_code == 502
+    for disguise in (False, True):  # and a stream sent as application/json
+        Hostile.disguise = disguise
+        calls = len(Hostile.sent)
+        async with host_for(home, url(hostile), False) as host:  # a new host: no cooldown
+            response = await call(host, stream=True)
+            assert response.status_code == 502, response.text[:300]
+            assert "stream line over 1441792 bytes" in response.json()["error"]["message"]
+            assert host.budgets.open == {}
+            assert len(ledger(host)) == calls + 1  # booked
+        async with asyncio.timeout(10):  # the host hung up: the provider's write fails
+            while len(Hostile.sent) == calls:
+                await asyncio.sleep(0.02)
+        assert Hostile.sent[-1] < (32 << 20)  # it stopped reading long before the end
 
 
 async def test_issue_7_what_follows_done_cannot_hold_the_call_open(

@@ -35,7 +35,7 @@ from legion.gateway.llm.health import ModelHealth
 from legion.gateway.llm.inflight import AgentPaused, Call, Cut, Dispatch
 from legion.gateway.llm.passthrough import Passthrough
 from legion.gateway.llm.pricing import needs_table, price_for
-from legion.gateway.llm.runtime import LiteLLM
+from legion.gateway.llm.runtime import STREAM_LINE_CAP, LiteLLM, StreamLineTooLong
 from legion.gateway.llm.stream import TEXT_FIELDS, DeltaRedactor
 from legion.gateway.llm.toolcalls import StreamedCalls, ToolCalls
 from legion.gateway.redact import Redactor
@@ -99,6 +99,27 @@ def generated(message: dict[str, Any]) -> list[str]:
     if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
         out.append(legacy["arguments"])
     return out
+
+
+def _own_refusal(exc: BaseException) -> StreamLineTooLong | None:
+    """A refusal of the host's own transport (`StreamLineTooLong`) somewhere in the chain
+    of exceptions LiteLLM wrapped it in (its causes, contexts, `original_exception`)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 32:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, StreamLineTooLong):
+            return current
+        seen.add(id(current))
+        original = getattr(current, "original_exception", None)
+        todo += [
+            current.__cause__,
+            current.__context__,
+            original if isinstance(original, BaseException) else None,
+        ]
+    return None
 
 
 class Gateway:
@@ -187,6 +208,9 @@ class Gateway:
         return kwargs
 
     def _safe(self, exc: BaseException) -> str:
+        own = _own_refusal(exc)
+        if own is not None:  # the host's own bound, wrapped by LiteLLM: say it plainly
+            return str(own)
         return self.redactor.redact(f"{type(exc).__name__}: {exc}")[:2000]
 
     def _refused(self, agent: str, alias: str, exc: LegionError, **extra: Any) -> None:
@@ -380,7 +404,11 @@ class Gateway:
                     kwargs["max_tokens"] = max_tokens
                     kwargs["stream"] = True
                     kwargs["stream_options"] = {"include_usage": True}
-                    stream = await flight.wait(litellm.acompletion(**kwargs))
+                    capped = STREAM_LINE_CAP.set(passthrough.reply_bytes_cap(max_tokens))
+                    try:
+                        stream = await flight.wait(litellm.acompletion(**kwargs))
+                    finally:
+                        STREAM_LINE_CAP.reset(capped)
                     first = await flight.wait(stream.__anext__())
                 else:
                     kwargs = self._kwargs(hop, body)

@@ -22,6 +22,8 @@ import gc
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
 
@@ -74,12 +76,47 @@ def load_blocking() -> ModuleType:
     return litellm
 
 
+# The longest stream line (one SSE event) the LiteLLM call being made may receive: the
+# gateway sets it around `litellm.acompletion` (the transport runs in that task's context);
+# None: no stream is expected, nothing is bounded here.
+STREAM_LINE_CAP: ContextVar[int | None] = ContextVar("legion_stream_line_cap", default=None)
+
+
+class StreamLineTooLong(httpx.RemoteProtocolError):
+    """An event stream line past its cap: the read fails there, nothing more is buffered."""
+
+
+class _CappedLines(httpx.AsyncByteStream):
+    """An event stream whose lines are at most `cap` bytes. LiteLLM (the OpenAI SDK's SSE
+    decoder) keeps reading a line until it ends: one line that never ends would be held
+    whole in memory (a 32 MB line cost ~1 GB of RSS) and then parsed as nothing."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, cap: int) -> None:
+        self._inner = inner
+        self._cap = cap
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        run = 0  # bytes since the last line end
+        async for chunk in self._inner:
+            end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+            run = run + len(chunk) if end < 0 else len(chunk) - end - 1
+            if run > self._cap:
+                raise StreamLineTooLong(
+                    f"the upstream sent a stream line over {self._cap} bytes; refused"
+                )
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class _NoRedirects(httpx.AsyncBaseTransport):
     """A transport that hands a redirect back as the answer it is: the Location header of a
     3xx is dropped, so the client above it (LiteLLM's, the OpenAI SDK's, both created with
     follow_redirects=True) cannot follow it. A provider, or whoever sits on a plain-http
     path to it, must not steer the host's request (the agent's prompt) to another address,
-    past the egress policy; the direct path never follows redirects either."""
+    past the egress policy; the direct path never follows redirects either. An event
+    stream's lines are bounded (`STREAM_LINE_CAP`), as on the direct path."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self._inner = inner
@@ -92,6 +129,11 @@ class _NoRedirects(httpx.AsyncBaseTransport):
                 extra={"fields": {"url": str(request.url), "status": response.status_code}},
             )
             del response.headers["location"]
+        cap = STREAM_LINE_CAP.get()
+        # whatever content type the upstream claims: the SDK reads a stream call's body as
+        # an event stream either way
+        if cap is not None and isinstance(response.stream, httpx.AsyncByteStream):
+            response.stream = _CappedLines(response.stream, cap)
         return response
 
     async def aclose(self) -> None:
