@@ -412,7 +412,15 @@ class RemoteMcp:
             except Exception as exc:
                 message = scrub.text(_describe(exc))
                 self._outcome(agent, server_name, tool, "failed", started, error=message)
-                if _is_transport(exc):
+                # A failure of this call's own stream (each call is its own POST: an
+                # oversized or malformed event in its answer) leaves the session answering;
+                # only a session that no longer answers a ping is reconnected, or one
+                # agent's amplifying call would cut every agent off the server.
+                if (
+                    _is_transport(exc)
+                    and not await _answers(session, timeout)
+                    and server.session is session  # not already ended and reconnecting
+                ):
                     server.broken_reason = f"a call failed: {message[:300]}"
                     server.broken.set()  # reconnect; the tools are unavailable meanwhile
                     self._set(server, "restarting", server.broken_reason)
@@ -455,6 +463,18 @@ async def _list(session: ClientSession) -> list[Any]:
         if not cursor:
             break
     return tools
+
+
+PROBE_S = 5.0  # how long a session may take to answer the ping after a failed call
+
+
+async def _answers(session: ClientSession, timeout_s: float) -> bool:
+    """Whether the session still answers (a ping) after one of its calls failed."""
+    try:
+        await asyncio.wait_for(session.send_ping(), min(timeout_s, PROBE_S))
+    except Exception:
+        return False
+    return True
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
