@@ -4,7 +4,6 @@ they share (invariant 10)."""
 from __future__ import annotations
 
 import asyncio
-
 from pathlib import Path
 
 import pytest
