@@ -35,6 +35,7 @@ def run(paths: Paths) -> int:
         home=str(paths.home),
         keys=config.tui.keys,
         first_run=not paths.config.exists(),
+        tune_collector=True,
     )
 
     return _run_app(app)
@@ -66,7 +67,7 @@ def run_remote(remote: Remote, home: str | None) -> int:
         return 3
     from tui.app import LegionApp
 
-    app = LegionApp(lambda: open_remote(remote), home=remote.url, keys=keys)
+    app = LegionApp(lambda: open_remote(remote), home=remote.url, keys=keys, tune_collector=True)
     return _run_app(app)
 
 
