@@ -98,6 +98,9 @@ def host_main(home: str, agents: int, rate: float, seconds: float) -> None:
 
 def probe_main(home: str, out: str, agents: int, keys: int) -> None:
     """`python -m bench.tui --probe`: the TUI with timing hooks; writes its samples to `out`."""
+    from tui.launch import textual_settings
+
+    textual_settings()  # as `legion` sets them, before Textual is imported
     from textual import events
     from textual.app import App
     from textual.driver import Driver

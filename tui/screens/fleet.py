@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Static
 
 from tui.keys import bindings
@@ -68,18 +69,24 @@ class FleetScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.panes: dict[str, AgentPane] = {}  # open panes by agent (no DOM query per batch)
+        self._flusher: Timer | None = None
 
     def on_mount(self) -> None:
         self.sync_all()
         self.query_one(FleetSidebar).focus()
-        self.set_interval(FLUSH_S, self._flush)
+        # paused while no token waits: an idle screen does not wake 30 times a second
+        self._flusher = self.set_interval(FLUSH_S, self._flush, pause=True)
 
     def _flush(self) -> None:
         """Every pane's streamed tokens at once, so one frame paints them all (the screen's
         update timer, idle since the last frame, paints at once)."""
+        flushed = False
         for pane in self.panes.values():
             if pane.has_pending:
                 pane.flush()
+                flushed = True
+        if not flushed and self._flusher is not None:
+            self._flusher.pause()
 
     # --- what the app tells us ------------------------------------------------------
 
@@ -100,6 +107,8 @@ class FleetScreen(Screen[None]):
             pane = panes.get(agent)
             if pane is not None:
                 await pane.show_item(op, item)
+                if pane.has_pending and self._flusher is not None:
+                    self._flusher.resume()
         self.query_one(EventsTicker).add(change.ticks)
 
     # --- layout ----------------------------------------------------------------------
