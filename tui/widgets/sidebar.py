@@ -30,9 +30,6 @@ class FleetSidebar(ListView):
         super().__init__(*args, **kwargs)
         self._rows: dict[str, AgentRow] = {}  # by agent: no DOM query per batch of events
 
-    def rows(self) -> dict[str, AgentRow]:
-        return dict(self._rows)
-
     def sync(self, views: dict[str, AgentView], changed: set[str] | None = None) -> None:
         """Add, remove and refresh rows (only `changed` ones, when given). A batch that
         changed no agent (a burst of tokens) costs a comparison of names, nothing else."""
