@@ -1,4 +1,4 @@
-"""The garbage collector of the TUI's own process, tuned for a screen that repaints 30 times a
+"""The garbage collector of the TUI's own process, tuned for a screen that repaints 24 times a
 second (issue 9: display lag while 16 agents stream).
 
 Painting allocates: each line Textual renders is a `Strip` holding seven small caches, so a

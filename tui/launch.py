@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 # Textual paints at most this many frames a second (its own default: 60). What streams is held
-# to 30 frames a second by the fleet screen's clock (tui/screens/fleet.py) whatever this says;
+# to 24 frames a second by the fleet screen's clock (tui/screens/fleet.py) whatever this says;
 # this cap is what a key, the clock or a row changing waits for after the last frame: up to
 # 1/60 s at 60, half that here (keypress to paint while 16 agents stream, bench/tui.py: p99
 # 36-43 ms at 60, 20-29 ms at 120). An operator's own TEXTUAL_FPS wins.
