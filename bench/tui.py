@@ -6,6 +6,13 @@
   Display lag = the wall time a frame with the token is written to the terminal minus the
   time the host emitted the token (the token's text carries it). A token counts as painted in
   the first frame written after its pane's live reply took it in. Target: p99 <= 100 ms.
+  Also printed: the same lag read on the terminal (when the bench, on the pty's other side,
+  first reads the token's text), where the lag goes (the socket and parsing, waiting for a
+  batch, waiting in the pane, the frame), frames per second, the cost of a frame and the
+  TUI's CPU per token. The stream starts once the screen has settled after the panes opened;
+  the samples are written once, when it ends (encoding them every second stalled the loop
+  being measured). `BENCH_TUI_SLOW=1` lists what held the TUI's loop (steps over 8 ms,
+  garbage collections, layouts); `BENCH_TUI_PROFILE=file` profiles the steady state.
 * Keypress to paint, while that stream runs: a key typed into the focused pane's input, from
   the moment the terminal driver reads it to the first frame written after the input shows
   it. Target: p99 <= 50 ms.
