@@ -6,6 +6,13 @@
   Display lag = the wall time a frame with the token is written to the terminal minus the
   time the host emitted the token (the token's text carries it). A token counts as painted in
   the first frame written after its pane's live reply took it in. Target: p99 <= 100 ms.
+  Also printed: the same lag read on the terminal (when the bench, on the pty's other side,
+  first reads the token's text), where the lag goes (the socket and parsing, waiting for a
+  batch, waiting in the pane, the frame), frames per second, the cost of a frame and the
+  TUI's CPU per token. The stream starts once the screen has settled after the panes opened;
+  the samples are written once, when it ends (encoding them every second stalled the loop
+  being measured). `BENCH_TUI_SLOW=1` lists what held the TUI's loop (steps over 8 ms,
+  garbage collections, layouts); `BENCH_TUI_PROFILE=file` profiles the steady state.
 * Keypress to paint, while that stream runs: a key typed into the focused pane's input, from
   the moment the terminal driver reads it to the first frame written after the input shows
   it. Target: p99 <= 50 ms.
@@ -21,15 +28,19 @@ All traffic is on Unix sockets and a local pty; every loop is bounded in count a
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import json
 import os
 import pty
+import re
 import select
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +105,13 @@ def host_main(home: str, agents: int, rate: float, seconds: float) -> None:
 
 def probe_main(home: str, out: str, agents: int, keys: int) -> None:
     """`python -m bench.tui --probe`: the TUI with timing hooks; writes its samples to `out`."""
+    from tui.launch import textual_settings
+
+    textual_settings()  # as `legion` sets them, before Textual is imported
     from textual import events
     from textual.app import App
     from textual.driver import Driver
+    from textual.screen import Screen
     from textual.widgets import Input
 
     from legion.api.hostclient import open_host
@@ -111,25 +126,58 @@ def probe_main(home: str, out: str, agents: int, keys: int) -> None:
     key_arrivals: list[float] = []  # perf_counter when the driver read each key
     typed: list[int] = [0]  # characters the focused input shows
     painted_keys: list[int] = [0]
-    in_document: list[int] = []  # token stamps (µs) taken in by a Markdown, not painted yet
+    key_shown: list[float] = []  # perf_counter when the input took each key
+    key_stages: dict[str, list[float]] = {"to input": [], "to frame": []}
+    in_document: list[tuple[int, float]] = []  # (token stamp in µs, wall time taken in), not
+    # painted yet
+    # where each token's lag went: stamp -> wall time it was parsed, handed to the app
+    received: dict[int, float] = {}
+    handed: dict[int, float] = {}
+    stages: dict[str, list[float]] = {"transit": [], "batch": [], "pane": [], "frame": []}
+    frames: list[tuple[float, float, int]] = []  # (perf_counter, ms to paint, tokens painted)
+    painting: list[float] = []  # perf_counter when the screen's update began
     backlog_max = [0]
-    cpu_start: list[float] = []  # process time and wall time when the stream started
+    cpu_start: list[float] = []  # process time and wall time when the stream started, then
+    # (once it is over) the share of a core the TUI used meanwhile
+
+    def streaming_now() -> bool:
+        return len(cpu_start) == 2
 
     display = App._display
 
     def timed_display(self: App[Any], screen: Any, renderable: Any) -> None:
+        began = time.perf_counter()
         display(self, screen, renderable)
         if renderable is None:
             return
         now_wall, now = time.time(), time.perf_counter()
-        for stamp in in_document:
+        if streaming_now():
+            start = painting[0] if painting else began
+            frames.append((start, (now - start) * 1e3, len(in_document)))
+        for stamp, took in in_document:
             token_lag_ms.append((now_wall - stamp / 1e6) * 1e3)
+            stages["frame"].append((now_wall - took) * 1e3)
         in_document.clear()
         while painted_keys[0] < typed[0] and painted_keys[0] < len(key_arrivals):
-            key_ms.append((now - key_arrivals[painted_keys[0]]) * 1e3)
+            index = painted_keys[0]
+            key_ms.append((now - key_arrivals[index]) * 1e3)
+            if index < len(key_shown):
+                key_stages["to input"].append((key_shown[index] - key_arrivals[index]) * 1e3)
+                key_stages["to frame"].append((now - key_shown[index]) * 1e3)
             painted_keys[0] += 1
 
     App._display = timed_display  # type: ignore[method-assign]
+
+    update = Screen._on_timer_update
+
+    def timed_update(self: Screen[Any]) -> None:
+        painting[:] = [time.perf_counter()]
+        try:
+            update(self)
+        finally:
+            painting.clear()
+
+    Screen._on_timer_update = timed_update  # type: ignore[method-assign]
 
     process = Driver.process_message
 
@@ -140,12 +188,46 @@ def probe_main(home: str, out: str, agents: int, keys: int) -> None:
 
     Driver.process_message = timed_process  # type: ignore[method-assign]
 
+    def stamps_of(text: str) -> list[int]:
+        return [int(w[1:]) for w in text.split() if w.startswith("t") and w[1:].isdigit()]
+
+    import legion.api.hostclient as hostclient
+
+    parse = hostclient.parse_event
+
+    def timed_parse(data: bytes | str) -> Any:
+        event = parse(data)
+        if getattr(event, "type", "") == "token_delta":
+            for stamp in stamps_of(event.text):
+                received[stamp] = time.time()
+        return event
+
+    hostclient.parse_event = timed_parse  # type: ignore[attr-defined]
+
+    apply_events = LegionApp._apply_events
+
+    async def timed_apply(self: LegionApp, events: list[Any]) -> None:
+        now = time.time()
+        for event in events:
+            if getattr(event, "type", "") == "token_delta":
+                for stamp in stamps_of(event.text):
+                    handed[stamp] = now
+        await apply_events(self, events)
+
+    LegionApp._apply_events = timed_apply  # type: ignore[method-assign]
+
     append = LiveReply.append
 
     def timed_append(self: LiveReply, text: str) -> None:
-        stamps = [int(w[1:]) for w in text.split() if w.startswith("t") and w[1:].isdigit()]
         append(self, text)
-        in_document.extend(stamps)
+        now = time.time()
+        for stamp in stamps_of(text):
+            got, gave = received.pop(stamp, None), handed.pop(stamp, None)
+            if got is not None and gave is not None:
+                stages["transit"].append((got - stamp / 1e6) * 1e3)
+                stages["batch"].append((gave - got) * 1e3)
+                stages["pane"].append((now - gave) * 1e3)
+            in_document.append((stamp, now))
 
     LiveReply.append = timed_append  # type: ignore[method-assign]
 
@@ -161,7 +243,10 @@ def probe_main(home: str, out: str, agents: int, keys: int) -> None:
 
     def timed_changed(self: Input, value: str) -> None:
         on_changed(self, value)
-        typed[0] = max(typed[0], value.count("x"))
+        count = value.count("x")
+        while len(key_shown) < count:
+            key_shown.append(time.perf_counter())
+        typed[0] = max(typed[0], count)
 
     PaneInput._watch_value = timed_changed  # type: ignore[method-assign]
 
@@ -172,13 +257,17 @@ def probe_main(home: str, out: str, agents: int, keys: int) -> None:
 
         profiler = cProfile.Profile()
 
+    slow: list[tuple[float, float, str]] = []  # (perf_counter, ms, what), BENCH_TUI_SLOW=1
+    if os.environ.get("BENCH_TUI_SLOW"):
+        watch_loop(slow, streaming_now)
+
     class ProbeApp(LegionApp):
         CSS_PATH = str(Path(sys.modules[LegionApp.__module__].__file__ or "").parent / "app.tcss")
 
         def on_ready(self) -> None:
             self.run_worker(driver(), exit_on_error=False)
 
-    app = ProbeApp(lambda: open_host(paths), home=home, refresh_s=2.0)
+    app = ProbeApp(lambda: open_host(paths), home=home, refresh_s=2.0, tune_collector=True)
 
     async def driver() -> None:
         async with asyncio.timeout(60):
@@ -188,39 +277,162 @@ def probe_main(home: str, out: str, agents: int, keys: int) -> None:
             await app.fleet.open_agent(name)
         panes = list(app.fleet.query(AgentPane))
         panes[0].focus_input()
+        # The stream starts once the screen has settled (the panes laid out, the footer
+        # rebuilt for the new focus): an operator opens panes before the agents reply.
+        for _ in range(3):
+            painted = asyncio.Event()
+            app.screen.call_after_refresh(painted.set)
+            await painted.wait()
         assert app.client is not None
         await app.client.bb_put("bench/start", True)  # the host starts streaming
         Path(out + ".ready").write_text(str(len(panes)))  # the parent starts typing
         cpu_start[:] = [time.process_time(), time.monotonic()]
         if profiler is not None:  # the steady state only: not the start-up and the panes' mount
             profiler.enable()
-        while True:  # the samples so far, in case the TUI cannot quit in time
-            await asyncio.sleep(1.0)
-            dump()
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(os.environ["BENCH_TUI_PROFILE"])
-                profiler.enable()
+        # The samples are written once, when the bench says the stream is over (and again on
+        # quitting): writing them while it runs would stall the loop being measured (tens of
+        # thousands of samples to encode every second cost the TUI up to 70 ms a time).
+        stop = Path(out + ".stop")
+        while not stop.exists():
+            await asyncio.sleep(0.25)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.environ["BENCH_TUI_PROFILE"])
+        dump()
 
     def dump() -> None:
-        Path(out).write_text(
+        if streaming_now():  # the stream's share of a core, fixed when it ended
+            cpu_start.append(
+                (time.process_time() - cpu_start[0]) / max(1e-9, time.monotonic() - cpu_start[1])
+            )
+        Path(out + ".tmp").write_text(
             json.dumps(
                 {
                     "token_lag_ms": token_lag_ms,
                     "key_ms": key_ms,
                     "keys_sent": len(key_arrivals),
+                    "key_stages": key_stages,
                     "backlog_max": backlog_max[0],
-                    "quit": False,
-                    "cpu_share": (time.process_time() - cpu_start[0])
-                    / max(1e-9, time.monotonic() - cpu_start[1])
-                    if cpu_start
-                    else None,
+                    "stages": stages,
+                    "frames": frames,
+                    "slow": slow,
+                    "objects": len(gc.get_objects()),
+                    "frozen": gc.get_freeze_count(),
+                    "gc": gc.get_stats(),
+                    "cpu_share": cpu_start[2] if cpu_start else None,
                 }
             )
         )
+        os.replace(out + ".tmp", out)  # whole, or not there
 
     asyncio.run(app.run_async())
     dump()
+
+
+def watch_loop(slow: list[tuple[float, float, str]], armed: Callable[[], bool]) -> None:
+    """`BENCH_TUI_SLOW=1`: note, while `armed()`, what holds the TUI's loop: each step of the
+    loop over 8 ms (by task), each garbage collection over 2 ms (by generation), each layout
+    of the screen and who asked for it."""
+    import traceback
+
+    from textual.screen import Screen
+    from textual.widget import Widget
+
+    handle_run = asyncio.events.Handle._run
+
+    def timed_run(self: asyncio.events.Handle) -> None:
+        began = time.perf_counter()
+        handle_run(self)
+        took = time.perf_counter() - began
+        if took > 0.008 and armed():
+            task = getattr(self._callback, "__self__", None)
+            if isinstance(task, asyncio.Task):
+                coro = task.get_coro()
+                what = f"task {getattr(coro, '__qualname__', coro)} {task.get_name()}"
+            else:
+                what = repr(self)[:160]
+            slow.append((began, took * 1e3, what))
+
+    asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+    gc_began: list[float] = []
+
+    def gc_timed(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_began[:] = [time.perf_counter()]
+        elif gc_began and armed():
+            took = time.perf_counter() - gc_began[0]
+            if took > 0.002:
+                slow.append((gc_began[0], took * 1e3, f"gc generation {info['generation']}"))
+
+    gc.callbacks.append(gc_timed)
+    widget_refresh = Widget.refresh
+
+    def traced_refresh(self: Widget, *regions: Any, **kwargs: Any) -> Any:
+        if armed() and (kwargs.get("layout") or kwargs.get("recompose")):
+            callers = traceback.extract_stack(limit=6)[:-1][::-1]
+            where = " < ".join(frame.name for frame in callers)
+            slow.append((time.perf_counter(), 0.0, f"asks for a layout: {type(self).__name__} "
+                         f"({where})"))  # fmt: skip
+        return widget_refresh(self, *regions, **kwargs)
+
+    Widget.refresh = traced_refresh  # type: ignore[method-assign]
+    refresh_layout = Screen._refresh_layout
+
+    def timed_layout(self: Screen[Any], *args: Any, **kwargs: Any) -> None:
+        began = time.perf_counter()
+        refresh_layout(self, *args, **kwargs)
+        if armed():
+            slow.append((began, (time.perf_counter() - began) * 1e3, "screen layout"))
+
+    Screen._refresh_layout = timed_layout  # type: ignore[method-assign]
+
+
+def breakdown(result: dict[str, Any], on_terminal: list[float]) -> None:
+    """Print where the lag goes: the terminal's view, the stages, the frames, the keys."""
+    if on_terminal:
+        line(f"display lag read on the terminal (the bench's side of the pty): p50 "
+             f"{percentile(on_terminal, 50):.1f} ms  p99 {percentile(on_terminal, 99):.1f} ms  "
+             f"(n={len(on_terminal)})")  # fmt: skip
+    names = {
+        "transit": "host to TUI (socket, parse)",
+        "batch": "waiting for its batch",
+        "pane": "batch to its pane's reply",
+        "frame": "reply to frame written",
+    }
+    line("where the lag goes (p50 / p99 ms): " + "; ".join(
+        f"{names[k]} {percentile(v, 50):.1f} / {percentile(v, 99):.1f}"
+        for k, v in result["stages"].items()
+    ))  # fmt: skip
+    frames = result["frames"]
+    first = next((i for i, f in enumerate(frames) if f[2]), len(frames))
+    frames = frames[first:]  # from the first frame with a token: the stream's frames
+    if len(frames) > 1:
+        span = frames[-1][0] - frames[0][0]
+        paint = [f[1] for f in frames]
+        gaps = [(b[0] - a[0]) * 1e3 for a, b in itertools.pairwise(frames)]
+        per_frame = [f[2] for f in frames if f[2]]
+        line(f"frames: {len(frames) / max(span, 1e-9):.1f}/s; painting one p50 "
+             f"{percentile(paint, 50):.1f} ms p99 {percentile(paint, 99):.1f} ms; gap between "
+             f"frames p99 {percentile(gaps, 99):.1f} ms max {max(gaps):.1f} ms; tokens per "
+             f"frame with tokens p50 {percentile(per_frame, 50):.0f}; the TUI's CPU per token "
+             f"{result['cpu_share'] / (AGENTS * RATE) * 1e6:.0f} µs")  # fmt: skip
+    if result["slow"]:
+        kinds: dict[str, list[float]] = {}
+        for _, ms, what in result["slow"]:
+            kinds.setdefault(re.sub(r"0x[0-9a-f]+|\d{3,}", "#", what), []).append(ms)
+        line("what held the TUI's loop (steps over 8 ms, collections over 2 ms, layouts):")
+        for what, spent in sorted(kinds.items(), key=lambda kv: (-sum(kv[1]), -len(kv[1])))[:16]:
+            if what.startswith("asks for a layout"):
+                line(f"  {len(spent)} x {what}")
+            else:
+                line(f"  {len(spent)} x, max {max(spent):.0f} ms, {sum(spent):.0f} ms in all: "
+                     f"{what}")  # fmt: skip
+    stages = result["key_stages"]
+    if stages["to input"]:
+        line(f"where a key's wait goes (p50 / p99 ms): driver to the input "
+             f"{percentile(stages['to input'], 50):.1f} / {percentile(stages['to input'], 99):.1f}"
+             f"; input to frame written {percentile(stages['to frame'], 50):.1f} / "
+             f"{percentile(stages['to frame'], 99):.1f}")  # fmt: skip
 
 
 # --- running things in a pseudo-terminal ----------------------------------------------------------
@@ -241,6 +453,8 @@ class Pty:
         )
         os.close(slave)
         self.seen = b""
+        self.tokens: dict[int, float] = {}  # token stamp (µs) -> wall time first on the terminal
+        self._tail = b""
 
     def read(self, timeout: float) -> bytes:
         ready, _, _ = select.select([self.master], [], [], timeout)
@@ -250,7 +464,12 @@ class Pty:
             data = os.read(self.master, 65536)
         except OSError:
             return b""
+        now = time.time()
         self.seen = (self.seen + data)[-200_000:]
+        scan = self._tail + data
+        for found in STAMP.finditer(scan):
+            self.tokens.setdefault(int(found.group(1)), now)
+        self._tail = scan[-24:]
         return data
 
     def wait_for(self, needle: bytes, timeout: float) -> float | None:
@@ -274,6 +493,9 @@ class Pty:
                 self.proc.kill()
                 self.proc.wait(5)
         os.close(self.master)
+
+
+STAMP = re.compile(rb"t(\d{16})(?=\D)")  # a token as the host wrote it, whole on the terminal
 
 
 def tui_env() -> dict[str, str]:
@@ -323,6 +545,10 @@ def streaming(report: Report, quick: bool) -> None:
                     probe.read(left)
             while host.poll() is None and not _done(host):
                 probe.read(0.1)
+            Path(str(out) + ".stop").touch()  # the TUI writes its samples
+            deadline = time.monotonic() + 20
+            while not out.exists() and time.monotonic() < deadline:
+                probe.read(0.1)
             probe.write(b"\x11")  # ctrl+q
             deadline = time.monotonic() + 20
             while probe.proc.poll() is None and time.monotonic() < deadline:
@@ -334,6 +560,8 @@ def streaming(report: Report, quick: bool) -> None:
             host.send_signal(signal.SIGTERM)
             host.wait(20)
         result = json.loads(out.read_text())
+        if os.environ.get("BENCH_TUI_KEEP"):  # the samples, for a closer look
+            Path(os.environ["BENCH_TUI_KEEP"]).write_text(out.read_text())
     lags, key_ms = result["token_lag_ms"], result["key_ms"]
     if not lags:
         report.check("display lag", False, "no token was painted")
@@ -352,6 +580,7 @@ def streaming(report: Report, quick: bool) -> None:
     k50, k99 = percentile(key_ms, 50), percentile(key_ms, 99)
     line(f"keypress to paint: p50 {k50:.1f} ms  p99 {k99:.1f} ms  "
          f"(n={len(key_ms)} of {result['keys_sent']} typed)")  # fmt: skip
+    breakdown(result, [(seen - stamp / 1e6) * 1e3 for stamp, seen in probe.tokens.items()])
     p99 = percentile(lags, 99)
     report.check(
         "display lag p99", p99 <= LAG_TARGET_MS, f"{p99:.1f} ms (target <= {LAG_TARGET_MS:.0f} ms)"

@@ -23,6 +23,7 @@ from textual.worker import Worker, WorkerState
 from legion.api.hostclient import ApiError, HostClient, HostNotRunning
 from legion.setup import Applied
 from tui.browser import BrowserDesk
+from tui.collector import Collector
 from tui.commands import PROVIDERS, agent_fields, draft_of, parse_value
 from tui.keys import bindings, keymap
 from tui.messages import ActionDone, Connected, ConnectFailed, HostEvents, HostGone, Loaded
@@ -40,8 +41,6 @@ from tui.widgets.sidebar import FleetSidebar
 
 Connector = Callable[[], AbstractAsyncContextManager[HostClient]]
 HostCall = Callable[[HostClient], Awaitable[str]]
-
-BATCH_S = 1 / 60  # events arriving within one frame's time go to the screen as one batch
 
 SCREENS_BY_NAME: dict[str, type[Screen[None]]] = {
     "fleet": FleetScreen,
@@ -71,8 +70,12 @@ class LegionApp(App[int]):
         clock: Callable[[], float] = time.time,
         refresh_s: float = 2.0,
         first_run: bool = False,
+        tune_collector: bool = False,
     ) -> None:
         super().__init__()
+        # The process's garbage collector, tuned for painting (tui/collector.py): only when
+        # the app is the process (`legion`), never in a test's process.
+        self.collector = Collector() if tune_collector else None
         self.first_run = first_run  # no legion.toml: the setup screen opens once connected
         self.connector = connector
         self.home = home
@@ -107,6 +110,9 @@ class LegionApp(App[int]):
         self.push_screen("fleet")
         self._keeper = asyncio.create_task(self._keep(), name="host-client")
         self.set_interval(self.refresh_s, self.load_agents)
+        if self.collector is not None:  # the TUI's own process (tui/collector.py)
+            self.collector.tune()
+            self.call_after_refresh(self.collector.freeze_start)
 
     async def _keep(self) -> None:
         """Own the HostClient for the app's life (an embedded host lives inside it)."""
@@ -147,6 +153,8 @@ class LegionApp(App[int]):
 
     async def on_unmount(self) -> None:
         await self.shutdown_host()  # however the app ends (quit, a test, a crash)
+        if self.collector is not None:
+            self.collector.restore()
 
     async def client_ready(self) -> HostClient:
         await self.connected.wait()
@@ -199,18 +207,17 @@ class LegionApp(App[int]):
 
     @work(group="events", exit_on_error=False)
     async def _bridge(self) -> None:
-        """Host events to the screen: one batch per frame at most, and never more than one
-        batch waiting in the app's queue. While the app applies a batch, what arrives joins
-        the next one; so a key the operator types waits behind at most one batch, however
-        far a flood of tokens runs ahead of the painting (the queue cannot grow)."""
+        """Host events to the screen, with never more than one batch waiting in the app's
+        queue: an event that finds none waiting goes at once; while the app applies a batch,
+        what arrives joins the next one. So a token is not held back when the app is idle,
+        and a key the operator types waits behind at most one batch, however far a flood of
+        tokens runs ahead of the painting (the queue cannot grow)."""
         client = await self.client_ready()
-        loop = asyncio.get_running_loop()
         pending: list[Any] = []
-        posted = scheduled = False
+        posted = False
 
         def flush() -> None:
-            nonlocal posted, scheduled
-            scheduled = False
+            nonlocal posted
             if posted or not pending:
                 return
             batch = pending.copy()
@@ -219,20 +226,16 @@ class LegionApp(App[int]):
             self.post_message(HostEvents(batch, applied=applied))
 
         def applied() -> None:
-            nonlocal posted, scheduled
+            nonlocal posted
             posted = False
-            if pending and not scheduled:
-                scheduled = True
-                loop.call_later(BATCH_S, flush)
+            flush()
 
         try:
             async with client.subscribe() as events:
                 self.subscribed.set()
                 async for event in events:
                     pending.append(event)
-                    if not scheduled and not posted:
-                        scheduled = True
-                        loop.call_later(BATCH_S, flush)
+                    flush()
         finally:
             self.post_message(HostGone())
 

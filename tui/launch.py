@@ -6,6 +6,7 @@ The CLI imports this module lazily (inside its callback), so no other command im
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,19 @@ if TYPE_CHECKING:
     from tui.app import LegionApp
 
 
+# Textual paints at most this many frames a second (its own default: 60). What streams is held
+# to 24 frames a second by the fleet screen's clock (tui/screens/fleet.py) whatever this says;
+# this cap is what a key, the clock or a row changing waits for after the last frame: up to
+# 1/60 s at 60, half that here (keypress to paint while 16 agents stream, bench/tui.py: p99
+# 36-43 ms at 60, 20-29 ms at 120). An operator's own TEXTUAL_FPS wins.
+FPS = "120"
+
+
+def textual_settings() -> None:
+    """Before Textual is imported (it reads them once)."""
+    os.environ.setdefault("TEXTUAL_FPS", FPS)
+
+
 def run(paths: Paths) -> int:
     try:
         config = load_config(paths.config)
@@ -27,6 +41,7 @@ def run(paths: Paths) -> int:
         print(exc.render(), file=sys.stderr)
         print(f"legion: fix {exc.path} (check it with `legion config check`)", file=sys.stderr)
         return 2
+    textual_settings()
     from tui.app import LegionApp
 
     log_file = paths.home / "logs" / "tui-host.log"
@@ -35,6 +50,7 @@ def run(paths: Paths) -> int:
         home=str(paths.home),
         keys=config.tui.keys,
         first_run=not paths.config.exists(),
+        tune_collector=True,
     )
 
     return _run_app(app)
@@ -64,9 +80,10 @@ def run_remote(remote: Remote, home: str | None) -> int:
         # what ssh or the server said may hold terminal controls: shown, never interpreted
         print(f"legion: {safe_text(str(exc), multiline=True)}", file=sys.stderr)
         return 3
+    textual_settings()
     from tui.app import LegionApp
 
-    app = LegionApp(lambda: open_remote(remote), home=remote.url, keys=keys)
+    app = LegionApp(lambda: open_remote(remote), home=remote.url, keys=keys, tune_collector=True)
     return _run_app(app)
 
 

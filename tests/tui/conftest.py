@@ -102,6 +102,7 @@ def tui(home: Path, fake: FakeProvider, daemon: Callable[[], Daemon]) -> Starter
         size: tuple[int, int] = (120, 40),
         config_text: str | None = None,
         first_run: bool = False,
+        tune_collector: bool = False,
     ) -> AsyncIterator[Run]:
         paths = prepare_home(home, config_text or fleet_config(fake.base_url, agents, extra))
         if first_run:
@@ -115,6 +116,7 @@ def tui(home: Path, fake: FakeProvider, daemon: Callable[[], Daemon]) -> Starter
             keys=keys,
             refresh_s=0.5,
             first_run=first_run,
+            tune_collector=tune_collector,
         )
         seen: list[Message] = []
         try:

@@ -30,9 +30,11 @@ TMUX = shutil.which("tmux")
 class Terminal:
     """One tmux server and session running a command, 120x40 unless told otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, socket: Path | None = None) -> None:
+        """`socket`: the first server's (tests/cli/test_readme.py names its own); later ones
+        (`restart`) are fresh."""
         self.sockets: list[Path] = []
-        self.socket = self._new_socket()
+        self.socket = socket or self._new_socket()
 
     @staticmethod
     def _new_socket() -> Path:

@@ -2,10 +2,10 @@
 expandable lines, and an input to chat with the agent (Enter) or steer its running turn.
 
 The reply being streamed is a `LiveReply`, a fixed box between the history and the input
-(plain text, appended in place, never a layout). The focused pane takes in its tokens as
-each batch of events arrives; the others when the fleet screen flushes them (`flush`, at
-most `FLUSH_S` apart), so one frame paints all of them. When the reply ends it joins the
-history as a `Reply`, rendered as Markdown once."""
+(plain text, appended in place, never a layout). Its tokens wait in the pane until the fleet
+screen's clock flushes every pane at once (`flush`, `FLUSH_S` apart: however many tokens
+arrived, one append and one repaint of the lines they touched), so one frame paints all the
+panes. When the reply ends it joins the history as a `Reply`, rendered as Markdown once."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
 from textual.message import Message
-from textual.widget import Widget
+from textual.widget import AwaitMount, Widget
 from textual.widgets import Input, Markdown, Static
 
 from tui.keys import bindings
@@ -79,6 +79,7 @@ class AgentPane(Vertical, can_focus=False):
         self._widgets: dict[int, Widget] = {}
         self.live: LiveReply | None = None  # the reply streaming now, if any
         self._pending: list[str] = []  # tokens for `live`, not taken in yet
+        self._live_mount: AwaitMount | None = None  # `live`'s mount, until it is awaited
         self._title: Content | None = None
 
     def compose(self) -> ComposeResult:
@@ -147,9 +148,7 @@ class AgentPane(Vertical, can_focus=False):
         widget = self._widgets.get(id(item))
         if op.startswith("token:"):
             if widget is not None and widget is self.live:
-                self._pending.append(op[6:])
-                if self.has_focus_within:
-                    self.flush()
+                self._pending.append(op[6:])  # the fleet screen's next frame takes them in
             return
         if op == "new" and widget is None:
             widget = self._make(item, fresh=True)
@@ -177,7 +176,11 @@ class AgentPane(Vertical, can_focus=False):
             await self._finish(self.live)
         self.live = live
         live.smooth = self.has_focus_within
-        await self.mount(live, before=self.query_one(Input))
+        # Not awaited: the batch goes on at once, so the replies of many agents starting in
+        # one batch cost one layout of the screen (awaiting each mount let a frame, and a
+        # layout, in between each; sixteen at once held their tokens back 250 ms). Tokens
+        # for a box not laid out yet are kept until its first resize wraps them.
+        self._live_mount = self.mount(live, before=self.query_one(Input))
 
     def flush(self) -> None:
         """Take the tokens that arrived into the live reply (one append, however many)."""
@@ -199,6 +202,9 @@ class AgentPane(Vertical, can_focus=False):
         self._widgets[id(live.item)] = reply
         if self.live is live:
             self.live = None
+        if self._live_mount is not None:  # it started in this batch: mounted before it goes
+            mounting, self._live_mount = self._live_mount, None
+            await mounting
         await self.query_one("#history", VerticalScroll).mount(reply)
         await live.remove()
 

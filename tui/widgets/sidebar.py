@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.message import Message
 from textual.widgets import ListView
 
@@ -24,18 +26,22 @@ class FleetSidebar(ListView):
             super().__init__()
             self.agent = agent
 
-    def rows(self) -> dict[str, AgentRow]:
-        return {row.agent: row for row in self.query(AgentRow)}
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rows: dict[str, AgentRow] = {}  # by agent: no DOM query per batch of events
 
     def sync(self, views: dict[str, AgentView], changed: set[str] | None = None) -> None:
-        """Add, remove and refresh rows (only `changed` ones, when given)."""
-        rows = self.rows()
-        for name, row in rows.items():
-            if name not in views:
-                row.remove()
+        """Add, remove and refresh rows (only `changed` ones, when given). A batch that
+        changed no agent (a burst of tokens) costs a comparison of names, nothing else."""
+        rows = self._rows
+        if changed is not None and not changed and views.keys() == rows.keys():
+            return
+        for name in [n for n in rows if n not in views]:
+            rows.pop(name).remove()
         for name in sorted(views):
             if name not in rows:
-                self.append(AgentRow(views[name]))
+                rows[name] = row = AgentRow(views[name])
+                self.append(row)
             elif changed is None or name in changed:
                 rows[name].show(views[name])
         if self.index is None and views:

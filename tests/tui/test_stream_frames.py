@@ -1,0 +1,139 @@
+"""What a flood of tokens costs the screen (issue 9: display lag while 16 agents stream).
+
+Timing-free guards of the mechanisms `bench/tui.py` measures: tokens wait in their pane and
+go into its live reply on the fleet screen's clock, one append per pane however many arrived,
+repainting the lines they touched and never asking for a layout; replies of several agents
+starting in one batch are mounted in that batch; the garbage collector is tuned only in the
+TUI's own process and put back when the app ends."""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+import pytest
+from textual.widget import Widget
+
+from legion.wire.events import TokenDelta
+from tui.collector import YOUNG
+from tui.messages import HostEvents
+from tui.widgets.agent_pane import AgentPane
+from tui.widgets.live_reply import LiveReply
+
+from .conftest import Run, Starter
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+def tokens(agent: str, texts: list[str]) -> list[Any]:
+    return [TokenDelta(at=time.time(), agent=agent, request_id="r", text=t) for t in texts]
+
+
+async def apply(run: Run, events: list[Any], then: Any = None) -> None:
+    """Post one batch, as the bridge does, and wait until the app has applied it; `then` runs
+    the moment it has (before anything else in the loop can)."""
+    done: list[bool] = []
+
+    def applied() -> None:
+        if then is not None:
+            then()
+        done.append(True)
+
+    run.app.post_message(HostEvents(events, applied=applied))
+    await run.until(lambda: bool(done))
+
+
+class Refreshes:
+    """Every `Widget.refresh` call (Textual's), with whether it asked for a layout."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[Widget, bool]] = []
+        original = Widget.refresh
+
+        def refresh(widget: Widget, *regions: Any, **kwargs: Any) -> Any:
+            self.calls.append((widget, bool(kwargs.get("layout") or kwargs.get("recompose"))))
+            return original(widget, *regions, **kwargs)
+
+        monkeypatch.setattr(Widget, "refresh", refresh)
+
+    def of(self, widget: Widget) -> int:
+        return sum(1 for w, _ in self.calls if w is widget)
+
+    def layouts_under(self, root: Widget) -> list[Widget]:
+        return [w for w, layout in self.calls if layout and (w is root or root in w.ancestors)]
+
+
+async def test_a_burst_of_tokens_is_one_append_one_repaint_and_no_layout(
+    tui: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 9: forty tokens for one pane, in one batch, change nothing on the screen until
+    the fleet screen's next frame, which takes them all into the live reply with one append:
+    one repaint of the box, and no layout of the pane or the screen (a layout of 16 panes
+    cost 40-60 ms a time)."""
+    async with tui(runtimes=()) as run:
+        pane = await run.app.fleet.open_agent("alice")
+        assert isinstance(pane, AgentPane)
+        await apply(run, tokens("alice", ["first "]))  # the reply starts: its box mounts
+        await run.until(lambda: pane.live is not None and pane.live.size.width > 0)
+        live = pane.live
+        assert isinstance(live, LiveReply)
+        await run.until(lambda: live.text == "first ")
+        seen = Refreshes(monkeypatch)
+        burst = [f"w{i} " for i in range(40)]
+        at_apply: dict[str, Any] = {}
+
+        def look() -> None:
+            at_apply.update(text=live.text, pending=pane.has_pending, repaints=seen.of(live))
+
+        await apply(run, tokens("alice", burst), then=look)
+        # applied: the tokens wait in the pane, the box has not been touched
+        assert at_apply == {"text": "first ", "pending": True, "repaints": 0}
+        await run.until(lambda: live.text == "first " + "".join(burst))
+        assert not pane.has_pending
+        assert seen.of(live) == 1  # one append, one repaint, for the forty
+        assert seen.layouts_under(run.app.fleet.query_one("#grid", Widget)) == []
+
+
+async def test_replies_starting_together_are_mounted_in_their_batch(tui: Starter) -> None:
+    """issue 9: when several agents start replying in one batch, the batch does not wait for
+    their live boxes to mount (awaiting one mount after another let a frame and a layout of
+    the screen in between each: sixteen replies starting together held their tokens back
+    250 ms): at its end every box is in its pane and still mounting, so they are laid out
+    together; their tokens wait for the box's first size, then show."""
+    agents = ("alice", "bob", "carol")
+    async with tui(agents=agents, runtimes=()) as run:
+        panes = [await run.app.fleet.open_agent(name) for name in agents]
+        at_apply: list[tuple[bool, bool]] = []
+
+        def look() -> None:
+            for p in panes:
+                live = p.live if isinstance(p, AgentPane) else None
+                at_apply.append(
+                    (live is not None and live.parent is p, bool(live and live.is_mounted))
+                )
+
+        await apply(run, [e for name in agents for e in tokens(name, [f"hi from {name}"])], look)
+        assert at_apply == [(True, False)] * 3
+        for pane, name in zip(panes, agents, strict=True):
+            assert isinstance(pane, AgentPane)
+            await run.until(lambda p=pane, n=name: p.live is not None and p.live.line_count > 0)
+            live = pane.live
+            assert live is not None
+            await run.until(lambda lv=live, n=name: lv.text == f"hi from {n}")
+
+
+async def test_the_collector_is_tuned_for_legion_only_and_put_back(tui: Starter) -> None:
+    """issue 9: the TUI's own process collects young objects less often and freezes its
+    start-up heap after the first frame (full collections held a streaming screen 50-100 ms);
+    an app in someone else's process (a test's) leaves the thresholds alone, and the tuned
+    one puts them back when it ends. Attached, so no host in this process freezes anything."""
+    before = gc.get_threshold()
+    async with tui(runtimes=()) as run:
+        assert gc.get_threshold() == before
+        assert run.app.collector is None
+    frozen = gc.get_freeze_count()
+    async with tui("attached", runtimes=(), tune_collector=True) as run:
+        assert gc.get_threshold() == (YOUNG, *before[1:])
+        await run.until(lambda: gc.get_freeze_count() > frozen)  # after the first frame
+    assert gc.get_threshold() == before
