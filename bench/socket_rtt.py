@@ -62,6 +62,7 @@ WRITE_P99_MS = 2.0
 GROUP_P99_RATIO = 3.0
 WRITERS = 32
 FLOOR = "this tree at durability 'normal' (no fsync: the CPU floor)"
+BARE = "the bare hop (no host: what this client and machine cost)"
 AGENT = "bench"
 KEYS = 100
 
@@ -94,10 +95,17 @@ async def _servers(stack: contextlib.AsyncExitStack, kwargs: dict[str, Any]) -> 
         return FIXED
 
     async def counters(method: str, target: str, body: bytes) -> bytes:
+        # The host process's CPU (every thread: the loop and the fsync thread), and its
+        # commit counters when it has group commit.
+        times = os.times()
+        out: dict[str, float] = {"cpu": times.user + times.system, "sys": times.system}
         group = getattr(host.store, "group", None)
-        if group is None:
-            return b"{}"
-        return json.dumps({"commits": group.seq, "rounds": group.rounds}).encode()
+        if group is not None:
+            # Transactions (`Store.tx` blocks): with batched commits, several per commit.
+            store = host.store
+            txs = group.seq - getattr(store, "batches", 0) + getattr(store, "batched", 0)
+            out.update(commits=group.seq, rounds=group.rounds, txs=txs)
+        return json.dumps(out).encode()
 
     base_path = paths.run / "base.sock"
     close_server(stack, await serve_minimal(base_path, fixed))
@@ -202,7 +210,7 @@ async def _put(conn: RawHttp, key: str, n: int) -> float:
     return t1 - t0
 
 
-async def _stats(path: str) -> dict[str, int]:
+async def _stats(path: str) -> dict[str, float]:
     conn = await RawHttp.connect(path)
     try:
         _, data, _, _ = await conn.request("GET", "/")
@@ -215,8 +223,9 @@ async def _group_blocks(
     hosts: dict[str, dict[str, str]], blocks: int, per_writer: int, single: int
 ) -> dict[str, dict[str, Any]]:
     """Per host: single-writer latencies, concurrent-writer latencies, and the counters."""
+    counters = {"commits": 0, "rounds": 0, "txs": 0, "cpu": 0.0, "sys": 0.0}
     out: dict[str, dict[str, Any]] = {
-        name: {"single": [], "group": [], "commits": 0, "rounds": 0} for name in hosts
+        name: {"single": [], "group": [], **counters} for name in hosts
     }
     conns: dict[str, list[RawHttp]] = {}
     try:
@@ -245,7 +254,7 @@ async def _group_blocks(
                 after = await _stats(hosts[name]["stats"])
                 for r in results:
                     out[name]["group"] += r
-                for k in ("commits", "rounds"):
+                for k in ("commits", "rounds", "txs", "cpu", "sys"):
                     out[name][k] += after.get(k, 0) - before.get(k, 0)
             n += max(single, per_writer)
     finally:
@@ -278,7 +287,10 @@ async def _run_group(quick: bool, profile: str | None) -> dict[str, dict[str, An
                 server_process(_servers, kwargs, prof)
             )
             kwargs = {"home": str(home / "floor"), "durability": "normal"}
-            hosts[FLOOR] = await stack.enter_async_context(server_process(_servers, kwargs))
+            hosts[FLOOR] = floor = await stack.enter_async_context(server_process(_servers, kwargs))
+            # The same writers against the minimal server of that child (its host idles
+            # meanwhile, so the child's CPU is the bare hop's).
+            hosts[BARE] = {"agent": floor["base"], "stats": floor["stats"]}
             if rev:
                 src = _baseline_src(rev, home / "src")
                 kwargs = {"home": str(home / "old"), "durability": "full", "src": str(src)}
@@ -318,24 +330,42 @@ def run(quick: bool = False, profile: str | None = None) -> Report:
     load = os.getloadavg()
     line(f"  (load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs)")
     groups = asyncio.run(_run_group(quick, profile))
-    for name, res in groups.items():
-        single, group = summary_ms(res["single"]), summary_ms(res["group"])
+    for name, got in groups.items():
+        single, group = summary_ms(got["single"]), summary_ms(got["group"])
         ratio = group["p99"] / single["p50"]
         line(f"  {name}:")
         line(f"    1 writer      {fmt_ms(single)}")
         line(f"    {WRITERS} writers    {fmt_ms(group)}")
-        rounds = res["rounds"]
-        if rounds:
+        rounds = got["rounds"]
+        line(
+            f"    server CPU per PUT during the concurrent blocks: "
+            f"{got['cpu'] / len(got['group']) * 1e6:.0f} us "
+            f"(of which in the kernel {got['sys'] / len(got['group']) * 1e6:.0f} us)"
+        )
+        if got["commits"]:
             line(
-                f"    {res['commits']} commits, {rounds} fsync rounds during the concurrent "
-                f"blocks: {res['commits'] / rounds:.1f} commits per fsync"
+                f"    {got['txs']} transactions in {got['commits']} commits "
+                f"({got['txs'] / got['commits']:.1f} per commit)"
+                + (
+                    f", {rounds} fsync rounds: {got['txs'] / rounds:.1f} transactions and "
+                    f"{got['commits'] / rounds:.1f} commits per fsync"
+                    if rounds and name != FLOOR
+                    else ""
+                )
             )
         line(f"    {WRITERS}-writer p99 / 1-writer p50 = {ratio:.2f}x")
-        if name != FLOOR and FLOOR in groups:
+        if name not in (FLOOR, BARE) and FLOOR in groups:
             floor = summary_ms(groups[FLOOR]["group"])
             line(
                 f"    {WRITERS}-writer p99 vs the same at durability 'normal': "
                 f"{group['p99'] / floor['p99']:.2f}x (p50 {group['p50'] / floor['p50']:.2f}x)"
+            )
+        if name == "this tree" and BARE in groups:
+            bare = summary_ms(groups[BARE]["group"])
+            line(
+                f"    the bare hop's {WRITERS}-writer p99 alone is "
+                f"{bare['p99'] / single['p50']:.2f}x this 1-writer p50 (what the client and the "
+                "machine take of the target)"
             )
         if name == "this tree":
             report.check(

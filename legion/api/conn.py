@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from random import random
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,60 @@ if TYPE_CHECKING:
 log = logging.getLogger("legion.http")
 
 IDLE, HEAD, BODY, QUEUED, HANDLING, CLOSED = range(6)
+# Heads h11 accepted, kept per socket (`Serving.heads`) so the same bytes again (an agent's
+# poll, a write to the same key) skip the parser: h11 parses each head on a fresh
+# connection, so its verdict is a function of the bytes alone. Only small heads (bytes and
+# header lines) without body framing of h11's (chunked) or an Expect; at most MEMO_HEADS
+# per socket, the oldest dropped first (about 200 kB per socket at most).
+MEMO_HEADS = 64
+MEMO_HEAD_BYTES = 1024
+MEMO_HEAD_LINES = 16
 CORK_BYTES = 65536  # a streamed response's chunks held for one write at most this long
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedHead:
+    """What a request head h11 accepted says (each request copies the dicts)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    http10: bool
+    close: bool  # `Connection: close`
+    chunked: bool
+    declared: int  # Content-Length (0 when chunked)
+    expect_100: bool
+    memo: bool  # may be reused for the same bytes (no h11 state needed after the head)
+
+    @classmethod
+    def of(cls, event: h11.Request, expect_100: bool) -> ParsedHead:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+        target = event.target.decode("latin-1")
+        if target.startswith("/"):  # origin-form: the path is all before ? or #
+            path, _, rest = target.partition("?")
+            path, query_text = path.partition("#")[0], rest.partition("#")[0]
+        else:  # absolute-form (http://legion/v1/...) or *
+            split = urlsplit(target)
+            path, query_text = split.path, split.query
+        query = dict(parse_qsl(query_text)) if query_text else {}
+        close = False
+        if "connection" in headers:
+            tokens = {t.strip() for t in headers["connection"].lower().split(",")}
+            close = "close" in tokens
+        chunked = headers.get("transfer-encoding") == "chunked"
+        return cls(
+            method=event.method.decode("latin-1"),
+            path=path,
+            query=query,
+            headers=headers,
+            http10=event.http_version != b"1.1",
+            close=close,
+            chunked=chunked,
+            declared=0 if chunked else int(headers.get("content-length", "0")),
+            expect_100=expect_100,
+            memo="transfer-encoding" not in headers and "expect" not in headers,
+        )
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -218,6 +272,11 @@ class Connection(asyncio.BufferedProtocol):
             return
         head = bytes(buf[pos : end + 4])
         self.pos = self.scanned = end + 4
+        heads = self.serving.heads
+        known = heads.get(head)
+        if known is not None:  # byte for byte a head h11 accepted on this socket
+            self._start_request(None, known)
+            return
         problem = strict_head_problem(head)
         if problem is not None:
             self._refuse(400, "malformed_request", f"malformed HTTP request: {problem}")
@@ -235,7 +294,12 @@ class Connection(asyncio.BufferedProtocol):
         if not isinstance(event, h11.Request):  # pragma: no cover - a full head is a Request
             self._refuse(400, "malformed_request", "malformed HTTP request")
             return
-        self._start_request(parser, event)
+        parsed = ParsedHead.of(event, parser.they_are_waiting_for_100_continue)
+        if parsed.memo and len(head) <= MEMO_HEAD_BYTES and len(parsed.headers) <= MEMO_HEAD_LINES:
+            if len(heads) >= MEMO_HEADS:
+                del heads[next(iter(heads))]  # the oldest
+            heads[head] = parsed
+        self._start_request(parser, parsed)
 
     def parse_now(self) -> None:
         """The socket's parse budget admits this connection's waiting head."""
@@ -253,25 +317,17 @@ class Connection(asyncio.BufferedProtocol):
         self.pos = self.scanned = 0
         return data
 
-    def _start_request(self, parser: h11.Connection, event: h11.Request) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
-        target = event.target.decode("latin-1")
-        if target.startswith("/"):  # origin-form: the path is all before ? or #
-            path, _, rest = target.partition("?")
-            path, query_text = path.partition("#")[0], rest.partition("#")[0]
-        else:  # absolute-form (http://legion/v1/...) or *
-            split = urlsplit(target)
-            path, query_text = split.path, split.query
-        query = dict(parse_qsl(query_text)) if query_text else {}
-        self.http10 = event.http_version != b"1.1"
-        self.keep_alive = not self.http10 and not self.half_closed
-        if "connection" in headers:
-            tokens = {t.strip() for t in headers["connection"].lower().split(",")}
-            self.keep_alive = self.keep_alive and "close" not in tokens
+    def _start_request(self, parser: h11.Connection | None, head: ParsedHead) -> None:
+        """Begin reading the request `head` describes (`parser`: the h11 connection that
+        parsed it, None for a head known from before: one with no body framing of h11's
+        to follow, as `ParsedHead.memo` says)."""
+        headers = dict(head.headers)
+        self.http10 = head.http10
+        self.keep_alive = not head.http10 and not self.half_closed and not head.close
         # Methods are case-sensitive (RFC 9110 9.1): `get` is not GET, so it gets 405.
-        self.request = Request(event.method.decode("latin-1"), path, query, headers, b"")
-        self.chunked = headers.get("transfer-encoding") == "chunked"
-        declared = 0 if self.chunked else int(headers.get("content-length", "0"))
+        self.request = Request(head.method, head.path, dict(head.query), headers, b"")
+        self.chunked = head.chunked
+        declared = head.declared
         server = self.serving.server
         if declared > server.max_body_bytes:
             self._refuse(
@@ -289,9 +345,10 @@ class Connection(asyncio.BufferedProtocol):
         self.body_len = 0
         self.state = BODY
         buffered = len(self.buf) - self.pos
-        if parser.they_are_waiting_for_100_continue and not buffered and (declared or self.chunked):
+        if head.expect_100 and not buffered and (declared or self.chunked):
             self._transport().write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.chunked:
+            assert parser is not None  # a chunked head is never memoised
             self.parser = parser  # h11 decodes the chunks
             self._feed_body(self._take_rest())
             return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+from functools import cache
 from http import HTTPStatus
 
 from legion.api.httptypes import Response
@@ -27,6 +28,7 @@ LINGER_S = 2.0
 LINGER_BYTES = 1024 * 1024
 
 
+@cache
 def reason(status: int) -> str:
     try:
         return HTTPStatus(status).phrase

@@ -19,7 +19,7 @@ from legion.api.limits import ParseBudget, Rate, Rates, TurnGate
 from legion.config import SocketLimits
 
 if TYPE_CHECKING:
-    from legion.api.conn import Connection
+    from legion.api.conn import Connection, ParsedHead
     from legion.api.http import HttpServer, Router
 
 
@@ -73,6 +73,9 @@ class Serving:
         self.gate = TurnGate(listener.per_turn, server.gates) if listener.per_turn else None
         self.parsing = ParseBudget() if listener.per_turn else None
         self.parse_queue: deque[Connection] = deque()
+        # Heads h11 accepted on this socket, by their bytes (`legion.api.conn.MEMO_HEADS`):
+        # per socket, so whether a head is known says nothing of another agent's requests.
+        self.heads: dict[bytes, ParsedHead] = {}
         self.parse_timer: asyncio.TimerHandle | None = None
         self.slot = asyncio.Event()
         self.pending = 0  # accepted, transport not yet made

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -162,6 +163,19 @@ class Vault:
         self._values: dict[str, _Entry] = {}
         self._touched: dict[str, float] = {}
         self._data_version = -1
+        self._checked_this_turn = False
+
+    def _note_turn(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (the CLI): every lookup checks
+        if not self._checked_this_turn:
+            self._checked_this_turn = True
+            loop.call_soon(self._new_turn)
+
+    def _new_turn(self) -> None:
+        self._checked_this_turn = False
 
     # --- key ------------------------------------------------------------------
 
@@ -383,7 +397,13 @@ class Vault:
         return int(row[0])
 
     def _refresh(self) -> None:
+        # Another process's commit is looked for at most once per turn of the event loop
+        # (a PRAGMA per lookup: two per audit record otherwise); requests served in one turn
+        # have no order against it anyway. Our own writes reset `_data_version`: seen at once.
+        if self._checked_this_turn and self._data_version != -1:
+            return
         version = self._db_version()
+        self._note_turn()
         if version == self._data_version:
             return
         values: dict[str, _Entry] = {}

@@ -281,3 +281,45 @@ def test_a_vault_from_before_bindings_allowed_http_opens(home: Path) -> None:
         vault.resolve_for_agent("token", allowed=["token"], host="127.0.0.1", scheme="http")
     assert vault.resolve_for_agent("token", allowed=["token"], host="127.0.0.1") == AGENT_TOKEN
     vault.close()
+
+
+async def test_vault_values_are_read_once_per_turn_and_own_writes_at_once(home: Path) -> None:
+    """issue 10: on the event loop the redactors' source (`Vault.values`) looks for another
+    process's commit at most once per turn of the loop (a PRAGMA per audit record was a
+    tenth of a blackboard write's CPU); a value set through this vault is masked at once,
+    one set by another process (`legion vault set` beside the host) from the next turn."""
+    import asyncio
+
+    paths = Paths.resolve(home)
+    vault = Vault(paths.vault_db, paths.vault_key)
+    other = Vault(paths.vault_db, paths.vault_key)
+    try:
+        assert vault.values() == []
+        vault.set("mine", "sk-own-value-0123456789abcdef", tier="agent")
+        assert vault.values() == ["sk-own-value-0123456789abcdef"]  # same turn: at once
+        other.set("theirs", "sk-other-process-0123456789ab", tier="agent")
+        # Until the loop turns, the other connection's commit is not looked for ...
+        assert "sk-other-process-0123456789ab" not in vault.values()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        # ... from the next turn it is.
+        assert sorted(vault.values()) == sorted(
+            ["sk-own-value-0123456789abcdef", "sk-other-process-0123456789ab"]
+        )
+    finally:
+        other.close()
+        vault.close()
+
+
+def test_vault_values_without_a_loop_see_every_commit(home: Path) -> None:
+    """issue 10: without an event loop (the CLI) every lookup looks for other commits."""
+    paths = Paths.resolve(home)
+    vault = Vault(paths.vault_db, paths.vault_key)
+    other = Vault(paths.vault_db, paths.vault_key)
+    try:
+        assert vault.values() == []
+        other.set("theirs", "sk-other-process-0123456789ab", tier="agent")
+        assert vault.values() == ["sk-other-process-0123456789ab"]
+    finally:
+        other.close()
+        vault.close()
