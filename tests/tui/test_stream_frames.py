@@ -20,6 +20,7 @@ from tui.collector import YOUNG
 from tui.messages import HostEvents
 from tui.widgets.agent_pane import AgentPane
 from tui.widgets.live_reply import LiveReply
+from tui.widgets.markdown_live import MarkdownLive
 
 from .conftest import Run, Starter
 
@@ -74,6 +75,10 @@ async def test_a_burst_of_tokens_is_one_append_one_repaint_and_no_layout(
     async with tui(runtimes=()) as run:
         pane = await run.app.fleet.open_agent("alice")
         assert isinstance(pane, AgentPane)
+        await run.until(lambda: pane.has_focus_within)  # opening it focuses it (after a frame)
+        await run.pilot.pause()
+        run.app.fleet.query_one("#sidebar", Widget).focus()  # a pane streaming, not read
+        await run.until(lambda: not pane.has_focus_within)
         await apply(run, tokens("alice", ["first "]))  # the reply starts: its box mounts
         await run.until(lambda: pane.live is not None and pane.live.size.width > 0)
         live = pane.live
@@ -117,7 +122,7 @@ async def test_replies_starting_together_are_mounted_in_their_batch(tui: Starter
         assert at_apply == [(True, False)] * 3
         for pane, name in zip(panes, agents, strict=True):
             assert isinstance(pane, AgentPane)
-            await run.until(lambda p=pane, n=name: p.live is not None and p.live.line_count > 0)
+            await run.until(lambda p=pane: p.live is not None and p.live.size.width > 0)
             live = pane.live
             assert live is not None
             await run.until(lambda lv=live, n=name: lv.text == f"hi from {n}")
@@ -137,3 +142,38 @@ async def test_the_collector_is_tuned_for_legion_only_and_put_back(tui: Starter)
         assert gc.get_threshold() == (YOUNG, *before[1:])
         await run.until(lambda: gc.get_freeze_count() > frozen)  # after the first frame
     assert gc.get_threshold() == before
+
+
+async def test_the_pane_being_read_streams_markdown_and_the_others_text(tui: Starter) -> None:
+    """issue 9: the reply in the pane the operator reads (the focus is in it) is rendered as
+    Markdown as it arrives (`Markdown.get_stream()`); the other panes stream plain text (a
+    wall of Markdown widgets cannot keep up on a small machine). When the focus moves, the
+    two swap, the text so far carried over, and what follows goes on in the new box."""
+    async with tui(agents=("alice", "bob"), runtimes=()) as run:
+        alice = await run.app.fleet.open_agent("alice")
+        bob = await run.app.fleet.open_agent("bob")
+        assert isinstance(alice, AgentPane) and isinstance(bob, AgentPane)
+        await run.until(lambda: bob.has_focus_within)  # opening it focuses it (after a frame)
+        await run.pilot.pause()
+        alice.focus_input()
+        await run.until(lambda: alice.has_focus_within)
+        first = "# Plan\n\nsome **bold** and `code`\n\n"
+        await apply(run, tokens("alice", [first]) + tokens("bob", [first]))
+        await run.until(lambda: isinstance(alice.live, MarkdownLive) and alice.live.is_mounted)
+        shown = alice.live
+        assert isinstance(shown, MarkdownLive)
+        await run.until(lambda: shown.markdown.source == first)
+        await run.until(lambda: "MarkdownH1" in {type(b).__name__ for b in shown.markdown.children})
+        assert isinstance(bob.live, LiveReply)
+        await run.until(lambda: bob.live is not None and bob.live.text == first)
+        bob.focus_input()  # the focus moves: bob's reply becomes Markdown, alice's text
+        await run.until(lambda: isinstance(bob.live, MarkdownLive) and bob.live.is_mounted)
+        await run.until(lambda: isinstance(alice.live, LiveReply))
+        assert alice.live is not None and alice.live.text == first
+        more = "- one\n- two\n"
+        await apply(run, tokens("bob", [more]))
+        moved = bob.live
+        assert isinstance(moved, MarkdownLive)
+        await run.until(lambda: moved.markdown.source == first + more)
+        assert moved.text == first + more and moved.written == len(first + more)
+        assert len(bob.query(MarkdownLive)) == 1 and len(bob.query(LiveReply)) == 0

@@ -1,11 +1,14 @@
 """One agent's pane: this session's conversation, the live reply as it streams, tool calls as
 expandable lines, and an input to chat with the agent (Enter) or steer its running turn.
 
-The reply being streamed is a `LiveReply`, a fixed box between the history and the input
-(plain text, appended in place, never a layout). Its tokens wait in the pane until the fleet
-screen's clock flushes every pane at once (`flush`, `FLUSH_S` apart: however many tokens
-arrived, one append and one repaint of the lines they touched), so one frame paints all the
-panes. When the reply ends it joins the history as a `Reply`, rendered as Markdown once."""
+The reply being streamed sits in a fixed box between the history and the input. In the
+pane the operator is reading (the focus is in it) it is a `MarkdownLive`: Markdown as it
+arrives (`Markdown.get_stream()`). In the others it is a `LiveReply` (plain text, appended in
+place, never a layout), so a wall of streaming panes stays cheap; the pane swaps one for the
+other as the focus comes and goes. Tokens wait in the pane until the fleet screen's clock
+flushes every pane at once (`flush`, `FLUSH_S` apart: however many tokens arrived, one
+append), so one frame paints all the panes. When the reply ends it joins the history as a
+`Reply`, rendered as Markdown once."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from tui.state import AgentView, Item
 from tui.text import plain, safe
 from tui.widgets.agent_row import LABEL, STATE_STYLE
 from tui.widgets.live_reply import LiveReply
+from tui.widgets.markdown_live import MarkdownLive
 from tui.widgets.pane_input import PaneInput
 from tui.widgets.tool_line import ToolLine
 
@@ -77,17 +81,17 @@ class AgentPane(Vertical, can_focus=False):
         self.agent = view.name
         self.view = view
         self._widgets: dict[int, Widget] = {}
-        self.live: LiveReply | None = None  # the reply streaming now, if any
+        self.live: LiveReply | MarkdownLive | None = None  # the reply streaming now, if any
         self._pending: list[str] = []  # tokens for `live`, not taken in yet
         self._live_mount: AwaitMount | None = None  # `live`'s mount, until it is awaited
         self._title: Content | None = None
 
     def compose(self) -> ComposeResult:
-        live: LiveReply | None = None
+        live: LiveReply | MarkdownLive | None = None
         with VerticalScroll(id="history"):
             for item in self.view.transcript:
                 widget = self._make(item)
-                if isinstance(widget, LiveReply):
+                if isinstance(widget, LiveReply | MarkdownLive):
                     live = widget  # a reply streaming when the pane opened
                 else:
                     yield widget
@@ -133,7 +137,8 @@ class AgentPane(Vertical, can_focus=False):
             widget = Static(plain("» steer: " + item.text), classes="-steer")
         elif item.kind == "reply" and not item.done:
             text = "" if fresh else item.text
-            widget = LiveReply(item, text, limit=MAX_REPLY_CHARS, cut_note=CUT_NOTE)
+            kind = MarkdownLive if self.has_focus_within else LiveReply
+            widget = kind(item, text, limit=MAX_REPLY_CHARS, cut_note=CUT_NOTE)
         elif item.kind == "reply":
             widget = Reply(item)
         elif item.kind == "tool":
@@ -152,7 +157,7 @@ class AgentPane(Vertical, can_focus=False):
             return
         if op == "new" and widget is None:
             widget = self._make(item, fresh=True)
-            if isinstance(widget, LiveReply):
+            if isinstance(widget, LiveReply | MarkdownLive):
                 await self._start_live(widget)
                 return
             history = self.query_one("#history", VerticalScroll)
@@ -166,12 +171,12 @@ class AgentPane(Vertical, can_focus=False):
                 await history.remove_children(old)
             await history.mount(widget)
             return
-        if isinstance(widget, LiveReply) and op == "done":
+        if isinstance(widget, LiveReply | MarkdownLive) and op == "done":
             await self._finish(widget)
         elif isinstance(widget, ToolLine):
             widget.refresh_item()
 
-    async def _start_live(self, live: LiveReply) -> None:
+    async def _start_live(self, live: LiveReply | MarkdownLive) -> None:
         if self.live is not None:  # a reply that never said it ended: it has now
             await self._finish(self.live)
         self.live = live
@@ -194,7 +199,36 @@ class AgentPane(Vertical, can_focus=False):
     def has_pending(self) -> bool:
         return bool(self._pending)
 
-    async def _finish(self, live: LiveReply) -> None:
+    def on_descendant_focus(self) -> None:
+        self.call_after_refresh(self.restyle_live)
+
+    def on_descendant_blur(self) -> None:
+        self.call_after_refresh(self.restyle_live)  # once the focus has landed
+
+    async def restyle_live(self) -> None:
+        """The live reply as the focus wants it: Markdown where the operator reads, plain
+        text elsewhere (the text so far carried over)."""
+        live = self.live
+        if live is None or not self.is_attached:
+            return
+        kind = MarkdownLive if self.has_focus_within else LiveReply
+        if isinstance(live, kind):
+            return
+        self.flush()
+        if self._live_mount is not None:
+            mounting, self._live_mount = self._live_mount, None
+            await mounting
+        if self.live is not live:  # it ended meanwhile
+            return
+        new = kind(
+            live.item, limit=MAX_REPLY_CHARS, cut_note=CUT_NOTE, carried=(live.text, live.written)
+        )
+        self._widgets[id(live.item)] = new
+        self.live = new
+        await self.mount(new, before=live)
+        await live.remove()
+
+    async def _finish(self, live: LiveReply | MarkdownLive) -> None:
         """The reply ended: it joins the history as Markdown, rendered once."""
         self.flush()
         self._pending.clear()

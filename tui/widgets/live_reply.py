@@ -87,14 +87,24 @@ class LiveReply(Widget):
     }
     """
 
-    def __init__(self, item: Item, text: str = "", *, limit: int, cut_note: str) -> None:
+    def __init__(
+        self,
+        item: Item,
+        text: str = "",
+        *,
+        limit: int,
+        cut_note: str,
+        carried: tuple[str, int] | None = None,
+    ) -> None:
+        """`carried`: the shown text and the count of characters taken in of a live reply
+        this one replaces (already made safe, its cut note included)."""
         super().__init__(classes="-streaming")
         self.item = item
         self.limit = limit
         self.cut_note = cut_note
         self.smooth = True  # follow line by line (the focused pane) or by half a box
-        self.text = ""
-        self.written = 0  # characters of the reply taken in (the cut note aside)
+        # the reply as shown, and the characters of it taken in (the cut note aside)
+        self.text, self.written = carried if carried is not None else ("", 0)
         self._width = 0
         self._lines: list[str] = [""]
         self._strips: dict[int, Strip] = {}
