@@ -119,6 +119,7 @@ def probe_main(home: str, out: str, agents: int, keys: int) -> None:
     from tui.app import LegionApp
     from tui.widgets.agent_pane import AgentPane
     from tui.widgets.live_reply import LiveReply
+    from tui.widgets.markdown_live import MarkdownLive
     from tui.widgets.pane_input import PaneInput
 
     token_lag_ms: list[float] = []
@@ -216,10 +217,7 @@ def probe_main(home: str, out: str, agents: int, keys: int) -> None:
 
     LegionApp._apply_events = timed_apply  # type: ignore[method-assign]
 
-    append = LiveReply.append
-
-    def timed_append(self: LiveReply, text: str) -> None:
-        append(self, text)
+    def took_in(text: str) -> None:
         now = time.time()
         for stamp in stamps_of(text):
             got, gave = received.pop(stamp, None), handed.pop(stamp, None)
@@ -229,7 +227,21 @@ def probe_main(home: str, out: str, agents: int, keys: int) -> None:
                 stages["pane"].append((now - gave) * 1e3)
             in_document.append((stamp, now))
 
+    # the live replies: plain text in the panes streaming, Markdown in the focused one
+    append = LiveReply.append
+
+    def timed_append(self: LiveReply, text: str) -> None:
+        append(self, text)
+        took_in(text)
+
     LiveReply.append = timed_append  # type: ignore[method-assign]
+    markdown_append = MarkdownLive.append
+
+    def timed_markdown_append(self: MarkdownLive, text: str) -> None:
+        markdown_append(self, text)
+        took_in(text)
+
+    MarkdownLive.append = timed_markdown_append  # type: ignore[method-assign]
 
     flush = AgentPane.flush
 

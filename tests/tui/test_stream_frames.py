@@ -20,7 +20,7 @@ from tui.collector import YOUNG
 from tui.messages import HostEvents
 from tui.widgets.agent_pane import AgentPane
 from tui.widgets.live_reply import LiveReply
-from tui.widgets.markdown_live import MarkdownLive
+from tui.widgets.markdown_live import TAIL_CHARS, MarkdownLive, tail_of
 
 from .conftest import Run, Starter
 
@@ -144,11 +144,14 @@ async def test_the_collector_is_tuned_for_legion_only_and_put_back(tui: Starter)
     assert gc.get_threshold() == before
 
 
-async def test_the_pane_being_read_streams_markdown_and_the_others_text(tui: Starter) -> None:
+async def test_the_pane_being_read_streams_markdown_and_the_others_text(
+    tui: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """issue 9: the reply in the pane the operator reads (the focus is in it) is rendered as
-    Markdown as it arrives (`Markdown.get_stream()`); the other panes stream plain text (a
-    wall of Markdown widgets cannot keep up on a small machine). When the focus moves, the
-    two swap, the text so far carried over, and what follows goes on in the new box."""
+    Markdown as it arrives, in a fixed box that never asks for a layout; the other panes
+    stream plain text (a wall of Markdown widgets could not keep up). When the focus moves,
+    the two swap, the text so far carried over, and what follows goes on in the new box.
+    Links in agent text are shown, never made clickable."""
     async with tui(agents=("alice", "bob"), runtimes=()) as run:
         alice = await run.app.fleet.open_agent("alice")
         bob = await run.app.fleet.open_agent("bob")
@@ -157,23 +160,40 @@ async def test_the_pane_being_read_streams_markdown_and_the_others_text(tui: Sta
         await run.pilot.pause()
         alice.focus_input()
         await run.until(lambda: alice.has_focus_within)
-        first = "# Plan\n\nsome **bold** and `code`\n\n"
+        first = "# Plan\n\nsome **bold** and `code` and [a link](http://127.0.0.1:9/x)\n\n"
         await apply(run, tokens("alice", [first]) + tokens("bob", [first]))
-        await run.until(lambda: isinstance(alice.live, MarkdownLive) and alice.live.is_mounted)
+        await run.until(lambda: isinstance(alice.live, MarkdownLive) and alice.live.size.width > 0)
         shown = alice.live
         assert isinstance(shown, MarkdownLive)
-        await run.until(lambda: shown.markdown.source == first)
-        await run.until(lambda: "MarkdownH1" in {type(b).__name__ for b in shown.markdown.children})
+        await run.until(lambda: shown.text == first)
+        text = "\n".join(shown.lines)
+        assert "Plan" in text and "some bold and code" in text  # rendered, not the source
+        assert "# Plan" not in text and "**" not in text
+        links = [s for strip in shown._strips for s in strip if s.style and s.style.link]
+        assert links == []
         assert isinstance(bob.live, LiveReply)
         await run.until(lambda: bob.live is not None and bob.live.text == first)
+        seen = Refreshes(monkeypatch)
+        more = "- one\n- two\n"
+        await apply(run, tokens("alice", [more]))
+        await run.until(lambda: shown.text == first + more)
+        assert any("one" in line for line in shown.lines)
+        assert seen.layouts_under(run.app.fleet.query_one("#grid", Widget)) == []
         bob.focus_input()  # the focus moves: bob's reply becomes Markdown, alice's text
         await run.until(lambda: isinstance(bob.live, MarkdownLive) and bob.live.is_mounted)
         await run.until(lambda: isinstance(alice.live, LiveReply))
-        assert alice.live is not None and alice.live.text == first
-        more = "- one\n- two\n"
+        assert alice.live is not None and alice.live.text == first + more
         await apply(run, tokens("bob", [more]))
         moved = bob.live
         assert isinstance(moved, MarkdownLive)
-        await run.until(lambda: moved.markdown.source == first + more)
-        assert moved.text == first + more and moved.written == len(first + more)
+        await run.until(lambda: moved.text == first + more)
+        assert moved.written == len(first + more)
         assert len(bob.query(MarkdownLive)) == 1 and len(bob.query(LiveReply)) == 0
+
+
+def test_the_markdown_tail_starts_at_a_block() -> None:
+    """issue 9: a long reply renders only its tail, from a paragraph boundary."""
+    text = "intro\n\n" + "x" * (TAIL_CHARS - 10) + "\n\nlast paragraph"
+    tail = tail_of(text)
+    assert tail.endswith("last paragraph") and len(tail) <= TAIL_CHARS
+    assert tail_of("short") == "short"

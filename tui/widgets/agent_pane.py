@@ -3,12 +3,12 @@ expandable lines, and an input to chat with the agent (Enter) or steer its runni
 
 The reply being streamed sits in a fixed box between the history and the input. In the
 pane the operator is reading (the focus is in it) it is a `MarkdownLive`: Markdown as it
-arrives (`Markdown.get_stream()`). In the others it is a `LiveReply` (plain text, appended in
-place, never a layout), so a wall of streaming panes stays cheap; the pane swaps one for the
-other as the focus comes and goes. Tokens wait in the pane until the fleet screen's clock
-flushes every pane at once (`flush`, `FLUSH_S` apart: however many tokens arrived, one
-append), so one frame paints all the panes. When the reply ends it joins the history as a
-`Reply`, rendered as Markdown once."""
+arrives (its tail rendered at each append, never a layout). In the others it is a
+`LiveReply` (plain text, appended in place, never a layout), so a wall of streaming panes
+stays cheap; the pane swaps one for the other as the focus comes and goes. Tokens wait in
+the pane until the fleet screen's clock flushes every pane at once (`flush`, `FLUSH_S`
+apart: however many tokens arrived, one append), so one frame paints all the panes. When
+the reply ends it joins the history as a `Reply`, rendered as Markdown once."""
 
 from __future__ import annotations
 

@@ -1,34 +1,50 @@
 """The reply streaming in the pane the operator is reading (the focused one), rendered as
 Markdown as it arrives.
 
-Textual's `Markdown.get_stream()` folds appends that come faster than it can render into
-one, and an append re-parses only from the last block. One such widget keeps up with a
-fast stream; sixteen do not on a small machine (each append lays the widget out again), so
-the other panes stream into a `LiveReply` (plain text in a fixed box) and are rendered as
-Markdown once their reply ends. The pane swaps one for the other as the focus moves
+A Markdown widget (Textual's, even through `Markdown.get_stream()`) mounts and lays out
+block widgets as it grows: in the focused pane of a streaming wall that doubled the TUI's
+CPU per token and broke the display-lag target (bench/tui.py). This box has a fixed height
+like `LiveReply` and never asks for a layout: on each append it renders the tail of the
+reply that can show (the last `TAIL_CHARS`, from a block boundary) with Rich's Markdown at
+its width and keeps the last lines; the screen repaints the box alone. Links are shown,
+never made clickable. The other panes stream into a `LiveReply` (plain text); every reply is
+rendered whole as Markdown once it ends. The pane swaps the two as the focus moves
 (`AgentPane.restyle_live`), carrying the text over.
 """
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.containers import VerticalScroll
-from textual.widgets import Markdown
-from textual.widgets.markdown import MarkdownStream
+from rich.markdown import Markdown
+from rich.segment import Segment
+from rich.style import Style
+from textual.events import Resize
+from textual.strip import Strip
+from textual.widget import Widget
 
 from tui.state import Item
 from tui.text import safe
 
+TAIL_CHARS = 4000  # of the reply rendered on each append: far more than the box shows
 
-class MarkdownLive(VerticalScroll, can_focus=False):
-    """A fixed box that follows the end of a reply streamed as Markdown."""
+
+def tail_of(text: str) -> str:
+    """The end of `text` worth rendering: the last TAIL_CHARS, from the first paragraph
+    boundary in them (a block cut in half would render as something else)."""
+    if len(text) <= TAIL_CHARS:
+        return text
+    tail = text[-TAIL_CHARS:]
+    cut = tail.find("\n\n")
+    return tail[cut + 2 :] if cut >= 0 else tail
+
+
+class MarkdownLive(Widget, can_focus=False):
+    """A fixed box that follows the end of a reply rendered as Markdown."""
 
     DEFAULT_CSS = """
     MarkdownLive {
-        height: 45%; min-height: 3; width: 1fr;
+        height: 45%; min-height: 3; width: 1fr; padding: 0 1;
         background: $surface; border-left: thick $primary;
     }
-    MarkdownLive > Markdown { margin: 0; padding: 0 1; background: $surface; }
     """
 
     def __init__(
@@ -46,10 +62,11 @@ class MarkdownLive(VerticalScroll, can_focus=False):
         self.item = item
         self.limit = limit
         self.cut_note = cut_note
-        self.smooth = True  # the LiveReply's knob: this box always follows the end
+        self.smooth = True  # the LiveReply's knob: this box always shows the end
         self.text, self.written = carried if carried is not None else ("", 0)
-        self.markdown = Markdown(open_links=False)
-        self._stream: MarkdownStream | None = None
+        self.renders = 0  # how many times the tail was rendered (tests)
+        self._strips: list[Strip] = []
+        self._stale = True
         if text:
             self.append(text)
 
@@ -57,14 +74,11 @@ class MarkdownLive(VerticalScroll, can_focus=False):
     def source(self) -> str:
         return self.text
 
-    def compose(self) -> ComposeResult:
-        yield self.markdown
-
-    def on_mount(self) -> None:
-        self.anchor()
-        self._stream = Markdown.get_stream(self.markdown)
-        if self.text:  # what came before the box was mounted
-            self.call_later(self._stream.write, self.text)
+    @property
+    def lines(self) -> list[str]:
+        """The lines shown now, as text (tests)."""
+        self._render_tail()
+        return [strip.text for strip in self._strips]
 
     def append(self, text: str) -> None:
         """Take in more of the reply: past `limit` characters, the rest is not shown (once,
@@ -77,10 +91,50 @@ class MarkdownLive(VerticalScroll, can_focus=False):
         if len(text) > room:
             shown += self.cut_note
         self.text += shown
-        if self._stream is not None:
-            self.call_later(self._stream.write, shown)
+        self._stale = True
+        self.refresh()  # the box alone: its size never changes with its text
 
-    async def on_unmount(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            await stream.stop()
+    def on_resize(self, event: Resize) -> None:
+        self._stale = True
+        self.refresh()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._stale = True
+
+    def _render_tail(self) -> None:
+        if not self._stale:
+            return
+        self._stale = False
+        width, height = self.size.width, self.size.height
+        if width <= 0 or height <= 0 or not self.text:
+            self._strips = []
+            return
+        self.renders += 1
+        console = self.app.console
+        options = console.options.update(width=width, height=None)
+        base = self.rich_style
+        rendered = console.render_lines(
+            Markdown(tail_of(self.text), hyperlinks=False), options, style=base, pad=False
+        )
+        while rendered and not "".join(s.text for s in rendered[-1]).strip():
+            rendered.pop()  # the blank line after the last block
+        self._strips = [
+            Strip(_unlinked(line)).crop_extend(0, width, base) for line in rendered[-height:]
+        ]
+
+    def render_line(self, y: int) -> Strip:
+        self._render_tail()
+        if 0 <= y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(self.size.width, self.rich_style)
+
+
+def _unlinked(line: list[Segment]) -> list[Segment]:
+    """`line` with no hyperlink in its styles (agent text never becomes clickable)."""
+    return [
+        Segment(s.text, s.style.update_link(None) if s.style and s.style.link else s.style)
+        if not s.control
+        else Segment("", Style.null())
+        for s in line
+    ]
