@@ -20,7 +20,13 @@ from tui.collector import YOUNG
 from tui.messages import HostEvents
 from tui.widgets.agent_pane import AgentPane
 from tui.widgets.live_reply import LiveReply
-from tui.widgets.markdown_live import TAIL_CHARS, MarkdownLive, tail_of
+from tui.widgets.markdown_live import (
+    MIN_TAIL_CHARS,
+    TAIL_CHARS,
+    MarkdownLive,
+    tail_chars,
+    tail_of,
+)
 
 from .conftest import Run, Starter
 
@@ -192,8 +198,13 @@ async def test_the_pane_being_read_streams_markdown_and_the_others_text(
 
 
 def test_the_markdown_tail_starts_at_a_block() -> None:
-    """issue 9: a long reply renders only its tail, from a paragraph boundary."""
-    text = "intro\n\n" + "x" * (TAIL_CHARS - 10) + "\n\nlast paragraph"
-    tail = tail_of(text)
-    assert tail.endswith("last paragraph") and len(tail) <= TAIL_CHARS
+    """issue 9: a long reply renders only its tail, sized to the box, from a paragraph
+    boundary unless that would leave too little to fill the box."""
+    text = "intro\n\n" + "x" * 1000 + "\n\n" + "y" * 3000
+    assert tail_of(text, 3500) == "y" * 3000  # from the boundary
+    assert tail_of(text, 6000) == text
+    late = "a" * 5000 + "\n\n" + "b" * 100
+    assert tail_of(late, 1000) == late[-1000:]  # the boundary would leave 100 of 1000
     assert tail_of("short") == "short"
+    assert tail_chars(46, 5) == MIN_TAIL_CHARS and tail_chars(196, 27) == TAIL_CHARS
+    assert tail_chars(80, 10) == 1600

@@ -5,7 +5,7 @@ A Markdown widget (Textual's, even through `Markdown.get_stream()`) mounts and l
 block widgets as it grows: in the focused pane of a streaming wall that doubled the TUI's
 CPU per token and broke the display-lag target (bench/tui.py). This box has a fixed height
 like `LiveReply` and never asks for a layout: on each append it renders the tail of the
-reply that can show (the last `TAIL_CHARS`, from a block boundary) with Rich's Markdown at
+reply that can show (twice what the box holds, from a block boundary) with Rich's Markdown at
 its width and keeps the last lines; the screen repaints the box alone. Links are shown,
 never made clickable. The other panes stream into a `LiveReply` (plain text); every reply is
 rendered whole as Markdown once it ends. The pane swaps the two as the focus moves
@@ -24,17 +24,26 @@ from textual.widget import Widget
 from tui.state import Item
 from tui.text import safe
 
-TAIL_CHARS = 4000  # of the reply rendered on each append: far more than the box shows
+TAIL_CHARS = 4000  # the most of a reply rendered on one append (a zoomed pane's box)
+MIN_TAIL_CHARS = 800
 
 
-def tail_of(text: str) -> str:
-    """The end of `text` worth rendering: the last TAIL_CHARS, from the first paragraph
-    boundary in them (a block cut in half would render as something else)."""
-    if len(text) <= TAIL_CHARS:
+def tail_chars(width: int, height: int) -> int:
+    """How much of the reply's end to render for a box of `width` x `height`: twice what
+    it can show (Markdown takes room of its own), within MIN_TAIL_CHARS and TAIL_CHARS: a
+    4,000-character paragraph costs ~9 ms to render, one that fills a grid pane's box ~2 ms."""
+    return min(TAIL_CHARS, max(MIN_TAIL_CHARS, 2 * width * height))
+
+
+def tail_of(text: str, chars: int = TAIL_CHARS) -> str:
+    """The end of `text` worth rendering: the last `chars`, from the first paragraph
+    boundary in them (a block cut in half can render as something else), unless that
+    boundary would leave less than half of them (then from where the cut falls)."""
+    if len(text) <= chars:
         return text
-    tail = text[-TAIL_CHARS:]
+    tail = text[-chars:]
     cut = tail.find("\n\n")
-    return tail[cut + 2 :] if cut >= 0 else tail
+    return tail[cut + 2 :] if 0 <= cut <= chars // 2 else tail
 
 
 class MarkdownLive(Widget, can_focus=False):
@@ -115,7 +124,10 @@ class MarkdownLive(Widget, can_focus=False):
         options = console.options.update(width=width, height=None)
         base = self.rich_style
         rendered = console.render_lines(
-            Markdown(tail_of(self.text), hyperlinks=False), options, style=base, pad=False
+            Markdown(tail_of(self.text, tail_chars(width, height)), hyperlinks=False),
+            options,
+            style=base,
+            pad=False,
         )
         while rendered and not "".join(s.text for s in rendered[-1]).strip():
             rendered.pop()  # the blank line after the last block
