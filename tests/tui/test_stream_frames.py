@@ -18,6 +18,7 @@ from textual.widget import Widget
 from legion.wire.events import TokenDelta
 from tui.collector import YOUNG
 from tui.messages import HostEvents
+from tui.widgets import markdown_live
 from tui.widgets.agent_pane import AgentPane
 from tui.widgets.live_reply import LiveReply
 from tui.widgets.markdown_live import (
@@ -208,3 +209,55 @@ def test_the_markdown_tail_starts_at_a_block() -> None:
     assert tail_of("short") == "short"
     assert tail_chars(46, 5) == MIN_TAIL_CHARS and tail_chars(196, 27) == TAIL_CHARS
     assert tail_chars(80, 10) == 1600
+
+
+async def test_markdown_the_renderer_cannot_take_is_shown_as_text(
+    tui: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 9 (attack): agent text is rendered as Markdown in the focused pane; should the
+    renderer fail on what an agent wrote, the box shows it as text and the screen goes on."""
+    async with tui(runtimes=()) as run:
+        pane = await run.app.fleet.open_agent("alice")
+        assert isinstance(pane, AgentPane)
+        await run.until(lambda: pane.has_focus_within)
+
+        def broken(self: Any, *args: Any, **kwargs: Any) -> Any:
+            raise RecursionError("nested too deep")
+
+        monkeypatch.setattr(markdown_live.Markdown, "__rich_console__", broken)
+        await apply(run, tokens("alice", ["> " * 50 + "deep"]))
+        await run.until(lambda: isinstance(pane.live, MarkdownLive) and pane.live.size.width > 0)
+        live = pane.live
+        assert isinstance(live, MarkdownLive)
+        await run.until(lambda: any("deep" in line for line in live.lines))
+        assert run.app.is_running
+
+
+async def test_a_costly_render_is_not_made_again_at_once(
+    tui: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 9 (attack): text an agent shaped to be slow to render (a render over 5 ms) is
+    rendered again only after ten times that cost, however fast its tokens come: the box
+    lags a little and the rest of the screen does not. The last of it still shows."""
+    async with tui(runtimes=()) as run:
+        pane = await run.app.fleet.open_agent("alice")
+        assert isinstance(pane, AgentPane)
+        await run.until(lambda: pane.has_focus_within)
+        slow = markdown_live.Markdown.__rich_console__
+
+        def costly(self: Any, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.03)
+            return slow(self, *args, **kwargs)
+
+        monkeypatch.setattr(markdown_live.Markdown, "__rich_console__", costly)
+        await apply(run, tokens("alice", ["start "]))
+        await run.until(lambda: isinstance(pane.live, MarkdownLive) and pane.live.renders > 0)
+        live = pane.live
+        assert isinstance(live, MarkdownLive)
+        began, renders = time.monotonic(), live.renders
+        for i in range(20):  # 20 flushes' worth in ~0.2 s
+            live.append(f"w{i} ")
+            await run.pilot.pause(0.01)
+        spent = time.monotonic() - began
+        assert live.renders - renders <= spent / 0.3 + 1  # at most one per 10 x 30 ms
+        await run.until(lambda: any("w19" in line for line in live.lines))

@@ -14,11 +14,15 @@ rendered whole as Markdown once it ends. The pane swaps the two as the focus mov
 
 from __future__ import annotations
 
+import time
+
 from rich.markdown import Markdown
 from rich.segment import Segment
 from rich.style import Style
+from rich.text import Text
 from textual.events import Resize
 from textual.strip import Strip
+from textual.timer import Timer
 from textual.widget import Widget
 
 from tui.state import Item
@@ -26,6 +30,11 @@ from tui.text import safe
 
 TAIL_CHARS = 4000  # the most of a reply rendered on one append (a zoomed pane's box)
 MIN_TAIL_CHARS = 800
+# A render that costs more than CHEAP_S (text an agent shaped to be slow to lay out, or a
+# zoomed pane's long tail) is not made again before SPACING times its cost has passed: the
+# box then lags a little, and the rest of the screen does not.
+CHEAP_S = 0.005
+SPACING = 10
 
 
 def tail_chars(width: int, height: int) -> int:
@@ -76,6 +85,9 @@ class MarkdownLive(Widget, can_focus=False):
         self.renders = 0  # how many times the tail was rendered (tests)
         self._strips: list[Strip] = []
         self._stale = True
+        self._cost = 0.0  # seconds the last render took
+        self._rendered_at = 0.0
+        self._timer: Timer | None = None
         if text:
             self.append(text)
 
@@ -101,7 +113,22 @@ class MarkdownLive(Widget, can_focus=False):
             shown += self.cut_note
         self.text += shown
         self._stale = True
-        self.refresh()  # the box alone: its size never changes with its text
+        self._ask_paint()
+
+    def _ask_paint(self) -> None:
+        """Repaint the box alone (its size never changes with its text), now or, after a
+        costly render, once SPACING times its cost has passed."""
+        if self._cost > CHEAP_S:
+            wait = self._rendered_at + SPACING * self._cost - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = self.set_timer(wait, self._paint_later)
+                return
+        self.refresh()
+
+    def _paint_later(self) -> None:
+        self._timer = None
+        self.refresh()
 
     def on_resize(self, event: Resize) -> None:
         self._stale = True
@@ -123,12 +150,16 @@ class MarkdownLive(Widget, can_focus=False):
         console = self.app.console
         options = console.options.update(width=width, height=None)
         base = self.rich_style
-        rendered = console.render_lines(
-            Markdown(tail_of(self.text, tail_chars(width, height)), hyperlinks=False),
-            options,
-            style=base,
-            pad=False,
-        )
+        tail = tail_of(self.text, tail_chars(width, height))
+        began = time.monotonic()
+        try:
+            rendered = console.render_lines(
+                Markdown(tail, hyperlinks=False), options, style=base, pad=False
+            )
+        except Exception:  # whatever an agent writes must not take the operator's screen
+            rendered = console.render_lines(Text(tail), options, style=base, pad=False)
+        self._rendered_at = time.monotonic()
+        self._cost = self._rendered_at - began
         while rendered and not "".join(s.text for s in rendered[-1]).strip():
             rendered.pop()  # the blank line after the last block
         self._strips = [
