@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +35,21 @@ class LegionDatabase(APSWDatabase):
         conn.enable_load_extension(True)
         conn.load_extension(sqlite_vec.loadable_path())
         conn.enable_load_extension(False)
+
+
+def owner_only(path: Path) -> None:
+    """Make `path` (a database the host owns: audit, ledger, blackboard) readable by its
+    owner only, created so when new: SQLite gives its -wal and -shm files the database's
+    mode. An older home's 0644 file is tightened. The home itself is 0700 as well."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        for each in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_IMODE(os.lstat(each).st_mode) & 0o077 and not each.is_symlink():
+                    os.chmod(each, 0o600)
+    else:
+        os.close(fd)
 
 
 def connect(
@@ -421,6 +438,7 @@ class Store:
     def __init__(self, path: Path, *, durability: str = "full") -> None:
         self.path = path
         self.durability = durability
+        owner_only(path)
         self.db = connect(path, durability="normal")
         self.created = migrate(self.db) == 0  # a new, empty database
         self.conn: apsw.Connection = self.db.connection()  # type: ignore[no-untyped-call]

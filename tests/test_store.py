@@ -111,3 +111,24 @@ def test_a_database_of_the_automation_schema_upgrades_in_order(home: Path) -> No
     assert s.execute("SELECT name FROM cron_jobs").fetchall() == [("j",)]
     assert s.execute("SELECT value FROM blackboard").fetchall() == [("1",)]
     s.close()
+
+
+def test_host_db_is_readable_by_its_owner_only(home: Path) -> None:
+    """issue 7 (seen and left, closed later): host.db and its -wal and -shm files were 0644
+    (audit, ledger, blackboard readable by any local user where the home is not 0700). New
+    files are born 0600; an older home's are tightened when the store opens them."""
+    import os
+    import stat
+
+    path = home / "host.db"
+    s = Store(path)
+    with s.tx():
+        s.execute("CREATE TABLE IF NOT EXISTS t(x)")
+    modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in home.glob("host.db*")}
+    assert set(modes) >= {"host.db", "host.db-wal", "host.db-shm"}
+    assert set(modes.values()) == {0o600}, modes
+    s.close()
+    os.chmod(path, 0o644)
+    s = Store(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    s.close()
