@@ -173,7 +173,9 @@ def test_since_through_the_real_cli(home: Path, text: str, command: str) -> None
 @CLI_FUZZ
 @given(json_texts, number_texts)
 def test_bb_put_value_and_ttl_through_the_real_cli(home: Path, value: str, ttl: str) -> None:
-    result = RUNNER.invoke(app, ["--home", str(home), "bb", "put", "k", value, "--ttl", ttl])
+    # after `--`, as the help says: a value such as -0 is not an option
+    args = ["--home", str(home), "bb", "put", "--ttl", ttl, "--", "k", value]
+    result = RUNNER.invoke(app, args)
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
     try:

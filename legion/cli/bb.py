@@ -40,7 +40,13 @@ def _client() -> ControlClient:
 @app.command("put")
 def put(
     key: Annotated[str, typer.Argument(help="Key, e.g. shared/plan or teams/red/status.")],
-    value: Annotated[str, typer.Argument(help='A JSON value: 42, "text", {"a": 1}, [1, 2].')],
+    value: Annotated[
+        str,
+        typer.Argument(
+            help='A JSON value: 42, "text", {"a": 1}, [1, 2]. A negative number goes after '
+            "--: `legion bb put -- KEY -1`."
+        ),
+    ],
     ttl: Annotated[
         float | None,
         typer.Option(
