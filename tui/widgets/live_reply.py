@@ -17,6 +17,8 @@ Markdown, rendered once.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from rich.cells import cell_len, get_character_cell_size
 from rich.segment import Segment
 from rich.style import Style
@@ -77,15 +79,10 @@ def wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-class LiveReply(Widget):
-    """The current reply of an agent, while it streams (see the module's docstring)."""
-
-    DEFAULT_CSS = """
-    LiveReply {
-        height: 45%; min-height: 3; width: 1fr; padding: 0 1;
-        background: $surface; border-left: thick $primary;
-    }
-    """
+class LiveBox(Widget, can_focus=False):
+    """What both live boxes keep of a streaming reply (this one and `MarkdownLive`): its
+    text as shown (made safe, cut at `limit` characters with a note, once) and how much of
+    it was taken in. `carried`: the text and count of a live box this one replaces."""
 
     def __init__(
         self,
@@ -96,8 +93,6 @@ class LiveReply(Widget):
         cut_note: str,
         carried: tuple[str, int] | None = None,
     ) -> None:
-        """`carried`: the shown text and the count of characters taken in of a live reply
-        this one replaces (already made safe, its cut note included)."""
         super().__init__(classes="-streaming")
         self.item = item
         self.limit = limit
@@ -105,22 +100,16 @@ class LiveReply(Widget):
         self.smooth = True  # follow line by line (the focused pane) or by half a box
         # the reply as shown, and the characters of it taken in (the cut note aside)
         self.text, self.written = carried if carried is not None else ("", 0)
-        self._width = 0
-        self._lines: list[str] = [""]
-        self._strips: dict[int, Strip] = {}
-        self._top = 0  # the first line shown
-        self._blank: Strip | None = None
-        self._style: Style | None = None
+        self._setup()
         if text:
             self.append(text)
+
+    def _setup(self) -> None:
+        """The box's own state, before any text is taken in."""
 
     @property
     def source(self) -> str:
         return self.text
-
-    @property
-    def line_count(self) -> int:
-        return len(self._lines)
 
     def append(self, text: str) -> None:
         """Take in more of the reply: past `limit` characters, the rest is not shown (once,
@@ -133,6 +122,36 @@ class LiveReply(Widget):
         if len(text) > room:
             shown += self.cut_note
         self.text += shown
+        self._took(shown)
+
+    @abstractmethod
+    def _took(self, shown: str) -> None:
+        """`shown` joined the text: show it (each box says how)."""
+
+
+class LiveReply(LiveBox):
+    """The current reply of an agent, while it streams (see the module's docstring)."""
+
+    DEFAULT_CSS = """
+    LiveReply {
+        height: 45%; min-height: 3; width: 1fr; padding: 0 1;
+        background: $surface; border-left: thick $primary;
+    }
+    """
+
+    def _setup(self) -> None:
+        self._width = 0
+        self._lines: list[str] = [""]
+        self._strips: dict[int, Strip] = {}
+        self._top = 0  # the first line shown
+        self._blank: Strip | None = None
+        self._style: Style | None = None
+
+    @property
+    def line_count(self) -> int:
+        return len(self._lines)
+
+    def _took(self, shown: str) -> None:
         if self._width <= 0:
             return  # not laid out yet: the first resize wraps it all
         lines = self._lines

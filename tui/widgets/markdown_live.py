@@ -23,10 +23,8 @@ from rich.text import Text
 from textual.events import Resize
 from textual.strip import Strip
 from textual.timer import Timer
-from textual.widget import Widget
 
-from tui.state import Item
-from tui.text import safe
+from tui.widgets.live_reply import LiveBox
 
 TAIL_CHARS = 4000  # the most of a reply rendered on one append (a zoomed pane's box)
 MIN_TAIL_CHARS = 800
@@ -55,7 +53,7 @@ def tail_of(text: str, chars: int = TAIL_CHARS) -> str:
     return tail[cut + 2 :] if 0 <= cut <= chars // 2 else tail
 
 
-class MarkdownLive(Widget, can_focus=False):
+class MarkdownLive(LiveBox):
     """A fixed box that follows the end of a reply rendered as Markdown."""
 
     DEFAULT_CSS = """
@@ -65,35 +63,13 @@ class MarkdownLive(Widget, can_focus=False):
     }
     """
 
-    def __init__(
-        self,
-        item: Item,
-        text: str = "",
-        *,
-        limit: int,
-        cut_note: str,
-        carried: tuple[str, int] | None = None,
-    ) -> None:
-        """`carried`: the shown text and the count of characters taken in of a live reply
-        this one replaces (already made safe, its cut note included)."""
-        super().__init__(classes="-streaming")
-        self.item = item
-        self.limit = limit
-        self.cut_note = cut_note
-        self.smooth = True  # the LiveReply's knob: this box always shows the end
-        self.text, self.written = carried if carried is not None else ("", 0)
+    def _setup(self) -> None:
         self.renders = 0  # how many times the tail was rendered (tests)
         self._strips: list[Strip] = []
         self._stale = True
         self._cost = 0.0  # seconds the last render took
         self._rendered_at = 0.0
         self._timer: Timer | None = None
-        if text:
-            self.append(text)
-
-    @property
-    def source(self) -> str:
-        return self.text
 
     @property
     def lines(self) -> list[str]:
@@ -101,17 +77,7 @@ class MarkdownLive(Widget, can_focus=False):
         self._render_tail()
         return [strip.text for strip in self._strips]
 
-    def append(self, text: str) -> None:
-        """Take in more of the reply: past `limit` characters, the rest is not shown (once,
-        a note says so)."""
-        room = self.limit - self.written
-        if room <= 0 or not text:
-            return
-        shown = safe(text[:room])
-        self.written += min(len(text), room)
-        if len(text) > room:
-            shown += self.cut_note
-        self.text += shown
+    def _took(self, shown: str) -> None:
         self._stale = True
         self._ask_paint()
 
