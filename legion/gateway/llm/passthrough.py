@@ -20,7 +20,13 @@ import httpx
 
 from legion.config import ModelConfig
 from legion.gateway.llm.bound import MAX_TOKEN_BYTES, encode
-from legion.gateway.llm.upstream import Pool, Response, UpstreamError, UpstreamTimeout
+from legion.gateway.llm.upstream import (
+    Pool,
+    Response,
+    UpstreamError,
+    UpstreamTimeout,
+    read_capped,
+)
 
 __all__ = ["Passthrough", "UpstreamError", "UpstreamTimeout", "applies", "upstream_model"]
 
@@ -48,18 +54,8 @@ def reply_bytes_cap(max_tokens: int) -> int:
 
 
 async def _read_capped(response: httpx.Response, cap: int, *, cut: bool = False) -> bytes:
-    """An httpx body, at most `cap` bytes: beyond it the first `cap` when `cut` (an
-    error's text), else UpstreamError."""
-    parts: list[bytes] = []
-    size = 0
-    async for piece in response.aiter_bytes():
-        parts.append(piece)
-        size += len(piece)
-        if size > cap:
-            if cut:
-                break
-            raise UpstreamError(502, f"the upstream's answer is over {cap} bytes")
-    return b"".join(parts)[:cap]
+    """An httpx body, at most `cap` bytes (`upstream.read_capped`)."""
+    return await read_capped(response.aiter_bytes(), cap, cut=cut)
 
 
 async def _drain(pieces: AsyncIterator[bytes]) -> None:

@@ -234,18 +234,8 @@ class Response:
                 raise UpstreamError(502, "the upstream sent an unexpected HTTP event")
 
     async def read(self, limit: int, *, cut: bool = False) -> bytes:
-        """The whole body, at most `limit` bytes: beyond it, the first `limit` when `cut`
-        (an error's text), else UpstreamError."""
-        parts: list[bytes] = []
-        size = 0
-        async for piece in self.pieces():
-            parts.append(piece)
-            size += len(piece)
-            if size > limit:
-                if cut:
-                    break
-                raise UpstreamError(502, f"the upstream's answer is over {limit} bytes")
-        return b"".join(parts)[:limit]
+        """The whole body, at most `limit` bytes (`read_capped`)."""
+        return await read_capped(self.pieces(), limit, cut=cut)
 
     def _finish(self, complete: bool) -> None:
         if not self._done:
@@ -389,3 +379,18 @@ class Pool:
         for conn in list(self._busy):
             conn.close()
         self._busy.clear()
+
+
+async def read_capped(pieces: AsyncIterator[bytes], cap: int, *, cut: bool = False) -> bytes:
+    """A body read from `pieces`, at most `cap` bytes: beyond it the first `cap` when `cut`
+    (an error's text), else UpstreamError; never more than one piece past the cap is held."""
+    parts: list[bytes] = []
+    size = 0
+    async for piece in pieces:
+        parts.append(piece)
+        size += len(piece)
+        if size > cap:
+            if cut:
+                break
+            raise UpstreamError(502, f"the upstream's answer is over {cap} bytes")
+    return b"".join(parts)[:cap]
