@@ -144,7 +144,11 @@ def test_agents_add_writes_only_valid_names(home: Path, name: str) -> None:
     result = RUNNER.invoke(app, ["--home", str(home), "agents", "add", name])
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
-    if check_name(name) is None:
+    if name == "bob":  # valid, and already configured: refused, nothing written
+        event("exists")
+        assert result.exit_code == 1 and "already exists" in result.output, result.output
+        assert config.read_text() == BASE
+    elif check_name(name) is None:
         event("added")
         assert result.exit_code == 0, result.output
         agents = parse_config(config.read_text()).agents
